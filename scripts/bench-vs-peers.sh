@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Benchmarks gravity-exporter against Debian's prometheus-process-exporter, both watching
+# the same gravity double in the same run, then again with 1,000 extra idle processes:
+#   idle RSS, CPU seconds per 1000 scrapes, /metrics latency p50/p99.
+# Then the text parser (10k-series exposition) and the log classifier against mtail.
+# Usage: scripts/bench-vs-peers.sh [SCRAPES]   (installs prometheus-process-exporter and mtail when missing)
+# Results go to stdout and target/bench/results.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-1000}
+OUT=target/bench; mkdir -p "$OUT"; : > "$OUT/results.txt"
+say() { echo "$*" | tee -a "$OUT/results.txt"; }
+
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+need=()
+command -v prometheus-process-exporter >/dev/null || need+=(prometheus-process-exporter)
+command -v mtail >/dev/null || need+=(mtail)
+if [ ${#need[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo build --release --quiet
+cargo bench --no-run --quiet 2>/dev/null
+SCRAPE=$(ls -t target/release/deps/scrape-* | grep -v '\.d$' | head -1)
+BIN=$PWD/target/release/gravity-exporter
+TCK=$(getconf CLK_TCK)
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  pkill -P $$ sleep 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo $((20000 + RANDOM % 20000)); }
+GPORT=$(port); OPORT=$(port); PPORT=$(port)
+
+# the gravity double, as a process named gravity
+ln -s "$BIN" "$work/gravity"
+cp tests/fixtures/configs/mysql2mysql-stream.toml "$work/config.toml"
+GRAVITY_DOUBLE_RATE=500 "$work/gravity" --config="$work/config.toml" --http-addr=127.0.0.1:$GPORT --log-file="$work/gravity.log" >/dev/null 2>&1 &
+pids+=($!)
+sleep 1
+
+"$BIN" --web.listen-address=127.0.0.1:$OPORT --gravity.process-pattern "gravity --config=$work/config.toml" \
+  --probe.interval 0s --log.level warn >"$work/ours.log" 2>&1 &
+OURS=$!; pids+=($OURS)
+prometheus-process-exporter -web.listen-address=127.0.0.1:$PPORT -procnames gravity >"$work/peer.log" 2>&1 &
+PEER=$!; pids+=($PEER)
+sleep 3
+
+cpu() { awk -v t="$TCK" '{print ($14+$15)/t}' "/proc/$1/stat"; }
+rss() { awk '/VmRSS/ {print $2*1024}' "/proc/$1/status"; }
+series() { curl -s "$1" | grep -vc '^#'; }
+
+measure() { # label
+  local label=$1
+  # idle: a few scrapes, then 10 s without any
+  "$SCRAPE" "http://127.0.0.1:$OPORT/metrics" 20 >/dev/null
+  "$SCRAPE" "http://127.0.0.1:$PPORT/metrics" 20 >/dev/null
+  sleep 10
+  local rss_o rss_p; rss_o=$(rss $OURS); rss_p=$(rss $PEER)
+  local c0 c1 lo lp co cp
+  c0=$(cpu $OURS); lo=$("$SCRAPE" "http://127.0.0.1:$OPORT/metrics" "$N"); c1=$(cpu $OURS)
+  co=$(echo "$c1 $c0 $N" | awk '{printf "%.3f", ($1-$2)*1000/$3}')
+  c0=$(cpu $PEER); lp=$("$SCRAPE" "http://127.0.0.1:$PPORT/metrics" "$N"); c1=$(cpu $PEER)
+  cp=$(echo "$c1 $c0 $N" | awk '{printf "%.3f", ($1-$2)*1000/$3}')
+  say "== $label"
+  say "gravity-exporter:  rss_bytes=$rss_o cpu_s_per_1000_scrapes=$co series=$(series http://127.0.0.1:$OPORT/metrics) $lo"
+  say "process-exporter:  rss_bytes=$rss_p cpu_s_per_1000_scrapes=$cp series=$(series http://127.0.0.1:$PPORT/metrics) $lp"
+  say "ratios:            rss=$(echo "$rss_o $rss_p" | awk '{printf "%.2f", $1/$2}') cpu=$(echo "$co $cp" | awk '{ if ($2>0) printf "%.2f", $1/$2; else print "n/a" }')"
+}
+
+measure "baseline ($(ls /proc | grep -c '^[0-9]') processes on the host)"
+
+for _ in $(seq 1 1000); do sleep 600 & done
+sleep 2
+measure "with 1000 extra idle processes ($(ls /proc | grep -c '^[0-9]') processes on the host)"
+pkill -P $$ sleep 2>/dev/null || true
+
+say "== text parser"
+say "$(cargo bench --quiet --bench expfmt 2>/dev/null | grep -i 'expfmt')"
+say "== log classifier"
+say "$(cargo bench --quiet --bench logparse 2>/dev/null | grep -i 'logparse')"
+
+# mtail on the same lines: a program that counts lines by level, like our classifier's first step
+LOGN=400000
+awk -v n=$LOGN 'BEGIN{} {a[NR]=$0} END{for(i=0;i<n;i++) print a[(i%NR)+1]}' tests/fixtures/gravity.log > "$work/big.log"
+mkdir -p "$work/progs"
+cat > "$work/progs/gravity.mtail" <<'MTAIL'
+counter gravity_log_lines by level
+counter gravity_errors by level, code
+/"level":"(?P<level>[a-z]+)"/ {
+  gravity_log_lines[$level]++
+  /Error (?P<code>\d+):/ {
+    gravity_errors[$level][$code]++
+  }
+}
+MTAIL
+MPORT=$(port)
+{ TIMEFORMAT='%U %S'; time timeout 120 mtail --progs "$work/progs" --logs "$work/big.log" \
+  --one_shot --one_shot_format prometheus --port "$MPORT" >"$work/mtail.out" 2>"$work/mtail.err" || true; } 2>"$work/mtail.time"
+read -r mu ms < "$work/mtail.time"
+mrate=$(echo "$LOGN $mu $ms" | awk '{printf "%.0f", $1/($2+$3)}')
+say "mtail one-shot:    $LOGN lines, $(echo "$mu $ms" | awk '{print $1+$2}') CPU-s, $mrate lines per CPU-second"

@@ -1,0 +1,748 @@
+#!/usr/bin/env python3
+"""Generates the Grafana dashboards in dashboards/*.json (Python 3 standard library only).
+
+    python3 scripts/gen-dashboards.py
+
+The JSON files are committed; edit this script, re-run it, commit both. tests/dashboards.rs
+checks the result: schema version, stable uids, variables, datasources, units, and that
+every threshold equals the alert threshold it names ("Alert threshold: NAME = VALUE" in
+the panel description; NAME is a gravity:*_threshold_* recording rule of
+alerts/gravity-recording.rules.yml or an alert name).
+"""
+import json
+import os
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+DS = {"type": "prometheus", "uid": "${datasource}"}
+# Every pipeline series: the three dashboard variables.
+S = 'job=~"$job", instance=~"$instance", pipeline=~"$pipeline"'
+
+# Alert thresholds (defaults of alerts/gravity-recording.rules.yml).
+LAG = ("gravity:lag_threshold_seconds", 300, "GravityReplicationLagHigh")
+STALL = ("gravity:stall_threshold_seconds", 180, "GravityPipelineStalled")
+ERRORS = ("gravity:error_rate_threshold_per_second", 0.05, "GravityErrorRateHigh")
+RETRIES = ("gravity:retry_rate_threshold_per_second", 0.1, "GravityRetryStorm")
+QUEUE = ("gravity:queue_saturation_threshold_ratio", 0.9, "GravityQueueSaturated")
+CPU = ("gravity:cpu_threshold_cores", 2, "GravityCPUPressure")
+MEM = ("gravity:memory_threshold_bytes", 4294967296, "GravityMemoryPressure")
+FDS = ("gravity:fd_threshold_ratio", 0.8, "GravityFdPressure")
+DISK = ("gravity:log_disk_free_threshold_ratio", 0.15, "GravityLogDiskFilling")
+HEADROOM = ("gravity:binlog_purge_headroom_threshold_files", 2, "GravityBinlogPurgeImminent")
+ETA = ("gravity:binlog_purge_eta_threshold_seconds", 14400, "GravityBinlogRetentionRunningOut")
+CONSISTENCY = ("gravity:consistency_score_threshold_ratio", 1, "GravityDataConsistencyMismatch")
+HEARTBEAT = ("gravity:heartbeat_lag_threshold_seconds", 120, "GravityHeartbeatProbeFailing")
+CRASHLOOP = ("gravity:crashloop_restarts_threshold", 3, "GravityCrashLooping")
+
+
+def target(expr, legend="", ref="A", instant=False, fmt="time_series"):
+    t = {"datasource": DS, "refId": ref, "expr": expr, "legendFormat": legend or "__auto",
+         "range": not instant, "instant": instant, "editorMode": "code"}
+    if fmt != "time_series":
+        t["format"] = fmt
+    return t
+
+
+def targets(*specs, **kw):
+    """specs: (expr, legend) tuples; refIds A, B, C..."""
+    return [target(e, l, chr(ord("A") + i), **kw) for i, (e, l) in enumerate(specs)]
+
+
+def steps_above(*thresholds):
+    """Green below, red from the alert threshold up (alert fires above it)."""
+    steps = [{"color": "green", "value": None}]
+    for t in thresholds:
+        steps.append({"color": "red", "value": t[1]})
+    return {"mode": "absolute", "steps": steps}
+
+
+def steps_below(t):
+    """Red below, green from the alert threshold up (alert fires below it)."""
+    return {"mode": "absolute", "steps": [{"color": "red", "value": None}, {"color": "green", "value": t[1]}]}
+
+
+def base_steps(color="green"):
+    return {"mode": "absolute", "steps": [{"color": color, "value": None}]}
+
+
+def describe(text, *thresholds):
+    for name, value, alert in thresholds:
+        text += f" Alert threshold: {name} = {value} ({alert})."
+    return text.strip()
+
+
+def threshold_series(t, ref):
+    """The recorded threshold itself, drawn as a dashed line (shows per-pipeline overrides)."""
+    return target(f'max by (pipeline) ({t[0]}{{pipeline=~"$pipeline"}})', "threshold {{pipeline}}", ref)
+
+
+DASHED = {
+    "matcher": {"id": "byRegexp", "options": "^threshold.*"},
+    "properties": [
+        {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+        {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
+        {"id": "custom.fillOpacity", "value": 0},
+    ],
+}
+
+
+def timeseries(title, tgts, unit, desc="", thresholds=None, above=True, overrides=None, stack=False, w=12, h=8,
+               minimum=None, maximum=None):
+    th = list(thresholds or [])
+    custom = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never",
+              "spanNulls": False, "axisSoftMin": 0}
+    if stack:
+        custom["stacking"] = {"mode": "normal", "group": "A"}
+    if th:
+        custom["thresholdsStyle"] = {"mode": "line"}
+    defaults = {"unit": unit, "custom": custom,
+                "thresholds": (steps_above(*th) if above else steps_below(th[0])) if th else base_steps(),
+                "color": {"mode": "palette-classic"}}
+    if minimum is not None:
+        defaults["min"] = minimum
+    if maximum is not None:
+        defaults["max"] = maximum
+    ov = list(overrides or [])
+    if any(t["legendFormat"].startswith("threshold") for t in tgts):
+        ov.append(DASHED)
+    return {"type": "timeseries", "title": title, "description": describe(desc, *th), "datasource": DS,
+            "fieldConfig": {"defaults": defaults, "overrides": ov},
+            "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                        "tooltip": {"mode": "multi", "sort": "desc"}},
+            "targets": tgts, "_w": w, "_h": h}
+
+
+def stat(title, tgts, unit, desc="", thresholds=None, above=True, mappings=None, text_mode="auto", w=4, h=4,
+         color_mode="value", graph=True):
+    th = list(thresholds or [])
+    return {"type": "stat", "title": title, "description": describe(desc, *th), "datasource": DS,
+            "fieldConfig": {"defaults": {
+                "unit": unit, "mappings": mappings or [], "color": {"mode": "thresholds"},
+                "thresholds": (steps_above(*th) if above else steps_below(th[0])) if th else base_steps()},
+                "overrides": []},
+            "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                        "colorMode": color_mode, "graphMode": "area" if graph else "none",
+                        "textMode": text_mode, "justifyMode": "auto", "orientation": "auto"},
+            "targets": tgts, "_w": w, "_h": h}
+
+
+def state_timeline(title, tgts, desc="", mappings=None, w=12, h=8):
+    return {"type": "state-timeline", "title": title, "description": desc, "datasource": DS,
+            "fieldConfig": {"defaults": {"unit": "none", "mappings": mappings or [],
+                                         "color": {"mode": "thresholds"}, "thresholds": base_steps(),
+                                         "custom": {"fillOpacity": 80, "lineWidth": 0}},
+                            "overrides": []},
+            "options": {"showValue": "never", "mergeValues": True, "rowHeight": 0.9,
+                        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": False}},
+            "targets": tgts, "_w": w, "_h": h}
+
+
+def bargauge(title, tgts, unit, desc="", thresholds=None, above=True, w=12, h=8, minimum=0, maximum=None):
+    th = list(thresholds or [])
+    defaults = {"unit": unit, "min": minimum, "color": {"mode": "thresholds"},
+                "thresholds": (steps_above(*th) if above else steps_below(th[0])) if th else base_steps()}
+    if maximum is not None:
+        defaults["max"] = maximum
+    return {"type": "bargauge", "title": title, "description": describe(desc, *th), "datasource": DS,
+            "fieldConfig": {"defaults": defaults, "overrides": []},
+            "options": {"displayMode": "gradient", "orientation": "horizontal", "showUnfilled": True,
+                        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
+            "targets": tgts, "_w": w, "_h": h}
+
+
+def table(title, tgts, desc="", overrides=None, transformations=None, w=24, h=8, unit="none", thresholds=None):
+    th = list(thresholds or [])
+    return {"type": "table", "title": title, "description": describe(desc, *th), "datasource": DS,
+            "fieldConfig": {"defaults": {"unit": unit, "thresholds": base_steps(), "custom": {"align": "auto"}},
+                            "overrides": overrides or []},
+            "options": {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}},
+            "transformations": transformations or [], "targets": tgts, "_w": w, "_h": h}
+
+
+def heatmap(title, tgt, desc="", w=12, h=8):
+    return {"type": "heatmap", "title": title, "description": desc, "datasource": DS,
+            "fieldConfig": {"defaults": {"unit": "s"}, "overrides": []},
+            "options": {"calculate": False, "yAxis": {"unit": "s", "axisPlacement": "left"},
+                        "cellGap": 1, "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64},
+                        "tooltip": {"show": True, "yHistogram": False}, "legend": {"show": True},
+                        "rowsFrame": {"layout": "auto"}},
+            "targets": [tgt], "_w": w, "_h": h}
+
+
+def row(title):
+    return {"type": "row", "title": title, "collapsed": False, "panels": [], "_w": 24, "_h": 1}
+
+
+def column_override(name, unit, thresholds=None, above=True, cell="auto"):
+    props = [{"id": "unit", "value": unit}]
+    if thresholds:
+        props.append({"id": "thresholds", "value": steps_above(*thresholds) if above else steps_below(thresholds[0])})
+        props.append({"id": "custom.cellOptions", "value": {"type": "color-background", "mode": "basic"}})
+    elif cell != "auto":
+        props.append({"id": "custom.cellOptions", "value": {"type": cell}})
+    return {"matcher": {"id": "byName", "options": name}, "properties": props}
+
+
+UP_MAPPINGS = [{"type": "value", "options": {"0": {"text": "down", "color": "red", "index": 0},
+                                             "1": {"text": "up", "color": "green", "index": 1}}}]
+OK_MAPPINGS = [{"type": "value", "options": {"0": {"text": "fail", "color": "red", "index": 0},
+                                             "1": {"text": "ok", "color": "green", "index": 1}}}]
+ANY_IS_BAD = [{"type": "value", "options": {"0": {"text": "0", "color": "green", "index": 0}}},
+              {"type": "range", "options": {"from": 1, "to": 1e12, "result": {"color": "red", "index": 1}}}]
+
+
+def variables():
+    def query_var(name, label, query):
+        return {"name": name, "label": label, "type": "query", "datasource": DS,
+                "definition": query, "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+                "refresh": 2, "includeAll": True, "allValue": ".*", "multi": True, "sort": 1, "hide": 0,
+                "regex": "", "options": [], "current": {"selected": True, "text": ["All"], "value": ["$__all"]}}
+    return {"list": [
+        {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
+         "current": {}, "hide": 0, "includeAll": False, "multi": False, "options": [], "refresh": 1, "regex": ""},
+        query_var("job", "Job", "label_values(gravity_up, job)"),
+        query_var("instance", "Instance", 'label_values(gravity_up{job=~"$job"}, instance)'),
+        query_var("pipeline", "Pipeline", 'label_values(gravity_up{job=~"$job", instance=~"$instance"}, pipeline)'),
+    ]}
+
+
+def annotations():
+    return {"list": [
+        {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True, "hide": True,
+         "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts", "type": "dashboard"},
+        {"name": "gravity restarts", "datasource": DS, "enable": True, "hide": False, "iconColor": "red",
+         "expr": f"changes(gravity_process_restarts_total{{{S}}}[$__rate_interval]) > 0",
+         "step": "30s", "titleFormat": "gravity restarted", "textFormat": "pipeline {{pipeline}} on {{instance}}",
+         "tagKeys": "pipeline", "useValueForTime": False},
+        {"name": "config or version changes", "datasource": DS, "enable": True, "hide": False,
+         "iconColor": "orange",
+         "expr": "count by (job, instance, pipeline) (count by (job, instance, pipeline, config_hash, version) "
+                 f"(last_over_time(gravity_pipeline_info{{{S}}}[$__rate_interval]))) > 1",
+         "step": "30s", "titleFormat": "config or version changed",
+         "textFormat": "pipeline {{pipeline}} on {{instance}}", "tagKeys": "pipeline", "useValueForTime": False},
+        {"name": "P0/P1 alerts", "datasource": DS, "enable": True, "hide": False, "iconColor": "dark-red",
+         "expr": f'ALERTS{{alertstate="firing", alertname=~"Gravity.*", severity=~"P0|P1", {S}}}',
+         "step": "30s", "titleFormat": "{{alertname}} ({{severity}})", "textFormat": "pipeline {{pipeline}}",
+         "tagKeys": "severity,pipeline", "useValueForTime": False},
+    ]}
+
+
+def layout(panels):
+    """Places panels left to right in a 24-column grid, rows on their own line; assigns ids."""
+    out, x, y, line_h = [], 0, 0, 0
+    for i, p in enumerate(panels, start=1):
+        w, h = p.pop("_w"), p.pop("_h")
+        if p["type"] == "row" or x + w > 24:
+            x, y, line_h = 0, y + line_h, 0
+        p["id"] = i
+        p["gridPos"] = {"h": h, "w": w, "x": x, "y": y}
+        out.append(p)
+        if p["type"] == "row":
+            y += h
+        else:
+            x += w
+            line_h = max(line_h, h)
+    return out
+
+
+def dashboard(uid, title, description, panels):
+    return {
+        "uid": uid, "title": title, "description": description, "tags": ["gravity", "gravity-exporter"],
+        "editable": True, "graphTooltip": 1, "id": None, "schemaVersion": 39, "version": 1,
+        "refresh": "30s", "time": {"from": "now-6h", "to": "now"}, "timezone": "browser",
+        "timepicker": {}, "fiscalYearStartMonth": 0, "liveNow": False, "weekStart": "",
+        "links": [{"type": "dashboards", "title": "Gravity", "tags": ["gravity"], "asDropdown": True,
+                   "includeVars": True, "keepTime": True, "icon": "external link", "targetBlank": False,
+                   "tooltip": "", "url": ""}],
+        "annotations": annotations(), "templating": variables(), "panels": layout(panels),
+    }
+
+
+# --- Fleet overview --------------------------------------------------------------------
+def fleet():
+    per_pipeline = [
+        (f"gravity_up{{{S}}}", "Up"),
+        (f"gravity:watermark_lag_seconds:max{{{S}}}", "Lag"),
+        (f"gravity:watermark_stall_seconds:max{{{S}}}", "Stall"),
+        (f"gravity:input_rows_per_second{{{S}}}", "In"),
+        (f"gravity:output_rows_per_second{{{S}}}", "Out"),
+        (f"gravity:errors_per_second:rate5m{{{S}}}", "Errors"),
+        (f"gravity_health_score{{{S}}}", "Health"),
+        (f"increase(gravity_process_restarts_total{{{S}}}[1d])", "Restarts 24h"),
+        (f"max by (job, instance, pipeline, stage, version) (gravity_pipeline_info{{{S}}})", "Info"),
+    ]
+    tbl = table(
+        "Pipelines",
+        targets(*per_pipeline, instant=True, fmt="table"),
+        "One row per pipeline. Click a pipeline for its detail dashboard.",
+        transformations=[
+            {"id": "merge", "options": {}},
+            {"id": "organize", "options": {
+                "excludeByName": {"Time": True, "Value #I": True},
+                "renameByName": {"Value #A": "up", "Value #B": "lag", "Value #C": "stall",
+                                 "Value #D": "in rows/s", "Value #E": "out rows/s", "Value #F": "errors/s",
+                                 "Value #G": "health checks passing", "Value #H": "restarts 24h"}}},
+        ],
+        overrides=[
+            column_override("up", "none", cell="color-text"),
+            column_override("lag", "s", [LAG]),
+            column_override("stall", "s", [STALL]),
+            column_override("in rows/s", "rowsps"),
+            column_override("out rows/s", "rowsps"),
+            column_override("errors/s", "cps", [ERRORS]),
+            column_override("health checks passing", "none"),
+            column_override("restarts 24h", "none"),
+            {"matcher": {"id": "byName", "options": "pipeline"},
+             "properties": [{"id": "links", "value": [{
+                 "title": "Pipeline detail", "targetBlank": False,
+                 "url": "/d/gravity-pipeline?var-pipeline=${__value.raw}&${datasource:queryparam}&${__url_time_range}"}]}]},
+        ],
+        thresholds=[LAG, STALL, ERRORS],
+        h=9,
+    )
+    tbl["fieldConfig"]["overrides"][0]["properties"].append({"id": "mappings", "value": UP_MAPPINGS})
+    return dashboard("gravity-fleet", "Gravity / Fleet overview",
+                     "Every gravity pipeline at a glance: who is down, behind, stalled or erroring.", [
+        row("Now"),
+        stat("Pipelines", targets((f"count(gravity_up{{{S}}})", "pipelines")), "none", "Pipelines watched.",
+             graph=False),
+        stat("Down", targets((f"count(gravity_up{{{S}}} == 0) or vector(0)", "down")), "none",
+             "Pipelines whose gravity is not running or not answering (GravityDown).", mappings=ANY_IS_BAD,
+             graph=False),
+        stat("Firing P0", targets((f'count(ALERTS{{alertstate="firing", severity="P0", {S}}}) or vector(0)', "P0")),
+             "none", "P0 alerts firing now: someone is being paged.", mappings=ANY_IS_BAD, graph=False),
+        stat("Firing P1", targets((f'count(ALERTS{{alertstate="firing", severity="P1", {S}}}) or vector(0)', "P1")),
+             "none", "P1 alerts firing now: act within the hour.", mappings=ANY_IS_BAD, graph=False),
+        stat("Worst lag", targets((f"max(gravity:watermark_lag_seconds:max{{{S}}})", "lag")), "s",
+             "The largest replication lag of all selected pipelines.", thresholds=[LAG]),
+        stat("Worst stall", targets((f"max(gravity:watermark_stall_seconds:max{{{S}}})", "stall")), "s",
+             "The longest time any selected pipeline has not moved its watermark.", thresholds=[STALL]),
+        tbl,
+        row("Trends"),
+        timeseries("Replication lag", [target(f"gravity:watermark_lag_seconds:max{{{S}}}", "{{pipeline}}"),
+                                       threshold_series(LAG, "B")], "s",
+                   "now - EventTime of the slowest stream per pipeline.", thresholds=[LAG]),
+        timeseries("Stall", [target(f"gravity:watermark_stall_seconds:max{{{S}}}", "{{pipeline}}"),
+                             threshold_series(STALL, "B")], "s",
+                   "now - ProcessTime: how long since the pipeline last moved a watermark.", thresholds=[STALL]),
+        timeseries("Rows in (from the source)", targets((f"gravity:input_rows_per_second{{{S}}}", "{{pipeline}}")),
+                   "rowsps", "Source rows read per second (insert, update, delete, ddl; no heartbeat rows)."),
+        timeseries("Rows out (to the target)", targets((f"gravity:output_rows_per_second{{{S}}}", "{{pipeline}}")),
+                   "rowsps", "Rows written to the target per second."),
+        timeseries("Error lines", [target(f"gravity:errors_per_second:rate5m{{{S}}}", "{{pipeline}}"),
+                                   threshold_series(ERRORS, "B")], "cps",
+                   "error/fatal/panic log lines per second (5 minute rate).", thresholds=[ERRORS]),
+        timeseries("Health checks passing", targets((f"gravity_health_score{{{S}}}", "{{pipeline}}")), "none",
+                   "Number of the exporter's 7 health checks that pass (process, API, watermarks, source, "
+                   "target, log, resources).", minimum=0, maximum=7),
+    ])
+
+
+# --- Pipeline detail -------------------------------------------------------------------
+def stage_quantile(q, metric):
+    return f"histogram_quantile({q}, sum by (pipeline, le) (rate({metric}_bucket{{{S}}}[$__rate_interval])))"
+
+
+STAGES = [
+    ("gravity_input_latency", "input"),
+    ("gravity_input_after_commit_latency", "input after-commit callback"),
+    ("gravity_emitter_latency", "emitter"),
+    ("gravity_scheduler_submit_latency", "scheduler submit"),
+    ("gravity_scheduler_ack_latency", "scheduler ack"),
+    ("gravity_scheduler_total_latency", "scheduler total"),
+    ("gravity_output_latency", "output"),
+]
+
+
+def pipeline():
+    funnel = [
+        (f'sum by (pipeline) (rate(gravity_input_counter{{type!="ctl", {S}}}[$__rate_interval]))',
+         "1 read from the source {{pipeline}}"),
+        (f"sum by (pipeline) (rate(gravity_input_emitter_counter{{{S}}}[$__rate_interval]))",
+         "2 input -> emitter {{pipeline}}"),
+        (f"sum by (pipeline) (rate(gravity_emitter_scheduler_counter{{{S}}}[$__rate_interval]))",
+         "3 emitter -> scheduler (after filters) {{pipeline}}"),
+        (f"sum by (pipeline) (rate(gravity_scheduler_output_counter{{{S}}}[$__rate_interval]))",
+         "4 scheduler -> output {{pipeline}}"),
+        (f"sum by (pipeline) (rate(gravity_output_counter{{{S}}}[$__rate_interval]))",
+         "5 written to the target {{pipeline}}"),
+    ]
+    funnel_total = [(e.replace("rate(", "increase(").replace("[$__rate_interval]", "[$__range]"), l)
+                    for e, l in funnel]
+    return dashboard("gravity-pipeline", "Gravity / Pipeline detail",
+                     "One pipeline in depth: health, lag, the throughput funnel from input to output, "
+                     "latency by stage, queues.", [
+        row("Health"),
+        stat("gravity", targets((f"gravity_up{{{S}}}", "{{pipeline}}")), "none",
+             "1 while the process exists and its HTTP API answers (GravityDown fires after 1 minute of 0).",
+             mappings=UP_MAPPINGS, graph=False, w=3),
+        stat("/healthz", targets((f"gravity_healthz{{{S}}}", "{{pipeline}}")), "none",
+             "gravity's own verdict: every watermark moved within its healthy-threshold (60 s).",
+             mappings=OK_MAPPINGS, graph=False, w=3),
+        stat("Health checks", targets((f"gravity_health_score{{{S}}}", "{{pipeline}}")), "none",
+             "The exporter's checks passing, of 7.", graph=False, w=3),
+        stat("Stage", targets((f"gravity_pipeline_info{{{S}}}", "{{stage}}")), "none",
+             "Incremental (streaming) or Full (dump).", text_mode="name", graph=False, w=3),
+        stat("Version / config", targets((f"gravity_pipeline_info{{{S}}}", "{{version}} / {{config_hash}}")),
+             "none", "gravity's version and the hash of its config file.", text_mode="name", graph=False, w=4),
+        stat("Up for", targets((f"time() - gravity_process_start_time_seconds{{{S}}}", "{{pipeline}}")), "s",
+             "Time since the current gravity process started.", graph=False, w=4),
+        stat("Restarts (15 min)", targets((f"increase(gravity_process_restarts_total{{{S}}}[15m])", "{{pipeline}}")),
+             "none", "Restarts in the last 15 minutes; GravityCrashLooping fires at the threshold.",
+             thresholds=[CRASHLOOP], w=4),
+        state_timeline("Health checks", targets((f"gravity_health_check{{{S}}}", "{{pipeline}} {{check}}")),
+                       "Each health check over time: ok or fail.", mappings=OK_MAPPINGS, w=24, h=7),
+        row("Lag"),
+        timeseries("Replication lag by stream", [
+            target(f"gravity_watermark_lag_seconds{{{S}}}", "{{pipeline}} {{stream}}"),
+            threshold_series(LAG, "B")], "s",
+            "now - EventTime: how far the target is behind the source, in event time. On an idle source the "
+            "heartbeat keeps it near zero.", thresholds=[LAG]),
+        timeseries("Stall by stream", [
+            target(f"gravity_watermark_stall_seconds{{{S}}}", "{{pipeline}} {{stream}}"),
+            threshold_series(STALL, "B")], "s",
+            "now - ProcessTime: how long since the pipeline last moved this watermark.", thresholds=[STALL]),
+        heatmap("Data lag distribution", target(
+            f'sum by (le) (increase(gravity_data_lag_seconds_bucket{{schema="", table="", {S}}}[$__rate_interval]))',
+            "{{le}}", fmt="heatmap"), "Lag observed at each collection (stream)."),
+        timeseries("Data lag quantiles", targets(
+            (f'histogram_quantile(0.5, sum by (pipeline, le) (rate(gravity_data_lag_seconds_bucket{{schema="", table="", {S}}}[$__rate_interval])))',
+             "p50 {{pipeline}}"),
+            (f'histogram_quantile(0.99, sum by (pipeline, le) (rate(gravity_data_lag_seconds_bucket{{schema="", table="", {S}}}[$__rate_interval])))',
+             "p99 {{pipeline}}")), "s", "Quantiles of the observed lag."),
+        row("Throughput funnel: input to output"),
+        timeseries("Funnel (rows per second at each stage)", targets(*funnel), "rowsps",
+                   "gravity's own counters from reading the binlog/oplog to writing the target. A gap between two "
+                   "stages shows where rows stop: filters drop rows between 2 and 3, a slow target shows "
+                   "between 4 and 5. Heartbeat rows are left out of stage 1 only.", w=16),
+        bargauge("Funnel over the time range", targets(*funnel_total), "short",
+                 "Rows through each stage over the dashboard's time range.", w=8),
+        timeseries("Input by operation", targets(
+            (f"sum by (pipeline, operation) (gravity_throughput_rows_per_second{{{S}}})",
+             "{{pipeline}} {{operation}}")), "rowsps", "Source rows per second by operation.", w=8),
+        timeseries("Output by kind", targets(
+            (f"sum by (pipeline, kind) (gravity_output_rows_per_second{{{S}}})", "{{pipeline}} {{kind}}")),
+            "rowsps", "Target rows per second, dml or ddl.", w=8),
+        timeseries("Busiest tables (input)", targets(
+            (f"topk(10, sum by (pipeline, schema, table) (gravity_throughput_rows_per_second{{{S}}}))",
+             "{{pipeline}} {{schema}}.{{table}}")), "rowsps", "The 10 tables with most source rows per second.",
+            w=8),
+        timeseries("Output against the same hour last week", targets(
+            (f"gravity:output_rows_per_second:rate1h{{{S}}}", "this week {{pipeline}}"),
+            (f"gravity:output_rows_per_second:rate1h{{{S}}} offset 1w", "last week {{pipeline}}")), "rowsps",
+            "Hourly output rate and the same hour a week ago (GravityThroughputDegraded compares them while "
+            "the pipeline is behind)."),
+        timeseries("Output latency p99 against last week", targets(
+            (f"gravity:output_latency_seconds:p99_1h{{{S}}}", "this week {{pipeline}}"),
+            (f"gravity:output_latency_seconds:p99_1h{{{S}}} offset 1w", "last week {{pipeline}}")), "s",
+            "p99 of the time a write to the target takes, over 1 hour (GravityLatencyDegraded)."),
+        row("Latency by stage"),
+        timeseries("p99 latency by stage", targets(*[(stage_quantile(0.99, m), f"{n} {{{{pipeline}}}}")
+                                                     for m, n in STAGES]), "s",
+                   "gravity's stage histograms: where time is spent between reading and writing.", w=12),
+        timeseries("p50 latency by stage", targets(*[(stage_quantile(0.5, m), f"{n} {{{{pipeline}}}}")
+                                                     for m, n in STAGES]), "s",
+                   "Median of the same stage histograms.", w=12),
+        timeseries("End to end p99", targets(
+            (stage_quantile(0.99, "gravity_event_time_latency"), "event time {{pipeline}}"),
+            (stage_quantile(0.99, "gravity_process_time_latency"), "process time {{pipeline}}"),
+            (stage_quantile(0.99, "gravity_input_probe_latency"), "heartbeat round trip {{pipeline}}")), "s",
+            "From the source's commit (event time) or from gravity reading it (process time) to the target."),
+        row("Queues"),
+        timeseries("Queue saturation", [
+            target(f"gravity:queue_saturation:ratio{{{S}}}", "{{pipeline}}"),
+            threshold_series(QUEUE, "B")], "percentunit",
+            "The fullest bounded queue: the scheduler's sliding window, or a worker queue against queue-size.",
+            thresholds=[QUEUE], maximum=1),
+        timeseries("Queue lengths by type", targets(
+            (f"sum by (pipeline, type) (gravity_queue_length{{{S}}})", "{{pipeline}} {{type}}")), "short",
+            "gravity's queues: input buffer, per-table buffers and latches, worker queues, sliding window."),
+        timeseries("Worker queues", targets(
+            (f'gravity_queue_length{{type="worker", {S}}}', "{{pipeline}} {{subtype}}")), "short",
+            "Messages waiting in each worker's queue (capacity: the scheduler's queue-size)."),
+        stat("Workers", targets((f"gravity_scheduler_nr_worker{{{S}}}", "{{pipeline}}")), "none",
+             "Output workers (nr-worker).", graph=False, w=6),
+        stat("Batch size", targets((f"avg by (pipeline) (gravity_scheduler_batch_size{{{S}}})", "{{pipeline}}")),
+             "none", "Average batch per worker.", w=6),
+    ])
+
+
+# --- Errors and retries ----------------------------------------------------------------
+def errors():
+    return dashboard("gravity-errors", "Gravity / Errors and retries",
+                     "What gravity logs and retries, what made it exit, and restarts.", [
+        row("Errors"),
+        timeseries("Error lines per second", [
+            target(f"gravity:errors_per_second:rate5m{{{S}}}", "{{pipeline}}"), threshold_series(ERRORS, "B")],
+            "cps", "error/fatal/panic lines per second, 5 minute rate.", thresholds=[ERRORS]),
+        timeseries("Errors by component and type", targets(
+            (f'sum by (pipeline, component, error_type) (rate(gravity_error_total{{level=~"error|fatal|panic", {S}}}[$__rate_interval]))',
+             "{{pipeline}} {{component}}/{{error_type}}")), "cps",
+            "Which part of gravity fails, and why (from the driver error in the log line).", stack=True),
+        timeseries("Warnings with a cause", targets(
+            (f'sum by (pipeline, component, error_type) (rate(gravity_error_total{{level="warning", {S}}}[$__rate_interval]))',
+             "{{pipeline}} {{component}}/{{error_type}}")), "cps",
+            "Warnings that carry a cause: retries, failed heartbeat probes, reconnects.", stack=True),
+        timeseries("Log lines by level", targets(
+            (f"sum by (pipeline, level) (rate(gravity_log_lines_total{{{S}}}[$__rate_interval]))",
+             "{{pipeline}} {{level}}")), "cps", "All log lines read, by level."),
+        row("Retries"),
+        timeseries("Retries per second", [
+            target(f"gravity:retries_per_second:rate5m{{{S}}}", "{{pipeline}}"), threshold_series(RETRIES, "B")],
+            "cps", "All retries, 5 minute rate. A batch that runs out of retries makes gravity exit.",
+            thresholds=[RETRIES]),
+        timeseries("Retries by reason", targets(
+            (f"sum by (pipeline, component, reason) (rate(gravity_retry_total{{{S}}}[$__rate_interval]))",
+             "{{pipeline}} {{component}}/{{reason}}")), "cps", "Retries by the cause of the failed attempt.",
+            stack=True),
+        timeseries("gravity's own retry counter", targets(
+            (f"sum by (pipeline) (rate(gravity_scheduler_retry_counter{{{S}}}[$__rate_interval]))",
+             "{{pipeline}}")), "cps", "gravity_scheduler_retry_counter: failed attempts of a MySQL output batch."),
+        timeseries("Connection probe failures", targets(
+            (f"sum by (pipeline, component, endpoint, reason) (rate(gravity_connection_probe_failures_total{{{S}}}[$__rate_interval]))",
+             "{{pipeline}} {{component}} {{endpoint}} {{reason}}")), "cps",
+            "The exporter's own probes of source and target that failed, by reason."),
+        row("Exits and restarts"),
+        timeseries("Restarts in the last 15 minutes", [
+            target(f"increase(gravity_process_restarts_total{{{S}}}[15m])", "{{pipeline}}"),
+            threshold_series(CRASHLOOP, "B")], "none",
+            "GravityCrashLooping fires at the threshold, like systemd's StartLimitBurst.",
+            thresholds=[CRASHLOOP]),
+        timeseries("Exits", targets(
+            (f"increase(gravity_process_exits_total{{{S}}}[$__rate_interval])", "exits {{pipeline}}"),
+            (f"increase(gravity_process_restarts_total{{{S}}}[$__rate_interval])", "restarts {{pipeline}}")),
+            "none", "The watched process went away, and a new one appeared."),
+        table("Last fatal log line", targets(
+            (f"gravity_last_fatal_info{{{S}}} == 1", ""),
+            (f"gravity_last_fatal_timestamp_seconds{{{S}}} * 1000", ""), instant=True, fmt="table"),
+            "The cause of the last fatal/panic line and when it was logged.",
+            transformations=[{"id": "merge", "options": {}},
+                             {"id": "organize", "options": {"excludeByName": {"Time": True, "Value #A": True},
+                                                            "renameByName": {"Value #B": "logged at"}}}],
+            overrides=[column_override("logged at", "dateTimeAsIso")], h=6),
+    ])
+
+
+# --- Source and binlog retention -------------------------------------------------------
+def source():
+    return dashboard("gravity-source", "Gravity / Source and binlog retention",
+                     "Connections to source and target, how far gravity is behind in the binlog, and how "
+                     "close the binlog purge is to its position.", [
+        row("Connections"),
+        state_timeline("Connection health", targets(
+            (f"gravity_connection_health{{{S}}}", "{{pipeline}} {{component}} {{endpoint}}")),
+            "The exporter's login probe of each endpoint: ok or fail (GravitySourceUnreachable, "
+            "GravityTargetUnreachable after 2 minutes).", mappings=OK_MAPPINGS),
+        timeseries("Probe latency p99", targets(
+            (f"histogram_quantile(0.99, sum by (pipeline, component, endpoint, le) (rate(gravity_connection_probe_duration_seconds_bucket{{{S}}}[$__rate_interval])))",
+             "{{pipeline}} {{component}} {{endpoint}}")), "s", "How long a login to each endpoint takes."),
+        timeseries("gravity's established connections", targets(
+            (f"gravity_connections_established{{{S}}}", "{{pipeline}} {{component}} {{endpoint}}")), "short",
+            "TCP connections the gravity process holds to each endpoint."),
+        row("Binlog"),
+        timeseries("Binlog files behind the source", targets(
+            (f"gravity_source_binlog_files_behind{{{S}}}", "{{pipeline}}")), "none",
+            "Binlog files between gravity's position and the source's current one."),
+        timeseries("Binlog bytes behind the source", targets(
+            (f"gravity_source_binlog_bytes_behind{{{S}}}", "{{pipeline}}")), "bytes",
+            "Bytes of binlog gravity still has to read."),
+        timeseries("Purge headroom (files)", [
+            target(f"gravity_source_binlog_purge_headroom_files{{{S}}}", "{{pipeline}}"),
+            threshold_series(HEADROOM, "B")], "none",
+            "Binlog files between the oldest one the source keeps and gravity's position. Below the threshold "
+            "the next purge can delete what gravity still needs.", thresholds=[HEADROOM], above=False),
+        timeseries("Purge headroom (bytes)", targets(
+            (f"gravity_source_binlog_purge_headroom_bytes{{{S}}}", "{{pipeline}}")), "bytes",
+            "Bytes between the oldest retained binlog and gravity's position."),
+        timeseries("Time until retention can purge the position", [
+            target(f"gravity:binlog_purge_eta_seconds{{{S}}}", "{{pipeline}}"), threshold_series(ETA, "B")], "s",
+            "Retention minus the age of gravity's position (a lower bound; Incremental stage, time-based "
+            "retention only).", thresholds=[ETA], above=False),
+        stat("Binlog retention", targets((f"gravity_source_binlog_retention_seconds{{{S}}}", "{{pipeline}}")), "s",
+             "binlog_expire_logs_seconds (or expire_logs_days); 0 means no automatic purge.", graph=False, w=6),
+        stat("Position stalled", targets((f"gravity_source_position_stalled{{{S}}}", "{{pipeline}}")), "none",
+             "1 when the source's position moved and gravity's did not (GravityBinlogPositionStalled).",
+             mappings=ANY_IS_BAD, graph=False, w=6),
+        timeseries("Binlog file", targets((f"gravity_binlog_file_index{{{S}}}", "{{pipeline}} {{position}}")),
+                   "none", "Number of the binlog file gravity is at (current) and started from (start)."),
+        timeseries("Binlog offset", targets((f"gravity_binlog_offset_bytes{{{S}}}", "{{pipeline}} {{position}}")),
+                   "bytes", "Offset in that binlog file."),
+        timeseries("Oplog position age (MongoDB)", targets(
+            (f"time() - gravity_oplog_position_timestamp_seconds{{{S}}}", "{{pipeline}}")), "s",
+            "How old the oplog entry at gravity's position is."),
+        row("Full dump"),
+        bargauge("Full dump progress by table", targets(
+            (f"gravity_full_dump_progress_ratio{{{S}}}", "{{pipeline}} {{schema}}.{{table}}")), "percentunit",
+            "Rows scanned / estimated per table; 100% when the table is done.", maximum=1),
+        stat("Tables", targets((f"gravity_full_dump_tables{{{S}}}", "{{pipeline}} {{state}}")), "none",
+             "Full-dump tables done and pending.", graph=False, w=6),
+        stat("Position stored", targets((f"gravity_position_stored{{{S}}}", "{{pipeline}}")), "none",
+             "0 while gravity has stored no position yet.", mappings=OK_MAPPINGS, graph=False, w=6),
+    ])
+
+
+# --- Data quality ----------------------------------------------------------------------
+def quality():
+    rows_in = (f'label_replace(sum by (pipeline, db, table) (increase(gravity_input_counter{{type="dml", {S}}}[$__range])), '
+               '"schema", "$1", "db", "(.*)")')
+    rows_out = (f'label_replace(label_replace(sum by (pipeline, cat0, cat1) (increase(gravity_output_counter{{cat2="dml", {S}}}[$__range])), '
+                '"schema", "$1", "cat0", "(.*)"), "table", "$1", "cat1", "(.*)")')
+    return dashboard("gravity-quality", "Gravity / Data quality",
+                     "Does the target hold what the source holds: rows in against rows out, DDL, "
+                     "the heartbeat, stage and config changes.", [
+        # Consistency-score panels come with the opt-in consistency checker
+        # (gravity_data_consistency_score); nothing exports that metric yet, and a panel that
+        # can never show data would mislead. GravityDataConsistencyMismatch stays in the rules.
+        row("Rows and schema"),
+        table("Rows in against rows out (time range)", [
+            target(f"sum by (pipeline, schema, table) ({rows_in})", "", "A", instant=True, fmt="table"),
+            target(f"sum by (pipeline, schema, table) ({rows_out})", "", "B", instant=True, fmt="table")],
+            "DML rows read per source table and written per target table over the time range. Tables routed "
+            "to another name, or filtered out, show on one side only.",
+            transformations=[{"id": "merge", "options": {}},
+                             {"id": "organize", "options": {"excludeByName": {"Time": True},
+                                                            "renameByName": {"Value #A": "rows in",
+                                                                             "Value #B": "rows out"}}}],
+            overrides=[column_override("rows in", "short"), column_override("rows out", "short")], w=12),
+        row("Schema changes"),
+        timeseries("DDL replicated", targets(
+            (f'sum by (pipeline, db, table) (increase(gravity_input_counter{{type="ddl", {S}}}[$__rate_interval]))',
+             "{{pipeline}} {{db}}.{{table}}")), "none", "DDL statements read from the source (GravityDDLApplied)."),
+        timeseries("DDL written to the target", targets(
+            (f'sum by (pipeline, cat0, cat1, cat3) (increase(gravity_output_counter{{cat2="ddl", {S}}}[$__rate_interval]))',
+             "{{pipeline}} {{cat0}}.{{cat1}} {{cat3}}")), "none", "DDL statements applied to the target, by kind."),
+        table("Config and version", targets(
+            (f"gravity_pipeline_info{{{S}}}", ""), instant=True, fmt="table"),
+            "What each gravity runs now (GravityConfigChanged, GravityVersionChanged).",
+            transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True, "Value": True,
+                                                                                 "__name__": True}}}], w=12),
+        stat("Stage", targets((f"gravity_full_dump{{{S}}}", "{{pipeline}}")), "none",
+             "1 in the Full (dump) stage, 0 Incremental (GravityUnexpectedFullDump).",
+             mappings=[{"type": "value", "options": {"0": {"text": "Incremental", "color": "green", "index": 0},
+                                                     "1": {"text": "Full", "color": "blue", "index": 1}}}],
+             w=12),
+        row("Heartbeat"),
+        timeseries("Heartbeat signature: lag against stall", [
+            target(f"gravity:watermark_lag_seconds:max{{{S}}}", "lag {{pipeline}}", "A"),
+            target(f"gravity:watermark_stall_seconds:max{{{S}}}", "stall {{pipeline}}", "B"),
+            threshold_series(HEARTBEAT, "C")], "s",
+            "Lag growing while stall stays small and no rows arrive: gravity cannot write its heartbeat "
+            "(gravity issue 226), nothing is really behind.", thresholds=[HEARTBEAT]),
+        timeseries("Heartbeat round trips", targets(
+            (f"rate(gravity_input_probe_latency_count{{{S}}}[$__rate_interval])", "{{pipeline}}")), "cps",
+            "Heartbeat rows gravity wrote and read back per second (about 1 while it works)."),
+        timeseries("Heartbeat round trip p99", targets(
+            (stage_quantile(0.99, "gravity_input_probe_latency"), "{{pipeline}}")), "s",
+            "From writing the heartbeat row on the source to reading it from the binlog."),
+        timeseries("Data lag p99 by table", targets(
+            (f"histogram_quantile(0.99, sum by (pipeline, schema, table, le) (rate(gravity_data_lag_seconds_bucket{{{S}}}[$__rate_interval])))",
+             "{{pipeline}} {{schema}}.{{table}}")), "s",
+            "Lag per table in batch mode; the stream (schema and table empty) otherwise."),
+    ])
+
+
+# --- Resources and the exporter --------------------------------------------------------
+EXPORTER = 'job=~"$job", instance=~"$instance"'
+# Exporter meta metrics (and `up`) carry no pipeline label: join it in from gravity_up,
+# which also limits them to the exporters of the selected pipelines.
+JOIN_PIPELINE = (f" * on (job, instance) group_left (pipeline) "
+                 f"topk by (job, instance) (1, group by (job, instance, pipeline) (gravity_up{{{S}}}))")
+
+
+def exporter_metric(m):
+    return f"{m}{{{EXPORTER}}}{JOIN_PIPELINE}"
+
+
+def resources():
+    return dashboard("gravity-resources", "Gravity / Resources and the exporter",
+                     "CPU, memory, file descriptors, I/O and log disk of the gravity process, and the health of "
+                     "gravity-exporter itself.", [
+        row("gravity process"),
+        timeseries("CPU", [target(f"rate(gravity_process_cpu_seconds_total{{{S}}}[$__rate_interval])", "{{pipeline}}"),
+                           threshold_series(CPU, "B")], "none",
+                   "CPU cores used (user + system).", thresholds=[CPU], w=8),
+        timeseries("Resident memory", [target(f"gravity_process_resident_memory_bytes{{{S}}}", "{{pipeline}}"),
+                                       threshold_series(MEM, "B")], "bytes", "RSS of gravity.",
+                   thresholds=[MEM], w=8),
+        timeseries("File descriptors used", [
+            target(f"gravity_process_open_fds{{{S}}} / gravity_process_max_fds{{{S}}}", "{{pipeline}}"),
+            threshold_series(FDS, "B")], "percentunit", "Open fds against the soft RLIMIT_NOFILE.",
+            thresholds=[FDS], maximum=1, w=8),
+        timeseries("Virtual memory", targets((f"gravity_process_virtual_memory_bytes{{{S}}}", "{{pipeline}}")),
+                   "bytes", "VSZ of gravity.", w=8),
+        timeseries("Threads and open fds", targets(
+            (f"gravity_process_threads{{{S}}}", "threads {{pipeline}}"),
+            (f"gravity_process_open_fds{{{S}}}", "open fds {{pipeline}}")), "short", "OS threads and open fds.",
+            w=8),
+        timeseries("Context switches", targets(
+            (f"sum by (pipeline, kind) (rate(gravity_process_context_switches_total{{{S}}}[$__rate_interval]))",
+             "{{pipeline}} {{kind}}")), "cps", "Voluntary and involuntary context switches.", w=8),
+        timeseries("Storage I/O", targets(
+            (f"rate(gravity_process_io_read_bytes_total{{{S}}}[$__rate_interval])", "read {{pipeline}}"),
+            (f"rate(gravity_process_io_write_bytes_total{{{S}}}[$__rate_interval])", "write {{pipeline}}")),
+            "Bps", "Bytes gravity reads from and writes to storage."),
+        state_timeline("Process state", targets(
+            (f"gravity_process_state{{{S}}} == 1", "{{pipeline}} {{state}}")),
+            "running, sleeping, disk_sleep (D: stuck in I/O), zombie, stopped."),
+        timeseries("Log disk free", [
+            target(f"gravity:node_filesystem_avail:ratio and on (host) gravity:log_host:active{{{S}}}",
+                   "{{host}} {{mountpoint}}"),
+            threshold_series(DISK, "B")], "percentunit",
+            "Free share of the filesystems on the hosts where gravity writes its log (node_exporter; "
+            "GravityLogDiskFilling also needs the disk to be filling).", thresholds=[DISK], above=False,
+            maximum=1),
+        timeseries("Log last written", targets(
+            (f"time() - gravity_log_last_write_timestamp_seconds{{{S}}}", "{{pipeline}}")), "s",
+            "Seconds since gravity's log last grew."),
+        row("gravity-exporter"),
+        timeseries("Collector duration", targets(
+            (exporter_metric("gravity_exporter_collector_duration_seconds"), "{{pipeline}} {{collector}}")), "s",
+            "How long each collector's last run took."),
+        state_timeline("Collector success", targets(
+            (exporter_metric("gravity_exporter_collector_success"), "{{pipeline}} {{collector}}")),
+            "0: the collector's metrics are its last good (stale) values (GravityExporterCollectorFailing).",
+            mappings=OK_MAPPINGS),
+        timeseries("Collector failures", targets(
+            (f"sum by (pipeline, collector) (rate(gravity_exporter_collector_failures_total{{{EXPORTER}}}[$__rate_interval]){JOIN_PIPELINE})",
+             "{{pipeline}} {{collector}}")), "cps", "Failed, timed-out or panicked collector runs."),
+        timeseries("Since last collector success", targets(
+            (f"time() - ({exporter_metric('gravity_exporter_collector_last_success_timestamp_seconds')})",
+             "{{pipeline}} {{collector}}")), "s", "How stale each collector's metrics are."),
+        timeseries("Pass-through series", targets(
+            (exporter_metric("gravity_exporter_passthrough_series"), "passed through {{pipeline}}"),
+            (f"rate(gravity_exporter_passthrough_dropped_series_total{{{EXPORTER}}}[$__rate_interval]){JOIN_PIPELINE}",
+             "dropped/s {{pipeline}}")), "short",
+            "Series of gravity's own /metrics passed through, and series dropped by the cap."),
+        timeseries("Log tailer events", targets(
+            (f"sum by (pipeline) (increase(gravity_log_rotations_total{{{S}}}[$__rate_interval]))", "rotations {{pipeline}}"),
+            (f"sum by (pipeline) (increase(gravity_log_truncations_total{{{S}}}[$__rate_interval]))", "truncations {{pipeline}}"),
+            (f"sum by (pipeline) (increase(gravity_log_oversized_lines_total{{{S}}}[$__rate_interval]))",
+             "oversized lines {{pipeline}}")), "none", "Log rotations and truncations the tailer followed."),
+        timeseries("Scrape", targets(
+            (exporter_metric("up"), "up {{pipeline}}"),
+            (exporter_metric("scrape_duration_seconds"),
+             "scrape seconds {{pipeline}}")), "short",
+            "Prometheus' view of the exporter (GravityExporterDown when it stops)."),
+        table("Exporter build", targets(
+            (exporter_metric("gravity_exporter_build_info"), ""), instant=True, fmt="table"),
+            "gravity-exporter version and the Rust compiler it was built with; where process figures come from.",
+            transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True, "Value": True,
+                                                                                 "__name__": True}}}], w=12, h=5),
+        stat("Process figures from", targets(
+            (f"gravity_process_metrics_source{{{S}}} == 1", "{{pipeline}} {{source}}")), "none",
+            "procfs (gravity's /proc) or gravity_metrics (gravity's own process_* families).",
+            text_mode="name", graph=False, w=12, h=5),
+    ])
+
+
+def main():
+    out = os.path.join(ROOT, "dashboards")
+    os.makedirs(out, exist_ok=True)
+    for name, build in [("fleet", fleet), ("pipeline", pipeline), ("errors", errors), ("source", source),
+                        ("quality", quality), ("resources", resources)]:
+        with open(os.path.join(out, f"gravity-{name}.json"), "w") as f:
+            json.dump(build(), f, indent=2)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

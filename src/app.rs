@@ -1,0 +1,168 @@
+//! Wiring: builds the store, context, collectors, watcher and server, handles SIGHUP
+//! reloads and the shutdown signal.
+
+use std::sync::Arc;
+
+use prometheus::IntGaugeVec;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::collector::connections::ConnectionProber;
+use crate::collector::gravity_metrics::GravityMetricsCollector;
+use crate::collector::healthz::HealthzCollector;
+use crate::collector::process::ProcessCollector;
+use crate::collector::sockets::SocketsCollector;
+use crate::collector::source::SourceCollector;
+use crate::collector::status::StatusCollector;
+use crate::collector::{Collector, Context, Runner};
+use crate::config::Settings;
+use crate::discovery::{self, Target};
+use crate::metrics::Store;
+use crate::watch::Watcher;
+
+/// Why the exporter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Could not bind the listen address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Error.
+        source: std::io::Error,
+    },
+}
+
+/// A running exporter, for tests and the demo.
+pub struct Exporter {
+    /// Shared context.
+    pub ctx: Arc<Context>,
+    /// Settings publisher (SIGHUP or tests replace them).
+    pub settings_tx: watch::Sender<Arc<Settings>>,
+}
+
+fn build_info(store: &Store) {
+    let g = IntGaugeVec::new(
+        prometheus::Opts::new(
+            "gravity_exporter_build_info",
+            "A metric with a constant '1' value labelled by version and the Rust version of the build.",
+        ),
+        &["version", "rustc"],
+    )
+    .expect("metric names in this crate are valid");
+    g.with_label_values(&[
+        env!("CARGO_PKG_VERSION"),
+        option_env!("GX_RUSTC_VERSION").unwrap_or("unknown"),
+    ])
+    .set(1);
+    let _ = store.registry().register(Box::new(g));
+}
+
+/// The collectors, in run order.
+pub fn collectors(store: &Store) -> Vec<Arc<dyn Collector>> {
+    vec![
+        Arc::new(ProcessCollector),
+        Arc::new(HealthzCollector),
+        Arc::new(StatusCollector::new(store)),
+        Arc::new(GravityMetricsCollector::new(store)),
+        Arc::new(crate::health::HealthCollector),
+        Arc::new(SocketsCollector::default()),
+        Arc::new(SourceCollector::default()),
+    ]
+}
+
+/// Starts the watcher and runner tasks and returns the handle; the server is started by [`serve`].
+pub fn start(settings: Settings) -> Exporter {
+    let store = Arc::new(Store::new());
+    build_info(&store);
+    let (tx, rx) = watch::channel(Arc::new(settings));
+    let ctx = Context::new(rx, store);
+    let mut watcher = Watcher::new(ctx.clone());
+    // First look before the first collection, so it already knows the process.
+    watcher.tick();
+    tokio::spawn(watcher.run());
+    tokio::spawn(crate::log::LogWatcher::new(ctx.clone()).run());
+    let runner = Runner::new(ctx.clone(), collectors(&ctx.store));
+    tokio::spawn(runner.run());
+    // Connection probes run on their own schedule (--probe.interval).
+    tokio::spawn(ConnectionProber::new(ctx.clone()).run());
+    Exporter {
+        ctx,
+        settings_tx: tx,
+    }
+}
+
+/// Binds the listen address of the settings.
+pub async fn bind(settings: &Settings) -> Result<TcpListener, AppError> {
+    TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| AppError::Bind {
+            addr: settings.listen,
+            source,
+        })
+}
+
+/// Applies a reload of the config file (SIGHUP): a bad file is rejected and the old settings stay.
+pub fn reload(exp: &Exporter) {
+    let cur = exp.ctx.settings();
+    match cur.reload() {
+        Ok(new) => {
+            for key in cur.restart_needed_for(&new) {
+                tracing::warn!(key, "changed in the config file but needs a restart of the exporter; keeping the old value");
+            }
+            let mut new = new;
+            new.listen = cur.listen;
+            new.telemetry_path = cur.telemetry_path.clone();
+            new.proc_root = cur.proc_root.clone();
+            let new = Arc::new(new);
+            let _ = exp.settings_tx.send(new.clone());
+            // Re-derive the target: the gravity URL, config or log given may have changed.
+            let look = exp.ctx.target().process;
+            let target = match look {
+                Some(l) if l.is_alive() => discovery::discover(&new, l),
+                _ => {
+                    let mut t = Target::from_settings(&new);
+                    t.process = look;
+                    t
+                }
+            };
+            exp.ctx.set_target(target);
+            tracing::info!("config reloaded");
+            exp.ctx.kick.notify_one();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "config reload rejected; the previous config stays in force")
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT, handling SIGHUP reloads meanwhile.
+pub async fn signals(exp: &Exporter) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return; }
+            _ = hup.recv() => reload(exp),
+        }
+    }
+}
+
+/// Runs the exporter until SIGTERM/SIGINT.
+pub async fn run(settings: Settings) -> Result<(), AppError> {
+    let listener = bind(&settings).await?;
+    tracing::info!(address = %settings.listen, path = %settings.telemetry_path, "listening");
+    let exp = start(settings);
+    let ctx = exp.ctx.clone();
+    crate::server::serve(listener, ctx, signals(&exp)).await;
+    Ok(())
+}

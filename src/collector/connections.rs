@@ -1,0 +1,547 @@
+//! Connection probes: is every endpoint around the pipeline reachable, and does it let
+//! gravity's credentials in?
+//!
+//! The endpoints come from gravity's config ([`crate::gravity_config`]): the source (MySQL
+//! or Mongo), gravity's probe DB (`source-probe-config`), the MySQL target, each Kafka
+//! broker and each Elasticsearch URL. Each is probed at the protocol level with
+//! [`crate::probe`] (MySQL: handshake, login with gravity's user and password, `SELECT 1`;
+//! Kafka: `ApiVersions`; Mongo: `hello`; Elasticsearch: `GET /` with basic auth), never
+//! with a bare TCP connect: a connect that never completes the MySQL handshake counts
+//! towards the server's `max_connect_errors` and eventually gets the exporter's host
+//! blocked (prometheus/blackbox_exporter issue 505). docs/connections.md has the details.
+//!
+//! The [`ConnectionProber`] runs on its own schedule (`--probe.interval`, default 15 s),
+//! not in the collector runner: a round probes every endpoint concurrently, each bounded by
+//! `--probe.timeout` (default 3 s), then publishes the `connections` snapshot
+//! (`gravity_connection_health`, `gravity_connection_failure_reason`) and updates the
+//! stateful `gravity_connection_probe_duration_seconds` histogram and
+//! `gravity_connection_probe_failures_total` counter. `--probe.interval=0s` turns probes off.
+//!
+//! Label cardinality: at most [`MAX_ENDPOINTS`] endpoints; label sets of endpoints that
+//! leave the config are removed from the stateful metrics. Passwords are read from the
+//! [`Secret`](crate::probe::Secret) only by the probes themselves and never reach a label,
+//! log line or detail string.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+
+use super::Context;
+use crate::gravity_config::{Endpoint, GravityConfig, Protocol};
+use crate::metrics::{lock, Families};
+use crate::probe::{self, FailureReason, ProbeOutcome};
+
+/// Name of the snapshot in the store.
+pub const SNAPSHOT: &str = "connections";
+/// Most endpoints probed (and labelled).
+pub const MAX_ENDPOINTS: usize = 64;
+/// Buckets of the probe duration histogram, in seconds.
+pub const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// How often the prober looks for a changed endpoint list between rounds.
+const RECHECK: Duration = Duration::from_millis(250);
+
+/// The endpoints to probe, in config order: duplicates of (component, address) dropped,
+/// at most [`MAX_ENDPOINTS`].
+pub fn probe_targets(cfg: &GravityConfig) -> Vec<Endpoint> {
+    let mut seen = HashSet::new();
+    cfg.endpoints
+        .iter()
+        .filter(|e| seen.insert((e.role, e.address())))
+        .take(MAX_ENDPOINTS)
+        .cloned()
+        .collect()
+}
+
+/// The result of probing one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeResult {
+    /// `component` label (source, probe_db, target, kafka, elasticsearch).
+    pub component: &'static str,
+    /// `endpoint` label (host:port).
+    pub endpoint: String,
+    /// What the probe found.
+    pub outcome: ProbeOutcome,
+}
+
+/// Builds the snapshot from a round's results (pure).
+pub fn connection_families(results: &[ProbeResult], pipeline: &str) -> Families {
+    let mut f = Families::new();
+    for r in results {
+        let l = [
+            ("pipeline", pipeline),
+            ("component", r.component),
+            ("endpoint", r.endpoint.as_str()),
+        ];
+        f.gauge(
+            "gravity_connection_health",
+            "1 when the last protocol-level probe of the endpoint succeeded (MySQL login + SELECT 1, Kafka ApiVersions, Mongo hello, Elasticsearch GET /), else 0.",
+            &l,
+            if r.outcome.ok { 1.0 } else { 0.0 },
+        );
+        if let Some(reason) = r.outcome.reason {
+            f.gauge(
+                "gravity_connection_failure_reason",
+                "1 for why the last probe of the endpoint failed (refused, timeout, auth, protocol, dns); absent while it is healthy.",
+                &[
+                    ("pipeline", pipeline),
+                    ("component", r.component),
+                    ("endpoint", r.endpoint.as_str()),
+                    ("reason", reason.as_str()),
+                ],
+                1.0,
+            );
+        }
+    }
+    f
+}
+
+/// Probes one endpoint at the protocol level, within `timeout`.
+pub async fn probe_endpoint(e: &Endpoint, timeout: Duration) -> ProbeOutcome {
+    let pe = probe::Endpoint::new(e.host.clone(), e.port);
+    match e.protocol {
+        Protocol::Mysql => {
+            probe::mysql::probe(&pe, e.user.as_deref().unwrap_or(""), &e.password, timeout).await
+        }
+        Protocol::Kafka => probe::kafka::probe(&pe, timeout).await,
+        Protocol::Mongo => probe::mongo::probe(&pe, timeout).await,
+        Protocol::Http => {
+            probe::http::probe(&pe, e.tls, e.user.as_deref(), &e.password, timeout).await
+        }
+    }
+}
+
+/// Probes every endpoint concurrently; each probe is bounded by `timeout` (plus a margin
+/// for a probe that overran its own deadline). Results come back in `endpoints` order.
+pub async fn probe_all(endpoints: &[Endpoint], timeout: Duration) -> Vec<ProbeResult> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        let e = e.clone();
+        set.spawn(async move {
+            let start = Instant::now();
+            let outcome = match tokio::time::timeout(
+                timeout + Duration::from_millis(500),
+                probe_endpoint(&e, timeout),
+            )
+            .await
+            {
+                Ok(o) => o,
+                Err(_) => ProbeOutcome::failure(
+                    FailureReason::Timeout,
+                    start.elapsed(),
+                    "probe overran its deadline",
+                ),
+            };
+            (i, outcome)
+        });
+    }
+    let mut outcomes: Vec<Option<ProbeOutcome>> = vec![None; endpoints.len()];
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((i, o)) => {
+                if let Some(slot) = outcomes.get_mut(i) {
+                    *slot = Some(o);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "connection probe task failed"),
+        }
+    }
+    endpoints
+        .iter()
+        .zip(outcomes)
+        .map(|(e, o)| ProbeResult {
+            component: e.role.as_str(),
+            endpoint: e.address(),
+            outcome: o.unwrap_or_else(|| {
+                ProbeOutcome::failure(FailureReason::Protocol, Duration::ZERO, "probe task failed")
+            }),
+        })
+        .collect()
+}
+
+type LabelKey = (String, &'static str, String);
+
+/// Runs the probes on their own schedule and publishes the results.
+pub struct ConnectionProber {
+    ctx: Arc<Context>,
+    duration: HistogramVec,
+    failures: IntCounterVec,
+    /// Label sets (pipeline, component, endpoint) present in the stateful metrics.
+    known: Mutex<HashSet<LabelKey>>,
+    /// Last health per label set, to log changes only.
+    last: Mutex<HashMap<LabelKey, bool>>,
+}
+
+impl ConnectionProber {
+    /// Registers the histogram and the failure counter in the store's registry.
+    pub fn new(ctx: Arc<Context>) -> ConnectionProber {
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gravity_connection_probe_duration_seconds",
+                "How long each protocol-level probe of the endpoint took (to success or failure).",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["pipeline", "component", "endpoint"],
+        )
+        .expect("metric names in this crate are valid");
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "gravity_connection_probe_failures_total",
+                "Failed protocol-level probes of the endpoint, by reason (refused, timeout, auth, protocol, dns).",
+            ),
+            &["pipeline", "component", "endpoint", "reason"],
+        )
+        .expect("metric names in this crate are valid");
+        let reg = ctx.store.registry();
+        let _ = reg.register(Box::new(duration.clone()));
+        let _ = reg.register(Box::new(failures.clone()));
+        ConnectionProber {
+            ctx,
+            duration,
+            failures,
+            known: Mutex::new(HashSet::new()),
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The endpoints to probe now, from the current target's config.
+    fn endpoints(&self) -> (String, Vec<Endpoint>) {
+        let t = self.ctx.target();
+        let eps = t.config.as_ref().map(probe_targets).unwrap_or_default();
+        (t.pipeline.clone(), eps)
+    }
+
+    /// Runs one round: probes, records, publishes. Returns the results.
+    pub async fn probe_once(&self, timeout: Duration) -> Vec<ProbeResult> {
+        let (pipeline, endpoints) = self.endpoints();
+        let results = probe_all(&endpoints, timeout).await;
+        self.record(&pipeline, &results);
+        results
+    }
+
+    fn record(&self, pipeline: &str, results: &[ProbeResult]) {
+        let current: HashSet<LabelKey> = results
+            .iter()
+            .map(|r| (pipeline.to_string(), r.component, r.endpoint.clone()))
+            .collect();
+        self.forget_except(&current);
+        {
+            let mut known = lock(&self.known);
+            let mut last = lock(&self.last);
+            for r in results {
+                let l = [pipeline, r.component, r.endpoint.as_str()];
+                let key = (pipeline.to_string(), r.component, r.endpoint.clone());
+                if known.insert(key.clone()) {
+                    // Every reason from the start, so rate() sees the first failure.
+                    for reason in FailureReason::ALL {
+                        self.failures.with_label_values(&[
+                            pipeline,
+                            r.component,
+                            &r.endpoint,
+                            reason.as_str(),
+                        ]);
+                    }
+                }
+                self.duration
+                    .with_label_values(&l)
+                    .observe(r.outcome.latency.as_secs_f64());
+                if let Some(reason) = r.outcome.reason {
+                    self.failures
+                        .with_label_values(&[pipeline, r.component, &r.endpoint, reason.as_str()])
+                        .inc();
+                }
+                let before = last.insert(key, r.outcome.ok);
+                let o = &r.outcome;
+                match (before, o.ok) {
+                    (Some(true) | None, false) => tracing::warn!(
+                        component = r.component,
+                        endpoint = %r.endpoint,
+                        reason = o.reason.map(FailureReason::as_str).unwrap_or(""),
+                        detail = %o.detail,
+                        "connection probe failed"
+                    ),
+                    (Some(false), true) => tracing::info!(
+                        component = r.component,
+                        endpoint = %r.endpoint,
+                        "connection probe succeeds again"
+                    ),
+                    (None, true) => tracing::info!(
+                        component = r.component,
+                        endpoint = %r.endpoint,
+                        detail = %o.detail,
+                        "connection probe succeeded"
+                    ),
+                    _ => tracing::debug!(
+                        component = r.component,
+                        endpoint = %r.endpoint,
+                        ok = o.ok,
+                        latency_ms = o.latency.as_millis() as u64,
+                        detail = %o.detail,
+                        "connection probe"
+                    ),
+                }
+            }
+        }
+        self.ctx
+            .store
+            .set_snapshot(SNAPSHOT, connection_families(results, pipeline));
+        self.ctx.recent.record_probes(
+            results
+                .iter()
+                .map(|r| crate::page::recent::ProbeView {
+                    component: r.component,
+                    endpoint: r.endpoint.clone(),
+                    ok: r.outcome.ok,
+                    reason: r.outcome.reason.map(FailureReason::as_str),
+                    latency_seconds: r.outcome.latency.as_secs_f64(),
+                    detail: r.outcome.detail.clone(),
+                })
+                .collect(),
+        );
+    }
+
+    /// Drops the stateful series of label sets not in `keep`.
+    fn forget_except(&self, keep: &HashSet<LabelKey>) {
+        let mut known = lock(&self.known);
+        let gone: Vec<LabelKey> = known.difference(keep).cloned().collect();
+        for k in gone {
+            let (p, c, e) = (&k.0, k.1, &k.2);
+            let _ = self.duration.remove_label_values(&[p, c, e]);
+            for reason in FailureReason::ALL {
+                let _ = self
+                    .failures
+                    .remove_label_values(&[p, c, e, reason.as_str()]);
+            }
+            known.remove(&k);
+            lock(&self.last).remove(&k);
+        }
+    }
+
+    /// Runs forever: a round every `--probe.interval`, or at once when the endpoint list
+    /// changes (gravity found, config reloaded). With probes off, publishes nothing.
+    pub async fn run(self) {
+        loop {
+            let s = self.ctx.settings();
+            let Some(interval) = s.probe_interval else {
+                self.forget_except(&HashSet::new());
+                self.ctx.store.set_snapshot(SNAPSHOT, Families::new());
+                self.ctx.recent.clear_probes();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            let (_, probed) = self.endpoints();
+            self.probe_once(s.probe_timeout).await;
+            let start = Instant::now();
+            while start.elapsed() < interval {
+                tokio::time::sleep(RECHECK.min(interval)).await;
+                let (_, now) = self.endpoints();
+                if now != probed || self.ctx.settings().probe_interval != Some(interval) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gravity_config;
+    use crate::probe::kafka::testserver::{FakeBroker, Mode as KafkaMode};
+    use crate::probe::mongo::testserver::{FakeMongod, Mode as MongoMode};
+
+    const M2K: &str = include_str!("../../tests/fixtures/configs/mysql2kafka-stream.toml");
+
+    fn outcome(ok: bool, reason: Option<FailureReason>) -> ProbeOutcome {
+        match reason {
+            None if ok => ProbeOutcome::success(Duration::from_millis(3), "ok"),
+            r => ProbeOutcome::failure(
+                r.unwrap_or(FailureReason::Protocol),
+                Duration::from_millis(3),
+                "x",
+            ),
+        }
+    }
+
+    #[test]
+    fn targets_deduplicated_and_capped() {
+        let c = gravity_config::parse(M2K, false).unwrap();
+        let t = probe_targets(&c);
+        let labels: Vec<(&str, String)> =
+            t.iter().map(|e| (e.role.as_str(), e.address())).collect();
+        assert_eq!(
+            labels,
+            [
+                ("source", "mysql-primary.internal:3306".to_string()),
+                ("probe_db", "mysql-primary.internal:3306".to_string()),
+                ("kafka", "kafka-1.internal:9092".to_string()),
+                ("kafka", "kafka-2.internal:9092".to_string()),
+                ("kafka", "127.0.0.1:9092".to_string()),
+            ]
+        );
+        let mut big = c.clone();
+        let k = big.endpoints[2].clone();
+        big.endpoints.extend((0..200).map(|i| {
+            let mut e = k.clone();
+            e.port = 10000 + i;
+            e
+        }));
+        big.endpoints.push(k); // a duplicate
+        assert_eq!(probe_targets(&big).len(), MAX_ENDPOINTS);
+    }
+
+    #[test]
+    fn families_from_results() {
+        let results = vec![
+            ProbeResult {
+                component: "source",
+                endpoint: "db:3306".into(),
+                outcome: outcome(true, None),
+            },
+            ProbeResult {
+                component: "target",
+                endpoint: "db2:3306".into(),
+                outcome: outcome(false, Some(FailureReason::Auth)),
+            },
+        ];
+        let f = connection_families(&results, "p");
+        assert_eq!(
+            f.value(
+                "gravity_connection_health",
+                &[
+                    ("component", "source"),
+                    ("endpoint", "db:3306"),
+                    ("pipeline", "p")
+                ]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            f.value("gravity_connection_health", &[("component", "target")]),
+            Some(0.0)
+        );
+        assert_eq!(
+            f.value(
+                "gravity_connection_failure_reason",
+                &[("component", "target"), ("reason", "auth")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            f.value(
+                "gravity_connection_failure_reason",
+                &[("component", "source")]
+            ),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn prober_records_and_forgets_label_sets() {
+        let settings =
+            crate::config::Settings::from_flags(crate::config::Flags::default()).unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(settings));
+        let ctx = Context::new(rx, Arc::new(crate::metrics::Store::new()));
+        let p = ConnectionProber::new(ctx.clone());
+        let ok = ProbeResult {
+            component: "source",
+            endpoint: "db:3306".into(),
+            outcome: outcome(true, None),
+        };
+        let bad = ProbeResult {
+            component: "kafka",
+            endpoint: "k:9092".into(),
+            outcome: outcome(false, Some(FailureReason::Refused)),
+        };
+        p.record("p", &[ok.clone(), bad.clone()]);
+        p.record("p", &[ok.clone(), bad.clone()]);
+        let text = ctx.store.render();
+        let k = "component=\"kafka\",endpoint=\"k:9092\",pipeline=\"p\"";
+        assert!(
+            text.contains(&format!(
+                "gravity_connection_probe_failures_total{{{k},reason=\"refused\"}} 2"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "gravity_connection_probe_failures_total{{{k},reason=\"auth\"}} 0"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "gravity_connection_probe_duration_seconds_count{{{k}}} 2"
+            )),
+            "{text}"
+        );
+        assert!(text.contains("gravity_connection_failure_reason{pipeline=\"p\",component=\"kafka\",endpoint=\"k:9092\",reason=\"refused\"} 1"), "{text}");
+        assert!(text.contains("gravity_connection_health{pipeline=\"p\",component=\"source\",endpoint=\"db:3306\"} 1"), "{text}");
+        // the broker leaves the config: all its series go
+        p.record("p", &[ok]);
+        let text = ctx.store.render();
+        assert!(!text.contains("k:9092"), "{text}");
+        assert!(text.contains("endpoint=\"db:3306\""), "{text}");
+    }
+
+    #[tokio::test]
+    async fn probes_run_concurrently_with_reasons() {
+        // Kafka and Mongo doubles (built from the protocol specs, see src/probe), a hanging
+        // broker, and a closed port.
+        let kafka = FakeBroker::start(KafkaMode::Ok).await.unwrap();
+        let hang = FakeBroker::start(KafkaMode::Hang).await.unwrap();
+        let mongo = FakeMongod::start(MongoMode::Primary).await.unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let text = format!(
+            r#"name = "k"
+[input]
+type = "mongo"
+[input.config.source]
+host = "127.0.0.1"
+port = {mongo}
+username = "u"
+password = "mongo-secret"
+[output]
+type = "async-kafka"
+[output.config.kafka-global-config]
+broker-addrs = ["{kafka}", "{hang}", "127.0.0.1:{closed}"]
+"#,
+            mongo = mongo.addr().port(),
+            kafka = kafka.addr(),
+            hang = hang.addr(),
+        );
+        let c = gravity_config::parse(&text, false).unwrap();
+        let eps = probe_targets(&c);
+        let t0 = Instant::now();
+        let timeout = Duration::from_millis(400);
+        let r = probe_all(&eps, timeout).await;
+        // concurrently: the hanging broker costs one timeout, not one per endpoint
+        assert!(
+            t0.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t0.elapsed()
+        );
+        let got: Vec<(&str, bool, Option<FailureReason>)> = r
+            .iter()
+            .map(|r| (r.component, r.outcome.ok, r.outcome.reason))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("source", true, None),
+                ("kafka", true, None),
+                ("kafka", false, Some(FailureReason::Timeout)),
+                ("kafka", false, Some(FailureReason::Refused)),
+            ]
+        );
+        assert_eq!(kafka.requests().len(), 1);
+        assert_eq!(mongo.commands(), ["hello"]);
+    }
+}

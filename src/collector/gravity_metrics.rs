@@ -1,0 +1,590 @@
+//! The gravity `/metrics` collector: gravity's own exposition, read with the crate's
+//! text parser ([`crate::expfmt`]), turned into
+//! - `gravity_throughput_rows_per_second{pipeline,schema,table,operation}` from
+//!   `gravity_input_counter` (operation insert/update/delete for dml, `ddl`; gravity's own
+//!   heartbeat `ctl` rows are left out), and `gravity_output_rows_per_second` from
+//!   `gravity_output_counter`, over the window between two collections, correct across
+//!   counter resets (a gravity restart is detected by `process_start_time_seconds`
+//!   changing, or by a counter going down);
+//! - increases of `gravity_scheduler_retry_counter` into `gravity_retry_total` (see
+//!   [`crate::retry`]), so retries keep counting upward across gravity restarts;
+//! - a pass-through of every family, unchanged, so existing gravity dashboards keep
+//!   working through the sidecar, with a series cap and a dropped-series counter;
+//! - process figures from gravity's own `process_*` families when its `/proc` cannot be
+//!   read (separate container, no shared pid namespace), with
+//!   `gravity_process_metrics_source` saying which source is in use.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use prometheus::IntCounter;
+
+use super::{BoxFuture, CollectError, Collector, Context};
+use crate::expfmt::{self, Exposition};
+use crate::metrics::{lock, Families};
+
+/// Largest gravity `/metrics` body read.
+pub const BODY_LIMIT: usize = 32 * 1024 * 1024;
+/// Most `{schema,table,operation}` throughput series; the rest are summed into `_other`.
+pub const MAX_FLOW_SERIES: usize = 2000;
+
+/// Key of a row-flow series.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FlowKey {
+    /// Schema (output: schema or topic).
+    pub schema: String,
+    /// Table (output: table or partition).
+    pub table: String,
+    /// insert/update/delete/ddl (input) or dml/ddl (output).
+    pub op: String,
+}
+
+/// Counter values by key.
+pub type Flows = BTreeMap<FlowKey, f64>;
+
+/// Input row counters by schema, table and operation (heartbeat `ctl` rows excluded).
+pub fn input_flows(exp: &Exposition<'_>) -> Flows {
+    let mut out = Flows::new();
+    let Some(f) = exp.family("gravity_input_counter") else {
+        return out;
+    };
+    for s in &f.samples {
+        let op = match (s.label("type"), s.label("subtype")) {
+            (Some("dml"), Some(sub @ ("insert" | "update" | "delete"))) => sub,
+            (Some("ddl"), _) => "ddl",
+            _ => continue,
+        };
+        let key = FlowKey {
+            schema: s.label("db").unwrap_or("").to_string(),
+            table: s.label("table").unwrap_or("").to_string(),
+            op: op.to_string(),
+        };
+        *out.entry(key).or_insert(0.0) += s.value;
+    }
+    out
+}
+
+/// Output row counters by target schema/topic, table/partition and kind (dml or ddl), summed over the engine label.
+pub fn output_flows(exp: &Exposition<'_>) -> Flows {
+    let mut out = Flows::new();
+    let Some(f) = exp.family("gravity_output_counter") else {
+        return out;
+    };
+    for s in &f.samples {
+        let key = FlowKey {
+            schema: s.label("cat0").unwrap_or("").to_string(),
+            table: s.label("cat1").unwrap_or("").to_string(),
+            op: s.label("cat2").unwrap_or("").to_string(),
+        };
+        *out.entry(key).or_insert(0.0) += s.value;
+    }
+    out
+}
+
+/// Per-second rates between two readings `dt` seconds apart. A series that went down,
+/// or every series when `reset` (gravity restarted), counts from zero; a series new since
+/// the last reading counts from zero too (gravity creates a series at its first row).
+pub fn rates(prev: &Flows, cur: &Flows, dt: f64, reset: bool) -> Vec<(FlowKey, f64)> {
+    if dt <= 0.0 {
+        return Vec::new();
+    }
+    let mut keys: Vec<&FlowKey> = cur.keys().chain(prev.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .map(|k| {
+            let c = cur.get(k).copied().unwrap_or(0.0);
+            let p = prev.get(k).copied().unwrap_or(0.0);
+            let inc = if reset || c < p { c } else { c - p };
+            (k.clone(), inc / dt)
+        })
+        .collect()
+}
+
+/// Caps the number of distinct keys, summing the rest into `_other`.
+pub fn cap_flows(rates: Vec<(FlowKey, f64)>, max: usize) -> Vec<(FlowKey, f64)> {
+    if rates.len() <= max {
+        return rates;
+    }
+    let mut out: Vec<(FlowKey, f64)> = Vec::with_capacity(max + 1);
+    let mut other: BTreeMap<String, f64> = BTreeMap::new();
+    for (i, (k, v)) in rates.into_iter().enumerate() {
+        if i < max {
+            out.push((k, v));
+        } else {
+            *other.entry(k.op).or_insert(0.0) += v;
+        }
+    }
+    for (op, v) in other {
+        out.push((
+            FlowKey {
+                schema: "_other".into(),
+                table: "_other".into(),
+                op,
+            },
+            v,
+        ));
+    }
+    out
+}
+
+/// The value of an unlabelled sample.
+pub fn scalar(exp: &Exposition<'_>, name: &str) -> Option<f64> {
+    exp.family(name)?.samples.first().map(|s| s.value)
+}
+
+/// Sum of a counter family's samples.
+pub fn sum(exp: &Exposition<'_>, name: &str) -> Option<f64> {
+    let f = exp.family(name)?;
+    Some(f.samples.iter().map(|s| s.value).sum())
+}
+
+/// The pass-through text: every family as gravity sent it (HELP, TYPE and sample lines
+/// unchanged), at most `cap` series. Families whose name is in `skip` are left out.
+/// Returns the text, the series kept and the series dropped.
+pub fn passthrough(
+    exp: &Exposition<'_>,
+    cap: usize,
+    skip: &HashSet<&str>,
+) -> (String, usize, usize) {
+    let mut out = String::new();
+    let mut kept = 0usize;
+    let mut dropped = 0usize;
+    for f in &exp.families {
+        if skip.contains(f.name) {
+            continue;
+        }
+        let room = cap.saturating_sub(kept);
+        if room == 0 {
+            dropped += f.samples.len();
+            continue;
+        }
+        if let Some(h) = f.help_raw {
+            out.push_str(h);
+            out.push('\n');
+        }
+        if let Some(t) = f.type_raw {
+            out.push_str(t);
+            out.push('\n');
+        }
+        for s in f.samples.iter().take(room) {
+            out.push_str(s.raw);
+            out.push('\n');
+        }
+        let n = f.samples.len().min(room);
+        kept += n;
+        dropped += f.samples.len() - n;
+    }
+    (out, kept, dropped)
+}
+
+/// Process figures from gravity's own `process_*` families (the fallback when its `/proc` cannot be read).
+pub fn process_fallback(exp: &Exposition<'_>, pipeline: &str) -> Families {
+    let p = [("pipeline", pipeline)];
+    let mut f = Families::new();
+    let map: [(&str, &str, &str, bool); 6] = [
+        (
+            "process_cpu_seconds_total",
+            "gravity_process_cpu_seconds_total",
+            "User and system CPU time gravity has used, in seconds.",
+            true,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gravity_process_resident_memory_bytes",
+            "gravity's resident memory size in bytes.",
+            false,
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gravity_process_virtual_memory_bytes",
+            "gravity's virtual memory size in bytes.",
+            false,
+        ),
+        (
+            "process_open_fds",
+            "gravity_process_open_fds",
+            "Number of open file descriptors of gravity.",
+            false,
+        ),
+        (
+            "process_max_fds",
+            "gravity_process_max_fds",
+            "gravity's limit on open file descriptors (soft).",
+            false,
+        ),
+        (
+            "process_start_time_seconds",
+            "gravity_process_start_time_seconds",
+            "When gravity started, Unix time in seconds.",
+            false,
+        ),
+    ];
+    for (src, dst, help, counter) in map {
+        if let Some(v) = scalar(exp, src) {
+            if counter {
+                f.counter(dst, help, &p, v);
+            } else {
+                f.gauge(dst, help, &p, v);
+            }
+        }
+    }
+    if let Some(v) = scalar(exp, "go_threads") {
+        f.gauge(
+            "gravity_process_threads",
+            "Number of OS threads in gravity.",
+            &p,
+            v,
+        );
+    }
+    f
+}
+
+#[derive(Debug, Default)]
+struct Prev {
+    at: Option<Instant>,
+    input: Flows,
+    output: Flows,
+    retry: Option<f64>,
+    start_time: Option<f64>,
+    /// Restarts seen through process_start_time_seconds changing.
+    restarts: u64,
+}
+
+/// The collector.
+pub struct GravityMetricsCollector {
+    prev: Mutex<Prev>,
+    dropped: IntCounter,
+}
+
+impl GravityMetricsCollector {
+    /// Registers the dropped-series counter.
+    pub fn new(store: &crate::metrics::Store) -> GravityMetricsCollector {
+        let dropped = IntCounter::new(
+            "gravity_exporter_passthrough_dropped_series_total",
+            "Series of gravity's /metrics not passed through because of the series cap.",
+        )
+        .expect("metric names in this crate are valid");
+        let _ = store.registry().register(Box::new(dropped.clone()));
+        GravityMetricsCollector {
+            prev: Mutex::new(Prev::default()),
+            dropped,
+        }
+    }
+
+    /// Turns one exposition into families, updating rates and retry state (pure but for that state).
+    pub fn process(
+        &self,
+        exp: &Exposition<'_>,
+        now: Instant,
+        pipeline: &str,
+        retries: &crate::retry::RetryLedger,
+    ) -> Families {
+        let mut f = Families::new();
+        let input = input_flows(exp);
+        let output = output_flows(exp);
+        let retry = sum(exp, "gravity_scheduler_retry_counter");
+        let start_time = scalar(exp, "process_start_time_seconds");
+        let mut prev = lock(&self.prev);
+        let restarted = match (prev.start_time, start_time) {
+            (Some(a), Some(b)) => (a - b).abs() > 0.5,
+            _ => false,
+        };
+        if let Some(at) = prev.at {
+            let dt = now.saturating_duration_since(at).as_secs_f64();
+            for (k, v) in cap_flows(rates(&prev.input, &input, dt, restarted), MAX_FLOW_SERIES) {
+                f.gauge(
+                    "gravity_throughput_rows_per_second",
+                    "Rows per second gravity's input received over the last collection window (gravity_input_counter), by operation.",
+                    &[("pipeline", pipeline), ("schema", &k.schema), ("table", &k.table), ("operation", &k.op)],
+                    v,
+                );
+            }
+            for (k, v) in cap_flows(rates(&prev.output, &output, dt, restarted), MAX_FLOW_SERIES) {
+                f.gauge(
+                    "gravity_output_rows_per_second",
+                    "Rows per second gravity's output sent over the last collection window (gravity_output_counter), by target schema/topic, table/partition and kind.",
+                    &[("pipeline", pipeline), ("schema", &k.schema), ("table", &k.table), ("kind", &k.op)],
+                    v,
+                );
+            }
+        }
+        if let Some(r) = retry {
+            let inc = match prev.retry {
+                Some(p) if !restarted && r >= p => r - p,
+                Some(_) => r,
+                None => 0.0, // first reading: its past is not ours to count
+            };
+            if inc >= 1.0 {
+                retries.scheduler_increase(pipeline, inc as u64);
+            }
+        }
+        *prev = Prev {
+            at: Some(now),
+            input,
+            output,
+            retry: retry.or(prev.retry),
+            start_time: start_time.or(prev.start_time),
+            restarts: prev.restarts + u64::from(restarted),
+        };
+        f
+    }
+}
+
+impl Collector for GravityMetricsCollector {
+    fn name(&self) -> &'static str {
+        "gravity_metrics"
+    }
+
+    fn collect(self: Arc<Self>, ctx: Arc<Context>) -> BoxFuture<Result<Families, CollectError>> {
+        Box::pin(async move {
+            let target = ctx.target();
+            let settings = ctx.settings();
+            if !ctx.up.process_alive() && target.process.is_some() {
+                ctx.store.set_passthrough(String::new());
+                return Err(CollectError::Unavailable(
+                    "gravity process not running".into(),
+                ));
+            }
+            let r = ctx
+                .gravity
+                .get(
+                    &target.url,
+                    "/metrics",
+                    settings.gravity_timeout,
+                    BODY_LIMIT,
+                )
+                .await
+                .map_err(|e| CollectError::Unavailable(e.to_string()))?;
+            if !r.status.is_success() {
+                return Err(CollectError::Invalid(format!(
+                    "/metrics answered HTTP {}",
+                    r.status.as_u16()
+                )));
+            }
+            let text = std::str::from_utf8(&r.body)
+                .map_err(|_| CollectError::Invalid("/metrics is not UTF-8".into()))?;
+            let (exp, errors) = expfmt::parse_lossy(text);
+            if exp.families.is_empty() {
+                let why = errors
+                    .first()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "no metric families".into());
+                return Err(CollectError::Invalid(format!("/metrics: {why}")));
+            }
+            let pipeline = target.pipeline.as_str();
+            let restarts_before = lock(&self.prev).restarts;
+            let mut f = self.process(&exp, Instant::now(), pipeline, &ctx.retries);
+            let total = |name: &str| {
+                let s = f.samples(name);
+                (!s.is_empty()).then(|| s.iter().map(|(_, v)| v).sum::<f64>())
+            };
+            match (
+                total("gravity_throughput_rows_per_second"),
+                total("gravity_output_rows_per_second"),
+            ) {
+                (None, None) => {}
+                (i, o) => ctx
+                    .recent
+                    .record_throughput(i.unwrap_or(0.0), o.unwrap_or(0.0)),
+            }
+            let remote = target.process.is_none();
+            if remote {
+                f.extend(process_fallback(&exp, pipeline));
+                // Without /proc, a restart shows as a new process_start_time_seconds.
+                if lock(&self.prev).restarts > restarts_before {
+                    ctx.up.count_restart();
+                    ctx.publish_up();
+                }
+            }
+            for (source, on) in [("procfs", !remote), ("gravity_metrics", remote)] {
+                f.gauge(
+                    "gravity_process_metrics_source",
+                    "1 for where process figures come from: procfs (gravity's /proc) or gravity_metrics (gravity's own process_* families, when its /proc cannot be read).",
+                    &[("pipeline", pipeline), ("source", source)],
+                    if on { 1.0 } else { 0.0 },
+                );
+            }
+            if settings.passthrough {
+                let skip: HashSet<&str> = HashSet::new();
+                let (text, kept, dropped) =
+                    passthrough(&exp, settings.passthrough_max_series, &skip);
+                ctx.store.set_passthrough(text);
+                self.dropped.inc_by(dropped as u64);
+                f.gauge(
+                    "gravity_exporter_passthrough_series",
+                    "Series of gravity's /metrics passed through on the last collection.",
+                    &[],
+                    kept as f64,
+                );
+            } else {
+                ctx.store.set_passthrough(String::new());
+            }
+            if !errors.is_empty() {
+                f.gauge(
+                    "gravity_exporter_passthrough_parse_errors",
+                    "Lines of gravity's /metrics that could not be parsed on the last collection.",
+                    &[],
+                    errors.len() as f64,
+                );
+            }
+            Ok(f)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const M: &str = include_str!("../../tests/fixtures/metrics.prom");
+    const M40: &str = include_str!("../../tests/fixtures/metrics-40-tables.prom");
+
+    fn fk(s: &str, t: &str, op: &str) -> FlowKey {
+        FlowKey {
+            schema: s.into(),
+            table: t.into(),
+            op: op.into(),
+        }
+    }
+
+    #[test]
+    fn flows_from_fixture() {
+        let exp = expfmt::parse(M).unwrap();
+        let inp = input_flows(&exp);
+        assert_eq!(inp.get(&fk("test_db", "users", "delete")), Some(&1534000.0));
+        assert_eq!(inp.get(&fk("test_db", "t_2", "delete")), Some(&48213377.0));
+        assert_eq!(inp.get(&fk("test_db", "orders", "ddl")), Some(&3.0));
+        assert!(
+            inp.keys().all(|k| k.schema != "_gravity"),
+            "heartbeat rows excluded"
+        );
+        let out = output_flows(&exp);
+        assert_eq!(out.get(&fk("test_db", "users", "dml")), Some(&1534000.0));
+        assert_eq!(out.get(&fk("test_db", "orders", "ddl")), Some(&3.0));
+        let exp40 = expfmt::parse(M40).unwrap();
+        assert!(input_flows(&exp40).len() > 40);
+    }
+
+    #[test]
+    fn rates_handle_resets_and_new_series() {
+        let mut a = Flows::new();
+        a.insert(fk("d", "t", "insert"), 100.0);
+        a.insert(fk("d", "u", "insert"), 50.0);
+        let mut b = Flows::new();
+        b.insert(fk("d", "t", "insert"), 300.0);
+        b.insert(fk("d", "u", "insert"), 10.0); // went down: reset
+        b.insert(fk("d", "v", "delete"), 20.0); // new
+        let r: BTreeMap<FlowKey, f64> = rates(&a, &b, 2.0, false).into_iter().collect();
+        assert_eq!(r[&fk("d", "t", "insert")], 100.0);
+        assert_eq!(r[&fk("d", "u", "insert")], 5.0);
+        assert_eq!(r[&fk("d", "v", "delete")], 10.0);
+        let r: BTreeMap<FlowKey, f64> = rates(&a, &b, 2.0, true).into_iter().collect();
+        assert_eq!(
+            r[&fk("d", "t", "insert")],
+            150.0,
+            "restart: counts from zero"
+        );
+        assert!(rates(&a, &b, 0.0, false).is_empty());
+    }
+
+    #[test]
+    fn cap_sums_the_rest() {
+        let v: Vec<(FlowKey, f64)> = (0..10)
+            .map(|i| (fk("d", &format!("t{i}"), "insert"), 1.0))
+            .collect();
+        let c = cap_flows(v, 4);
+        assert_eq!(c.len(), 5);
+        assert_eq!(c[4], (fk("_other", "_other", "insert"), 6.0));
+    }
+
+    #[test]
+    fn passthrough_is_unchanged_and_capped() {
+        let exp = expfmt::parse(M).unwrap();
+        let (text, kept, dropped) = passthrough(&exp, usize::MAX, &HashSet::new());
+        assert_eq!(dropped, 0);
+        assert_eq!(kept, exp.series_count());
+        // every line of the original is there, byte for byte
+        for line in M.lines() {
+            assert!(text.contains(line), "missing: {line}");
+        }
+        let (_, kept, dropped) = passthrough(&exp, 10, &HashSet::new());
+        assert_eq!((kept, dropped), (10, exp.series_count() - 10));
+        let skip: HashSet<&str> = ["go_info"].into_iter().collect();
+        let (text, _, _) = passthrough(&exp, usize::MAX, &skip);
+        assert!(!text.contains("go_info"));
+    }
+
+    #[test]
+    fn throughput_and_retries_across_restart() {
+        let store = crate::metrics::Store::new();
+        let ledger = crate::retry::RetryLedger::new(&store);
+        let c = GravityMetricsCollector::new(&store);
+        let t0 = Instant::now();
+        let mk = |ins: u64, retry: u64, start: f64| {
+            format!(
+                "# TYPE gravity_input_counter counter\ngravity_input_counter{{db=\"d\",pipeline=\"p\",subtype=\"insert\",table=\"t\",type=\"dml\"}} {ins}\n# TYPE gravity_scheduler_retry_counter counter\ngravity_scheduler_retry_counter{{pipeline=\"p\"}} {retry}\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {start}\n"
+            )
+        };
+        let a = mk(1000, 40, 100.0);
+        let f = c.process(&expfmt::parse(&a).unwrap(), t0, "p", &ledger);
+        assert_eq!(
+            f.value("gravity_throughput_rows_per_second", &[]),
+            None,
+            "no window yet"
+        );
+        let b = mk(1500, 42, 100.0);
+        let f = c.process(
+            &expfmt::parse(&b).unwrap(),
+            t0 + Duration::from_secs(5),
+            "p",
+            &ledger,
+        );
+        assert_eq!(
+            f.value(
+                "gravity_throughput_rows_per_second",
+                &[("operation", "insert")]
+            ),
+            Some(100.0)
+        );
+        assert_eq!(ledger.get("p", "scheduler", "other"), 2);
+        // gravity restarts: counters start again from zero, start time changes
+        let r = mk(200, 3, 200.0);
+        let f = c.process(
+            &expfmt::parse(&r).unwrap(),
+            t0 + Duration::from_secs(10),
+            "p",
+            &ledger,
+        );
+        assert_eq!(
+            f.value(
+                "gravity_throughput_rows_per_second",
+                &[("operation", "insert")]
+            ),
+            Some(40.0)
+        );
+        assert_eq!(
+            ledger.get("p", "scheduler", "other"),
+            5,
+            "retry total keeps counting upward"
+        );
+    }
+
+    #[test]
+    fn fallback_process_figures() {
+        let exp = expfmt::parse(M).unwrap();
+        let f = process_fallback(&exp, "p");
+        assert_eq!(
+            f.value("gravity_process_cpu_seconds_total", &[]),
+            Some(4182.37)
+        );
+        assert_eq!(f.value("gravity_process_max_fds", &[]), Some(1048576.0));
+        assert_eq!(f.value("gravity_process_threads", &[]), Some(23.0));
+        assert_eq!(
+            f.value("gravity_process_start_time_seconds", &[]),
+            Some(1.76379054912e9)
+        );
+    }
+}

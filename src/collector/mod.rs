@@ -1,0 +1,456 @@
+//! Collectors and the runner that drives them, in node_exporter's manner.
+//!
+//! Each source has one collector in its own file, with a pure `parse_*` function tested
+//! against fixtures and a thin I/O shell. The [`Runner`] runs every collector on an
+//! interval (or at once when kicked, e.g. after gravity restarted), concurrently, each in
+//! its own task under a timeout. It records
+//! `gravity_exporter_collector_duration_seconds{collector}` and
+//! `gravity_exporter_collector_success{collector}`; a collector that fails, times out or
+//! panics keeps its last good snapshot (marked stale by `success` 0) and never fails a scrape.
+
+pub mod connections;
+pub mod gravity_metrics;
+pub mod healthz;
+pub mod process;
+pub mod sockets;
+pub mod source;
+pub mod status;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus::{GaugeVec, IntCounterVec, Opts};
+use tokio::sync::{watch, Notify};
+
+use crate::config::Settings;
+use crate::discovery::Target;
+use crate::gravity_api::GravityClient;
+use crate::metrics::{Families, Store};
+
+/// A boxed future, for object-safe async collectors.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Why a collector run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// The source is not there (process down, file missing, connection refused).
+    #[error("source unavailable: {0}")]
+    Unavailable(String),
+    /// The source answered something that cannot be used.
+    #[error("bad data from source: {0}")]
+    Invalid(String),
+    /// The run took longer than its timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The collector task panicked (a bug; the scrape goes on).
+    #[error("collector panicked")]
+    Panicked,
+}
+
+/// A source of metrics.
+pub trait Collector: Send + Sync + 'static {
+    /// Name used in the `collector` label.
+    fn name(&self) -> &'static str;
+    /// Reads the source once and returns the snapshot of const families.
+    fn collect(self: Arc<Self>, ctx: Arc<Context>) -> BoxFuture<Result<Families, CollectError>>;
+    /// A derived collector (the health verdict) reads the others' snapshots: it runs
+    /// after they finish in the same cycle.
+    fn derived(&self) -> bool {
+        false
+    }
+}
+
+/// Whether gravity is up (its process lives and its API answers), with the watcher's
+/// restart and exit counts. Kept in atomics and published as the `watch` snapshot, labelled
+/// with the current pipeline, whenever it changes, so an exit shows in `/metrics` at once.
+#[derive(Debug, Default)]
+pub struct Up {
+    process: AtomicBool,
+    /// 0 unknown (not checked since the process started), 1 answers, 2 does not.
+    api: AtomicU8,
+    restarts: AtomicU64,
+    exits: AtomicU64,
+    /// Unix time in milliseconds of the last exit seen (0: never).
+    last_exit_ms: AtomicU64,
+    /// Unix time in milliseconds when the current process was first seen.
+    seen_start_ms: AtomicU64,
+}
+
+/// Name of the snapshot the watcher state is published under.
+pub const WATCH_SNAPSHOT: &str = "watch";
+
+impl Up {
+    /// Sets whether the process lives. A new process's API state, and a gone one's, is
+    /// unknown until checked again.
+    pub fn set_process(&self, alive: bool, new_incarnation: bool) {
+        if new_incarnation {
+            self.seen_start_ms.store(unix_now_ms(), Ordering::SeqCst);
+        }
+        if new_incarnation || !alive {
+            self.api.store(0, Ordering::SeqCst);
+        }
+        self.process.store(alive, Ordering::SeqCst);
+    }
+
+    /// Sets whether the API answered; returns true if that changed gravity_up.
+    pub fn set_api(&self, answered: bool) -> bool {
+        let before = self.is_up();
+        self.api
+            .store(if answered { 1 } else { 2 }, Ordering::SeqCst);
+        before != self.is_up()
+    }
+
+    /// Counts a restart.
+    pub fn count_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Counts an exit.
+    pub fn count_exit(&self) {
+        self.exits.fetch_add(1, Ordering::SeqCst);
+        self.last_exit_ms.store(unix_now_ms(), Ordering::SeqCst);
+    }
+
+    /// Whether the API answered its last check (`None`: not checked since the process started).
+    pub fn api_state(&self) -> Option<bool> {
+        match self.api.load(Ordering::SeqCst) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Whether the process is alive.
+    pub fn process_alive(&self) -> bool {
+        self.process.load(Ordering::SeqCst)
+    }
+
+    /// gravity_up. With gravity's process visible: it lives and its API has not failed
+    /// since it started. Without (gravity in another container with no shared pid
+    /// namespace): its API answered on the last check.
+    pub fn is_up(&self) -> bool {
+        let api = self.api.load(Ordering::SeqCst);
+        if self.process_alive() {
+            api != 2
+        } else {
+            api == 1
+        }
+    }
+
+    /// Restarts counted so far.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::SeqCst)
+    }
+
+    /// The families for the current state.
+    pub fn families(&self, pipeline: &str) -> Families {
+        let p = [("pipeline", pipeline)];
+        let b = |v: bool| if v { 1.0 } else { 0.0 };
+        let mut f = Families::new();
+        f.gauge(
+            "gravity_up",
+            "1 while the gravity process exists (not a zombie) and its HTTP API answers.",
+            &p,
+            b(self.is_up()),
+        );
+        f.gauge(
+            "gravity_process_up",
+            "1 while the gravity process exists and is not a zombie.",
+            &p,
+            b(self.process_alive()),
+        );
+        f.counter(
+            "gravity_process_restarts_total",
+            "Times a new gravity process (new pid or start time) appeared after an earlier one was seen.",
+            &p,
+            self.restarts.load(Ordering::SeqCst) as f64,
+        );
+        f.counter(
+            "gravity_process_exits_total",
+            "Times the watched gravity process went away or became a zombie.",
+            &p,
+            self.exits.load(Ordering::SeqCst) as f64,
+        );
+        f.gauge(
+            "gravity_process_last_exit_timestamp_seconds",
+            "When the watcher last saw gravity exit (Unix time); 0 if never.",
+            &p,
+            self.last_exit_ms.load(Ordering::SeqCst) as f64 / 1000.0,
+        );
+        let seen = self.seen_start_ms.load(Ordering::SeqCst);
+        if seen > 0 {
+            f.gauge(
+                "gravity_process_last_seen_start_timestamp_seconds",
+                "When the watcher first saw the current gravity process (Unix time).",
+                &p,
+                seen as f64 / 1000.0,
+            );
+        }
+        f
+    }
+}
+
+fn unix_now_ms() -> u64 {
+    (unix_now() * 1000.0) as u64
+}
+
+/// Everything a collector may look at.
+#[derive(Debug)]
+pub struct Context {
+    /// Settings in force (replaced on SIGHUP).
+    pub settings: watch::Receiver<Arc<Settings>>,
+    /// What is known about gravity (replaced by the process watcher).
+    pub target: RwLock<Arc<Target>>,
+    /// The metric store.
+    pub store: Arc<Store>,
+    /// gravity_up bookkeeping.
+    pub up: Up,
+    /// Wakes the runner for an immediate collection.
+    pub kick: Notify,
+    /// HTTP client for gravity's API.
+    pub gravity: GravityClient,
+    /// `gravity_retry_total`, fed by the /metrics and log collectors.
+    pub retries: crate::retry::RetryLedger,
+    /// Error lines the log watcher has counted (for the health verdict's error window).
+    pub log_errors: AtomicU64,
+    /// When the runner last finished a cycle (for the exporter's own /healthz).
+    pub last_cycle: RwLock<Option<Instant>>,
+    /// gravity's last parsed `/status` and when it was read (set by the status collector;
+    /// the source collector compares gravity's binlog position with the source's).
+    pub last_status: RwLock<Option<Arc<status::StatusSeen>>>,
+    /// Bounded recent history for the status page: lag and throughput per collection, the
+    /// last error lines of gravity's log (redacted), the last connection probes.
+    pub recent: crate::page::recent::Recent,
+}
+
+impl Context {
+    /// Builds a context.
+    pub fn new(settings: watch::Receiver<Arc<Settings>>, store: Arc<Store>) -> Arc<Context> {
+        let s = settings.borrow().clone();
+        let target = Target::from_settings(&s);
+        Arc::new(Context {
+            up: Up::default(),
+            gravity: GravityClient::new(),
+            retries: crate::retry::RetryLedger::new(&store),
+            log_errors: AtomicU64::new(0),
+            settings,
+            target: RwLock::new(Arc::new(target)),
+            store,
+            kick: Notify::new(),
+            last_cycle: RwLock::new(None),
+            last_status: RwLock::new(None),
+            recent: Default::default(),
+        })
+    }
+
+    /// gravity's last parsed `/status`, if any.
+    pub fn last_status(&self) -> Option<Arc<status::StatusSeen>> {
+        self.last_status
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Records gravity's last parsed `/status` (`None`: no position stored yet).
+    pub fn set_last_status(&self, seen: Option<status::StatusSeen>) {
+        let v = seen.map(Arc::new);
+        match self.last_status.write() {
+            Ok(mut g) => *g = v,
+            Err(p) => *p.into_inner() = v,
+        }
+    }
+
+    /// Error lines counted from gravity's log so far.
+    pub fn log_errors_seen(&self) -> u64 {
+        self.log_errors.load(Ordering::Relaxed)
+    }
+
+    /// Current settings.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.borrow().clone()
+    }
+
+    /// Current target.
+    pub fn target(&self) -> Arc<Target> {
+        self.target
+            .read()
+            .map(|t| t.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Replaces the target and republishes the watch state (the pipeline label may change).
+    pub fn set_target(&self, t: Target) {
+        match self.target.write() {
+            Ok(mut g) => *g = Arc::new(t),
+            Err(p) => *p.into_inner() = Arc::new(t),
+        }
+        self.publish_up();
+    }
+
+    /// Publishes the up/restart/exit state as the `watch` snapshot.
+    pub fn publish_up(&self) {
+        let t = self.target();
+        self.store
+            .set_snapshot(WATCH_SNAPSHOT, self.up.families(&t.pipeline));
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Runs collectors.
+pub struct Runner {
+    collectors: Vec<Arc<dyn Collector>>,
+    ctx: Arc<Context>,
+    duration: GaugeVec,
+    success: GaugeVec,
+    last_success: GaugeVec,
+    failures: IntCounterVec,
+}
+
+impl Runner {
+    /// Registers the meta metrics and returns a runner.
+    pub fn new(ctx: Arc<Context>, collectors: Vec<Arc<dyn Collector>>) -> Runner {
+        let reg = ctx.store.registry();
+        let duration = GaugeVec::new(
+            Opts::new(
+                "gravity_exporter_collector_duration_seconds",
+                "How long the collector's last run took.",
+            ),
+            &["collector"],
+        )
+        .expect("metric names in this crate are valid");
+        let success = GaugeVec::new(
+            Opts::new(
+                "gravity_exporter_collector_success",
+                "1 if the collector's last run succeeded; 0 means its metrics are the last good (stale) values.",
+            ),
+            &["collector"],
+        )
+        .expect("metric names in this crate are valid");
+        let last_success = GaugeVec::new(
+            Opts::new(
+                "gravity_exporter_collector_last_success_timestamp_seconds",
+                "When the collector last succeeded (Unix time).",
+            ),
+            &["collector"],
+        )
+        .expect("metric names in this crate are valid");
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "gravity_exporter_collector_failures_total",
+                "Collector runs that failed, timed out or panicked.",
+            ),
+            &["collector"],
+        )
+        .expect("metric names in this crate are valid");
+        for m in [&duration, &success, &last_success] {
+            let _ = reg.register(Box::new(m.clone()));
+        }
+        let _ = reg.register(Box::new(failures.clone()));
+        for c in &collectors {
+            failures.with_label_values(&[c.name()]);
+        }
+        Runner {
+            collectors,
+            ctx,
+            duration,
+            success,
+            last_success,
+            failures,
+        }
+    }
+
+    /// Runs every collector once, each under `timeout`: the source collectors
+    /// concurrently, then the derived ones (which read what the others just stored).
+    pub async fn run_once(&self, timeout: Duration) {
+        for derived in [false, true] {
+            let batch: Vec<Arc<dyn Collector>> = self
+                .collectors
+                .iter()
+                .filter(|c| c.derived() == derived)
+                .cloned()
+                .collect();
+            self.run_batch(&batch, timeout).await;
+        }
+        if let Ok(mut g) = self.ctx.last_cycle.write() {
+            *g = Some(Instant::now());
+        }
+    }
+
+    async fn run_batch(&self, batch: &[Arc<dyn Collector>], timeout: Duration) {
+        let mut set = tokio::task::JoinSet::new();
+        for c in batch {
+            let c2 = c.clone();
+            let ctx = self.ctx.clone();
+            let name = c.name();
+            set.spawn(async move {
+                let start = Instant::now();
+                let res = match tokio::time::timeout(timeout, c2.collect(ctx)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(CollectError::Timeout(timeout)),
+                };
+                (name, start.elapsed(), res)
+            });
+        }
+        let mut seen = Vec::with_capacity(batch.len());
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((name, took, res)) => {
+                    seen.push(name);
+                    self.duration
+                        .with_label_values(&[name])
+                        .set(took.as_secs_f64());
+                    self.record(name, res);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "collector task failed");
+                }
+            }
+        }
+        // A panicked task does not report its name: mark every collector not seen as failed.
+        for c in batch.iter().filter(|c| !seen.contains(&c.name())) {
+            self.record(c.name(), Err(CollectError::Panicked));
+        }
+    }
+
+    fn record(&self, name: &'static str, res: Result<Families, CollectError>) {
+        match res {
+            Ok(f) => {
+                self.ctx.store.set_snapshot(name, f);
+                self.success.with_label_values(&[name]).set(1.0);
+                self.last_success.with_label_values(&[name]).set(unix_now());
+            }
+            Err(e) => {
+                tracing::debug!(collector = name, error = %e, "collector failed");
+                self.success.with_label_values(&[name]).set(0.0);
+                self.failures.with_label_values(&[name]).inc();
+            }
+        }
+    }
+
+    /// Runs forever: on every interval tick, or at once when kicked.
+    pub async fn run(self) {
+        // A kick stored before the first run (the watcher's first look) is covered by it.
+        let _ = tokio::time::timeout(Duration::ZERO, self.ctx.kick.notified()).await;
+        loop {
+            let s = self.ctx.settings();
+            // Each collector bounds its own requests by gravity.timeout; this outer bound
+            // only catches a collector that does not, so it must be longer than that.
+            let timeout = s.gravity_timeout + Duration::from_secs(1);
+            self.run_once(timeout).await;
+            tokio::select! {
+                _ = tokio::time::sleep(s.interval) => {}
+                _ = self.ctx.kick.notified() => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The process collector: gravity's CPU, memory, fds, threads, state, start time, I/O and
+//! context switches, read from `/proc/<pid>` of gravity's pid only (so its cost does not
+//! grow with the number of processes on the host).
+//!
+//! [`parse_process`] is pure: it takes the text of `stat`, `status`, `io`, `limits` and the
+//! fd count and builds the families; the shell around it only reads the files. Up/down,
+//! restarts and exits are tracked by the process watcher ([`crate::watch`]), which sees
+//! every exit within its poll interval, not only at collection time.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use procfs::process::{Io, Limits, Stat, Status};
+use procfs::FromRead;
+
+use super::{BoxFuture, CollectError, Collector, Context};
+use crate::metrics::Families;
+
+/// Host facts the parse needs.
+#[derive(Debug, Clone, Copy)]
+pub struct HostInfo {
+    /// Clock ticks per second (`getconf CLK_TCK`).
+    pub ticks_per_second: u64,
+    /// Page size in bytes.
+    pub page_size: u64,
+    /// Boot time, Unix seconds (`btime` of `/proc/stat`).
+    pub boot_time: u64,
+}
+
+/// Parses `btime` out of `/proc/stat`.
+pub fn parse_btime(proc_stat: &str) -> Option<u64> {
+    proc_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The raw files of one process.
+#[derive(Debug, Default, Clone)]
+pub struct ProcFiles {
+    /// `stat`.
+    pub stat: String,
+    /// `status` (optional: only context switches come from it).
+    pub status: Option<String>,
+    /// `io` (optional: needs the same user or root).
+    pub io: Option<String>,
+    /// `limits`.
+    pub limits: Option<String>,
+    /// Entries in `fd/` (None if not readable).
+    pub fd_count: Option<u64>,
+}
+
+/// The states a process can be in, always all exported so that `state` has a stable set of series.
+pub const STATES: [(char, &str); 7] = [
+    ('R', "running"),
+    ('S', "sleeping"),
+    ('D', "disk_sleep"),
+    ('Z', "zombie"),
+    ('T', "stopped"),
+    ('t', "tracing_stop"),
+    ('I', "idle"),
+];
+
+/// Builds the process families (pure).
+pub fn parse_process(
+    files: &ProcFiles,
+    host: &HostInfo,
+    pipeline: &str,
+) -> Result<Families, CollectError> {
+    let stat = Stat::from_read(files.stat.as_bytes())
+        .map_err(|e| CollectError::Invalid(format!("stat: {e}")))?;
+    let p = [("pipeline", pipeline)];
+    let tps = host.ticks_per_second.max(1) as f64;
+    let mut f = Families::new();
+    f.counter(
+        "gravity_process_cpu_seconds_total",
+        "User and system CPU time gravity has used, in seconds.",
+        &p,
+        (stat.utime + stat.stime) as f64 / tps,
+    );
+    f.gauge(
+        "gravity_process_resident_memory_bytes",
+        "gravity's resident memory size in bytes.",
+        &p,
+        (stat.rss * host.page_size) as f64,
+    );
+    f.gauge(
+        "gravity_process_virtual_memory_bytes",
+        "gravity's virtual memory size in bytes.",
+        &p,
+        stat.vsize as f64,
+    );
+    f.gauge(
+        "gravity_process_threads",
+        "Number of OS threads in gravity.",
+        &p,
+        stat.num_threads as f64,
+    );
+    f.gauge(
+        "gravity_process_start_time_seconds",
+        "When gravity started, Unix time in seconds.",
+        &p,
+        host.boot_time as f64 + stat.starttime as f64 / tps,
+    );
+    for (c, name) in STATES {
+        f.gauge(
+            "gravity_process_state",
+            "1 for gravity's current process state (running, sleeping, disk_sleep, zombie, stopped, tracing_stop, idle), else 0.",
+            &[("pipeline", pipeline), ("state", name)],
+            if stat.state == c { 1.0 } else { 0.0 },
+        );
+    }
+    if let Some(n) = files.fd_count {
+        f.gauge(
+            "gravity_process_open_fds",
+            "Number of open file descriptors of gravity.",
+            &p,
+            n as f64,
+        );
+    }
+    if let Some(l) = &files.limits {
+        if let Ok(lim) = Limits::from_read(l.as_bytes()) {
+            let v = match lim.max_open_files.soft_limit {
+                procfs::process::LimitValue::Value(v) => v as f64,
+                procfs::process::LimitValue::Unlimited => f64::INFINITY,
+            };
+            f.gauge(
+                "gravity_process_max_fds",
+                "gravity's limit on open file descriptors (soft).",
+                &p,
+                v,
+            );
+        }
+    }
+    if let Some(io) = &files.io {
+        if let Ok(io) = Io::from_read(io.as_bytes()) {
+            f.counter(
+                "gravity_process_io_read_bytes_total",
+                "Bytes gravity caused to be read from storage.",
+                &p,
+                io.read_bytes as f64,
+            );
+            f.counter(
+                "gravity_process_io_write_bytes_total",
+                "Bytes gravity caused to be written to storage.",
+                &p,
+                io.write_bytes as f64,
+            );
+        }
+    }
+    if let Some(st) = &files.status {
+        if let Ok(st) = Status::from_read(st.as_bytes()) {
+            for (kind, v) in [
+                ("voluntary", st.voluntary_ctxt_switches),
+                ("involuntary", st.nonvoluntary_ctxt_switches),
+            ] {
+                if let Some(v) = v {
+                    f.counter(
+                        "gravity_process_context_switches_total",
+                        "Context switches of gravity, by kind.",
+                        &[("pipeline", pipeline), ("kind", kind)],
+                        v as f64,
+                    );
+                }
+            }
+        }
+    }
+    Ok(f)
+}
+
+/// Reads the files of `/proc/<pid>` (bounded: each is a few KB).
+pub fn read_files(proc_root: &Path, pid: i32) -> Result<ProcFiles, CollectError> {
+    let dir = proc_root.join(pid.to_string());
+    let stat = std::fs::read_to_string(dir.join("stat"))
+        .map_err(|e| CollectError::Unavailable(format!("{}: {e}", dir.join("stat").display())))?;
+    let fd_count = std::fs::read_dir(dir.join("fd"))
+        .ok()
+        .map(|rd| rd.count() as u64);
+    Ok(ProcFiles {
+        stat,
+        status: std::fs::read_to_string(dir.join("status")).ok(),
+        io: std::fs::read_to_string(dir.join("io")).ok(),
+        limits: std::fs::read_to_string(dir.join("limits")).ok(),
+        fd_count,
+    })
+}
+
+/// Reads host facts (boot time from `<proc_root>/stat`).
+pub fn host_info(proc_root: &Path) -> HostInfo {
+    let boot_time = std::fs::read_to_string(proc_root.join("stat"))
+        .ok()
+        .and_then(|s| parse_btime(&s))
+        .unwrap_or(0);
+    HostInfo {
+        ticks_per_second: procfs::ticks_per_second(),
+        page_size: procfs::page_size(),
+        boot_time,
+    }
+}
+
+/// The collector.
+#[derive(Debug, Default)]
+pub struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn collect(self: Arc<Self>, ctx: Arc<Context>) -> BoxFuture<Result<Families, CollectError>> {
+        Box::pin(async move {
+            let target = ctx.target();
+            let settings = ctx.settings();
+            let Some(look) = target.process.filter(|l| l.is_alive()) else {
+                // Down: no process figures (gravity_up says 0). Not a collector failure.
+                return Ok(Families::new());
+            };
+            let root = settings.proc_root.clone();
+            let pipeline = target.pipeline.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                let files = read_files(&root, look.id.pid)?;
+                parse_process(&files, &host_info(&root), &pipeline)
+            })
+            .await
+            .map_err(|_| CollectError::Panicked)?;
+            match res {
+                Ok(f) => Ok(f),
+                // It died between the watcher's look and ours: the watcher will report it.
+                Err(CollectError::Unavailable(_)) if !ctx.up.process_alive() => Ok(Families::new()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn root() -> PathBuf {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/proc"))
+    }
+
+    #[test]
+    fn parses_fixture_process() {
+        let files = read_files(&root(), 4242).unwrap();
+        let host = HostInfo {
+            ticks_per_second: 100,
+            page_size: 4096,
+            boot_time: parse_btime(&std::fs::read_to_string(root().join("stat")).unwrap()).unwrap(),
+        };
+        assert_eq!(host.boot_time, 1763700000);
+        let f = parse_process(&files, &host, "p").unwrap();
+        let v = |n: &str, l: &[(&str, &str)]| f.value(n, l).unwrap();
+        assert_eq!(v("gravity_process_cpu_seconds_total", &[]), 4182.37);
+        assert_eq!(
+            v("gravity_process_resident_memory_bytes", &[]),
+            37324.0 * 4096.0
+        );
+        assert_eq!(v("gravity_process_virtual_memory_bytes", &[]), 2013708288.0);
+        assert_eq!(v("gravity_process_threads", &[]), 23.0);
+        assert_eq!(
+            v("gravity_process_start_time_seconds", &[]),
+            1763700000.0 + 905.12
+        );
+        assert_eq!(v("gravity_process_state", &[("state", "sleeping")]), 1.0);
+        assert_eq!(v("gravity_process_state", &[("state", "running")]), 0.0);
+        assert_eq!(v("gravity_process_open_fds", &[]), 5.0);
+        assert_eq!(v("gravity_process_max_fds", &[]), 1048576.0);
+        assert_eq!(v("gravity_process_io_read_bytes_total", &[]), 1_048_576.0);
+        assert_eq!(v("gravity_process_io_write_bytes_total", &[]), 73_400_320.0);
+        assert_eq!(
+            v(
+                "gravity_process_context_switches_total",
+                &[("kind", "voluntary")]
+            ),
+            98765.0
+        );
+        assert_eq!(
+            v(
+                "gravity_process_context_switches_total",
+                &[("kind", "involuntary")]
+            ),
+            4321.0
+        );
+    }
+
+    #[test]
+    fn zombie_state_and_missing_optional_files() {
+        let files = read_files(&root(), 4343).unwrap();
+        assert!(files.io.is_none());
+        let host = HostInfo {
+            ticks_per_second: 100,
+            page_size: 4096,
+            boot_time: 0,
+        };
+        let f = parse_process(&files, &host, "p").unwrap();
+        assert_eq!(
+            f.value("gravity_process_state", &[("state", "zombie")]),
+            Some(1.0)
+        );
+        assert_eq!(f.value("gravity_process_io_read_bytes_total", &[]), None);
+    }
+
+    #[test]
+    fn garbage_stat_is_an_error_not_a_panic() {
+        let files = ProcFiles {
+            stat: "garbage (".into(),
+            ..Default::default()
+        };
+        let host = HostInfo {
+            ticks_per_second: 100,
+            page_size: 4096,
+            boot_time: 0,
+        };
+        assert!(matches!(
+            parse_process(&files, &host, "p"),
+            Err(CollectError::Invalid(_))
+        ));
+        assert!(read_files(&root(), 1_000_000).is_err());
+    }
+}

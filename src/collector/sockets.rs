@@ -1,0 +1,487 @@
+//! gravity's own connections: how many ESTABLISHED TCP connections the gravity process
+//! holds to each endpoint of its config.
+//!
+//! A probe from the exporter can succeed while gravity itself has lost its connection (a
+//! half-open connection after a failover, a pool that gave up), so the exporter also looks
+//! at gravity's sockets:
+//!
+//! 1. `/proc/<pid>/fd/*` links of the form `socket:[INODE]` give the socket inodes gravity
+//!    holds;
+//! 2. `/proc/<pid>/net/tcp` and `tcp6` list the TCP sockets of gravity's network namespace
+//!    (a sidecar sees gravity's, not its own), one per line:
+//!    `sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode ...`.
+//!    Addresses are hex: the IPv4 address is the 32-bit word as the kernel stores it
+//!    (network byte order) printed as a host-order integer, so on little-endian machines
+//!    `0100007F` is 127.0.0.1; IPv6 is four such words. Ports are plain big-endian hex
+//!    (`0CEA` = 3306). State `01` is ESTABLISHED;
+//! 3. an entry counts for an endpoint when it is ESTABLISHED, its inode is gravity's, and
+//!    its remote address is one of the endpoint host's addresses (resolved with a timeout
+//!    and cached) and its port. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) match the
+//!    IPv4 address.
+//!
+//! Endpoints that share an address (gravity's source and probe DB are often the same
+//! server) each count every connection to that address. Reading another user's
+//! `/proc/<pid>/fd` needs the same user or `CAP_SYS_PTRACE`.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::connections::probe_targets;
+use super::{BoxFuture, CollectError, Collector, Context};
+use crate::metrics::{lock, Families};
+
+/// Largest `net/tcp` or `net/tcp6` file read.
+pub const MAX_NET_TCP_BYTES: u64 = 64 * 1024 * 1024;
+/// Most fd entries looked at.
+pub const MAX_FDS: usize = 1 << 20;
+/// TCP state ESTABLISHED in `/proc/net/tcp`.
+pub const TCP_ESTABLISHED: u8 = 0x01;
+/// How long a resolved address list is trusted.
+const DNS_TTL: Duration = Duration::from_secs(60);
+/// How long a failed resolution is remembered.
+const DNS_NEGATIVE_TTL: Duration = Duration::from_secs(10);
+/// Most addresses kept per host.
+const MAX_ADDRS: usize = 16;
+
+/// One line of `/proc/<pid>/net/tcp{,6}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpEntry {
+    /// Local address.
+    pub local: SocketAddr,
+    /// Remote address.
+    pub remote: SocketAddr,
+    /// TCP state (`01` ESTABLISHED, `0A` LISTEN, ...).
+    pub state: u8,
+    /// Socket inode.
+    pub inode: u64,
+}
+
+/// Parses a hex `ADDR:PORT` of `/proc/net/tcp` (8 hex digits) or `tcp6` (32 hex digits).
+/// The address words are in host byte order, as the kernel prints them.
+pub fn parse_hex_addr(s: &str) -> Option<SocketAddr> {
+    let (addr, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        let hex = addr.get(i * 8..i * 8 + 8)?;
+        Some(u32::from_str_radix(hex, 16).ok()?.to_ne_bytes())
+    };
+    let ip = match addr.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                let w = word(i)?;
+                b.get_mut(i * 4..i * 4 + 4)?.copy_from_slice(&w);
+            }
+            IpAddr::V6(Ipv6Addr::from(b))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Parses the text of `/proc/<pid>/net/tcp` or `tcp6`; the header and malformed lines are skipped.
+pub fn parse_net_tcp(text: &str) -> Vec<TcpEntry> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let sl = f.next()?;
+            if !sl.ends_with(':') {
+                return None; // header
+            }
+            let local = parse_hex_addr(f.next()?)?;
+            let remote = parse_hex_addr(f.next()?)?;
+            let state = u8::from_str_radix(f.next()?, 16).ok()?;
+            // tx_queue:rx_queue, tr:tm->when, retrnsmt, uid, timeout, then the inode
+            let inode = f.nth(5)?.parse().ok()?;
+            Some(TcpEntry {
+                local,
+                remote,
+                state,
+                inode,
+            })
+        })
+        .collect()
+}
+
+/// The inode of an fd link target `socket:[INODE]`.
+pub fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// An IPv4-mapped IPv6 address as IPv4; anything else unchanged.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// ESTABLISHED entries held by one of `inodes` whose remote end is one of `ips` at `port`.
+pub fn count_established(
+    entries: &[TcpEntry],
+    inodes: &HashSet<u64>,
+    ips: &[IpAddr],
+    port: u16,
+) -> u64 {
+    let ips: Vec<IpAddr> = ips.iter().copied().map(canonical).collect();
+    entries
+        .iter()
+        .filter(|e| {
+            e.state == TCP_ESTABLISHED
+                && e.inode != 0
+                && inodes.contains(&e.inode)
+                && e.remote.port() == port
+                && ips.contains(&canonical(e.remote.ip()))
+        })
+        .count() as u64
+}
+
+fn read_capped(path: &Path, cap: u64) -> std::io::Result<String> {
+    let mut s = String::new();
+    std::fs::File::open(path)?
+        .take(cap)
+        .read_to_string(&mut s)?;
+    Ok(s)
+}
+
+/// Reads gravity's ESTABLISHED TCP sockets and its socket inodes (blocking).
+pub fn read_sockets(
+    proc_root: &Path,
+    pid: i32,
+) -> Result<(Vec<TcpEntry>, HashSet<u64>), CollectError> {
+    let dir = proc_root.join(pid.to_string());
+    let fd_dir = dir.join("fd");
+    let rd = std::fs::read_dir(&fd_dir)
+        .map_err(|e| CollectError::Unavailable(format!("cannot read {}: {e}", fd_dir.display())))?;
+    let mut inodes = HashSet::new();
+    for entry in rd.take(MAX_FDS).flatten() {
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            if let Some(i) = target.to_str().and_then(socket_inode) {
+                inodes.insert(i);
+            }
+        }
+    }
+    let mut entries = Vec::new();
+    let mut read_any = false;
+    for name in ["tcp", "tcp6"] {
+        let p = dir.join("net").join(name);
+        match read_capped(&p, MAX_NET_TCP_BYTES) {
+            Ok(text) => {
+                read_any = true;
+                entries.extend(
+                    parse_net_tcp(&text)
+                        .into_iter()
+                        .filter(|e| e.state == TCP_ESTABLISHED && inodes.contains(&e.inode)),
+                );
+            }
+            // tcp6 is missing when IPv6 is off
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(CollectError::Unavailable(format!(
+                    "cannot read {}: {e}",
+                    p.display()
+                )))
+            }
+        }
+    }
+    if !read_any {
+        return Err(CollectError::Unavailable(format!(
+            "no {}/net/tcp",
+            dir.display()
+        )));
+    }
+    Ok((entries, inodes))
+}
+
+/// One endpoint's count, for [`sockets_families`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointCount {
+    /// `component` label.
+    pub component: &'static str,
+    /// `endpoint` label (host:port).
+    pub endpoint: String,
+    /// gravity's ESTABLISHED connections to it.
+    pub established: u64,
+}
+
+/// Builds the families (pure).
+pub fn sockets_families(counts: &[EndpointCount], pipeline: &str) -> Families {
+    let mut f = Families::new();
+    for c in counts {
+        f.gauge(
+            "gravity_connections_established",
+            "gravity's own ESTABLISHED TCP connections to the endpoint (from its /proc/<pid>/net/tcp{,6} and socket fds).",
+            &[
+                ("pipeline", pipeline),
+                ("component", c.component),
+                ("endpoint", c.endpoint.as_str()),
+            ],
+            c.established as f64,
+        );
+    }
+    f
+}
+
+/// A cached answer: when it was looked up, and the addresses (`None`: did not resolve).
+type CacheEntry = (Instant, Option<Vec<IpAddr>>);
+
+/// Resolves endpoint hosts with a timeout, caching answers.
+#[derive(Debug, Default)]
+pub struct Resolver {
+    cache: Mutex<HashMap<(String, u16), CacheEntry>>,
+}
+
+impl Resolver {
+    /// The addresses of `host` (an IP literal needs no lookup); `None` if it cannot be resolved.
+    pub async fn resolve(&self, host: &str, port: u16, timeout: Duration) -> Option<Vec<IpAddr>> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Some(vec![ip]);
+        }
+        let key = (bare.to_string(), port);
+        if let Some((at, v)) = lock(&self.cache).get(&key) {
+            let ttl = if v.is_some() {
+                DNS_TTL
+            } else {
+                DNS_NEGATIVE_TTL
+            };
+            if at.elapsed() < ttl {
+                return v.clone();
+            }
+        }
+        let found = match tokio::time::timeout(timeout, tokio::net::lookup_host((bare, port))).await
+        {
+            Ok(Ok(addrs)) => {
+                let mut v: Vec<IpAddr> = addrs.take(MAX_ADDRS).map(|a| a.ip()).collect();
+                v.sort();
+                v.dedup();
+                (!v.is_empty()).then_some(v)
+            }
+            _ => None,
+        };
+        let mut cache = lock(&self.cache);
+        if cache.len() > 4 * super::connections::MAX_ENDPOINTS {
+            cache.clear();
+        }
+        cache.insert(key, (Instant::now(), found.clone()));
+        found
+    }
+}
+
+/// The collector.
+#[derive(Debug, Default)]
+pub struct SocketsCollector {
+    resolver: Resolver,
+}
+
+impl Collector for SocketsCollector {
+    fn name(&self) -> &'static str {
+        "sockets"
+    }
+
+    fn collect(self: Arc<Self>, ctx: Arc<Context>) -> BoxFuture<Result<Families, CollectError>> {
+        Box::pin(async move {
+            let target = ctx.target();
+            let Some(look) = target.process.filter(|l| l.is_alive()) else {
+                // No gravity, no sockets of gravity's (gravity_up says why).
+                return Ok(Families::new());
+            };
+            let Some(cfg) = target.config.as_ref() else {
+                return Ok(Families::new());
+            };
+            let endpoints = probe_targets(cfg);
+            if endpoints.is_empty() {
+                return Ok(Families::new());
+            }
+            let s = ctx.settings();
+            let dns_timeout = s.gravity_timeout.min(Duration::from_secs(2));
+            let mut resolved = Vec::with_capacity(endpoints.len());
+            for e in &endpoints {
+                resolved.push(self.resolver.resolve(&e.host, e.port, dns_timeout).await);
+            }
+            let root = s.proc_root.clone();
+            let pid = look.id.pid;
+            let read = tokio::task::spawn_blocking(move || read_sockets(&root, pid))
+                .await
+                .map_err(|_| CollectError::Panicked)?;
+            let (entries, inodes) = match read {
+                Ok(x) => x,
+                // It died between the watcher's look and ours: the watcher reports it.
+                Err(_) if !ctx.up.process_alive() => return Ok(Families::new()),
+                Err(e) => return Err(e),
+            };
+            let counts: Vec<EndpointCount> = endpoints
+                .iter()
+                .zip(resolved)
+                .filter_map(|(e, ips)| {
+                    let Some(ips) = ips else {
+                        tracing::debug!(endpoint = %e.address(), "cannot resolve endpoint host; its connections are not counted");
+                        return None;
+                    };
+                    Some(EndpointCount {
+                        component: e.role.as_str(),
+                        endpoint: e.address(),
+                        established: count_established(&entries, &inodes, &ips, e.port),
+                    })
+                })
+                .collect();
+            Ok(sockets_families(&counts, &target.pipeline))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn fixture_root() -> PathBuf {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/proc"))
+    }
+
+    #[test]
+    fn hex_addresses() {
+        // The fixtures were written on a little-endian machine, as /proc prints there.
+        if cfg!(target_endian = "little") {
+            assert_eq!(
+                parse_hex_addr("0100007F:0CEA"),
+                Some("127.0.0.1:3306".parse().unwrap())
+            );
+            assert_eq!(
+                parse_hex_addr("0A01A8C0:2384"),
+                Some("192.168.1.10:9092".parse().unwrap())
+            );
+            assert_eq!(
+                parse_hex_addr("00000000000000000000000001000000:0CEB"),
+                Some("[::1]:3307".parse().unwrap())
+            );
+            assert_eq!(
+                parse_hex_addr("0000000000000000FFFF00000100007F:0CEA"),
+                Some("[::ffff:127.0.0.1]:3306".parse().unwrap())
+            );
+            assert_eq!(
+                parse_hex_addr("B80D0120000000000000000001000000:0050"),
+                Some("[2001:db8::1]:80".parse().unwrap())
+            );
+        }
+        for bad in [
+            "",
+            "0100007F",
+            "0100007F:",
+            "0100007G:0CEA",
+            "01007F:0CEA",
+            ":0CEA",
+            "0100007F:1FFFF",
+        ] {
+            assert_eq!(parse_hex_addr(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn net_tcp_lines_and_inodes() {
+        let text = std::fs::read_to_string(fixture_root().join("4242/net/tcp")).unwrap();
+        let e = parse_net_tcp(&text);
+        assert_eq!(e.len(), 5, "{e:?}");
+        assert_eq!(e[0].state, 0x0A);
+        assert_eq!(e[1].state, TCP_ESTABLISHED);
+        assert_eq!(e[1].inode, 1_000_101);
+        assert_eq!(parse_net_tcp("garbage\n  0: x y\n\u{0}\n"), vec![]);
+        assert_eq!(socket_inode("socket:[123]"), Some(123));
+        assert_eq!(socket_inode("pipe:[123]"), None);
+        assert_eq!(socket_inode("socket:[x]"), None);
+        assert_eq!(socket_inode("/dev/null"), None);
+    }
+
+    #[test]
+    fn fixture_gravity_counts() {
+        // gravity 4242 holds sockets 1000101 (fd 3) and 1000102 (fd 4); 1000103, 1000104
+        // and 1000199 belong to other processes of its network namespace.
+        let (entries, inodes) = read_sockets(&fixture_root(), 4242).unwrap();
+        assert_eq!(inodes, HashSet::from([1_000_101, 1_000_102]));
+        let v4: IpAddr = "127.0.0.1".parse().unwrap();
+        let v6: IpAddr = "::1".parse().unwrap();
+        // source 127.0.0.1:3306: one; the foreign inode and the TIME_WAIT entry do not count
+        assert_eq!(count_established(&entries, &inodes, &[v4], 3306), 1);
+        // target 127.0.0.1:3307: one, over an IPv4-mapped tcp6 socket
+        assert_eq!(count_established(&entries, &inodes, &[v4], 3307), 1);
+        // [::1]:3307 is held by another process
+        assert_eq!(count_established(&entries, &inodes, &[v6], 3307), 0);
+        let lan: IpAddr = "192.168.1.10".parse().unwrap();
+        assert_eq!(count_established(&entries, &inodes, &[lan], 9092), 0);
+        // all established entries of the namespace, before the inode filter
+        let all =
+            parse_net_tcp(&std::fs::read_to_string(fixture_root().join("4242/net/tcp6")).unwrap());
+        let inodes_all: HashSet<u64> = all.iter().map(|e| e.inode).collect();
+        assert_eq!(count_established(&all, &inodes_all, &[v6], 3307), 1);
+        assert!(read_sockets(&fixture_root(), 4343).is_err(), "no fd dir");
+    }
+
+    #[test]
+    fn families() {
+        let f = sockets_families(
+            &[EndpointCount {
+                component: "source",
+                endpoint: "db:3306".into(),
+                established: 4,
+            }],
+            "p",
+        );
+        assert_eq!(
+            f.value(
+                "gravity_connections_established",
+                &[("component", "source"), ("endpoint", "db:3306")]
+            ),
+            Some(4.0)
+        );
+    }
+
+    #[tokio::test]
+    async fn resolver_literals_and_cache() {
+        let r = Resolver::default();
+        let t = Duration::from_secs(2);
+        assert_eq!(
+            r.resolve("127.0.0.1", 1, t).await,
+            Some(vec!["127.0.0.1".parse().unwrap()])
+        );
+        assert_eq!(
+            r.resolve("[::1]", 1, t).await,
+            Some(vec!["::1".parse().unwrap()])
+        );
+        let lh = r.resolve("localhost", 1, t).await.unwrap_or_default();
+        assert!(lh.iter().any(|ip| ip.is_loopback()), "{lh:?}");
+        // `.invalid` never resolves (RFC 2606); the failure is cached
+        assert_eq!(r.resolve("no-such-host.invalid", 1, t).await, None);
+        assert!(lock(&r.cache).contains_key(&("no-such-host.invalid".to_string(), 1)));
+    }
+
+    #[test]
+    fn real_process_sockets() {
+        // This test process connects to its own listener: /proc/self shows the client
+        // socket as ESTABLISHED to the listener's port, held by one of our fds.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let c1 = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let c2 = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (a1, _) = l.accept().unwrap();
+        let (a2, _) = l.accept().unwrap();
+        let pid = std::process::id() as i32;
+        let ips = ["127.0.0.1".parse().unwrap()];
+        let (entries, inodes) = read_sockets(Path::new("/proc"), pid).unwrap();
+        // Other tests of this binary may open sockets of their own, but none to this port.
+        assert_eq!(count_established(&entries, &inodes, &ips, port), 2);
+        drop((c1, a1));
+        let (entries, inodes) = read_sockets(Path::new("/proc"), pid).unwrap();
+        assert_eq!(count_established(&entries, &inodes, &ips, port), 1);
+        drop((c2, a2));
+        let (entries, inodes) = read_sockets(Path::new("/proc"), pid).unwrap();
+        assert_eq!(count_established(&entries, &inodes, &ips, port), 0);
+    }
+}

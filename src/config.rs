@@ -1,0 +1,914 @@
+//! The exporter's own configuration: command-line flags, the optional TOML file given
+//! with `--config.file`, and their validation into [`Settings`].
+//!
+//! Flags follow the Prometheus exporter-toolkit spelling (`--web.listen-address`). Every
+//! flag can also be a key of the TOML file, where the dots make tables, so
+//! `web.listen-address = ":9810"` and `[web]` / `listen-address = ":9810"` are the same
+//! key. A flag given on the command line wins over the file; the file wins over the
+//! default. Validation errors name the key and are printed as one line; the binary then
+//! exits with code 2.
+//!
+//! `SIGHUP` re-reads the file ([`Settings::reload`]); a bad file is rejected and the
+//! settings in force stay.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use hyper::Uri;
+use regex::Regex;
+use serde::Deserialize;
+
+/// Default listen address, from the Prometheus port allocation wiki range.
+pub const DEFAULT_LISTEN: &str = ":9810";
+
+/// A configuration error: the key (flag name without `--`) and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value does not validate.
+    #[error("invalid value for {key}: {reason}")]
+    Invalid {
+        /// The key, e.g. `web.listen-address`.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The config file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has an unknown key.
+    #[error("config file {path}: {reason}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with the line number and key.
+        reason: String,
+    },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gravity-exporter",
+    version,
+    about = "Prometheus exporter sidecar for gravity replication pipelines",
+    long_about = None
+)]
+pub struct Cli {
+    /// What to run; without a subcommand the exporter serves metrics.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags shared by every subcommand.
+    #[command(flatten)]
+    pub flags: Flags,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a simulated gravity pipeline and the exporter watching it, and print where to look.
+    Demo(DemoArgs),
+    /// Run every health check once and exit with a Nagios code (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN).
+    Check(CheckArgs),
+}
+
+/// Flags of `check`.
+#[derive(Debug, Args, Clone)]
+pub struct CheckArgs {
+    /// Output: `text` (a Nagios status line with perfdata, then one line per check) or `json`.
+    #[arg(long = "format", default_value = "text", value_parser = ["text", "json"])]
+    pub format: String,
+}
+
+/// Flags of `demo`.
+#[derive(Debug, Args, Clone)]
+pub struct DemoArgs {
+    /// Rows per second the simulated pipeline replicates.
+    #[arg(long = "demo.rate", default_value_t = 200)]
+    pub rate: u32,
+    /// Port of the simulated gravity's HTTP API (0 picks a free one).
+    #[arg(long = "demo.gravity-port", default_value_t = 0)]
+    pub gravity_port: u16,
+    /// Directory for the demo's files (default: a new temporary directory).
+    #[arg(long = "demo.dir")]
+    pub dir: Option<PathBuf>,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long = "demo.duration")]
+    pub duration: Option<u64>,
+}
+
+/// Every flag, all optional so that the config file can supply what the command line does not.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Flags {
+    /// TOML file with any of these flags as keys (flags given on the command line win).
+    #[arg(long = "config.file", global = true)]
+    pub config_file: Option<PathBuf>,
+    /// Address to listen on for the web interface and telemetry [default: :9810].
+    #[arg(long = "web.listen-address", global = true)]
+    pub listen_address: Option<String>,
+    /// Path under which to expose metrics [default: /metrics].
+    #[arg(long = "web.telemetry-path", global = true)]
+    pub telemetry_path: Option<String>,
+    /// gravity's HTTP base URL [default: discovered from --http-addr, else http://127.0.0.1:8080].
+    #[arg(long = "gravity.url", global = true)]
+    pub gravity_url: Option<String>,
+    /// File holding gravity's pid (re-read on every check, so restarts are followed).
+    #[arg(long = "gravity.pid-file", global = true)]
+    pub pid_file: Option<PathBuf>,
+    /// gravity's pid (fixed: a restarted gravity is not followed).
+    #[arg(long = "gravity.pid", global = true)]
+    pub pid: Option<i64>,
+    /// Regex matched against the command line of every process to find gravity
+    /// [default: the process whose executable is named gravity].
+    #[arg(long = "gravity.process-pattern", global = true)]
+    pub process_pattern: Option<String>,
+    /// gravity's config file (TOML or JSON) [default: discovered from --config].
+    #[arg(long = "gravity.config", global = true)]
+    pub gravity_config: Option<PathBuf>,
+    /// gravity's log file [default: discovered from --log-file].
+    #[arg(long = "gravity.log-file", global = true)]
+    pub log_file: Option<PathBuf>,
+    /// File where the log read offset is kept across exporter restarts [default: none].
+    #[arg(long = "gravity.log-state-file", global = true)]
+    pub log_state_file: Option<PathBuf>,
+    /// Where to start reading an existing log the first time: end or beginning [default: end].
+    #[arg(long = "gravity.log-start", global = true)]
+    pub log_start: Option<String>,
+    /// Format of gravity's log: json, text or console [default: detect].
+    #[arg(long = "gravity.log-format", global = true)]
+    pub log_format: Option<String>,
+    /// Pass gravity's own /metrics families through unchanged [default: true].
+    #[arg(long = "gravity.metrics-passthrough", global = true, num_args = 0..=1, default_missing_value = "true")]
+    pub passthrough: Option<bool>,
+    /// Most series of gravity's /metrics passed through; the rest are dropped and counted [default: 10000].
+    #[arg(long = "gravity.metrics-passthrough-max-series", global = true)]
+    pub passthrough_max_series: Option<usize>,
+    /// Timeout of each request to gravity's HTTP API [default: 2s].
+    #[arg(long = "gravity.timeout", global = true)]
+    pub gravity_timeout: Option<String>,
+    /// How often the collectors run [default: 5s].
+    #[arg(long = "collector.interval", global = true)]
+    pub interval: Option<String>,
+    /// How often the process watcher looks at gravity's pid [default: 100ms].
+    #[arg(long = "collector.process-watch-interval", global = true)]
+    pub watch_interval: Option<String>,
+    /// How often the connection probes run; 0s turns off every check that logs in to
+    /// gravity's databases (connection probes and source binlog checks) [default: 15s].
+    #[arg(long = "probe.interval", global = true)]
+    pub probe_interval: Option<String>,
+    /// Deadline of each connection probe and source query [default: 3s].
+    #[arg(long = "probe.timeout", global = true)]
+    pub probe_timeout: Option<String>,
+    /// Root of the proc filesystem [default: /proc].
+    #[arg(long = "path.procfs", global = true)]
+    pub proc_root: Option<PathBuf>,
+    /// The exporter's own log level: debug, info, warn, error [default: info].
+    #[arg(long = "log.level", global = true)]
+    pub log_level: Option<String>,
+    /// The exporter's own log format: logfmt or json [default: logfmt].
+    #[arg(long = "log.format", global = true)]
+    pub log_fmt: Option<String>,
+}
+
+/// The `--config.file` contents: the same keys as the flags, dots making tables.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    web: FileWeb,
+    #[serde(default)]
+    gravity: FileGravity,
+    #[serde(default)]
+    collector: FileCollector,
+    #[serde(default)]
+    probe: FileProbe,
+    #[serde(default)]
+    path: FilePath,
+    #[serde(default)]
+    log: FileLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileWeb {
+    listen_address: Option<String>,
+    telemetry_path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileGravity {
+    url: Option<String>,
+    pid_file: Option<PathBuf>,
+    pid: Option<i64>,
+    process_pattern: Option<String>,
+    config: Option<PathBuf>,
+    log_file: Option<PathBuf>,
+    log_state_file: Option<PathBuf>,
+    log_start: Option<String>,
+    log_format: Option<String>,
+    timeout: Option<String>,
+    metrics_passthrough: Option<bool>,
+    metrics_passthrough_max_series: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileCollector {
+    interval: Option<String>,
+    process_watch_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProbe {
+    interval: Option<String>,
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePath {
+    procfs: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLog {
+    level: Option<String>,
+    format: Option<String>,
+}
+
+impl FileConfig {
+    fn into_flags(self) -> Flags {
+        Flags {
+            config_file: None,
+            listen_address: self.web.listen_address,
+            telemetry_path: self.web.telemetry_path,
+            gravity_url: self.gravity.url,
+            pid_file: self.gravity.pid_file,
+            pid: self.gravity.pid,
+            process_pattern: self.gravity.process_pattern,
+            gravity_config: self.gravity.config,
+            log_file: self.gravity.log_file,
+            log_state_file: self.gravity.log_state_file,
+            log_start: self.gravity.log_start,
+            log_format: self.gravity.log_format,
+            gravity_timeout: self.gravity.timeout,
+            passthrough: self.gravity.metrics_passthrough,
+            passthrough_max_series: self.gravity.metrics_passthrough_max_series,
+            interval: self.collector.interval,
+            watch_interval: self.collector.process_watch_interval,
+            probe_interval: self.probe.interval,
+            probe_timeout: self.probe.timeout,
+            proc_root: self.path.procfs,
+            log_level: self.log.level,
+            log_fmt: self.log.format,
+        }
+    }
+}
+
+impl Flags {
+    /// Fills every flag not given here from `other` (command-line flags win over the file).
+    fn or(self, other: Flags) -> Flags {
+        Flags {
+            config_file: self.config_file.or(other.config_file),
+            listen_address: self.listen_address.or(other.listen_address),
+            telemetry_path: self.telemetry_path.or(other.telemetry_path),
+            gravity_url: self.gravity_url.or(other.gravity_url),
+            pid_file: self.pid_file.or(other.pid_file),
+            pid: self.pid.or(other.pid),
+            process_pattern: self.process_pattern.or(other.process_pattern),
+            gravity_config: self.gravity_config.or(other.gravity_config),
+            log_file: self.log_file.or(other.log_file),
+            log_state_file: self.log_state_file.or(other.log_state_file),
+            log_start: self.log_start.or(other.log_start),
+            log_format: self.log_format.or(other.log_format),
+            gravity_timeout: self.gravity_timeout.or(other.gravity_timeout),
+            passthrough: self.passthrough.or(other.passthrough),
+            passthrough_max_series: self.passthrough_max_series.or(other.passthrough_max_series),
+            interval: self.interval.or(other.interval),
+            watch_interval: self.watch_interval.or(other.watch_interval),
+            probe_interval: self.probe_interval.or(other.probe_interval),
+            probe_timeout: self.probe_timeout.or(other.probe_timeout),
+            proc_root: self.proc_root.or(other.proc_root),
+            log_level: self.log_level.or(other.log_level),
+            log_fmt: self.log_fmt.or(other.log_fmt),
+        }
+    }
+}
+
+/// How the gravity process is found.
+#[derive(Debug, Clone)]
+pub enum ProcessSelector {
+    /// A fixed pid.
+    Pid(i32),
+    /// A pid file, re-read on every look.
+    PidFile(PathBuf),
+    /// A regex on the command line (arguments joined by spaces).
+    Pattern(Regex),
+    /// The process whose executable (comm or argv\[0\]) is named `gravity`.
+    Default,
+}
+
+/// Format of gravity's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GravityLogFormat {
+    /// logrus JSON (gravity's default).
+    Json,
+    /// gravity's `text` format (also `highlight`, the same with colours).
+    Text,
+    /// logrus text formatter (`console`).
+    Console,
+}
+
+impl GravityLogFormat {
+    /// Parses gravity's `--log-format` values.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "json" => Some(Self::Json),
+            "text" => Some(Self::Text),
+            "console" => Some(Self::Console),
+            // gravity's `highlight` is its text format with colours (pkg/logutil)
+            "highlight" => Some(Self::Text),
+            _ => None,
+        }
+    }
+}
+
+/// The exporter's own log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnLogFormat {
+    /// `key=value` lines.
+    Logfmt,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Validated settings in force.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The file they came from, for reloads.
+    pub config_file: Option<PathBuf>,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Metrics path.
+    pub telemetry_path: String,
+    /// gravity's HTTP base URL given by the user (else discovered).
+    pub gravity_url: Option<Uri>,
+    /// How to find gravity.
+    pub selector: ProcessSelector,
+    /// gravity's config given by the user (else discovered).
+    pub gravity_config: Option<PathBuf>,
+    /// gravity's log file given by the user (else discovered).
+    pub log_file: Option<PathBuf>,
+    /// gravity's log format given by the user (else discovered, else detected).
+    pub log_format: Option<GravityLogFormat>,
+    /// Where the log offset is saved.
+    pub log_state_file: Option<PathBuf>,
+    /// Start at the end of an existing log the first time (else at its beginning).
+    pub log_start_at_end: bool,
+    /// Timeout of each gravity API request.
+    pub gravity_timeout: Duration,
+    /// Pass gravity's families through.
+    pub passthrough: bool,
+    /// Series cap of the pass-through.
+    pub passthrough_max_series: usize,
+    /// Collection interval.
+    pub interval: Duration,
+    /// Process watch interval.
+    pub watch_interval: Duration,
+    /// Connection probe interval; `None` when probes and source checks are turned off (`0s`).
+    pub probe_interval: Option<Duration>,
+    /// Deadline of each connection probe and source query.
+    pub probe_timeout: Duration,
+    /// Root of procfs.
+    pub proc_root: PathBuf,
+    /// Own log level.
+    pub log_level: tracing::Level,
+    /// Own log format.
+    pub log_fmt: OwnLogFormat,
+    /// The command-line flags these came from (kept so that a reload lets them win again).
+    cli_flags: Flags,
+}
+
+impl Settings {
+    /// Builds settings from command-line flags, reading `--config.file` if given.
+    pub fn from_flags(cli: Flags) -> Result<Settings, ConfigError> {
+        let file_flags = match &cli.config_file {
+            Some(path) => read_file(path)?,
+            None => Flags::default(),
+        };
+        let mut s = validate(cli.clone().or(file_flags))?;
+        s.cli_flags = cli;
+        Ok(s)
+    }
+
+    /// Re-reads the config file; the command-line flags still win.
+    pub fn reload(&self) -> Result<Settings, ConfigError> {
+        Settings::from_flags(self.cli_flags.clone())
+    }
+
+    /// Settings that differ from `self` in a way that needs a restart of the exporter.
+    pub fn restart_needed_for(&self, new: &Settings) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.listen != new.listen {
+            v.push("web.listen-address");
+        }
+        if self.telemetry_path != new.telemetry_path {
+            v.push("web.telemetry-path");
+        }
+        if self.proc_root != new.proc_root {
+            v.push("path.procfs");
+        }
+        v
+    }
+}
+
+fn read_file(path: &Path) -> Result<Flags, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let fc: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+        path: path.to_path_buf(),
+        reason: toml_error_line(&text, &e),
+    })?;
+    Ok(fc.into_flags())
+}
+
+/// One line out of a toml error: "line N, key K: message".
+fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = text
+                .get(..span.start)
+                .map(|p| p.matches('\n').count() + 1)
+                .unwrap_or(1);
+            match key_at_line(text, line) {
+                Some(key) => format!("line {line}, key {key}: {}", msg.trim()),
+                None => format!("line {line}: {}", msg.trim()),
+            }
+        }
+        None => msg.trim().to_string(),
+    }
+}
+
+/// The dotted key set on 1-based `line` of a TOML text, with the table header above it.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if i + 1 == line {
+            let (k, _) = t.split_once('=')?;
+            let k = k.trim().trim_matches('"');
+            return Some(if table.is_empty() {
+                k.to_string()
+            } else {
+                format!("{table}.{k}")
+            });
+        }
+        if t.starts_with('[') {
+            table = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        }
+    }
+    None
+}
+
+/// Parses a Prometheus-style duration: `500ms`, `5s`, `1m`, `1h`, or combinations like `1m30s`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let (num, tail) = rest.split_at(digits);
+        let n: f64 = num.parse().ok()?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        let secs = match unit {
+            "ms" => n / 1000.0,
+            "s" => n,
+            "m" => n * 60.0,
+            "h" => n * 3600.0,
+            "d" => n * 86400.0,
+            _ => return None,
+        };
+        total += Duration::try_from_secs_f64(secs).ok()?;
+        rest = next;
+    }
+    Some(total)
+}
+
+/// Parses a listen address the way Go and the exporter-toolkit accept it: `:9810`, `host:port`, `[::1]:9810`.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Some(port) = s.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| format!("bad port in {s:?}"))?;
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    // host:port with a name: resolve once, at start.
+    match s.to_socket_addrs() {
+        Ok(mut it) => it
+            .next()
+            .ok_or_else(|| format!("{s:?} resolves to no address")),
+        Err(e) => Err(format!("{s:?} is not host:port ({e})")),
+    }
+}
+
+fn dur(
+    key: &str,
+    v: Option<String>,
+    default: Duration,
+    min: Duration,
+) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => {
+            let d = parse_duration(&s).ok_or_else(|| {
+                invalid(key, format!("{s:?} is not a duration like 500ms, 5s or 1m"))
+            })?;
+            if d < min {
+                return Err(invalid(
+                    key,
+                    format!("{s:?} is below the minimum of {min:?}"),
+                ));
+            }
+            Ok(d)
+        }
+    }
+}
+
+fn validate(f: Flags) -> Result<Settings, ConfigError> {
+    let listen = parse_listen(f.listen_address.as_deref().unwrap_or(DEFAULT_LISTEN))
+        .map_err(|r| invalid("web.listen-address", r))?;
+    let telemetry_path = f.telemetry_path.unwrap_or_else(|| "/metrics".into());
+    if !telemetry_path.starts_with('/') || telemetry_path == "/" {
+        return Err(invalid(
+            "web.telemetry-path",
+            format!("{telemetry_path:?} must start with / and not be / (the landing page)"),
+        ));
+    }
+    let gravity_url = match f.gravity_url {
+        None => None,
+        Some(u) => Some(parse_gravity_url(&u).map_err(|r| invalid("gravity.url", r))?),
+    };
+    let given = [
+        f.pid.is_some(),
+        f.pid_file.is_some(),
+        f.process_pattern.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if given > 1 {
+        return Err(invalid(
+            "gravity.pid",
+            "give only one of gravity.pid, gravity.pid-file and gravity.process-pattern",
+        ));
+    }
+    let selector = if let Some(pid) = f.pid {
+        if !(1..=i64::from(i32::MAX)).contains(&pid) {
+            return Err(invalid("gravity.pid", format!("{pid} is not a valid pid")));
+        }
+        // The range check above makes the conversion infallible.
+        ProcessSelector::Pid(i32::try_from(pid).unwrap_or(1))
+    } else if let Some(p) = f.pid_file {
+        ProcessSelector::PidFile(p)
+    } else if let Some(pat) = f.process_pattern {
+        let re = Regex::new(&pat).map_err(|e| {
+            invalid(
+                "gravity.process-pattern",
+                e.to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or("bad regex")
+                    .trim()
+                    .to_string(),
+            )
+        })?;
+        ProcessSelector::Pattern(re)
+    } else {
+        ProcessSelector::Default
+    };
+    let log_format = match f.log_format.as_deref() {
+        None | Some("") | Some("detect") => None,
+        Some(s) => Some(GravityLogFormat::parse(s).ok_or_else(|| {
+            invalid(
+                "gravity.log-format",
+                format!("{s:?} is not one of json, text, console"),
+            )
+        })?),
+    };
+    let gravity_timeout = dur(
+        "gravity.timeout",
+        f.gravity_timeout,
+        Duration::from_secs(2),
+        Duration::from_millis(10),
+    )?;
+    let interval = dur(
+        "collector.interval",
+        f.interval,
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+    )?;
+    let watch_interval = dur(
+        "collector.process-watch-interval",
+        f.watch_interval,
+        Duration::from_millis(100),
+        Duration::from_millis(10),
+    )?;
+    let probe_interval = match f.probe_interval.as_deref().map(str::trim) {
+        Some("0" | "0s") => None,
+        _ => Some(dur(
+            "probe.interval",
+            f.probe_interval,
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+        )?),
+    };
+    let probe_timeout = dur(
+        "probe.timeout",
+        f.probe_timeout,
+        Duration::from_secs(3),
+        Duration::from_millis(10),
+    )?;
+    if probe_timeout > Duration::from_secs(60) {
+        return Err(invalid(
+            "probe.timeout",
+            format!("{probe_timeout:?} is above the maximum of 60s"),
+        ));
+    }
+    let log_level = match f.log_level.as_deref().unwrap_or("info") {
+        "debug" => tracing::Level::DEBUG,
+        "info" => tracing::Level::INFO,
+        "warn" | "warning" => tracing::Level::WARN,
+        "error" => tracing::Level::ERROR,
+        other => {
+            return Err(invalid(
+                "log.level",
+                format!("{other:?} is not one of debug, info, warn, error"),
+            ))
+        }
+    };
+    let log_fmt = match f.log_fmt.as_deref().unwrap_or("logfmt") {
+        "logfmt" => OwnLogFormat::Logfmt,
+        "json" => OwnLogFormat::Json,
+        other => {
+            return Err(invalid(
+                "log.format",
+                format!("{other:?} is not one of logfmt, json"),
+            ))
+        }
+    };
+    let log_start_at_end = match f.log_start.as_deref().unwrap_or("end") {
+        "end" => true,
+        "beginning" => false,
+        other => {
+            return Err(invalid(
+                "gravity.log-start",
+                format!("{other:?} is not one of end, beginning"),
+            ))
+        }
+    };
+    Ok(Settings {
+        config_file: f.config_file,
+        log_state_file: f.log_state_file,
+        log_start_at_end,
+        listen,
+        telemetry_path,
+        gravity_url,
+        selector,
+        gravity_config: f.gravity_config,
+        log_file: f.log_file,
+        log_format,
+        gravity_timeout,
+        passthrough: f.passthrough.unwrap_or(true),
+        passthrough_max_series: match f.passthrough_max_series {
+            Some(0) => {
+                return Err(invalid(
+                    "gravity.metrics-passthrough-max-series",
+                    "must be at least 1 (turn pass-through off with gravity.metrics-passthrough = false)",
+                ))
+            }
+            Some(n) => n,
+            None => 10_000,
+        },
+        interval,
+        watch_interval,
+        probe_interval,
+        probe_timeout,
+        proc_root: f.proc_root.unwrap_or_else(|| PathBuf::from("/proc")),
+        log_level,
+        log_fmt,
+        cli_flags: Flags::default(),
+    })
+}
+
+/// Parses gravity's base URL: `http://host:port` (a path prefix is kept).
+pub fn parse_gravity_url(s: &str) -> Result<Uri, String> {
+    let uri: Uri = s.parse().map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(format!(
+                "scheme {other:?} not supported; gravity serves plain http"
+            ))
+        }
+        None => return Err(format!("{s:?} has no scheme; write http://host:port")),
+    }
+    if uri.host().is_none() {
+        return Err(format!("{s:?} has no host"));
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn flags(args: &[&str]) -> Flags {
+        let mut v = vec!["gravity-exporter"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).map(|c| c.flags).unwrap_or_default()
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::from_flags(Flags::default()).unwrap();
+        assert_eq!(s.listen, "0.0.0.0:9810".parse().unwrap());
+        assert_eq!(s.telemetry_path, "/metrics");
+        assert!(matches!(s.selector, ProcessSelector::Default));
+        assert_eq!(s.interval, Duration::from_secs(5));
+        assert_eq!(s.watch_interval, Duration::from_millis(100));
+        assert_eq!(s.proc_root, PathBuf::from("/proc"));
+        assert!(s.passthrough);
+        assert_eq!(s.passthrough_max_series, 10_000);
+        let s = Settings::from_flags(flags(&["--gravity.metrics-passthrough=false"])).unwrap();
+        assert!(!s.passthrough);
+        let s = Settings::from_flags(flags(&["--gravity.metrics-passthrough"])).unwrap();
+        assert!(s.passthrough);
+        assert_eq!(s.probe_interval, Some(Duration::from_secs(15)));
+        assert_eq!(s.probe_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn probe_flags_and_file_keys() {
+        let s = Settings::from_flags(flags(&["--probe.interval", "1m", "--probe.timeout=500ms"]))
+            .unwrap();
+        assert_eq!(s.probe_interval, Some(Duration::from_secs(60)));
+        assert_eq!(s.probe_timeout, Duration::from_millis(500));
+        let s = Settings::from_flags(flags(&["--probe.interval", "0s"])).unwrap();
+        assert_eq!(s.probe_interval, None, "0s turns probes off");
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[probe]\ninterval = \"30s\"\ntimeout = \"2s\"").unwrap();
+        let p = f.path().to_str().unwrap().to_string();
+        let s = Settings::from_flags(flags(&["--config.file", &p])).unwrap();
+        assert_eq!(s.probe_interval, Some(Duration::from_secs(30)));
+        assert_eq!(s.probe_timeout, Duration::from_secs(2));
+        let s =
+            Settings::from_flags(flags(&["--config.file", &p, "--probe.timeout", "1s"])).unwrap();
+        assert_eq!(
+            s.probe_timeout,
+            Duration::from_secs(1),
+            "flag wins over file"
+        );
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "probe.interval = \"0s\"\nprobe.timeout = \"250ms\"").unwrap();
+        let p = f.path().to_str().unwrap().to_string();
+        let s = Settings::from_flags(flags(&["--config.file", &p])).unwrap();
+        assert_eq!(s.probe_interval, None);
+        assert_eq!(s.probe_timeout, Duration::from_millis(250));
+        for (args, key) in [
+            (&["--probe.interval", "often"][..], "probe.interval"),
+            (&["--probe.interval", "1ms"][..], "probe.interval"),
+            (&["--probe.timeout", "1ms"][..], "probe.timeout"),
+            (&["--probe.timeout", "2m"][..], "probe.timeout"),
+        ] {
+            let e = Settings::from_flags(flags(args)).unwrap_err().to_string();
+            assert!(e.contains(key), "{args:?}: {e}");
+        }
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[probe]\ninterval = \"5s\"\ntimeot = \"1s\"").unwrap();
+        let p = f.path().to_str().unwrap().to_string();
+        let e = Settings::from_flags(flags(&["--config.file", &p]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("timeot") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("5x"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+
+    #[test]
+    fn file_keys_dotted_and_tables_and_flags_win() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "web.listen-address = \"127.0.0.1:9999\"\n[gravity]\nurl = \"http://127.0.0.1:8081\"\nlog-format = \"text\"\n[collector]\ninterval = \"2s\""
+        )
+        .unwrap();
+        let p = f.path().to_str().unwrap().to_string();
+        let s =
+            Settings::from_flags(flags(&["--config.file", &p, "--collector.interval=3s"])).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(s.gravity_url.unwrap().port_u16(), Some(8081));
+        assert_eq!(s.log_format, Some(GravityLogFormat::Text));
+        assert_eq!(s.interval, Duration::from_secs(3), "flag wins over file");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--web.listen-address", "nonsense"], "web.listen-address"),
+            (&["--web.telemetry-path", "metrics"], "web.telemetry-path"),
+            (&["--gravity.url", "ftp://x:1"], "gravity.url"),
+            (&["--gravity.pid", "0"], "gravity.pid"),
+            (
+                &["--gravity.process-pattern", "(unclosed"],
+                "gravity.process-pattern",
+            ),
+            (&["--gravity.log-format", "xml"], "gravity.log-format"),
+            (&["--collector.interval", "fast"], "collector.interval"),
+            (&["--log.level", "loud"], "log.level"),
+            (
+                &["--gravity.pid", "5", "--gravity.pid-file", "/x"],
+                "gravity.pid",
+            ),
+        ];
+        for (args, key) in cases {
+            let e = Settings::from_flags(flags(args)).unwrap_err().to_string();
+            assert!(e.contains(key), "{args:?}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn file_errors_are_one_line_with_key_and_line() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[web]\nlisten-address = \":1\"\nlisten-adress = \":2\"").unwrap();
+        let p = f.path().to_str().unwrap().to_string();
+        let e = Settings::from_flags(flags(&["--config.file", &p]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen-adress"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        let e = Settings::from_flags(flags(&["--config.file", "/nonexistent/x.toml"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/x.toml"), "{e}");
+    }
+
+    #[test]
+    fn reload_keeps_cli_flags_winning() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "collector.interval = \"2s\"\nlog.level = \"debug\"").unwrap();
+        let ps = p.to_str().unwrap().to_string();
+        let s =
+            Settings::from_flags(flags(&["--config.file", &ps, "--log.level", "warn"])).unwrap();
+        assert_eq!(s.log_level, tracing::Level::WARN);
+        std::fs::write(&p, "collector.interval = \"7s\"\nlog.level = \"debug\"").unwrap();
+        let s2 = s.reload().unwrap();
+        assert_eq!(s2.interval, Duration::from_secs(7));
+        assert_eq!(s2.log_level, tracing::Level::WARN);
+        std::fs::write(&p, "collector.interval = 7").unwrap();
+        assert!(s.reload().is_err());
+    }
+}

@@ -1,0 +1,239 @@
+//! `gravity-exporter demo`: the first thing a new user runs.
+//!
+//! It starts the gravity double (this same binary, linked as `gravity`) as a live pipeline
+//! under a systemd-like supervisor — rows flowing, lag varying, an occasional retry and
+//! warning in its log — and the exporter watching it, then prints where to look. When
+//! Debian's `prometheus` and `prometheus-alertmanager` are installed, it also starts them,
+//! scraping the exporter with the shipped alert rules loaded.
+//! Ctrl-C (or `--demo.duration`) stops everything it started.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::config::{DemoArgs, ProcessSelector, Settings};
+use crate::double::supervisor::{install_gravity_link, Restart, Supervisor, SupervisorConfig};
+
+/// The gravity config the demo pipeline runs with (the reference mysql2mysql stream config).
+pub const DEMO_CONFIG: &str = include_str!("../tests/fixtures/configs/mysql2mysql-stream.toml");
+/// The shipped recording rules, loaded into the demo's Prometheus.
+pub const RECORDING_RULES: &str = include_str!("../alerts/gravity-recording.rules.yml");
+/// The shipped alert rules.
+pub const ALERT_RULES: &str = include_str!("../alerts/gravity-alerts.rules.yml");
+/// The shipped Alertmanager example.
+pub const ALERTMANAGER: &str = include_str!("../alerts/alertmanager.yml");
+
+/// Why the demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// File system.
+    #[error("demo: {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Error.
+        source: std::io::Error,
+    },
+    /// The supervisor could not start the double.
+    #[error("demo: cannot start the simulated gravity: {0}")]
+    Supervisor(String),
+    /// The exporter could not start.
+    #[error(transparent)]
+    App(#[from] crate::app::AppError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
+    let what = what.into();
+    move |source| DemoError::Io { what, source }
+}
+
+fn free_port() -> Result<u16, DemoError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
+    Ok(l.local_addr().map_err(io("finding a free port"))?.port())
+}
+
+/// A helper process the demo started (Prometheus, Alertmanager); killed on drop.
+struct Helper(Child);
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// Runs the demo until Ctrl-C or the duration ends.
+pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError> {
+    let (dir, _keep) = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(io(format!("creating {}", d.display())))?;
+            (d.clone(), None)
+        }
+        None => {
+            let t =
+                std::env::temp_dir().join(format!("gravity-exporter-demo-{}", std::process::id()));
+            std::fs::create_dir_all(&t).map_err(io(format!("creating {}", t.display())))?;
+            (t.clone(), Some(t))
+        }
+    };
+    let exe = std::env::current_exe().map_err(io("finding this executable"))?;
+    let link = install_gravity_link(&exe, &dir).map_err(io("linking the simulated gravity"))?;
+    let config = dir.join("config.toml");
+    std::fs::write(&config, DEMO_CONFIG).map_err(io("writing the gravity config"))?;
+    let log = dir.join("gravity.log");
+    let gport = if args.gravity_port == 0 {
+        free_port()?
+    } else {
+        args.gravity_port
+    };
+    let mut cfg = SupervisorConfig::new(&link, &dir, &config, format!("127.0.0.1:{gport}"));
+    cfg.log_file = Some(log.clone());
+    cfg.restart = Restart::Always;
+    cfg.restart_sec = Duration::from_secs(1);
+    cfg.env = vec![
+        ("GRAVITY_DOUBLE_RATE".into(), args.rate.to_string().into()),
+        ("GRAVITY_DOUBLE_RETRY_EVERY".into(), "20".into()),
+        ("GRAVITY_DOUBLE_DDL_EVERY".into(), "120".into()),
+        ("GRAVITY_DOUBLE_LOG_MAX_BYTES".into(), "10485760".into()),
+    ];
+    let mut sup = Supervisor::start(cfg).map_err(|e| DemoError::Supervisor(e.to_string()))?;
+
+    // The demo pipeline's databases do not exist: probing them would page about a
+    // "lost" source and target that were never there.
+    settings.probe_interval = None;
+    // Watch exactly the demo's gravity, whatever else runs on this host.
+    let pattern = format!(
+        "/gravity --config={}( |$)",
+        regex::escape(&config.to_string_lossy())
+    );
+    settings.selector = match regex::Regex::new(&pattern) {
+        Ok(re) => ProcessSelector::Pattern(re),
+        Err(_) => ProcessSelector::Default,
+    };
+    let listener = crate::app::bind(&settings).await?;
+    let local = listener
+        .local_addr()
+        .map_err(io("reading the listen address"))?;
+    let exp = crate::app::start(settings.clone());
+
+    let shown = if local.ip().is_unspecified() {
+        format!("127.0.0.1:{}", local.port())
+    } else {
+        local.to_string()
+    };
+    let mut helpers = Vec::new();
+    let mut lines = vec![
+        "gravity-exporter demo is running.".to_string(),
+        format!(
+            "  simulated gravity:  http://127.0.0.1:{gport}/status  (pid {})",
+            sup.pid().unwrap_or(0)
+        ),
+        format!("  gravity's log:      {}", log.display()),
+        "  connection probes:  off (the demo pipeline has no real databases; see docs/connections.md)".to_string(),
+        format!(
+            "  exporter metrics:   http://{shown}{}",
+            settings.telemetry_path
+        ),
+        format!("  exporter page:      http://{shown}/"),
+    ];
+    let am = start_alertmanager(&dir);
+    let am_port = am.as_ref().map(|(_, p)| *p);
+    if let Some((h, p)) = am {
+        helpers.push(h);
+        lines.push(format!("  Alertmanager:       http://127.0.0.1:{p}/  (the shipped example; its webhook receivers are placeholders)"));
+    }
+    if let Some((h, l)) = start_prometheus(&dir, &shown, &settings.telemetry_path, am_port) {
+        helpers.push(h);
+        lines.push(l);
+    } else {
+        lines.push("  Prometheus:         not installed (apt-get install prometheus to have the demo start it)".into());
+    }
+    lines.push(format!(
+        "  try a fault:        curl -XPOST 'http://127.0.0.1:{gport}/_double/fault?mode=stall'   (modes: crash, hang, stall, http500, garbage, idle, none)"
+    ));
+    lines.push("Ctrl-C stops everything.".into());
+    println!("{}", lines.join("\n"));
+
+    let stop = async {
+        match args.duration {
+            Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
+    crate::server::serve(listener, exp.ctx.clone(), stop).await;
+    sup.stop();
+    drop(helpers);
+    println!("demo stopped; its files are in {}", dir.display());
+    Ok(())
+}
+
+/// Starts Debian's Alertmanager with the shipped example config, if installed.
+fn start_alertmanager(dir: &Path) -> Option<(Helper, u16)> {
+    let bin = which("prometheus-alertmanager").or_else(|| which("alertmanager"))?;
+    let port = free_port().ok()?;
+    let yml = dir.join("alertmanager.yml");
+    std::fs::write(&yml, ALERTMANAGER).ok()?;
+    let child = Command::new(bin)
+        .arg(format!("--config.file={}", yml.display()))
+        .arg(format!(
+            "--storage.path={}",
+            dir.join("alertmanager-data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("alertmanager.log")).ok()?)
+        .spawn()
+        .ok()?;
+    Some((Helper(child), port))
+}
+
+/// Starts Debian's Prometheus scraping the exporter with the shipped rules, if installed.
+fn start_prometheus(
+    dir: &Path,
+    exporter: &str,
+    path: &str,
+    am_port: Option<u16>,
+) -> Option<(Helper, String)> {
+    let bin = which("prometheus")?;
+    let port = free_port().ok()?;
+    let yml = dir.join("prometheus.yml");
+    let rec = dir.join("gravity-recording.rules.yml");
+    let alerts = dir.join("gravity-alerts.rules.yml");
+    std::fs::write(&rec, RECORDING_RULES).ok()?;
+    std::fs::write(&alerts, ALERT_RULES).ok()?;
+    let alerting = am_port
+        .map(|p| format!("alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{p}']\n"))
+        .unwrap_or_default();
+    let text = format!(
+        "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\nrule_files:\n  - {}\n  - {}\n{alerting}scrape_configs:\n  - job_name: gravity-exporter\n    metrics_path: {path}\n    static_configs:\n      - targets: ['{exporter}']\n",
+        rec.display(),
+        alerts.display()
+    );
+    std::fs::write(&yml, text).ok()?;
+    let child = Command::new(bin)
+        .arg(format!("--config.file={}", yml.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("prometheus-data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).ok()?)
+        .spawn()
+        .ok()?;
+    Some((
+        Helper(child),
+        format!("  Prometheus:         http://127.0.0.1:{port}/"),
+    ))
+}

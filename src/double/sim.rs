@@ -1,0 +1,1298 @@
+//! The simulated pipeline: what a gravity process would have counted, at any instant.
+//!
+//! Everything is an exact function of a "flow clock" so tests can compute the truth:
+//! the pipeline has moved `F` rows, with `F` growing by `R` rows per second while rows flow
+//! and frozen otherwise; table `i` gets share `w_i` (harmonic weights), operations insert,
+//! update, delete get 60/30/10 %, so a counter is `floor(w_i × s_op × F)`. The output side
+//! follows with a delay of [`OUTPUT_DELAY`]; the heartbeat probe adds one `ctl` row per second
+//! while the probe works. Fault modes change which clocks run ([`Mode`]).
+
+use super::config::{InputMode, InputType, OutputType, PipelineSpec, MAX_WORKERS};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How far (in seconds of flow) the output side trails the input side.
+pub const OUTPUT_DELAY: f64 = 0.25;
+/// Operation shares of DML rows in stream mode.
+pub const OP_SHARES: [(&str, f64); 3] = [("insert", 0.6), ("update", 0.3), ("delete", 0.1)];
+/// Partitions per simulated Kafka topic.
+pub const KAFKA_PARTITIONS: usize = 3;
+/// Binlog bytes per DML row, heartbeat and DDL.
+const BYTES_PER_ROW: f64 = 230.0;
+const BYTES_PER_HEARTBEAT: u64 = 180;
+const BYTES_PER_DDL: u64 = 350;
+/// First binlog file index and the GTID the simulated source starts from.
+const FIRST_BINLOG: u64 = 42;
+const GTID_UUID: &str = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+const GTID_START: u64 = 5117;
+
+/// The double's fault mode (`POST /_double/fault?mode=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Healthy.
+    None,
+    /// Fatal log line, exit 1.
+    Crash,
+    /// Batch done: exit 0.
+    Exit0,
+    /// gravity endpoints accept but never answer.
+    Hang,
+    /// Pipeline stuck: watermarks, counters, position freeze.
+    Stall,
+    /// Every gravity endpoint answers 500.
+    Http500,
+    /// Endpoints answer random bytes with 200.
+    Garbage,
+    /// `/metrics` and `/status` answer 100 MB of junk.
+    Huge,
+    /// Source has no writes; heartbeat keeps watermarks fresh.
+    Idle,
+    /// Idle and the heartbeat probe fails: EventTime freezes.
+    HeartbeatBroken,
+}
+
+impl Mode {
+    /// All modes, for error messages and tests.
+    pub const ALL: [Mode; 10] = [
+        Mode::None,
+        Mode::Crash,
+        Mode::Exit0,
+        Mode::Hang,
+        Mode::Stall,
+        Mode::Http500,
+        Mode::Garbage,
+        Mode::Huge,
+        Mode::Idle,
+        Mode::HeartbeatBroken,
+    ];
+
+    /// Name used by the control endpoint and `GRAVITY_DOUBLE_FAULT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::Crash => "crash",
+            Mode::Exit0 => "exit0",
+            Mode::Hang => "hang",
+            Mode::Stall => "stall",
+            Mode::Http500 => "http500",
+            Mode::Garbage => "garbage",
+            Mode::Huge => "huge",
+            Mode::Idle => "idle",
+            Mode::HeartbeatBroken => "heartbeat_broken",
+        }
+    }
+
+    /// Parses a mode name (case-insensitive, `-` accepted for `_`).
+    pub fn parse(s: &str) -> Option<Mode> {
+        let s = s.trim().to_ascii_lowercase().replace('-', "_");
+        Mode::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// Whether source rows flow through the pipeline in this mode.
+    pub fn flows(self) -> bool {
+        !matches!(self, Mode::Stall | Mode::Idle | Mode::HeartbeatBroken)
+    }
+
+    /// Whether the heartbeat probe's rows arrive.
+    pub fn heartbeats(self) -> bool {
+        !matches!(self, Mode::Stall | Mode::HeartbeatBroken)
+    }
+}
+
+/// Knobs from the environment (`GRAVITY_DOUBLE_*`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `GRAVITY_DOUBLE_RATE`: rows per second (default 200).
+    pub rate: f64,
+    /// `GRAVITY_DOUBLE_LAG_SECONDS`: mean replication lag (default 0.8).
+    pub lag_mean: f64,
+    /// `GRAVITY_DOUBLE_DDL_EVERY`: seconds of flow between DDLs (None: never).
+    pub ddl_every: Option<f64>,
+    /// `GRAVITY_DOUBLE_RETRY_EVERY`: seconds between simulated retries (None: never).
+    pub retry_every: Option<f64>,
+    /// `GRAVITY_DOUBLE_NO_POSITION=1`: `/status` stays 500.
+    pub no_position: bool,
+    /// `GRAVITY_DOUBLE_TZ_OFFSET`: zone of printed times (default +08:00).
+    pub zone: super::gofmt::ZoneOffset,
+    /// `GRAVITY_DOUBLE_LOG_MAX_BYTES`: rotate the log file past this size.
+    pub log_max_bytes: Option<u64>,
+    /// `GRAVITY_DOUBLE_FAULT`: initial mode.
+    pub initial_mode: Mode,
+    /// `GRAVITY_DOUBLE_BINLOG_FILE_BYTES` (or `GRAVITY_DOUBLE_BINLOG_MB`): binlog file size
+    /// before rolling over (default 1 MiB).
+    pub binlog_file_bytes: u64,
+    /// `GRAVITY_DOUBLE_BATCH_ROWS`: rows a batch pipeline copies in total (default 12000).
+    pub batch_rows: u64,
+    /// `GRAVITY_DOUBLE_BINLOG_BASENAME`: binlog file base name (default `mysql-bin`), so a
+    /// test can put the simulated position among a real server's binlogs.
+    pub binlog_base: String,
+    /// `GRAVITY_DOUBLE_BINLOG_FIRST_INDEX`: index of the first binlog file (default 42).
+    pub binlog_first_index: u64,
+    /// `GRAVITY_DOUBLE_POSITION_DELAY_MS`: time until the first position is stored (default 300).
+    pub position_delay: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            rate: 200.0,
+            lag_mean: 0.8,
+            ddl_every: None,
+            retry_every: None,
+            no_position: false,
+            zone: super::gofmt::ZoneOffset::CHINA,
+            log_max_bytes: None,
+            initial_mode: Mode::None,
+            binlog_file_bytes: 1 << 20,
+            batch_rows: 12_000,
+            position_delay: Duration::from_millis(300),
+            binlog_base: "mysql-bin".into(),
+            binlog_first_index: FIRST_BINLOG,
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the settings through `get` (the environment in production).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Settings {
+        let d = Settings::default();
+        let num = |k: &str| {
+            get(k)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v >= 0.0)
+        };
+        Settings {
+            rate: num("GRAVITY_DOUBLE_RATE").map_or(d.rate, |v| v.min(1e9)),
+            lag_mean: num("GRAVITY_DOUBLE_LAG_SECONDS").map_or(d.lag_mean, |v| v.min(1e7)),
+            ddl_every: num("GRAVITY_DOUBLE_DDL_EVERY").filter(|v| *v > 0.0),
+            retry_every: num("GRAVITY_DOUBLE_RETRY_EVERY").filter(|v| *v > 0.0),
+            no_position: get("GRAVITY_DOUBLE_NO_POSITION")
+                .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes")),
+            zone: get("GRAVITY_DOUBLE_TZ_OFFSET")
+                .and_then(|v| super::gofmt::ZoneOffset::parse(&v))
+                .unwrap_or(d.zone),
+            log_max_bytes: num("GRAVITY_DOUBLE_LOG_MAX_BYTES")
+                .map(|v| v as u64)
+                .filter(|v| *v > 0),
+            initial_mode: get("GRAVITY_DOUBLE_FAULT")
+                .and_then(|v| Mode::parse(&v))
+                .unwrap_or(Mode::None),
+            binlog_file_bytes: num("GRAVITY_DOUBLE_BINLOG_FILE_BYTES")
+                .or_else(|| num("GRAVITY_DOUBLE_BINLOG_MB").map(|mb| mb * 1_048_576.0))
+                .map_or(d.binlog_file_bytes, |v| (v.min(1e15) as u64).max(4096)),
+            batch_rows: num("GRAVITY_DOUBLE_BATCH_ROWS").map_or(d.batch_rows, |v| v as u64),
+            binlog_base: get("GRAVITY_DOUBLE_BINLOG_BASENAME")
+                .map(|v| v.trim().to_string())
+                .filter(|v| {
+                    !v.is_empty()
+                        && v.len() <= 64
+                        && v.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                })
+                .unwrap_or(d.binlog_base),
+            binlog_first_index: num("GRAVITY_DOUBLE_BINLOG_FIRST_INDEX")
+                .map_or(d.binlog_first_index, |v| (v as u64).clamp(1, 999_999)),
+            position_delay: num("GRAVITY_DOUBLE_POSITION_DELAY_MS").map_or(d.position_delay, |v| {
+                Duration::from_millis(v.min(3.6e6) as u64)
+            }),
+        }
+    }
+}
+
+/// One instant, on both clocks.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    /// Monotonic.
+    pub mono: Instant,
+    /// Wall clock.
+    pub wall: SystemTime,
+}
+
+impl Now {
+    /// The current instant.
+    pub fn current() -> Now {
+        Now {
+            mono: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// This instant plus `d` (for tests).
+    pub fn plus(self, d: Duration) -> Now {
+        Now {
+            mono: self.mono + d,
+            wall: self.wall + d,
+        }
+    }
+}
+
+/// The flow clocks, checkpointed whenever the mode or the rate changes.
+#[derive(Clone, Debug)]
+struct Flow {
+    at: Instant,
+    units: f64,
+    out_units: f64,
+    flow_secs: f64,
+    hb_secs: f64,
+    rate: f64,
+    mode: Mode,
+    heartbeat: bool,
+}
+
+impl Flow {
+    fn dt(&self, now: Instant) -> f64 {
+        now.saturating_duration_since(self.at).as_secs_f64()
+    }
+    fn units(&self, now: Instant) -> f64 {
+        if self.mode.flows() {
+            self.units + self.rate * self.dt(now)
+        } else {
+            self.units
+        }
+    }
+    fn out_units(&self, now: Instant) -> f64 {
+        let f = self.units(now);
+        match self.mode {
+            Mode::Stall => self.out_units,
+            m if m.flows() => (f - self.rate * OUTPUT_DELAY).max(self.out_units).min(f),
+            _ => f,
+        }
+    }
+    fn flow_secs(&self, now: Instant) -> f64 {
+        self.flow_secs + if self.mode.flows() { self.dt(now) } else { 0.0 }
+    }
+    fn hb_secs(&self, now: Instant) -> f64 {
+        let on = self.heartbeat && self.mode.heartbeats();
+        self.hb_secs + if on { self.dt(now) } else { 0.0 }
+    }
+    fn checkpoint(&mut self, now: Instant) {
+        let (u, o, f, h) = (
+            self.units(now),
+            self.out_units(now),
+            self.flow_secs(now),
+            self.hb_secs(now),
+        );
+        self.units = u;
+        self.out_units = o;
+        self.flow_secs = f;
+        self.hb_secs = h;
+        self.at = now;
+    }
+}
+
+/// A histogram with client_golang's semantics (cumulative buckets on output).
+#[derive(Clone, Debug)]
+pub struct Histogram {
+    /// Upper bounds, ascending.
+    pub buckets: Vec<f64>,
+    /// Non-cumulative counts per bucket, plus one for +Inf.
+    pub counts: Vec<u64>,
+    /// Sum of observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+/// `prometheus.ExponentialBuckets(start, factor, count)`.
+pub fn exp_buckets(start: f64, factor: f64, count: usize) -> Vec<f64> {
+    (0..count).map(|i| start * factor.powi(i as i32)).collect()
+}
+
+/// Multipliers of a log-normal spread (σ = 0.5) at eight fixed quantiles.
+const SPREAD: [f64; 8] = [0.465, 0.641, 0.783, 0.923, 1.083, 1.277, 1.560, 2.150];
+
+impl Histogram {
+    /// An empty histogram with these buckets.
+    pub fn new(buckets: Vec<f64>) -> Histogram {
+        let n = buckets.len() + 1;
+        Histogram {
+            buckets,
+            counts: vec![0; n],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    /// Observes `v`, `n` times.
+    pub fn observe_n(&mut self, v: f64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let idx = self
+            .buckets
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.buckets.len());
+        if let Some(c) = self.counts.get_mut(idx) {
+            *c += n;
+        }
+        self.sum += v * n as f64;
+        self.count += n;
+    }
+
+    /// Observes observations number `from..to` (of a running total) around `typical`:
+    /// observation `k` gets multiplier `SPREAD[k % 8]`, so the layout depends only on the totals.
+    pub fn observe_range(&mut self, typical: f64, from: u64, to: u64) {
+        if to <= from {
+            return;
+        }
+        let below = |n: u64, k: u64| (n + 7 - k) / 8; // #r in [0,n) with r % 8 == k
+        for (k, m) in SPREAD.iter().enumerate() {
+            let k = k as u64;
+            self.observe_n(typical * m, below(to, k) - below(from, k));
+        }
+    }
+}
+
+/// The latency histograms gravity exports.
+#[derive(Clone, Debug)]
+pub struct Hists {
+    /// `gravity_input_probe_latency`
+    pub probe: Histogram,
+    /// `gravity_input_latency`
+    pub input: Histogram,
+    /// `gravity_input_after_commit_latency`
+    pub after_commit: Histogram,
+    /// `gravity_emitter_latency`
+    pub emitter: Histogram,
+    /// `gravity_scheduler_total_latency`
+    pub sched_total: Histogram,
+    /// `gravity_scheduler_submit_latency`
+    pub sched_submit: Histogram,
+    /// `gravity_scheduler_ack_latency`
+    pub sched_ack: Histogram,
+    /// `gravity_output_latency`
+    pub output: Histogram,
+    /// `gravity_event_time_latency`
+    pub event_time: Histogram,
+    /// `gravity_process_time_latency`
+    pub process_time: Histogram,
+    seen_in: u64,
+    seen_out: u64,
+    seen_batches: u64,
+    seen_hb: u64,
+    seen_commits: u64,
+}
+
+impl Hists {
+    fn new() -> Hists {
+        let eb = || exp_buckets(0.0005, 2.0, 15);
+        let mut ev = exp_buckets(0.0005, 2.0, 15);
+        ev.extend(exp_buckets(0.0005 * f64::from(1u32 << 15), 8.0, 6));
+        Hists {
+            probe: Histogram::new(exp_buckets(0.0005, 2.0, 22)),
+            input: Histogram::new(eb()),
+            after_commit: Histogram::new(eb()),
+            emitter: Histogram::new(eb()),
+            sched_total: Histogram::new(eb()),
+            sched_submit: Histogram::new(eb()),
+            sched_ack: Histogram::new(eb()),
+            output: Histogram::new(exp_buckets(0.0005, 2.0, 18)),
+            event_time: Histogram::new(ev),
+            process_time: Histogram::new(exp_buckets(0.0005, 2.0, 19)),
+            seen_in: 0,
+            seen_out: 0,
+            seen_batches: 0,
+            seen_hb: 0,
+            seen_commits: 0,
+        }
+    }
+}
+
+/// Counts of one table at an instant.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TableCounts {
+    /// Input rows per operation (insert, update, delete).
+    pub input: [u64; 3],
+    /// Output rows per operation.
+    pub output: [u64; 3],
+    /// DDL statements seen (input) and applied (output).
+    pub ddl: u64,
+    /// Batch: rows scanned.
+    pub scanned: u64,
+    /// Batch: rows the table holds.
+    pub total: u64,
+    /// Batch: estimated-count gravity reports.
+    pub estimated: u64,
+    /// Batch: scanning finished.
+    pub done: bool,
+}
+
+/// Everything countable at an instant.
+#[derive(Clone, Debug, Default)]
+pub struct Counts {
+    /// Per table, same order as the spec's tables.
+    pub tables: Vec<TableCounts>,
+    /// Heartbeat (`ctl`) rows received.
+    pub heartbeat: u64,
+    /// DML + DDL rows received.
+    pub input_total: u64,
+    /// DML + DDL rows written.
+    pub output_total: u64,
+    /// DDL statements.
+    pub ddl_total: u64,
+    /// Flow units (rows) on the input clock.
+    pub units: f64,
+    /// Flow units on the output clock.
+    pub out_units: f64,
+    /// Seconds rows flowed.
+    pub flow_secs: f64,
+}
+
+/// A watermark of one input stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Watermark {
+    /// Input stream key (`mysqlstream`, `mongooplog`, `db.table`).
+    pub key: String,
+    /// Last time the stream's items were processed.
+    pub process_time: SystemTime,
+    /// Source time of the last processed item.
+    pub event_time: SystemTime,
+    /// Batch: the stream is closed (table done), ignored by `/healthz`.
+    pub closed: bool,
+}
+
+/// Why gravity's `Healthy()` says no.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unhealthy {
+    /// A sliding window's ProcessTime is older than the threshold.
+    Window {
+        /// Input stream key.
+        key: String,
+        /// Age of its ProcessTime.
+        age: Duration,
+    },
+    /// No window at all, longer than the threshold after start.
+    NoWindow(Duration),
+}
+
+/// Binlog coordinates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BinlogPos {
+    /// `mysql-bin.000042`
+    pub name: String,
+    /// Offset in the file.
+    pub pos: u64,
+    /// Executed GTID set.
+    pub gtid: String,
+}
+
+/// The simulated gravity process.
+#[derive(Debug)]
+pub struct Sim {
+    /// From the config file.
+    pub spec: PipelineSpec,
+    /// From the environment.
+    pub settings: Settings,
+    /// Process start.
+    pub start: Now,
+    flow: Flow,
+    weights: Vec<f64>,
+    process_frozen: Option<SystemTime>,
+    event_frozen: Option<SystemTime>,
+    /// `gravity_scheduler_retry_counter`.
+    pub retries: u64,
+    lag_mean: f64,
+    /// Latency histograms.
+    pub hists: Hists,
+    done_at: Vec<Option<SystemTime>>,
+    /// Scrapes of /metrics answered, by code 200, 500, 503.
+    pub scrapes: [u64; 3],
+    /// /metrics requests being served.
+    pub in_flight: u64,
+    /// Whether a position has been stored (gates `/status`).
+    pub position_stored: bool,
+}
+
+/// Harmonic table weights `1/(i+1)`, normalised.
+fn weights(n: usize) -> Vec<f64> {
+    let raw: Vec<f64> = (0..n).map(|i| 1.0 / (i as f64 + 1.0)).collect();
+    let sum: f64 = raw.iter().sum();
+    raw.iter().map(|w| w / sum).collect()
+}
+
+fn floor_u64(x: f64) -> u64 {
+    if x.is_finite() && x > 0.0 {
+        x.floor() as u64
+    } else {
+        0
+    }
+}
+
+/// A small deterministic hash for gauge jitter.
+pub fn mix(a: u64, b: u64) -> u64 {
+    let mut x = a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_add(0x632B_E59B_D9B4_E019);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^ (x >> 29)
+}
+
+impl Sim {
+    /// A fresh simulation starting at `now`.
+    pub fn new(spec: PipelineSpec, settings: Settings, now: Now) -> Sim {
+        let n = spec.tables.len();
+        let heartbeat = spec.mode == InputMode::Stream;
+        let mode = match settings.initial_mode {
+            Mode::Crash | Mode::Exit0 => Mode::None,
+            m => m,
+        };
+        let lag_mean = settings.lag_mean;
+        let mut sim = Sim {
+            flow: Flow {
+                at: now.mono,
+                units: 0.0,
+                out_units: 0.0,
+                flow_secs: 0.0,
+                hb_secs: 0.0,
+                rate: settings.rate,
+                mode: Mode::None,
+                heartbeat,
+            },
+            weights: weights(n),
+            spec,
+            settings,
+            start: now,
+            process_frozen: None,
+            event_frozen: None,
+            retries: 0,
+            lag_mean,
+            hists: Hists::new(),
+            done_at: vec![None; n],
+            scrapes: [0; 3],
+            in_flight: 0,
+            position_stored: false,
+        };
+        sim.set_mode(mode, now);
+        sim
+    }
+
+    /// Current fault mode.
+    pub fn mode(&self) -> Mode {
+        self.flow.mode
+    }
+
+    /// Current rows-per-second setting.
+    pub fn rate(&self) -> f64 {
+        self.flow.rate
+    }
+
+    /// Table weights (shares of the row rate).
+    pub fn weights(&self) -> &[f64] {
+        &self.weights
+    }
+
+    /// Switches the fault mode at `now`, freezing or thawing the clocks.
+    pub fn set_mode(&mut self, mode: Mode, now: Now) {
+        let lag_now = self.lag(now);
+        self.flow.checkpoint(now.mono);
+        let old = self.flow.mode;
+        self.flow.mode = mode;
+        let event_now = now.wall.checked_sub(secs(lag_now)).unwrap_or(now.wall);
+        match mode {
+            Mode::Stall => {
+                if old != Mode::Stall {
+                    self.process_frozen = Some(now.wall);
+                    if self.event_frozen.is_none() {
+                        self.event_frozen = Some(event_now);
+                    }
+                }
+            }
+            Mode::HeartbeatBroken => {
+                self.process_frozen = None;
+                if self.event_frozen.is_none() {
+                    self.event_frozen = Some(event_now);
+                }
+            }
+            _ => {
+                self.process_frozen = None;
+                self.event_frozen = None;
+            }
+        }
+    }
+
+    /// Changes the row rate at `now`.
+    pub fn set_rate(&mut self, rate: f64, now: Now) {
+        self.flow.checkpoint(now.mono);
+        self.flow.rate = rate.clamp(0.0, 1e9);
+    }
+
+    /// Changes the mean lag.
+    pub fn set_lag_mean(&mut self, lag: f64) {
+        self.lag_mean = lag.clamp(0.0, 1e7);
+    }
+
+    /// Mean lag in use.
+    pub fn lag_mean(&self) -> f64 {
+        self.lag_mean
+    }
+
+    /// Seconds since start.
+    pub fn uptime(&self, now: Now) -> f64 {
+        now.mono
+            .saturating_duration_since(self.start.mono)
+            .as_secs_f64()
+    }
+
+    /// The replication lag at `now`: varies smoothly around the mean.
+    pub fn lag(&self, now: Now) -> f64 {
+        let u = self.uptime(now);
+        let tau = std::f64::consts::TAU;
+        let wave = 1.0 + 0.3 * (tau * u / 47.0).sin() + 0.1 * (tau * u / 11.0).sin();
+        (self.lag_mean * wave).max(0.0)
+    }
+
+    /// Seconds the pipeline has been stalled (0 when not stalled).
+    pub fn stalled_for(&self, now: Now) -> f64 {
+        self.process_frozen
+            .and_then(|t| now.wall.duration_since(t).ok())
+            .map_or(0.0, |d| d.as_secs_f64())
+    }
+
+    /// Batch: rows per table (reversed weights, so tables finish at different times).
+    fn batch_totals(&self) -> Vec<u64> {
+        self.weights
+            .iter()
+            .rev()
+            .map(|u| ((self.settings.batch_rows as f64 * u).round() as u64).max(1))
+            .collect()
+    }
+
+    /// All counters at `now`.
+    pub fn counts(&self, now: Now) -> Counts {
+        let units = self.flow.units(now.mono);
+        let out_units = self.flow.out_units(now.mono);
+        let flow_secs = self.flow.flow_secs(now.mono);
+        // The probe fires once at start, then every second.
+        let heartbeat = if self.flow.heartbeat {
+            floor_u64(self.flow.hb_secs(now.mono)) + 1
+        } else {
+            0
+        };
+        let n = self.weights.len() as u64;
+        let ddl_total = match (self.spec.mode, self.settings.ddl_every) {
+            (InputMode::Stream, Some(every)) => floor_u64(flow_secs / every),
+            _ => 0,
+        };
+        let mut c = Counts {
+            heartbeat,
+            ddl_total,
+            units,
+            out_units,
+            flow_secs,
+            ..Counts::default()
+        };
+        let totals = self.batch_totals();
+        for (i, w) in self.weights.iter().enumerate() {
+            let mut t = TableCounts::default();
+            match self.spec.mode {
+                InputMode::Stream => {
+                    let slots = t.input.iter_mut().zip(t.output.iter_mut());
+                    for ((inp, outp), (_, s)) in slots.zip(OP_SHARES.iter()) {
+                        *inp = floor_u64(w * s * units);
+                        *outp = floor_u64(w * s * out_units);
+                    }
+                    let i = i as u64;
+                    t.ddl = ddl_total / n + u64::from(i < ddl_total % n);
+                }
+                InputMode::Batch => {
+                    let total = totals.get(i).copied().unwrap_or(1);
+                    t.total = total;
+                    t.scanned = floor_u64(w * units).min(total);
+                    t.input = [t.scanned, 0, 0];
+                    t.output = [floor_u64(w * out_units).min(total), 0, 0];
+                    t.done = t.scanned >= total;
+                    // estimated-count comes from table statistics: off by a few percent,
+                    // sometimes below what is really there.
+                    const FACTORS: [f64; 4] = [0.985, 1.02, 0.97, 1.01];
+                    let factor = FACTORS.get(i % FACTORS.len()).copied().unwrap_or(1.0);
+                    t.estimated = (total as f64 * factor).round() as u64;
+                }
+            }
+            c.input_total += t.input.iter().sum::<u64>() + t.ddl;
+            c.output_total += t.output.iter().sum::<u64>() + t.ddl;
+            c.tables.push(t);
+        }
+        c
+    }
+
+    /// Rows per second per table and operation right now (the truth a test compares with).
+    pub fn true_rates(&self, now: Now) -> Vec<(usize, &'static str, f64)> {
+        let flowing = self.flow.mode.flows();
+        let rate = if flowing { self.flow.rate } else { 0.0 };
+        let c = self.counts(now);
+        let mut out = Vec::new();
+        for (i, w) in self.weights.iter().enumerate() {
+            match self.spec.mode {
+                InputMode::Stream => {
+                    for (op, s) in OP_SHARES {
+                        out.push((i, op, rate * w * s));
+                    }
+                }
+                InputMode::Batch => {
+                    let done = c.tables.get(i).is_some_and(|t| t.done);
+                    out.push((i, "insert", if done { 0.0 } else { rate * w }));
+                }
+            }
+        }
+        out
+    }
+
+    /// Heartbeat rows per second right now.
+    pub fn heartbeat_rate(&self) -> f64 {
+        if self.flow.heartbeat && self.flow.mode.heartbeats() {
+            1.0
+        } else {
+            0.0
+        }
+    }
+
+    /// Whether every batch table has been copied and written (the pipeline then exits 0).
+    pub fn batch_finished(&self, now: Now) -> bool {
+        self.spec.mode == InputMode::Batch
+            && self
+                .counts(now)
+                .tables
+                .iter()
+                .all(|t| t.done && t.output[0] >= t.total)
+    }
+
+    /// Records when batch tables finished (for their frozen watermarks).
+    pub fn note_done(&mut self, now: Now) {
+        if self.spec.mode != InputMode::Batch {
+            return;
+        }
+        let c = self.counts(now);
+        for (i, t) in c.tables.iter().enumerate() {
+            if let Some(slot) = self.done_at.get_mut(i) {
+                if t.done && t.output[0] >= t.total && slot.is_none() {
+                    *slot = Some(now.wall);
+                }
+            }
+        }
+    }
+
+    /// Brings the histograms up to date with the counters at `now`.
+    pub fn update_hists(&mut self, now: Now) {
+        let c = self.counts(now);
+        let lag = self.lag(now).max(0.0004);
+        let batch = self.spec.scheduler.batch_size.max(1);
+        let batches = c.output_total / batch;
+        let commits = c.output_total / 100 + c.heartbeat;
+        let h = &mut self.hists;
+        let (si, so, sb, sh, sc) = (
+            h.seen_in,
+            h.seen_out,
+            h.seen_batches,
+            h.seen_hb,
+            h.seen_commits,
+        );
+        if c.input_total > si {
+            h.input.observe_range(0.001, si, c.input_total);
+            h.emitter.observe_range(0.0008, si, c.input_total);
+            h.sched_submit.observe_range(0.001, si, c.input_total);
+            h.seen_in = c.input_total;
+        }
+        if c.output_total > so {
+            h.sched_total.observe_range(0.01, so, c.output_total);
+            h.sched_ack.observe_range(0.005, so, c.output_total);
+            h.event_time.observe_range(lag, so, c.output_total);
+            h.process_time.observe_range(0.05, so, c.output_total);
+            h.seen_out = c.output_total;
+        }
+        if batches > sb {
+            h.output.observe_range(0.02, sb, batches);
+            h.seen_batches = batches;
+        }
+        if c.heartbeat > sh {
+            h.probe.observe_range(0.02, sh, c.heartbeat);
+            h.seen_hb = c.heartbeat;
+        }
+        if commits > sc {
+            h.after_commit.observe_range(0.002, sc, commits);
+            h.seen_commits = commits;
+        }
+    }
+
+    /// The input stream key of a stream pipeline.
+    pub fn stream_key(&self) -> &'static str {
+        match self.spec.input {
+            InputType::Mysql => "mysqlstream",
+            InputType::Mongo => "mongooplog",
+        }
+    }
+
+    /// Watermarks at `now`, sorted by key.
+    pub fn watermarks(&self, now: Now) -> Vec<Watermark> {
+        let fresh_process = now
+            .wall
+            .checked_sub(Duration::from_millis(3))
+            .unwrap_or(now.wall);
+        let process = self.process_frozen.unwrap_or(fresh_process);
+        let lag = secs(self.lag(now));
+        let event = self
+            .event_frozen
+            .unwrap_or_else(|| now.wall.checked_sub(lag).unwrap_or(now.wall));
+        match self.spec.mode {
+            InputMode::Stream => vec![Watermark {
+                key: self.stream_key().to_string(),
+                process_time: process,
+                event_time: event.min(process),
+                closed: false,
+            }],
+            InputMode::Batch => {
+                let c = self.counts(now);
+                let mut out: Vec<Watermark> = self
+                    .spec
+                    .tables
+                    .iter()
+                    .zip(c.tables.iter())
+                    .zip(self.done_at.iter())
+                    .filter(|((_, tc), _)| tc.scanned > 0)
+                    .map(|((t, _), done)| {
+                        let pt = done.unwrap_or(process);
+                        Watermark {
+                            key: format!("{}.{}", t.db, t.table),
+                            process_time: pt,
+                            event_time: pt.checked_sub(Duration::from_micros(1219)).unwrap_or(pt),
+                            closed: done.is_some(),
+                        }
+                    })
+                    .collect();
+                out.sort_by(|a, b| a.key.cmp(&b.key));
+                out
+            }
+        }
+    }
+
+    /// gravity's `Healthy()`: `Err((key, age))` for the first window older than the threshold.
+    pub fn healthy(&self, now: Now) -> Result<(), Unhealthy> {
+        if self.spec.scheduler.sliding_window_size == 0 {
+            return Ok(());
+        }
+        let threshold = self.spec.scheduler.healthy_threshold;
+        let marks: Vec<Watermark> = self
+            .watermarks(now)
+            .into_iter()
+            .filter(|w| !w.closed)
+            .collect();
+        for w in &marks {
+            let age = now.wall.duration_since(w.process_time).unwrap_or_default();
+            if age.as_secs_f64() >= threshold {
+                return Err(Unhealthy::Window {
+                    key: w.key.clone(),
+                    age,
+                });
+            }
+        }
+        let up = self.uptime(now);
+        if marks.is_empty() && up > threshold {
+            return Err(Unhealthy::NoWindow(secs(up)));
+        }
+        Ok(())
+    }
+
+    /// MySQL binlog position at `now` (stream: current; batch: where the dump started).
+    pub fn binlog(&self, now: Now) -> BinlogPos {
+        if self.spec.mode == InputMode::Batch {
+            return BinlogPos {
+                name: "mysql-bin.000040".into(),
+                pos: 4,
+                gtid: format!("{GTID_UUID}:1-4980"),
+            };
+        }
+        let c = self.counts(now);
+        let bytes = floor_u64(c.units * BYTES_PER_ROW)
+            + c.heartbeat * BYTES_PER_HEARTBEAT
+            + c.ddl_total * BYTES_PER_DDL;
+        let cap = self.settings.binlog_file_bytes.max(4096) - 4;
+        let txns = floor_u64(c.units / 4.0) + c.heartbeat + c.ddl_total;
+        BinlogPos {
+            name: format!(
+                "{}.{:06}",
+                self.settings.binlog_base,
+                self.settings.binlog_first_index + bytes / cap
+            ),
+            pos: 4 + bytes % cap,
+            gtid: format!("{GTID_UUID}:1-{}", GTID_START + txns),
+        }
+    }
+
+    /// Mongo oplog position: BSON timestamp `seconds << 32 | ordinal` of the last event.
+    pub fn mongo_ts(&self, now: Now) -> u64 {
+        let marks = self.watermarks(now);
+        let et = marks
+            .first()
+            .and_then(|w| w.event_time.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        let c = self.counts(now);
+        let ordinal = 1 + (floor_u64(c.units) + c.heartbeat) % 1000;
+        (et << 32) | ordinal
+    }
+
+    /// Queue gauges `(type, subtype, value)`.
+    pub fn queues(&self, now: Now) -> Vec<(String, String, f64)> {
+        let stalled = self.mode() == Mode::Stall;
+        let tick = self.uptime(now) as u64;
+        let sc = &self.spec.scheduler;
+        const JITTER: [u64; 6] = [0, 0, 0, 1, 2, 7];
+        let jitter = |a: u64, b: u64| {
+            let idx = (mix(a, b ^ tick) % JITTER.len() as u64) as usize;
+            JITTER.get(idx).copied().unwrap_or(0)
+        };
+        let flowing = self.mode().flows();
+        let mut q = vec![(
+            "input-buffer".to_string(),
+            String::new(),
+            if flowing { jitter(1, 0) as f64 } else { 0.0 },
+        )];
+        for ((i, t), w) in self.spec.tables.iter().enumerate().zip(self.weights.iter()) {
+            let key = format!("{}.{}", t.db, t.table);
+            let i = i as u64 + 10;
+            let full = (sc.batch_size * 10) as f64;
+            let latched = (self.stalled_for(now) * self.rate() * w)
+                .min(sc.sliding_window_size as f64)
+                .floor();
+            let (buf, latch, ack, queue) = if stalled {
+                (full, latched, 0.0, full)
+            } else if flowing {
+                (
+                    jitter(i, 1) as f64,
+                    jitter(i, 2) as f64,
+                    jitter(i, 3).min(1) as f64,
+                    jitter(i, 4) as f64,
+                )
+            } else {
+                (0.0, 0.0, 0.0, 0.0)
+            };
+            q.push(("table-buffer".into(), key.clone(), buf));
+            q.push(("table-latch".into(), key.clone(), latch));
+            q.push(("table-latch-ack".into(), key.clone(), ack));
+            q.push(("table-queue".into(), key, queue));
+        }
+        for w in 0..(sc.nr_worker as usize).min(MAX_WORKERS) {
+            let v = if stalled {
+                sc.queue_size as f64
+            } else if flowing {
+                if mix(w as u64, tick) % 3 == 2 {
+                    3.0
+                } else {
+                    0.0
+                }
+            } else {
+                0.0
+            };
+            q.push(("worker".into(), format!("worker-{w}"), v));
+        }
+        q
+    }
+
+    /// `gravity_scheduler_batch_size{idx}` values.
+    pub fn batch_sizes(&self, now: Now) -> Vec<(String, f64)> {
+        let sc = &self.spec.scheduler;
+        let tick = self.uptime(now) as u64;
+        (0..(sc.nr_worker as usize).min(MAX_WORKERS))
+            .map(|w| {
+                let v = if self.mode().flows() {
+                    1 + mix(w as u64 + 99, tick) % sc.batch_size.max(1)
+                } else {
+                    1
+                };
+                (w.to_string(), v as f64)
+            })
+            .collect()
+    }
+
+    /// `gravity_scheduler_sliding_window_ratio{input_stream_key}` values.
+    pub fn window_ratios(&self, now: Now) -> Vec<(String, f64)> {
+        let size = self.spec.scheduler.sliding_window_size.max(1) as f64;
+        let waiting = if self.mode() == Mode::Stall {
+            (self.stalled_for(now) * self.rate()).min(size)
+        } else if self.mode().flows() {
+            (self.rate() * 0.05).min(size).floor()
+        } else {
+            0.0
+        };
+        let marks = self.watermarks(now);
+        marks
+            .into_iter()
+            .filter(|w| !w.closed)
+            .map(|w| (w.key, (waiting / size * 1024.0).floor() / 1024.0))
+            .collect()
+    }
+
+    /// Output counter series `(cat0, cat1, cat2, cat3, value)` for the configured output.
+    pub fn output_series(&self, c: &Counts) -> Vec<([String; 4], u64)> {
+        let mut out: Vec<([String; 4], u64)> = Vec::new();
+        let mut add = |k: [String; 4], v: u64| {
+            if v == 0 {
+                return;
+            }
+            if let Some(e) = out.iter_mut().find(|(key, _)| *key == k) {
+                e.1 += v;
+            } else {
+                out.push((k, v));
+            }
+        };
+        for (t, tc) in self.spec.tables.iter().zip(c.tables.iter()) {
+            let dml: u64 = tc.output.iter().sum();
+            match self.spec.output {
+                OutputType::Mysql => {
+                    add(
+                        [
+                            t.target_db.clone(),
+                            t.target_table.clone(),
+                            "dml".into(),
+                            self.spec.engine.clone(),
+                        ],
+                        dml,
+                    );
+                    add(
+                        [
+                            t.target_db.clone(),
+                            t.target_table.clone(),
+                            "ddl".into(),
+                            "alter-table".into(),
+                        ],
+                        tc.ddl,
+                    );
+                }
+                OutputType::Kafka => {
+                    // sarama's manual partitioner: worker index % partitions; spread evenly.
+                    let p = KAFKA_PARTITIONS as u64;
+                    for part in 0..p {
+                        let share = dml / p + u64::from(part < dml % p);
+                        add(
+                            [
+                                t.topic.clone(),
+                                part.to_string(),
+                                String::new(),
+                                String::new(),
+                            ],
+                            share,
+                        );
+                    }
+                }
+                OutputType::Elasticsearch => {
+                    add(
+                        [t.table.clone(), "index".into(), "201".into(), String::new()],
+                        dml,
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Seconds as a `Duration`, saturating.
+pub fn secs(s: f64) -> Duration {
+    if s.is_finite() && s > 0.0 {
+        Duration::from_secs_f64(s.min(1e9))
+    } else {
+        Duration::ZERO
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::config;
+    use super::*;
+
+    fn spec(name: &str) -> PipelineSpec {
+        let text = match name {
+            "m2m" => include_str!("../../tests/fixtures/configs/mysql2mysql-stream.toml"),
+            "m2k" => include_str!("../../tests/fixtures/configs/mysql2kafka-stream.toml"),
+            "mongo" => include_str!("../../tests/fixtures/configs/mongo2kafka.toml"),
+            _ => include_str!("../../tests/fixtures/configs/mysql-full-dump.toml"),
+        };
+        config::parse("c.toml", text.as_bytes()).unwrap_or_else(|e| panic!("fixture: {e}"))
+    }
+
+    #[test]
+    fn counters_are_floor_of_share_times_rate_times_time() {
+        let t0 = Now::current();
+        let s = Settings {
+            rate: 1000.0,
+            ..Settings::default()
+        };
+        let sim = Sim::new(spec("m2m"), s, t0);
+        for secs_ in [0.5, 1.0, 7.25, 100.0] {
+            let now = t0.plus(Duration::from_secs_f64(secs_));
+            let c = sim.counts(now);
+            for (i, w) in sim.weights().iter().enumerate() {
+                for (j, (_, share)) in OP_SHARES.iter().enumerate() {
+                    let want = (w * share * 1000.0 * secs_).floor() as u64;
+                    assert_eq!(c.tables[i].input[j], want, "t={secs_} table {i} op {j}");
+                }
+            }
+            assert_eq!(c.heartbeat, secs_.floor() as u64 + 1);
+            // output trails by OUTPUT_DELAY seconds of flow
+            let out_units = (1000.0 * (secs_ - OUTPUT_DELAY)).max(0.0);
+            assert!((c.out_units - out_units).abs() < 1e-6);
+            assert!(c.output_total <= c.input_total);
+        }
+    }
+
+    #[test]
+    fn modes_freeze_the_right_clocks() {
+        let t0 = Now::current();
+        let mut sim = Sim::new(spec("m2m"), Settings::default(), t0);
+        let t1 = t0.plus(Duration::from_secs(10));
+        sim.set_mode(Mode::Stall, t1);
+        let frozen = sim.counts(t1);
+        let pos = sim.binlog(t1);
+        let t2 = t1.plus(Duration::from_secs(30));
+        let c2 = sim.counts(t2);
+        assert_eq!(c2.input_total, frozen.input_total);
+        assert_eq!(c2.output_total, frozen.output_total);
+        assert_eq!(c2.heartbeat, frozen.heartbeat);
+        assert_eq!(sim.binlog(t2), pos);
+        let w = &sim.watermarks(t2)[0];
+        assert_eq!(w.process_time, t1.wall);
+        assert!(sim.healthy(t2.plus(Duration::from_secs(30))).is_err());
+        assert!(sim.healthy(t2).is_ok(), "30 s < 60 s threshold");
+
+        sim.set_mode(Mode::Idle, t2);
+        let t3 = t2.plus(Duration::from_secs(5));
+        let c3 = sim.counts(t3);
+        assert_eq!(c3.input_total, c2.input_total);
+        assert_eq!(c3.heartbeat, c2.heartbeat + 5);
+        assert_eq!(c3.output_total, c3.input_total, "idle output catches up");
+        let w = &sim.watermarks(t3)[0];
+        assert!(t3.wall.duration_since(w.event_time).unwrap_or_default() < Duration::from_secs(3));
+
+        sim.set_mode(Mode::HeartbeatBroken, t3);
+        let t4 = t3.plus(Duration::from_secs(20));
+        let w4 = &sim.watermarks(t4)[0];
+        assert_eq!(sim.counts(t4).heartbeat, c3.heartbeat);
+        assert!(
+            t4.wall.duration_since(w4.event_time).unwrap_or_default() >= Duration::from_secs(20)
+        );
+        assert!(
+            t4.wall.duration_since(w4.process_time).unwrap_or_default() < Duration::from_secs(1)
+        );
+        assert!(sim.healthy(t4).is_ok());
+
+        sim.set_mode(Mode::None, t4);
+        let t5 = t4.plus(Duration::from_secs(1));
+        assert!(sim.counts(t5).input_total > c3.input_total);
+    }
+
+    #[test]
+    fn binlog_basename_and_first_index_from_env() {
+        let s = Settings::from_lookup(|k| match k {
+            "GRAVITY_DOUBLE_BINLOG_BASENAME" => Some("gx-bin".into()),
+            "GRAVITY_DOUBLE_BINLOG_FIRST_INDEX" => Some("3".into()),
+            _ => None,
+        });
+        let t0 = Now::current();
+        let sim = Sim::new(spec("m2m"), s, t0);
+        assert_eq!(
+            sim.binlog(t0.plus(Duration::from_millis(100))).name,
+            "gx-bin.000003"
+        );
+        let bad = Settings::from_lookup(|k| {
+            (k == "GRAVITY_DOUBLE_BINLOG_BASENAME").then(|| "../x".into())
+        });
+        assert_eq!(bad.binlog_base, "mysql-bin");
+    }
+
+    #[test]
+    fn binlog_rolls_over() {
+        let t0 = Now::current();
+        let s = Settings {
+            rate: 10_000.0,
+            binlog_file_bytes: 1 << 20,
+            ..Settings::default()
+        };
+        let sim = Sim::new(spec("m2m"), s, t0);
+        let a = sim.binlog(t0.plus(Duration::from_millis(100)));
+        let b = sim.binlog(t0.plus(Duration::from_secs(1)));
+        assert_eq!(a.name, "mysql-bin.000042");
+        assert_eq!(b.name, "mysql-bin.000044"); // 2.3 MB at 230 B/row
+        assert!(b
+            .gtid
+            .starts_with("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-"));
+    }
+
+    #[test]
+    fn batch_progresses_and_finishes() {
+        let t0 = Now::current();
+        let s = Settings {
+            rate: 1000.0,
+            batch_rows: 3000,
+            ..Settings::default()
+        };
+        let mut sim = Sim::new(spec("full"), s, t0);
+        let c = sim.counts(t0.plus(Duration::from_millis(500)));
+        assert!(c.tables.iter().all(|t| !t.done && t.scanned > 0));
+        assert_eq!(c.heartbeat, 0);
+        let mid = t0.plus(Duration::from_secs(3));
+        sim.note_done(mid);
+        let c = sim.counts(mid);
+        assert!(c.tables[0].done && !c.tables[2].done);
+        assert!(c
+            .tables
+            .iter()
+            .any(|t| t.estimated < t.scanned || t.estimated < t.total));
+        let marks = sim.watermarks(mid);
+        assert!(marks.iter().any(|w| w.closed));
+        assert!(!sim.batch_finished(mid));
+        assert!(sim.batch_finished(t0.plus(Duration::from_secs(60))));
+    }
+
+    #[test]
+    fn histograms_follow_the_counters() {
+        let t0 = Now::current();
+        let mut sim = Sim::new(spec("m2m"), Settings::default(), t0);
+        let t1 = t0.plus(Duration::from_secs(10));
+        sim.update_hists(t1);
+        let c = sim.counts(t1);
+        assert_eq!(sim.hists.input.count, c.input_total);
+        assert_eq!(sim.hists.event_time.count, c.output_total);
+        assert_eq!(sim.hists.probe.count, 11);
+        assert_eq!(
+            sim.hists.input.counts.iter().sum::<u64>(),
+            sim.hists.input.count
+        );
+        // typical event latency 0.8 s: most observations between 0.256 and 2.048 s
+        let ev = &sim.hists.event_time;
+        let mid: u64 = ev
+            .buckets
+            .iter()
+            .zip(ev.counts.iter())
+            .filter(|(b, _)| **b > 0.256 && **b <= 2.048)
+            .map(|(_, c)| c)
+            .sum();
+        assert!(mid * 4 >= ev.count * 3, "{mid} of {}", ev.count);
+    }
+
+    #[test]
+    fn kafka_output_uses_topic_and_partition() {
+        let t0 = Now::current();
+        let sim = Sim::new(spec("m2k"), Settings::default(), t0);
+        let c = sim.counts(t0.plus(Duration::from_secs(5)));
+        let series = sim.output_series(&c);
+        assert_eq!(series.len(), KAFKA_PARTITIONS);
+        assert!(series
+            .iter()
+            .all(|(k, _)| k[0] == "binlog.shop.orders" && k[2].is_empty()));
+        let total: u64 = series.iter().map(|(_, v)| v).sum();
+        let dml: u64 = c.tables.iter().map(|t| t.output.iter().sum::<u64>()).sum();
+        assert_eq!(total, dml);
+    }
+
+    #[test]
+    fn settings_from_env_lookup() {
+        let s = Settings::from_lookup(|k| match k {
+            "GRAVITY_DOUBLE_RATE" => Some("50".into()),
+            "GRAVITY_DOUBLE_FAULT" => Some("heartbeat-broken".into()),
+            "GRAVITY_DOUBLE_TZ_OFFSET" => Some("Z".into()),
+            "GRAVITY_DOUBLE_LAG_SECONDS" => Some("-3".into()),
+            _ => None,
+        });
+        assert_eq!(s.rate, 50.0);
+        assert_eq!(s.initial_mode, Mode::HeartbeatBroken);
+        assert_eq!(s.zone.seconds, 0);
+        assert_eq!(s.lag_mean, 0.8, "negative values are ignored");
+    }
+}

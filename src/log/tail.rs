@@ -1,0 +1,1054 @@
+//! A robust follower of gravity's log file (synchronous `std::fs`; the caller polls it from a
+//! blocking task on an interval).
+//!
+//! gravity writes its log through lumberjack, which rotates by renaming the file aside
+//! (`gravity-2026-11-22T14-00-00.000.log` next to it) and creating a new one under the original
+//! name. Operators also use logrotate's `copytruncate`, delete files by hand, or restart the
+//! exporter. Each poll reads whatever is new and hands every complete line to a callback,
+//! exactly once and in order:
+//!
+//! * **Rename rotation**: the open handle keeps pointing at the old inode. When it is read to
+//!   its end and the path now names another inode, the old file is drained once more (writes
+//!   that raced the rename), then the new file is read from offset 0.
+//! * **copytruncate**: the file shrinks below the read offset → reading restarts at 0
+//!   (`truncations`). A truncation followed by more writes than were read before it cannot be
+//!   seen by any size-based tailer; that is a limit of copytruncate.
+//! * **Deletion**: while the path is absent, `file_missing` is reported (no error). A deleted
+//!   file still being written to is drained; the handle is released once it stops growing, so
+//!   its disk space can be freed. A re-created file is read from offset 0.
+//! * **Partial last line**: bytes after the last newline wait (bounded by `max_line_bytes`)
+//!   for their newline. When the file is rotated away, they are handed over as a last line.
+//! * **Oversized line**: a line longer than `max_line_bytes` is skipped up to its newline and
+//!   counted in `oversized`; memory stays bounded whatever its length.
+//! * **Invalid UTF-8**: the line is handed over lossily converted and counted.
+//! * **Restart**: [`TailState`] (device, inode, offset of the first unread line) is saved by
+//!   the caller. On start with the same device+inode, reading resumes at the offset (from 0 if
+//!   the file is now smaller). If the inode differs, the state is from before a rotation: the
+//!   old file is looked for by inode among its siblings and drained from the offset first; then
+//!   the new file is read from 0.
+//! * **First start without state**: `start_at_end` begins at the current end (old history is
+//!   not re-counted); otherwise at 0. A file that does not exist yet is read from 0 when it
+//!   appears.
+//!
+//! Every poll reads at most `max_read_per_poll` bytes, so one call never runs away on a huge
+//! backlog; the rest is read by the next polls.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Size of the read buffer.
+const READ_CHUNK: usize = 64 * 1024;
+/// At most this many directory entries are examined when looking for a rotated file.
+const MAX_SIBLINGS: usize = 10_000;
+/// At most this many file switches (rotations) are followed in one poll.
+const MAX_SWITCHES_PER_POLL: usize = 8;
+
+/// What to follow and the bounds to keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailConfig {
+    /// The log file (gravity's `--log-file`).
+    pub path: PathBuf,
+    /// Without a saved state, begin at the current end of the file (true) or at its start.
+    pub start_at_end: bool,
+    /// Longest line handed over; longer lines are skipped and counted as oversized.
+    pub max_line_bytes: usize,
+    /// Most bytes read by one poll.
+    pub max_read_per_poll: usize,
+}
+
+impl TailConfig {
+    /// Default `max_line_bytes`: 64 KiB.
+    pub const DEFAULT_MAX_LINE_BYTES: usize = 64 * 1024;
+    /// Default `max_read_per_poll`: 8 MiB.
+    pub const DEFAULT_MAX_READ_PER_POLL: usize = 8 * 1024 * 1024;
+
+    /// A config with the defaults: start at the end, 64 KiB lines, 8 MiB per poll.
+    pub fn new(path: impl Into<PathBuf>) -> TailConfig {
+        TailConfig {
+            path: path.into(),
+            start_at_end: true,
+            max_line_bytes: Self::DEFAULT_MAX_LINE_BYTES,
+            max_read_per_poll: Self::DEFAULT_MAX_READ_PER_POLL,
+        }
+    }
+}
+
+/// Where the tailer is: the file's device and inode and the offset of the first line not yet
+/// handed over. Saved by the caller (see [`TailState::to_json`]) to resume after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TailState {
+    /// `st_dev` of the file.
+    pub dev: u64,
+    /// `st_ino` of the file.
+    pub ino: u64,
+    /// Byte offset of the first line not yet handed over.
+    pub offset: u64,
+}
+
+impl TailState {
+    /// `{"dev":N,"ino":N,"offset":N}`.
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"dev\":{},\"ino\":{},\"offset\":{}}}",
+            self.dev, self.ino, self.offset
+        )
+    }
+
+    /// Parses what [`TailState::to_json`] wrote.
+    pub fn from_json(s: &str) -> Result<TailState, TailError> {
+        let v: serde_json::Value =
+            serde_json::from_str(s).map_err(|_| TailError::State("not valid JSON"))?;
+        let field = |k: &'static str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_u64)
+                .ok_or(TailError::State("missing or non-integer field"))
+        };
+        Ok(TailState {
+            dev: field("dev")?,
+            ino: field("ino")?,
+            offset: field("offset")?,
+        })
+    }
+}
+
+/// What one poll did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PollReport {
+    /// Lines handed to the callback.
+    pub lines: u64,
+    /// Bytes read from files.
+    pub bytes: u64,
+    /// Lines skipped because they were longer than `max_line_bytes`.
+    pub oversized: u64,
+    /// Rename rotations followed (the path came to name a new file).
+    pub rotations: u64,
+    /// Times the file shrank below the read offset (copytruncate) and reading restarted at 0.
+    pub truncations: u64,
+    /// Lines that were not valid UTF-8 (handed over lossily converted).
+    pub invalid_utf8: u64,
+    /// The path did not exist during this poll.
+    pub file_missing: bool,
+}
+
+/// A failure that stops a poll. A missing file is not an error (see `file_missing`).
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    /// The file exists but cannot be opened (permissions, not a file, ...).
+    #[error("cannot open log file {}: {source}", path.display())]
+    Open {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading, seeking or stat-ing the file failed.
+    #[error("cannot read log file {}: {source}", path.display())]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A saved state could not be parsed.
+    #[error("invalid tail state: {0}")]
+    State(&'static str),
+}
+
+/// The file being read.
+struct Current {
+    file: File,
+    dev: u64,
+    ino: u64,
+    /// Offset of the next byte to read.
+    read_pos: u64,
+}
+
+/// How to begin on the first poll.
+#[derive(Debug, Clone, Copy)]
+enum Initial {
+    Saved(TailState),
+    End,
+    Start,
+}
+
+/// Splits bytes into lines with bounded memory.
+struct Lines {
+    max: usize,
+    /// An incomplete line (at most `max` bytes).
+    pending: Vec<u8>,
+    /// Skipping the rest of an oversized line.
+    discarding: bool,
+    /// File offset where the next line begins (the resume offset).
+    line_start: u64,
+}
+
+impl Lines {
+    fn reset(&mut self, offset: u64) {
+        self.pending.clear();
+        self.discarding = false;
+        self.line_start = offset;
+    }
+
+    /// Hands over an unfinished last line (the file it came from will not grow any more).
+    fn finish(&mut self, report: &mut PollReport, f: &mut dyn FnMut(&str)) {
+        if !self.discarding && !self.pending.is_empty() {
+            emit(&self.pending, report, f);
+        }
+        self.pending.clear();
+        self.discarding = false;
+    }
+
+    /// Feeds a chunk read at file offset `base`.
+    fn feed(&mut self, chunk: &[u8], base: u64, report: &mut PollReport, f: &mut dyn FnMut(&str)) {
+        let mut start = 0;
+        while let Some(rel) = chunk
+            .get(start..)
+            .and_then(|c| c.iter().position(|&b| b == b'\n'))
+        {
+            let end = start + rel;
+            let seg = chunk.get(start..end).unwrap_or(&[]);
+            if self.discarding {
+                self.discarding = false; // the oversized line ends here (already counted)
+            } else if self.pending.is_empty() {
+                if seg.len() > self.max {
+                    report.oversized += 1;
+                } else {
+                    emit(seg, report, f);
+                }
+            } else if self.pending.len() + seg.len() > self.max {
+                report.oversized += 1;
+                self.pending.clear();
+            } else {
+                self.pending.extend_from_slice(seg);
+                emit(&self.pending, report, f);
+                self.pending.clear();
+            }
+            start = end + 1;
+            self.line_start = base + start as u64;
+        }
+        let rest = chunk.get(start..).unwrap_or(&[]);
+        if rest.is_empty() || self.discarding {
+            return;
+        }
+        if self.pending.len() + rest.len() > self.max {
+            report.oversized += 1;
+            self.pending.clear();
+            self.discarding = true;
+        } else {
+            self.pending.extend_from_slice(rest);
+        }
+    }
+}
+
+fn emit(line: &[u8], report: &mut PollReport, f: &mut dyn FnMut(&str)) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    report.lines += 1;
+    match std::str::from_utf8(line) {
+        Ok(s) => f(s),
+        Err(_) => {
+            report.invalid_utf8 += 1;
+            f(&String::from_utf8_lossy(line));
+        }
+    }
+}
+
+/// Offset just after the last newline within the last `window` bytes before `len`; 0 when the
+/// whole (short) file has no newline; `None` when the tail is one line longer than `window`.
+fn last_line_start(file: &mut File, len: u64, window: usize) -> io::Result<Option<u64>> {
+    let window = (window as u64).saturating_add(1).min(len);
+    let from = len - window;
+    file.seek(SeekFrom::Start(from))?;
+    let mut tail = Vec::new();
+    file.by_ref().take(window).read_to_end(&mut tail)?;
+    Ok(match tail.iter().rposition(|&c| c == b'\n') {
+        Some(p) => Some(from + p as u64 + 1),
+        None if from == 0 => Some(0),
+        None => None,
+    })
+}
+
+/// Follows one log file across rotations, truncations and restarts. See the module doc.
+pub struct Tailer {
+    cfg: TailConfig,
+    cur: Option<Current>,
+    lines: Lines,
+    buf: Vec<u8>,
+    initial: Option<Initial>,
+    /// Device and inode of the last file read (kept while the path is missing, for `state`).
+    ident: Option<(u64, u64)>,
+}
+
+impl fmt::Debug for Tailer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tailer")
+            .field("path", &self.cfg.path)
+            .field("state", &self.state())
+            .field("open", &self.cur.is_some())
+            .field("pending_bytes", &self.lines.pending.len())
+            .finish()
+    }
+}
+
+impl Tailer {
+    /// A tailer for `cfg.path`; `saved` is the state from a previous run, if any.
+    /// Nothing is opened until the first [`Tailer::poll`].
+    pub fn new(cfg: TailConfig, saved: Option<TailState>) -> Tailer {
+        let initial = match saved {
+            Some(s) => Initial::Saved(s),
+            None if cfg.start_at_end => Initial::End,
+            None => Initial::Start,
+        };
+        let max = cfg.max_line_bytes.max(1);
+        Tailer {
+            lines: Lines {
+                max,
+                pending: Vec::new(),
+                discarding: false,
+                line_start: 0,
+            },
+            buf: vec![0; READ_CHUNK],
+            cur: None,
+            initial: Some(initial),
+            ident: saved.map(|s| (s.dev, s.ino)),
+            cfg,
+        }
+    }
+
+    /// The position to save for a restart: the last file read and the offset of the first
+    /// line not yet handed over. `None` before any file was seen.
+    pub fn state(&self) -> Option<TailState> {
+        self.ident.map(|(dev, ino)| TailState {
+            dev,
+            ino,
+            offset: self.lines.line_start,
+        })
+    }
+
+    /// Reads everything new since the last poll (up to `max_read_per_poll` bytes) and hands
+    /// each complete line to `f`; returns what happened.
+    pub fn poll(&mut self, f: &mut dyn FnMut(&str)) -> Result<PollReport, TailError> {
+        let mut report = PollReport::default();
+        let mut budget = self.cfg.max_read_per_poll.max(1) as u64;
+        if let Some(init) = self.initial.take() {
+            self.begin(init, &mut report)?;
+        }
+        for _ in 0..MAX_SWITCHES_PER_POLL {
+            if self.cur.is_none() {
+                match self.open_path()? {
+                    Some(cur) => self.switch_to(cur, 0)?,
+                    None => {
+                        report.file_missing = true;
+                        return Ok(report);
+                    }
+                }
+            }
+            self.check_truncation(&mut report)?;
+            let before = report.bytes;
+            if !self.read_available(&mut budget, &mut report, f)? {
+                return Ok(report); // budget used up: continue on the next poll
+            }
+            let grew = report.bytes > before;
+            // At the end of the current file: does the path still name it?
+            match fs::metadata(&self.cfg.path) {
+                Ok(m) if self.is_current(m.dev(), m.ino()) => return Ok(report),
+                Ok(_) => {
+                    // Rotated: drain writes that raced the rename, then move to the new file.
+                    if !self.read_available(&mut budget, &mut report, f)? {
+                        return Ok(report);
+                    }
+                    self.lines.finish(&mut report, f);
+                    self.cur = None;
+                    report.rotations += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    report.file_missing = true;
+                    let deleted = match &self.cur {
+                        Some(c) => c.file.metadata().map(|m| m.nlink() == 0).unwrap_or(true),
+                        None => true,
+                    };
+                    if deleted && !grew {
+                        // Deleted and no longer written to: release it so its space is freed.
+                        self.lines.finish(&mut report, f);
+                        self.cur = None;
+                    }
+                    return Ok(report);
+                }
+                Err(e) => return Err(self.read_err(e)),
+            }
+        }
+        Ok(report)
+    }
+
+    fn is_current(&self, dev: u64, ino: u64) -> bool {
+        self.cur
+            .as_ref()
+            .is_some_and(|c| c.dev == dev && c.ino == ino)
+    }
+
+    fn read_err(&self, source: io::Error) -> TailError {
+        TailError::Read {
+            path: self.cfg.path.clone(),
+            source,
+        }
+    }
+
+    /// The first poll: apply the saved state or `start_at_end`.
+    fn begin(&mut self, init: Initial, report: &mut PollReport) -> Result<(), TailError> {
+        let opened = self.open_path()?;
+        match (init, opened) {
+            (Initial::Saved(st), Some(cur)) if cur.dev == st.dev && cur.ino == st.ino => {
+                let len = cur.file.metadata().map_err(|e| self.read_err(e))?.len();
+                if len < st.offset {
+                    report.truncations += 1;
+                    self.switch_to(cur, 0)
+                } else {
+                    self.switch_to(cur, st.offset)
+                }
+            }
+            (Initial::Saved(st), opened) => {
+                // The state is from before a rotation. If the old file still sits next to the
+                // path, finish it first; the rotation check in `poll` then moves on to the new
+                // file. Otherwise start the new file at 0.
+                if let Some(old) = self.find_rotated(st) {
+                    return self.switch_to(old, st.offset);
+                }
+                match opened {
+                    Some(cur) => self.switch_to(cur, 0),
+                    None => Ok(()),
+                }
+            }
+            (Initial::End, Some(mut cur)) => {
+                let len = cur.file.metadata().map_err(|e| self.read_err(e))?.len();
+                // Begin at the start of the last, unfinished line (if any), so that it is
+                // handed over whole once its newline arrives, never as a fragment.
+                let start = last_line_start(&mut cur.file, len, self.lines.max)
+                    .map_err(|e| self.read_err(e))?;
+                self.switch_to(cur, start.unwrap_or(len))?;
+                if start.is_none() && len > 0 {
+                    self.lines.discarding = true; // mid-way through an oversized line
+                }
+                Ok(())
+            }
+            (Initial::Start, Some(cur)) => self.switch_to(cur, 0),
+            (_, None) => Ok(()), // appears later: read from 0 then
+        }
+    }
+
+    fn switch_to(&mut self, mut cur: Current, offset: u64) -> Result<(), TailError> {
+        cur.file
+            .seek(SeekFrom::Start(offset))
+            .map_err(|e| self.read_err(e))?;
+        cur.read_pos = offset;
+        self.lines.reset(offset);
+        self.ident = Some((cur.dev, cur.ino));
+        self.cur = Some(cur);
+        Ok(())
+    }
+
+    /// Opens the path; `None` when it does not exist.
+    fn open_path(&self) -> Result<Option<Current>, TailError> {
+        let file = match File::open(&self.cfg.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(TailError::Open {
+                    path: self.cfg.path.clone(),
+                    source,
+                })
+            }
+        };
+        let meta = file.metadata().map_err(|e| self.read_err(e))?;
+        if !meta.is_file() {
+            return Err(TailError::Open {
+                path: self.cfg.path.clone(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+            });
+        }
+        Ok(Some(Current {
+            file,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            read_pos: 0,
+        }))
+    }
+
+    /// Looks for the file with the saved device+inode among the path's siblings whose name
+    /// starts like the log's (lumberjack: `gravity-<time>.log`; logrotate: `gravity.log.1`).
+    /// A compressed copy has another inode and is never picked.
+    fn find_rotated(&self, st: TailState) -> Option<Current> {
+        let dir = match self.cfg.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let name = self.cfg.path.file_name()?.to_str()?;
+        let stem = name.split('.').next().unwrap_or(name);
+        for entry in fs::read_dir(dir).ok()?.take(MAX_SIBLINGS) {
+            let Ok(entry) = entry else { continue };
+            let file_name = entry.file_name();
+            let Some(n) = file_name.to_str() else {
+                continue;
+            };
+            if n == name || !n.starts_with(stem) {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_file()
+                && meta.dev() == st.dev
+                && meta.ino() == st.ino
+                && meta.len() >= st.offset
+            {
+                let file = File::open(entry.path()).ok()?;
+                return Some(Current {
+                    file,
+                    dev: st.dev,
+                    ino: st.ino,
+                    read_pos: 0,
+                });
+            }
+        }
+        None
+    }
+
+    fn check_truncation(&mut self, report: &mut PollReport) -> Result<(), TailError> {
+        let Some(cur) = self.cur.as_mut() else {
+            return Ok(());
+        };
+        let err = |source| TailError::Read {
+            path: self.cfg.path.clone(),
+            source,
+        };
+        let len = cur.file.metadata().map_err(err)?.len();
+        if len < cur.read_pos {
+            report.truncations += 1;
+            cur.file.seek(SeekFrom::Start(0)).map_err(err)?;
+            cur.read_pos = 0;
+            self.lines.reset(0);
+        }
+        Ok(())
+    }
+
+    /// Reads the current file to its end or until the budget is used up. Returns true when
+    /// the end was reached.
+    fn read_available(
+        &mut self,
+        budget: &mut u64,
+        report: &mut PollReport,
+        f: &mut dyn FnMut(&str),
+    ) -> Result<bool, TailError> {
+        let Tailer {
+            cur,
+            lines,
+            buf,
+            cfg,
+            ..
+        } = self;
+        let Some(cur) = cur.as_mut() else {
+            return Ok(true);
+        };
+        loop {
+            if *budget == 0 {
+                return Ok(false);
+            }
+            let want = buf
+                .len()
+                .min(usize::try_from(*budget).unwrap_or(usize::MAX));
+            let chunk = buf.get_mut(..want).unwrap_or_default();
+            let n = match cur.file.read(chunk) {
+                Ok(0) => return Ok(true),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(TailError::Read {
+                        path: cfg.path.clone(),
+                        source,
+                    })
+                }
+            };
+            let base = cur.read_pos;
+            cur.read_pos += n as u64;
+            *budget = budget.saturating_sub(n as u64);
+            report.bytes += n as u64;
+            lines.feed(chunk.get(..n).unwrap_or_default(), base, report, f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn cfg(path: &Path) -> TailConfig {
+        TailConfig {
+            path: path.to_path_buf(),
+            start_at_end: false,
+            max_line_bytes: TailConfig::DEFAULT_MAX_LINE_BYTES,
+            max_read_per_poll: TailConfig::DEFAULT_MAX_READ_PER_POLL,
+        }
+    }
+
+    fn append(path: &Path, data: &[u8]) {
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(data).unwrap();
+    }
+
+    fn append_lines(path: &Path, from: usize, to: usize) {
+        let mut s = String::new();
+        for i in from..to {
+            s.push_str(&format!("{{\"level\":\"info\",\"msg\":\"line {i}\"}}\n"));
+        }
+        append(path, s.as_bytes());
+    }
+
+    fn expected(from: usize, to: usize) -> Vec<String> {
+        (from..to)
+            .map(|i| format!("{{\"level\":\"info\",\"msg\":\"line {i}\"}}"))
+            .collect()
+    }
+
+    fn poll(t: &mut Tailer, seen: &mut Vec<String>) -> PollReport {
+        t.poll(&mut |l| seen.push(l.to_owned())).unwrap()
+    }
+
+    #[test]
+    fn reads_new_lines_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        append_lines(&p, 0, 3);
+        let mut t = Tailer::new(cfg(&p), None);
+        let mut seen = Vec::new();
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.file_missing), (3, false));
+        append_lines(&p, 3, 5);
+        assert_eq!(poll(&mut t, &mut seen).lines, 2);
+        assert_eq!(poll(&mut t, &mut seen), PollReport::default());
+        assert_eq!(seen, expected(0, 5));
+        let st = t.state().unwrap();
+        assert_eq!(st.offset, fs::metadata(&p).unwrap().len());
+    }
+
+    #[test]
+    fn start_at_end_skips_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        append_lines(&p, 0, 5);
+        let mut c = cfg(&p);
+        c.start_at_end = true;
+        let mut t = Tailer::new(c, None);
+        let mut seen = Vec::new();
+        assert_eq!(poll(&mut t, &mut seen).lines, 0);
+        append_lines(&p, 5, 7);
+        assert_eq!(poll(&mut t, &mut seen).lines, 2);
+        assert_eq!(seen, expected(5, 7));
+    }
+
+    #[test]
+    fn start_at_end_keeps_an_unfinished_last_line_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        append(&p, b"old 1\nold 2\nunfinis");
+        let mut c = cfg(&p);
+        c.start_at_end = true;
+        let mut t = Tailer::new(c.clone(), None);
+        let mut seen = Vec::new();
+        assert_eq!(poll(&mut t, &mut seen).lines, 0);
+        append(&p, b"hed\nnew\n");
+        assert_eq!(poll(&mut t, &mut seen).lines, 2);
+        assert_eq!(seen, ["unfinished", "new"]);
+        // A file that is one unfinished line from its start is read whole too.
+        let q = dir.path().join("other.log");
+        append(&q, b"abc");
+        c.path = q.clone();
+        let mut t = Tailer::new(c.clone(), None);
+        let mut seen = Vec::new();
+        assert_eq!(poll(&mut t, &mut seen).lines, 0);
+        append(&q, b"def\n");
+        assert_eq!(poll(&mut t, &mut seen).lines, 1);
+        assert_eq!(seen, ["abcdef"]);
+        // Mid-way through an oversized tail: its end is skipped, not handed over.
+        let r = dir.path().join("big.log");
+        append(&r, b"x\n");
+        append(&r, &[b'y'; 100]);
+        c.path = r.clone();
+        c.max_line_bytes = 10;
+        let mut t = Tailer::new(c, None);
+        let mut seen = Vec::new();
+        assert_eq!(poll(&mut t, &mut seen).lines, 0);
+        append(&r, b"yyy\nz\n");
+        let rep = poll(&mut t, &mut seen);
+        assert_eq!((rep.lines, rep.oversized), (1, 0));
+        assert_eq!(seen, ["z"]);
+    }
+
+    #[test]
+    fn file_created_after_start_is_read_from_zero_even_with_start_at_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        let mut c = cfg(&p);
+        c.start_at_end = true;
+        let mut t = Tailer::new(c, None);
+        let mut seen = Vec::new();
+        assert!(poll(&mut t, &mut seen).file_missing);
+        assert_eq!(t.state(), None);
+        append_lines(&p, 0, 4);
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.file_missing), (4, false));
+        assert_eq!(seen, expected(0, 4));
+    }
+
+    #[test]
+    fn lumberjack_rename_rotation_loses_and_repeats_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        append_lines(&p, 0, 1);
+        let mut t = Tailer::new(cfg(&p), None);
+        let mut seen = Vec::new();
+        assert_eq!(poll(&mut t, &mut seen).lines, 1);
+        append_lines(&p, 1, 60);
+        assert_eq!(poll(&mut t, &mut seen).lines, 59);
+        // 41 more lines in the old file, one of them written through a handle opened before
+        // the rename and written after it (the write races the rotation).
+        append_lines(&p, 60, 100);
+        let mut racing = fs::OpenOptions::new().append(true).open(&p).unwrap();
+        fs::rename(&p, dir.path().join("gravity-2026-11-22T14-00-00.000.log")).unwrap();
+        racing
+            .write_all(b"{\"level\":\"info\",\"msg\":\"line 100\"}\n")
+            .unwrap();
+        drop(racing);
+        append_lines(&p, 101, 151); // the new file
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.rotations, r.truncations), (91, 1, 0));
+        assert_eq!(seen, expected(0, 151));
+        assert_eq!(poll(&mut t, &mut seen), PollReport::default());
+        append_lines(&p, 151, 152);
+        assert_eq!(poll(&mut t, &mut seen).lines, 1);
+        assert_eq!(seen, expected(0, 152));
+    }
+
+    #[test]
+    fn rotation_100_then_50_in_one_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        fs::write(&p, b"").unwrap();
+        let mut t = Tailer::new(cfg(&p), None);
+        let mut seen = Vec::new();
+        assert_eq!(poll(&mut t, &mut seen).lines, 0);
+        append_lines(&p, 0, 100);
+        fs::rename(&p, dir.path().join("gravity-2026-11-22T14-00-00.000.log")).unwrap();
+        append_lines(&p, 100, 150);
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.rotations), (150, 1));
+        assert_eq!(seen, expected(0, 150));
+    }
+
+    #[test]
+    fn unterminated_last_line_of_rotated_file_is_handed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        append(&p, b"a\nb-without-newline");
+        let mut t = Tailer::new(cfg(&p), None);
+        let mut seen = Vec::new();
+        assert_eq!(poll(&mut t, &mut seen).lines, 1);
+        fs::rename(&p, dir.path().join("gravity.log.1")).unwrap();
+        append(&p, b"c\n");
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.rotations), (2, 1));
+        assert_eq!(seen, ["a", "b-without-newline", "c"]);
+    }
+
+    #[test]
+    fn copytruncate_restarts_at_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        append_lines(&p, 0, 10);
+        let mut t = Tailer::new(cfg(&p), None);
+        let mut seen = Vec::new();
+        assert_eq!(poll(&mut t, &mut seen).lines, 10);
+        fs::copy(&p, dir.path().join("gravity.log.1")).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        append_lines(&p, 10, 13);
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.truncations, r.rotations), (3, 1, 0));
+        assert_eq!(seen, expected(0, 13));
+        assert_eq!(poll(&mut t, &mut seen).lines, 0);
+    }
+
+    #[test]
+    fn delete_then_recreate() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        append_lines(&p, 0, 5);
+        let mut t = Tailer::new(cfg(&p), None);
+        let mut seen = Vec::new();
+        assert_eq!(poll(&mut t, &mut seen).lines, 5);
+        let before = t.state().unwrap();
+        fs::remove_file(&p).unwrap();
+        for _ in 0..3 {
+            let r = poll(&mut t, &mut seen);
+            assert!(r.file_missing);
+            assert_eq!(r.lines, 0);
+        }
+        assert!(t.cur.is_none(), "the deleted file's handle is released");
+        assert_eq!(t.state(), Some(before), "state survives the gap");
+        append_lines(&p, 5, 9);
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.file_missing), (4, false));
+        assert_eq!(seen, expected(0, 9));
+    }
+
+    #[test]
+    fn deleted_file_still_written_is_drained() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        let mut w = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .unwrap();
+        w.write_all(b"1\n").unwrap();
+        let mut t = Tailer::new(cfg(&p), None);
+        let mut seen = Vec::new();
+        assert_eq!(poll(&mut t, &mut seen).lines, 1);
+        fs::remove_file(&p).unwrap();
+        w.write_all(b"2\n").unwrap();
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.file_missing), (1, true));
+        assert_eq!(seen, ["1", "2"]);
+    }
+
+    #[test]
+    fn partial_line_waits_for_its_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        append(&p, b"first\nsec");
+        let mut t = Tailer::new(cfg(&p), None);
+        let mut seen = Vec::new();
+        assert_eq!(poll(&mut t, &mut seen).lines, 1);
+        assert_eq!(
+            t.state().unwrap().offset,
+            6,
+            "resume at the partial line's start"
+        );
+        append(&p, b"ond");
+        assert_eq!(poll(&mut t, &mut seen).lines, 0);
+        append(&p, b"\r\nthird\n");
+        assert_eq!(poll(&mut t, &mut seen).lines, 2);
+        assert_eq!(seen, ["first", "second", "third"]);
+        assert_eq!(t.state().unwrap().offset, 20);
+    }
+
+    #[test]
+    fn ten_megabyte_line_is_skipped_with_bounded_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        let mut data = b"before\n".to_vec();
+        data.extend(std::iter::repeat_n(b'x', 10 * 1024 * 1024));
+        data.extend_from_slice(b"\nafter\n");
+        fs::write(&p, &data).unwrap();
+        let mut c = cfg(&p);
+        c.max_read_per_poll = 1024 * 1024;
+        let mut t = Tailer::new(c, None);
+        let mut seen = Vec::new();
+        let mut total = PollReport::default();
+        for _ in 0..20 {
+            let r = poll(&mut t, &mut seen);
+            assert!(r.bytes <= 1024 * 1024);
+            total.lines += r.lines;
+            total.oversized += r.oversized;
+            total.bytes += r.bytes;
+            assert!(t.lines.pending.capacity() <= TailConfig::DEFAULT_MAX_LINE_BYTES * 2);
+        }
+        assert_eq!(seen, ["before", "after"]);
+        assert_eq!((total.lines, total.oversized), (2, 1));
+        assert_eq!(total.bytes, data.len() as u64);
+    }
+
+    #[test]
+    fn oversized_line_inside_one_chunk_and_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        let mut c = cfg(&p);
+        c.max_line_bytes = 8;
+        append(&p, b"12345678\n123456789\nok\n");
+        let mut t = Tailer::new(c, None);
+        let mut seen = Vec::new();
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.oversized), (2, 1));
+        assert_eq!(seen, ["12345678", "ok"]);
+        // Oversized across polls: pending grows past the limit, then the newline arrives.
+        append(&p, b"abcde");
+        assert_eq!(poll(&mut t, &mut seen).oversized, 0);
+        append(&p, b"fghij");
+        assert_eq!(poll(&mut t, &mut seen).oversized, 1);
+        append(&p, b"klm\nnext\n");
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.oversized), (1, 0));
+        assert_eq!(seen, ["12345678", "ok", "next"]);
+    }
+
+    #[test]
+    fn invalid_utf8_is_converted_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        append(&p, b"ok\nbad \xff\xfe end\n\xe4\xb8\xad\n");
+        let mut t = Tailer::new(cfg(&p), None);
+        let mut seen = Vec::new();
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.invalid_utf8), (3, 1));
+        assert_eq!(seen, ["ok", "bad \u{fffd}\u{fffd} end", "中"]);
+    }
+
+    #[test]
+    fn read_budget_spreads_a_backlog_over_polls() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        append_lines(&p, 0, 1000);
+        let mut c = cfg(&p);
+        c.max_read_per_poll = 1000;
+        let mut t = Tailer::new(c, None);
+        let mut seen = Vec::new();
+        let mut polls = 0;
+        loop {
+            polls += 1;
+            let r = poll(&mut t, &mut seen);
+            assert!(r.bytes <= 1000);
+            if r.bytes == 0 {
+                break;
+            }
+        }
+        assert!(polls > 30, "{polls}");
+        assert_eq!(seen, expected(0, 1000));
+    }
+
+    #[test]
+    fn restart_resumes_from_saved_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        append_lines(&p, 0, 10);
+        append(&p, b"{\"partial");
+        let mut t = Tailer::new(cfg(&p), None);
+        let mut seen = Vec::new();
+        assert_eq!(poll(&mut t, &mut seen).lines, 10);
+        let json = t.state().unwrap().to_json();
+        drop(t);
+        let saved = TailState::from_json(&json).unwrap();
+        append(&p, b"\":1}\n");
+        append_lines(&p, 10, 15);
+        // start_at_end must not matter when there is a state.
+        let mut c = cfg(&p);
+        c.start_at_end = true;
+        let mut t = Tailer::new(c, Some(saved));
+        let mut seen2 = Vec::new();
+        let r = poll(&mut t, &mut seen2);
+        assert_eq!((r.lines, r.truncations, r.rotations), (6, 0, 0));
+        assert_eq!(seen2[0], "{\"partial\":1}");
+        assert_eq!(seen2[1..], expected(10, 15)[..]);
+    }
+
+    #[test]
+    fn restart_with_state_of_a_truncated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        append_lines(&p, 0, 10);
+        let mut t = Tailer::new(cfg(&p), None);
+        poll(&mut t, &mut Vec::new());
+        let saved = t.state().unwrap();
+        fs::write(&p, b"").unwrap(); // same inode, truncated
+        append_lines(&p, 0, 2);
+        let mut t = Tailer::new(cfg(&p), Some(saved));
+        let mut seen = Vec::new();
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.truncations), (2, 1));
+        assert_eq!(seen, expected(0, 2));
+    }
+
+    #[test]
+    fn restart_after_rotation_drains_the_renamed_file_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        append_lines(&p, 0, 10);
+        let mut t = Tailer::new(cfg(&p), None);
+        poll(&mut t, &mut Vec::new());
+        let saved = t.state().unwrap();
+        drop(t);
+        // While the exporter is down: 5 more lines, rotation, 7 lines in the new file.
+        append_lines(&p, 10, 15);
+        fs::rename(&p, dir.path().join("gravity-2026-11-22T14-00-00.000.log")).unwrap();
+        append_lines(&p, 15, 22);
+        fs::write(dir.path().join("unrelated.log"), b"x\n").unwrap();
+        let mut t = Tailer::new(cfg(&p), Some(saved));
+        let mut seen = Vec::new();
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.rotations), (12, 1));
+        assert_eq!(seen, expected(10, 22));
+    }
+
+    #[test]
+    fn restart_after_rotation_without_the_old_file_starts_new_file_at_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        append_lines(&p, 0, 10);
+        let mut t = Tailer::new(cfg(&p), None);
+        poll(&mut t, &mut Vec::new());
+        let saved = t.state().unwrap();
+        // Create the new file before removing the old one so that the inode cannot be reused.
+        let tmp = dir.path().join("new.tmp");
+        append_lines(&tmp, 100, 103);
+        fs::remove_file(&p).unwrap();
+        fs::rename(&tmp, &p).unwrap();
+        let mut t = Tailer::new(cfg(&p), Some(saved));
+        let mut seen = Vec::new();
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.rotations, r.truncations), (3, 0, 0));
+        assert_eq!(seen, expected(100, 103));
+    }
+
+    #[test]
+    fn state_json_roundtrip_and_errors() {
+        let s = TailState {
+            dev: 2049,
+            ino: u64::MAX,
+            offset: 12345,
+        };
+        assert_eq!(
+            s.to_json(),
+            "{\"dev\":2049,\"ino\":18446744073709551615,\"offset\":12345}"
+        );
+        assert_eq!(TailState::from_json(&s.to_json()).unwrap(), s);
+        for bad in [
+            "",
+            "{",
+            "{\"dev\":1,\"ino\":2}",
+            "{\"dev\":-1,\"ino\":2,\"offset\":3}",
+            "[]",
+        ] {
+            assert!(
+                matches!(TailState::from_json(bad), Err(TailError::State(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn unreadable_path_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Tailer::new(cfg(dir.path()), None);
+        let e = t.poll(&mut |_| {}).unwrap_err();
+        assert!(matches!(e, TailError::Open { .. }), "{e}");
+        assert!(e.to_string().contains(&dir.path().display().to_string()));
+    }
+}

@@ -1,0 +1,1228 @@
+//! MongoDB probe: one `hello` command over `OP_MSG`.
+//!
+//! `hello` (called `isMaster` before MongoDB 4.4.2 / 4.2.10 / 4.0.21 / 3.6.21) needs no
+//! authentication and is what drivers use to discover a server. A reply with `ok: 1`
+//! proves `mongod`/`mongos` is up; `isWritablePrimary` (or legacy `ismaster`) and
+//! `secondary` tell the replica-set role. When a server answers `hello` with
+//! CommandNotFound (code 59) the probe retries with `isMaster` on the same connection.
+//! Servers older than 3.6 (no `OP_MSG`) are not supported.
+//!
+//! Wire format (MongoDB Wire Protocol, <https://www.mongodb.com/docs/manual/reference/mongodb-wire-protocol/>),
+//! all integers little-endian:
+//!
+//! ```text
+//! MsgHeader => messageLength:int32 requestID:int32 responseTo:int32 opCode:int32 (2013 = OP_MSG)
+//! OP_MSG    => flagBits:uint32 sections... [checksum:uint32 if flagBits bit 0]
+//!   section kind 0 => 0x00 BSON-document           (the command body, exactly one)
+//!   section kind 1 => 0x01 size:int32 identifier:cstring BSON-document*  (skipped)
+//! ```
+//!
+//! The request body is `{hello: 1, $db: "admin"}`. BSON (<https://bsonspec.org/spec.html>)
+//! is encoded and decoded by the small bounds-checked codec in this file: the decoder reads
+//! the top-level elements of a document and skips every other standard type, including
+//! embedded documents and arrays, without recursing.
+
+use std::io;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{
+    connect_tcp, io_reason, run_probe, sanitize, ConnectError, Endpoint, FailureReason,
+    ProbeOutcome,
+};
+
+/// `OP_MSG` opcode.
+pub const OP_MSG: i32 = 2013;
+/// Largest reply accepted (a `hello` reply is around 1 KiB; servers allow 48 MB messages).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+const HEADER_LEN: usize = 16;
+const FLAG_CHECKSUM_PRESENT: u32 = 1;
+/// flagBits 0-15 are "required": a parser must reject unknown ones. Known: 0 and 1.
+const UNKNOWN_REQUIRED_FLAGS: u32 = 0x0000_FFFC;
+const COMMAND_NOT_FOUND: i32 = 59;
+
+static NEXT_REQUEST_ID: AtomicI32 = AtomicI32::new(1);
+
+/// What a successful `hello` reply says about the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloReply {
+    /// `isWritablePrimary` (or `ismaster`): a standalone, a primary or a mongos.
+    pub is_writable_primary: bool,
+    /// `secondary`: a replica-set secondary.
+    pub secondary: bool,
+    /// `setName`: the replica set's name, if any.
+    pub set_name: Option<String>,
+    /// `maxWireVersion`, if present.
+    pub max_wire_version: Option<i32>,
+    /// `msg: "isdbgrid"`: the server is a mongos router.
+    pub is_mongos: bool,
+    /// Whether the legacy `isMaster` command had to be used.
+    pub legacy: bool,
+}
+
+/// Errors of the MongoDB probe.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MongoError {
+    /// The TCP connection could not be opened.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The deadline passed.
+    #[error("no answer within {after_ms} ms")]
+    Timeout {
+        /// The time allowed, in milliseconds.
+        after_ms: u128,
+    },
+    /// The connection failed mid-exchange (EOF, reset, ...).
+    #[error("connection lost: {0}")]
+    Io(io::ErrorKind),
+    /// The reply is not a valid OP_MSG / BSON answer.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The server answered `ok: 0`.
+    #[error("command failed: code {code} {code_name}: {message}")]
+    Command {
+        /// `code` (0 when absent).
+        code: i32,
+        /// `codeName`, sanitised (empty when absent).
+        code_name: String,
+        /// `errmsg`, sanitised and shortened.
+        message: String,
+    },
+}
+
+impl MongoError {
+    /// The probe [`FailureReason`]: Unauthorized (13) and AuthenticationFailed (18) are
+    /// `Auth`; other command errors and malformed replies are `Protocol`.
+    pub fn reason(&self) -> FailureReason {
+        match self {
+            MongoError::Connect(e) => e.reason(),
+            MongoError::Timeout { .. } => FailureReason::Timeout,
+            MongoError::Io(kind) => io_reason(*kind),
+            MongoError::Command { code: 13 | 18, .. } => FailureReason::Auth,
+            MongoError::Protocol(_) | MongoError::Command { .. } => FailureReason::Protocol,
+        }
+    }
+}
+
+impl From<io::Error> for MongoError {
+    fn from(e: io::Error) -> Self {
+        MongoError::Io(e.kind())
+    }
+}
+
+impl From<bson::BsonError> for MongoError {
+    fn from(e: bson::BsonError) -> Self {
+        MongoError::Protocol(e.to_string())
+    }
+}
+
+/// Runs `hello` (falling back to `isMaster`) against `endpoint` within `deadline`.
+pub async fn hello(endpoint: &Endpoint, deadline: Duration) -> Result<HelloReply, MongoError> {
+    let work = async {
+        let mut stream = connect_tcp(endpoint, deadline).await?;
+        match command(&mut stream, "hello").await {
+            Err(MongoError::Command {
+                code: COMMAND_NOT_FOUND,
+                ..
+            }) => {
+                let mut reply = command(&mut stream, "isMaster").await?;
+                reply.legacy = true;
+                Ok(reply)
+            }
+            other => other,
+        }
+    };
+    match tokio::time::timeout(deadline, work).await {
+        Ok(result) => result,
+        Err(_) => Err(MongoError::Timeout {
+            after_ms: deadline.as_millis(),
+        }),
+    }
+}
+
+/// Probes a MongoDB server with `hello` within `deadline`. Any `ok: 1` reply is a success;
+/// the role goes into `detail`.
+pub async fn probe(endpoint: &Endpoint, deadline: Duration) -> ProbeOutcome {
+    run_probe(deadline, async {
+        match hello(endpoint, deadline).await {
+            Ok(reply) => Ok(describe(&reply)),
+            Err(e) => Err((e.reason(), e.to_string())),
+        }
+    })
+    .await
+}
+
+fn describe(reply: &HelloReply) -> String {
+    let role = if reply.is_mongos {
+        "mongos"
+    } else if reply.is_writable_primary {
+        "writable primary"
+    } else if reply.secondary {
+        "secondary"
+    } else {
+        "not writable"
+    };
+    let mut detail = format!("hello ok: {role}");
+    if let Some(set) = &reply.set_name {
+        detail.push_str(&format!(", set {}", sanitize(set, 64)));
+    }
+    if let Some(v) = reply.max_wire_version {
+        detail.push_str(&format!(", maxWireVersion {v}"));
+    }
+    detail
+}
+
+/// Sends `{<name>: 1, $db: "admin"}` and decodes the reply.
+async fn command(stream: &mut TcpStream, name: &str) -> Result<HelloReply, MongoError> {
+    let mut doc = bson::DocBuilder::new();
+    doc.int32(name, 1);
+    doc.string("$db", "admin");
+    let request_id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
+    stream
+        .write_all(&encode_op_msg(request_id, 0, &doc.finish()))
+        .await?;
+    stream.flush().await?;
+    let message = read_message(stream).await?;
+    let msg = parse_op_msg(&message)?;
+    if msg.response_to != request_id {
+        return Err(MongoError::Protocol(format!(
+            "responseTo {} does not match request {request_id}",
+            msg.response_to
+        )));
+    }
+    parse_hello_reply(msg.body)
+}
+
+/// A complete OP_MSG with one kind-0 section.
+fn encode_op_msg(request_id: i32, response_to: i32, body: &[u8]) -> Vec<u8> {
+    let len = HEADER_LEN + 4 + 1 + body.len();
+    let mut out = Vec::with_capacity(len);
+    // Our documents are tiny; the length fits in an int32.
+    out.extend_from_slice(&(len as i32).to_le_bytes());
+    out.extend_from_slice(&request_id.to_le_bytes());
+    out.extend_from_slice(&response_to.to_le_bytes());
+    out.extend_from_slice(&OP_MSG.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes()); // flagBits
+    out.push(0); // section kind 0
+    out.extend_from_slice(body);
+    out
+}
+
+/// Reads one whole message (header included), at most [`MAX_MESSAGE_BYTES`].
+async fn read_message<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, MongoError> {
+    let mut len = [0u8; 4];
+    reader.read_exact(&mut len).await?;
+    let raw = i32::from_le_bytes(len);
+    let total = usize::try_from(raw)
+        .ok()
+        .filter(|&n| (HEADER_LEN + 4 + 1 + 5..=MAX_MESSAGE_BYTES).contains(&n))
+        .ok_or_else(|| MongoError::Protocol(format!("implausible message length {raw}")))?;
+    let mut message = Vec::with_capacity(total.min(64 * 1024));
+    message.extend_from_slice(&len);
+    let want = total - 4;
+    let got = reader.take(want as u64).read_to_end(&mut message).await?;
+    if got != want {
+        return Err(MongoError::Io(io::ErrorKind::UnexpectedEof));
+    }
+    Ok(message)
+}
+
+/// The parts of an OP_MSG the probe (and the fake server) needs.
+struct OpMsg<'a> {
+    request_id: i32,
+    response_to: i32,
+    body: &'a [u8],
+}
+
+/// Parses a complete OP_MSG (header included, length already checked by the reader).
+fn parse_op_msg(message: &[u8]) -> Result<OpMsg<'_>, MongoError> {
+    let field = |at: usize| -> Result<[u8; 4], MongoError> {
+        message
+            .get(at..at + 4)
+            .and_then(|s| <[u8; 4]>::try_from(s).ok())
+            .ok_or_else(|| MongoError::Protocol("truncated message header".to_string()))
+    };
+    let length = i32::from_le_bytes(field(0)?);
+    if usize::try_from(length).ok() != Some(message.len()) {
+        return Err(MongoError::Protocol("message length mismatch".to_string()));
+    }
+    let request_id = i32::from_le_bytes(field(4)?);
+    let response_to = i32::from_le_bytes(field(8)?);
+    let opcode = i32::from_le_bytes(field(12)?);
+    if opcode != OP_MSG {
+        return Err(MongoError::Protocol(format!(
+            "opcode {opcode}, expected OP_MSG (2013)"
+        )));
+    }
+    let flags = u32::from_le_bytes(field(16)?);
+    if flags & UNKNOWN_REQUIRED_FLAGS != 0 {
+        return Err(MongoError::Protocol(format!(
+            "unknown required OP_MSG flags {flags:#x}"
+        )));
+    }
+    let end = if flags & FLAG_CHECKSUM_PRESENT != 0 {
+        message.len().saturating_sub(4)
+    } else {
+        message.len()
+    };
+    let sections = message
+        .get(HEADER_LEN + 4..end)
+        .ok_or_else(|| MongoError::Protocol("truncated OP_MSG".to_string()))?;
+    let mut body = None;
+    let mut pos = 0;
+    while pos < sections.len() {
+        let kind = sections[pos]; // pos < len checked by the loop condition
+        let rest = sections.get(pos + 1..).unwrap_or(&[]);
+        match kind {
+            0 => {
+                if body.is_some() {
+                    return Err(MongoError::Protocol(
+                        "more than one body section".to_string(),
+                    ));
+                }
+                let len = bson::document_len(rest)?;
+                body = rest.get(..len);
+                pos += 1 + len;
+            }
+            1 => {
+                let size = rest
+                    .get(..4)
+                    .and_then(|s| <[u8; 4]>::try_from(s).ok())
+                    .map(i32::from_le_bytes)
+                    .and_then(|s| usize::try_from(s).ok())
+                    .filter(|&s| s >= 4 && s <= rest.len())
+                    .ok_or_else(|| {
+                        MongoError::Protocol("malformed document sequence".to_string())
+                    })?;
+                pos += 1 + size;
+            }
+            other => {
+                return Err(MongoError::Protocol(format!(
+                    "unknown OP_MSG section kind {other}"
+                )))
+            }
+        }
+    }
+    let body = body.ok_or_else(|| MongoError::Protocol("OP_MSG without a body".to_string()))?;
+    Ok(OpMsg {
+        request_id,
+        response_to,
+        body,
+    })
+}
+
+/// Interprets the body of a `hello` / `isMaster` reply.
+fn parse_hello_reply(body: &[u8]) -> Result<HelloReply, MongoError> {
+    use bson::Value;
+    let doc = bson::Document::parse(body)?;
+    let ok = match doc.get("ok")? {
+        Some(Value::Double(d)) => d == 1.0,
+        Some(Value::Int32(i)) => i == 1,
+        Some(Value::Int64(i)) => i == 1,
+        Some(Value::Bool(b)) => b,
+        Some(_) => return Err(MongoError::Protocol("non-numeric ok field".to_string())),
+        None => return Err(MongoError::Protocol("reply without ok field".to_string())),
+    };
+    let text = |v: Option<Value<'_>>, max: usize| match v {
+        Some(Value::String(s)) => Some(sanitize(&String::from_utf8_lossy(s), max)),
+        _ => None,
+    };
+    if !ok {
+        let code = match doc.get("code")? {
+            Some(Value::Int32(c)) => c,
+            Some(Value::Int64(c)) => i32::try_from(c).unwrap_or(0),
+            Some(Value::Double(c)) if c.fract() == 0.0 && c.abs() < 1e9 => c as i32,
+            _ => 0,
+        };
+        return Err(MongoError::Command {
+            code,
+            code_name: text(doc.get("codeName")?, 64).unwrap_or_default(),
+            message: text(doc.get("errmsg")?, 200).unwrap_or_default(),
+        });
+    }
+    let is_writable_primary = match (doc.get("isWritablePrimary")?, doc.get("ismaster")?) {
+        (Some(Value::Bool(b)), _) | (None, Some(Value::Bool(b))) => b,
+        _ => {
+            return Err(MongoError::Protocol(
+                "reply lacks a boolean isWritablePrimary/ismaster".to_string(),
+            ))
+        }
+    };
+    let secondary = matches!(doc.get("secondary")?, Some(Value::Bool(true)));
+    let max_wire_version = match doc.get("maxWireVersion")? {
+        Some(Value::Int32(v)) => Some(v),
+        _ => None,
+    };
+    let is_mongos = matches!(doc.get("msg")?, Some(Value::String(b"isdbgrid")));
+    Ok(HelloReply {
+        is_writable_primary,
+        secondary,
+        set_name: text(doc.get("setName")?, 64),
+        max_wire_version,
+        is_mongos,
+        legacy: false,
+    })
+}
+
+/// A minimal BSON codec: builder for flat documents, bounds-checked top-level reader.
+mod bson {
+    /// Malformed BSON.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    #[error("malformed BSON: {0}")]
+    pub struct BsonError(pub &'static str);
+
+    /// A top-level value. Strings are raw UTF-8 bytes (without the NUL); embedded
+    /// documents and arrays are their raw bytes, not parsed.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub enum Value<'a> {
+        Double(f64),
+        String(&'a [u8]),
+        Document(&'a [u8]),
+        Array(&'a [u8]),
+        Bool(bool),
+        Null,
+        Int32(i32),
+        Int64(i64),
+        /// Any other type (binary, ObjectId, dates, timestamps, ...), skipped.
+        Other(u8),
+    }
+
+    fn le4(bytes: &[u8], at: usize) -> Result<i32, BsonError> {
+        bytes
+            .get(at..at.saturating_add(4))
+            .and_then(|s| <[u8; 4]>::try_from(s).ok())
+            .map(i32::from_le_bytes)
+            .ok_or(BsonError("truncated"))
+    }
+
+    fn le8(bytes: &[u8], at: usize) -> Result<[u8; 8], BsonError> {
+        bytes
+            .get(at..at.saturating_add(8))
+            .and_then(|s| <[u8; 8]>::try_from(s).ok())
+            .ok_or(BsonError("truncated"))
+    }
+
+    /// The declared length of the document at the start of `bytes`, checked against
+    /// `bytes` (at least 5, fits, ends with NUL).
+    pub fn document_len(bytes: &[u8]) -> Result<usize, BsonError> {
+        let len = usize::try_from(le4(bytes, 0)?).map_err(|_| BsonError("negative length"))?;
+        if len < 5 || len > bytes.len() {
+            return Err(BsonError("document length out of bounds"));
+        }
+        if bytes.get(len - 1) != Some(&0) {
+            return Err(BsonError("document not NUL-terminated"));
+        }
+        Ok(len)
+    }
+
+    /// A validated document: its top-level elements all decode within its bounds.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Document<'a> {
+        bytes: &'a [u8],
+    }
+
+    impl<'a> Document<'a> {
+        /// Checks the document at the start of `bytes` and every top-level element.
+        pub fn parse(bytes: &'a [u8]) -> Result<Document<'a>, BsonError> {
+            let len = document_len(bytes)?;
+            let doc = Document {
+                bytes: bytes.get(..len).ok_or(BsonError("truncated"))?,
+            };
+            let mut pos = 4;
+            while let Some((_, _, next)) = doc.element_at(pos)? {
+                pos = next;
+            }
+            Ok(doc)
+        }
+
+        /// The first top-level value called `name`.
+        pub fn get(&self, name: &str) -> Result<Option<Value<'a>>, BsonError> {
+            let mut pos = 4;
+            while let Some((key, value, next)) = self.element_at(pos)? {
+                if key == name.as_bytes() {
+                    return Ok(Some(value));
+                }
+                pos = next;
+            }
+            Ok(None)
+        }
+
+        /// The name of the first element (a command's name).
+        pub fn first_key(&self) -> Result<Option<&'a [u8]>, BsonError> {
+            Ok(self.element_at(4)?.map(|(k, _, _)| k))
+        }
+
+        /// Decodes the element starting at `pos`: `None` at the terminating NUL.
+        #[allow(clippy::type_complexity)]
+        fn element_at(
+            &self,
+            pos: usize,
+        ) -> Result<Option<(&'a [u8], Value<'a>, usize)>, BsonError> {
+            let b = self.bytes;
+            let tag = *b.get(pos).ok_or(BsonError("truncated"))?;
+            if tag == 0 {
+                return if pos + 1 == b.len() {
+                    Ok(None)
+                } else {
+                    Err(BsonError("NUL before the end of the document"))
+                };
+            }
+            let name_start = pos + 1;
+            let name_len = b
+                .get(name_start..)
+                .and_then(|rest| rest.iter().position(|&c| c == 0))
+                .ok_or(BsonError("unterminated element name"))?;
+            let name = &b[name_start..name_start + name_len]; // position() found it in range
+            let v = name_start + name_len + 1;
+            let string_at = |at: usize| -> Result<(&'a [u8], usize), BsonError> {
+                let n = usize::try_from(le4(b, at)?).map_err(|_| BsonError("negative length"))?;
+                if n == 0 {
+                    return Err(BsonError("zero string length"));
+                }
+                let start = at + 4;
+                let end = start.checked_add(n).ok_or(BsonError("string length"))?;
+                let s = b.get(start..end).ok_or(BsonError("string out of bounds"))?;
+                if s.last() != Some(&0) {
+                    return Err(BsonError("string not NUL-terminated"));
+                }
+                Ok((&s[..n - 1], end))
+            };
+            let cstring_end = |at: usize| -> Result<usize, BsonError> {
+                b.get(at..)
+                    .and_then(|rest| rest.iter().position(|&c| c == 0))
+                    .map(|n| at + n + 1)
+                    .ok_or(BsonError("unterminated cstring"))
+            };
+            let fixed = |n: usize| -> Result<usize, BsonError> {
+                v.checked_add(n)
+                    .filter(|&end| end <= b.len())
+                    .ok_or(BsonError("value out of bounds"))
+            };
+            let (value, next) = match tag {
+                0x01 => (Value::Double(f64::from_le_bytes(le8(b, v)?)), v + 8),
+                0x02 => {
+                    let (s, end) = string_at(v)?;
+                    (Value::String(s), end)
+                }
+                0x03 | 0x04 => {
+                    let rest = b.get(v..).ok_or(BsonError("truncated"))?;
+                    let n = document_len(rest)?;
+                    let raw = &rest[..n]; // document_len checked n <= rest.len()
+                    let value = if tag == 0x03 {
+                        Value::Document(raw)
+                    } else {
+                        Value::Array(raw)
+                    };
+                    (value, v + n)
+                }
+                0x05 => {
+                    let n =
+                        usize::try_from(le4(b, v)?).map_err(|_| BsonError("negative length"))?;
+                    (
+                        Value::Other(tag),
+                        fixed(n.checked_add(5).ok_or(BsonError("length"))?)?,
+                    )
+                }
+                0x06 | 0x7F | 0xFF => (Value::Other(tag), v),
+                0x07 => (Value::Other(tag), fixed(12)?),
+                0x08 => match b.get(v) {
+                    Some(0) => (Value::Bool(false), v + 1),
+                    Some(1) => (Value::Bool(true), v + 1),
+                    _ => return Err(BsonError("invalid boolean")),
+                },
+                0x09 | 0x11 => (Value::Other(tag), fixed(8)?),
+                0x0A => (Value::Null, v),
+                0x0B => (Value::Other(tag), cstring_end(cstring_end(v)?)?),
+                0x0C => {
+                    let (_, end) = string_at(v)?;
+                    let end = end + 12;
+                    if end > b.len() {
+                        return Err(BsonError("value out of bounds"));
+                    }
+                    (Value::Other(tag), end)
+                }
+                0x0D | 0x0E => (Value::Other(tag), string_at(v)?.1),
+                0x0F => {
+                    let n =
+                        usize::try_from(le4(b, v)?).map_err(|_| BsonError("negative length"))?;
+                    if n < 14 {
+                        return Err(BsonError("code with scope too short"));
+                    }
+                    (Value::Other(tag), fixed(n)?)
+                }
+                0x10 => (Value::Int32(le4(b, v)?), v + 4),
+                0x12 => (Value::Int64(i64::from_le_bytes(le8(b, v)?)), v + 8),
+                0x13 => (Value::Other(tag), fixed(16)?),
+                _ => return Err(BsonError("unknown element type")),
+            };
+            // The terminating NUL must still follow.
+            if next >= b.len() {
+                return Err(BsonError("element runs past the document"));
+            }
+            Ok(Some((name, value, next)))
+        }
+    }
+
+    /// Builds a flat BSON document.
+    #[derive(Debug)]
+    pub struct DocBuilder {
+        buf: Vec<u8>,
+    }
+
+    impl DocBuilder {
+        pub fn new() -> Self {
+            DocBuilder {
+                buf: vec![0, 0, 0, 0],
+            }
+        }
+
+        fn key(&mut self, tag: u8, name: &str) {
+            self.buf.push(tag);
+            // Names come from this crate's code; strip any NUL rather than corrupt the doc.
+            self.buf.extend(name.bytes().filter(|&b| b != 0));
+            self.buf.push(0);
+        }
+
+        pub fn double(&mut self, name: &str, v: f64) -> &mut Self {
+            self.key(0x01, name);
+            self.buf.extend_from_slice(&v.to_le_bytes());
+            self
+        }
+
+        pub fn string(&mut self, name: &str, v: &str) -> &mut Self {
+            self.key(0x02, name);
+            // Strings built here are short literals.
+            self.buf
+                .extend_from_slice(&((v.len() + 1) as i32).to_le_bytes());
+            self.buf.extend_from_slice(v.as_bytes());
+            self.buf.push(0);
+            self
+        }
+
+        pub fn int32(&mut self, name: &str, v: i32) -> &mut Self {
+            self.key(0x10, name);
+            self.buf.extend_from_slice(&v.to_le_bytes());
+            self
+        }
+
+        pub fn bool(&mut self, name: &str, v: bool) -> &mut Self {
+            self.key(0x08, name);
+            self.buf.push(u8::from(v));
+            self
+        }
+
+        // The rest is used by the fake server.
+        pub fn int64(&mut self, name: &str, v: i64) -> &mut Self {
+            self.key(0x12, name);
+            self.buf.extend_from_slice(&v.to_le_bytes());
+            self
+        }
+
+        pub fn null(&mut self, name: &str) -> &mut Self {
+            self.key(0x0A, name);
+            self
+        }
+
+        pub fn object_id(&mut self, name: &str, id: [u8; 12]) -> &mut Self {
+            self.key(0x07, name);
+            self.buf.extend_from_slice(&id);
+            self
+        }
+
+        pub fn datetime(&mut self, name: &str, millis: i64) -> &mut Self {
+            self.key(0x09, name);
+            self.buf.extend_from_slice(&millis.to_le_bytes());
+            self
+        }
+
+        pub fn timestamp(&mut self, name: &str, seconds: u32, ordinal: u32) -> &mut Self {
+            self.key(0x11, name);
+            self.buf.extend_from_slice(&ordinal.to_le_bytes());
+            self.buf.extend_from_slice(&seconds.to_le_bytes());
+            self
+        }
+
+        pub fn binary(&mut self, name: &str, subtype: u8, data: &[u8]) -> &mut Self {
+            self.key(0x05, name);
+            self.buf
+                .extend_from_slice(&(data.len() as i32).to_le_bytes());
+            self.buf.push(subtype);
+            self.buf.extend_from_slice(data);
+            self
+        }
+
+        pub fn document(&mut self, name: &str, raw: &[u8]) -> &mut Self {
+            self.key(0x03, name);
+            self.buf.extend_from_slice(raw);
+            self
+        }
+
+        /// `items` become an array (a document keyed "0", "1", ...) of strings.
+        pub fn string_array(&mut self, name: &str, items: &[&str]) -> &mut Self {
+            let mut inner = DocBuilder::new();
+            for (i, item) in items.iter().enumerate() {
+                inner.string(&i.to_string(), item);
+            }
+            self.key(0x04, name);
+            self.buf.extend_from_slice(&inner.finish());
+            self
+        }
+
+        pub fn finish(&self) -> Vec<u8> {
+            let mut out = self.buf.clone();
+            out.push(0);
+            // Documents built here are far below 2 GiB.
+            let len = (out.len() as i32).to_le_bytes();
+            out[..4].copy_from_slice(&len);
+            out
+        }
+    }
+}
+
+/// A fake `mongod` for tests: answers `hello` / `isMaster` over OP_MSG like a real server,
+/// or misbehaves on request. Not part of the exporter's runtime; public so integration
+/// tests can use it.
+#[doc(hidden)]
+pub mod testserver {
+    use std::io;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::task::{JoinHandle, JoinSet};
+
+    use super::bson::{DocBuilder, Document, Value};
+    use super::{encode_op_msg, parse_op_msg, read_message};
+    use crate::probe::Endpoint;
+
+    /// How the fake server answers.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Mode {
+        /// A standalone server (writable, no set name).
+        Primary,
+        /// A replica-set secondary of set `rs0`, with `$clusterTime` and friends.
+        Secondary,
+        /// `ok: 0` with this code and message.
+        CommandError {
+            /// Error code.
+            code: i32,
+            /// errmsg.
+            message: String,
+        },
+        /// A pre-4.4.2 server: `hello` is CommandNotFound, `isMaster` works.
+        LegacyOnly,
+        /// Reads the request, answers with HTTP text, closes.
+        Garbage,
+        /// A well-framed OP_MSG whose BSON length points past the message.
+        BadBson,
+        /// Reads the request and never answers.
+        Hang,
+    }
+
+    const MAX_RECORDED: usize = 1000;
+
+    /// A running fake mongod on 127.0.0.1; stops (closing all connections) when dropped.
+    #[derive(Debug)]
+    pub struct FakeMongod {
+        addr: SocketAddr,
+        commands: Arc<Mutex<Vec<String>>>,
+        task: JoinHandle<()>,
+    }
+
+    impl FakeMongod {
+        /// Binds 127.0.0.1:0 and starts serving in `mode`.
+        pub async fn start(mode: Mode) -> io::Result<FakeMongod> {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let commands = Arc::new(Mutex::new(Vec::new()));
+            let recorded = Arc::clone(&commands);
+            let task = tokio::spawn(async move {
+                let mut connections = JoinSet::new();
+                let next_id = Arc::new(AtomicI32::new(1000));
+                while let Ok((stream, _)) = listener.accept().await {
+                    connections.spawn(serve(
+                        stream,
+                        mode.clone(),
+                        Arc::clone(&recorded),
+                        Arc::clone(&next_id),
+                    ));
+                    while connections.try_join_next().is_some() {}
+                }
+            });
+            Ok(FakeMongod {
+                addr,
+                commands,
+                task,
+            })
+        }
+
+        /// The listening address.
+        pub fn addr(&self) -> SocketAddr {
+            self.addr
+        }
+
+        /// The listening address as an [`Endpoint`].
+        pub fn endpoint(&self) -> Endpoint {
+            Endpoint::new(self.addr.ip().to_string(), self.addr.port())
+        }
+
+        /// Names of the commands received so far (`hello`, `isMaster`, ...).
+        pub fn commands(&self) -> Vec<String> {
+            self.commands.lock().map(|c| c.clone()).unwrap_or_default()
+        }
+    }
+
+    impl Drop for FakeMongod {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    async fn serve(
+        mut stream: TcpStream,
+        mode: Mode,
+        recorded: Arc<Mutex<Vec<String>>>,
+        next_id: Arc<AtomicI32>,
+    ) {
+        loop {
+            let Ok(message) = read_message(&mut stream).await else {
+                return;
+            };
+            let Ok(msg) = parse_op_msg(&message) else {
+                return;
+            };
+            let Ok(doc) = Document::parse(msg.body) else {
+                return;
+            };
+            // A command names itself with its first key and must carry $db.
+            let command = match doc.first_key() {
+                Ok(Some(k)) => String::from_utf8_lossy(k).into_owned(),
+                _ => return,
+            };
+            if !matches!(doc.get("$db"), Ok(Some(Value::String(_)))) {
+                return;
+            }
+            if let Ok(mut c) = recorded.lock() {
+                if c.len() < MAX_RECORDED {
+                    c.push(command.clone());
+                }
+            }
+            let is_hello = command == "hello";
+            let is_legacy = command.eq_ignore_ascii_case("ismaster");
+            let body = match &mode {
+                Mode::Garbage => {
+                    let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nIt looks like you are trying to access MongoDB over HTTP on the native driver port.\r\n").await;
+                    return;
+                }
+                Mode::Hang => {
+                    std::future::pending::<()>().await;
+                    return;
+                }
+                Mode::BadBson => {
+                    let mut b = DocBuilder::new();
+                    b.double("ok", 1.0);
+                    let mut raw = b.finish();
+                    raw[0] = 0x7F; // length far beyond the message
+                    raw
+                }
+                _ if !is_hello && !is_legacy => error_doc(
+                    59,
+                    &format!("no such command: '{command}'"),
+                    "CommandNotFound",
+                ),
+                Mode::CommandError { code, message } => error_doc(*code, message, "Error"),
+                Mode::LegacyOnly if is_hello => {
+                    error_doc(59, "no such command: 'hello'", "CommandNotFound")
+                }
+                Mode::Primary | Mode::LegacyOnly => hello_doc(is_hello, false),
+                Mode::Secondary => hello_doc(is_hello, true),
+            };
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            if stream
+                .write_all(&encode_op_msg(id, msg.request_id, &body))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    fn error_doc(code: i32, message: &str, code_name: &str) -> Vec<u8> {
+        let mut b = DocBuilder::new();
+        b.double("ok", 0.0)
+            .string("errmsg", message)
+            .int32("code", code)
+            .string("codeName", code_name);
+        b.finish()
+    }
+
+    /// A reply shaped like mongod 6.0's.
+    fn hello_doc(modern: bool, secondary: bool) -> Vec<u8> {
+        let mut topology = DocBuilder::new();
+        topology
+            .object_id(
+                "processId",
+                *b"\x65\x1a\x2b\x3c\x4d\x5e\x6f\x70\x81\x92\xa3\xb4",
+            )
+            .int64("counter", 6);
+        let mut b = DocBuilder::new();
+        b.document("topologyVersion", &topology.finish());
+        if secondary {
+            b.string_array(
+                "hosts",
+                &["mongo-a:27017", "mongo-b:27017", "mongo-c:27017"],
+            )
+            .string("setName", "rs0")
+            .int32("setVersion", 3)
+            .bool(
+                if modern {
+                    "isWritablePrimary"
+                } else {
+                    "ismaster"
+                },
+                false,
+            )
+            .bool("secondary", true)
+            .string("primary", "mongo-a:27017")
+            .string("me", "mongo-b:27017");
+        } else {
+            b.bool(
+                if modern {
+                    "isWritablePrimary"
+                } else {
+                    "ismaster"
+                },
+                true,
+            );
+        }
+        b.int32("maxBsonObjectSize", 16_777_216)
+            .int32("maxMessageSizeBytes", 48_000_000)
+            .int32("maxWriteBatchSize", 100_000)
+            .datetime("localTime", 1_700_000_000_000)
+            .int32("logicalSessionTimeoutMinutes", 30)
+            .int32("connectionId", 17)
+            .int32("minWireVersion", 0)
+            .int32("maxWireVersion", 17)
+            .bool("readOnly", false)
+            .null("saslSupportedMechs");
+        if secondary {
+            let mut signature = DocBuilder::new();
+            signature.binary("hash", 0, &[0u8; 20]).int64("keyId", 0);
+            let mut cluster_time = DocBuilder::new();
+            cluster_time
+                .timestamp("clusterTime", 1_700_000_000, 1)
+                .document("signature", &signature.finish());
+            b.document("$clusterTime", &cluster_time.finish())
+                .timestamp("operationTime", 1_700_000_000, 1);
+        }
+        b.double("ok", 1.0);
+        b.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bson::{DocBuilder, Document, Value};
+    use super::testserver::{FakeMongod, Mode};
+    use super::*;
+    use std::time::Instant;
+
+    const D: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn request_bytes_match_the_spec() {
+        let mut doc = DocBuilder::new();
+        doc.int32("hello", 1).string("$db", "admin");
+        let body = doc.finish();
+        // {hello: 1, $db: "admin"} per bsonspec.org.
+        let mut want_doc = vec![0x1f, 0, 0, 0, 0x10];
+        want_doc.extend_from_slice(b"hello\0");
+        want_doc.extend_from_slice(&[1, 0, 0, 0, 0x02]);
+        want_doc.extend_from_slice(b"$db\0");
+        want_doc.extend_from_slice(&[6, 0, 0, 0]);
+        want_doc.extend_from_slice(b"admin\0");
+        want_doc.push(0);
+        assert_eq!(body, want_doc);
+        let msg = encode_op_msg(5, 0, &body);
+        assert_eq!(&msg[..4], &(16i32 + 4 + 1 + 31).to_le_bytes());
+        assert_eq!(&msg[4..8], &5i32.to_le_bytes());
+        assert_eq!(&msg[8..12], &0i32.to_le_bytes());
+        assert_eq!(&msg[12..16], &2013i32.to_le_bytes());
+        assert_eq!(&msg[16..21], &[0, 0, 0, 0, 0]);
+        assert_eq!(&msg[21..], &body[..]);
+        let parsed = parse_op_msg(&msg).unwrap();
+        assert_eq!(parsed.request_id, 5);
+        assert_eq!(parsed.body, &body[..]);
+    }
+
+    fn sample_reply() -> Vec<u8> {
+        let mut inner = DocBuilder::new();
+        inner.int32("x", 1).string_array("arr", &["a", "b"]);
+        let mut b = DocBuilder::new();
+        b.document("nested", &inner.finish())
+            .bool("isWritablePrimary", false)
+            .bool("secondary", true)
+            .string("setName", "rs0")
+            .int32("maxWireVersion", 21)
+            .binary("bin", 4, &[1, 2, 3])
+            .object_id("oid", [7; 12])
+            .timestamp("ts", 1, 2)
+            .datetime("dt", -5)
+            .null("nothing")
+            .int64("big", i64::MIN)
+            .double("ok", 1.0);
+        b.finish()
+    }
+
+    #[test]
+    fn bson_reader_finds_fields_and_skips_others() {
+        let raw = sample_reply();
+        let doc = Document::parse(&raw).unwrap();
+        assert_eq!(doc.get("ok").unwrap(), Some(Value::Double(1.0)));
+        assert_eq!(doc.get("setName").unwrap(), Some(Value::String(b"rs0")));
+        assert_eq!(doc.get("big").unwrap(), Some(Value::Int64(i64::MIN)));
+        assert_eq!(doc.get("nothing").unwrap(), Some(Value::Null));
+        assert!(matches!(
+            doc.get("nested").unwrap(),
+            Some(Value::Document(_))
+        ));
+        assert_eq!(doc.get("missing").unwrap(), None);
+        assert_eq!(doc.first_key().unwrap(), Some(&b"nested"[..]));
+        let reply = parse_hello_reply(&raw).unwrap();
+        assert_eq!(
+            reply,
+            HelloReply {
+                is_writable_primary: false,
+                secondary: true,
+                set_name: Some("rs0".into()),
+                max_wire_version: Some(21),
+                is_mongos: false,
+                legacy: false,
+            }
+        );
+    }
+
+    #[test]
+    fn bson_reader_rejects_malformed_input_without_panicking() {
+        let raw = sample_reply();
+        for n in 0..raw.len() {
+            // Re-declare the shorter length so only the content is inconsistent.
+            let mut cut = raw[..n].to_vec();
+            if n >= 4 {
+                cut[..4].copy_from_slice(&(n as i32).to_le_bytes());
+            }
+            assert!(Document::parse(&cut).is_err(), "prefix {n}");
+        }
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..5000 {
+            let mut m = raw.clone();
+            for _ in 0..3 {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let i = (rng % m.len() as u64) as usize;
+                m[i] = (rng >> 40) as u8;
+            }
+            if let Ok(doc) = Document::parse(&m) {
+                let _ = doc.get("ok");
+            }
+            let _ = parse_hello_reply(&m);
+        }
+        // Unknown type, bad boolean, negative lengths.
+        for bad in [
+            &[8, 0, 0, 0, 0x20, b'a', 0, 0][..],
+            &[9, 0, 0, 0, 0x08, b'a', 0, 2, 0][..],
+            &[12, 0, 0, 0, 0x02, b'a', 0, 0xff, 0xff, 0xff, 0xff, 0][..],
+            &[0xff, 0xff, 0xff, 0xff, 0][..],
+        ] {
+            assert!(Document::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hello_reply_variants() {
+        let mut b = DocBuilder::new();
+        b.bool("ismaster", true)
+            .int32("ok", 1)
+            .string("msg", "isdbgrid");
+        let r = parse_hello_reply(&b.finish()).unwrap();
+        assert!(r.is_writable_primary && r.is_mongos);
+        assert_eq!(describe(&r), "hello ok: mongos");
+
+        let mut b = DocBuilder::new();
+        b.double("ok", 0.0)
+            .string("errmsg", "command hello requires authentication")
+            .int32("code", 13)
+            .string("codeName", "Unauthorized");
+        let e = parse_hello_reply(&b.finish()).unwrap_err();
+        assert_eq!(e.reason(), FailureReason::Auth);
+        assert_eq!(
+            e.to_string(),
+            "command failed: code 13 Unauthorized: command hello requires authentication"
+        );
+
+        let mut b = DocBuilder::new();
+        b.double("ok", 1.0);
+        assert!(matches!(
+            parse_hello_reply(&b.finish()),
+            Err(MongoError::Protocol(_))
+        ));
+        let mut b = DocBuilder::new();
+        b.bool("isWritablePrimary", true);
+        assert!(matches!(
+            parse_hello_reply(&b.finish()),
+            Err(MongoError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn op_msg_flags_sections_and_checksum() {
+        let mut b = DocBuilder::new();
+        b.bool("isWritablePrimary", true).double("ok", 1.0);
+        let body = b.finish();
+        let base = encode_op_msg(1, 9, &body);
+        assert!(parse_op_msg(&base).is_ok());
+
+        // Checksum present: the last 4 bytes are not a section.
+        let mut with_crc = base.clone();
+        with_crc[16] = 1;
+        with_crc.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        let len = with_crc.len() as i32;
+        with_crc[..4].copy_from_slice(&len.to_le_bytes());
+        assert_eq!(parse_op_msg(&with_crc).unwrap().body, &body[..]);
+
+        // Unknown required flag bit.
+        let mut flagged = base.clone();
+        flagged[16] = 4;
+        assert!(parse_op_msg(&flagged).is_err());
+
+        // A kind-1 section (document sequence) before the body is skipped.
+        let mut seq = base[..20].to_vec();
+        seq.push(1);
+        let mut payload = b"documents\0".to_vec();
+        payload.extend_from_slice(&body);
+        seq.extend_from_slice(&((payload.len() + 4) as i32).to_le_bytes());
+        seq.extend_from_slice(&payload);
+        seq.push(0);
+        seq.extend_from_slice(&body);
+        let len = seq.len() as i32;
+        seq[..4].copy_from_slice(&len.to_le_bytes());
+        assert_eq!(parse_op_msg(&seq).unwrap().body, &body[..]);
+
+        // Legacy OP_REPLY opcode, unknown section kind, missing body.
+        let mut reply = base.clone();
+        reply[12..16].copy_from_slice(&1i32.to_le_bytes());
+        assert!(parse_op_msg(&reply).is_err());
+        let mut kind9 = base.clone();
+        kind9[20] = 9;
+        assert!(parse_op_msg(&kind9).is_err());
+        let mut empty = base[..20].to_vec();
+        empty[..4].copy_from_slice(&20i32.to_le_bytes());
+        assert!(parse_op_msg(&empty).is_err());
+    }
+
+    #[tokio::test]
+    async fn message_length_is_bounded() {
+        let mut http = &b"HTTP/1.1 200 OK\r\n\r\n"[..];
+        assert!(matches!(
+            read_message(&mut http).await,
+            Err(MongoError::Protocol(_))
+        ));
+        let mut tiny = &[5, 0, 0, 0, 0][..];
+        assert!(matches!(
+            read_message(&mut tiny).await,
+            Err(MongoError::Protocol(_))
+        ));
+        let mut short = &[100, 0, 0, 0, 1, 2, 3][..];
+        let e = read_message(&mut short).await.unwrap_err();
+        assert_eq!(e.reason(), FailureReason::Protocol);
+    }
+
+    #[tokio::test]
+    async fn probe_primary_and_secondary() {
+        let server = FakeMongod::start(Mode::Primary).await.unwrap();
+        let out = probe(&server.endpoint(), D).await;
+        assert!(out.ok, "{out:?}");
+        assert!(out.latency > Duration::ZERO);
+        assert_eq!(out.detail, "hello ok: writable primary, maxWireVersion 17");
+        assert_eq!(server.commands(), ["hello"]);
+
+        let server = FakeMongod::start(Mode::Secondary).await.unwrap();
+        let reply = hello(&server.endpoint(), D).await.unwrap();
+        assert!(!reply.is_writable_primary);
+        assert!(reply.secondary);
+        assert_eq!(reply.set_name.as_deref(), Some("rs0"));
+        let out = probe(&server.endpoint(), D).await;
+        assert!(out.ok, "{out:?}");
+        assert_eq!(
+            out.detail,
+            "hello ok: secondary, set rs0, maxWireVersion 17"
+        );
+    }
+
+    #[tokio::test]
+    async fn probe_falls_back_to_is_master() {
+        let server = FakeMongod::start(Mode::LegacyOnly).await.unwrap();
+        let reply = hello(&server.endpoint(), D).await.unwrap();
+        assert!(reply.legacy && reply.is_writable_primary);
+        assert_eq!(server.commands(), ["hello", "isMaster"]);
+    }
+
+    #[tokio::test]
+    async fn probe_command_error() {
+        let server = FakeMongod::start(Mode::CommandError {
+            code: 211,
+            message: "KeyNotFound: no keys".into(),
+        })
+        .await
+        .unwrap();
+        let out = probe(&server.endpoint(), D).await;
+        assert_eq!(out.reason, Some(FailureReason::Protocol), "{out:?}");
+        assert!(out.detail.contains("211"), "{}", out.detail);
+    }
+
+    #[tokio::test]
+    async fn probe_garbage_and_bad_bson_are_protocol() {
+        for mode in [Mode::Garbage, Mode::BadBson] {
+            let server = FakeMongod::start(mode.clone()).await.unwrap();
+            let out = probe(&server.endpoint(), D).await;
+            assert_eq!(
+                out.reason,
+                Some(FailureReason::Protocol),
+                "{mode:?}: {out:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn probe_hang_times_out_within_deadline() {
+        let server = FakeMongod::start(Mode::Hang).await.unwrap();
+        let deadline = Duration::from_millis(300);
+        let start = Instant::now();
+        let out = probe(&server.endpoint(), deadline).await;
+        let took = start.elapsed();
+        assert_eq!(out.reason, Some(FailureReason::Timeout), "{out:?}");
+        assert!(
+            took >= deadline && took < deadline + Duration::from_millis(100),
+            "{took:?}"
+        );
+        assert_eq!(server.commands(), ["hello"]);
+    }
+
+    #[tokio::test]
+    async fn probe_closed_port_is_refused() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let out = probe(&Endpoint::new("127.0.0.1", port), D).await;
+        assert_eq!(out.reason, Some(FailureReason::Refused), "{out:?}");
+    }
+}

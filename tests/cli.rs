@@ -1,0 +1,160 @@
+//! The binary's command line: bad flags and files exit 2 with one line naming the key;
+//! SIGHUP reloads the config file (a bad one is rejected and the old config stays);
+//! SIGTERM shuts down cleanly.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gravity-exporter");
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_line_naming_the_key() {
+    for (args, key) in [
+        (vec!["--web.listen-address", "nope"], "web.listen-address"),
+        (vec!["--gravity.url", "gopher://x"], "gravity.url"),
+        (vec!["--log.level", "chatty"], "log.level"),
+        (vec!["--collector.interval", "soon"], "collector.interval"),
+    ] {
+        let (code, err) = run(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(key), "{args:?}: {err}");
+    }
+    let (code, err) = run(&["--no-such-flag"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--no-such-flag"), "{err}");
+}
+
+#[test]
+fn bad_config_file_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(
+        &p,
+        "[gravity]\nurl = \"http://127.0.0.1:8080\"\npid-fil = \"/x\"\n",
+    )
+    .unwrap();
+    let (code, err) = run(&["--config.file", p.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("pid-fil") && err.contains("line 3"), "{err}");
+}
+
+fn landing(port: u16) -> Option<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = gravity_exporter::gravity_api::GravityClient::new();
+        let base = format!("http://127.0.0.1:{port}").parse().unwrap();
+        c.get(&base, "/", Duration::from_secs(2), 1 << 20)
+            .await
+            .ok()
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+    })
+}
+
+fn wait_landing(port: u16, needle: &str) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        if landing(port).is_some_and(|b| b.contains(needle)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[test]
+fn sighup_reloads_and_rejects_bad_file_and_sigterm_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    let port = common::free_port();
+    std::fs::write(
+        &p,
+        format!(
+            "web.listen-address = \"127.0.0.1:{port}\"\ngravity.url = \"http://127.0.0.1:1111\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "--config.file",
+            p.to_str().unwrap(),
+            "--gravity.pid-file",
+            "/nonexistent/gravity.pid",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_landing(port, "127.0.0.1:1111"),
+        "exporter did not come up"
+    );
+
+    std::fs::write(
+        &p,
+        format!(
+            "web.listen-address = \"127.0.0.1:{port}\"\ngravity.url = \"http://127.0.0.1:2222\"\n"
+        ),
+    )
+    .unwrap();
+    signal(child.id(), "-HUP");
+    assert!(wait_landing(port, "127.0.0.1:2222"), "reload not applied");
+
+    std::fs::write(&p, "gravity.url = 42\n").unwrap();
+    signal(child.id(), "-HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        wait_landing(port, "127.0.0.1:2222"),
+        "bad file must leave the old config in force"
+    );
+
+    signal(child.id(), "-TERM");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        err.contains("config reload rejected") && err.contains("gravity.url"),
+        "{err}"
+    );
+    assert!(err.contains("config reloaded"), "{err}");
+}

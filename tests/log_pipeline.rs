@@ -1,0 +1,198 @@
+//! gravity's log through the whole exporter: classified counts in /metrics, the last fatal
+//! cause, an exporter restart in the middle of a file (state file: nothing missed or
+//! counted twice), rotation, and a burst of lines counted exactly.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{metric, wait_for};
+
+const P: &str = "pipeline=\"mysql2mysqlDemo\"";
+
+fn flags(log: &Path, state: &Path) -> Vec<String> {
+    let cfg = common::fixtures().join("configs/mysql2mysql-stream.toml");
+    vec![
+        "--gravity.pid-file".into(),
+        "/nonexistent/gravity.pid".into(),
+        "--gravity.config".into(),
+        cfg.to_str().unwrap().into(),
+        "--gravity.log-file".into(),
+        log.to_str().unwrap().into(),
+        "--gravity.log-state-file".into(),
+        state.to_str().unwrap().into(),
+        "--probe.interval".into(),
+        "0s".into(),
+    ]
+}
+
+fn append(path: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+async fn errors(addr: std::net::SocketAddr, needles: &[&str]) -> f64 {
+    let (_, body) = common::get(addr, "/metrics").await;
+    body.lines()
+        .filter(|l| l.starts_with("gravity_error_total{") && needles.iter().all(|n| l.contains(n)))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_log_counts_restart_midway_and_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gravity.log");
+    let state = dir.path().join("log-state.json");
+    std::fs::write(&log, "").unwrap();
+    let reference = std::fs::read_to_string(common::fixtures().join("gravity.log")).unwrap();
+    let lines: Vec<&str> = reference.lines().collect();
+    let (first, second) = lines.split_at(12);
+
+    let f = flags(&log, &state);
+    let r = common::start(common::settings(&common::owned(&f))).await;
+    assert!(
+        wait_for(Duration::from_secs(5), || async { state.exists() })
+            .await
+            .is_some(),
+        "state file never written"
+    );
+    append(&log, &(first.join("\n") + "\n"));
+    // the first 12 lines: 1 fatal (9003 TiKV busy), 6 retries, 1 probe warning
+    let ok = wait_for(Duration::from_secs(5), || async {
+        metric(
+            r.addr,
+            "gravity_last_fatal_info",
+            &[P, "error_type=\"server_busy\""],
+        )
+        .await
+            == Some(1.0)
+    })
+    .await;
+    assert!(ok.is_some(), "fatal cause not exported");
+    let before = errors(r.addr, &[P]).await;
+    assert_eq!(errors(r.addr, &["level=\"fatal\""]).await, 1.0);
+    assert_eq!(errors(r.addr, &["error_type=\"deadlock\""]).await, 1.0);
+    assert_eq!(
+        errors(
+            r.addr,
+            &["component=\"probe\"", "error_type=\"connection\""]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(r.addr, "gravity_log_lines_total", &[P, "level=\"info\""]).await,
+        Some(4.0)
+    );
+    r.stop().await;
+
+    // exporter restarts; the rest of the file is written while it is down
+    append(&log, &(second.join("\n") + "\n"));
+    let r = common::start(common::settings(&common::owned(&f))).await;
+    let ok = wait_for(Duration::from_secs(5), || async {
+        metric(
+            r.addr,
+            "gravity_last_fatal_info",
+            &[P, "error_type=\"connection\""],
+        )
+        .await
+            == Some(1.0)
+    })
+    .await;
+    assert!(ok.is_some(), "second half not read after restart");
+    let after = errors(r.addr, &[P]).await;
+    // the whole reference log, counted once across the two exporter runs
+    let all: f64 = reference
+        .lines()
+        .filter_map(|l| {
+            gravity_exporter::log::ingest(l, gravity_exporter::log::record::LogFormat::Json).ok()
+        })
+        .filter(|e| e.class.counts_as_error)
+        .count() as f64;
+    assert_eq!(
+        before + after,
+        all,
+        "missed or counted twice: {before} + {after} != {all}"
+    );
+    // this exporter run read only the second half: 5 info and 4 error lines
+    assert_eq!(
+        metric(r.addr, "gravity_log_lines_total", &[P, "level=\"info\""]).await,
+        Some(5.0)
+    );
+    assert_eq!(
+        metric(r.addr, "gravity_log_lines_total", &[P, "level=\"error\""]).await,
+        Some(4.0)
+    );
+
+    // lumberjack rotation: rename aside, new file; lines on both sides counted once
+    let fatal = r#"{"file":"mysql.go","level":"fatal","line":352,"msg":"[output-mysql] error exec ddl: x. err: Error 1064: syntax","pipeline":"mysql2mysqlDemo","time":"2026-11-22T14:09:02+08:00"}"#;
+    let ddl_before = errors(r.addr, &["error_type=\"ddl\"", "level=\"fatal\""]).await;
+    append(&log, &format!("{fatal}\n"));
+    std::fs::rename(&log, dir.path().join("gravity-2026-11-22T15-00-00.000.log")).unwrap();
+    append(&log, &format!("{fatal}\n{fatal}\n"));
+    let ok = wait_for(Duration::from_secs(5), || async {
+        errors(r.addr, &["error_type=\"ddl\"", "level=\"fatal\""]).await == ddl_before + 3.0
+    })
+    .await;
+    assert!(
+        ok.is_some(),
+        "rotation: {}",
+        errors(r.addr, &["error_type=\"ddl\""]).await
+    );
+    assert_eq!(
+        metric(r.addr, "gravity_log_rotations_total", &[P]).await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            r.addr,
+            "gravity_last_fatal_info",
+            &[P, "error_type=\"ddl\""]
+        )
+        .await,
+        Some(1.0)
+    );
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_of_lines_counted_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gravity.log");
+    let state = dir.path().join("state.json");
+    std::fs::write(&log, "").unwrap();
+    let r = common::start(common::settings(&common::owned(&flags(&log, &state)))).await;
+    assert!(
+        wait_for(Duration::from_secs(5), || async { state.exists() })
+            .await
+            .is_some()
+    );
+    let line = r#"{"file":"batch_table_scheduler.go","level":"warning","line":251,"msg":"error execute sync output, retry. Error 1213: Deadlock found when trying to get lock; try restarting transaction","pipeline":"mysql2mysqlDemo","time":"2026-11-22T14:05:33+08:00"}"#;
+    const N: usize = 100_000;
+    let mut chunk = String::with_capacity(line.len() * 1000);
+    for _ in 0..1000 {
+        chunk.push_str(line);
+        chunk.push('\n');
+    }
+    for _ in 0..N / 1000 {
+        append(&log, &chunk);
+    }
+    let ok = wait_for(Duration::from_secs(120), || async {
+        metric(r.addr, "gravity_log_lines_total", &[P, "level=\"warning\""]).await == Some(N as f64)
+    })
+    .await;
+    assert!(
+        ok.is_some(),
+        "lines counted: {:?}",
+        metric(r.addr, "gravity_log_lines_total", &[P]).await
+    );
+    assert_eq!(errors(r.addr, &["error_type=\"deadlock\""]).await, N as f64);
+    r.stop().await;
+}
