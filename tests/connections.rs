@@ -268,6 +268,30 @@ fn status_json(file: &str, pos: u64) -> String {
     .to_string()
 }
 
+/// Wait until the active binlog `file` carries the Binlog_checkpoint event
+/// that names itself: after that, nothing but new transactions moves it.
+async fn wait_checkpoint(root: &mut gravity_exporter::probe::mysql::MySqlConn, file: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = root
+            .query(&format!("SHOW BINLOG EVENTS IN '{file}'"))
+            .await
+            .unwrap();
+        let done = (0..ev.rows.len()).any(|i| {
+            ev.value(i, "Event_type") == Some("Binlog_checkpoint")
+                && ev.value(i, "Info").is_some_and(|info| info.contains(file))
+        });
+        if done {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no Binlog_checkpoint for {file} after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn binlog_headroom_matches_hand_count_after_flush_and_purge() {
     if !mariadb::require() {
@@ -300,6 +324,10 @@ async fn binlog_headroom_matches_hand_count_after_flush_and_purge() {
     exec(&mut root, &["INSERT INTO gx.t (v) VALUES ('tail')"]).await;
     let b = mariadb::BINLOG_BASE;
     exec(&mut root, &[&format!("PURGE BINARY LOGS TO '{b}.000002'")]).await;
+    // MariaDB appends a Binlog_checkpoint event (40 bytes here) to the active
+    // file asynchronously, once the previous file's transactions are durable.
+    // Count by hand only after it has landed, or the server grows under us.
+    wait_checkpoint(&mut root, &format!("{b}.000005")).await;
 
     // The hand count.
     let logs = root.query("SHOW BINARY LOGS").await.unwrap();
