@@ -86,6 +86,8 @@ pub fn start(settings: Settings) -> Exporter {
     tokio::spawn(runner.run());
     // Connection probes run on their own schedule (--probe.interval).
     tokio::spawn(ConnectionProber::new(ctx.clone()).run());
+    // The opt-in consistency checker runs on its own schedule (--consistency.interval).
+    tokio::spawn(crate::collector::consistency::ConsistencyChecker::new(ctx.clone()).run());
     Exporter {
         ctx,
         settings_tx: tx,

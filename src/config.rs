@@ -20,6 +20,8 @@ use hyper::Uri;
 use regex::Regex;
 use serde::Deserialize;
 
+use crate::collector::consistency::{parse_tables, TableSpec, MAX_CHUNK_SIZE};
+
 /// Default listen address, from the Prometheus port allocation wiki range.
 pub const DEFAULT_LISTEN: &str = ":9810";
 
@@ -172,6 +174,23 @@ pub struct Flags {
     /// Deadline of each connection probe and source query [default: 3s].
     #[arg(long = "probe.timeout", global = true)]
     pub probe_timeout: Option<String>,
+    /// Tables the opt-in consistency checker compares between gravity's MySQL source and
+    /// target: `schema.table` or `schema.table=target_schema.target_table`, comma-separated
+    /// [default: none, the checker is off].
+    #[arg(long = "consistency.tables", global = true)]
+    pub consistency_tables: Option<String>,
+    /// How often a consistency run starts [default: 10m].
+    #[arg(long = "consistency.interval", global = true)]
+    pub consistency_interval: Option<String>,
+    /// Rows per compared chunk [default: 1000].
+    #[arg(long = "consistency.chunk-size", global = true)]
+    pub consistency_chunk_size: Option<usize>,
+    /// Deadline of each consistency query [default: 30s].
+    #[arg(long = "consistency.timeout", global = true)]
+    pub consistency_timeout: Option<String>,
+    /// Wait before comparing a differing chunk again [default: 10s].
+    #[arg(long = "consistency.recheck-delay", global = true)]
+    pub consistency_recheck_delay: Option<String>,
     /// Root of the proc filesystem [default: /proc].
     #[arg(long = "path.procfs", global = true)]
     pub proc_root: Option<PathBuf>,
@@ -195,6 +214,8 @@ struct FileConfig {
     collector: FileCollector,
     #[serde(default)]
     probe: FileProbe,
+    #[serde(default)]
+    consistency: FileConsistency,
     #[serde(default)]
     path: FilePath,
     #[serde(default)]
@@ -240,6 +261,33 @@ struct FileProbe {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConsistency {
+    tables: Option<StringOrList>,
+    interval: Option<String>,
+    chunk_size: Option<usize>,
+    timeout: Option<String>,
+    recheck_delay: Option<String>,
+}
+
+/// A list key that takes a TOML array or the flag's comma-separated string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StringOrList {
+    One(String),
+    List(Vec<String>),
+}
+
+impl StringOrList {
+    fn joined(self) -> String {
+        match self {
+            StringOrList::One(s) => s,
+            StringOrList::List(v) => v.join(","),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FilePath {
     procfs: Option<PathBuf>,
@@ -274,6 +322,11 @@ impl FileConfig {
             watch_interval: self.collector.process_watch_interval,
             probe_interval: self.probe.interval,
             probe_timeout: self.probe.timeout,
+            consistency_tables: self.consistency.tables.map(StringOrList::joined),
+            consistency_interval: self.consistency.interval,
+            consistency_chunk_size: self.consistency.chunk_size,
+            consistency_timeout: self.consistency.timeout,
+            consistency_recheck_delay: self.consistency.recheck_delay,
             proc_root: self.path.procfs,
             log_level: self.log.level,
             log_fmt: self.log.format,
@@ -304,6 +357,13 @@ impl Flags {
             watch_interval: self.watch_interval.or(other.watch_interval),
             probe_interval: self.probe_interval.or(other.probe_interval),
             probe_timeout: self.probe_timeout.or(other.probe_timeout),
+            consistency_tables: self.consistency_tables.or(other.consistency_tables),
+            consistency_interval: self.consistency_interval.or(other.consistency_interval),
+            consistency_chunk_size: self.consistency_chunk_size.or(other.consistency_chunk_size),
+            consistency_timeout: self.consistency_timeout.or(other.consistency_timeout),
+            consistency_recheck_delay: self
+                .consistency_recheck_delay
+                .or(other.consistency_recheck_delay),
             proc_root: self.proc_root.or(other.proc_root),
             log_level: self.log_level.or(other.log_level),
             log_fmt: self.log_fmt.or(other.log_fmt),
@@ -358,6 +418,21 @@ pub enum OwnLogFormat {
     Json,
 }
 
+/// Settings of the opt-in consistency checker (off while `tables` is empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsistencySettings {
+    /// Tables to compare.
+    pub tables: Vec<TableSpec>,
+    /// How often a run starts.
+    pub interval: Duration,
+    /// Rows per chunk.
+    pub chunk_size: usize,
+    /// Deadline of each query (and of each login).
+    pub timeout: Duration,
+    /// Wait before comparing a differing chunk again.
+    pub recheck_delay: Duration,
+}
+
 /// Validated settings in force.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -395,6 +470,8 @@ pub struct Settings {
     pub probe_interval: Option<Duration>,
     /// Deadline of each connection probe and source query.
     pub probe_timeout: Duration,
+    /// The opt-in consistency checker.
+    pub consistency: ConsistencySettings,
     /// Root of procfs.
     pub proc_root: PathBuf,
     /// Own log level.
@@ -666,6 +743,44 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
             format!("{probe_timeout:?} is above the maximum of 60s"),
         ));
     }
+    let consistency = ConsistencySettings {
+        tables: parse_tables(f.consistency_tables.as_deref().unwrap_or(""))
+            .map_err(|e| invalid("consistency.tables", e))?,
+        interval: dur(
+            "consistency.interval",
+            f.consistency_interval,
+            Duration::from_secs(600),
+            Duration::from_secs(1),
+        )?,
+        chunk_size: match f.consistency_chunk_size {
+            None => 1000,
+            Some(n) if (1..=MAX_CHUNK_SIZE).contains(&n) => n,
+            Some(n) => {
+                return Err(invalid(
+                    "consistency.chunk-size",
+                    format!("{n} is not between 1 and {MAX_CHUNK_SIZE}"),
+                ))
+            }
+        },
+        timeout: dur(
+            "consistency.timeout",
+            f.consistency_timeout,
+            Duration::from_secs(30),
+            Duration::from_millis(10),
+        )?,
+        recheck_delay: dur(
+            "consistency.recheck-delay",
+            f.consistency_recheck_delay,
+            Duration::from_secs(10),
+            Duration::from_millis(1),
+        )?,
+    };
+    if consistency.timeout > Duration::from_secs(600) {
+        return Err(invalid(
+            "consistency.timeout",
+            format!("{:?} is above the maximum of 10m", consistency.timeout),
+        ));
+    }
     let log_level = match f.log_level.as_deref().unwrap_or("info") {
         "debug" => tracing::Level::DEBUG,
         "info" => tracing::Level::INFO,
@@ -725,6 +840,7 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
         watch_interval,
         probe_interval,
         probe_timeout,
+        consistency,
         proc_root: f.proc_root.unwrap_or_else(|| PathBuf::from("/proc")),
         log_level,
         log_fmt,
@@ -823,6 +939,59 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("timeot") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn consistency_flags_and_file() {
+        let s = Settings::from_flags(flags(&[])).unwrap();
+        assert!(s.consistency.tables.is_empty(), "off by default");
+        assert_eq!(s.consistency.interval, Duration::from_secs(600));
+        assert_eq!(s.consistency.chunk_size, 1000);
+        let s = Settings::from_flags(flags(&[
+            "--consistency.tables",
+            "shop.orders,shop.users=copy.users",
+            "--consistency.interval=1m",
+            "--consistency.chunk-size=50",
+            "--consistency.recheck-delay=100ms",
+        ]))
+        .unwrap();
+        assert_eq!(s.consistency.tables.len(), 2);
+        assert_eq!(
+            s.consistency.tables[1].target,
+            Some(("copy".to_string(), "users".to_string()))
+        );
+        assert_eq!(s.consistency.interval, Duration::from_secs(60));
+        assert_eq!(s.consistency.chunk_size, 50);
+        assert_eq!(s.consistency.recheck_delay, Duration::from_millis(100));
+        for (args, key) in [
+            (
+                &["--consistency.tables", "orders"][..],
+                "consistency.tables",
+            ),
+            (
+                &["--consistency.chunk-size", "0"][..],
+                "consistency.chunk-size",
+            ),
+            (
+                &["--consistency.interval", "10ms"][..],
+                "consistency.interval",
+            ),
+            (&["--consistency.timeout", "1h"][..], "consistency.timeout"),
+        ] {
+            let e = Settings::from_flags(flags(args)).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "[consistency]\ntables = [\"a.b\", \"c.d=e.f\"]\nchunk-size = 10\ntimeout = \"5s\""
+        )
+        .unwrap();
+        let s =
+            Settings::from_flags(flags(&["--config.file", f.path().to_str().unwrap()])).unwrap();
+        assert_eq!(s.consistency.tables.len(), 2);
+        assert_eq!(s.consistency.chunk_size, 10);
+        assert_eq!(s.consistency.timeout, Duration::from_secs(5));
     }
 
     #[test]

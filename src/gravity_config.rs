@@ -98,6 +98,62 @@ pub struct GravityConfig {
     pub internal_db_name: String,
     /// Endpoints, in config order.
     pub endpoints: Vec<Endpoint>,
+    /// `[[output.config.routes]]` of a MySQL output, in order (at most [`MAX_ROUTES`]).
+    pub routes: Vec<Route>,
+}
+
+/// Most routes read from gravity's config.
+pub const MAX_ROUTES: usize = 1024;
+
+/// One `[[output.config.routes]]` entry of a MySQL output: which source tables it takes
+/// (glob patterns, `*` and `?`) and where it writes them (unset: the same name).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Route {
+    /// `match-schema`.
+    pub match_schema: String,
+    /// `match-table`.
+    pub match_table: String,
+    /// `target-schema`, if set.
+    pub target_schema: Option<String>,
+    /// `target-table`, if set.
+    pub target_table: Option<String>,
+}
+
+impl Route {
+    /// Whether this route takes `schema.table`.
+    pub fn matches(&self, schema: &str, table: &str) -> bool {
+        glob_match(&self.match_schema, schema) && glob_match(&self.match_table, table)
+    }
+}
+
+/// Glob matching as gravity's routes use it: `*` any run of characters, `?` one character.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    // Greedy matcher with one backtrack point, the last `*` seen.
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(c) if *c == '?' || *c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p.get(pi..).unwrap_or(&[]).iter().all(|c| *c == '*')
 }
 
 impl GravityConfig {
@@ -351,12 +407,76 @@ fn from_value(root: &Value) -> GravityConfig {
         output_type: string(root, &["output", "type"]),
         internal_db_name: string(root, &["internal-db-name"]).unwrap_or_else(|| "_gravity".into()),
         endpoints,
+        routes: routes(root),
     }
+}
+
+fn routes(root: &Value) -> Vec<Route> {
+    let Some(list) = get(root, &["output", "config", "routes"]).and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    let field = |r: &Value, k: &str| {
+        r.get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    list.iter()
+        .take(MAX_ROUTES)
+        .filter_map(|r| {
+            Some(Route {
+                match_schema: field(r, "match-schema")?,
+                match_table: field(r, "match-table").unwrap_or_else(|| "*".into()),
+                target_schema: field(r, "target-schema"),
+                target_table: field(r, "target-table"),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn globs_and_routes() {
+        for (p, t, want) in [
+            ("*", "", true),
+            ("*", "orders", true),
+            ("order*", "orders_2024", true),
+            ("order*", "order", true),
+            ("order*", "xorder", false),
+            ("o?ders", "orders", true),
+            ("o?ders", "oders", false),
+            ("*_log", "access_log", true),
+            ("*_log", "access_logs", false),
+            ("a*b*c", "aXbYbZc", true),
+            ("a*b*c", "aXbYbZ", false),
+            ("test_db", "test_db", true),
+            ("test_db", "test_db2", false),
+        ] {
+            assert_eq!(glob_match(p, t), want, "{p} vs {t}");
+        }
+        let cfg = parse(
+            "[output]\ntype = \"mysql\"\n[[output.config.routes]]\nmatch-schema = \"shop\"\nmatch-table = \"order*\"\ntarget-schema = \"shop_copy\"\n\n[[output.config.routes]]\nmatch-schema = \"app\"\n\n[[output.config.routes]]\nmatch-table = \"no-schema\"\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.routes.len(),
+            2,
+            "a route without match-schema is skipped"
+        );
+        assert!(cfg.routes[0].matches("shop", "orders"));
+        assert!(!cfg.routes[0].matches("shop", "users"));
+        assert_eq!(cfg.routes[0].target_schema.as_deref(), Some("shop_copy"));
+        assert_eq!(cfg.routes[0].target_table, None);
+        assert_eq!(cfg.routes[1].match_table, "*");
+        let m2m = parse(M2M, false).unwrap();
+        assert_eq!(m2m.routes.len(), 1);
+        assert!(m2m.routes[0].matches("test_db", "anything"));
+    }
 
     const M2M: &str = include_str!("../tests/fixtures/configs/mysql2mysql-stream.toml");
     const M2K: &str = include_str!("../tests/fixtures/configs/mysql2kafka-stream.toml");

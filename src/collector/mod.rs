@@ -9,6 +9,7 @@
 //! panics keeps its last good snapshot (marked stale by `success` 0) and never fails a scrape.
 
 pub mod connections;
+pub mod consistency;
 pub mod gravity_metrics;
 pub mod healthz;
 pub mod process;
