@@ -589,9 +589,37 @@ def quality():
     return dashboard("gravity-quality", "Gravity / Data quality",
                      "Does the target hold what the source holds: rows in against rows out, DDL, "
                      "the heartbeat, stage and config changes.", [
-        # Consistency-score panels come with the opt-in consistency checker
-        # (gravity_data_consistency_score); nothing exports that metric yet, and a panel that
-        # can never show data would mislead. GravityDataConsistencyMismatch stays in the rules.
+        row("Consistency (opt-in checker, --consistency.tables)"),
+        timeseries("Consistency score by table", [
+            target(f"gravity_data_consistency_score{{{S}}}", "{{pipeline}} {{schema}}.{{table}}", "A"),
+            threshold_series(CONSISTENCY, "B")], "percentunit",
+            "Share of compared chunks whose checksum matches between source and target, from the last "
+            "completed run of the consistency checker. Below 1 for 30 minutes (several runs) fires the alert.",
+            thresholds=[CONSISTENCY], above=False, minimum=0, maximum=1),
+        table("Last consistency run", [
+            target(f'sum by (pipeline, schema, table) (gravity_data_consistency_chunks{{result="mismatch", {S}}})', "", "A",
+                   instant=True, fmt="table"),
+            target(f'sum by (pipeline, schema, table) (gravity_data_consistency_rows{{side="source", {S}}})', "", "B",
+                   instant=True, fmt="table"),
+            target(f'sum by (pipeline, schema, table) (gravity_data_consistency_rows{{side="target", {S}}})', "", "C",
+                   instant=True, fmt="table"),
+            target(f"time() - max by (pipeline, schema, table) (gravity_data_consistency_last_run_timestamp_seconds{{{S}}})",
+                   "", "D", instant=True, fmt="table"),
+            target(f"min by (pipeline, schema, table) (gravity_data_consistency_check_success{{{S}}})", "", "E",
+                   instant=True, fmt="table")],
+            "Per checked table: chunks that differed on every comparison, rows counted on each side, how long "
+            "ago the last run completed, and whether the last attempt completed (0: login, missing table, no "
+            "primary key or timeout; the exporter's log says which).",
+            transformations=[{"id": "merge", "options": {}},
+                             {"id": "organize", "options": {"excludeByName": {"Time": True},
+                                                            "renameByName": {"Value #A": "chunks differing",
+                                                                             "Value #B": "source rows",
+                                                                             "Value #C": "target rows",
+                                                                             "Value #D": "last run",
+                                                                             "Value #E": "last check ok"}}}],
+            overrides=[column_override("chunks differing", "none"), column_override("source rows", "short"),
+                       column_override("target rows", "short"), column_override("last run", "s"),
+                       column_override("last check ok", "bool")], w=12),
         row("Rows and schema"),
         table("Rows in against rows out (time range)", [
             target(f"sum by (pipeline, schema, table) ({rows_in})", "", "A", instant=True, fmt="table"),

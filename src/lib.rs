@@ -11,7 +11,7 @@
 //! | [`log`] | gravity's log: tailing (rotation, truncation, state file), parsing (json/text/console), classification → errors, retries, last fatal cause |
 //! | [`health`] | the health verdict: seven checks as `gravity_health_check{check}`, their sum `gravity_health_score`, Nagios codes for `check` |
 //! | [`watch`] | background process watcher: up/down within 100 ms, restarts and exits counted |
-//! | [`collector`] | the collector runner (timed, isolated, snapshot per collector) and one collector per source |
+//! | [`collector`] | the collector runner (timed, isolated, snapshot per collector), one collector per source, and the background probers (connections, the opt-in consistency checker) |
 //! | [`gravity_api`] | HTTP client for gravity's API with timeouts and body caps (never calls `/reset`) |
 //! | [`expfmt`] | a fast, panic-free parser of the Prometheus text format as client_golang writes it |
 //! | [`retry`] | `gravity_retry_total`, fed by gravity's scheduler retry counter and by retry lines in its log |

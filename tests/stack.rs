@@ -4,7 +4,8 @@
 //!
 //! - Pipelines `stack-healthy` (MySQL stream; its source goes idle half-way), `stack-mongo`
 //!   (Mongo → Kafka, against the protocol-faithful fake mongod and broker) and `stack-batch`
-//!   (a full dump in progress) stay healthy: no alert, the whole run.
+//!   (a full dump in progress) stay healthy: no alert, the whole run. `stack-healthy` runs
+//!   the consistency checker on a table of the MariaDB (compared with itself: score 1).
 //! - Pipeline `stack-faulty` gets faults; each must reach the webhook: stalled watermarks →
 //!   GravityPipelineStalled; an error burst in the log → GravityErrorRateHigh; gravity
 //!   stopped → GravityDown; a crash loop → GravityCrashLooping. Times are printed.
@@ -274,6 +275,12 @@ async fn alerts_and_dashboards_on_a_real_stack() {
         "GRANT SELECT, REPLICATION CLIENT ON *.* TO 'gx_stack'@'%'".to_string(),
         "GRANT SELECT, REPLICATION CLIENT ON *.* TO 'gx_stack'@'localhost'".to_string(),
         "SET GLOBAL binlog_expire_logs_seconds = 604800".to_string(),
+        // a table for the consistency checker of stack-healthy (source and target are the
+        // same server here, so it compares the table with itself: score 1, no alert)
+        "CREATE DATABASE IF NOT EXISTS test_db".to_string(),
+        "CREATE TABLE IF NOT EXISTS test_db.stack_orders (id INT PRIMARY KEY, v VARCHAR(20))"
+            .to_string(),
+        "INSERT IGNORE INTO test_db.stack_orders VALUES (1, 'a'), (2, 'b'), (3, NULL)".to_string(),
     ];
     stmts.extend(std::iter::repeat_n("FLUSH BINARY LOGS".to_string(), 5));
     mariadb::exec(
@@ -325,7 +332,14 @@ async fn alerts_and_dashboards_on_a_real_stack() {
             ("GRAVITY_DOUBLE_BATCH_ROWS", "1000000000"),
         ],
     );
-    let exp_h = common::start(common::settings(&common::owned(&exporter_flags(&cfg_h)))).await;
+    let mut flags_h = exporter_flags(&cfg_h);
+    flags_h.extend([
+        "--consistency.tables".to_string(),
+        "test_db.stack_orders".to_string(),
+        "--consistency.interval".to_string(),
+        "5s".to_string(),
+    ]);
+    let exp_h = common::start(common::settings(&common::owned(&flags_h))).await;
     let exp_f = common::start(common::settings(&common::owned(&exporter_flags(&cfg_f)))).await;
     let exp_m = common::start(common::settings(&common::owned(&exporter_flags(&cfg_m)))).await;
     let exp_b = common::start(common::settings(&common::owned(&exporter_flags(&cfg_b)))).await;

@@ -527,10 +527,13 @@ pub async fn check_table(
         res.target_rows += d.rows;
         if s != d {
             res.mismatched += 1;
+            // Key values are table data: only at debug level, never in a metric.
             tracing::debug!(
                 schema = %spec.schema,
                 table = %spec.table,
                 chunk = res.chunks,
+                after_key = %lo.as_ref().map(|v| v.join(",")).unwrap_or_default(),
+                up_to_key = %hi.as_ref().map(|v| v.join(",")).unwrap_or_default(),
                 source_rows = s.rows,
                 target_rows = d.rows,
                 "consistency: chunk differs"

@@ -116,12 +116,7 @@ pub fn known_metric_names() -> BTreeSet<String> {
         }
     }
     names.extend(recorded_names());
-    for n in [
-        "node_filesystem_avail_bytes",
-        "node_filesystem_size_bytes",
-        // SPEC §3 (opt-in consistency checker); not yet in docs/metrics.md.
-        "gravity_data_consistency_score",
-    ] {
+    for n in ["node_filesystem_avail_bytes", "node_filesystem_size_bytes"] {
         names.insert(n.to_string());
     }
     names
