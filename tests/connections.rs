@@ -66,18 +66,13 @@ fn mysql_config(
 
 /// Waits until `/metrics` has `name` with all `needles` at `want`; returns the whole body.
 async fn wait_value(addr: SocketAddr, name: &str, needles: &[&str], want: f64) -> String {
-    let t0 = std::time::Instant::now();
-    loop {
-        let (_, body) = common::get(addr, "/metrics").await;
-        if common::sample(&body, name, needles) == Some(want) {
-            return body;
-        }
-        assert!(
-            t0.elapsed() < WAIT,
-            "{name}{needles:?} never became {want}; last /metrics:\n{body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_metrics(
+        addr,
+        WAIT,
+        &format!("{name}{needles:?} never became {want}"),
+        |body| common::sample(body, name, needles) == Some(want),
+    )
+    .await
 }
 
 fn val(body: &str, name: &str, needles: &[&str]) -> Option<f64> {

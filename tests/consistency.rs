@@ -68,32 +68,27 @@ fn labels(table: &str) -> Vec<String> {
 /// Waits until the checker has completed a check of `table` that started after `after`
 /// (Unix seconds), and returns /metrics then.
 async fn next_run(addr: SocketAddr, table: &str, after: f64) -> String {
-    let t0 = std::time::Instant::now();
     let l = labels(table);
     let needles: Vec<&str> = l.iter().map(String::as_str).collect();
-    loop {
-        let (_, body) = common::get(addr, "/metrics").await;
-        let ended = common::sample(
-            &body,
-            "gravity_data_consistency_last_run_timestamp_seconds",
-            &needles,
-        );
-        let took = common::sample(
-            &body,
-            "gravity_data_consistency_check_duration_seconds",
-            &needles,
-        );
-        if let (Some(e), Some(d)) = (ended, took) {
-            if e - d > after {
-                return body;
-            }
-        }
-        assert!(
-            t0.elapsed() < WAIT,
-            "no consistency run of {table} after {after}; last /metrics:\n{body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_metrics(
+        addr,
+        WAIT,
+        &format!("no consistency run of {table} after {after}"),
+        |body| {
+            let ended = common::sample(
+                body,
+                "gravity_data_consistency_last_run_timestamp_seconds",
+                &needles,
+            );
+            let took = common::sample(
+                body,
+                "gravity_data_consistency_check_duration_seconds",
+                &needles,
+            );
+            matches!((ended, took), (Some(e), Some(d)) if e - d > after)
+        },
+    )
+    .await
 }
 
 fn now() -> f64 {
@@ -172,15 +167,10 @@ async fn chunks_compared_and_differences_found() {
     assert_eq!(v(&body, rows, "items", &["side=\"target\""]), Some(1200.0));
     // No primary key: reported as a failed check (after items, in flag order), never as a
     // score.
-    let t0 = std::time::Instant::now();
-    let body = loop {
-        let (_, body) = common::get(r.addr, "/metrics").await;
-        if v(&body, "gravity_data_consistency_check_success", "nopk", &[]) == Some(0.0) {
-            break body;
-        }
-        assert!(t0.elapsed() < WAIT, "no failed check of nopk:\n{body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let body = common::wait_metrics(r.addr, WAIT, "no failed check of nopk", |body| {
+        v(body, "gravity_data_consistency_check_success", "nopk", &[]) == Some(0.0)
+    })
+    .await;
     assert_eq!(v(&body, score, "nopk", &[]), None);
     assert_eq!(
         v(
@@ -302,15 +292,10 @@ async fn failed_target_login_is_a_failed_check_without_score() {
     let r = start(&cfg, api, "src.orders", "1s", "20ms").await;
     let l = labels("orders");
     let needles: Vec<&str> = l.iter().map(String::as_str).collect();
-    let t0 = std::time::Instant::now();
-    let body = loop {
-        let (_, body) = common::get(r.addr, "/metrics").await;
-        if common::sample(&body, "gravity_data_consistency_check_success", &needles) == Some(0.0) {
-            break body;
-        }
-        assert!(t0.elapsed() < WAIT, "{body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let body = common::wait_metrics(r.addr, WAIT, "no failed check of orders", |body| {
+        common::sample(body, "gravity_data_consistency_check_success", &needles) == Some(0.0)
+    })
+    .await;
     assert_eq!(
         common::sample(&body, "gravity_data_consistency_score", &needles),
         None

@@ -32,9 +32,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use super::Context;
+use super::{unix_now, Context};
 use crate::gravity_config::{EndpointRole, GravityConfig, Protocol, Route};
 use crate::metrics::Families;
 use crate::probe::mysql::{MySqlConn, MySqlError, ResultSet};
@@ -268,7 +268,7 @@ pub fn parse_checksum(rs: &ResultSet) -> Result<ChunkSum, String> {
 }
 
 /// The result of checking one table.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TableResult {
     /// Chunks compared.
     pub chunks: u64,
@@ -292,7 +292,7 @@ impl TableResult {
 }
 
 /// What is known of one table: the last completed result and the last attempt.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TableState {
     /// Last completed check.
     pub result: Option<TableResult>,
@@ -434,15 +434,15 @@ async fn describe(
     Ok((pk, columns))
 }
 
-/// Session settings of both connections: literals are quoted without backslash escapes.
-async fn prepare(conn: &mut MySqlConn, side: &'static str) -> Result<(), CheckError> {
+/// Session settings of a checker connection: literals are quoted without backslash escapes.
+pub async fn prepare(conn: &mut MySqlConn, side: &'static str) -> Result<(), CheckError> {
     conn.query("SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',NO_BACKSLASH_ESCAPES')")
         .await
         .map_err(q(side, "session"))?;
     Ok(())
 }
 
-/// Compares one table chunk by chunk.
+/// Compares one table chunk by chunk, over connections set up by [`prepare`].
 pub async fn check_table(
     src: &mut MySqlConn,
     dst: &mut MySqlConn,
@@ -451,16 +451,9 @@ pub async fn check_table(
     chunk_size: usize,
     recheck_delay: Duration,
 ) -> Result<TableResult, CheckError> {
-    prepare(src, "source").await?;
-    prepare(dst, "target").await?;
     let (pk, columns) = describe(src, &spec.schema, &spec.table).await?;
     let chunk_size = chunk_size.clamp(1, MAX_CHUNK_SIZE);
-    let mut res = TableResult {
-        chunks: 0,
-        mismatched: 0,
-        source_rows: 0,
-        target_rows: 0,
-    };
+    let mut res = TableResult::default();
     let mut lo: Option<Vec<String>> = None;
     loop {
         let started = Instant::now();
@@ -554,13 +547,6 @@ pub async fn check_table(
     Ok(res)
 }
 
-fn now_unix() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 /// The background task: a run over every table each `--consistency.interval`.
 pub struct ConsistencyChecker {
     ctx: Arc<Context>,
@@ -607,9 +593,16 @@ impl ConsistencyChecker {
             ));
         };
         let ep = ProbeEndpoint::new(e.host.clone(), e.port);
-        MySqlConn::connect(&ep, e.user.as_deref().unwrap_or(""), &e.password, timeout)
+        let side = role.as_str();
+        let mut conn =
+            MySqlConn::connect(&ep, e.user.as_deref().unwrap_or(""), &e.password, timeout)
+                .await
+                .map_err(|err| format!("{side} {}: {err}", e.address()))?;
+        // The session is prepared once per connection, not per table.
+        prepare(&mut conn, side)
             .await
-            .map_err(|err| format!("{} {}: {err}", role.as_str(), e.address()))
+            .map_err(|err| format!("{}: {err}", e.address()))?;
+        Ok(conn)
     }
 
     /// One run over every configured table.
@@ -623,31 +616,21 @@ impl ConsistencyChecker {
             self.warn_once("gravity's config is not known yet".into());
             return;
         };
-        let (mut src, mut dst) = match (
-            Self::connect(&cfg, EndpointRole::Source, c.timeout).await,
-            Self::connect(&cfg, EndpointRole::Target, c.timeout).await,
+        let (mut src, mut dst) = match tokio::join!(
+            Self::connect(&cfg, EndpointRole::Source, c.timeout),
+            Self::connect(&cfg, EndpointRole::Target, c.timeout),
         ) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => {
                 self.warn_once(e);
                 for t in &c.tables {
-                    self.states
-                        .entry(t.clone())
-                        .and_modify(|st| st.last_ok = false)
-                        .or_insert(TableState {
-                            result: None,
-                            last_ok: false,
-                            finished_at: 0.0,
-                            duration: Duration::ZERO,
-                        });
+                    self.states.entry(t.clone()).or_default().last_ok = false;
                 }
                 self.publish(&c.tables, &pipeline);
                 return;
             }
         };
         self.warned = None;
-        src.set_timeout(c.timeout);
-        dst.set_timeout(c.timeout);
         for spec in &c.tables {
             let (ts, tt) = spec.target_in(&cfg.routes);
             let started = Instant::now();
@@ -660,12 +643,7 @@ impl ConsistencyChecker {
                 c.recheck_delay,
             )
             .await;
-            let st = self.states.entry(spec.clone()).or_insert(TableState {
-                result: None,
-                last_ok: false,
-                finished_at: 0.0,
-                duration: Duration::ZERO,
-            });
+            let st = self.states.entry(spec.clone()).or_default();
             match outcome {
                 Ok(r) => {
                     if r.mismatched > 0 {
@@ -682,7 +660,7 @@ impl ConsistencyChecker {
                     }
                     st.result = Some(r);
                     st.last_ok = true;
-                    st.finished_at = now_unix();
+                    st.finished_at = unix_now();
                     st.duration = started.elapsed();
                 }
                 Err(e) => {
@@ -707,9 +685,7 @@ impl ConsistencyChecker {
         loop {
             let c = self.ctx.settings().consistency.clone();
             if c.tables.is_empty() {
-                if !self.states.is_empty() {
-                    self.states.clear();
-                }
+                self.states.clear();
                 self.ctx.store.set_snapshot(SNAPSHOT, Families::new());
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;

@@ -81,6 +81,25 @@ pub async fn metric(addr: SocketAddr, name: &str, needles: &[&str]) -> Option<f6
     sample(&body, name, needles)
 }
 
+/// Polls `/metrics` until `done(body)` holds and returns that body; after `deadline`
+/// panics with `what` and the last body.
+pub async fn wait_metrics(
+    addr: SocketAddr,
+    deadline: Duration,
+    what: &str,
+    mut done: impl FnMut(&str) -> bool,
+) -> String {
+    let t0 = Instant::now();
+    loop {
+        let (_, body) = get(addr, "/metrics").await;
+        if done(&body) {
+            return body;
+        }
+        assert!(t0.elapsed() < deadline, "{what}; last /metrics:\n{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls until `f` is true or the deadline passes; returns the time it took.
 pub async fn wait_for<F, Fut>(deadline: Duration, mut f: F) -> Option<Duration>
 where
