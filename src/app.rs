@@ -31,6 +31,9 @@ pub enum AppError {
         /// Error.
         source: std::io::Error,
     },
+    /// The `--web.config.file` cannot be used.
+    #[error("invalid value for web.config.file: {0}")]
+    WebConfig(#[from] crate::web_config::WebConfigError),
 }
 
 /// A running exporter, for tests and the demo.
@@ -116,6 +119,7 @@ pub fn reload(exp: &Exporter) {
             new.listen = cur.listen;
             new.telemetry_path = cur.telemetry_path.clone();
             new.proc_root = cur.proc_root.clone();
+            new.web_config_file = cur.web_config_file.clone();
             let new = Arc::new(new);
             let _ = exp.settings_tx.send(new.clone());
             // Re-derive the target: the gravity URL, config or log given may have changed.
@@ -161,10 +165,21 @@ pub async fn signals(exp: &Exporter) {
 
 /// Runs the exporter until SIGTERM/SIGINT.
 pub async fn run(settings: Settings) -> Result<(), AppError> {
+    let web = match &settings.web_config_file {
+        None => None,
+        Some(p) => Some(crate::web_config::WebHandle::load(p)?),
+    };
     let listener = bind(&settings).await?;
-    tracing::info!(address = %settings.listen, path = %settings.telemetry_path, "listening");
+    match &web {
+        Some(w) => {
+            tracing::info!(address = %settings.listen, path = %settings.telemetry_path, web = %w.current().summary(), "listening")
+        }
+        None => {
+            tracing::info!(address = %settings.listen, path = %settings.telemetry_path, "listening (plain HTTP, no authentication: see --web.config.file)")
+        }
+    }
     let exp = start(settings);
     let ctx = exp.ctx.clone();
-    crate::server::serve(listener, ctx, signals(&exp)).await;
+    crate::server::serve_web(listener, ctx, web, signals(&exp)).await;
     Ok(())
 }

@@ -200,6 +200,10 @@ pub struct Flags {
     /// The exporter's own log format: logfmt or json [default: logfmt].
     #[arg(long = "log.format", global = true)]
     pub log_fmt: Option<String>,
+    /// Web config file (Prometheus exporter-toolkit format) enabling TLS, client certificates
+    /// and basic auth on the exporter's port; re-read on change [default: none, plain HTTP].
+    #[arg(long = "web.config.file", global = true)]
+    pub web_config_file: Option<PathBuf>,
 }
 
 /// The `--config.file` contents: the same keys as the flags, dots making tables.
@@ -227,6 +231,15 @@ struct FileConfig {
 struct FileWeb {
     listen_address: Option<String>,
     telemetry_path: Option<String>,
+    #[serde(default)]
+    config: FileWebConfig,
+}
+
+/// `web.config.file` in the TOML file (`[web.config]` / `file = "..."`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWebConfig {
+    file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -330,6 +343,7 @@ impl FileConfig {
             proc_root: self.path.procfs,
             log_level: self.log.level,
             log_fmt: self.log.format,
+            web_config_file: self.web.config.file,
         }
     }
 }
@@ -367,6 +381,7 @@ impl Flags {
             proc_root: self.proc_root.or(other.proc_root),
             log_level: self.log_level.or(other.log_level),
             log_fmt: self.log_fmt.or(other.log_fmt),
+            web_config_file: self.web_config_file.or(other.web_config_file),
         }
     }
 }
@@ -478,6 +493,9 @@ pub struct Settings {
     pub log_level: tracing::Level,
     /// Own log format.
     pub log_fmt: OwnLogFormat,
+    /// `--web.config.file`: TLS and basic auth on the exporter's port (validated at start;
+    /// the server watches it for changes).
+    pub web_config_file: Option<PathBuf>,
     /// The command-line flags these came from (kept so that a reload lets them win again).
     cli_flags: Flags,
 }
@@ -510,6 +528,9 @@ impl Settings {
         }
         if self.proc_root != new.proc_root {
             v.push("path.procfs");
+        }
+        if self.web_config_file != new.web_config_file {
+            v.push("web.config.file");
         }
         v
     }
@@ -813,7 +834,13 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
             ))
         }
     };
+    if let Some(p) = &f.web_config_file {
+        // The whole file is checked at start (TLS files, hashes); errors name its key.
+        crate::web_config::WebConfig::load(p)
+            .map_err(|e| invalid("web.config.file", e.to_string()))?;
+    }
     Ok(Settings {
+        web_config_file: f.web_config_file,
         config_file: f.config_file,
         log_state_file: f.log_state_file,
         log_start_at_end,

@@ -22,6 +22,7 @@
 //! | [`app`] | wiring, signals, reloads |
 //! | [`double`] | a faithful simulation of gravity for the demo and the tests |
 //! | [`check`] | `gravity-exporter check`: every check once, Nagios status line and codes, or JSON |
+//! | [`web_config`] | `--web.config.file` (exporter-toolkit format): TLS, client certificates, bcrypt basic auth, reloaded on change |
 //! | [`demo`] | `gravity-exporter demo`: the double plus the exporter, ready to look at |
 //!
 //! [gravity]: https://github.com/moiot/gravity
@@ -45,3 +46,4 @@ pub mod probe;
 pub mod retry;
 pub mod server;
 pub mod watch;
+pub mod web_config;

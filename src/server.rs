@@ -8,6 +8,10 @@
 //!
 //! Bounds: at most [`MAX_CONNECTIONS`] connections at once, a header read timeout, and
 //! only `GET`/`HEAD`.
+//!
+//! With `--web.config.file` ([`crate::web_config`]) every connection may be TLS (the
+//! handshake runs in the connection's own task) and every request passes the web config's
+//! rate limit, headers and basic auth first; the file in force is re-read on change.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,6 +31,7 @@ use tokio::sync::Semaphore;
 
 use crate::collector::Context;
 use crate::metrics::TEXT_CONTENT_TYPE;
+use crate::web_config::{WebHandle, WebIo};
 
 /// Most connections served at once; more wait in the accept queue.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -34,8 +39,33 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// How long open connections may take to finish after the shutdown signal.
 pub const DRAIN: Duration = Duration::from_secs(5);
 
-/// Serves until `shutdown` resolves, then drains.
+/// Serves until `shutdown` resolves, then drains. With `--web.config.file` in the settings,
+/// serves with it; if it cannot be loaded, nothing is served (fail closed, logged).
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
+    let web = match ctx.settings().web_config_file.clone() {
+        None => None,
+        Some(p) => match WebHandle::load(&p) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the web config; not serving");
+                return;
+            }
+        },
+    };
+    serve_web(listener, ctx, web, shutdown).await
+}
+
+/// [`serve`] with an already loaded web config (TLS, basic auth), watched for changes
+/// while the server runs.
+pub async fn serve_web(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    web: Option<Arc<WebHandle>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    if let Some(w) = &web {
+        w.spawn_watch();
+    }
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
@@ -56,15 +86,23 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: impl Futu
             },
             _ = &mut shutdown => break,
         };
+        // The web config in force when the connection was accepted serves all of it.
+        let web_now = web.as_ref().map(|w| w.current());
+        let io = WebIo::new(stream, web_now.as_deref());
         let ctx = ctx.clone();
         let svc = service_fn(move |req| {
             let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(route(&ctx, req)) }
+            let web_now = web_now.clone();
+            async move {
+                let resp =
+                    crate::web_config::serve_request(web_now, req, |req| route(&ctx, req)).await;
+                Ok::<_, Infallible>(resp)
+            }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(10))
-            .serve_connection(TokioIo::new(stream), svc);
+            .serve_connection(TokioIo::new(io), svc);
         let fut = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = fut.await;
