@@ -1107,4 +1107,28 @@ mod tests {
         std::fs::write(&p, "collector.interval = 7").unwrap();
         assert!(s.reload().is_err());
     }
+
+    #[test]
+    fn web_config_file_from_flag_and_toml_is_validated_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let web = dir.path().join("web.yml");
+        std::fs::write(&web, "basic_auth_users:\n  prometheus: not-a-hash\n").unwrap();
+        let e = Settings::from_flags(flags(&["--web.config.file", web.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("web.config.file") && e.contains("basic_auth_users.prometheus"),
+            "{e}"
+        );
+        assert!(!e.contains("not-a-hash"), "{e}");
+        std::fs::write(&web, "").unwrap();
+        let toml = dir.path().join("c.toml");
+        std::fs::write(
+            &toml,
+            format!("[web.config]\nfile = {:?}\n", web.to_str().unwrap()),
+        )
+        .unwrap();
+        let s = Settings::from_flags(flags(&["--config.file", toml.to_str().unwrap()])).unwrap();
+        assert_eq!(s.web_config_file.as_deref(), Some(web.as_path()));
+    }
 }

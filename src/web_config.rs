@@ -125,7 +125,9 @@ struct FileDoc {
     #[serde(default)]
     http_server_config: Option<FileHttp>,
     #[serde(default)]
-    basic_auth_users: Option<BTreeMap<String, String>>,
+    // Values as YAML values: a password typed as a number must not be quoted back in a
+    // type error (serde quotes integers it did not expect).
+    basic_auth_users: Option<BTreeMap<String, serde_yaml::Value>>,
     #[serde(default)]
     rate_limit: Option<FileRateLimit>,
 }
@@ -423,6 +425,10 @@ fn load(path: &Path, gate: Arc<Semaphore>) -> Result<(WebConfig, Vec<String>), W
     let mut users = Vec::new();
     for (name, hash) in doc.basic_auth_users.unwrap_or_default() {
         let key = format!("basic_auth_users.{name}");
+        let hash = match hash {
+            serde_yaml::Value::String(s) => s,
+            _ => String::new(),
+        };
         if hash.parse::<bcrypt::HashParts>().is_err() {
             return Err(invalid(
                 path,
@@ -1424,6 +1430,13 @@ mod tests {
         let (_, key) = self_signed(d.path());
         let e = err(d.path(), "basic_auth_users:\n  alice: hunter2-plain\n");
         assert!(!e.contains("hunter2"), "{e}");
+        for typed in ["12345678", "[12345678]", "{pw: 12345678}", "true"] {
+            let e = err(d.path(), &format!("basic_auth_users:\n  alice: {typed}\n"));
+            assert!(
+                !e.contains("12345678") && e.contains("basic_auth_users.alice"),
+                "{e}"
+            );
+        }
         // a key file whose body is damaged
         let body: Vec<&str> = key.lines().collect();
         let broken = format!("{}\n{}!!\n{}\n", body[0], body[1], body[body.len() - 1]);
