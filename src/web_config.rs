@@ -1533,6 +1533,35 @@ mod tests {
         assert!(!c.authorized(Some(&auth_header("alice", "bobpw"))).await);
     }
 
+    /// On a single-threaded runtime (the exporter has one worker): while one bcrypt runs,
+    /// a request whose credentials are cached is still answered.
+    #[tokio::test(flavor = "current_thread")]
+    async fn bcrypt_runs_off_the_async_worker() {
+        let d = tempfile::tempdir().unwrap();
+        let fast = bcrypt::hash("fast", 4).unwrap();
+        let slow = bcrypt::hash("slow", 10).unwrap();
+        let p = write(
+            d.path(),
+            "web.yml",
+            &format!("basic_auth_users:\n  fast: '{fast}'\n  slow: '{slow}'\n"),
+        );
+        let c = Arc::new(WebConfig::load(&p).unwrap());
+        assert!(c.authorized(Some(&auth_header("fast", "fast"))).await);
+        let c2 = c.clone();
+        let slow_task =
+            tokio::spawn(async move { c2.authorized(Some(&auth_header("slow", "wrong"))).await });
+        // let it start: it holds the bcrypt gate while bcrypt runs
+        while !slow_task.is_finished() && c.bcrypt_gate.available_permits() == 1 {
+            tokio::task::yield_now().await;
+        }
+        assert!(c.authorized(Some(&auth_header("fast", "fast"))).await);
+        assert!(
+            !slow_task.is_finished(),
+            "the cached request waited for a bcrypt run: bcrypt ran on the async worker"
+        );
+        assert!(!slow_task.await.unwrap());
+    }
+
     #[tokio::test]
     async fn auth_cache_is_bounded() {
         let d = tempfile::tempdir().unwrap();
