@@ -609,3 +609,17 @@ fn a_bad_web_config_at_start_exits_2_naming_the_key_without_secrets() {
         );
     }
 }
+
+#[test]
+fn the_shipped_example_web_config_loads() {
+    // docker/web-config.example.yml with the files it names (tls.crt, tls.key, ca.crt)
+    let pki = Pki::new();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/docker/web-config.example.yml");
+    std::fs::copy(example, pki.path("web.yml")).unwrap();
+    std::fs::copy(pki.path("server.pem"), pki.path("tls.crt")).unwrap();
+    std::fs::copy(pki.path("server-key.pem"), pki.path("tls.key")).unwrap();
+    std::fs::copy(pki.path("ca.pem"), pki.path("ca.crt")).unwrap();
+    let c = gravity_exporter::web_config::WebConfig::load(&pki.path("web.yml")).unwrap();
+    assert!(c.tls() && c.basic_auth(), "{c:?}");
+    assert!(c.summary().contains("RequireAndVerifyClientCert"), "{c:?}");
+}
