@@ -5,7 +5,9 @@
 //! - **TLS** with rustls and its *ring* provider: `cert_file`/`key_file` (or inline `cert`/`key`),
 //!   `client_auth_type` (all five Go policies), `client_ca_file`/`client_ca`,
 //!   `min_version`/`max_version`, `cipher_suites` (Go names; they apply to TLS 1.2 as in Go),
-//!   `curve_preferences`, `prefer_server_cipher_suites`. Relative paths are relative to the
+//!   `curve_preferences`, `prefer_server_cipher_suites`, `client_allowed_sans` (DNS, e-mail,
+//!   IP and URI names of the client certificate, read by a small bounds-checked DER walker,
+//!   [`cert_sans`]). Relative paths are relative to the
 //!   web config file, as in the toolkit. TLS 1.0/1.1, CBC and RSA-key-exchange suites and
 //!   P-521 are not offered by rustls: naming them as the only choice is an error that says so.
 //! - **Basic auth** with bcrypt hashes: the user name is compared in constant time against
@@ -550,16 +552,7 @@ fn build_tls(
         // As in the toolkit: a tls_server_config without any of these is plain HTTP.
         return Ok(None);
     }
-    if t.client_allowed_sans
-        .as_ref()
-        .is_some_and(|v| !v.is_empty())
-    {
-        return Err(invalid(
-            path,
-            "tls_server_config.client_allowed_sans",
-            "not supported by gravity-exporter; restrict clients with client_ca_file (a CA that only signs Prometheus' certificate)",
-        ));
-    }
+    let allowed_sans = t.client_allowed_sans.filter(|v| !v.is_empty());
     let cert_pem = pem_source(
         path,
         "tls_server_config.cert",
@@ -793,6 +786,20 @@ fn build_tls(
         }
     };
 
+    let verifier = match allowed_sans {
+        None => verifier,
+        Some(_) if auth == ClientAuth::NoClientCert => {
+            return Err(invalid(
+                path,
+                "tls_server_config.client_allowed_sans",
+                "needs a client certificate: set client_auth_type (RequireAndVerifyClientCert) and client_ca_file",
+            ))
+        }
+        Some(allowed) => Arc::new(AllowedSans {
+            inner: verifier,
+            allowed,
+        }),
+    };
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&versions)
         .map_err(|e| invalid(path, "tls_server_config.min_version", e.to_string()))?
@@ -887,6 +894,165 @@ impl ClientCertVerifier for AnyClientCert {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// `client_allowed_sans`: after the inner verifier accepted the client certificate, one of
+/// its subject alternative names (DNS, e-mail, IP, URI) must equal an allowed entry, as
+/// the toolkit's `VerifyPeerCertificate` does.
+#[derive(Debug)]
+struct AllowedSans {
+    inner: Arc<dyn ClientCertVerifier>,
+    allowed: Vec<String>,
+}
+
+impl ClientCertVerifier for AllowedSans {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let sans = cert_sans(end_entity.as_ref()).ok_or(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadEncoding,
+        ))?;
+        if sans.iter().any(|s| self.allowed.contains(s)) {
+            Ok(ok)
+        } else {
+            tracing::debug!(sans = ?sans, "client certificate has none of client_allowed_sans");
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// One DER element: (tag, content, rest). Single-byte tags, definite lengths of at most
+/// four length bytes; None on anything else or when the input is short.
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *input.first()?;
+    if tag & 0x1f == 0x1f {
+        return None;
+    }
+    let first = *input.get(1)?;
+    let (len, header) = if first < 0x80 {
+        (usize::from(first), 2usize)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for b in input.get(2..2usize.checked_add(n)?)? {
+            len = len.checked_mul(256)?.checked_add(usize::from(*b))?;
+        }
+        (len, 2usize.checked_add(n)?)
+    };
+    let end = header.checked_add(len)?;
+    Some((tag, input.get(header..end)?, input.get(end..)?))
+}
+
+/// The subject alternative names of a DER certificate as Go's x509 package spells them
+/// (DNS names, e-mail addresses, IP addresses, URIs); None when it does not parse.
+pub fn cert_sans(cert: &[u8]) -> Option<Vec<String>> {
+    let (0x30, cert, _) = der(cert)? else {
+        return None;
+    };
+    let (0x30, mut tbs, _) = der(cert)? else {
+        return None;
+    };
+    // tbsCertificate: the extensions are the [3] element, if any.
+    let mut exts = None;
+    while !tbs.is_empty() {
+        let (tag, content, rest) = der(tbs)?;
+        if tag == 0xa3 {
+            exts = Some(content);
+        }
+        tbs = rest;
+    }
+    let mut out = Vec::new();
+    let Some(exts) = exts else {
+        return Some(out);
+    };
+    let (0x30, mut list, _) = der(exts)? else {
+        return None;
+    };
+    while !list.is_empty() {
+        let (0x30, ext, rest) = der(list)? else {
+            return None;
+        };
+        list = rest;
+        let (0x06, oid, mut ext) = der(ext)? else {
+            return None;
+        };
+        if oid != [0x55, 0x1d, 0x11] {
+            continue;
+        }
+        if let Some((0x01, _, after)) = der(ext) {
+            ext = after; // the critical flag
+        }
+        let (0x04, value, _) = der(ext)? else {
+            return None;
+        };
+        let (0x30, mut names, _) = der(value)? else {
+            return None;
+        };
+        while !names.is_empty() {
+            let (tag, v, rest) = der(names)?;
+            names = rest;
+            match tag {
+                // rfc822Name, dNSName, uniformResourceIdentifier: IA5String
+                0x81 | 0x82 | 0x86 => out.push(String::from_utf8_lossy(v).into_owned()),
+                0x87 => {
+                    let ip = match v.len() {
+                        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(v).ok()?),
+                        // Go prints an IPv4-mapped IPv6 address as IPv4
+                        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(v).ok()?).to_canonical(),
+                        _ => continue,
+                    };
+                    out.push(ip.to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+    Some(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1406,6 +1572,7 @@ mod tests {
             ("tls_server_config:\n  cert_file: key.pem\n  key_file: key.pem\n", "tls_server_config.cert_file"),
             ("tls_server_config:\n  cert_file: cert.pem\n  key_file: cert.pem\n", "tls_server_config.key_file"),
             ("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n  client_allowed_sans: [a]\n", "tls_server_config.client_allowed_sans"),
+            ("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n  client_auth_type: NoClientCert\n  client_allowed_sans: [a]\n", "tls_server_config.client_allowed_sans"),
             ("http_server_config:\n  headers:\n    X-Powered-By: me\n", "http_server_config.headers.X-Powered-By"),
             ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "http_server_config.headers.X-Frame-Options"),
             ("rate_limit:\n  interval: 1s\n", "rate_limit.burst"),
@@ -1471,6 +1638,61 @@ mod tests {
         assert!(!s.contains(&hash));
         assert_eq!(c.headers.len(), 2);
         assert_eq!(c.files.len(), 3);
+    }
+
+    #[test]
+    fn sans_of_a_certificate_as_go_spells_them() {
+        use rcgen::{CertificateParams, KeyPair, SanType};
+        let mut p = CertificateParams::new(vec!["prometheus.example".to_string()]).unwrap();
+        p.subject_alt_names.extend([
+            SanType::IpAddress("10.1.2.3".parse().unwrap()),
+            SanType::IpAddress("::ffff:10.9.9.9".parse().unwrap()),
+            SanType::IpAddress("2001:db8::1".parse().unwrap()),
+            SanType::Rfc822Name("ops@example.com".try_into().unwrap()),
+            SanType::URI(
+                "spiffe://cluster/ns/monitoring/sa/prometheus"
+                    .try_into()
+                    .unwrap(),
+            ),
+        ]);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        let sans = cert_sans(cert.der()).unwrap();
+        assert_eq!(
+            sans,
+            [
+                "prometheus.example",
+                "10.1.2.3",
+                "10.9.9.9",
+                "2001:db8::1",
+                "ops@example.com",
+                "spiffe://cluster/ns/monitoring/sa/prometheus"
+            ]
+        );
+        // no SAN extension at all
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "x");
+        let cert = p.self_signed(&key).unwrap();
+        assert_eq!(cert_sans(cert.der()).unwrap(), Vec::<String>::new());
+        assert_eq!(cert_sans(b""), None);
+        assert_eq!(cert_sans(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn cert_sans_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = cert_sans(&bytes);
+        }
+
+        #[test]
+        fn cert_sans_never_panics_on_damaged_certificates(pos in 0usize..2000, byte in proptest::num::u8::ANY, cut in 0usize..2000) {
+            let ck = rcgen::generate_simple_self_signed(vec!["a.example".into(), "10.0.0.1".into()]).unwrap();
+            let mut der = ck.cert.der().to_vec();
+            let n = der.len();
+            der[pos % n] = byte;
+            der.truncate(cut % (n + 1));
+            let _ = cert_sans(&der);
+        }
     }
 
     #[test]

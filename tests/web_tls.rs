@@ -497,6 +497,28 @@ async fn client_certificates_and_tls_versions_are_enforced() {
     assert_eq!(status, 200);
     exp.stop().await;
 
+    // client_allowed_sans: the client certificate (SAN DNS "prometheus") must name one
+    let web = write_web_config(
+        &pki,
+        &format!("{MTLS}  client_allowed_sans: [someone-else, 10.0.0.1]\n"),
+        &[],
+    );
+    let exp = start_exporter(&web).await;
+    let r = https_get(&pki, &WITH_CERT, exp.addr, "/metrics", None).await;
+    assert!(r.is_err(), "{r:?}");
+    exp.stop().await;
+    let web = write_web_config(
+        &pki,
+        &format!("{MTLS}  client_allowed_sans: [someone-else, prometheus]\n"),
+        &[],
+    );
+    let exp = start_exporter(&web).await;
+    let (status, _, _) = https_get(&pki, &WITH_CERT, exp.addr, "/metrics", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    exp.stop().await;
+
     // cipher_suites: TLS 1.2 with only the listed suite
     let web = write_web_config(
         &pki,
