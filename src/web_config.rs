@@ -276,8 +276,9 @@ pub struct WebConfig {
     limiter: Option<Mutex<Bucket>>,
     cache: Mutex<HashSet<[u8; 32]>>,
     bcrypt_gate: Arc<Semaphore>,
-    /// Files named by the config (cert, key, client CA), watched for changes.
-    files: Vec<PathBuf>,
+    /// The files read for it (the config first, then cert, key, client CA), each with its
+    /// stamp taken just before it was read: a change after that is seen by the watcher.
+    files: Vec<(PathBuf, Stamp)>,
 }
 
 impl std::fmt::Debug for WebConfig {
@@ -289,7 +290,7 @@ impl std::fmt::Debug for WebConfig {
 impl WebConfig {
     /// Reads and validates a web config file. Blocking (file reads, key parsing).
     pub fn load(path: &Path) -> Result<WebConfig, WebConfigError> {
-        load(path, Arc::new(Semaphore::new(1))).map(|(c, _)| c)
+        load(path, Arc::new(Semaphore::new(1)), &mut Vec::new()).map(|(c, _)| c)
     }
 
     /// Whether connections are TLS.
@@ -364,7 +365,7 @@ fn pem_source(
     inline: Option<String>,
     path_key: &str,
     path: Option<String>,
-    files: &mut Vec<PathBuf>,
+    files: &mut Vec<(PathBuf, Stamp)>,
 ) -> Result<Option<Vec<u8>>, WebConfigError> {
     let inline = inline.filter(|s| !s.is_empty());
     let path = path.filter(|s| !s.is_empty());
@@ -377,7 +378,7 @@ fn pem_source(
         (Some(text), None) => Ok(Some(text.into_bytes())),
         (None, Some(p)) => {
             let full = join_dir(file, &p);
-            files.push(full.clone());
+            files.push((full.clone(), stamp(&full)));
             read_bounded(file, path_key, &full).map(Some)
         }
         (None, None) => Ok(None),
@@ -400,7 +401,13 @@ fn certs(
 }
 
 /// Loads and validates; also returns whether TLS 1.0/1.1 were asked for (logged by callers).
-fn load(path: &Path, gate: Arc<Semaphore>) -> Result<(WebConfig, Vec<String>), WebConfigError> {
+/// `files` receives every file read (with its stamp), also when loading fails.
+fn load(
+    path: &Path,
+    gate: Arc<Semaphore>,
+    files: &mut Vec<(PathBuf, Stamp)>,
+) -> Result<(WebConfig, Vec<String>), WebConfigError> {
+    files.push((path.to_path_buf(), stamp(path)));
     let text = read_bounded(path, "web.config.file", path)?;
     let text = String::from_utf8(text)
         .map_err(|_| invalid(path, "web.config.file", "the file is not UTF-8"))?;
@@ -421,7 +428,6 @@ fn load(path: &Path, gate: Arc<Semaphore>) -> Result<(WebConfig, Vec<String>), W
         })?
     };
     let mut warnings = Vec::new();
-    let mut files = Vec::new();
 
     // basic_auth_users: bcrypt hashes only
     let mut users = Vec::new();
@@ -513,7 +519,7 @@ fn load(path: &Path, gate: Arc<Semaphore>) -> Result<(WebConfig, Vec<String>), W
     // tls_server_config
     let (tls, tls_summary) = match doc.tls_server_config {
         None => (None, None),
-        Some(t) => match build_tls(path, t, &mut files, &mut warnings)? {
+        Some(t) => match build_tls(path, t, files, &mut warnings)? {
             None => (None, None),
             Some((cfg, summary)) => (Some(TlsAcceptor::from(Arc::new(cfg))), Some(summary)),
         },
@@ -528,7 +534,7 @@ fn load(path: &Path, gate: Arc<Semaphore>) -> Result<(WebConfig, Vec<String>), W
             limiter,
             cache: Mutex::new(HashSet::new()),
             bcrypt_gate: gate,
-            files,
+            files: files.clone(),
         },
         warnings,
     ))
@@ -537,7 +543,7 @@ fn load(path: &Path, gate: Arc<Semaphore>) -> Result<(WebConfig, Vec<String>), W
 fn build_tls(
     path: &Path,
     t: FileTls,
-    files: &mut Vec<PathBuf>,
+    files: &mut Vec<(PathBuf, Stamp)>,
     warnings: &mut Vec<String>,
 ) -> Result<Option<(rustls::ServerConfig, String)>, WebConfigError> {
     let nonempty = |o: &Option<String>| o.as_deref().is_some_and(|s| !s.is_empty());
@@ -1404,16 +1410,6 @@ impl std::fmt::Debug for WebHandle {
     }
 }
 
-fn stamps_of(path: &Path, files: &[PathBuf]) -> Vec<(PathBuf, Stamp)> {
-    std::iter::once(path.to_path_buf())
-        .chain(files.iter().cloned())
-        .map(|p| {
-            let s = stamp(&p);
-            (p, s)
-        })
-        .collect()
-}
-
 /// What a reload check found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reload {
@@ -1429,11 +1425,11 @@ impl WebHandle {
     /// Loads the file (blocking); errors are the same as at start.
     pub fn load(path: &Path) -> Result<Arc<WebHandle>, WebConfigError> {
         let gate = Arc::new(Semaphore::new(1));
-        let (cfg, warnings) = load(path, gate.clone())?;
+        let (cfg, warnings) = load(path, gate.clone(), &mut Vec::new())?;
         for w in warnings {
             tracing::warn!("web config: {w}");
         }
-        let stamps = stamps_of(path, &cfg.files);
+        let stamps = cfg.files.clone();
         Ok(Arc::new(WebHandle {
             path: path.to_path_buf(),
             current: RwLock::new(Arc::new(cfg)),
@@ -1460,12 +1456,13 @@ impl WebHandle {
         if !changed && !force {
             return Reload::Unchanged;
         }
-        match load(&self.path, self.gate.clone()) {
+        let mut seen = Vec::new();
+        match load(&self.path, self.gate.clone(), &mut seen) {
             Ok((cfg, warnings)) => {
                 for warning in warnings {
                     tracing::warn!("web config: {warning}");
                 }
-                w.stamps = stamps_of(&self.path, &cfg.files);
+                w.stamps = seen;
                 tracing::info!(file = %self.path.display(), config = %cfg.summary(), "web config reloaded");
                 if let Ok(mut cur) = self.current.write() {
                     *cur = Arc::new(cfg);
@@ -1473,20 +1470,14 @@ impl WebHandle {
                 Reload::Applied
             }
             Err(e) => {
-                // Remember the stamps of what failed, so the same bad files are not
-                // re-read and logged every second; keep watching the files in force too.
-                let mut files = self.current().files.clone();
-                files.retain(|p| !w.stamps.iter().any(|(q, _)| q == p));
-                let mut stamps: Vec<_> = w
-                    .stamps
-                    .iter()
-                    .map(|(p, _)| (p.clone(), stamp(p)))
-                    .collect();
-                stamps.extend(files.into_iter().map(|p| {
-                    let s = stamp(&p);
-                    (p, s)
-                }));
-                w.stamps = stamps;
+                // Remember the stamps of what failed, so the same bad files are not re-read
+                // and logged every second, and keep watching the files in force too.
+                for (p, st) in &self.current().files {
+                    if !seen.iter().any(|(q, _)| q == p) {
+                        seen.push((p.clone(), *st));
+                    }
+                }
+                w.stamps = seen;
                 tracing::error!(error = %e, "web config reload rejected; the previous web config stays in force");
                 Reload::Rejected
             }
@@ -1637,7 +1628,7 @@ mod tests {
         );
         assert!(!s.contains(&hash));
         assert_eq!(c.headers.len(), 2);
-        assert_eq!(c.files.len(), 3);
+        assert_eq!(c.files.len(), 4, "the config, cert, key and client CA");
     }
 
     #[test]
@@ -1896,6 +1887,20 @@ mod tests {
         // key not yet rotated: the pair does not match, the old one stays
         assert_eq!(h.check(false), Reload::Rejected);
         std::fs::rename(d.path().join("key.new"), d.path().join("key.pem")).unwrap();
+        assert_eq!(h.check(false), Reload::Applied);
+        // the config now names files that do not exist yet: rejected, and their appearance
+        // alone (the config is not touched again) is seen and loads
+        write(
+            d.path(),
+            "web.yml",
+            "tls_server_config:\n  cert_file: later.pem\n  key_file: later.key\n",
+        );
+        assert_eq!(h.check(false), Reload::Rejected);
+        assert_eq!(h.check(false), Reload::Unchanged);
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        write(d.path(), "later.pem", &ck.cert.pem());
+        assert_eq!(h.check(false), Reload::Rejected, "key still missing");
+        write(d.path(), "later.key", &ck.key_pair.serialize_pem());
         assert_eq!(h.check(false), Reload::Applied);
     }
 }
