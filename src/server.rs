@@ -64,6 +64,7 @@ pub async fn serve_web(
     shutdown: impl Future<Output = ()>,
 ) {
     if let Some(w) = &web {
+        w.register(ctx.store.registry());
         w.spawn_watch();
     }
     let graceful = GracefulShutdown::new();

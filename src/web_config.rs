@@ -265,12 +265,106 @@ fn curve(name: &str) -> Result<&'static dyn rustls::crypto::SupportedKxGroup, St
 }
 
 // ---------------------------------------------------------------------------------------------
+// Metrics (registered only when a web config is in use, so plain-HTTP exporters expose none)
+
+/// The web config's own metrics.
+pub struct WebMetrics {
+    requests_refused: prometheus::IntCounterVec,
+    connections_refused: prometheus::IntCounterVec,
+    reload_ok: prometheus::IntGauge,
+    reload_ts: prometheus::Gauge,
+    cert_not_after: prometheus::GaugeVec,
+}
+
+/// `reason` values of `gravity_exporter_web_requests_refused_total`.
+pub const REQUEST_REFUSALS: [&str; 2] = ["unauthorized", "rate_limited"];
+/// `reason` values of `gravity_exporter_web_connections_refused_total`.
+pub const CONNECTION_REFUSALS: [&str; 2] = ["tls_handshake", "not_tls"];
+
+impl WebMetrics {
+    fn new() -> WebMetrics {
+        use prometheus::{Gauge, GaugeVec, IntCounterVec, IntGauge, Opts};
+        // The names and help texts are constants of this crate.
+        let m = WebMetrics {
+            requests_refused: IntCounterVec::new(
+                Opts::new(
+                    "gravity_exporter_web_requests_refused_total",
+                    "Requests to the exporter refused by the web config: unauthorized (no or wrong basic auth credentials, answered 401) or rate_limited (429).",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            connections_refused: IntCounterVec::new(
+                Opts::new(
+                    "gravity_exporter_web_connections_refused_total",
+                    "Connections to the exporter's TLS port closed before a request: tls_handshake (failed handshake: no or untrusted client certificate, no common version or cipher, client gave up) or not_tls (plain HTTP or other bytes).",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            reload_ok: IntGauge::new(
+                "gravity_exporter_web_config_last_reload_successful",
+                "1 if the last load of --web.config.file (and the certificate files it names) succeeded; 0 if it was rejected and the previous config is still in force.",
+            )
+            .expect("valid metric"),
+            reload_ts: Gauge::new(
+                "gravity_exporter_web_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful load of --web.config.file.",
+            )
+            .expect("valid metric"),
+            cert_not_after: GaugeVec::new(
+                Opts::new(
+                    "gravity_exporter_web_tls_certificate_not_after_timestamp_seconds",
+                    "Expiry (notAfter, Unix time) of the TLS certificate the exporter serves; absent without TLS.",
+                ),
+                &[],
+            )
+            .expect("valid metric"),
+        };
+        for r in REQUEST_REFUSALS {
+            m.requests_refused.with_label_values(&[r]);
+        }
+        for r in CONNECTION_REFUSALS {
+            m.connections_refused.with_label_values(&[r]);
+        }
+        m
+    }
+
+    fn refused_request(&self, reason: &str) {
+        self.requests_refused.with_label_values(&[reason]).inc();
+    }
+
+    fn refused_connection(&self, reason: &str) {
+        self.connections_refused.with_label_values(&[reason]).inc();
+    }
+
+    fn loaded(&self, cfg: &WebConfig) {
+        self.reload_ok.set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.reload_ts.set(now);
+        match cfg.cert_not_after {
+            // seconds since 1970 as f64: exact far beyond any certificate's lifetime
+            Some(t) => self
+                .cert_not_after
+                .with_label_values::<&str>(&[])
+                .set(t as f64),
+            None => self.cert_not_after.reset(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The validated config
 
 /// A validated web config, ready to serve with.
 pub struct WebConfig {
     tls: Option<TlsAcceptor>,
     tls_summary: Option<String>,
+    cert_not_after: Option<i64>,
+    metrics: Option<Arc<WebMetrics>>,
     users: Vec<(String, String)>,
     headers: Vec<(HeaderName, HeaderValue)>,
     limiter: Option<Mutex<Bucket>>,
@@ -517,11 +611,15 @@ fn load(
     };
 
     // tls_server_config
-    let (tls, tls_summary) = match doc.tls_server_config {
-        None => (None, None),
+    let (tls, tls_summary, cert_not_after) = match doc.tls_server_config {
+        None => (None, None, None),
         Some(t) => match build_tls(path, t, files, &mut warnings)? {
-            None => (None, None),
-            Some((cfg, summary)) => (Some(TlsAcceptor::from(Arc::new(cfg))), Some(summary)),
+            None => (None, None, None),
+            Some((cfg, summary, not_after)) => (
+                Some(TlsAcceptor::from(Arc::new(cfg))),
+                Some(summary),
+                not_after,
+            ),
         },
     };
 
@@ -529,6 +627,8 @@ fn load(
         WebConfig {
             tls,
             tls_summary,
+            cert_not_after,
+            metrics: None,
             users,
             headers,
             limiter,
@@ -545,7 +645,7 @@ fn build_tls(
     t: FileTls,
     files: &mut Vec<(PathBuf, Stamp)>,
     warnings: &mut Vec<String>,
-) -> Result<Option<(rustls::ServerConfig, String)>, WebConfigError> {
+) -> Result<Option<(rustls::ServerConfig, String, Option<i64>)>, WebConfigError> {
     let nonempty = |o: &Option<String>| o.as_deref().is_some_and(|s| !s.is_empty());
     let enabled = nonempty(&t.cert)
         || nonempty(&t.key)
@@ -590,6 +690,7 @@ fn build_tls(
         )
     })?;
     let chain = certs(path, "tls_server_config.cert_file", &cert_pem)?;
+    let not_after = chain.first().and_then(|c| cert_not_after(c.as_ref()));
     // Never the parser's message for the key: it could quote part of the file.
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
         invalid(
@@ -827,7 +928,7 @@ fn build_tls(
         if tls12 && tls13 { "," } else { "" },
         if tls13 { "TLS13" } else { "" },
     );
-    Ok(Some((cfg, summary)))
+    Ok(Some((cfg, summary, not_after)))
 }
 
 /// A rustls error as words, without any payload it may carry.
@@ -1061,6 +1162,52 @@ pub fn cert_sans(cert: &[u8]) -> Option<Vec<String>> {
     Some(out)
 }
 
+/// A certificate's notAfter as Unix time; None when it does not parse.
+pub fn cert_not_after(cert: &[u8]) -> Option<i64> {
+    let (0x30, cert, _) = der(cert)? else {
+        return None;
+    };
+    let (0x30, mut tbs, _) = der(cert)? else {
+        return None;
+    };
+    // version [0] (optional), serial, signature algorithm, issuer, then validity
+    if tbs.first() == Some(&0xa0) {
+        tbs = der(tbs)?.2;
+    }
+    for _ in 0..3 {
+        tbs = der(tbs)?.2;
+    }
+    let (0x30, validity, _) = der(tbs)? else {
+        return None;
+    };
+    let (_, _, rest) = der(validity)?; // notBefore
+    let (tag, t, _) = der(rest)?;
+    let t = std::str::from_utf8(t).ok()?;
+    let t = t.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        // UTCTime: YYMMDDHHMMSS, years 1950-2049 (RFC 5280)
+        0x17 => {
+            let yy: i32 = t.get(..2)?.parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, t.get(2..)?)
+        }
+        // GeneralizedTime: YYYYMMDDHHMMSS
+        0x18 => (t.get(..4)?.parse().ok()?, t.get(4..)?),
+        _ => return None,
+    };
+    if rest.len() != 10 || !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n = |i: usize| rest.get(i..i + 2).and_then(|s| s.parse::<u8>().ok());
+    let month = time::Month::try_from(n(0)?).ok()?;
+    let date = time::Date::from_calendar_date(year, month, n(2)?).ok()?;
+    let tod = time::Time::from_hms(n(4)?, n(6)?, n(8)?).ok()?;
+    Some(
+        time::PrimitiveDateTime::new(date, tod)
+            .assume_utc()
+            .unix_timestamp(),
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rate limit (token bucket, like golang.org/x/time/rate with rate 1/interval and a burst)
 
@@ -1195,10 +1342,16 @@ impl WebConfig {
             .as_ref()
             .is_some_and(|l| l.lock().is_ok_and(|mut b| !b.allow()))
         {
+            if let Some(m) = &self.metrics {
+                m.refused_request("rate_limited");
+            }
             plain(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n")
         } else if self.authorized(req.headers().get(AUTHORIZATION)).await {
             handler(req)
         } else {
+            if let Some(m) = &self.metrics {
+                m.refused_request("unauthorized");
+            }
             let mut r = plain(StatusCode::UNAUTHORIZED, "Unauthorized\n");
             r.headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
@@ -1242,7 +1395,12 @@ where
 
 /// An accepted connection, plain or TLS. The TLS handshake happens inside the first
 /// read/write, so it runs in the connection's task under the server's timeouts.
-pub enum WebIo {
+pub struct WebIo {
+    state: IoState,
+    metrics: Option<Arc<WebMetrics>>,
+}
+
+enum IoState {
     /// No TLS configured.
     Plain(TcpStream),
     /// TLS configured; looking at the first byte (a TLS handshake record starts with 0x16).
@@ -1258,20 +1416,30 @@ pub enum WebIo {
 impl WebIo {
     /// Wraps an accepted stream for the config in force.
     pub fn new(stream: TcpStream, web: Option<&WebConfig>) -> WebIo {
-        match web.and_then(|w| w.tls.clone()) {
-            None => WebIo::Plain(stream),
-            Some(acceptor) => WebIo::Sniff(Some(stream), acceptor),
+        let metrics = web.and_then(|w| w.metrics.clone());
+        let state = match web.and_then(|w| w.tls.clone()) {
+            None => IoState::Plain(stream),
+            Some(acceptor) => IoState::Sniff(Some(stream), acceptor),
+        };
+        WebIo { state, metrics }
+    }
+
+    fn refused(&self, reason: &str) {
+        if let Some(m) = &self.metrics {
+            m.refused_connection(reason);
         }
     }
 
     /// Drives the connection until it is plain, TLS or closed.
     fn poll_established(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         loop {
-            match self {
-                WebIo::Plain(_) | WebIo::Tls(_) | WebIo::Closed => return Poll::Ready(Ok(())),
-                WebIo::Sniff(stream, acceptor) => {
+            match &mut self.state {
+                IoState::Plain(_) | IoState::Tls(_) | IoState::Closed => {
+                    return Poll::Ready(Ok(()))
+                }
+                IoState::Sniff(stream, acceptor) => {
                     let Some(s) = stream.as_mut() else {
-                        *self = WebIo::Closed;
+                        self.state = IoState::Closed;
                         continue;
                     };
                     let mut first = [0u8; 1];
@@ -1279,21 +1447,23 @@ impl WebIo {
                     match s.poll_peek(cx, &mut buf) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Err(e)) => {
-                            *self = WebIo::Closed;
+                            self.state = IoState::Closed;
                             return Poll::Ready(Err(e));
                         }
                         Poll::Ready(Ok(0)) => {
-                            *self = WebIo::Closed;
+                            // the peer closed without a byte: nothing was refused
+                            self.state = IoState::Closed;
                             return Poll::Ready(Ok(()));
                         }
                         Poll::Ready(Ok(_)) => {}
                     }
+                    let acceptor = acceptor.clone();
                     let Some(s) = stream.take() else {
-                        *self = WebIo::Closed;
+                        self.state = IoState::Closed;
                         continue;
                     };
                     if first[0] == 0x16 {
-                        *self = WebIo::Handshake(Box::new(acceptor.accept(s)));
+                        self.state = IoState::Handshake(Box::new(acceptor.accept(s)));
                         continue;
                     }
                     // Not TLS: answer like Go's server does (best effort) and close.
@@ -1301,18 +1471,20 @@ impl WebIo {
                         let _ = s.try_write(PLAIN_HTTP_ANSWER);
                     }
                     tracing::debug!(peer = ?s.peer_addr().ok(), "plain HTTP (or other non-TLS bytes) on the TLS port; closed");
-                    *self = WebIo::Closed;
+                    self.state = IoState::Closed;
+                    self.refused("not_tls");
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "client sent an HTTP request to an HTTPS server",
                     )));
                 }
-                WebIo::Handshake(accept) => match Pin::new(accept.as_mut()).poll(cx) {
+                IoState::Handshake(accept) => match Pin::new(accept.as_mut()).poll(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(tls)) => *self = WebIo::Tls(Box::new(tls)),
+                    Poll::Ready(Ok(tls)) => self.state = IoState::Tls(Box::new(tls)),
                     Poll::Ready(Err(e)) => {
                         tracing::debug!(error = %e, "TLS handshake failed");
-                        *self = WebIo::Closed;
+                        self.state = IoState::Closed;
+                        self.refused("tls_handshake");
                         return Poll::Ready(Err(e));
                     }
                 },
@@ -1332,9 +1504,9 @@ impl AsyncRead for WebIo {
             Poll::Ready(Ok(())) => {}
             other => return other,
         }
-        match this {
-            WebIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            WebIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut this.state {
+            IoState::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            IoState::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             _ => Poll::Ready(Ok(())),
         }
     }
@@ -1352,25 +1524,25 @@ impl AsyncWrite for WebIo {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         }
-        match this {
-            WebIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            WebIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut this.state {
+            IoState::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            IoState::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             _ => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WebIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            WebIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().state {
+            IoState::Plain(s) => Pin::new(s).poll_flush(cx),
+            IoState::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             _ => Poll::Ready(Ok(())),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WebIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            WebIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().state {
+            IoState::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            IoState::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             _ => Poll::Ready(Ok(())),
         }
     }
@@ -1402,6 +1574,7 @@ pub struct WebHandle {
     current: RwLock<Arc<WebConfig>>,
     watched: Mutex<Watched>,
     gate: Arc<Semaphore>,
+    metrics: Arc<WebMetrics>,
 }
 
 impl std::fmt::Debug for WebHandle {
@@ -1425,16 +1598,20 @@ impl WebHandle {
     /// Loads the file (blocking); errors are the same as at start.
     pub fn load(path: &Path) -> Result<Arc<WebHandle>, WebConfigError> {
         let gate = Arc::new(Semaphore::new(1));
-        let (cfg, warnings) = load(path, gate.clone(), &mut Vec::new())?;
+        let (mut cfg, warnings) = load(path, gate.clone(), &mut Vec::new())?;
         for w in warnings {
             tracing::warn!("web config: {w}");
         }
+        let metrics = Arc::new(WebMetrics::new());
+        metrics.loaded(&cfg);
+        cfg.metrics = Some(metrics.clone());
         let stamps = cfg.files.clone();
         Ok(Arc::new(WebHandle {
             path: path.to_path_buf(),
             current: RwLock::new(Arc::new(cfg)),
             watched: Mutex::new(Watched { stamps }),
             gate,
+            metrics,
         }))
     }
 
@@ -1458,11 +1635,13 @@ impl WebHandle {
         }
         let mut seen = Vec::new();
         match load(&self.path, self.gate.clone(), &mut seen) {
-            Ok((cfg, warnings)) => {
+            Ok((mut cfg, warnings)) => {
                 for warning in warnings {
                     tracing::warn!("web config: {warning}");
                 }
                 w.stamps = seen;
+                self.metrics.loaded(&cfg);
+                cfg.metrics = Some(self.metrics.clone());
                 tracing::info!(file = %self.path.display(), config = %cfg.summary(), "web config reloaded");
                 if let Ok(mut cur) = self.current.write() {
                     *cur = Arc::new(cfg);
@@ -1478,10 +1657,21 @@ impl WebHandle {
                     }
                 }
                 w.stamps = seen;
+                self.metrics.reload_ok.set(0);
                 tracing::error!(error = %e, "web config reload rejected; the previous web config stays in force");
                 Reload::Rejected
             }
         }
+    }
+
+    /// Registers the web config's metrics (once; later calls are no-ops).
+    pub fn register(&self, registry: &prometheus::Registry) {
+        let m = &self.metrics;
+        let _ = registry.register(Box::new(m.requests_refused.clone()));
+        let _ = registry.register(Box::new(m.connections_refused.clone()));
+        let _ = registry.register(Box::new(m.reload_ok.clone()));
+        let _ = registry.register(Box::new(m.reload_ts.clone()));
+        let _ = registry.register(Box::new(m.cert_not_after.clone()));
     }
 
     /// Watches for changes every [`POLL_INTERVAL`] and on SIGHUP, on the blocking pool, for
@@ -1669,7 +1859,75 @@ mod tests {
         assert_eq!(cert_sans(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
     }
 
+    #[test]
+    fn not_after_of_a_certificate() {
+        use rcgen::{CertificateParams, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        for (y, m, d, want) in [
+            (2031, 2, 3, 1_927_843_200i64), // UTCTime
+            (2051, 12, 31, 2_587_593_600),  // GeneralizedTime (from 2050 on)
+        ] {
+            let mut p = CertificateParams::new(vec!["a.example".to_string()]).unwrap();
+            p.not_after = rcgen::date_time_ymd(y, m, d);
+            let cert = p.self_signed(&key).unwrap();
+            assert_eq!(cert_not_after(cert.der()), Some(want), "{y}-{m}-{d}");
+        }
+        assert_eq!(cert_not_after(b"\x30\x00"), None);
+    }
+
+    #[test]
+    fn metrics_count_refusals_and_reloads() {
+        let d = tempfile::tempdir().unwrap();
+        self_signed(d.path());
+        let p = write(
+            d.path(),
+            "web.yml",
+            "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n",
+        );
+        let h = WebHandle::load(&p).unwrap();
+        let reg = prometheus::Registry::new();
+        h.register(&reg);
+        h.register(&reg);
+        let text = || {
+            let mut buf = Vec::new();
+            prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &reg.gather(), &mut buf)
+                .unwrap();
+            String::from_utf8(buf).unwrap()
+        };
+        let t = text();
+        for line in [
+            "gravity_exporter_web_requests_refused_total{reason=\"unauthorized\"} 0",
+            "gravity_exporter_web_requests_refused_total{reason=\"rate_limited\"} 0",
+            "gravity_exporter_web_connections_refused_total{reason=\"tls_handshake\"} 0",
+            "gravity_exporter_web_connections_refused_total{reason=\"not_tls\"} 0",
+            "gravity_exporter_web_config_last_reload_successful 1",
+            "gravity_exporter_web_tls_certificate_not_after_timestamp_seconds ",
+        ] {
+            assert!(t.contains(line), "{line}\n{t}");
+        }
+        write(d.path(), "web.yml", "basic_auth_users:\n  a: plain\n");
+        assert_eq!(h.check(false), Reload::Rejected);
+        assert!(text().contains("gravity_exporter_web_config_last_reload_successful 0"));
+        // without TLS the certificate expiry disappears
+        write(d.path(), "web.yml", "");
+        assert_eq!(h.check(false), Reload::Applied);
+        let t = text();
+        assert!(
+            t.contains("gravity_exporter_web_config_last_reload_successful 1"),
+            "{t}"
+        );
+        assert!(
+            !t.contains("gravity_exporter_web_tls_certificate_not_after_timestamp_seconds "),
+            "{t}"
+        );
+    }
+
     proptest::proptest! {
+        #[test]
+        fn cert_not_after_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = cert_not_after(&bytes);
+        }
+
         #[test]
         fn cert_sans_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
             let _ = cert_sans(&bytes);
@@ -1683,6 +1941,7 @@ mod tests {
             der[pos % n] = byte;
             der.truncate(cut % (n + 1));
             let _ = cert_sans(&der);
+            let _ = cert_not_after(&der);
         }
     }
 

@@ -234,6 +234,37 @@ async fn https_get(
         .map_err(|_| "timed out".to_string())?
 }
 
+/// `promtool check metrics` has nothing to say about the web config's families.
+fn lint(body: &str) {
+    use std::io::Write;
+    let Some(promtool) = common::require_promtool() else {
+        return;
+    };
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !complaints.contains("gravity_exporter_web"),
+        "promtool check metrics: {complaints}"
+    );
+}
+
 /// Kills the child on drop.
 struct Proc(Child);
 impl Drop for Proc {
@@ -379,6 +410,36 @@ async fn every_endpoint_needs_the_right_credentials() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["x-content-type-options"], "nosniff");
     assert!(body.contains("gravity_exporter_build_info"), "{body}");
+    // 6 paths x 5 refused credentials
+    assert_eq!(
+        common::sample(
+            &body,
+            "gravity_exporter_web_requests_refused_total",
+            &["unauthorized"]
+        ),
+        Some(30.0),
+        "{body}"
+    );
+    assert_eq!(
+        common::sample(
+            &body,
+            "gravity_exporter_web_config_last_reload_successful",
+            &[]
+        ),
+        Some(1.0)
+    );
+    let not_after = common::sample(
+        &body,
+        "gravity_exporter_web_tls_certificate_not_after_timestamp_seconds",
+        &[],
+    )
+    .unwrap();
+    let der = CertificateDer::from_pem_file(pki.path("server.pem")).unwrap();
+    assert_eq!(
+        Some(not_after as i64),
+        gravity_exporter::web_config::cert_not_after(der.as_ref())
+    );
+    lint(&body);
     let (status, _, body) = https_get(&pki, &c, exp.addr, "/api/status", Some(("ops", "ops-pw")))
         .await
         .unwrap();
@@ -441,10 +502,20 @@ async fn plain_http_to_the_tls_port_is_refused_and_the_server_keeps_serving() {
         cert: None,
         versions: rustls::DEFAULT_VERSIONS,
     };
-    let (status, _, _) = https_get(&pki, &c, exp.addr, "/metrics", Some(("prometheus", "pw")))
+    let (status, _, body) = https_get(&pki, &c, exp.addr, "/metrics", Some(("prometheus", "pw")))
         .await
         .unwrap();
     assert_eq!(status, 200);
+    // the raw plain HTTP request, the plain HTTP client, the garbage
+    assert_eq!(
+        common::sample(
+            &body,
+            "gravity_exporter_web_connections_refused_total",
+            &["not_tls"]
+        ),
+        Some(3.0),
+        "{body}"
+    );
     exp.stop().await;
 }
 
@@ -476,6 +547,18 @@ async fn client_certificates_and_tls_versions_are_enforced() {
         assert!(r.is_err(), "{:?}: {r:?}", client.cert);
         assert_ne!(r.as_ref().err().map(String::as_str), Some("timed out"));
     }
+    let (_, _, body) = https_get(&pki, &WITH_CERT, exp.addr, "/metrics", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        common::sample(
+            &body,
+            "gravity_exporter_web_connections_refused_total",
+            &["tls_handshake"]
+        ),
+        Some(3.0),
+        "{body}"
+    );
     exp.stop().await;
 
     // min_version TLS13: a TLS 1.2-only client is refused, a TLS 1.3 one served
