@@ -29,6 +29,9 @@
 //!   ("Client sent an HTTP request to an HTTPS server.") and the connection is closed; the
 //!   handshake runs inside the connection's first read, so it is bounded by the same header
 //!   read timeout as any request and never holds up the accept loop.
+//! - **Metrics** ([`WebMetrics`], registered only with a web config): refused requests and
+//!   connections by reason, whether the last reload succeeded and when, and the served
+//!   certificate's expiry (read from its DER by the same walker, [`cert_not_after`]).
 //!
 //! [exporter-toolkit]: https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md
 
