@@ -87,13 +87,14 @@ pub async fn serve_web(
             },
             _ = &mut shutdown => break,
         };
-        // The web config in force when the connection was accepted serves all of it.
-        let web_now = web.as_ref().map(|w| w.current());
-        let io = WebIo::new(stream, web_now.as_deref());
+        // TLS: the web config in force at accept; credentials, headers and rate limit: the
+        // one in force at each request (a changed password applies to open connections too).
+        let io = WebIo::new(stream, web.as_ref().map(|w| w.current()).as_deref());
         let ctx = ctx.clone();
+        let web = web.clone();
         let svc = service_fn(move |req| {
             let ctx = ctx.clone();
-            let web_now = web_now.clone();
+            let web_now = web.as_ref().map(|w| w.current());
             async move {
                 let resp =
                     crate::web_config::serve_request(web_now, req, |req| route(&ctx, req)).await;

@@ -20,7 +20,8 @@
 //!   `WWW-Authenticate: Basic`. Every endpoint is behind it, as in the toolkit.
 //! - **Reload**: the file and the certificate, key and CA files it names are watched
 //!   (device, inode, size and mtime, once a second, and at once on `SIGHUP`); a change is
-//!   loaded whole and applies to new connections. A bad reload keeps the config in force and
+//!   loaded whole; users, headers and rate limit apply from the next request (open keep-alive
+//!   connections included), TLS settings to new connections. A bad reload keeps the config in force and
 //!   is logged once per change of the files. At start a bad file is a one-line error naming
 //!   the key ([`crate::config`] turns it into exit code 2).
 //! - **Secrets**: key material and passwords never reach a log line or an error message;

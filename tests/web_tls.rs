@@ -643,6 +643,47 @@ async fn a_changed_password_hash_and_a_rotated_certificate_take_effect_without_r
     .await;
     assert!(took.is_some(), "the new password hash never took effect");
 
+    // an open keep-alive connection (as Prometheus keeps between scrapes) follows the change
+    // too: credentials are checked against the config in force at each request
+    let tcp = tokio::net::TcpStream::connect(exp.addr).await.unwrap();
+    let tls = tls_client(&pki, &c)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut on_conn = |pw: &str| {
+        let e = base64::engine::general_purpose::STANDARD.encode(format!("prometheus:{pw}"));
+        let req = hyper::Request::get("/metrics")
+            .header("host", "localhost")
+            .header("authorization", format!("Basic {e}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let fut = send.send_request(req);
+        async move {
+            let r = fut.await.unwrap();
+            let st = r.status().as_u16();
+            let _ = r.into_body().collect().await;
+            st
+        }
+    };
+    assert_eq!(on_conn("new-pw").await, 200);
+    write_web_config(&pki, "", &[("prometheus", "newer-pw")]);
+    let t0 = std::time::Instant::now();
+    loop {
+        if on_conn("new-pw").await == 401 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "a keep-alive connection kept accepting the old password"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(on_conn("newer-pw").await, 200);
+
     // certificate rotation: new files at the same paths (rename, as cert-manager does)
     let served_cert = || async {
         let tcp = tokio::net::TcpStream::connect(exp.addr).await.unwrap();
@@ -666,7 +707,7 @@ async fn a_changed_password_hash_and_a_rotated_certificate_take_effect_without_r
     })
     .await;
     assert!(took.is_some(), "the rotated certificate was never served");
-    assert_eq!(get("new-pw").await, 200);
+    assert_eq!(get("newer-pw").await, 200);
     exp.stop().await;
 }
 
