@@ -68,6 +68,9 @@ pub const MAX_FILE_BYTES: u64 = 1 << 20;
 /// Successful credential checks remembered (SHA-256 of user, hash and password).
 pub const AUTH_CACHE_SIZE: usize = 100;
 
+/// bcrypt costs above this get a warning at load: each step doubles the time of a check.
+const MAX_QUICK_BCRYPT_COST: u32 = 14;
+
 /// How often the web config file and the files it names are looked at for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -525,6 +528,7 @@ fn load(
             invalid(path, &key, msg)
         })?
     };
+
     let mut warnings = Vec::new();
 
     // basic_auth_users: bcrypt hashes only
@@ -535,11 +539,17 @@ fn load(
             serde_yaml::Value::String(s) => s,
             _ => String::new(),
         };
-        if hash.parse::<bcrypt::HashParts>().is_err() {
+        let Ok(parts) = hash.parse::<bcrypt::HashParts>() else {
             return Err(invalid(
                 path,
                 &key,
                 "not a bcrypt hash: store the hash ($2y$..., e.g. from `htpasswd -nBC 10 \"\" | tr -d ':\\n'`), never the password",
+            ));
+        };
+        if parts.get_cost() > MAX_QUICK_BCRYPT_COST {
+            warnings.push(format!(
+                "{key}: bcrypt cost {} makes each new credential cost seconds of CPU (and they are checked one at a time); 10 to 12 is enough",
+                parts.get_cost()
             ));
         }
         users.push((name, hash));
@@ -1799,6 +1809,21 @@ mod tests {
         );
         assert!(!e.contains(&body[1][..20]), "{e}");
         assert!(e.contains("tls_server_config.key_file"), "{e}");
+    }
+
+    #[test]
+    fn a_costly_bcrypt_hash_is_warned_about() {
+        let d = tempfile::tempdir().unwrap();
+        let costly = DUMMY_HASH.replace("$10$", "$15$");
+        let p = write(
+            d.path(),
+            "web.yml",
+            &format!("basic_auth_users:\n  a: '{costly}'\n  b: '{DUMMY_HASH}'\n"),
+        );
+        let (_, warnings) = load(&p, Arc::new(Semaphore::new(1)), &mut Vec::new()).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("basic_auth_users.a") && warnings[0].contains("cost 15"));
+        assert!(!warnings[0].contains(&costly));
     }
 
     #[test]
