@@ -1324,12 +1324,17 @@ impl WebConfig {
             return true;
         }
         // One bcrypt at a time, on the blocking pool: the runtime has a single worker.
-        let Ok(_permit) = self.bcrypt_gate.clone().acquire_owned().await else {
+        // The permit goes with the blocking task: a client that hangs up mid-check does not
+        // let a second bcrypt start while the first still runs.
+        let Ok(permit) = self.bcrypt_gate.clone().acquire_owned().await else {
             return false;
         };
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pass, &hash).unwrap_or(false))
-            .await
-            .unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            bcrypt::verify(pass, &hash).unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
         // No short circuit: both facts are evaluated, then combined.
         let authorized = std::hint::black_box(valid_user) & std::hint::black_box(ok);
         if authorized {
@@ -2061,6 +2066,26 @@ mod tests {
             "the cached request waited for a bcrypt run: bcrypt ran on the async worker"
         );
         assert!(!slow_task.await.unwrap());
+
+        // a client that hangs up mid-check: the gate stays taken until bcrypt is done
+        let c3 = c.clone();
+        let hung_up =
+            tokio::spawn(async move { c3.authorized(Some(&auth_header("slow", "wrong"))).await });
+        while c.bcrypt_gate.available_permits() == 1 {
+            tokio::task::yield_now().await;
+        }
+        hung_up.abort();
+        let _ = hung_up.await;
+        assert_eq!(
+            c.bcrypt_gate.available_permits(),
+            0,
+            "the running bcrypt still holds the gate"
+        );
+        let t0 = Instant::now();
+        while c.bcrypt_gate.available_permits() == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(60));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]
