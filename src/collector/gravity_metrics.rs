@@ -441,13 +441,9 @@ impl GravityMetricsCollector {
             }
         }
         let st = &mut *prev;
-        skipped += st.input_totals.absorb(
-            &st.input,
-            &mut input,
-            first,
-            restarted,
-            MAX_FLOW_SERIES,
-        );
+        skipped += st
+            .input_totals
+            .absorb(&st.input, &mut input, first, restarted, MAX_FLOW_SERIES);
         let mut out_cur = without_kind(&output);
         skipped += st.output_totals.absorb(
             &st.output_rows,
@@ -499,6 +495,7 @@ impl Collector for GravityMetricsCollector {
         Box::pin(async move {
             let target = ctx.target();
             let settings = ctx.settings();
+            ctx.retries.seed(&target.pipeline);
             if !ctx.up.process_alive() && target.process.is_some() {
                 ctx.store.set_passthrough(String::new());
                 return Err(CollectError::Unavailable(
@@ -757,7 +754,10 @@ mod tests {
             )
         };
         let out = |f: &Families| {
-            f.value("gravity_output_rows_total", &[("schema", "d"), ("table", "t")])
+            f.value(
+                "gravity_output_rows_total",
+                &[("schema", "d"), ("table", "t")],
+            )
         };
         let f = step(0, input("1000", "900", "0", 100.0));
         assert_eq!(ins(&f), Some(0.0), "present at 0 from the first reading");
@@ -826,7 +826,10 @@ mod tests {
         // 5 bad readings x (input, output, retry)
         assert_eq!(c.invalid.get(), 15);
         let text = store.render();
-        assert!(text.contains("gravity_exporter_invalid_counter_samples_total 15"), "{text}");
+        assert!(
+            text.contains("gravity_exporter_invalid_counter_samples_total 15"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -138,6 +138,8 @@ pub struct LogWatcher {
     last_write: Option<f64>,
     last_saved: Option<TailState>,
     warned: Option<String>,
+    /// Pipelines whose `gravity_error_total{error_type="other"}` series exist at 0.
+    seeded: std::collections::HashSet<String>,
 }
 
 impl LogWatcher {
@@ -153,6 +155,7 @@ impl LogWatcher {
             last_write: None,
             last_saved: None,
             warned: None,
+            seeded: Default::default(),
         }
     }
 
@@ -165,6 +168,7 @@ impl LogWatcher {
 
     /// One poll: reads what is new and counts it.
     pub fn poll(&mut self) {
+        crate::collector::exit::tick(&self.ctx);
         let target = self.ctx.target();
         let settings = self.ctx.settings();
         let Some(path) = target.log_path(&settings.proc_root) else {
@@ -232,6 +236,16 @@ impl LogWatcher {
             self.format = detect_format_votes(lines.iter().map(String::as_str), 50);
         }
         let format = self.format.unwrap_or(LogFormat::Json);
+        if self.seeded.len() < crate::retry::MAX_SEEDED_PIPELINES
+            && self.seeded.insert(pipeline.to_string())
+        {
+            for c in Component::ALL {
+                let other = classify::ErrorType::Other.as_str();
+                self.counters
+                    .errors
+                    .with_label_values(&[pipeline, c.as_str(), other, "error"]);
+            }
+        }
         for line in lines {
             match parse_line(line, format) {
                 Ok(rec) => {
@@ -239,6 +253,10 @@ impl LogWatcher {
                         level: rec.level,
                         class: classify(&rec),
                     };
+                    if let Some(e) = crate::collector::exit::evidence(rec.level, &rec.msg, ev.class)
+                    {
+                        self.ctx.up.exit.observe(e, std::time::Instant::now());
+                    }
                     if ev.class.counts_as_error {
                         // For the status page: redacted and shortened before it is kept.
                         self.ctx

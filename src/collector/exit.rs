@@ -1,0 +1,409 @@
+//! Why gravity's last incarnation ended: `gravity_process_last_exit_info{pipeline,reason,cause}`.
+//!
+//! The reason is decided at each exit from what that incarnation left behind:
+//! - its log lines: a `fatal` record gives `fatal` with the classified cause, a Go `panic:`
+//!   (or a logrus `panic` record) gives `panic`, gravity's `[gravity] stop with signal X`
+//!   line (SIGTERM, SIGINT, SIGHUP, SIGQUIT) gives `signal`, a deliberate stop;
+//! - its cgroup: `oom_kill` of `memory.events` grown since the last reading gives
+//!   `oom_killed`, whatever the log says (the kernel's SIGKILL leaves no log line);
+//! - nothing of the above: `unknown`.
+//!
+//! The watcher sees an exit within 100 ms, the log follower reads the last lines up to
+//! 500 ms later. So an exit waits [`SETTLE`] for its late lines before it is decided; lines
+//! read in that window belong to the incarnation that exited, even if the next one has
+//! started. The decision is published as the `exit` snapshot by [`tick`], which the log
+//! follower calls on each poll and the process collector on each run.
+//!
+//! The pure parts ([`evidence`], [`decide`]) are tested on their own; the ledger only
+//! keeps the evidence per incarnation.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::Context;
+use crate::log::classify::{Classification, ErrorType};
+use crate::log::record::Level;
+use crate::metrics::{lock, Families};
+
+/// How long an exit waits for the log lines its incarnation wrote last.
+pub const SETTLE: Duration = Duration::from_millis(2000);
+/// Name of the snapshot the decision is published under.
+pub const SNAPSHOT: &str = "exit";
+
+/// Why gravity exited. Closed set: a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A `fatal` log line (gravity's `log.Fatal`: exit code 1).
+    Fatal,
+    /// A Go panic.
+    Panic,
+    /// A logged stop by SIGTERM, SIGINT, SIGHUP or SIGQUIT: someone stopped it.
+    Signal,
+    /// The kernel's OOM killer, seen in the cgroup's `memory.events`.
+    OomKilled,
+    /// None of the above.
+    Unknown,
+}
+
+impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 5] = [
+        Reason::Fatal,
+        Reason::Panic,
+        Reason::Signal,
+        Reason::OomKilled,
+        Reason::Unknown,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Fatal => "fatal",
+            Reason::Panic => "panic",
+            Reason::Signal => "signal",
+            Reason::OomKilled => "oom_killed",
+            Reason::Unknown => "unknown",
+        }
+    }
+}
+
+/// What one log record says about how the incarnation ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evidence {
+    /// A fatal record with its classified cause.
+    Fatal(ErrorType),
+    /// A panic.
+    Panic,
+    /// gravity's signal-stop line.
+    Signal,
+}
+
+/// gravity's line when a signal stops it (`main.go`): `[gravity] stop with signal terminated`.
+pub const SIGNAL_STOP: &str = "stop with signal";
+
+/// What a record says about the end of its incarnation (pure).
+pub fn evidence(level: Level, msg: &str, class: Classification) -> Option<Evidence> {
+    match level {
+        Level::Panic => Some(Evidence::Panic),
+        Level::Fatal => Some(Evidence::Fatal(class.error_type)),
+        _ if msg.contains(SIGNAL_STOP) => Some(Evidence::Signal),
+        _ => None,
+    }
+}
+
+/// The evidence of one incarnation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// gravity logged a signal stop.
+    pub signal: bool,
+    /// The last fatal or panic record.
+    pub crash: Option<Evidence>,
+}
+
+impl Seen {
+    /// Adds one piece of evidence.
+    pub fn add(&mut self, e: Evidence) {
+        match e {
+            Evidence::Signal => self.signal = true,
+            e => self.crash = Some(e),
+        }
+    }
+}
+
+/// The decision (pure): the OOM killer wins (the kernel's word), then a logged signal
+/// stop (someone meant it, even if gravity fails on its way down), then the last fatal or
+/// panic record. `oom_grew`: the cgroup's `oom_kill` grew over the incarnation's end.
+pub fn decide(seen: Seen, oom_grew: bool) -> (Reason, &'static str) {
+    if oom_grew {
+        return (Reason::OomKilled, "");
+    }
+    if seen.signal {
+        return (Reason::Signal, "");
+    }
+    match seen.crash {
+        Some(Evidence::Fatal(t)) => (Reason::Fatal, t.as_str()),
+        Some(Evidence::Panic) => (Reason::Panic, ""),
+        _ => (Reason::Unknown, ""),
+    }
+}
+
+/// The cgroup `memory.events` files of gravity and their `oom_kill` counts at the last
+/// reading (its own cgroup's, and its parent's: in Kubernetes the container's cgroup
+/// goes away with the container, the pod's stays, and `memory.events` counts descendants).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OomWatch {
+    /// (`memory.events` path, `oom_kill` read there).
+    pub files: Vec<(PathBuf, u64)>,
+}
+
+impl OomWatch {
+    /// Whether `oom_kill` grew in the first file that can still be read; updates the counts.
+    pub fn grew(&mut self, read: impl Fn(&std::path::Path) -> Option<u64>) -> bool {
+        for (path, before) in &mut self.files {
+            if let Some(now) = read(path) {
+                let grew = now > *before;
+                *before = now;
+                return grew;
+            }
+        }
+        false
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    at: Instant,
+    seen: Seen,
+    oom: OomWatch,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    current: Seen,
+    pending: Option<Pending>,
+    oom: OomWatch,
+    last: Option<(Reason, &'static str)>,
+    changed: bool,
+}
+
+/// The evidence per incarnation and the last decision.
+#[derive(Debug, Default)]
+pub struct ExitLedger {
+    state: Mutex<State>,
+}
+
+/// Reads `oom_kill` from a `memory.events` (or cgroup v1 `memory.oom_control`) file.
+pub fn read_oom_kills(path: &std::path::Path) -> Option<u64> {
+    let text = super::cgroup::read_small(path).ok()?;
+    super::cgroup::parse_oom_kills(&text)
+}
+
+impl ExitLedger {
+    /// A record of gravity's log was read.
+    pub fn observe(&self, e: Evidence, now: Instant) {
+        let mut st = lock(&self.state);
+        match st.pending.as_mut() {
+            Some(p) if now.saturating_duration_since(p.at) <= SETTLE => p.seen.add(e),
+            _ => st.current.add(e),
+        }
+    }
+
+    /// The watcher saw gravity exit.
+    pub fn exited(&self, now: Instant) {
+        let mut st = lock(&self.state);
+        // A second exit before the first was decided (a very quick restart): decide it now.
+        if st.pending.is_some() {
+            Self::finalize(&mut st, &read_oom_kills);
+        }
+        let seen = std::mem::take(&mut st.current);
+        let oom = st.oom.clone();
+        st.pending = Some(Pending { at: now, seen, oom });
+    }
+
+    /// The watcher saw a new incarnation: what was logged before belongs to no exit of it.
+    pub fn started(&self) {
+        lock(&self.state).current = Seen::default();
+    }
+
+    /// The process collector read gravity's cgroup.
+    pub fn set_oom_watch(&self, w: OomWatch) {
+        lock(&self.state).oom = w;
+    }
+
+    fn finalize(st: &mut State, read: &dyn Fn(&std::path::Path) -> Option<u64>) {
+        if let Some(mut p) = st.pending.take() {
+            let grew = p.oom.grew(read);
+            if p.oom.files.first().map(|f| &f.0) == st.oom.files.first().map(|f| &f.0) {
+                // Later readings start from what this exit saw.
+                st.oom = p.oom;
+            }
+            st.last = Some(decide(p.seen, grew));
+            st.changed = true;
+        }
+    }
+
+    /// Decides a pending exit whose settle time is over. Returns true if the decision changed.
+    pub fn settle(&self, now: Instant, read: &dyn Fn(&std::path::Path) -> Option<u64>) -> bool {
+        let mut st = lock(&self.state);
+        if st
+            .pending
+            .as_ref()
+            .is_some_and(|p| now.saturating_duration_since(p.at) > SETTLE)
+        {
+            Self::finalize(&mut st, read);
+        }
+        std::mem::take(&mut st.changed)
+    }
+
+    /// The last decision.
+    pub fn last(&self) -> Option<(Reason, &'static str)> {
+        lock(&self.state).last
+    }
+
+    /// `gravity_process_last_exit_info` (absent before the first decided exit).
+    pub fn families(&self, pipeline: &str) -> Families {
+        let mut f = Families::new();
+        if let Some((reason, cause)) = self.last() {
+            f.gauge(
+                "gravity_process_last_exit_info",
+                "Always 1: why gravity's last incarnation ended. reason: fatal (cause: the classified error_type of its last fatal log line), panic, signal (a logged SIGTERM/SIGINT/SIGHUP/SIGQUIT stop: deliberate), oom_killed (its cgroup's memory.events oom_kill grew), unknown.",
+                &[("pipeline", pipeline), ("reason", reason.as_str()), ("cause", cause)],
+                1.0,
+            );
+        }
+        f
+    }
+}
+
+/// Decides a pending exit whose late lines had their time and publishes the `exit`
+/// snapshot. Reads at most a few small cgroup files; call it off the request path.
+pub fn tick(ctx: &Context) {
+    let changed = ctx.up.exit.settle(Instant::now(), &read_oom_kills);
+    if changed || ctx.store.snapshot(SNAPSHOT).is_none() {
+        let t = ctx.target();
+        ctx.store
+            .set_snapshot(SNAPSHOT, ctx.up.exit.families(&t.pipeline));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::classify::{classify, Component};
+    use crate::log::record::{parse_line, LogFormat};
+
+    fn ev_of(line: &str) -> Option<Evidence> {
+        let rec = parse_line(line, LogFormat::Json).unwrap();
+        evidence(rec.level, &rec.msg, classify(&rec))
+    }
+
+    #[test]
+    fn evidence_from_gravitys_real_lines() {
+        let log = include_str!("../../tests/fixtures/gravity.log");
+        let evs: Vec<Evidence> = log.lines().filter_map(ev_of).collect();
+        assert_eq!(
+            evs,
+            vec![
+                Evidence::Fatal(ErrorType::ServerBusy),
+                Evidence::Fatal(ErrorType::Ddl),
+                Evidence::Fatal(ErrorType::Connection),
+                Evidence::Signal,
+            ]
+        );
+        let rec = parse_line(
+            "panic: runtime error: invalid memory address or nil pointer dereference",
+            LogFormat::Json,
+        )
+        .unwrap();
+        assert_eq!(
+            evidence(rec.level, &rec.msg, classify(&rec)),
+            Some(Evidence::Panic)
+        );
+        assert_eq!(
+            ev_of(
+                r#"{"level":"info","msg":"[gravity] stop with signal interrupt","time":"2026-11-22T14:15:00+08:00"}"#
+            ),
+            Some(Evidence::Signal)
+        );
+        assert_eq!(
+            ev_of(
+                r#"{"level":"info","msg":"Welcome to gravity.","time":"2026-11-22T14:15:00+08:00"}"#
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn decision_order() {
+        let fatal = Seen {
+            signal: false,
+            crash: Some(Evidence::Fatal(ErrorType::Ddl)),
+        };
+        assert_eq!(decide(fatal, false), (Reason::Fatal, "ddl"));
+        assert_eq!(decide(fatal, true), (Reason::OomKilled, ""), "oom wins");
+        let mut s = Seen::default();
+        assert_eq!(decide(s, false), (Reason::Unknown, ""));
+        s.add(Evidence::Panic);
+        assert_eq!(decide(s, false), (Reason::Panic, ""));
+        s.add(Evidence::Signal);
+        s.add(Evidence::Fatal(ErrorType::Connection));
+        assert_eq!(
+            decide(s, false),
+            (Reason::Signal, ""),
+            "a stop by signal is deliberate even if gravity fails on its way down"
+        );
+        let _ = Component::ALL;
+    }
+
+    #[test]
+    fn late_lines_belong_to_the_exit_and_oom_wins() {
+        let l = ExitLedger::default();
+        let t0 = Instant::now();
+        let none = |_: &std::path::Path| None;
+        l.observe(Evidence::Fatal(ErrorType::Ddl), t0);
+        l.exited(t0);
+        l.started(); // the next incarnation is already up
+        l.observe(Evidence::Fatal(ErrorType::Connection), t0 + SETTLE / 2); // late line
+        assert!(
+            !l.settle(t0 + SETTLE / 2, &none),
+            "not decided before SETTLE"
+        );
+        assert_eq!(l.last(), None);
+        assert!(l.settle(t0 + SETTLE * 2, &none));
+        assert_eq!(l.last(), Some((Reason::Fatal, "connection")));
+        assert!(!l.settle(t0 + SETTLE * 3, &none), "decided once");
+
+        // a line after the settle time belongs to the running incarnation
+        let t1 = t0 + SETTLE * 4;
+        l.observe(Evidence::Signal, t1);
+        l.exited(t1 + Duration::from_secs(1));
+        l.settle(t1 + SETTLE * 2, &none);
+        assert_eq!(l.last(), Some((Reason::Signal, "")));
+
+        // the OOM killer: memory.events oom_kill grows over the exit
+        l.set_oom_watch(OomWatch {
+            files: vec![(PathBuf::from("/cg/memory.events"), 2)],
+        });
+        let t2 = t1 + SETTLE * 10;
+        l.observe(Evidence::Fatal(ErrorType::Other), t2);
+        l.exited(t2);
+        l.settle(t2 + SETTLE * 2, &|_: &std::path::Path| Some(3));
+        assert_eq!(l.last(), Some((Reason::OomKilled, "")));
+        // the next exit without growth is not an OOM kill again
+        let t3 = t2 + SETTLE * 10;
+        l.exited(t3);
+        l.settle(t3 + SETTLE * 2, &|_: &std::path::Path| Some(3));
+        assert_eq!(l.last(), Some((Reason::Unknown, "")));
+    }
+
+    #[test]
+    fn oom_watch_falls_back_to_the_parent() {
+        let mut w = OomWatch {
+            files: vec![
+                (PathBuf::from("/gone/memory.events"), 0),
+                (PathBuf::from("/pod/memory.events"), 4),
+            ],
+        };
+        let read =
+            |p: &std::path::Path| (p == std::path::Path::new("/pod/memory.events")).then_some(5);
+        assert!(w.grew(read));
+        assert!(!w.grew(read));
+    }
+
+    #[test]
+    fn info_is_absent_before_an_exit() {
+        let l = ExitLedger::default();
+        assert!(l.families("p").is_empty());
+        l.exited(Instant::now());
+        l.settle(Instant::now() + SETTLE * 2, &|_: &std::path::Path| None);
+        let f = l.families("p");
+        assert_eq!(
+            f.value(
+                "gravity_process_last_exit_info",
+                &[("reason", "unknown"), ("cause", "")]
+            ),
+            Some(1.0)
+        );
+    }
+}
