@@ -11,7 +11,7 @@
 //!   counting upward across gravity's restarts (each increase is added, a reset counts from
 //!   zero), with the same cardinality cap (`_other`); a sample that is not a plausible
 //!   counter value (NaN, ±Inf, negative, above 2^53) is skipped and counted in
-//!   `gravity_exporter_invalid_counter_samples_total`, so one bad value neither hangs the
+//!   `gravity_exporter_invalid_samples_total`, so one bad value neither hangs the
 //!   collector nor poisons a total;
 //! - increases of `gravity_scheduler_retry_counter` into `gravity_retry_total` (see
 //!   [`crate::retry`]), so retries keep counting upward across gravity restarts;
@@ -375,8 +375,8 @@ impl GravityMetricsCollector {
         .expect("metric names in this crate are valid");
         let _ = store.registry().register(Box::new(dropped.clone()));
         let invalid = IntCounter::new(
-            "gravity_exporter_invalid_counter_samples_total",
-            "Samples of gravity's row and retry counters skipped because their value cannot be a counter's (NaN, ±Inf, negative, above 2^53).",
+            "gravity_exporter_invalid_samples_total",
+            "Samples of gravity's row and retry counters skipped because their value cannot be a counter's (NaN, Inf, negative, above 2^53).",
         )
         .expect("metric names in this crate are valid");
         let _ = store.registry().register(Box::new(invalid.clone()));
@@ -495,7 +495,6 @@ impl Collector for GravityMetricsCollector {
         Box::pin(async move {
             let target = ctx.target();
             let settings = ctx.settings();
-            ctx.retries.seed(&target.pipeline);
             if !ctx.up.process_alive() && target.process.is_some() {
                 ctx.store.set_passthrough(String::new());
                 return Err(CollectError::Unavailable(
@@ -529,6 +528,8 @@ impl Collector for GravityMetricsCollector {
                 return Err(CollectError::Invalid(format!("/metrics: {why}")));
             }
             let pipeline = target.pipeline.as_str();
+            // gravity answered: its pipeline name is as known as it gets.
+            ctx.retries.seed(pipeline);
             let restarts_before = lock(&self.prev).restarts;
             let mut f = self.process(&exp, Instant::now(), pipeline, &ctx.retries);
             let total = |name: &str| {
@@ -827,7 +828,7 @@ mod tests {
         assert_eq!(c.invalid.get(), 15);
         let text = store.render();
         assert!(
-            text.contains("gravity_exporter_invalid_counter_samples_total 15"),
+            text.contains("gravity_exporter_invalid_samples_total 15"),
             "{text}"
         );
     }

@@ -236,7 +236,10 @@ impl LogWatcher {
             self.format = detect_format_votes(lines.iter().map(String::as_str), 50);
         }
         let format = self.format.unwrap_or(LogFormat::Json);
-        if self.seeded.len() < crate::retry::MAX_SEEDED_PIPELINES
+        // Not under the placeholder name used before gravity was found.
+        let known = pipeline != "unknown" || self.ctx.up.is_up();
+        if known
+            && self.seeded.len() < crate::retry::MAX_SEEDED_PIPELINES
             && self.seeded.insert(pipeline.to_string())
         {
             for c in Component::ALL {
