@@ -330,17 +330,30 @@ impl App {
         self.exit(0);
     }
 
-    /// Switches the fault mode; `crash` and `exit0` act 50 ms later so the caller gets an answer.
+    /// What the Go runtime writes on an unrecovered panic (to stderr, which is gravity's
+    /// log when it runs without `--log-file` under systemd or nohup), then exit code 2.
+    fn panic(&self) {
+        self.log.raw(
+            "panic: runtime error: invalid memory address or nil pointer dereference\n\
+             [signal SIGSEGV: segmentation violation code=0x1 addr=0x0 pc=0x8a5f3e]\n\n\
+             goroutine 1 [running]:\n\
+             github.com/moiot/gravity/pkg/outputs/mysql.(*MySQLOutput).Execute(0xc0001b2000, 0xc0004a6000, 0x1, 0x1, 0x0, 0x0)\n\
+             \t/go/src/github.com/moiot/gravity/pkg/outputs/mysql/mysql.go:211 +0x3e\n",
+        );
+        self.exit(2);
+    }
+
+    /// Switches the fault mode; `crash`, `panic` and `exit0` act 50 ms later so the caller gets an answer.
     pub fn set_mode(self: &Arc<Self>, mode: Mode) {
         match mode {
-            Mode::Crash | Mode::Exit0 => {
+            Mode::Crash | Mode::Exit0 | Mode::Panic => {
                 let app = Arc::clone(self);
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    if mode == Mode::Crash {
-                        app.crash();
-                    } else {
-                        app.exit0();
+                    match mode {
+                        Mode::Crash => app.crash(),
+                        Mode::Panic => app.panic(),
+                        _ => app.exit0(),
                     }
                 });
             }
@@ -502,7 +515,10 @@ async fn ticker(app: Arc<App>, settings: Settings) {
             }
             if !st.initial_done && up >= delay + 0.2 {
                 st.initial_done = true;
-                if matches!(settings.initial_mode, Mode::Crash | Mode::Exit0) {
+                if matches!(
+                    settings.initial_mode,
+                    Mode::Crash | Mode::Exit0 | Mode::Panic
+                ) {
                     action = Some(settings.initial_mode);
                 }
             }
@@ -598,6 +614,7 @@ async fn ticker(app: Arc<App>, settings: Settings) {
         }
         match action {
             Some(Mode::Crash) => app.crash(),
+            Some(Mode::Panic) => app.panic(),
             Some(Mode::Exit0) => app.exit0(),
             _ => {}
         }

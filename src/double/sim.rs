@@ -48,11 +48,13 @@ pub enum Mode {
     Idle,
     /// Idle and the heartbeat probe fails: EventTime freezes.
     HeartbeatBroken,
+    /// A Go runtime panic (`panic: ...` and the goroutine dump where the log goes), exit 2.
+    Panic,
 }
 
 impl Mode {
     /// All modes, for error messages and tests.
-    pub const ALL: [Mode; 10] = [
+    pub const ALL: [Mode; 11] = [
         Mode::None,
         Mode::Crash,
         Mode::Exit0,
@@ -63,6 +65,7 @@ impl Mode {
         Mode::Huge,
         Mode::Idle,
         Mode::HeartbeatBroken,
+        Mode::Panic,
     ];
 
     /// Name used by the control endpoint and `GRAVITY_DOUBLE_FAULT`.
@@ -78,6 +81,7 @@ impl Mode {
             Mode::Huge => "huge",
             Mode::Idle => "idle",
             Mode::HeartbeatBroken => "heartbeat_broken",
+            Mode::Panic => "panic",
         }
     }
 
@@ -532,7 +536,7 @@ impl Sim {
         let n = spec.tables.len();
         let heartbeat = spec.mode == InputMode::Stream;
         let mode = match settings.initial_mode {
-            Mode::Crash | Mode::Exit0 => Mode::None,
+            Mode::Crash | Mode::Exit0 | Mode::Panic => Mode::None,
             m => m,
         };
         let lag_mean = settings.lag_mean;

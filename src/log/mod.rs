@@ -181,7 +181,14 @@ impl LogWatcher {
             .map(|(p, _)| p != &path)
             .unwrap_or(true)
         {
-            let saved = settings.log_state_file.as_deref().and_then(load_state);
+            // The same file under another path (gravity restarted: /proc/<new pid>/root/...)
+            // goes on from where the last tailer was, not from the end: the last lines of
+            // the incarnation that ended are what says why it ended.
+            let saved = self
+                .tailer
+                .as_ref()
+                .and_then(|(_, t)| t.state())
+                .or_else(|| settings.log_state_file.as_deref().and_then(load_state));
             let mut cfg = TailConfig::new(&path);
             cfg.start_at_end = settings.log_start_at_end;
             tracing::info!(path = %path.display(), resume = saved.is_some(), "following gravity's log");
