@@ -163,6 +163,8 @@ struct State {
     current: Seen,
     pending: Option<Pending>,
     oom: OomWatch,
+    /// When a rise of `oom_kill` was first read while gravity ran (not yet the baseline).
+    oom_rose_at: Option<Instant>,
     last: Option<(Reason, &'static str)>,
     changed: bool,
 }
@@ -206,9 +208,28 @@ impl ExitLedger {
         lock(&self.state).current = Seen::default();
     }
 
-    /// The process collector read gravity's cgroup.
-    pub fn set_oom_watch(&self, w: OomWatch) {
-        lock(&self.state).oom = w;
+    /// The process collector read gravity's cgroup at `now`. A rise of `oom_kill` becomes
+    /// the new baseline only once gravity has outlived it by [`SETTLE`]: a reading taken
+    /// between the kernel's kill and the watcher seeing the exit must not hide the kill,
+    /// while a kill gravity survived (another process of its cgroup) is not its exit cause.
+    pub fn set_oom_watch(&self, w: OomWatch, now: Instant) {
+        let mut st = lock(&self.state);
+        let same = st.oom.files.len() == w.files.len()
+            && st.oom.files.iter().zip(&w.files).all(|(a, b)| a.0 == b.0);
+        let rose = same && st.oom.files.iter().zip(&w.files).any(|(a, b)| b.1 > a.1);
+        if !rose {
+            st.oom = w;
+            st.oom_rose_at = None;
+            return;
+        }
+        match st.oom_rose_at {
+            None => st.oom_rose_at = Some(now),
+            Some(t) if now.saturating_duration_since(t) > SETTLE => {
+                st.oom = w;
+                st.oom_rose_at = None;
+            }
+            Some(_) => {}
+        }
     }
 
     fn finalize(st: &mut State, read: &dyn Fn(&std::path::Path) -> Option<u64>) {
@@ -217,6 +238,7 @@ impl ExitLedger {
             if p.oom.files.first().map(|f| &f.0) == st.oom.files.first().map(|f| &f.0) {
                 // Later readings start from what this exit saw.
                 st.oom = p.oom;
+                st.oom_rose_at = None;
             }
             st.last = Some(decide(p.seen, grew));
             st.changed = true;
@@ -362,9 +384,12 @@ mod tests {
         assert_eq!(l.last(), Some((Reason::Signal, "")));
 
         // the OOM killer: memory.events oom_kill grows over the exit
-        l.set_oom_watch(OomWatch {
-            files: vec![(PathBuf::from("/cg/memory.events"), 2)],
-        });
+        l.set_oom_watch(
+            OomWatch {
+                files: vec![(PathBuf::from("/cg/memory.events"), 2)],
+            },
+            t1,
+        );
         let t2 = t1 + SETTLE * 10;
         l.observe(Evidence::Fatal(ErrorType::Other), t2);
         l.exited(t2);
@@ -374,6 +399,29 @@ mod tests {
         let t3 = t2 + SETTLE * 10;
         l.exited(t3);
         l.settle(t3 + SETTLE * 2, &|_: &std::path::Path| Some(3));
+        assert_eq!(l.last(), Some((Reason::Unknown, "")));
+    }
+
+    #[test]
+    fn a_reading_between_the_kill_and_the_exit_does_not_hide_the_oom_kill() {
+        let l = ExitLedger::default();
+        let t0 = Instant::now();
+        let at = |n: u64| OomWatch {
+            files: vec![(PathBuf::from("/cg/memory.events"), n)],
+        };
+        l.set_oom_watch(at(0), t0);
+        // the collector reads oom_kill 1 after the kernel killed gravity, before the
+        // watcher saw it gone
+        l.set_oom_watch(at(1), t0 + Duration::from_millis(50));
+        l.exited(t0 + Duration::from_millis(100));
+        l.settle(t0 + SETTLE * 2, &|_: &std::path::Path| Some(1));
+        assert_eq!(l.last(), Some((Reason::OomKilled, "")));
+        // a kill gravity survived (another process of its cgroup) is not its exit cause
+        let t1 = t0 + SETTLE * 10;
+        l.set_oom_watch(at(2), t1);
+        l.set_oom_watch(at(2), t1 + SETTLE * 2);
+        l.exited(t1 + SETTLE * 3);
+        l.settle(t1 + SETTLE * 5, &|_: &std::path::Path| Some(2));
         assert_eq!(l.last(), Some((Reason::Unknown, "")));
     }
 

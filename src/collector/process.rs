@@ -239,7 +239,9 @@ impl Collector for ProcessCollector {
                 if let Some(c) = remembered.as_ref() {
                     let m = super::cgroup::read_memory(c);
                     if look.is_some() {
-                        ctx2.up.exit.set_oom_watch(m.watch.clone());
+                        ctx2.up
+                            .exit
+                            .set_oom_watch(m.watch.clone(), std::time::Instant::now());
                     }
                     extra.extend(super::cgroup::families(&m, &pipeline));
                 }

@@ -343,9 +343,28 @@ impl App {
         self.exit(2);
     }
 
+    /// Allocates and touches memory until 1 GiB is held (bounded), on its own thread.
+    fn memory_hog(&self) {
+        const CHUNK: usize = 8 << 20;
+        const CHUNKS: usize = 128;
+        std::thread::spawn(|| {
+            let mut held: Vec<Vec<u8>> = Vec::with_capacity(CHUNKS);
+            for _ in 0..CHUNKS {
+                // non-zero fill: every page is touched, so it is resident
+                held.push(vec![1u8; CHUNK]);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            loop {
+                std::thread::sleep(Duration::from_secs(60));
+                std::hint::black_box(&held);
+            }
+        });
+    }
+
     /// Switches the fault mode; `crash`, `panic` and `exit0` act 50 ms later so the caller gets an answer.
     pub fn set_mode(self: &Arc<Self>, mode: Mode) {
         match mode {
+            Mode::MemoryHog => self.memory_hog(),
             Mode::Crash | Mode::Exit0 | Mode::Panic => {
                 let app = Arc::clone(self);
                 tokio::spawn(async move {
@@ -517,7 +536,7 @@ async fn ticker(app: Arc<App>, settings: Settings) {
                 st.initial_done = true;
                 if matches!(
                     settings.initial_mode,
-                    Mode::Crash | Mode::Exit0 | Mode::Panic
+                    Mode::Crash | Mode::Exit0 | Mode::Panic | Mode::MemoryHog
                 ) {
                     action = Some(settings.initial_mode);
                 }
@@ -615,6 +634,7 @@ async fn ticker(app: Arc<App>, settings: Settings) {
         match action {
             Some(Mode::Crash) => app.crash(),
             Some(Mode::Panic) => app.panic(),
+            Some(Mode::MemoryHog) => app.memory_hog(),
             Some(Mode::Exit0) => app.exit0(),
             _ => {}
         }
