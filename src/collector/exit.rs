@@ -92,6 +92,14 @@ pub fn evidence(level: Level, msg: &str, class: Classification) -> Option<Eviden
     }
 }
 
+/// A log record's time (RFC 3339, any offset, as gravity's json and text formats write it)
+/// as Unix seconds; `None` when absent or in another shape.
+pub fn record_time(t: Option<&str>) -> Option<f64> {
+    let t = t?.trim_matches('"');
+    let dt = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(dt.unix_timestamp_nanos() as f64 / 1e9)
+}
+
 /// The evidence of one incarnation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Seen {
@@ -161,6 +169,8 @@ struct Pending {
 #[derive(Debug, Default)]
 struct State {
     current: Seen,
+    /// When the running incarnation was seen to start (Unix seconds).
+    current_since: Option<f64>,
     pending: Option<Pending>,
     oom: OomWatch,
     /// When a rise of `oom_kill` was first read while gravity ran (not yet the baseline).
@@ -182,13 +192,9 @@ pub fn read_oom_kills(path: &std::path::Path) -> Option<u64> {
 }
 
 impl ExitLedger {
-    /// A record of gravity's log was read.
+    /// A record of gravity's log without a time was read.
     pub fn observe(&self, e: Evidence, now: Instant) {
-        let mut st = lock(&self.state);
-        match st.pending.as_mut() {
-            Some(p) if now.saturating_duration_since(p.at) <= SETTLE => p.seen.add(e),
-            _ => st.current.add(e),
-        }
+        self.observe_written(e, now, None);
     }
 
     /// The watcher saw gravity exit.
@@ -205,7 +211,33 @@ impl ExitLedger {
 
     /// The watcher saw a new incarnation: what was logged before belongs to no exit of it.
     pub fn started(&self) {
-        lock(&self.state).current = Seen::default();
+        self.started_at(super::unix_now());
+    }
+
+    /// [`ExitLedger::started`] at a given Unix time.
+    pub fn started_at(&self, unix: f64) {
+        let mut st = lock(&self.state);
+        st.current = Seen::default();
+        st.current_since = Some(unix);
+    }
+
+    /// A record written at `written` (Unix seconds, when the line carries a time) was read.
+    /// Fatal, panic and signal-stop lines end an incarnation, so one written before the
+    /// running incarnation was seen to start (read late: a resumed log state file, a log
+    /// read from its start) belongs to an earlier one and is not kept for the next exit.
+    pub fn observe_written(&self, e: Evidence, now: Instant, written: Option<f64>) {
+        let mut st = lock(&self.state);
+        match st.pending.as_mut() {
+            Some(p) if now.saturating_duration_since(p.at) <= SETTLE => p.seen.add(e),
+            _ => {
+                // gravity's log times have whole seconds: one second of slack.
+                let stale =
+                    matches!((written, st.current_since), (Some(w), Some(s)) if w < s - 1.0);
+                if !stale {
+                    st.current.add(e);
+                }
+            }
+        }
     }
 
     /// The process collector read gravity's cgroup at `now`. A rise of `oom_kill` becomes
@@ -337,6 +369,16 @@ mod tests {
     }
 
     #[test]
+    fn record_times() {
+        assert_eq!(
+            record_time(Some("2026-11-22T14:15:00+08:00")),
+            Some(1_795_328_100.0)
+        );
+        assert_eq!(record_time(Some("2026/11/22 14:15:00")), None);
+        assert_eq!(record_time(None), None);
+    }
+
+    #[test]
     fn decision_order() {
         let fatal = Seen {
             signal: false,
@@ -423,6 +465,32 @@ mod tests {
         l.exited(t1 + SETTLE * 3);
         l.settle(t1 + SETTLE * 5, &|_: &std::path::Path| Some(2));
         assert_eq!(l.last(), Some((Reason::Unknown, "")));
+    }
+
+    #[test]
+    fn a_stale_line_from_an_earlier_incarnation_is_not_the_next_exits_cause() {
+        // The exporter resumes its log state file and reads a fatal line written before the
+        // running incarnation started (gravity died while the exporter was down).
+        let l = ExitLedger::default();
+        let t0 = Instant::now();
+        l.started_at(1000.0);
+        l.observe_written(Evidence::Fatal(ErrorType::Ddl), t0, Some(900.0));
+        l.exited(t0 + Duration::from_secs(1));
+        l.settle(t0 + SETTLE * 2, &|_: &std::path::Path| None);
+        assert_eq!(l.last(), Some((Reason::Unknown, "")));
+        // a line written within the incarnation counts, and so does a line without a time
+        let t1 = t0 + SETTLE * 4;
+        l.started_at(2000.0);
+        l.observe_written(Evidence::Fatal(ErrorType::Ddl), t1, Some(2000.5));
+        l.exited(t1);
+        l.settle(t1 + SETTLE * 2, &|_: &std::path::Path| None);
+        assert_eq!(l.last(), Some((Reason::Fatal, "ddl")));
+        let t2 = t1 + SETTLE * 4;
+        l.started_at(3000.0);
+        l.observe_written(Evidence::Panic, t2, None);
+        l.exited(t2);
+        l.settle(t2 + SETTLE * 2, &|_: &std::path::Path| None);
+        assert_eq!(l.last(), Some((Reason::Panic, "")));
     }
 
     #[test]

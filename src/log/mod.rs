@@ -265,7 +265,11 @@ impl LogWatcher {
                     };
                     if let Some(e) = crate::collector::exit::evidence(rec.level, &rec.msg, ev.class)
                     {
-                        self.ctx.up.exit.observe(e, std::time::Instant::now());
+                        let written = crate::collector::exit::record_time(rec.time);
+                        self.ctx
+                            .up
+                            .exit
+                            .observe_written(e, std::time::Instant::now(), written);
                     }
                     if ev.class.counts_as_error {
                         // For the status page: redacted and shortened before it is kept.
