@@ -238,7 +238,13 @@ impl Collector for ProcessCollector {
                 }
                 if let Some(c) = remembered.as_ref() {
                     let m = super::cgroup::read_memory(c);
-                    if look.is_some() {
+                    // Only a reading gravity is known to have outlived moves the OOM
+                    // baseline: one taken after the kernel killed it must not hide the kill.
+                    let outlived = look.is_some_and(|l| {
+                        crate::discovery::look(&root, l.id.pid)
+                            .is_some_and(|n| n.id == l.id && n.is_alive())
+                    });
+                    if outlived {
                         ctx2.up
                             .exit
                             .set_oom_watch(m.watch.clone(), std::time::Instant::now());
