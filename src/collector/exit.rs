@@ -313,12 +313,11 @@ impl ExitLedger {
 /// Decides a pending exit whose late lines had their time and publishes the `exit`
 /// snapshot. Reads at most a few small cgroup files; call it off the request path.
 pub fn tick(ctx: &Context) {
-    let changed = ctx.up.exit.settle(Instant::now(), &read_oom_kills);
-    if changed || ctx.store.snapshot(SNAPSHOT).is_none() {
-        let t = ctx.target();
-        ctx.store
-            .set_snapshot(SNAPSHOT, ctx.up.exit.families(&t.pipeline));
-    }
+    ctx.up.exit.settle(Instant::now(), &read_oom_kills);
+    // Published every time (one series at most): a renamed pipeline shows at once.
+    let t = ctx.target();
+    ctx.store
+        .set_snapshot(SNAPSHOT, ctx.up.exit.families(&t.pipeline));
 }
 
 #[cfg(test)]
