@@ -255,6 +255,11 @@ impl LogWatcher {
                     .errors
                     .with_label_values(&[pipeline, c.as_str(), other, "error"]);
             }
+            let levels = [Level::Debug, Level::Info, Level::Warning, Level::Error];
+            let levels = levels.into_iter().chain([Level::Fatal, Level::Panic]);
+            for l in levels.map(Level::as_str).chain(["unknown"]) {
+                self.counters.lines.with_label_values(&[pipeline, l]);
+            }
         }
         for line in lines {
             match parse_line(line, format) {
