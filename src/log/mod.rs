@@ -138,7 +138,7 @@ pub struct LogWatcher {
     last_write: Option<f64>,
     last_saved: Option<TailState>,
     warned: Option<String>,
-    /// Pipelines whose `gravity_error_total{error_type="other"}` series exist at 0.
+    /// Pipelines whose `gravity_error_total{error_type="other"}` and `gravity_log_lines_total` series exist at 0.
     seeded: std::collections::HashSet<String>,
 }
 
@@ -184,10 +184,15 @@ impl LogWatcher {
             // The same file under another path (gravity restarted: /proc/<new pid>/root/...)
             // goes on from where the last tailer was, not from the end: the last lines of
             // the incarnation that ended are what says why it ended.
+            let same_file = |st: &TailState| {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(&path).is_ok_and(|m| m.dev() == st.dev && m.ino() == st.ino)
+            };
             let saved = self
                 .tailer
                 .as_ref()
                 .and_then(|(_, t)| t.state())
+                .filter(same_file)
                 .or_else(|| settings.log_state_file.as_deref().and_then(load_state));
             let mut cfg = TailConfig::new(&path);
             cfg.start_at_end = settings.log_start_at_end;
