@@ -164,6 +164,8 @@ struct Pending {
     at: Instant,
     seen: Seen,
     oom: OomWatch,
+    /// `oom_kill` read at the exit through the files opened while gravity ran.
+    at_exit: Vec<(PathBuf, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -173,6 +175,9 @@ struct State {
     current_since: Option<f64>,
     pending: Option<Pending>,
     oom: OomWatch,
+    /// The files of `oom` kept open: a container's cgroup, seen through
+    /// `/proc/<pid>/root`, cannot be opened by path any more once gravity is gone.
+    oom_open: Vec<(PathBuf, std::fs::File)>,
     /// When a rise of `oom_kill` was first read while gravity ran (not yet the baseline).
     oom_rose_at: Option<Instant>,
     last: Option<(Reason, &'static str)>,
@@ -183,6 +188,14 @@ struct State {
 #[derive(Debug, Default)]
 pub struct ExitLedger {
     state: Mutex<State>,
+}
+
+/// Reads `oom_kill` through an open `memory.events` file (from its start; a few hundred bytes).
+fn read_open(f: &std::fs::File) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 4096];
+    let n = f.read_at(&mut buf, 0).ok()?;
+    super::cgroup::parse_oom_kills(std::str::from_utf8(buf.get(..n)?).ok()?)
 }
 
 /// Reads `oom_kill` from a `memory.events` (or cgroup v1 `memory.oom_control`) file.
@@ -206,7 +219,17 @@ impl ExitLedger {
         }
         let seen = std::mem::take(&mut st.current);
         let oom = st.oom.clone();
-        st.pending = Some(Pending { at: now, seen, oom });
+        let at_exit = st
+            .oom_open
+            .iter()
+            .filter_map(|(p, f)| Some((p.clone(), read_open(f)?)))
+            .collect();
+        st.pending = Some(Pending {
+            at: now,
+            seen,
+            oom,
+            at_exit,
+        });
     }
 
     /// The watcher saw a new incarnation: what was logged before belongs to no exit of it.
@@ -246,6 +269,18 @@ impl ExitLedger {
     /// while a kill gravity survived (another process of its cgroup) is not its exit cause.
     pub fn set_oom_watch(&self, w: OomWatch, now: Instant) {
         let mut st = lock(&self.state);
+        if st
+            .oom_open
+            .iter()
+            .map(|f| &f.0)
+            .ne(w.files.iter().map(|f| &f.0))
+        {
+            st.oom_open = w
+                .files
+                .iter()
+                .filter_map(|(p, _)| Some((p.clone(), std::fs::File::open(p).ok()?)))
+                .collect();
+        }
         let same = st.oom.files.len() == w.files.len()
             && st.oom.files.iter().zip(&w.files).all(|(a, b)| a.0 == b.0);
         let rose = same && st.oom.files.iter().zip(&w.files).any(|(a, b)| b.1 > a.1);
@@ -266,7 +301,14 @@ impl ExitLedger {
 
     fn finalize(st: &mut State, read: &dyn Fn(&std::path::Path) -> Option<u64>) {
         if let Some(mut p) = st.pending.take() {
-            let grew = p.oom.grew(read);
+            let at_exit = std::mem::take(&mut p.at_exit);
+            let grew = p.oom.grew(|path| {
+                at_exit
+                    .iter()
+                    .find(|(q, _)| q == path)
+                    .map(|(_, n)| *n)
+                    .or_else(|| read(path))
+            });
             if p.oom.files.first().map(|f| &f.0) == st.oom.files.first().map(|f| &f.0) {
                 // Later readings start from what this exit saw.
                 st.oom = p.oom;
@@ -490,6 +532,30 @@ mod tests {
         l.exited(t2);
         l.settle(t2 + SETTLE * 2, &|_: &std::path::Path| None);
         assert_eq!(l.last(), Some((Reason::Panic, "")));
+    }
+
+    #[test]
+    fn the_oom_kill_is_read_at_the_exit_through_the_open_file() {
+        // A container's cgroup (seen through /proc/<pid>/root) is gone soon after the
+        // container died: the count is read at the exit through the file opened while
+        // gravity ran, not by path 2 s later.
+        let d = tempfile::tempdir().unwrap();
+        let events = d.path().join("memory.events");
+        std::fs::write(&events, "oom 0\noom_kill 0\n").unwrap();
+        let l = ExitLedger::default();
+        let t0 = Instant::now();
+        l.set_oom_watch(
+            OomWatch {
+                files: vec![(events.clone(), 0)],
+            },
+            t0,
+        );
+        // the kernel kills gravity: same file, new content
+        std::fs::write(&events, "oom 1\noom_kill 1\n").unwrap();
+        l.exited(t0 + Duration::from_millis(100));
+        std::fs::remove_file(&events).unwrap(); // the cgroup is removed
+        l.settle(t0 + SETTLE * 2, &read_oom_kills);
+        assert_eq!(l.last(), Some((Reason::OomKilled, "")));
     }
 
     #[test]
