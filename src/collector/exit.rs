@@ -242,6 +242,8 @@ impl ExitLedger {
         let mut st = lock(&self.state);
         st.current = Seen::default();
         st.current_since = Some(unix);
+        // A restarted unit may have a new cgroup under the same path: open it again.
+        st.oom_open.clear();
     }
 
     /// A record written at `written` (Unix seconds, when the line carries a time) was read.
