@@ -64,7 +64,7 @@ fn build_info(store: &Store) {
 /// The collectors, in run order.
 pub fn collectors(store: &Store) -> Vec<Arc<dyn Collector>> {
     vec![
-        Arc::new(ProcessCollector),
+        Arc::new(ProcessCollector::default()),
         Arc::new(HealthzCollector),
         Arc::new(StatusCollector::new(store)),
         Arc::new(GravityMetricsCollector::new(store)),

@@ -10,7 +10,7 @@
 //! - Retries that only show in the log (Kafka, binlog reconnects: any other component) are
 //!   counted straight from the log.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use prometheus::{IntCounterVec, Opts};
@@ -19,12 +19,15 @@ use crate::metrics::{lock, Store};
 
 /// Most pending reasons kept (a log read far ahead of the API cannot grow memory).
 pub const MAX_PENDING: usize = 10_000;
+/// Most pipelines whose known series are created at 0 (the label normally has one value).
+pub const MAX_SEEDED_PIPELINES: usize = 16;
 
 /// The shared retry counter.
 #[derive(Debug)]
 pub struct RetryLedger {
     counter: IntCounterVec,
     pending: Mutex<VecDeque<&'static str>>,
+    seeded: Mutex<HashSet<String>>,
 }
 
 impl RetryLedger {
@@ -42,6 +45,27 @@ impl RetryLedger {
         RetryLedger {
             counter,
             pending: Mutex::new(VecDeque::new()),
+            seeded: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Creates the known series of `pipeline` at 0, once: every component with reason
+    /// `other`, and the scheduler with every cause, so that `rate()` and `increase()` see
+    /// the first retry after a start. Bounded by [`MAX_SEEDED_PIPELINES`].
+    pub fn seed(&self, pipeline: &str) {
+        use crate::log::classify::{Component, ErrorType};
+        let mut seeded = lock(&self.seeded);
+        if seeded.contains(pipeline) || seeded.len() >= MAX_SEEDED_PIPELINES {
+            return;
+        }
+        seeded.insert(pipeline.to_string());
+        for c in Component::ALL {
+            self.counter
+                .with_label_values(&[pipeline, c.as_str(), ErrorType::Other.as_str()]);
+        }
+        for e in ErrorType::ALL {
+            self.counter
+                .with_label_values(&[pipeline, Component::Scheduler.as_str(), e.as_str()]);
         }
     }
 
@@ -54,14 +78,25 @@ impl RetryLedger {
         p.push_back(reason);
     }
 
-    /// gravity's scheduler retry counter grew by `n`.
+    /// gravity's scheduler retry counter grew by `n`. The first `n` pending reasons are
+    /// attributed, the rest goes to `other` in one step: the work is bounded by
+    /// [`MAX_PENDING`] whatever `n` is.
     pub fn scheduler_increase(&self, pipeline: &str, n: u64) {
         let mut p = lock(&self.pending);
-        for _ in 0..n {
-            let reason = p.pop_front().unwrap_or("other");
+        let take = usize::try_from(n).unwrap_or(usize::MAX).min(p.len());
+        let mut by_reason: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for reason in p.drain(..take) {
+            *by_reason.entry(reason).or_insert(0) += 1;
+        }
+        drop(p);
+        let rest = n.saturating_sub(take as u64);
+        if rest > 0 {
+            *by_reason.entry("other").or_insert(0) += rest;
+        }
+        for (reason, k) in by_reason {
             self.counter
                 .with_label_values(&[pipeline, "scheduler", reason])
-                .inc();
+                .inc_by(k);
         }
     }
 
@@ -100,5 +135,39 @@ mod tests {
             r.scheduler_reason("timeout");
         }
         assert_eq!(lock(&r.pending).len(), MAX_PENDING);
+    }
+
+    #[test]
+    fn a_huge_increase_is_one_step_not_a_loop() {
+        let s = Store::new();
+        let r = RetryLedger::new(&s);
+        r.scheduler_reason("deadlock");
+        // gravity's counter jumping by 1e300 saturates to u64::MAX: this must not loop.
+        r.scheduler_increase("p", u64::MAX);
+        assert_eq!(r.get("p", "scheduler", "deadlock"), 1);
+        assert_eq!(r.get("p", "scheduler", "other"), u64::MAX - 1);
+    }
+
+    #[test]
+    fn known_series_exist_at_zero() {
+        let s = Store::new();
+        let r = RetryLedger::new(&s);
+        r.seed("p");
+        let text = s.render();
+        for c in crate::log::classify::Component::ALL {
+            let line = format!(
+                "gravity_retry_total{{component=\"{}\",pipeline=\"p\",reason=\"other\"}} 0",
+                c.as_str()
+            );
+            assert!(text.contains(&line), "missing {line}\n{text}");
+        }
+        assert!(text.contains(
+            "gravity_retry_total{component=\"scheduler\",pipeline=\"p\",reason=\"deadlock\"} 0"
+        ));
+        r.seed("p");
+        for i in 0..MAX_SEEDED_PIPELINES + 5 {
+            r.seed(&format!("x{i}"));
+        }
+        assert_eq!(lock(&r.seeded).len(), MAX_SEEDED_PIPELINES);
     }
 }

@@ -22,6 +22,9 @@ fn normalise(text: &str) -> String {
         "gravity_watermark_stall_seconds",
         "gravity_data_lag_seconds_bucket",
         "gravity_data_lag_seconds_sum",
+        // statvfs of the filesystem the fixture log is on: the test host's disk
+        "gravity_log_filesystem_avail_bytes",
+        "gravity_log_filesystem_size_bytes",
     ];
     text.lines()
         .map(|l| {

@@ -6,6 +6,13 @@
 //!   `gravity_output_counter`, over the window between two collections, correct across
 //!   counter resets (a gravity restart is detected by `process_start_time_seconds`
 //!   changing, or by a counter going down);
+//! - `gravity_input_rows_total{pipeline,schema,table,operation}` and
+//!   `gravity_output_rows_total{pipeline,schema,table}`: the same counters as ours, kept
+//!   counting upward across gravity's restarts (each increase is added, a reset counts from
+//!   zero), with the same cardinality cap (`_other`); a sample that is not a plausible
+//!   counter value (NaN, ±Inf, negative, above 2^53) is skipped and counted in
+//!   `gravity_exporter_invalid_samples_total`, so one bad value neither hangs the
+//!   collector nor poisons a total;
 //! - increases of `gravity_scheduler_retry_counter` into `gravity_retry_total` (see
 //!   [`crate::retry`]), so retries keep counting upward across gravity restarts;
 //! - a pass-through of every family, unchanged, so existing gravity dashboards keep
@@ -82,9 +89,31 @@ pub fn output_flows(exp: &Exposition<'_>) -> Flows {
     out
 }
 
-/// Per-second rates between two readings `dt` seconds apart. A series that went down,
-/// or every series when `reset` (gravity restarted), counts from zero; a series new since
-/// the last reading counts from zero too (gravity creates a series at its first row).
+/// Largest counter value taken as real: 2^53, where f64 stops counting in ones. No row
+/// or retry counter gets there; a value beyond it is a broken exposition.
+pub const MAX_PLAUSIBLE_COUNTER: f64 = 9_007_199_254_740_992.0;
+
+/// Whether `v` can be a counter's value (finite, not negative, not absurdly large).
+pub fn plausible(v: f64) -> bool {
+    v.is_finite() && (0.0..=MAX_PLAUSIBLE_COUNTER).contains(&v)
+}
+
+/// The increase of a counter from `prev` to `cur` (O(1), total). A reset (gravity
+/// restarted, or the value went down) counts from zero; no previous reading counts from
+/// zero too (gravity creates a series at its first row). `None` when `cur` is not a
+/// plausible counter value: the sample is skipped. An implausible `prev` counts as a reset.
+pub fn delta(prev: Option<f64>, cur: f64, reset: bool) -> Option<f64> {
+    if !plausible(cur) {
+        return None;
+    }
+    match prev.filter(|p| plausible(*p)) {
+        Some(p) if !reset && cur >= p => Some(cur - p),
+        _ => Some(cur),
+    }
+}
+
+/// Per-second rates between two readings `dt` seconds apart (see [`delta`]); series whose
+/// current value is not plausible are left out.
 pub fn rates(prev: &Flows, cur: &Flows, dt: f64, reset: bool) -> Vec<(FlowKey, f64)> {
     if dt <= 0.0 {
         return Vec::new();
@@ -93,13 +122,86 @@ pub fn rates(prev: &Flows, cur: &Flows, dt: f64, reset: bool) -> Vec<(FlowKey, f
     keys.sort();
     keys.dedup();
     keys.into_iter()
-        .map(|k| {
+        .filter_map(|k| {
             let c = cur.get(k).copied().unwrap_or(0.0);
-            let p = prev.get(k).copied().unwrap_or(0.0);
-            let inc = if reset || c < p { c } else { c - p };
-            (k.clone(), inc / dt)
+            let inc = delta(prev.get(k).copied(), c, reset)?;
+            Some((k.clone(), inc / dt))
         })
         .collect()
+}
+
+/// Row totals that keep counting across gravity's restarts, capped at `max` keys: a key
+/// first seen when the cap is full counts into the `_other` key of its operation.
+#[derive(Debug, Default, Clone)]
+pub struct RowTotals {
+    totals: Flows,
+}
+
+impl RowTotals {
+    /// Adds `inc` to `key` (or to its `_other` bucket when `max` keys are taken).
+    pub fn add(&mut self, key: &FlowKey, inc: f64, max: usize) {
+        if let Some(v) = self.totals.get_mut(key) {
+            *v += inc;
+            return;
+        }
+        let named = self.totals.keys().filter(|k| k.schema != "_other").count();
+        let k = if named < max {
+            key.clone()
+        } else {
+            FlowKey {
+                schema: "_other".into(),
+                table: "_other".into(),
+                op: key.op.clone(),
+            }
+        };
+        *self.totals.entry(k).or_insert(0.0) += inc;
+    }
+
+    /// Adds the increases from `prev` to `cur`; returns how many samples were skipped as
+    /// implausible (their previous value is kept in `cur`, so the next good one counts
+    /// only what is new).
+    pub fn absorb(
+        &mut self,
+        prev: &Flows,
+        cur: &mut Flows,
+        first: bool,
+        reset: bool,
+        max: usize,
+    ) -> u64 {
+        let mut skipped = 0u64;
+        for (k, c) in cur.iter_mut() {
+            let p = prev.get(k).copied();
+            match delta(p, *c, reset) {
+                // the first reading's past is not ours to count: the series starts at 0
+                Some(_) if first => self.add(k, 0.0, max),
+                Some(inc) => self.add(k, inc, max),
+                None => {
+                    skipped += 1;
+                    *c = p.unwrap_or(0.0);
+                }
+            }
+        }
+        skipped
+    }
+
+    /// The totals.
+    pub fn iter(&self) -> impl Iterator<Item = (&FlowKey, f64)> {
+        self.totals.iter().map(|(k, v)| (k, *v))
+    }
+}
+
+/// Output flows summed over the kind (the counter has schema and table only).
+pub fn without_kind(flows: &Flows) -> Flows {
+    let mut out = Flows::new();
+    for (k, v) in flows {
+        let key = FlowKey {
+            schema: k.schema.clone(),
+            table: k.table.clone(),
+            op: String::new(),
+        };
+        *out.entry(key).or_insert(0.0) += v;
+    }
+    out
 }
 
 /// Caps the number of distinct keys, summing the rest into `_other`.
@@ -250,12 +352,17 @@ struct Prev {
     start_time: Option<f64>,
     /// Restarts seen through process_start_time_seconds changing.
     restarts: u64,
+    /// Output counters summed over the kind, as last absorbed.
+    output_rows: Flows,
+    input_totals: RowTotals,
+    output_totals: RowTotals,
 }
 
 /// The collector.
 pub struct GravityMetricsCollector {
     prev: Mutex<Prev>,
     dropped: IntCounter,
+    invalid: IntCounter,
 }
 
 impl GravityMetricsCollector {
@@ -267,9 +374,16 @@ impl GravityMetricsCollector {
         )
         .expect("metric names in this crate are valid");
         let _ = store.registry().register(Box::new(dropped.clone()));
+        let invalid = IntCounter::new(
+            "gravity_exporter_invalid_samples_total",
+            "Samples of gravity's row and retry counters skipped because their value cannot be a counter's (NaN, Inf, negative, above 2^53).",
+        )
+        .expect("metric names in this crate are valid");
+        let _ = store.registry().register(Box::new(invalid.clone()));
         GravityMetricsCollector {
             prev: Mutex::new(Prev::default()),
             dropped,
+            invalid,
         }
     }
 
@@ -282,7 +396,7 @@ impl GravityMetricsCollector {
         retries: &crate::retry::RetryLedger,
     ) -> Families {
         let mut f = Families::new();
-        let input = input_flows(exp);
+        let mut input = input_flows(exp);
         let output = output_flows(exp);
         let retry = sum(exp, "gravity_scheduler_retry_counter");
         let start_time = scalar(exp, "process_start_time_seconds");
@@ -310,16 +424,53 @@ impl GravityMetricsCollector {
                 );
             }
         }
+        let first = prev.at.is_none();
+        let mut skipped = 0u64;
+        let mut retry = retry;
         if let Some(r) = retry {
-            let inc = match prev.retry {
-                Some(p) if !restarted && r >= p => r - p,
-                Some(_) => r,
-                None => 0.0, // first reading: its past is not ours to count
-            };
-            if inc >= 1.0 {
-                retries.scheduler_increase(pipeline, inc as u64);
+            match delta(prev.retry, r, restarted) {
+                // first reading: its past is not ours to count
+                Some(_) if prev.retry.is_none() => {}
+                // whole retries only; bounded by the plausibility cap
+                Some(inc) if inc >= 1.0 => retries.scheduler_increase(pipeline, inc as u64),
+                Some(_) => {}
+                None => {
+                    skipped += 1;
+                    retry = None;
+                }
             }
         }
+        let st = &mut *prev;
+        skipped += st
+            .input_totals
+            .absorb(&st.input, &mut input, first, restarted, MAX_FLOW_SERIES);
+        let mut out_cur = without_kind(&output);
+        skipped += st.output_totals.absorb(
+            &st.output_rows,
+            &mut out_cur,
+            first,
+            restarted,
+            MAX_FLOW_SERIES,
+        );
+        self.invalid.inc_by(skipped);
+        for (k, v) in st.input_totals.iter() {
+            f.counter(
+                "gravity_input_rows_total",
+                "Rows gravity's input received (gravity_input_counter, heartbeat rows excluded), by operation; keeps counting across gravity restarts.",
+                &[("pipeline", pipeline), ("schema", &k.schema), ("table", &k.table), ("operation", &k.op)],
+                v,
+            );
+        }
+        for (k, v) in st.output_totals.iter() {
+            f.counter(
+                "gravity_output_rows_total",
+                "Rows gravity's output sent (gravity_output_counter), by target schema/topic and table/partition; keeps counting across gravity restarts.",
+                &[("pipeline", pipeline), ("schema", &k.schema), ("table", &k.table)],
+                v,
+            );
+        }
+        let input_totals = std::mem::take(&mut st.input_totals);
+        let output_totals = std::mem::take(&mut st.output_totals);
         *prev = Prev {
             at: Some(now),
             input,
@@ -327,6 +478,9 @@ impl GravityMetricsCollector {
             retry: retry.or(prev.retry),
             start_time: start_time.or(prev.start_time),
             restarts: prev.restarts + u64::from(restarted),
+            output_rows: out_cur,
+            input_totals,
+            output_totals,
         };
         f
     }
@@ -374,6 +528,8 @@ impl Collector for GravityMetricsCollector {
                 return Err(CollectError::Invalid(format!("/metrics: {why}")));
             }
             let pipeline = target.pipeline.as_str();
+            // gravity answered: its pipeline name is as known as it gets.
+            ctx.retries.seed(pipeline);
             let restarts_before = lock(&self.prev).restarts;
             let mut f = self.process(&exp, Instant::now(), pipeline, &ctx.retries);
             let total = |name: &str| {
@@ -570,6 +726,128 @@ mod tests {
             5,
             "retry total keeps counting upward"
         );
+    }
+
+    fn input(ins: &str, out: &str, retry: &str, start: f64) -> String {
+        format!(
+            "# TYPE gravity_input_counter counter\ngravity_input_counter{{db=\"d\",pipeline=\"p\",subtype=\"insert\",table=\"t\",type=\"dml\"}} {ins}\ngravity_input_counter{{db=\"_gravity\",pipeline=\"p\",subtype=\"update\",table=\"gravity_heartbeat_v2\",type=\"ctl\"}} 7\n# TYPE gravity_output_counter counter\ngravity_output_counter{{cat0=\"d\",cat1=\"t\",cat2=\"dml\",cat3=\"\",cat4=\"mysql\",pipeline=\"p\"}} {out}\ngravity_output_counter{{cat0=\"d\",cat1=\"t\",cat2=\"ddl\",cat3=\"\",cat4=\"mysql\",pipeline=\"p\"}} 1\n# TYPE gravity_scheduler_retry_counter counter\ngravity_scheduler_retry_counter{{pipeline=\"p\"}} {retry}\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {start}\n"
+        )
+    }
+
+    #[test]
+    fn row_counters_keep_counting_across_restarts() {
+        let store = crate::metrics::Store::new();
+        let ledger = crate::retry::RetryLedger::new(&store);
+        let c = GravityMetricsCollector::new(&store);
+        let t0 = Instant::now();
+        let step = |i: u64, text: String| {
+            c.process(
+                &expfmt::parse(&text).unwrap(),
+                t0 + Duration::from_secs(5 * i),
+                "p",
+                &ledger,
+            )
+        };
+        let ins = |f: &Families| {
+            f.value(
+                "gravity_input_rows_total",
+                &[("schema", "d"), ("table", "t"), ("operation", "insert")],
+            )
+        };
+        let out = |f: &Families| {
+            f.value(
+                "gravity_output_rows_total",
+                &[("schema", "d"), ("table", "t")],
+            )
+        };
+        let f = step(0, input("1000", "900", "0", 100.0));
+        assert_eq!(ins(&f), Some(0.0), "present at 0 from the first reading");
+        assert_eq!(out(&f), Some(0.0));
+        assert!(
+            f.samples("gravity_input_rows_total")
+                .iter()
+                .all(|(l, _)| !l.iter().any(|(_, v)| v == "_gravity")),
+            "heartbeat rows excluded"
+        );
+        let f = step(1, input("1500", "1400", "0", 100.0));
+        assert_eq!(ins(&f), Some(500.0));
+        assert_eq!(out(&f), Some(500.0));
+        // gravity restarts: its counters start again from zero
+        let f = step(2, input("200", "150", "0", 200.0));
+        assert_eq!(ins(&f), Some(700.0), "a reset is absorbed");
+        // 150 dml rows plus the ddl row gravity counts again after its restart
+        assert_eq!(out(&f), Some(651.0));
+        // a reset without a start time (counter went down) is absorbed too
+        let f = step(3, input("50", "50", "0", 200.0));
+        assert_eq!(ins(&f), Some(750.0));
+    }
+
+    #[test]
+    fn non_finite_and_absurd_values_are_skipped_and_counted() {
+        let store = crate::metrics::Store::new();
+        let ledger = crate::retry::RetryLedger::new(&store);
+        let c = GravityMetricsCollector::new(&store);
+        let t0 = Instant::now();
+        let mut i = 0u64;
+        let mut step = |text: String| {
+            i += 1;
+            c.process(
+                &expfmt::parse(&text).unwrap(),
+                t0 + Duration::from_secs(5 * i),
+                "p",
+                &ledger,
+            )
+        };
+        step(input("100", "100", "10", 100.0));
+        step(input("200", "200", "12", 100.0));
+        for bad in ["NaN", "+Inf", "-Inf", "1e300", "-5"] {
+            let f = step(input(bad, bad, bad, 100.0));
+            assert_eq!(
+                f.value("gravity_input_rows_total", &[("operation", "insert")]),
+                Some(100.0),
+                "{bad} must not change the total"
+            );
+            assert_eq!(
+                f.value("gravity_output_rows_total", &[("table", "t")]),
+                Some(100.0),
+                "{bad}"
+            );
+        }
+        // after the bad readings the next good one counts only what is new
+        let f = step(input("260", "230", "15", 100.0));
+        assert_eq!(
+            f.value("gravity_input_rows_total", &[("operation", "insert")]),
+            Some(160.0)
+        );
+        assert_eq!(
+            f.value("gravity_output_rows_total", &[("table", "t")]),
+            Some(130.0)
+        );
+        assert_eq!(ledger.get("p", "scheduler", "other"), 5);
+        // 5 bad readings x (input, output, retry)
+        assert_eq!(c.invalid.get(), 15);
+        let text = store.render();
+        assert!(
+            text.contains("gravity_exporter_invalid_samples_total 15"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn row_totals_are_capped_into_other() {
+        let mut t = RowTotals::default();
+        for i in 0..10 {
+            t.add(&fk("d", &format!("t{i}"), "insert"), 1.0, 4);
+        }
+        t.add(&fk("d", "t0", "insert"), 1.0, 4);
+        t.add(&fk("d", "late", "delete"), 2.0, 4);
+        let m: BTreeMap<FlowKey, f64> = t.iter().map(|(k, v)| (k.clone(), v)).collect();
+        assert_eq!(m.len(), 6);
+        assert_eq!(m[&fk("d", "t0", "insert")], 2.0);
+        assert_eq!(m[&fk("_other", "_other", "insert")], 6.0);
+        assert_eq!(m[&fk("_other", "_other", "delete")], 2.0);
+        assert_eq!(delta(Some(5.0), f64::NAN, false), None);
+        assert_eq!(delta(Some(f64::INFINITY), 3.0, false), Some(3.0));
     }
 
     #[test]

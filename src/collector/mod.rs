@@ -8,10 +8,13 @@
 //! `gravity_exporter_collector_success{collector}`; a collector that fails, times out or
 //! panics keeps its last good snapshot (marked stale by `success` 0) and never fails a scrape.
 
+pub mod cgroup;
 pub mod connections;
 pub mod consistency;
+pub mod exit;
 pub mod gravity_metrics;
 pub mod healthz;
+pub mod logfs;
 pub mod process;
 pub mod sockets;
 pub mod source;
@@ -78,6 +81,8 @@ pub struct Up {
     last_exit_ms: AtomicU64,
     /// Unix time in milliseconds when the current process was first seen.
     seen_start_ms: AtomicU64,
+    /// Why each incarnation ended (`gravity_process_last_exit_info`).
+    pub exit: exit::ExitLedger,
 }
 
 /// Name of the snapshot the watcher state is published under.
@@ -89,6 +94,7 @@ impl Up {
     pub fn set_process(&self, alive: bool, new_incarnation: bool) {
         if new_incarnation {
             self.seen_start_ms.store(unix_now_ms(), Ordering::SeqCst);
+            self.exit.started();
         }
         if new_incarnation || !alive {
             self.api.store(0, Ordering::SeqCst);
@@ -113,6 +119,7 @@ impl Up {
     pub fn count_exit(&self) {
         self.exits.fetch_add(1, Ordering::SeqCst);
         self.last_exit_ms.store(unix_now_ms(), Ordering::SeqCst);
+        self.exit.exited(Instant::now());
     }
 
     /// Whether the API answered its last check (`None`: not checked since the process started).

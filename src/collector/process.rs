@@ -6,9 +6,14 @@
 //! fd count and builds the families; the shell around it only reads the files. Up/down,
 //! restarts and exits are tracked by the process watcher ([`crate::watch`]), which sees
 //! every exit within its poll interval, not only at collection time.
+//!
+//! The same blocking task reads gravity's memory cgroup ([`super::cgroup`]: limit and OOM
+//! kills, remembered while gravity is down), the filesystem of its log
+//! ([`super::logfs`]: also while gravity is down, a full disk is a reason it stays down),
+//! and decides a pending exit ([`super::exit::tick`]).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use procfs::process::{Io, Limits, Stat, Status};
 use procfs::FromRead;
@@ -198,9 +203,11 @@ pub fn host_info(proc_root: &Path) -> HostInfo {
     }
 }
 
-/// The collector.
+/// The collector. Remembers gravity's cgroup so its OOM kills stay visible while it is down.
 #[derive(Debug, Default)]
-pub struct ProcessCollector;
+pub struct ProcessCollector {
+    cgroup: Mutex<Option<super::cgroup::CgroupDir>>,
+}
 
 impl Collector for ProcessCollector {
     fn name(&self) -> &'static str {
@@ -211,24 +218,58 @@ impl Collector for ProcessCollector {
         Box::pin(async move {
             let target = ctx.target();
             let settings = ctx.settings();
-            let Some(look) = target.process.filter(|l| l.is_alive()) else {
-                // Down: no process figures (gravity_up says 0). Not a collector failure.
-                return Ok(Families::new());
-            };
+            let look = target.process.filter(|l| l.is_alive());
             let root = settings.proc_root.clone();
             let pipeline = target.pipeline.clone();
-            let res = tokio::task::spawn_blocking(move || {
-                let files = read_files(&root, look.id.pid)?;
-                parse_process(&files, &host_info(&root), &pipeline)
+            let log_path = target.log_path(&root);
+            let me = self.clone();
+            let ctx2 = ctx.clone();
+            let (extra, res) = tokio::task::spawn_blocking(move || {
+                super::exit::tick(&ctx2);
+                let mut extra = Families::new();
+                if let Some(space) = log_path.as_deref().and_then(super::logfs::statvfs) {
+                    extra.extend(super::logfs::families(space, &pipeline));
+                }
+                let mut remembered = crate::metrics::lock(&me.cgroup);
+                if let Some(l) = look {
+                    if let Some(c) = super::cgroup::locate(&root, l.id.pid) {
+                        *remembered = Some(c);
+                    }
+                }
+                if let Some(c) = remembered.as_ref() {
+                    let m = super::cgroup::read_memory(c);
+                    // Only a reading gravity is known to have outlived moves the OOM
+                    // baseline: one taken after the kernel killed it must not hide the kill.
+                    let outlived = look.is_some_and(|l| {
+                        crate::discovery::look(&root, l.id.pid)
+                            .is_some_and(|n| n.id == l.id && n.is_alive())
+                    });
+                    if outlived {
+                        ctx2.up
+                            .exit
+                            .set_oom_watch(m.watch.clone(), std::time::Instant::now());
+                    }
+                    extra.extend(super::cgroup::families(&m, &pipeline));
+                }
+                drop(remembered);
+                // Down: no process figures (gravity_up says 0). Not a collector failure.
+                let res = match look {
+                    Some(l) => read_files(&root, l.id.pid)
+                        .and_then(|files| parse_process(&files, &host_info(&root), &pipeline)),
+                    None => Ok(Families::new()),
+                };
+                (extra, res)
             })
             .await
             .map_err(|_| CollectError::Panicked)?;
-            match res {
-                Ok(f) => Ok(f),
+            let mut f = match res {
+                Ok(f) => f,
                 // It died between the watcher's look and ours: the watcher will report it.
-                Err(CollectError::Unavailable(_)) if !ctx.up.process_alive() => Ok(Families::new()),
-                Err(e) => Err(e),
-            }
+                Err(CollectError::Unavailable(_)) if !ctx.up.process_alive() => Families::new(),
+                Err(e) => return Err(e),
+            };
+            f.extend(extra);
+            Ok(f)
         })
     }
 }

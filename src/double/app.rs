@@ -330,17 +330,49 @@ impl App {
         self.exit(0);
     }
 
-    /// Switches the fault mode; `crash` and `exit0` act 50 ms later so the caller gets an answer.
+    /// What the Go runtime writes on an unrecovered panic (to stderr, which is gravity's
+    /// log when it runs without `--log-file` under systemd or nohup), then exit code 2.
+    fn panic(&self) {
+        self.log.raw(
+            "panic: runtime error: invalid memory address or nil pointer dereference\n\
+             [signal SIGSEGV: segmentation violation code=0x1 addr=0x0 pc=0x8a5f3e]\n\n\
+             goroutine 1 [running]:\n\
+             github.com/moiot/gravity/pkg/outputs/mysql.(*MySQLOutput).Execute(0xc0001b2000, 0xc0004a6000, 0x1, 0x1, 0x0, 0x0)\n\
+             \t/go/src/github.com/moiot/gravity/pkg/outputs/mysql/mysql.go:211 +0x3e\n",
+        );
+        self.exit(2);
+    }
+
+    /// Allocates and touches memory until 1 GiB is held (bounded), on its own thread.
+    fn memory_hog(&self) {
+        const CHUNK: usize = 8 << 20;
+        const CHUNKS: usize = 128;
+        std::thread::spawn(|| {
+            let mut held: Vec<Vec<u8>> = Vec::with_capacity(CHUNKS);
+            for _ in 0..CHUNKS {
+                // non-zero fill: every page is touched, so it is resident
+                held.push(vec![1u8; CHUNK]);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            loop {
+                std::thread::sleep(Duration::from_secs(60));
+                std::hint::black_box(&held);
+            }
+        });
+    }
+
+    /// Switches the fault mode; `crash`, `panic` and `exit0` act 50 ms later so the caller gets an answer.
     pub fn set_mode(self: &Arc<Self>, mode: Mode) {
         match mode {
-            Mode::Crash | Mode::Exit0 => {
+            Mode::MemoryHog => self.memory_hog(),
+            Mode::Crash | Mode::Exit0 | Mode::Panic => {
                 let app = Arc::clone(self);
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    if mode == Mode::Crash {
-                        app.crash();
-                    } else {
-                        app.exit0();
+                    match mode {
+                        Mode::Crash => app.crash(),
+                        Mode::Panic => app.panic(),
+                        _ => app.exit0(),
                     }
                 });
             }
@@ -502,7 +534,10 @@ async fn ticker(app: Arc<App>, settings: Settings) {
             }
             if !st.initial_done && up >= delay + 0.2 {
                 st.initial_done = true;
-                if matches!(settings.initial_mode, Mode::Crash | Mode::Exit0) {
+                if matches!(
+                    settings.initial_mode,
+                    Mode::Crash | Mode::Exit0 | Mode::Panic | Mode::MemoryHog
+                ) {
                     action = Some(settings.initial_mode);
                 }
             }
@@ -598,6 +633,8 @@ async fn ticker(app: Arc<App>, settings: Settings) {
         }
         match action {
             Some(Mode::Crash) => app.crash(),
+            Some(Mode::Panic) => app.panic(),
+            Some(Mode::MemoryHog) => app.memory_hog(),
             Some(Mode::Exit0) => app.exit0(),
             _ => {}
         }

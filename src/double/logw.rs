@@ -270,6 +270,11 @@ impl Logger {
         self.write_line(level, None, msg, false);
     }
 
+    /// Writes text as it is (the Go runtime's own output, not a logrus record).
+    pub fn raw(&self, text: &str) {
+        self.write_raw(text);
+    }
+
     fn write_line(&self, level: Level, caller: Option<Caller>, msg: &str, with_pipeline: bool) {
         if level < self.level {
             return;
@@ -278,6 +283,11 @@ impl Logger {
         let time = gofmt::rfc3339(now, self.zone);
         let pipeline = with_pipeline.then_some(self.pipeline.as_str());
         let line = render(self.format, &time, level, caller, msg, pipeline);
+        self.write_raw(&line);
+    }
+
+    fn write_raw(&self, line: &str) {
+        let now = SystemTime::now();
         let mut dest = self.dest.lock().unwrap_or_else(|e| e.into_inner());
         match &mut *dest {
             Dest::Stderr => {

@@ -48,11 +48,16 @@ pub enum Mode {
     Idle,
     /// Idle and the heartbeat probe fails: EventTime freezes.
     HeartbeatBroken,
+    /// A Go runtime panic (`panic: ...` and the goroutine dump where the log goes), exit 2.
+    Panic,
+    /// Memory grows by 8 MiB every 5 ms up to 1 GiB and is held: under a cgroup memory
+    /// limit the kernel's OOM killer ends it (SIGKILL, nothing logged).
+    MemoryHog,
 }
 
 impl Mode {
     /// All modes, for error messages and tests.
-    pub const ALL: [Mode; 10] = [
+    pub const ALL: [Mode; 12] = [
         Mode::None,
         Mode::Crash,
         Mode::Exit0,
@@ -63,6 +68,8 @@ impl Mode {
         Mode::Huge,
         Mode::Idle,
         Mode::HeartbeatBroken,
+        Mode::Panic,
+        Mode::MemoryHog,
     ];
 
     /// Name used by the control endpoint and `GRAVITY_DOUBLE_FAULT`.
@@ -78,6 +85,8 @@ impl Mode {
             Mode::Huge => "huge",
             Mode::Idle => "idle",
             Mode::HeartbeatBroken => "heartbeat_broken",
+            Mode::Panic => "panic",
+            Mode::MemoryHog => "memory_hog",
         }
     }
 
@@ -532,7 +541,7 @@ impl Sim {
         let n = spec.tables.len();
         let heartbeat = spec.mode == InputMode::Stream;
         let mode = match settings.initial_mode {
-            Mode::Crash | Mode::Exit0 => Mode::None,
+            Mode::Crash | Mode::Exit0 | Mode::Panic | Mode::MemoryHog => Mode::None,
             m => m,
         };
         let lag_mean = settings.lag_mean;

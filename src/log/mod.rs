@@ -138,6 +138,8 @@ pub struct LogWatcher {
     last_write: Option<f64>,
     last_saved: Option<TailState>,
     warned: Option<String>,
+    /// Pipelines whose `gravity_error_total{error_type="other"}` and `gravity_log_lines_total` series exist at 0.
+    seeded: std::collections::HashSet<String>,
 }
 
 impl LogWatcher {
@@ -153,6 +155,7 @@ impl LogWatcher {
             last_write: None,
             last_saved: None,
             warned: None,
+            seeded: Default::default(),
         }
     }
 
@@ -165,6 +168,7 @@ impl LogWatcher {
 
     /// One poll: reads what is new and counts it.
     pub fn poll(&mut self) {
+        crate::collector::exit::tick(&self.ctx);
         let target = self.ctx.target();
         let settings = self.ctx.settings();
         let Some(path) = target.log_path(&settings.proc_root) else {
@@ -177,7 +181,19 @@ impl LogWatcher {
             .map(|(p, _)| p != &path)
             .unwrap_or(true)
         {
-            let saved = settings.log_state_file.as_deref().and_then(load_state);
+            // The same file under another path (gravity restarted: /proc/<new pid>/root/...)
+            // goes on from where the last tailer was, not from the end: the last lines of
+            // the incarnation that ended are what says why it ended.
+            let same_file = |st: &TailState| {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(&path).is_ok_and(|m| m.dev() == st.dev && m.ino() == st.ino)
+            };
+            let saved = self
+                .tailer
+                .as_ref()
+                .and_then(|(_, t)| t.state())
+                .filter(same_file)
+                .or_else(|| settings.log_state_file.as_deref().and_then(load_state));
             let mut cfg = TailConfig::new(&path);
             cfg.start_at_end = settings.log_start_at_end;
             tracing::info!(path = %path.display(), resume = saved.is_some(), "following gravity's log");
@@ -232,6 +248,24 @@ impl LogWatcher {
             self.format = detect_format_votes(lines.iter().map(String::as_str), 50);
         }
         let format = self.format.unwrap_or(LogFormat::Json);
+        // Not under the placeholder name used before gravity was found.
+        let known = pipeline != "unknown" || self.ctx.up.is_up();
+        if known
+            && self.seeded.len() < crate::retry::MAX_SEEDED_PIPELINES
+            && self.seeded.insert(pipeline.to_string())
+        {
+            for c in Component::ALL {
+                let other = classify::ErrorType::Other.as_str();
+                self.counters
+                    .errors
+                    .with_label_values(&[pipeline, c.as_str(), other, "error"]);
+            }
+            let levels = [Level::Debug, Level::Info, Level::Warning, Level::Error];
+            let levels = levels.into_iter().chain([Level::Fatal, Level::Panic]);
+            for l in levels.map(Level::as_str).chain(["unknown"]) {
+                self.counters.lines.with_label_values(&[pipeline, l]);
+            }
+        }
         for line in lines {
             match parse_line(line, format) {
                 Ok(rec) => {
@@ -239,6 +273,14 @@ impl LogWatcher {
                         level: rec.level,
                         class: classify(&rec),
                     };
+                    if let Some(e) = crate::collector::exit::evidence(rec.level, &rec.msg, ev.class)
+                    {
+                        let written = crate::collector::exit::record_time(rec.time);
+                        self.ctx
+                            .up
+                            .exit
+                            .observe_written(e, std::time::Instant::now(), written);
+                    }
                     if ev.class.counts_as_error {
                         // For the status page: redacted and shortened before it is kept.
                         self.ctx
