@@ -143,7 +143,10 @@ pub struct Flags {
     /// gravity's log file [default: discovered from --log-file].
     #[arg(long = "gravity.log-file", global = true)]
     pub log_file: Option<PathBuf>,
-    /// File where the log read offset is kept across exporter restarts [default: none].
+    /// File where the log read offset is kept across exporter restarts; "none"
+    /// turns it off [default: $STATE_DIRECTORY/log-state.json, else
+    /// /var/lib/gravity-exporter/log-state.json when writable, else under $XDG_STATE_HOME,
+    /// ~/.local/state or the temp dir].
     #[arg(long = "gravity.log-state-file", global = true)]
     pub log_state_file: Option<PathBuf>,
     /// Where to start reading an existing log the first time: end or beginning [default: end].
@@ -815,7 +818,11 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
     };
     Ok(Settings {
         config_file: f.config_file,
-        log_state_file: f.log_state_file,
+        log_state_file: match f.log_state_file {
+            Some(p) if p.as_os_str().is_empty() || p.as_os_str() == "none" => None,
+            Some(p) => Some(p),
+            None => Some(default_log_state_file()),
+        },
         log_start_at_end,
         listen,
         telemetry_path,
@@ -864,6 +871,56 @@ pub fn parse_gravity_url(s: &str) -> Result<Uri, String> {
         return Err(format!("{s:?} has no host"));
     }
     Ok(uri)
+}
+
+/// Name of the log state file in its directory.
+pub const LOG_STATE_FILE_NAME: &str = "log-state.json";
+
+/// The default `--gravity.log-state-file`: in systemd's `$STATE_DIRECTORY` (first entry)
+/// when set, else in `/var/lib/gravity-exporter` when that directory is writable, else in
+/// `$XDG_STATE_HOME/gravity-exporter`, `~/.local/state/gravity-exporter` or, without a home,
+/// the temp dir (`gravity-exporter-<uid>`). Directories are created when the state is saved.
+pub fn default_log_state_file() -> PathBuf {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    default_log_state_file_from(
+        env("STATE_DIRECTORY"),
+        env("XDG_STATE_HOME"),
+        env("HOME"),
+        |d| rustix::fs::access(d, rustix::fs::Access::WRITE_OK).is_ok() && d.is_dir(),
+    )
+}
+
+/// [`default_log_state_file`] with its environment given (pure but for `writable`).
+pub fn default_log_state_file_from(
+    state_directory: Option<PathBuf>,
+    xdg_state_home: Option<PathBuf>,
+    home: Option<PathBuf>,
+    writable: impl Fn(&Path) -> bool,
+) -> PathBuf {
+    if let Some(d) = state_directory {
+        // systemd joins several StateDirectory= entries with ':'.
+        let first = d
+            .to_str()
+            .and_then(|s| s.split(':').next())
+            .map(PathBuf::from)
+            .unwrap_or(d);
+        return first.join(LOG_STATE_FILE_NAME);
+    }
+    let var_lib = Path::new("/var/lib/gravity-exporter");
+    if writable(var_lib) {
+        return var_lib.join(LOG_STATE_FILE_NAME);
+    }
+    if let Some(d) = xdg_state_home.filter(|d| d.is_absolute()) {
+        return d.join("gravity-exporter").join(LOG_STATE_FILE_NAME);
+    }
+    if let Some(h) = home.filter(|h| h.is_absolute()) {
+        return h
+            .join(".local/state/gravity-exporter")
+            .join(LOG_STATE_FILE_NAME);
+    }
+    std::env::temp_dir()
+        .join(format!("gravity-exporter-{}", rustix::process::getuid().as_raw()))
+        .join(LOG_STATE_FILE_NAME)
 }
 
 #[cfg(test)]
@@ -1079,5 +1136,37 @@ mod tests {
         assert_eq!(s2.log_level, tracing::Level::WARN);
         std::fs::write(&p, "collector.interval = 7").unwrap();
         assert!(s.reload().is_err());
+    }
+
+    #[test]
+    fn log_state_file_is_on_by_default_in_a_sensible_place() {
+        let no = |_: &Path| false;
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(
+            default_log_state_file_from(p("/var/lib/ge:/other"), p("/x"), p("/root"), no),
+            PathBuf::from("/var/lib/ge/log-state.json")
+        );
+        assert_eq!(
+            default_log_state_file_from(None, p("/x"), p("/root"), |_| true),
+            PathBuf::from("/var/lib/gravity-exporter/log-state.json")
+        );
+        assert_eq!(
+            default_log_state_file_from(None, p("/x"), p("/root"), no),
+            PathBuf::from("/x/gravity-exporter/log-state.json")
+        );
+        assert_eq!(
+            default_log_state_file_from(None, p("rel"), p("/home/u"), no),
+            PathBuf::from("/home/u/.local/state/gravity-exporter/log-state.json")
+        );
+        assert!(default_log_state_file_from(None, None, None, no)
+            .starts_with(std::env::temp_dir()));
+        let on = Settings::from_flags(flags(&[])).unwrap();
+        assert!(on.log_state_file.is_some());
+        for off in ["none"] {
+            let s = Settings::from_flags(flags(&["--gravity.log-state-file", off])).unwrap();
+            assert_eq!(s.log_state_file, None, "{off:?}");
+        }
+        let s = Settings::from_flags(flags(&["--gravity.log-state-file", "/s/x.json"])).unwrap();
+        assert_eq!(s.log_state_file, Some(PathBuf::from("/s/x.json")));
     }
 }
