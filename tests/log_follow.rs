@@ -252,3 +252,37 @@ async fn delete_and_recreate_with_a_gap() {
     assert_counts_match(r.addr, &[keep, log]).await;
     r.stop().await;
 }
+
+/// Exporter restarts with the default flags: the state file is on by default (one per log in
+/// the exporter's state directory), so the lines written while it was down are counted by the
+/// next run and none of the first run's lines again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exporter_restart_with_default_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gravity.log");
+    let flags = file_flags(&log);
+    let settings = common::settings(&common::owned(&flags));
+    let state = settings.log_state_file_for(&log).expect("state file on by default");
+    let r = common::start(settings).await;
+    append(&log, &lines("info", 0, 300));
+    assert_counts_match(r.addr, &[log.clone()]).await;
+    let first = counted(r.addr).await;
+    r.stop().await;
+    assert!(state.exists(), "no state saved at {}", state.display());
+
+    // Written while the exporter is down, and rotated once.
+    append(&log, &lines("error", 0, 200));
+    let rotated = dir.path().join("gravity.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    append(&log, &lines("warning", 0, 100));
+    let r = common::start(common::settings(&common::owned(&flags))).await;
+    let want = BTreeMap::from([("error".to_string(), 200.0), ("warning".to_string(), 100.0)]);
+    let ok = wait_for(Duration::from_secs(30), || async { counted(r.addr).await == want }).await;
+    assert!(
+        ok.is_some(),
+        "second run counted {:?} (first run: {first:?})",
+        counted(r.addr).await
+    );
+    r.stop().await;
+    let _ = std::fs::remove_file(&state);
+}

@@ -319,7 +319,8 @@ impl LogWatcher {
         let path = target
             .log_path(&settings.proc_root)
             .unwrap_or_else(|| logical.clone());
-        let state_file = settings.log_state_file.as_deref();
+        let state_file = settings.log_state_file_for(&logical);
+        let state_file = state_file.as_deref();
         match self.tailer.as_mut() {
             // The same log, maybe spelled differently (`/proc/<pid>/root/<path>` ↔ `<path>`):
             // the tailer knows the file by device + inode.
@@ -515,6 +516,8 @@ impl LogWatcher {
     /// `gravity_exporter_task_restarts_total{task="log"}` counts it.
     pub async fn run(self) {
         let restarts = self.restarts.clone();
+        // Ends when the settings' sender is gone (the exporter was stopped).
+        let mut settings = self.ctx.settings.clone();
         let shared = Arc::new(Mutex::new(self));
         let mut notify = match notify::DirWatch::new() {
             Ok(w) => Some(w),
@@ -554,7 +557,7 @@ impl LogWatcher {
                 },
                 _ => false,
             };
-            match notify.as_ref() {
+            let stopped = match notify.as_ref() {
                 Some(n) if watching => {
                     tokio::select! {
                         r = n.changed() => {
@@ -565,11 +568,19 @@ impl LogWatcher {
                                 // Coalesce a burst of writes into one poll.
                                 tokio::time::sleep(COALESCE).await;
                             }
+                            false
                         }
-                        _ = tokio::time::sleep(SAFETY_POLL_INTERVAL) => {}
+                        r = settings.changed() => r.is_err(),
+                        _ = tokio::time::sleep(SAFETY_POLL_INTERVAL) => false,
                     }
                 }
-                _ => tokio::time::sleep(POLL_INTERVAL).await,
+                _ => tokio::select! {
+                    r = settings.changed() => r.is_err(),
+                    _ = tokio::time::sleep(POLL_INTERVAL) => false,
+                },
+            };
+            if stopped {
+                return;
             }
         }
     }
