@@ -884,7 +884,11 @@ pub fn parse_gravity_url(s: &str) -> Result<Uri, String> {
 /// `$XDG_STATE_HOME/gravity-exporter`, `~/.local/state/gravity-exporter` or, without a home,
 /// `gravity-exporter-<uid>` in the temp dir. It is created when the state is first saved.
 pub fn default_log_state_dir() -> PathBuf {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     default_log_state_dir_from(
         env("STATE_DIRECTORY"),
         env("XDG_STATE_HOME"),

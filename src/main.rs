@@ -91,7 +91,10 @@ fn main() -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gravity-exporter: {}", redact::redact_known(&format!("{e:#}")));
+            eprintln!(
+                "gravity-exporter: {}",
+                redact::redact_known(&format!("{e:#}"))
+            );
             ExitCode::from(1)
         }
     }

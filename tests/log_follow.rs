@@ -44,7 +44,11 @@ async fn counted(addr: std::net::SocketAddr) -> BTreeMap<String, f64> {
         let Some(rest) = l.strip_prefix("gravity_log_lines_total{") else {
             continue;
         };
-        let Some(level) = rest.split("level=\"").nth(1).and_then(|s| s.split('"').next()) else {
+        let Some(level) = rest
+            .split("level=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+        else {
             continue;
         };
         let Some(v) = l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()) else {
@@ -166,14 +170,12 @@ async fn crash_loop_every_line_of_every_incarnation() {
     let sup = Supervisor::start(cfg).unwrap();
     for round in 0..6u32 {
         assert!(
-            sup.wait_until(Duration::from_secs(10), |s| s.pid.is_some() && s.restarts == round)
+            sup.wait_until(Duration::from_secs(10), |s| s.pid.is_some()
+                && s.restarts == round)
                 .is_some(),
             "incarnation {round} did not start"
         );
-        let ok = wait_for(Duration::from_secs(10), || async {
-            api_up(port).await
-        })
-        .await;
+        let ok = wait_for(Duration::from_secs(10), || async { api_up(port).await }).await;
         assert!(ok.is_some(), "incarnation {round}: API never answered");
         let head = common::post(port, "/_double/errors?kind=missing_table&n=1&exit=0").await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -185,11 +187,16 @@ async fn crash_loop_every_line_of_every_incarnation() {
             "incarnation {round} did not exit and restart"
         );
     }
-    assert_counts_match(r.addr, &[log.clone()]).await;
+    assert_counts_match(r.addr, std::slice::from_ref(&log)).await;
     let fatal = counted(r.addr).await.get("fatal").copied();
     assert_eq!(fatal, Some(6.0), "one fatal line per incarnation");
     assert_eq!(
-        metric(r.addr, "gravity_last_fatal_info", &[P, "error_type=\"ddl\""]).await,
+        metric(
+            r.addr,
+            "gravity_last_fatal_info",
+            &[P, "error_type=\"ddl\""]
+        )
+        .await,
         Some(1.0)
     );
     drop(sup);
@@ -262,10 +269,12 @@ async fn exporter_restart_with_default_flags() {
     let log = dir.path().join("gravity.log");
     let flags = file_flags(&log);
     let settings = common::settings(&common::owned(&flags));
-    let state = settings.log_state_file_for(&log).expect("state file on by default");
+    let state = settings
+        .log_state_file_for(&log)
+        .expect("state file on by default");
     let r = common::start(settings).await;
     append(&log, &lines("info", 0, 300));
-    assert_counts_match(r.addr, &[log.clone()]).await;
+    assert_counts_match(r.addr, std::slice::from_ref(&log)).await;
     let first = counted(r.addr).await;
     r.stop().await;
     assert!(state.exists(), "no state saved at {}", state.display());
@@ -277,7 +286,10 @@ async fn exporter_restart_with_default_flags() {
     append(&log, &lines("warning", 0, 100));
     let r = common::start(common::settings(&common::owned(&flags))).await;
     let want = BTreeMap::from([("error".to_string(), 200.0), ("warning".to_string(), 100.0)]);
-    let ok = wait_for(Duration::from_secs(30), || async { counted(r.addr).await == want }).await;
+    let ok = wait_for(Duration::from_secs(30), || async {
+        counted(r.addr).await == want
+    })
+    .await;
     assert!(
         ok.is_some(),
         "second run counted {:?} (first run: {first:?})",

@@ -280,8 +280,18 @@ async fn secret_forms_masked_in_every_output() {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
-        assert!(text.contains("GRAVITY") || text.contains("checks"), "{text}");
-        outputs.push((if format == "text" { "check" } else { "check --format json" }, text));
+        assert!(
+            text.contains("GRAVITY") || text.contains("checks"),
+            "{text}"
+        );
+        outputs.push((
+            if format == "text" {
+                "check"
+            } else {
+                "check --format json"
+            },
+            text,
+        ));
     }
     for (what, text) in &outputs {
         assert_clean(what, text, &forms);

@@ -539,7 +539,9 @@ impl LogWatcher {
                 Err(e) if e.is_panic() => {
                     shared.clear_poison();
                     restarts.with_label_values(&["log"]).inc();
-                    tracing::error!("log watcher panicked; restarted with its state (offsets kept)");
+                    tracing::error!(
+                        "log watcher panicked; restarted with its state (offsets kept)"
+                    );
                     continue;
                 }
                 Err(e) => {
@@ -697,7 +699,11 @@ mod tests {
         let task = tokio::spawn(w.run());
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while sample(&ctx, "gravity_log_lines_total", "level=\"warning\"") != Some(10.0) {
-            assert!(std::time::Instant::now() < deadline, "{}", ctx.store.render());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                ctx.store.render()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(
@@ -705,8 +711,14 @@ mod tests {
             Some(1.0)
         );
         // Nothing counted twice, nothing but the poisoned line lost.
-        assert_eq!(sample(&ctx, "gravity_log_lines_total", "level=\"info\""), Some(10.0));
-        assert_eq!(sample(&ctx, "gravity_log_lines_total", "level=\"error\""), None);
+        assert_eq!(
+            sample(&ctx, "gravity_log_lines_total", "level=\"info\""),
+            Some(10.0)
+        );
+        assert_eq!(
+            sample(&ctx, "gravity_log_lines_total", "level=\"error\""),
+            None
+        );
         // And it keeps following.
         std::fs::OpenOptions::new()
             .append(true)
@@ -714,7 +726,11 @@ mod tests {
             .and_then(|mut f| std::io::Write::write_all(&mut f, line("info", "later").as_bytes()))
             .unwrap();
         while sample(&ctx, "gravity_log_lines_total", "level=\"info\"") != Some(11.0) {
-            assert!(std::time::Instant::now() < deadline, "{}", ctx.store.render());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                ctx.store.render()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         task.abort();

@@ -43,10 +43,7 @@ impl DirWatch {
         // life of the `AsyncFd`, so this use is sound (and the replacement is `unsafe`).
         #[allow(deprecated)]
         let fd = AsyncFd::new(fd)?;
-        Ok(DirWatch {
-            fd,
-            watched: None,
-        })
+        Ok(DirWatch { fd, watched: None })
     }
 
     /// The directory watched, if any.

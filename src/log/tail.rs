@@ -46,8 +46,8 @@
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -421,7 +421,11 @@ impl Tailer {
     /// that are still found next to the path (by device + inode), from their saved offsets.
     pub fn resume_draining(&mut self, saved: &[TailState]) {
         for st in saved.iter().take(MAX_DRAINING) {
-            if self.draining.iter().any(|d| d.cur.dev == st.dev && d.cur.ino == st.ino) {
+            if self
+                .draining
+                .iter()
+                .any(|d| d.cur.dev == st.dev && d.cur.ino == st.ino)
+            {
                 continue;
             }
             let Some(mut cur) = self.find_rotated(*st) else {
@@ -687,7 +691,7 @@ impl Tailer {
                     dev: st.dev,
                     ino: st.ino,
                     read_pos: 0,
-            head: Vec::new(),
+                    head: Vec::new(),
                 });
             }
         }
@@ -1276,7 +1280,8 @@ mod tests {
             .unwrap();
         append_lines(&p, 102, 103);
         assert_eq!(poll(&mut t, &mut seen).lines, 2);
-        late.write_all(b"vel\":\"info\",\"msg\":\"line 3\"}\n").unwrap();
+        late.write_all(b"vel\":\"info\",\"msg\":\"line 3\"}\n")
+            .unwrap();
         assert_eq!(poll(&mut t, &mut seen).lines, 1);
         let mut got = seen.clone();
         got.sort();
@@ -1307,7 +1312,8 @@ mod tests {
         poll(&mut t, &mut seen);
         let (main, draining) = (t.state(), t.draining_states());
         drop(t);
-        late.write_all(b"{\"level\":\"info\",\"msg\":\"line 2\"}\n").unwrap();
+        late.write_all(b"{\"level\":\"info\",\"msg\":\"line 2\"}\n")
+            .unwrap();
         append_lines(&p, 101, 102);
         let mut t = Tailer::new(c, main);
         t.resume_draining(&draining);

@@ -157,7 +157,11 @@ pub fn register_secret(secret: &str) {
 /// user:password as written).
 pub fn register_settings(s: &crate::config::Settings) {
     if let Some(u) = &s.gravity_url {
-        if let Some(info) = u.authority().and_then(|a| a.as_str().rsplit_once('@')).map(|(i, _)| i) {
+        if let Some(info) = u
+            .authority()
+            .and_then(|a| a.as_str().rsplit_once('@'))
+            .map(|(i, _)| i)
+        {
             if let Some((_, pw)) = info.split_once(':') {
                 register_secret(pw);
             }
@@ -172,7 +176,10 @@ pub fn register_settings(s: &crate::config::Settings) {
 pub fn register_target(t: &Target) {
     for e in t.config.iter().flat_map(|c| c.endpoints.iter()) {
         let pw = e.password.expose();
-        let known = KNOWN.read().map(|k| k.iter().any(|s| s == pw)).unwrap_or(false);
+        let known = KNOWN
+            .read()
+            .map(|k| k.iter().any(|s| s == pw))
+            .unwrap_or(false);
         if !known {
             register_secret(pw);
         }
@@ -267,9 +274,8 @@ impl Redactor {
         }
         let s = IDENTIFIED_BY.replace_all(&s, |c: &Captures<'_>| format!("{}'{MASK}'", &c[1]));
         let s = SET_PASSWORD.replace_all(&s, |c: &Captures<'_>| format!("{}'{MASK}'", &c[1]));
-        let s = DSN_SPACED.replace_all(&s, |c: &Captures<'_>| {
-            format!("{}:{MASK}@{}", &c[1], &c[3])
-        });
+        let s =
+            DSN_SPACED.replace_all(&s, |c: &Captures<'_>| format!("{}:{MASK}@{}", &c[1], &c[3]));
         let s = DSN.replace_all(&s, |c: &Captures<'_>| {
             let scheme = c.get(1).map_or("", |m| m.as_str());
             format!("{scheme}{}:{MASK}@", &c[2])
@@ -464,11 +470,17 @@ mod tests {
         let table = include_str!("../../tests/fixtures/secret-forms.txt");
         let r = Redactor::new(["cfg Pw, with comma Zq35", "urlflag-Zq36"]);
         let mut n = 0;
-        for line in table.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        for line in table
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             let (fragments, text) = line.split_once('\t').unwrap();
             let out = r.redact(text);
             for f in fragments.split('|') {
-                assert!(!out.contains(f), "{f:?} survives in {out:?} (from {text:?})");
+                assert!(
+                    !out.contains(f),
+                    "{f:?} survives in {out:?} (from {text:?})"
+                );
             }
             assert!(out.contains(MASK), "{out:?}");
             n += 1;
@@ -492,7 +504,8 @@ mod tests {
         register_secret("ab");
         assert_eq!(redact_known("ab cd"), "ab cd", "too short to mask by value");
         let mut w = RedactingWriter(Vec::new());
-        w.write_all(b"url=http://u:p%40ss \"w0rd\" Zq-global@h\n").unwrap();
+        w.write_all(b"url=http://u:p%40ss \"w0rd\" Zq-global@h\n")
+            .unwrap();
         let out = String::from_utf8(w.0).unwrap();
         assert!(!out.contains("Zq-global"), "{out}");
     }
