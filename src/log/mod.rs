@@ -41,7 +41,7 @@ use tail::{PollReport, TailConfig, TailState, Tailer};
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// With inotify: how often the log is polled without any event (a safety net: a new log path
 /// after gravity's restart, a rotated file moved to another directory, the end of a drain).
-pub const SAFETY_POLL_INTERVAL: Duration = Duration::from_secs(2);
+pub const SAFETY_POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// With inotify: writes within this time after an event are read by one poll.
 pub const COALESCE: Duration = Duration::from_millis(50);
 /// Name of the snapshot this module publishes.
@@ -647,13 +647,19 @@ mod tests {
         assert!(load_state(&p).is_none());
     }
 
-    fn context(args: &[&str]) -> Arc<Context> {
+    /// A context and its settings' sender (the watcher stops when the sender is dropped).
+    fn context(
+        args: &[&str],
+    ) -> (
+        Arc<Context>,
+        tokio::sync::watch::Sender<Arc<crate::config::Settings>>,
+    ) {
         let mut v = vec!["gravity-exporter"];
         v.extend_from_slice(args);
         let cli = <crate::config::Cli as clap::Parser>::try_parse_from(v).unwrap();
         let settings = crate::config::Settings::from_flags(cli.flags).unwrap();
-        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(settings));
-        Context::new(rx, Arc::new(crate::metrics::Store::new()))
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(settings));
+        (Context::new(rx, Arc::new(crate::metrics::Store::new())), tx)
     }
 
     fn sample(ctx: &Context, name: &str, needle: &str) -> Option<f64> {
@@ -670,7 +676,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let log = d.path().join("gravity.log");
         let state = d.path().join("state.json");
-        let ctx = context(&[
+        let (ctx, tx) = context(&[
             "--gravity.pid-file",
             "/nonexistent/gravity.pid",
             "--gravity.log-file",
@@ -733,6 +739,11 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        task.abort();
+        // Stopping the exporter (its settings' sender gone) ends the watcher.
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the watcher ends with the exporter")
+            .unwrap();
     }
 }

@@ -51,17 +51,11 @@ impl DirWatch {
         self.watched.as_ref().map(|(p, _)| p.as_path())
     }
 
-    /// Watches `dir` (and stops watching the previous directory). Errors (the directory does
-    /// not exist yet, no permission, the watch limit reached) leave nothing watched.
+    /// Watches `dir` (and stops watching the previous directory). Called before every wait:
+    /// adding a watch that exists is one cheap syscall that returns the same descriptor, and
+    /// a directory deleted and re-created gets a new watch. Errors (the directory does not
+    /// exist yet, no permission, the watch limit reached) leave nothing watched.
     pub fn watch(&mut self, dir: &Path) -> io::Result<()> {
-        if self.watched() == Some(dir) {
-            return Ok(());
-        }
-        if let Some((_, wd)) = self.watched.take() {
-            // The same inode under another spelling gives the same descriptor back; removing
-            // it first and adding again is correct either way.
-            let _ = inotify::remove_watch(self.fd.get_ref(), wd);
-        }
         let flags = WatchFlags::MODIFY
             | WatchFlags::CREATE
             | WatchFlags::DELETE
@@ -72,9 +66,21 @@ impl DirWatch {
             | WatchFlags::DELETE_SELF
             | WatchFlags::MOVE_SELF
             | WatchFlags::ONLYDIR;
-        let wd = inotify::add_watch(self.fd.get_ref(), dir, flags).map_err(errno)?;
-        self.watched = Some((dir.to_path_buf(), wd));
-        Ok(())
+        match inotify::add_watch(self.fd.get_ref(), dir, flags) {
+            Ok(wd) => {
+                if let Some((_, old)) = self.watched.take() {
+                    if old != wd {
+                        let _ = inotify::remove_watch(self.fd.get_ref(), old);
+                    }
+                }
+                self.watched = Some((dir.to_path_buf(), wd));
+                Ok(())
+            }
+            Err(e) => {
+                self.forget();
+                Err(errno(e))
+            }
+        }
     }
 
     /// Forgets the watched directory (the kernel dropped the watch, e.g. it was deleted).
