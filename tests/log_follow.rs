@@ -79,6 +79,8 @@ async fn assert_counts_match(addr: std::net::SocketAddr, files: &[PathBuf]) {
         expected(&read()),
         counted(addr).await
     );
+    // The figures docs/reliability.md quotes (`cargo test --test log_follow -- --nocapture`).
+    eprintln!("measured: every line counted once: {:?}", expected(&read()));
 }
 
 async fn api_up(port: u16) -> bool {

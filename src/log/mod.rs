@@ -228,6 +228,8 @@ pub struct LogWatcher {
     started: SystemTime,
     /// The directory to watch for changes (the followed file's).
     watch_dir: Option<PathBuf>,
+    /// What the names of the log and its rotated copies begin with.
+    watch_stem: String,
     #[cfg(test)]
     panic_on: Option<String>,
 }
@@ -262,6 +264,7 @@ impl LogWatcher {
             pending: VecDeque::new(),
             started: SystemTime::now(),
             watch_dir: None,
+            watch_stem: String::new(),
             #[cfg(test)]
             panic_on: None,
         }
@@ -351,6 +354,7 @@ impl LogWatcher {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .map(Path::to_path_buf);
+        self.watch_stem = notify::stem(&path);
         match res {
             Ok(report) => {
                 self.count(&pipeline, &report, &redactor);
@@ -531,11 +535,11 @@ impl LogWatcher {
             let polled = tokio::task::spawn_blocking(move || {
                 let mut g = w.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 g.poll();
-                g.watch_dir.clone()
+                (g.watch_dir.clone(), g.watch_stem.clone())
             })
             .await;
-            let dir = match polled {
-                Ok(dir) => dir,
+            let (dir, stem) = match polled {
+                Ok(watch) => watch,
                 Err(e) if e.is_panic() => {
                     shared.clear_poison();
                     restarts.with_label_values(&["log"]).inc();
@@ -562,7 +566,7 @@ impl LogWatcher {
             let stopped = match notify.as_ref() {
                 Some(n) if watching => {
                     tokio::select! {
-                        r = n.changed() => {
+                        r = n.changed(&stem) => {
                             if let Err(e) = r {
                                 tracing::warn!(error = %e, "inotify failed; polling gravity's log every 500 ms");
                                 notify = None;

@@ -90,16 +90,20 @@ impl DirWatch {
         }
     }
 
-    /// Waits until at least one event arrived, then discards every queued event.
-    pub async fn changed(&self) -> io::Result<()> {
+    /// Waits until an event concerns the followed log: a file whose name begins with
+    /// `stem` (the log, its rotated siblings `gravity-<time>.log`, `gravity.log.1`), the
+    /// directory itself, or a queue overflow. Events about other files in the directory are
+    /// read and dropped without waking the follower, so a busy neighbour costs no polls.
+    pub async fn changed(&self, stem: &str) -> io::Result<()> {
+        let mut buf = [0u8; 4096];
         loop {
             let mut guard = self.fd.readable().await?;
-            let mut got = false;
-            let mut buf = [0u8; 4096];
-            loop {
+            let mut relevant = false;
+            // Bounded: a directory written faster than it is read cannot keep this loop busy.
+            for _ in 0..MAX_READS_PER_WAKE {
                 match rustix::io::read(self.fd.get_ref(), &mut buf) {
                     Ok(0) => break,
-                    Ok(_) => got = true,
+                    Ok(n) => relevant |= concerns(buf.get(..n).unwrap_or_default(), stem),
                     Err(rustix::io::Errno::AGAIN) => {
                         guard.clear_ready();
                         break;
@@ -108,11 +112,53 @@ impl DirWatch {
                     Err(e) => return Err(errno(e)),
                 }
             }
-            if got {
+            if relevant {
                 return Ok(());
             }
         }
     }
+}
+
+/// At most this many reads of the event queue per wake-up.
+const MAX_READS_PER_WAKE: usize = 16;
+/// `IN_Q_OVERFLOW`: events were lost.
+const IN_Q_OVERFLOW: u32 = 0x4000;
+
+/// Whether a buffer of `struct inotify_event`s holds one about the log: a name beginning with
+/// `stem`, an event on the directory itself (no name), or an overflow. Parsed by hand from the
+/// bytes (wd, mask, cookie, len, then `len` bytes of NUL-padded name), bounds-checked.
+pub fn concerns(mut events: &[u8], stem: &str) -> bool {
+    const HEADER: usize = 16;
+    let u32_at = |b: &[u8], i: usize| {
+        b.get(i..i + 4)
+            .and_then(|s| <[u8; 4]>::try_from(s).ok())
+            .map(u32::from_ne_bytes)
+    };
+    while events.len() >= HEADER {
+        let (Some(mask), Some(len)) = (u32_at(events, 4), u32_at(events, 12)) else {
+            return true;
+        };
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        let Some(name) = events.get(HEADER..HEADER.saturating_add(len)) else {
+            return true; // malformed: better poll once
+        };
+        let name = name.split(|&b| b == 0).next().unwrap_or_default();
+        if mask & IN_Q_OVERFLOW != 0 || name.is_empty() || name.starts_with(stem.as_bytes()) {
+            return true;
+        }
+        events = events.get(HEADER.saturating_add(len)..).unwrap_or_default();
+    }
+    false
+}
+
+/// The part of the log's file name that its rotated copies share: up to the first `.`
+/// (`gravity.log` → `gravity`, matching `gravity-2026-11-22T14-00-00.000.log` and `gravity.log.1`).
+pub fn stem(log: &Path) -> String {
+    let name = log
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.split('.').next().unwrap_or_default().to_string()
 }
 
 #[cfg(test)]
@@ -127,9 +173,11 @@ mod tests {
         std::fs::write(&log, b"a\n").unwrap();
         let mut w = DirWatch::new().unwrap();
         w.watch(dir.path()).unwrap();
+        // A neighbour file written in the same directory does not wake the follower.
+        std::fs::write(dir.path().join("state.json"), b"{}").unwrap();
         // Quiet: no wake-up.
         assert!(
-            tokio::time::timeout(Duration::from_millis(200), w.changed())
+            tokio::time::timeout(Duration::from_millis(200), w.changed("gravity"))
                 .await
                 .is_err()
         );
@@ -140,17 +188,60 @@ mod tests {
             f.write_all(b"b\n").unwrap();
         });
         writer.await.unwrap();
-        tokio::time::timeout(Duration::from_secs(10), w.changed())
+        tokio::time::timeout(Duration::from_secs(10), w.changed("gravity"))
             .await
             .expect("woken by the write")
             .unwrap();
         // A rename wakes it too.
         std::fs::rename(&log, dir.path().join("gravity.log.1")).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), w.changed())
+        tokio::time::timeout(Duration::from_secs(10), w.changed("gravity"))
             .await
             .expect("woken by the rename")
             .unwrap();
         assert!(w.watch(&dir.path().join("missing")).is_err());
         assert_eq!(w.watched(), None);
+    }
+
+    fn event(mask: u32, name: &str) -> Vec<u8> {
+        let mut padded = name.as_bytes().to_vec();
+        if !padded.is_empty() {
+            padded.resize(name.len().div_ceil(16) * 16 + 16, 0);
+        }
+        let mut b = Vec::new();
+        b.extend_from_slice(&1i32.to_ne_bytes());
+        b.extend_from_slice(&mask.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        b.extend_from_slice(&(padded.len() as u32).to_ne_bytes());
+        b.extend_from_slice(&padded);
+        b
+    }
+
+    #[test]
+    fn only_events_about_the_log_wake() {
+        assert_eq!(stem(Path::new("/var/log/gravity.log")), "gravity");
+        let other = event(2, "state.json");
+        assert!(!concerns(&other, "gravity"));
+        assert!(concerns(
+            &[other.clone(), event(2, "gravity.log")].concat(),
+            "gravity"
+        ));
+        assert!(concerns(
+            &event(0x100, "gravity-2026-11-22T14-00-00.000.log"),
+            "gravity"
+        ));
+        assert!(
+            concerns(&event(0x400, ""), "gravity"),
+            "the directory itself"
+        );
+        assert!(concerns(&event(IN_Q_OVERFLOW, ""), "gravity"));
+        // truncated or garbage buffers never panic
+        let g = event(2, "gravity.log");
+        for n in 0..g.len() {
+            let _ = concerns(&g[..n], "gravity");
+        }
+        assert!(concerns(
+            &[1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255],
+            "x"
+        ));
     }
 }
