@@ -15,8 +15,14 @@
 //!   [`crate::page::recent::Recent`].
 //!
 //! Labels come only from closed enums, so cardinality is bounded whatever the log holds.
-//! The read offset is saved to `--gravity.log-state-file` after each poll (atomically), so
-//! an exporter restart neither misses nor double-counts a line.
+//! The read position ([`LogState`]) is saved after each poll that moved it (atomically) to
+//! `--gravity.log-state-file`, by default a file per log in the exporter's state directory
+//! ([`crate::config::Settings::log_state_file_for`]), so an exporter restart neither misses
+//! nor double-counts a line. One [`Tailer`] follows the log for the exporter's whole life,
+//! whatever path spelling reaches it (`/proc/<pid>/root/<path>` while gravity runs, `<path>`
+//! while it is down), so gravity's restarts and crash loops lose nothing. The follower is
+//! woken by inotify ([`notify`]) and supervised: a panic is counted in
+//! `gravity_exporter_task_restarts_total{task="log"}` and the watcher goes on with its state.
 
 pub mod classify;
 pub mod notify;

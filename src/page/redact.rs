@@ -14,7 +14,7 @@
 //! 3. the password of DSN-like `user:<password>@` text, also with spaces when the DSN goes on
 //!    with `@tcp(`, `@unix(` or `@udp(`;
 //! 4. the value after `password`/`passwd`/`pwd`/`passphrase`/`secret`/`token`/`api_key`/
-//!    `access_key`/`private_key`/`credential(s)` and `:` or `=`: a quoted value whole (spaces,
+//!    `access_key`/`private_key`/`secret_key`/`credential(s)` and `:` or `=`: a quoted value whole (spaces,
 //!    commas, escapes), an unquoted one up to the next blank (commas included). MySQL's
 //!    `using password: YES/NO` is kept: it says whether a password was sent, not which;
 //! 5. `Authorization: Basic|Bearer <credentials>`, `Bearer <token>`, `--password <value>`.
@@ -69,7 +69,7 @@ static DSN: LazyLock<Regex> = LazyLock::new(|| {
 });
 static KEY_VALUE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(&format!(
-        r#"(?i)((?:pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credentials?)\w*)(\\?["']?\s*[:=]\s*)({QUOTED}|\\"(?:[^"\\]|\\[^"])*\\"|["']?[^\s"'&]+)"#
+        r#"(?i)((?:(?:api|access|private|secret)[_-]?key|pass(?:word|wd|phrase)?|pwd|secret|token|credentials?))(\\?["']?\s*[:=]\s*)({QUOTED}|\\"(?:[^"\\]|\\[^"])*\\"|["']?[^\s"'&]+)"#
     ))
     .expect("static regex is valid")
 });
@@ -508,5 +508,18 @@ mod tests {
             .unwrap();
         let out = String::from_utf8(w.0).unwrap();
         assert!(!out.contains("Zq-global"), "{out}");
+    }
+
+    #[test]
+    fn words_that_only_begin_like_a_key_are_left_alone() {
+        for text in [
+            "passthrough=true max_series=10000",
+            "tokens_total=5",
+            "using password: YES",
+            "secretary: alice",
+        ] {
+            assert_eq!(r().redact(text), text);
+        }
+        assert_eq!(r().redact("secret_key=abc"), "secret_key=***");
     }
 }
