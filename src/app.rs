@@ -76,6 +76,7 @@ pub fn collectors(store: &Store) -> Vec<Arc<dyn Collector>> {
 
 /// Starts the watcher and runner tasks and returns the handle; the server is started by [`serve`].
 pub fn start(settings: Settings) -> Exporter {
+    crate::page::redact::register_settings(&settings);
     let store = Arc::new(Store::new());
     build_info(&store);
     let (tx, rx) = watch::channel(Arc::new(settings));

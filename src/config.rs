@@ -143,7 +143,10 @@ pub struct Flags {
     /// gravity's log file [default: discovered from --log-file].
     #[arg(long = "gravity.log-file", global = true)]
     pub log_file: Option<PathBuf>,
-    /// File where the log read offset is kept across exporter restarts [default: none].
+    /// File where the log read offset is kept across exporter restarts; "none" turns it
+    /// off [default: log-state-<hash of the log path>.json in $STATE_DIRECTORY, else in
+    /// /var/lib/gravity-exporter when writable, else under $XDG_STATE_HOME, ~/.local/state
+    /// or the temp dir].
     #[arg(long = "gravity.log-state-file", global = true)]
     pub log_state_file: Option<PathBuf>,
     /// Where to start reading an existing log the first time: end or beginning [default: end].
@@ -469,6 +472,9 @@ pub struct Settings {
     pub log_format: Option<GravityLogFormat>,
     /// Where the log offset is saved.
     pub log_state_file: Option<PathBuf>,
+    /// Without `--gravity.log-state-file`: the directory of the default state files, one per
+    /// followed log ([`Settings::log_state_file_for`]).
+    pub log_state_dir: Option<PathBuf>,
     /// Start at the end of an existing log the first time (else at its beginning).
     pub log_start_at_end: bool,
     /// Timeout of each gravity API request.
@@ -842,7 +848,14 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
     Ok(Settings {
         web_config_file: f.web_config_file,
         config_file: f.config_file,
-        log_state_file: f.log_state_file,
+        log_state_dir: match f.log_state_file {
+            None => Some(default_log_state_dir()),
+            Some(_) => None,
+        },
+        log_state_file: match f.log_state_file {
+            Some(p) if p.as_os_str().is_empty() || p.as_os_str() == "none" => None,
+            p => p,
+        },
         log_start_at_end,
         listen,
         telemetry_path,
@@ -891,6 +904,73 @@ pub fn parse_gravity_url(s: &str) -> Result<Uri, String> {
         return Err(format!("{s:?} has no host"));
     }
     Ok(uri)
+}
+
+/// The default directory of the log state files: systemd's `$STATE_DIRECTORY` (first entry)
+/// when set, else `/var/lib/gravity-exporter` when that directory is writable, else
+/// `$XDG_STATE_HOME/gravity-exporter`, `~/.local/state/gravity-exporter` or, without a home,
+/// `gravity-exporter-<uid>` in the temp dir. It is created when the state is first saved.
+pub fn default_log_state_dir() -> PathBuf {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    default_log_state_dir_from(
+        env("STATE_DIRECTORY"),
+        env("XDG_STATE_HOME"),
+        env("HOME"),
+        |d| d.is_dir() && rustix::fs::access(d, rustix::fs::Access::WRITE_OK).is_ok(),
+    )
+}
+
+/// [`default_log_state_dir`] with its environment given (pure but for `writable`).
+pub fn default_log_state_dir_from(
+    state_directory: Option<PathBuf>,
+    xdg_state_home: Option<PathBuf>,
+    home: Option<PathBuf>,
+    writable: impl Fn(&Path) -> bool,
+) -> PathBuf {
+    if let Some(d) = state_directory {
+        // systemd joins several StateDirectory= entries with ':'.
+        return d
+            .to_str()
+            .and_then(|s| s.split(':').next())
+            .map(PathBuf::from)
+            .unwrap_or(d);
+    }
+    let var_lib = Path::new("/var/lib/gravity-exporter");
+    if writable(var_lib) {
+        return var_lib.to_path_buf();
+    }
+    if let Some(d) = xdg_state_home.filter(|d| d.is_absolute()) {
+        return d.join("gravity-exporter");
+    }
+    if let Some(h) = home.filter(|h| h.is_absolute()) {
+        return h.join(".local/state/gravity-exporter");
+    }
+    std::env::temp_dir().join(format!(
+        "gravity-exporter-{}",
+        rustix::process::getuid().as_raw()
+    ))
+}
+
+impl Settings {
+    /// Where the read position of the log `log` (as configured or discovered) is saved:
+    /// `--gravity.log-state-file`, else `log-state-<FNV-1a of the path>.json` in the default
+    /// directory, so that several exporters on one host (one per pipeline) never share one.
+    pub fn log_state_file_for(&self, log: &Path) -> Option<PathBuf> {
+        if let Some(f) = &self.log_state_file {
+            return Some(f.clone());
+        }
+        let dir = self.log_state_dir.as_ref()?;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in log.as_os_str().as_encoded_bytes() {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        Some(dir.join(format!("log-state-{h:016x}.json")))
+    }
 }
 
 #[cfg(test)]
@@ -1130,5 +1210,40 @@ mod tests {
         .unwrap();
         let s = Settings::from_flags(flags(&["--config.file", toml.to_str().unwrap()])).unwrap();
         assert_eq!(s.web_config_file.as_deref(), Some(web.as_path()));
+    }
+
+    #[test]
+    fn log_state_file_is_on_by_default_in_a_sensible_place() {
+        let no = |_: &Path| false;
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(
+            default_log_state_dir_from(p("/var/lib/ge:/other"), p("/x"), p("/root"), no),
+            PathBuf::from("/var/lib/ge")
+        );
+        assert_eq!(
+            default_log_state_dir_from(None, p("/x"), p("/root"), |_| true),
+            PathBuf::from("/var/lib/gravity-exporter")
+        );
+        assert_eq!(
+            default_log_state_dir_from(None, p("/x"), p("/root"), no),
+            PathBuf::from("/x/gravity-exporter")
+        );
+        assert_eq!(
+            default_log_state_dir_from(None, p("rel"), p("/home/u"), no),
+            PathBuf::from("/home/u/.local/state/gravity-exporter")
+        );
+        assert!(default_log_state_dir_from(None, None, None, no).starts_with(std::env::temp_dir()));
+        let on = Settings::from_flags(flags(&[])).unwrap();
+        let a = on.log_state_file_for(Path::new("/a/gravity.log")).unwrap();
+        let b = on.log_state_file_for(Path::new("/b/gravity.log")).unwrap();
+        assert_ne!(a, b, "one state file per log");
+        assert!(a.starts_with(on.log_state_dir.as_ref().unwrap()));
+        let off = Settings::from_flags(flags(&["--gravity.log-state-file", "none"])).unwrap();
+        assert_eq!(off.log_state_file_for(Path::new("/a/gravity.log")), None);
+        let s = Settings::from_flags(flags(&["--gravity.log-state-file", "/s/x.json"])).unwrap();
+        assert_eq!(
+            s.log_state_file_for(Path::new("/a/gravity.log")),
+            Some(PathBuf::from("/s/x.json"))
+        );
     }
 }

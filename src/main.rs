@@ -7,11 +7,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gravity_exporter::config::{Cli, Command, OwnLogFormat, Settings};
+use gravity_exporter::page::redact;
 
 fn init_logging(s: &Settings) {
     let builder = tracing_subscriber::fmt()
         .with_max_level(s.log_level)
-        .with_writer(std::io::stderr)
+        // Every line goes out with the known secrets and password patterns masked.
+        .with_writer(|| redact::RedactingWriter(std::io::stderr()))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     match s.log_fmt {
@@ -36,14 +38,17 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) if is_check => {
             // Nagios: the check could not run at all
-            println!("GRAVITY UNKNOWN - {e}");
+            println!("GRAVITY UNKNOWN - {}", redact::redact_known(&e.to_string()));
             return ExitCode::from(3);
         }
         Err(e) => {
-            eprintln!("gravity-exporter: {e}");
+            eprintln!("gravity-exporter: {}", redact::redact_known(&e.to_string()));
             return ExitCode::from(2);
         }
     };
+    // The exporter's own secrets (the password in --gravity.url) are masked by value in
+    // every output from here on.
+    redact::register_settings(&settings);
     if let Some(Command::Check(args)) = &cli.command {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -57,9 +62,9 @@ fn main() -> ExitCode {
         };
         let v = rt.block_on(gravity_exporter::check::run(settings));
         if args.format == "json" {
-            println!("{}", v.json());
+            println!("{}", redact::redact_known(&v.json()));
         } else {
-            print!("{}", v.text());
+            print!("{}", redact::redact_known(&v.text()));
         }
         return ExitCode::from(u8::try_from(v.code()).unwrap_or(3));
     }
@@ -86,7 +91,10 @@ fn main() -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gravity-exporter: {e:#}");
+            eprintln!(
+                "gravity-exporter: {}",
+                redact::redact_known(&format!("{e:#}"))
+            );
             ExitCode::from(1)
         }
     }

@@ -15,16 +15,24 @@
 //!   [`crate::page::recent::Recent`].
 //!
 //! Labels come only from closed enums, so cardinality is bounded whatever the log holds.
-//! The read offset is saved to `--gravity.log-state-file` after each poll (atomically), so
-//! an exporter restart neither misses nor double-counts a line.
+//! The read position ([`LogState`]) is saved after each poll that moved it (atomically) to
+//! `--gravity.log-state-file`, by default a file per log in the exporter's state directory
+//! ([`crate::config::Settings::log_state_file_for`]), so an exporter restart neither misses
+//! nor double-counts a line. One [`Tailer`] follows the log for the exporter's whole life,
+//! whatever path spelling reaches it (`/proc/<pid>/root/<path>` while gravity runs, `<path>`
+//! while it is down), so gravity's restarts and crash loops lose nothing. The follower is
+//! woken by inotify ([`notify`]) and supervised: a panic is counted in
+//! `gravity_exporter_task_restarts_total{task="log"}` and the watcher goes on with its state.
 
 pub mod classify;
+pub mod notify;
 pub mod record;
 pub mod tail;
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use prometheus::{IntCounterVec, Opts};
 
@@ -35,8 +43,13 @@ use classify::{classify, Classification, Component};
 use record::{detect_format_votes, parse_line, Level, LogFormat};
 use tail::{PollReport, TailConfig, TailState, Tailer};
 
-/// How often the log is polled.
+/// How often the log is polled when inotify is not available.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// With inotify: how often the log is polled without any event (a safety net: a new log path
+/// after gravity's restart, a rotated file moved to another directory, the end of a drain).
+pub const SAFETY_POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// With inotify: writes within this time after an event are read by one poll.
+pub const COALESCE: Duration = Duration::from_millis(50);
 /// Name of the snapshot this module publishes.
 pub const SNAPSHOT: &str = "log";
 
@@ -115,40 +128,141 @@ struct Fatal {
     at: f64,
 }
 
-/// Reads a saved tail state (a missing or bad file means none).
-pub fn load_state(path: &Path) -> Option<TailState> {
-    let text = std::fs::read_to_string(path).ok()?;
-    TailState::from_json(&text).ok()
+/// What is saved in `--gravity.log-state-file`: which log (as gravity names it), the position
+/// in the file being read, and in the rotated or deleted files still draining.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogState {
+    /// The log's path as configured or discovered (not the `/proc/<pid>/root` spelling);
+    /// a state saved for another log is not used.
+    pub path: Option<PathBuf>,
+    /// The file being read (`None` between a deletion and the next file).
+    pub main: Option<TailState>,
+    /// Rotated or deleted files still read.
+    pub draining: Vec<TailState>,
 }
 
-/// Saves the tail state atomically (temp file + rename).
-pub fn save_state(path: &Path, st: &TailState) -> std::io::Result<()> {
+fn tail_state_json(st: &TailState) -> serde_json::Value {
+    serde_json::json!({"dev": st.dev, "ino": st.ino, "offset": st.offset})
+}
+
+impl LogState {
+    /// `{"path":…,"dev":…,"ino":…,"offset":…,"draining":[{"dev":…,"ino":…,"offset":…}]}`;
+    /// a file written by an older exporter (`{"dev","ino","offset"}` only) still reads.
+    pub fn to_json(&self) -> String {
+        let mut v = match &self.main {
+            Some(m) => tail_state_json(m),
+            None => serde_json::json!({}),
+        };
+        if let Some(o) = v.as_object_mut() {
+            if let Some(p) = self.path.as_ref().and_then(|p| p.to_str()) {
+                o.insert("path".into(), p.into());
+            }
+            o.insert(
+                "draining".into(),
+                self.draining.iter().map(tail_state_json).collect(),
+            );
+        }
+        v.to_string()
+    }
+
+    /// Parses what [`LogState::to_json`] wrote (`None` for anything else).
+    pub fn from_json(text: &str) -> Option<LogState> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        let o = v.as_object()?;
+        let main = if o.contains_key("dev") {
+            Some(TailState::from_json(text).ok()?)
+        } else {
+            None
+        };
+        let draining = match o.get("draining") {
+            None => Vec::new(),
+            Some(d) => d
+                .as_array()?
+                .iter()
+                .take(tail::MAX_DRAINING)
+                .map(|e| TailState::from_json(&e.to_string()).ok())
+                .collect::<Option<Vec<_>>>()?,
+        };
+        Some(LogState {
+            path: o.get("path").and_then(|p| p.as_str()).map(PathBuf::from),
+            main,
+            draining,
+        })
+    }
+}
+
+/// Reads a saved state (a missing or bad file means none).
+pub fn load_state(path: &Path) -> Option<LogState> {
+    let text = std::fs::read_to_string(path).ok()?;
+    if text.len() > 64 * 1024 {
+        return None;
+    }
+    LogState::from_json(&text)
+}
+
+/// Saves the state atomically (temp file + rename), creating the directory if needed.
+pub fn save_state(path: &Path, st: &LogState) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, st.to_json())?;
     std::fs::rename(&tmp, path)
+}
+
+/// The file followed: the log's path as gravity names it and the tailer.
+struct Follow {
+    logical: PathBuf,
+    tailer: Tailer,
 }
 
 /// The log follower task.
 pub struct LogWatcher {
     ctx: Arc<Context>,
     counters: Counters,
-    tailer: Option<(PathBuf, Tailer)>,
+    restarts: IntCounterVec,
+    tailer: Option<Follow>,
     format: Option<LogFormat>,
     last_fatal: Option<Fatal>,
     last_write: Option<f64>,
-    last_saved: Option<TailState>,
+    last_saved: Option<LogState>,
     warned: Option<String>,
     /// Pipelines whose `gravity_error_total{error_type="other"}` and `gravity_log_lines_total` series exist at 0.
     seeded: std::collections::HashSet<String>,
+    /// Lines read but not yet counted: a panic while counting one loses only that line, the
+    /// rest are counted after the restart (and none twice: the tailer has moved past them).
+    pending: VecDeque<String>,
+    /// When the exporter started: a log file created later is read from its start.
+    started: SystemTime,
+    /// The directory to watch for changes (the followed file's).
+    watch_dir: Option<PathBuf>,
+    /// What the names of the log and its rotated copies begin with.
+    watch_stem: String,
+    #[cfg(test)]
+    panic_on: Option<String>,
+}
+
+/// `gravity_exporter_task_restarts_total{task}`, with `task="log"` at 0.
+fn task_restarts(store: &crate::metrics::Store) -> IntCounterVec {
+    let v = counter_vec(
+        store,
+        "gravity_exporter_task_restarts_total",
+        "Background tasks of the exporter restarted after a panic, by task.",
+        &["task"],
+    );
+    v.with_label_values(&["log"]).inc_by(0);
+    v
 }
 
 impl LogWatcher {
     /// Registers the log metrics.
     pub fn new(ctx: Arc<Context>) -> LogWatcher {
         let counters = Counters::new(&ctx.store);
+        let restarts = task_restarts(&ctx.store);
         LogWatcher {
             ctx,
             counters,
+            restarts,
             tailer: None,
             format: None,
             last_fatal: None,
@@ -156,6 +270,12 @@ impl LogWatcher {
             last_saved: None,
             warned: None,
             seeded: Default::default(),
+            pending: VecDeque::new(),
+            started: SystemTime::now(),
+            watch_dir: None,
+            watch_stem: String::new(),
+            #[cfg(test)]
+            panic_on: None,
         }
     }
 
@@ -166,67 +286,105 @@ impl LogWatcher {
         }
     }
 
+    /// The tailer for `logical`, resuming a saved state of the same log.
+    fn new_tailer(&self, logical: &Path, path: &Path, state_file: Option<&Path>) -> Tailer {
+        let settings = self.ctx.settings();
+        let saved = state_file
+            .and_then(load_state)
+            .filter(|s| s.path.as_deref().is_none_or(|p| p == logical));
+        let mut cfg = TailConfig::new(path);
+        // A log created after the exporter started holds nothing but new lines. File times
+        // are coarser than the clock (kernel ticks): a second of slack.
+        let since = self
+            .started
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or(self.started);
+        let born_later = std::fs::metadata(path)
+            .and_then(|m| m.created())
+            .is_ok_and(|t| t >= since);
+        cfg.start_at_end = settings.log_start_at_end && saved.is_none() && !born_later;
+        tracing::info!(path = %path.display(), resume = saved.is_some(), "following gravity's log");
+        let (main, draining) = match saved {
+            Some(s) => (s.main, s.draining),
+            None => (None, Vec::new()),
+        };
+        let mut t = Tailer::new(cfg, main);
+        t.resume_draining(&draining);
+        t
+    }
+
     /// One poll: reads what is new and counts it.
     pub fn poll(&mut self) {
         crate::collector::exit::tick(&self.ctx);
+        // Lines left over by a panic are counted first.
         let target = self.ctx.target();
-        let settings = self.ctx.settings();
-        let Some(path) = target.log_path(&settings.proc_root) else {
-            self.tailer = None;
-            return;
-        };
-        if self
-            .tailer
-            .as_ref()
-            .map(|(p, _)| p != &path)
-            .unwrap_or(true)
-        {
-            // The same file under another path (gravity restarted: /proc/<new pid>/root/...)
-            // goes on from where the last tailer was, not from the end: the last lines of
-            // the incarnation that ended are what says why it ended.
-            let same_file = |st: &TailState| {
-                use std::os::unix::fs::MetadataExt;
-                std::fs::metadata(&path).is_ok_and(|m| m.dev() == st.dev && m.ino() == st.ino)
-            };
-            let saved = self
-                .tailer
-                .as_ref()
-                .and_then(|(_, t)| t.state())
-                .filter(same_file)
-                .or_else(|| settings.log_state_file.as_deref().and_then(load_state));
-            let mut cfg = TailConfig::new(&path);
-            cfg.start_at_end = settings.log_start_at_end;
-            tracing::info!(path = %path.display(), resume = saved.is_some(), "following gravity's log");
-            self.tailer = Some((path.clone(), Tailer::new(cfg, saved)));
-            self.format = target.log_format.map(parser_format);
-        }
         let pipeline = target.pipeline.clone();
-        let Some((_, tailer)) = self.tailer.as_mut() else {
+        let redactor = crate::page::redact::Redactor::from_target(&target);
+        if !self.pending.is_empty() {
+            self.count(&pipeline, &PollReport::default(), &redactor);
+        }
+        let settings = self.ctx.settings();
+        // While gravity's log is not known (any more), the last one is kept: never a reset
+        // because gravity is down.
+        let Some(logical) = target.log_file.clone() else {
             return;
         };
-        let mut lines: Vec<String> = Vec::new();
-        let res = tailer.poll(&mut |l: &str| {
+        let path = target
+            .log_path(&settings.proc_root)
+            .unwrap_or_else(|| logical.clone());
+        let state_file = settings.log_state_file_for(&logical);
+        let state_file = state_file.as_deref();
+        match self.tailer.as_mut() {
+            // The same log, maybe spelled differently (`/proc/<pid>/root/<path>` ↔ `<path>`):
+            // the tailer knows the file by device + inode.
+            Some(f) if f.logical == logical => f.tailer.set_path(&path),
+            _ => {
+                let tailer = self.new_tailer(&logical, &path, state_file);
+                self.tailer = Some(Follow {
+                    logical: logical.clone(),
+                    tailer,
+                });
+                self.format = target.log_format.map(parser_format);
+            }
+        }
+        let Some(follow) = self.tailer.as_mut() else {
+            return;
+        };
+        let pending = &mut self.pending;
+        let res = follow.tailer.poll(&mut |l: &str| {
             // Bounded by the tailer's per-poll read limit.
-            lines.push(l.to_string());
+            pending.push_back(l.to_string());
         });
-        let state = tailer.state();
+        let state = LogState {
+            path: Some(logical),
+            main: follow.tailer.state(),
+            draining: follow.tailer.draining_states(),
+        };
+        self.watch_dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(Path::to_path_buf);
+        self.watch_stem = notify::stem(&path);
         match res {
             Ok(report) => {
-                let redactor = crate::page::redact::Redactor::from_target(&target);
-                self.count(&pipeline, &lines, &report, &redactor);
-                if report.file_missing {
+                self.count(&pipeline, &report, &redactor);
+                self.publish(&pipeline);
+                if report.file_missing && state.main.is_none() && state.draining.is_empty() {
                     self.warn_once(format!("{} does not exist (yet)", path.display()));
                 }
             }
             Err(e) => {
+                // What was read before the error is still counted.
+                self.count(&pipeline, &PollReport::default(), &redactor);
+                self.publish(&pipeline);
                 self.warn_once(e.to_string());
                 return;
             }
         }
-        if let (Some(sf), Some(st)) = (settings.log_state_file.as_deref(), state) {
-            if self.last_saved.as_ref() != Some(&st) {
-                match save_state(sf, &st) {
-                    Ok(()) => self.last_saved = Some(st),
+        if let Some(sf) = state_file {
+            if self.last_saved.as_ref() != Some(&state) {
+                match save_state(sf, &state) {
+                    Ok(()) => self.last_saved = Some(state),
                     Err(e) => self.warn_once(format!(
                         "cannot save the log state to {}: {e}",
                         sf.display()
@@ -234,18 +392,16 @@ impl LogWatcher {
                 }
             }
         }
-        self.publish(&pipeline);
     }
 
     fn count(
         &mut self,
         pipeline: &str,
-        lines: &[String],
         report: &PollReport,
         redactor: &crate::page::redact::Redactor,
     ) {
-        if self.format.is_none() && !lines.is_empty() {
-            self.format = detect_format_votes(lines.iter().map(String::as_str), 50);
+        if self.format.is_none() && !self.pending.is_empty() {
+            self.format = detect_format_votes(self.pending.iter().map(String::as_str), 50);
         }
         let format = self.format.unwrap_or(LogFormat::Json);
         // Not under the placeholder name used before gravity was found.
@@ -266,8 +422,12 @@ impl LogWatcher {
                 self.counters.lines.with_label_values(&[pipeline, l]);
             }
         }
-        for line in lines {
-            match parse_line(line, format) {
+        while let Some(line) = self.pending.pop_front() {
+            #[cfg(test)]
+            if self.panic_on.as_deref().is_some_and(|p| line.contains(p)) {
+                panic!("injected panic in the log watcher");
+            }
+            match parse_line(&line, format) {
                 Ok(rec) => {
                     let ev = Event {
                         level: rec.level,
@@ -389,25 +549,81 @@ impl LogWatcher {
         self.ctx.store.set_snapshot(SNAPSHOT, f);
     }
 
-    /// Runs forever, polling in a blocking task (file I/O).
+    /// Runs forever: each poll in a blocking task (file I/O), woken by inotify when the log's
+    /// directory changes, else every [`SAFETY_POLL_INTERVAL`] (every [`POLL_INTERVAL`] when
+    /// inotify is not available). A panic in a poll is caught: the watcher goes on with the
+    /// same state (offsets, counters, lines not yet counted) and
+    /// `gravity_exporter_task_restarts_total{task="log"}` counts it.
     pub async fn run(self) {
-        let mut me = Some(self);
+        let restarts = self.restarts.clone();
+        // Ends when the settings' sender is gone (the exporter was stopped).
+        let mut settings = self.ctx.settings.clone();
+        let shared = Arc::new(Mutex::new(self));
+        let mut notify = match notify::DirWatch::new() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "inotify not available; polling gravity's log every 500 ms");
+                None
+            }
+        };
         loop {
-            let Some(w) = me.take() else { return };
-            match tokio::task::spawn_blocking(move || {
-                let mut w = w;
-                w.poll();
-                w
+            let w = Arc::clone(&shared);
+            let polled = tokio::task::spawn_blocking(move || {
+                let mut g = w.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                g.poll();
+                (g.watch_dir.clone(), g.watch_stem.clone())
             })
-            .await
-            {
-                Ok(w) => me = Some(w),
+            .await;
+            let (dir, stem) = match polled {
+                Ok(watch) => watch,
+                Err(e) if e.is_panic() => {
+                    shared.clear_poison();
+                    restarts.with_label_values(&["log"]).inc();
+                    tracing::error!(
+                        "log watcher panicked; restarted with its state (offsets kept)"
+                    );
+                    continue;
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "log watcher failed; log metrics stop");
+                    tracing::error!(error = %e, "log watcher cancelled");
                     return;
                 }
+            };
+            let watching = match (notify.as_mut(), dir) {
+                (Some(n), Some(d)) => match n.watch(&d) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::debug!(error = %e, dir = %d.display(), "cannot watch the log directory; polling");
+                        false
+                    }
+                },
+                _ => false,
+            };
+            let stopped = match notify.as_ref() {
+                Some(n) if watching => {
+                    tokio::select! {
+                        r = n.changed(&stem) => {
+                            if let Err(e) = r {
+                                tracing::warn!(error = %e, "inotify failed; polling gravity's log every 500 ms");
+                                notify = None;
+                            } else {
+                                // Coalesce a burst of writes into one poll.
+                                tokio::time::sleep(COALESCE).await;
+                            }
+                            false
+                        }
+                        r = settings.changed() => r.is_err(),
+                        _ = tokio::time::sleep(SAFETY_POLL_INTERVAL) => false,
+                    }
+                }
+                _ => tokio::select! {
+                    r = settings.changed() => r.is_err(),
+                    _ = tokio::time::sleep(POLL_INTERVAL) => false,
+                },
+            };
+            if stopped {
+                return;
             }
-            tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
 }
@@ -437,16 +653,137 @@ mod tests {
     #[test]
     fn state_file_roundtrip_is_atomic() {
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("state.json");
+        let p = d.path().join("sub").join("state.json");
         assert!(load_state(&p).is_none());
-        let st = TailState {
-            dev: 1,
-            ino: 2,
-            offset: 3,
+        let ts = |dev, ino, offset| TailState { dev, ino, offset };
+        let st = LogState {
+            path: Some("/var/log/gravity.log".into()),
+            main: Some(ts(1, 2, 3)),
+            draining: vec![ts(1, 7, 9)],
         };
         save_state(&p, &st).unwrap();
         assert_eq!(load_state(&p), Some(st));
+        // between a deletion and the next file
+        let gap = LogState {
+            path: None,
+            main: None,
+            draining: vec![],
+        };
+        save_state(&p, &gap).unwrap();
+        assert_eq!(load_state(&p), Some(gap));
+        // what an older exporter wrote still reads
+        std::fs::write(&p, ts(4, 5, 6).to_json()).unwrap();
+        assert_eq!(
+            load_state(&p),
+            Some(LogState {
+                path: None,
+                main: Some(ts(4, 5, 6)),
+                draining: vec![]
+            })
+        );
         std::fs::write(&p, "garbage").unwrap();
         assert!(load_state(&p).is_none());
+        std::fs::write(&p, r#"{"dev":1,"ino":2,"offset":3,"draining":[{"dev":1}]}"#).unwrap();
+        assert!(load_state(&p).is_none());
+    }
+
+    /// A context and its settings' sender (the watcher stops when the sender is dropped).
+    fn context(
+        args: &[&str],
+    ) -> (
+        Arc<Context>,
+        tokio::sync::watch::Sender<Arc<crate::config::Settings>>,
+    ) {
+        let mut v = vec!["gravity-exporter"];
+        v.extend_from_slice(args);
+        let cli = <crate::config::Cli as clap::Parser>::try_parse_from(v).unwrap();
+        let settings = crate::config::Settings::from_flags(cli.flags).unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(settings));
+        (Context::new(rx, Arc::new(crate::metrics::Store::new())), tx)
+    }
+
+    fn sample(ctx: &Context, name: &str, needle: &str) -> Option<f64> {
+        ctx.store
+            .render()
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(needle))
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse().ok())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_restarts_the_watcher_with_its_state() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("gravity.log");
+        let state = d.path().join("state.json");
+        let (ctx, tx) = context(&[
+            "--gravity.pid-file",
+            "/nonexistent/gravity.pid",
+            "--gravity.log-file",
+            log.to_str().unwrap(),
+            "--gravity.log-state-file",
+            state.to_str().unwrap(),
+        ]);
+        let mut w = LogWatcher::new(ctx.clone());
+        assert_eq!(
+            sample(&ctx, "gravity_exporter_task_restarts_total", "task=\"log\""),
+            Some(0.0)
+        );
+        w.panic_on = Some("POISON".into());
+        let line = |level: &str, msg: &str| {
+            format!("{{\"level\":\"{level}\",\"msg\":\"{msg}\",\"time\":\"2026-11-22T14:05:33+08:00\"}}\n")
+        };
+        let mut text = String::new();
+        for i in 0..10 {
+            text.push_str(&line("info", &format!("before {i}")));
+        }
+        text.push_str(&line("error", "POISON"));
+        for i in 0..10 {
+            text.push_str(&line("warning", &format!("after {i}")));
+        }
+        std::fs::write(&log, text).unwrap();
+        let task = tokio::spawn(w.run());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while sample(&ctx, "gravity_log_lines_total", "level=\"warning\"") != Some(10.0) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                ctx.store.render()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            sample(&ctx, "gravity_exporter_task_restarts_total", "task=\"log\""),
+            Some(1.0)
+        );
+        // Nothing counted twice, nothing but the poisoned line lost.
+        assert_eq!(
+            sample(&ctx, "gravity_log_lines_total", "level=\"info\""),
+            Some(10.0)
+        );
+        assert_eq!(
+            sample(&ctx, "gravity_log_lines_total", "level=\"error\""),
+            None
+        );
+        // And it keeps following.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, line("info", "later").as_bytes()))
+            .unwrap();
+        while sample(&ctx, "gravity_log_lines_total", "level=\"info\"") != Some(11.0) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                ctx.store.render()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Stopping the exporter (its settings' sender gone) ends the watcher.
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the watcher ends with the exporter")
+            .unwrap();
     }
 }

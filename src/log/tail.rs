@@ -8,14 +8,24 @@
 //! exactly once and in order:
 //!
 //! * **Rename rotation**: the open handle keeps pointing at the old inode. When it is read to
-//!   its end and the path now names another inode, the old file is drained once more (writes
-//!   that raced the rename), then the new file is read from offset 0.
-//! * **copytruncate**: the file shrinks below the read offset → reading restarts at 0
-//!   (`truncations`). A truncation followed by more writes than were read before it cannot be
-//!   seen by any size-based tailer; that is a limit of copytruncate.
+//!   its end and the path now names another inode, the new file is read from offset 0 and the
+//!   old one is kept *draining*: a writer that still holds it (a logger that reopens late)
+//!   may go on writing to it, and every poll reads what it adds, until it has not grown for
+//!   `drain_grace` (10 s); only then is its handle released (at most [`MAX_DRAINING`] files
+//!   drain at once).
+//! * **copytruncate**: the file shrinks below the read offset, or its first bytes are no
+//!   longer the ones read before (a truncation followed by more writes than were read) →
+//!   reading restarts at 0 (`truncations`). What the writer wrote between the copy and the
+//!   truncation and what was not read before the copy cannot be read by anyone: that window
+//!   is inherent to copytruncate.
 //! * **Deletion**: while the path is absent, `file_missing` is reported (no error). A deleted
-//!   file still being written to is drained; the handle is released once it stops growing, so
-//!   its disk space can be freed. A re-created file is read from offset 0.
+//!   file is drained like a renamed one (a writer may still hold it); its handle is released
+//!   once it has not grown for `drain_grace`, so its disk space can be freed. A re-created
+//!   file is read from offset 0.
+//! * **Another spelling of the same file**: [`Tailer::set_path`] changes the path (gravity's
+//!   log seen through `/proc/<pid>/root/<path>` while it runs, `<path>` while it is down).
+//!   A file is one device + inode whatever its path: same inode, same handle and offset;
+//!   a path that does not exist for a while (gravity down in a sidecar) keeps the handle.
 //! * **Partial last line**: bytes after the last newline wait (bounded by `max_line_bytes`)
 //!   for their newline. When the file is rotated away, they are handed over as a last line.
 //! * **Oversized line**: a line longer than `max_line_bytes` is skipped up to its newline and
@@ -36,8 +46,10 @@
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Size of the read buffer.
 const READ_CHUNK: usize = 64 * 1024;
@@ -45,6 +57,10 @@ const READ_CHUNK: usize = 64 * 1024;
 const MAX_SIBLINGS: usize = 10_000;
 /// At most this many file switches (rotations) are followed in one poll.
 const MAX_SWITCHES_PER_POLL: usize = 8;
+/// At most this many rotated or deleted files are drained at once (the oldest is released).
+pub const MAX_DRAINING: usize = 4;
+/// Bytes at the start of a file remembered to recognise it after a copytruncate.
+const HEAD_BYTES: usize = 128;
 
 /// What to follow and the bounds to keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +73,8 @@ pub struct TailConfig {
     pub max_line_bytes: usize,
     /// Most bytes read by one poll.
     pub max_read_per_poll: usize,
+    /// How long a rotated or deleted file is kept open after it last grew.
+    pub drain_grace: Duration,
 }
 
 impl TailConfig {
@@ -64,6 +82,8 @@ impl TailConfig {
     pub const DEFAULT_MAX_LINE_BYTES: usize = 64 * 1024;
     /// Default `max_read_per_poll`: 8 MiB.
     pub const DEFAULT_MAX_READ_PER_POLL: usize = 8 * 1024 * 1024;
+    /// Default `drain_grace`: 10 s.
+    pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(10);
 
     /// A config with the defaults: start at the end, 64 KiB lines, 8 MiB per poll.
     pub fn new(path: impl Into<PathBuf>) -> TailConfig {
@@ -72,6 +92,7 @@ impl TailConfig {
             start_at_end: true,
             max_line_bytes: Self::DEFAULT_MAX_LINE_BYTES,
             max_read_per_poll: Self::DEFAULT_MAX_READ_PER_POLL,
+            drain_grace: Self::DEFAULT_DRAIN_GRACE,
         }
     }
 }
@@ -166,6 +187,48 @@ struct Current {
     ino: u64,
     /// Offset of the next byte to read.
     read_pos: u64,
+    /// The file's first bytes as read (at most [`HEAD_BYTES`]), to see a copytruncate that was
+    /// followed by more writes than were read before it.
+    head: Vec<u8>,
+}
+
+impl Current {
+    /// Whether the file was truncated under the read offset (or truncated and re-written).
+    fn truncated(&mut self) -> io::Result<bool> {
+        let len = self.file.metadata()?.len();
+        if len < self.read_pos {
+            return Ok(true);
+        }
+        if !self.head.is_empty() {
+            let mut now = vec![0; self.head.len()];
+            self.file.read_exact_at(&mut now, 0)?;
+            if now != self.head {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Remembers the first bytes read, once there are [`HEAD_BYTES`] (or more than before).
+    fn remember_head(&mut self) {
+        let want = usize::try_from(self.read_pos)
+            .unwrap_or(usize::MAX)
+            .min(HEAD_BYTES);
+        if want > self.head.len() {
+            let mut h = vec![0; want];
+            if self.file.read_exact_at(&mut h, 0).is_ok() {
+                self.head = h;
+            }
+        }
+    }
+}
+
+/// A rotated or deleted file still read while its writer may add to it.
+struct Drain {
+    cur: Current,
+    lines: Lines,
+    /// Last time it grew (or was retired).
+    grew_at: Instant,
 }
 
 /// How to begin on the first poll.
@@ -188,6 +251,15 @@ struct Lines {
 }
 
 impl Lines {
+    fn new(max: usize) -> Lines {
+        Lines {
+            max,
+            pending: Vec::new(),
+            discarding: false,
+            line_start: 0,
+        }
+    }
+
     fn reset(&mut self, offset: u64) {
         self.pending.clear();
         self.discarding = false;
@@ -277,6 +349,8 @@ pub struct Tailer {
     cfg: TailConfig,
     cur: Option<Current>,
     lines: Lines,
+    /// Rotated or deleted files still read (oldest first).
+    draining: Vec<Drain>,
     buf: Vec<u8>,
     initial: Option<Initial>,
     /// Device and inode of the last file read (kept while the path is missing, for `state`).
@@ -290,6 +364,7 @@ impl fmt::Debug for Tailer {
             .field("state", &self.state())
             .field("open", &self.cur.is_some())
             .field("pending_bytes", &self.lines.pending.len())
+            .field("draining", &self.draining.len())
             .finish()
     }
 }
@@ -305,18 +380,123 @@ impl Tailer {
         };
         let max = cfg.max_line_bytes.max(1);
         Tailer {
-            lines: Lines {
-                max,
-                pending: Vec::new(),
-                discarding: false,
-                line_start: 0,
-            },
+            lines: Lines::new(max),
+            draining: Vec::new(),
             buf: vec![0; READ_CHUNK],
             cur: None,
             initial: Some(initial),
             ident: saved.map(|s| (s.dev, s.ino)),
             cfg,
         }
+    }
+
+    /// Follows the same file under another path (`/proc/<pid>/root/<path>` ↔ `<path>`).
+    /// Nothing is reset: the open file keeps its handle and offset as long as the new path
+    /// names the same device + inode, or does not exist; if it names another file, that is
+    /// a rotation (the old file drains, the new one is read from its start).
+    pub fn set_path(&mut self, path: &Path) {
+        if self.cfg.path != path {
+            self.cfg.path = path.to_path_buf();
+        }
+    }
+
+    /// The path followed.
+    pub fn path(&self) -> &Path {
+        &self.cfg.path
+    }
+
+    /// Positions in the rotated or deleted files still draining, to save with [`Tailer::state`].
+    pub fn draining_states(&self) -> Vec<TailState> {
+        self.draining
+            .iter()
+            .map(|d| TailState {
+                dev: d.cur.dev,
+                ino: d.cur.ino,
+                offset: d.lines.line_start,
+            })
+            .collect()
+    }
+
+    /// After a restart: drains the rotated files of a saved state ([`Tailer::draining_states`])
+    /// that are still found next to the path (by device + inode), from their saved offsets.
+    pub fn resume_draining(&mut self, saved: &[TailState]) {
+        for st in saved.iter().take(MAX_DRAINING) {
+            if self
+                .draining
+                .iter()
+                .any(|d| d.cur.dev == st.dev && d.cur.ino == st.ino)
+            {
+                continue;
+            }
+            let Some(mut cur) = self.find_rotated(*st) else {
+                continue;
+            };
+            if cur.file.seek(SeekFrom::Start(st.offset)).is_err() {
+                continue;
+            }
+            cur.read_pos = st.offset;
+            let mut lines = Lines::new(self.lines.max);
+            lines.reset(st.offset);
+            self.draining.push(Drain {
+                cur,
+                lines,
+                grew_at: Instant::now(),
+            });
+        }
+    }
+
+    /// Moves the current file to the draining list (a rotation or deletion).
+    fn retire_current(&mut self, f: &mut dyn FnMut(&str), report: &mut PollReport) {
+        let Some(cur) = self.cur.take() else { return };
+        // Its position is now in `draining_states`; the next file is read from its start.
+        self.ident = None;
+        let max = self.lines.max;
+        let lines = std::mem::replace(&mut self.lines, Lines::new(max));
+        self.draining.push(Drain {
+            cur,
+            lines,
+            grew_at: Instant::now(),
+        });
+        while self.draining.len() > MAX_DRAINING {
+            let mut oldest = self.draining.remove(0);
+            oldest.lines.finish(report, f);
+        }
+    }
+
+    /// Reads what the draining files added; releases those quiet for `drain_grace`.
+    /// Returns false when the read budget ran out.
+    fn drain_old(
+        &mut self,
+        budget: &mut u64,
+        report: &mut PollReport,
+        f: &mut dyn FnMut(&str),
+    ) -> Result<bool, TailError> {
+        let mut i = 0;
+        while let Some(d) = self.draining.get_mut(i) {
+            let before = report.bytes;
+            let done = read_file(
+                &mut d.cur,
+                &mut d.lines,
+                &mut self.buf,
+                budget,
+                report,
+                f,
+                &self.cfg.path,
+            )?;
+            if !done {
+                return Ok(false);
+            }
+            if report.bytes > before {
+                d.grew_at = Instant::now();
+                i += 1;
+            } else if d.grew_at.elapsed() >= self.cfg.drain_grace {
+                let mut d = self.draining.remove(i);
+                d.lines.finish(report, f);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(true)
     }
 
     /// The position to save for a restart: the last file read and the offset of the first
@@ -337,6 +517,9 @@ impl Tailer {
         if let Some(init) = self.initial.take() {
             self.begin(init, &mut report)?;
         }
+        if !self.drain_old(&mut budget, &mut report, f)? {
+            return Ok(report); // budget used up: continue on the next poll
+        }
         for _ in 0..MAX_SWITCHES_PER_POLL {
             if self.cur.is_none() {
                 match self.open_path()? {
@@ -348,21 +531,19 @@ impl Tailer {
                 }
             }
             self.check_truncation(&mut report)?;
-            let before = report.bytes;
             if !self.read_available(&mut budget, &mut report, f)? {
                 return Ok(report); // budget used up: continue on the next poll
             }
-            let grew = report.bytes > before;
             // At the end of the current file: does the path still name it?
             match fs::metadata(&self.cfg.path) {
                 Ok(m) if self.is_current(m.dev(), m.ino()) => return Ok(report),
                 Ok(_) => {
-                    // Rotated: drain writes that raced the rename, then move to the new file.
+                    // Rotated: read writes that raced the rename, keep the old file draining
+                    // (late writes), move to the new file.
                     if !self.read_available(&mut budget, &mut report, f)? {
                         return Ok(report);
                     }
-                    self.lines.finish(&mut report, f);
-                    self.cur = None;
+                    self.retire_current(f, &mut report);
                     report.rotations += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -371,10 +552,11 @@ impl Tailer {
                         Some(c) => c.file.metadata().map(|m| m.nlink() == 0).unwrap_or(true),
                         None => true,
                     };
-                    if deleted && !grew {
-                        // Deleted and no longer written to: release it so its space is freed.
-                        self.lines.finish(&mut report, f);
-                        self.cur = None;
+                    // A file that still has a name elsewhere is kept (the path is another
+                    // spelling that does not exist right now, e.g. gravity's /proc root while
+                    // it is down). A deleted one drains while its writer may still add to it.
+                    if deleted {
+                        self.retire_current(f, &mut report);
                     }
                     return Ok(report);
                 }
@@ -474,6 +656,7 @@ impl Tailer {
             dev: meta.dev(),
             ino: meta.ino(),
             read_pos: 0,
+            head: Vec::new(),
         }))
     }
 
@@ -508,6 +691,7 @@ impl Tailer {
                     dev: st.dev,
                     ino: st.ino,
                     read_pos: 0,
+                    head: Vec::new(),
                 });
             }
         }
@@ -522,11 +706,11 @@ impl Tailer {
             path: self.cfg.path.clone(),
             source,
         };
-        let len = cur.file.metadata().map_err(err)?.len();
-        if len < cur.read_pos {
+        if cur.truncated().map_err(err)? {
             report.truncations += 1;
             cur.file.seek(SeekFrom::Start(0)).map_err(err)?;
             cur.read_pos = 0;
+            cur.head.clear();
             self.lines.reset(0);
         }
         Ok(())
@@ -547,35 +731,51 @@ impl Tailer {
             cfg,
             ..
         } = self;
-        let Some(cur) = cur.as_mut() else {
-            return Ok(true);
-        };
-        loop {
-            if *budget == 0 {
-                return Ok(false);
-            }
-            let want = buf
-                .len()
-                .min(usize::try_from(*budget).unwrap_or(usize::MAX));
-            let chunk = buf.get_mut(..want).unwrap_or_default();
-            let n = match cur.file.read(chunk) {
-                Ok(0) => return Ok(true),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(TailError::Read {
-                        path: cfg.path.clone(),
-                        source,
-                    })
-                }
-            };
-            let base = cur.read_pos;
-            cur.read_pos += n as u64;
-            *budget = budget.saturating_sub(n as u64);
-            report.bytes += n as u64;
-            lines.feed(chunk.get(..n).unwrap_or_default(), base, report, f);
+        match cur.as_mut() {
+            Some(cur) => read_file(cur, lines, buf, budget, report, f, &cfg.path),
+            None => Ok(true),
         }
     }
+}
+
+/// Reads `cur` to its end or until the budget is used up, feeding `lines`. Returns true when
+/// the end was reached.
+fn read_file(
+    cur: &mut Current,
+    lines: &mut Lines,
+    buf: &mut [u8],
+    budget: &mut u64,
+    report: &mut PollReport,
+    f: &mut dyn FnMut(&str),
+    path: &Path,
+) -> Result<bool, TailError> {
+    let res = loop {
+        if *budget == 0 {
+            break Ok(false);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(*budget).unwrap_or(usize::MAX));
+        let chunk = buf.get_mut(..want).unwrap_or_default();
+        let n = match cur.file.read(chunk) {
+            Ok(0) => break Ok(true),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                break Err(TailError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let base = cur.read_pos;
+        cur.read_pos = cur.read_pos.saturating_add(n as u64);
+        *budget = budget.saturating_sub(n as u64);
+        report.bytes = report.bytes.saturating_add(n as u64);
+        lines.feed(chunk.get(..n).unwrap_or_default(), base, report, f);
+    };
+    cur.remember_head();
+    res
 }
 
 #[cfg(test)]
@@ -589,6 +789,7 @@ mod tests {
             start_at_end: false,
             max_line_bytes: TailConfig::DEFAULT_MAX_LINE_BYTES,
             max_read_per_poll: TailConfig::DEFAULT_MAX_READ_PER_POLL,
+            drain_grace: Duration::ZERO,
         }
     }
 
@@ -761,8 +962,11 @@ mod tests {
         fs::rename(&p, dir.path().join("gravity.log.1")).unwrap();
         append(&p, b"c\n");
         let r = poll(&mut t, &mut seen);
-        assert_eq!((r.lines, r.rotations), (2, 1));
-        assert_eq!(seen, ["a", "b-without-newline", "c"]);
+        assert_eq!((r.lines, r.rotations), (1, 1));
+        // Once the renamed file has been quiet for the drain grace (0 here), its unfinished
+        // last line is handed over.
+        assert_eq!(poll(&mut t, &mut seen).lines, 1);
+        assert_eq!(seen, ["a", "c", "b-without-newline"]);
     }
 
     #[test]
@@ -803,7 +1007,9 @@ mod tests {
             assert_eq!(r.lines, 0);
         }
         assert!(t.cur.is_none(), "the deleted file's handle is released");
-        assert_eq!(t.state(), Some(before), "state survives the gap");
+        assert!(t.draining.is_empty(), "and not kept draining");
+        assert_eq!(t.state(), None, "the next file is read from its start");
+        assert!(before.offset > 0);
         append_lines(&p, 5, 9);
         let r = poll(&mut t, &mut seen);
         assert_eq!((r.lines, r.file_missing), (4, false));
@@ -1050,5 +1256,120 @@ mod tests {
         let e = t.poll(&mut |_| {}).unwrap_err();
         assert!(matches!(e, TailError::Open { .. }), "{e}");
         assert!(e.to_string().contains(&dir.path().display().to_string()));
+    }
+
+    #[test]
+    fn late_writes_to_a_renamed_file_are_read_until_it_is_quiet() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        let old_name = dir.path().join("gravity-2026-11-22T14-00-00.000.log");
+        append_lines(&p, 0, 2);
+        let mut c = cfg(&p);
+        c.drain_grace = Duration::from_secs(3600);
+        let mut t = Tailer::new(c, None);
+        let mut seen = Vec::new();
+        assert_eq!(poll(&mut t, &mut seen).lines, 2);
+        let mut late = fs::OpenOptions::new().append(true).open(&p).unwrap();
+        fs::rename(&p, &old_name).unwrap();
+        append_lines(&p, 100, 102);
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.rotations), (2, 1));
+        // The writer goes on writing to the renamed file for a while, without a newline at
+        // first: the line is handed over whole once finished.
+        late.write_all(b"{\"level\":\"info\",\"msg\":\"line 2\"}\n{\"le")
+            .unwrap();
+        append_lines(&p, 102, 103);
+        assert_eq!(poll(&mut t, &mut seen).lines, 2);
+        late.write_all(b"vel\":\"info\",\"msg\":\"line 3\"}\n")
+            .unwrap();
+        assert_eq!(poll(&mut t, &mut seen).lines, 1);
+        let mut got = seen.clone();
+        got.sort();
+        let mut want = [expected(0, 4), expected(100, 103)].concat();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(t.draining_states().len(), 1);
+        // Quiet for the grace period: released.
+        t.cfg.drain_grace = Duration::ZERO;
+        assert_eq!(poll(&mut t, &mut seen).lines, 0);
+        assert!(t.draining.is_empty());
+    }
+
+    #[test]
+    fn a_saved_draining_file_is_resumed_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        let old_name = dir.path().join("gravity.log.1");
+        append_lines(&p, 0, 2);
+        let mut c = cfg(&p);
+        c.drain_grace = Duration::from_secs(3600);
+        let mut t = Tailer::new(c.clone(), None);
+        let mut seen = Vec::new();
+        poll(&mut t, &mut seen);
+        let mut late = fs::OpenOptions::new().append(true).open(&p).unwrap();
+        fs::rename(&p, &old_name).unwrap();
+        append_lines(&p, 100, 101);
+        poll(&mut t, &mut seen);
+        let (main, draining) = (t.state(), t.draining_states());
+        drop(t);
+        late.write_all(b"{\"level\":\"info\",\"msg\":\"line 2\"}\n")
+            .unwrap();
+        append_lines(&p, 101, 102);
+        let mut t = Tailer::new(c, main);
+        t.resume_draining(&draining);
+        let mut seen2 = Vec::new();
+        assert_eq!(poll(&mut t, &mut seen2).lines, 2);
+        seen2.sort();
+        let mut want = [expected(2, 3), expected(101, 102)].concat();
+        want.sort();
+        assert_eq!(seen2, want);
+    }
+
+    #[test]
+    fn another_spelling_of_the_same_file_keeps_handle_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        // `root` stands for /proc/<pid>/root: another path to the same directory.
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("root")).unwrap();
+        let via_root = dir.path().join("root").join("gravity.log");
+        append_lines(&p, 0, 3);
+        let mut t = Tailer::new(cfg(&via_root), None);
+        let mut seen = Vec::new();
+        assert_eq!(poll(&mut t, &mut seen).lines, 3);
+        append_lines(&p, 3, 5);
+        t.set_path(&p);
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.rotations, r.truncations), (2, 0, 0));
+        // gravity down in a sidecar: its root is gone, the file is still written.
+        t.set_path(&dir.path().join("gone").join("gravity.log"));
+        append_lines(&p, 5, 6);
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.file_missing, r.rotations), (1, true, 0));
+        assert!(t.cur.is_some(), "handle kept while the path is missing");
+        append_lines(&p, 6, 7);
+        t.set_path(&via_root);
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.rotations, r.truncations), (1, 0, 0));
+        assert_eq!(seen, expected(0, 7));
+    }
+
+    #[test]
+    fn copytruncate_followed_by_a_longer_rewrite_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        append_lines(&p, 0, 3);
+        let mut t = Tailer::new(cfg(&p), None);
+        let mut seen = Vec::new();
+        assert_eq!(poll(&mut t, &mut seen).lines, 3);
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        append_lines(&p, 10, 20); // more than was read before the truncation
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.truncations), (10, 1));
+        assert_eq!(seen, [expected(0, 3), expected(10, 20)].concat());
     }
 }
