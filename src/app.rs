@@ -165,6 +165,8 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     tracing::info!(address = %settings.listen, path = %settings.telemetry_path, "listening");
     let exp = start(settings);
     let ctx = exp.ctx.clone();
-    crate::server::serve(listener, ctx, signals(&exp)).await;
+    crate::server::serve(listener, ctx.clone(), signals(&exp)).await;
+    // COM_QUIT on the shared MySQL connections, so the server counts no aborted client.
+    ctx.mysql.close_all(std::time::Duration::from_secs(1)).await;
     Ok(())
 }

@@ -720,6 +720,16 @@ impl SharedConn {
         self.slot.lock().await.logins
     }
 
+    /// The server version of the current connection (`MariaDB 10.11.6`), if one is open.
+    pub async fn server_version(&self) -> Option<String> {
+        self.slot
+            .lock()
+            .await
+            .conn
+            .as_ref()
+            .map(|c| c.server_version().to_string())
+    }
+
     /// The server's id of the current connection, if one is open.
     pub async fn connection_id(&self) -> Option<u32> {
         self.slot
