@@ -862,7 +862,7 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("CONCAT_WS('#', CONVERT(`id` USING utf8mb4), CONVERT(`v` USING utf8mb4), CONCAT(ISNULL(`id`), ISNULL(`v`)))"), "{sql}");
-        assert!(sql.ends_with("FROM `s`.`t` WHERE (`id`) <= (-5)"), "{sql}");
+        assert!(sql.ends_with("FROM `s`.`t` WHERE `id` <= -5"), "{sql}");
     }
 
     #[test]
