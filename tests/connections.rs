@@ -719,6 +719,10 @@ async fn require_secure_transport_is_tls_required_on_metrics_and_page() {
         Some(FailureReason::TlsRequired),
         "{direct:?}"
     );
+    let plain = MySqlConn::connect_tls(&ep, "root", &Secret::default(), None, my::Tls::Off, D)
+        .await
+        .unwrap_err();
+    eprintln!("require_secure_transport=ON, plain login: {plain}");
 
     let cfg = write(
         dir.path(),

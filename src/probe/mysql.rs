@@ -96,10 +96,10 @@ const PLUGIN_CODES: [u16; 2] = [
     1251, // ER_NOT_SUPPORTED_AUTH_MODE
     1524, // ER_PLUGIN_IS_NOT_LOADED
 ];
-/// Server errors: the server wants TLS.
-const TLS_CODES: [u16; 2] = [
-    3159, // ER_SECURE_TRANSPORT_REQUIRED (MySQL)
-    4036, // ER_SECURE_TRANSPORT_REQUIRED (MariaDB)
+/// Server errors: the server wants TLS. (MariaDB answers `require_secure_transport=ON` with
+/// 1045 "Access denied": found by the TLS retry, see the module docs.)
+const TLS_CODES: [u16; 1] = [
+    3159, // ER_SECURE_TRANSPORT_REQUIRED (MySQL 5.7+)
 ];
 /// Server errors that mean the connection is gone (reconnect and retry once).
 const GONE_CODES: [u16; 6] = [
@@ -139,7 +139,7 @@ pub enum MySqlError {
     },
     /// A plain login was refused but the same login over TLS works: the account or the
     /// server requires TLS (`REQUIRE SSL`), gravity's config connects without it.
-    #[error("login works only over TLS (plain login: {plain})")]
+    #[error("plain login refused: {plain}")]
     TlsRequired {
         /// What the server answered to the plain login.
         plain: String,
@@ -218,7 +218,7 @@ impl MySqlError {
             return "the database named in the login does not exist";
         }
         match self.reason() {
-            FailureReason::TlsRequired => "the server requires TLS for this login (require_secure_transport or REQUIRE SSL) but gravity connects without TLS; the password is not the problem",
+            FailureReason::TlsRequired => "the server requires TLS (require_secure_transport or REQUIRE SSL), gravity connects without: not a password problem",
             FailureReason::Auth => "the server rejected the user or password: check gravity's configured user, password and allowed host",
             FailureReason::AuthPluginUnsupported => "the account uses an authentication plugin the client cannot speak: switch it to mysql_native_password, caching_sha2_password or ed25519",
             FailureReason::TooManyConnections => "a connection limit is reached (max_connections, or the user's MAX_USER_CONNECTIONS): gravity may be refused too",
@@ -922,7 +922,7 @@ mod tests {
             (1251, FailureReason::AuthPluginUnsupported),
             (1524, FailureReason::AuthPluginUnsupported),
             (3159, FailureReason::TlsRequired),
-            (4036, FailureReason::TlsRequired),
+            (4036, FailureReason::Protocol), // MariaDB: ER_JSON_NOT_JSON_CHR
             (1129, FailureReason::Protocol),
             (1381, FailureReason::Protocol),
         ] {
