@@ -943,7 +943,7 @@ mod tests {
         );
         assert!(tls
             .operator_detail()
-            .contains("password is not the problem"));
+            .contains("not a password problem"));
         assert_eq!(
             MySqlError::AuthPluginUnsupported("dialog".into()).reason(),
             FailureReason::AuthPluginUnsupported
