@@ -495,6 +495,11 @@ impl MySqlConn {
         self.connection_id
     }
 
+    /// Whether an earlier error or a cancelled query left the connection unusable.
+    pub fn is_broken(&self) -> bool {
+        self.broken || self.conn.is_none()
+    }
+
     /// Sets the timeout applied to each [`MySqlConn::query`] and [`MySqlConn::close`].
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
@@ -757,6 +762,10 @@ impl SharedConn {
         F: for<'c> FnMut(&'c mut MySqlConn) -> ConnFuture<'c, T>,
     {
         let mut slot = self.slot.lock().await;
+        if slot.conn.as_ref().is_some_and(MySqlConn::is_broken) {
+            // A query of an earlier caller was cancelled half-way (its collector timed out).
+            slot.conn = None;
+        }
         if let Some(conn) = slot.conn.as_mut() {
             conn.set_timeout(timeout);
             match work(conn).await {
@@ -818,9 +827,11 @@ impl SharedConn {
     }
 
     /// The connection probe on the shared connection: `SELECT 1` (logging in first when
-    /// needed), within `deadline`. A reused connection makes it a round trip, not a login.
+    /// needed), each step within `deadline`. A reused connection makes it a round trip, not
+    /// a login; a reused connection found gone costs one more login (so at most twice
+    /// `deadline` in all).
     pub async fn probe(&self, deadline: Duration, retry_after: Duration) -> ProbeOutcome {
-        run_probe(deadline + Duration::from_millis(100), async {
+        run_probe(deadline * 2 + Duration::from_millis(100), async {
             let rs = self
                 .with(deadline, retry_after, |c| Box::pin(c.query("SELECT 1")))
                 .await
@@ -941,9 +952,7 @@ mod tests {
             "{}",
             tls.operator_detail()
         );
-        assert!(tls
-            .operator_detail()
-            .contains("not a password problem"));
+        assert!(tls.operator_detail().contains("not a password problem"));
         assert_eq!(
             MySqlError::AuthPluginUnsupported("dialog".into()).reason(),
             FailureReason::AuthPluginUnsupported
@@ -1690,6 +1699,34 @@ mod tests {
             ));
         }
         conn.close().await.unwrap();
+    }
+
+    /// A caller cancelled half-way through a query (its collector's timeout) leaves the
+    /// shared connection in an unknown state: the next caller gets a new login, not an error.
+    #[tokio::test]
+    async fn live_shared_conn_after_a_cancelled_query() {
+        let Some(conn) = live_conn().await else {
+            return;
+        };
+        conn.close().await.unwrap();
+        let (endpoint, user, password) = live_params();
+        let shared = SharedConn::new(Login {
+            endpoint,
+            user,
+            password,
+        });
+        let retry = Duration::from_secs(10);
+        assert!(shared.probe(D, retry).await.ok);
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(200),
+            shared.with(D, retry, |c| Box::pin(c.query("SELECT SLEEP(3)"))),
+        )
+        .await;
+        assert!(cancelled.is_err(), "the query should have been cancelled");
+        let after = shared.probe(D, retry).await;
+        assert!(after.ok, "{after:?}");
+        assert_eq!(shared.logins().await, 2);
+        shared.close(D).await;
     }
 
     #[tokio::test]
