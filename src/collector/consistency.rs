@@ -21,7 +21,12 @@
 //! The target table of a source table comes from `schema.table=target_schema.target_table`
 //! in the flag, else from the first of gravity's `[[output.config.routes]]` that matches it
 //! (`target-schema`/`target-table`), else the same name. It logs in with gravity's own
-//! source and target users from gravity's config, which need `SELECT` on the tables.
+//! source and target users from gravity's config (or the monitoring logins of
+//! `--source.username` / `--target.username`), which need `SELECT` on the tables.
+//!
+//! Chunk bounds are written column by column (`a > x OR (a = x AND b > y)`), so MariaDB
+//! reads a chunk through an index range: a chunk costs O(chunk) rows with a composite key
+//! too (`tests/consistency.rs`, 300,000 rows).
 //!
 //! Metrics (label sets capped at [`MAX_TABLES`] tables):
 //! `gravity_data_consistency_score{pipeline,schema,table}` (share of chunks that match,

@@ -2,9 +2,11 @@
 //! how much binlog is left before a purge overtakes gravity, the source's retention, and
 //! whether gravity has stopped moving while the source goes on.
 //!
-//! The collector logs in to the source with gravity's own credentials (which need
-//! `REPLICATION CLIENT`, called `BINLOG MONITOR` on MariaDB 10.5 and later; gravity needs
-//! it itself to read the binlog) and keeps that one connection open between collections.
+//! The collector logs in to the source with gravity's own credentials, or the monitoring
+//! login of `--source.username` (which need `REPLICATION CLIENT`, called `BINLOG MONITOR`
+//! on MariaDB 10.5 and later; gravity needs it itself to read the binlog), on the
+//! connection it shares with the connection probe ([`Context::mysql`]), kept open between
+//! collections. A missing grant is published as `gravity_source_privilege_missing`.
 //! Each collection runs `SHOW MASTER STATUS` (then `SHOW BINARY LOGS`, so the list holds the
 //! current file even when the server rotates in between) and reads the retention from
 //! `@@binlog_expire_logs_seconds` (MariaDB 10.6+, MySQL 8), else `@@expire_logs_days`×86400.
