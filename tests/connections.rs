@@ -929,3 +929,73 @@ async fn missing_binlog_grant_is_a_metric() {
     assert!(page.contains("BINLOG MONITOR"), "{page}");
     r.stop().await;
 }
+
+/// `--source.username` / `--source.password-file`: the exporter logs in with its own
+/// monitoring user, not gravity's (whose password in the config is wrong here, so a probe
+/// with gravity's user would fail).
+#[tokio::test]
+async fn monitoring_login_replaces_gravitys_user() {
+    if !mariadb::require() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The flags are validated: a password file needs a user name.
+    let pw = write(dir.path(), "monitor.pw", "Mon-Pw-5\n");
+    let cli = <gravity_exporter::config::Cli as clap::Parser>::try_parse_from([
+        "gravity-exporter",
+        "--source.password-file",
+        pw.to_str().unwrap(),
+    ])
+    .unwrap();
+    let err = gravity_exporter::config::Settings::from_flags(cli.flags).unwrap_err();
+    assert!(err.to_string().contains("source.password-file"), "{err}");
+
+    let db = MariaDb::start();
+    let mut root = db.root().await;
+    exec(
+        &mut root,
+        &[
+            "CREATE USER 'gx_monitor'@'%' IDENTIFIED BY 'Mon-Pw-5'",
+            "GRANT BINLOG MONITOR ON *.* TO 'gx_monitor'@'%'",
+        ],
+    )
+    .await;
+    let cfg = write(
+        dir.path(),
+        "gravity.toml",
+        &mysql_config("mon", (db.port, "gravity_user", "Not-Known-Here"), None),
+    );
+    let api = common::stub_http(404).await;
+    let mut s = settings(&cfg, api, "2s");
+    let monitor = common::settings(&[
+        "--source.username",
+        "gx_monitor",
+        "--source.password-file",
+        pw.to_str().unwrap(),
+    ]);
+    let login = monitor.source_login.clone().unwrap();
+    assert_eq!(login.user, "gx_monitor");
+    assert_eq!(login.password, Secret::new("Mon-Pw-5"));
+    assert!(!format!("{monitor:?}").contains("Mon-Pw-5"));
+    s.source_login = monitor.source_login;
+    let r = common::start(s).await;
+    let epl = format!("endpoint=\"127.0.0.1:{}\"", db.port);
+    wait_value(
+        r.addr,
+        "gravity_connection_health",
+        &["component=\"source\"", epl.as_str()],
+        1.0,
+    )
+    .await;
+    wait_value(
+        r.addr,
+        "gravity_source_privilege_missing",
+        &["privilege=\"BINLOG MONITOR\""],
+        0.0,
+    )
+    .await;
+    assert_eq!(sessions_of(&mut root, "gx_monitor").await, 1);
+    assert_eq!(sessions_of(&mut root, "gravity_user").await, 0);
+    r.stop().await;
+    root.close().await.unwrap();
+}
