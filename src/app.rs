@@ -181,6 +181,8 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     }
     let exp = start(settings);
     let ctx = exp.ctx.clone();
-    crate::server::serve_web(listener, ctx, web, signals(&exp)).await;
+    crate::server::serve_web(listener, ctx.clone(), web, signals(&exp)).await;
+    // COM_QUIT on the shared MySQL connections, so the server counts no aborted client.
+    ctx.mysql.close_all(std::time::Duration::from_secs(1)).await;
     Ok(())
 }

@@ -218,6 +218,19 @@ pub async fn run(settings: Settings) -> Verdict {
             ));
         }
     }
+    // Privileges the exporter's source user lacks (gravity_source_privilege_missing).
+    if let Some(src) = ctx.store.snapshot("source") {
+        for (l, v) in src.samples("gravity_source_privilege_missing") {
+            let privilege = l
+                .iter()
+                .find(|(k, _)| k == "privilege")
+                .map(|(_, v)| v.to_lowercase().replace(' ', "_"))
+                .unwrap_or_default();
+            perf.push((format!("source_missing_{privilege}"), v, ""));
+        }
+    }
+    // COM_QUIT on the MySQL connections this run opened.
+    ctx.mysql.close_all(settings.probe_timeout).await;
     perf.push(("up".to_string(), if ctx.up.is_up() { 1.0 } else { 0.0 }, ""));
     perf.push(("recent_errors".to_string(), recent as f64, ""));
     Verdict {

@@ -54,6 +54,61 @@ pub enum ConfigError {
     },
 }
 
+/// A MySQL login the exporter uses instead of gravity's own (`--source.username`,
+/// `--source.password-file`, same for target). The password is read when the settings are
+/// loaded (again on SIGHUP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorLogin {
+    /// User name.
+    pub user: String,
+    /// Password (redacted `Debug`).
+    pub password: crate::probe::Secret,
+}
+
+/// Longest password file read, in bytes.
+const MAX_PASSWORD_FILE: u64 = 4096;
+
+fn monitor_login(
+    side: &str,
+    user: Option<&str>,
+    password_file: Option<&std::path::Path>,
+) -> Result<Option<MonitorLogin>, ConfigError> {
+    let Some(user) = user.filter(|u| !u.is_empty()) else {
+        if password_file.is_some() {
+            return Err(invalid(
+                &format!("{side}.password-file"),
+                format!("needs {side}.username"),
+            ));
+        }
+        return Ok(None);
+    };
+    let password = match password_file {
+        None => String::new(),
+        Some(path) => {
+            let key = format!("{side}.password-file");
+            let len = std::fs::metadata(path)
+                .map_err(|e| invalid(&key, format!("{}: {e}", path.display())))?
+                .len();
+            if len > MAX_PASSWORD_FILE {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "{} is larger than {MAX_PASSWORD_FILE} bytes",
+                        path.display()
+                    ),
+                ));
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid(&key, format!("{}: {e}", path.display())))?;
+            text.trim_end_matches(['\n', '\r']).to_string()
+        }
+    };
+    Ok(Some(MonitorLogin {
+        user: user.to_string(),
+        password: crate::probe::Secret::new(password),
+    }))
+}
+
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
@@ -194,6 +249,20 @@ pub struct Flags {
     /// Wait before comparing a differing chunk again [default: 10s].
     #[arg(long = "consistency.recheck-delay", global = true)]
     pub consistency_recheck_delay: Option<String>,
+    /// MySQL user the exporter logs in to gravity's source with, instead of gravity's own
+    /// user (see docs/connections.md for the grants) [default: gravity's user].
+    #[arg(long = "source.username", global = true)]
+    pub source_username: Option<String>,
+    /// File holding the password of `--source.username` (one line) [default: empty].
+    #[arg(long = "source.password-file", global = true)]
+    pub source_password_file: Option<PathBuf>,
+    /// MySQL user the exporter logs in to gravity's target with, instead of gravity's own
+    /// [default: gravity's user].
+    #[arg(long = "target.username", global = true)]
+    pub target_username: Option<String>,
+    /// File holding the password of `--target.username` (one line) [default: empty].
+    #[arg(long = "target.password-file", global = true)]
+    pub target_password_file: Option<PathBuf>,
     /// Root of the proc filesystem [default: /proc].
     #[arg(long = "path.procfs", global = true)]
     pub proc_root: Option<PathBuf>,
@@ -223,6 +292,10 @@ struct FileConfig {
     probe: FileProbe,
     #[serde(default)]
     consistency: FileConsistency,
+    #[serde(default)]
+    source: FileLogin,
+    #[serde(default)]
+    target: FileLogin,
     #[serde(default)]
     path: FilePath,
     #[serde(default)]
@@ -286,6 +359,13 @@ struct FileConsistency {
     recheck_delay: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileLogin {
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
 /// A list key that takes a TOML array or the flag's comma-separated string.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -343,6 +423,10 @@ impl FileConfig {
             consistency_chunk_size: self.consistency.chunk_size,
             consistency_timeout: self.consistency.timeout,
             consistency_recheck_delay: self.consistency.recheck_delay,
+            source_username: self.source.username,
+            source_password_file: self.source.password_file,
+            target_username: self.target.username,
+            target_password_file: self.target.password_file,
             proc_root: self.path.procfs,
             log_level: self.log.level,
             log_fmt: self.log.format,
@@ -381,6 +465,10 @@ impl Flags {
             consistency_recheck_delay: self
                 .consistency_recheck_delay
                 .or(other.consistency_recheck_delay),
+            source_username: self.source_username.or(other.source_username),
+            source_password_file: self.source_password_file.or(other.source_password_file),
+            target_username: self.target_username.or(other.target_username),
+            target_password_file: self.target_password_file.or(other.target_password_file),
             proc_root: self.proc_root.or(other.proc_root),
             log_level: self.log_level.or(other.log_level),
             log_fmt: self.log_fmt.or(other.log_fmt),
@@ -493,6 +581,10 @@ pub struct Settings {
     pub probe_timeout: Duration,
     /// The opt-in consistency checker.
     pub consistency: ConsistencySettings,
+    /// Monitoring login for gravity's MySQL source (`--source.username`), else gravity's.
+    pub source_login: Option<MonitorLogin>,
+    /// Monitoring login for gravity's MySQL target (`--target.username`), else gravity's.
+    pub target_login: Option<MonitorLogin>,
     /// Root of procfs.
     pub proc_root: PathBuf,
     /// Own log level.
@@ -881,6 +973,16 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
         probe_interval,
         probe_timeout,
         consistency,
+        source_login: monitor_login(
+            "source",
+            f.source_username.as_deref(),
+            f.source_password_file.as_deref(),
+        )?,
+        target_login: monitor_login(
+            "target",
+            f.target_username.as_deref(),
+            f.target_password_file.as_deref(),
+        )?,
         proc_root: f.proc_root.unwrap_or_else(|| PathBuf::from("/proc")),
         log_level,
         log_fmt,

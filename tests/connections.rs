@@ -587,3 +587,415 @@ async fn gravity_own_connections_counted_from_proc() {
     .await;
     r.stop().await;
 }
+
+// ----- issue 12: precise reasons, TLS, ed25519, limits, connection budget -------------
+
+use gravity_exporter::probe::mysql::{self as my, Login, MySqlConn, SharedConn};
+use gravity_exporter::probe::{Endpoint, FailureReason, Secret};
+
+const D: Duration = Duration::from_secs(5);
+
+fn login(port: u16, user: &str, password: &str) -> Login {
+    Login {
+        endpoint: Endpoint::new("127.0.0.1", port),
+        user: user.into(),
+        password: Secret::new(password),
+    }
+}
+
+async fn global_status(root: &mut MySqlConn, name: &str) -> u64 {
+    let rs = root
+        .query(&format!("SHOW GLOBAL STATUS LIKE '{name}'"))
+        .await
+        .unwrap();
+    rs.rows[0][1].as_deref().unwrap().parse().unwrap()
+}
+
+async fn sessions_of(root: &mut MySqlConn, user: &str) -> usize {
+    let rs = root
+        .query(&format!(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{user}'"
+        ))
+        .await
+        .unwrap();
+    rs.rows[0][0].as_deref().unwrap().parse().unwrap()
+}
+
+/// A server with TLS: a `REQUIRE SSL` user is `tls_required` (not `auth`), a wrong password
+/// of that user stays `auth`; an ed25519 user logs in; `MAX_USER_CONNECTIONS` reached is
+/// `too_many_connections`. (`auth_plugin_unsupported` is tested against the fake server in
+/// `probe::mysql`: MariaDB's PAM plugin answers a client without `dialog` with 1045.)
+#[tokio::test]
+async fn mysql_reasons_tls_user_ed25519_limits_plugins() {
+    if !mariadb::require() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(tls) = mariadb::tls_options(dir.path()) else {
+        eprintln!("SKIP: openssl CLI missing, cannot make a test certificate");
+        return;
+    };
+    let db = MariaDb::start_with(&tls);
+    let mut root = db.root().await;
+    exec(
+        &mut root,
+        &[
+            "CREATE USER 'tlsuser'@'%' IDENTIFIED BY 'Tls-Pw-1' REQUIRE SSL",
+            "CREATE USER 'limuser'@'%' IDENTIFIED BY 'Lim-Pw-3' WITH MAX_USER_CONNECTIONS 1",
+        ],
+    )
+    .await;
+    let ep = db.endpoint();
+
+    let tls_user = my::probe(&ep, "tlsuser", &Secret::new("Tls-Pw-1"), D).await;
+    assert_eq!(
+        tls_user.reason,
+        Some(FailureReason::TlsRequired),
+        "{tls_user:?}"
+    );
+    assert!(
+        tls_user.detail.contains("requires TLS"),
+        "{}",
+        tls_user.detail
+    );
+    let wrong = my::probe(&ep, "tlsuser", &Secret::new("Not-The-Pw"), D).await;
+    assert_eq!(wrong.reason, Some(FailureReason::Auth), "{wrong:?}");
+    for o in [&tls_user, &wrong] {
+        assert!(!o.detail.contains("Tls-Pw-1") && !o.detail.contains("Not-The-Pw"));
+    }
+
+    // MAX_USER_CONNECTIONS 1: one session held, the probe is refused for the limit.
+    let held = MySqlConn::connect(&ep, "limuser", &Secret::new("Lim-Pw-3"), D)
+        .await
+        .unwrap();
+    let lim = my::probe(&ep, "limuser", &Secret::new("Lim-Pw-3"), D).await;
+    assert_eq!(
+        lim.reason,
+        Some(FailureReason::TooManyConnections),
+        "{lim:?}"
+    );
+    assert!(lim.detail.contains("connection limit"), "{}", lim.detail);
+    held.close().await.unwrap();
+
+    if mariadb::has_plugin("auth_ed25519") {
+        exec(
+            &mut root,
+            &[
+                "INSTALL SONAME 'auth_ed25519'",
+                "CREATE USER 'eduser'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('Ed-Pw-2')",
+            ],
+        )
+        .await;
+        let ed = my::probe(&ep, "eduser", &Secret::new("Ed-Pw-2"), D).await;
+        assert!(ed.ok, "{ed:?}");
+        let ed_wrong = my::probe(&ep, "eduser", &Secret::new("Ed-Wrong"), D).await;
+        assert_eq!(ed_wrong.reason, Some(FailureReason::Auth), "{ed_wrong:?}");
+    } else {
+        eprintln!("SKIP (ed25519 part): auth_ed25519.so is not installed");
+    }
+
+    root.close().await.unwrap();
+}
+
+/// `require_secure_transport=ON` on a second, private server: gravity's config has no TLS,
+/// so the source is reported `tls_required` in /metrics and on the status page, with words
+/// that do not send the operator to rotate passwords.
+#[tokio::test]
+async fn require_secure_transport_is_tls_required_on_metrics_and_page() {
+    if !mariadb::require() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut opts) = mariadb::tls_options(dir.path()) else {
+        eprintln!("SKIP: openssl CLI missing, cannot make a test certificate");
+        return;
+    };
+    opts.push("--require-secure-transport=ON".into());
+    let db = MariaDb::start_with(&opts);
+    let ep = db.endpoint();
+    let direct = my::probe(&ep, "root", &Secret::default(), D).await;
+    assert_eq!(
+        direct.reason,
+        Some(FailureReason::TlsRequired),
+        "{direct:?}"
+    );
+    let plain = MySqlConn::connect_tls(&ep, "root", &Secret::default(), None, my::Tls::Off, D)
+        .await
+        .unwrap_err();
+    eprintln!("require_secure_transport=ON, plain login: {plain}");
+
+    let cfg = write(
+        dir.path(),
+        "gravity.toml",
+        &mysql_config("tlsreq", (db.port, "root", ""), None),
+    );
+    let api = common::stub_http(404).await;
+    let r = common::start(settings(&cfg, api, "2s")).await;
+    let epl = format!("endpoint=\"127.0.0.1:{}\"", db.port);
+    wait_value(
+        r.addr,
+        "gravity_connection_failure_reason",
+        &[
+            "component=\"source\"",
+            epl.as_str(),
+            "reason=\"tls_required\"",
+        ],
+        1.0,
+    )
+    .await;
+    let (code, page) = common::get(r.addr, "/").await;
+    assert_eq!(code, 200);
+    assert!(page.contains("tls_required"), "{page}");
+    assert!(page.contains("requires TLS"), "{page}");
+    r.stop().await;
+}
+
+/// `wait_timeout` shorter than the time between uses: the shared connection is dropped by
+/// the server, and the next use logs in again instead of failing.
+#[tokio::test]
+async fn short_wait_timeout_costs_a_login_not_a_failure() {
+    if !mariadb::require() {
+        return;
+    }
+    let db = MariaDb::start_with(&["--wait-timeout=1".to_string()]);
+    let mut root = db.root().await;
+    // root's own session would be dropped too: keep it alive with its own longer timeout
+    exec(&mut root, &["SET SESSION wait_timeout = 600"]).await;
+    let shared = SharedConn::new(login(db.port, "root", ""));
+    let retry = Duration::from_secs(10);
+    for round in 0..3 {
+        let o = shared.probe(D, retry).await;
+        assert!(o.ok, "round {round}: {o:?}");
+        let id = shared.connection_id().await.unwrap();
+        // Wait until the server has dropped that session.
+        let t0 = std::time::Instant::now();
+        loop {
+            let rs = root
+                .query(&format!(
+                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {id}"
+                ))
+                .await
+                .unwrap();
+            if rs.rows[0][0].as_deref() == Some("0") {
+                break;
+            }
+            assert!(t0.elapsed() < WAIT, "the server never dropped session {id}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let o = shared.probe(D, retry).await;
+    assert!(o.ok, "{o:?}");
+    assert_eq!(shared.logins().await, 4);
+    shared.close(D).await;
+    root.close().await.unwrap();
+}
+
+/// The connection budget: gravity's user has `MAX_USER_CONNECTIONS 2`; the exporter probes
+/// the source and the probe DB (same server, same user) and runs the source collector on
+/// one shared connection; at shutdown it sends COM_QUIT (no aborted client).
+#[tokio::test]
+async fn one_connection_per_endpoint_and_com_quit() {
+    if !mariadb::require() {
+        return;
+    }
+    let db = MariaDb::start();
+    let mut root = db.root().await;
+    exec(
+        &mut root,
+        &[
+            "CREATE USER 'grav'@'%' IDENTIFIED BY 'Grav-Pw-9' WITH MAX_USER_CONNECTIONS 2",
+            "GRANT REPLICATION CLIENT, REPLICATION SLAVE ON *.* TO 'grav'@'%'",
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = mysql_config("budget", (db.port, "grav", "Grav-Pw-9"), None);
+    text.push_str(&format!(
+        "[input.config.source-probe-config.mysql]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"grav\"\npassword = \"Grav-Pw-9\"\n",
+        db.port
+    ));
+    let cfg = write(dir.path(), "gravity.toml", &text);
+    let api = common::stub_http(404).await;
+    let aborted_before = global_status(&mut root, "Aborted_clients").await;
+    let r = common::start(settings(&cfg, api, "2s")).await;
+    let epl = format!("endpoint=\"127.0.0.1:{}\"", db.port);
+    wait_value(
+        r.addr,
+        "gravity_connection_health",
+        &["component=\"source\"", epl.as_str()],
+        1.0,
+    )
+    .await;
+    wait_value(
+        r.addr,
+        "gravity_connection_health",
+        &["component=\"probe_db\"", epl.as_str()],
+        1.0,
+    )
+    .await;
+    wait_value(
+        r.addr,
+        "gravity_source_privilege_missing",
+        &["privilege=\"BINLOG MONITOR\""],
+        0.0,
+    )
+    .await;
+    let mut most = 0;
+    for _ in 0..20 {
+        most = most.max(sessions_of(&mut root, "grav").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        most, 1,
+        "the exporter held {most} sessions of gravity's user"
+    );
+    // gravity's own second connection still fits under MAX_USER_CONNECTIONS 2.
+    let gravity_side =
+        MySqlConn::connect(&db.endpoint(), "grav", &Secret::new("Grav-Pw-9"), D).await;
+    assert!(gravity_side.is_ok(), "{gravity_side:?}");
+    gravity_side.unwrap().close().await.unwrap();
+
+    // Shutdown as app::run does it: COM_QUIT on the shared connections.
+    let ids = root
+        .query("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'grav'")
+        .await
+        .unwrap();
+    let ids: Vec<String> = ids.rows.iter().map(|r| r[0].clone().unwrap()).collect();
+    assert_eq!(ids.len(), 1);
+    let ctx = r.exp.ctx.clone();
+    r.stop().await;
+    ctx.mysql.close_all(D).await;
+    let t0 = std::time::Instant::now();
+    loop {
+        let rs = root
+            .query(&format!(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {}",
+                ids[0]
+            ))
+            .await
+            .unwrap();
+        if rs.rows[0][0].as_deref() == Some("0") {
+            break;
+        }
+        assert!(t0.elapsed() < WAIT, "the exporter's session stayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let aborted_after = global_status(&mut root, "Aborted_clients").await;
+    assert_eq!(aborted_after, aborted_before, "aborted clients");
+    root.close().await.unwrap();
+}
+
+/// A source user without REPLICATION CLIENT / BINLOG MONITOR: the finding is a metric (and
+/// so on the status page and in `check`), not only a log line.
+#[tokio::test]
+async fn missing_binlog_grant_is_a_metric() {
+    if !mariadb::require() {
+        return;
+    }
+    let db = MariaDb::start();
+    let mut root = db.root().await;
+    exec(
+        &mut root,
+        &["CREATE USER 'nogrant'@'%' IDENTIFIED BY 'No-Grant-1'"],
+    )
+    .await;
+    root.close().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "gravity.toml",
+        &mysql_config("nogrant", (db.port, "nogrant", "No-Grant-1"), None),
+    );
+    let api = common::stub_http(404).await;
+    let r = common::start(settings(&cfg, api, "2s")).await;
+    let body = wait_value(
+        r.addr,
+        "gravity_source_privilege_missing",
+        &["pipeline=\"nogrant\"", "privilege=\"BINLOG MONITOR\""],
+        1.0,
+    )
+    .await;
+    // The login itself works: the probe is healthy.
+    let epl = format!("endpoint=\"127.0.0.1:{}\"", db.port);
+    assert_eq!(
+        val(
+            &body,
+            "gravity_connection_health",
+            &["component=\"source\"", epl.as_str()]
+        ),
+        Some(1.0)
+    );
+    let (_, page) = common::get(r.addr, "/").await;
+    assert!(page.contains("BINLOG MONITOR"), "{page}");
+    r.stop().await;
+}
+
+/// `--source.username` / `--source.password-file`: the exporter logs in with its own
+/// monitoring user, not gravity's (whose password in the config is wrong here, so a probe
+/// with gravity's user would fail).
+#[tokio::test]
+async fn monitoring_login_replaces_gravitys_user() {
+    if !mariadb::require() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The flags are validated: a password file needs a user name.
+    let pw = write(dir.path(), "monitor.pw", "Mon-Pw-5\n");
+    let cli = <gravity_exporter::config::Cli as clap::Parser>::try_parse_from([
+        "gravity-exporter",
+        "--source.password-file",
+        pw.to_str().unwrap(),
+    ])
+    .unwrap();
+    let err = gravity_exporter::config::Settings::from_flags(cli.flags).unwrap_err();
+    assert!(err.to_string().contains("source.password-file"), "{err}");
+
+    let db = MariaDb::start();
+    let mut root = db.root().await;
+    exec(
+        &mut root,
+        &[
+            "CREATE USER 'gx_monitor'@'%' IDENTIFIED BY 'Mon-Pw-5'",
+            "GRANT BINLOG MONITOR ON *.* TO 'gx_monitor'@'%'",
+        ],
+    )
+    .await;
+    let cfg = write(
+        dir.path(),
+        "gravity.toml",
+        &mysql_config("mon", (db.port, "gravity_user", "Not-Known-Here"), None),
+    );
+    let api = common::stub_http(404).await;
+    let mut s = settings(&cfg, api, "2s");
+    let monitor = common::settings(&[
+        "--source.username",
+        "gx_monitor",
+        "--source.password-file",
+        pw.to_str().unwrap(),
+    ]);
+    let login = monitor.source_login.clone().unwrap();
+    assert_eq!(login.user, "gx_monitor");
+    assert_eq!(login.password, Secret::new("Mon-Pw-5"));
+    assert!(!format!("{monitor:?}").contains("Mon-Pw-5"));
+    s.source_login = monitor.source_login;
+    let r = common::start(s).await;
+    let epl = format!("endpoint=\"127.0.0.1:{}\"", db.port);
+    wait_value(
+        r.addr,
+        "gravity_connection_health",
+        &["component=\"source\"", epl.as_str()],
+        1.0,
+    )
+    .await;
+    wait_value(
+        r.addr,
+        "gravity_source_privilege_missing",
+        &["privilege=\"BINLOG MONITOR\""],
+        0.0,
+    )
+    .await;
+    assert_eq!(sessions_of(&mut root, "gx_monitor").await, 1);
+    assert_eq!(sessions_of(&mut root, "gravity_user").await, 0);
+    r.stop().await;
+    root.close().await.unwrap();
+}

@@ -304,3 +304,156 @@ async fn failed_target_login_is_a_failed_check_without_score() {
     root.close().await.unwrap();
     r.stop().await;
 }
+
+/// `Handler_read_*` of this session (the checker's queries are run here, on our own
+/// connection, so the session counters are exactly theirs).
+async fn handler_reads(conn: &mut gravity_exporter::probe::mysql::MySqlConn) -> u64 {
+    let rs = conn
+        .query("SHOW SESSION STATUS WHERE Variable_name IN ('Handler_read_next', 'Handler_read_key', 'Handler_read_first', 'Handler_read_prev')")
+        .await
+        .unwrap();
+    rs.rows
+        .iter()
+        .filter_map(|r| r.get(1).cloned().flatten())
+        .map(|v| v.parse::<u64>().unwrap())
+        .sum()
+}
+
+/// Rows a query reads, from the session's handler counters (`SHOW STATUS` itself reads
+/// no index, so it adds nothing here).
+async fn rows_read(conn: &mut gravity_exporter::probe::mysql::MySqlConn, sql: &str) -> u64 {
+    let before = handler_reads(conn).await;
+    conn.query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    handler_reads(conn).await - before
+}
+
+/// Issue 12, finding 6: with 300,000 rows and a composite primary key, one 1000-row chunk
+/// must read O(chunk) rows (the row-comparison form read the whole index per chunk), and a
+/// whole pass must take about as long as with a single-column key.
+#[tokio::test]
+async fn composite_key_chunks_read_only_their_rows() {
+    use gravity_exporter::collector::consistency::{
+        boundary_sql, checksum_sql, range_predicate, KeyColumn,
+    };
+    if !mariadb::require() {
+        return;
+    }
+    let db = MariaDb::start();
+    let mut root = setup(&db).await;
+    const N: u64 = 300_000;
+    exec(
+        &mut root,
+        &[
+            "CREATE TABLE src.big1 (id INT PRIMARY KEY, v VARCHAR(20) NOT NULL)",
+            "CREATE TABLE src.big2 (a INT, b INT, v VARCHAR(20) NOT NULL, PRIMARY KEY (a, b))",
+            "INSERT INTO src.big1 SELECT seq, CONCAT('v', seq) FROM mysql.seq_1_to_300000",
+            "INSERT INTO src.big2 SELECT seq DIV 100, seq MOD 100, CONCAT('v', seq) FROM mysql.seq_1_to_300000",
+            "CREATE TABLE dst.big1 LIKE src.big1",
+            "CREATE TABLE dst.big2 LIKE src.big2",
+            "INSERT INTO dst.big1 SELECT * FROM src.big1",
+            "INSERT INTO dst.big2 SELECT * FROM src.big2",
+            "ANALYZE TABLE src.big1, src.big2, dst.big1, dst.big2",
+        ],
+    )
+    .await;
+
+    // One chunk in the middle of the composite-key table, with the checker's own SQL.
+    let pk = vec![
+        KeyColumn {
+            name: "a".into(),
+            numeric: true,
+        },
+        KeyColumn {
+            name: "b".into(),
+            numeric: true,
+        },
+    ];
+    let lo = vec!["1500".to_string(), "42".to_string()];
+    let bound = boundary_sql("src", "big2", &pk, Some(&lo), 1000);
+    let hi_rs = root.query(&bound).await.unwrap();
+    let hi: Vec<String> = hi_rs.rows[0].iter().map(|v| v.clone().unwrap()).collect();
+    assert_eq!(hi, ["1510", "42"]);
+    let cols = vec!["a".to_string(), "b".to_string(), "v".to_string()];
+    let sum = checksum_sql("src", "big2", &cols, &pk, Some(&lo), Some(&hi));
+    let rs = root.query(&sum).await.unwrap();
+    assert_eq!(rs.value(0, "n"), Some("1000"));
+
+    let explain = root
+        .query(&format!(
+            "EXPLAIN SELECT COUNT(*) FROM src.big2 WHERE {}",
+            range_predicate(&pk, Some(&lo), Some(&hi))
+        ))
+        .await
+        .unwrap();
+    assert_eq!(explain.value(0, "type"), Some("range"), "{explain:?}");
+    let estimated: u64 = explain.value(0, "rows").unwrap().parse().unwrap();
+    assert!(
+        estimated < 5_000,
+        "EXPLAIN estimates {estimated} rows: {explain:?}"
+    );
+
+    let read_bound = rows_read(&mut root, &bound).await;
+    let read_sum = rows_read(&mut root, &sum).await;
+    eprintln!("composite key, one 1000-row chunk: boundary query reads {read_bound} rows, checksum {read_sum}");
+    assert!(read_bound <= 1_100, "boundary query read {read_bound} rows");
+    assert!(read_sum <= 1_100, "checksum query read {read_sum} rows");
+    // The row-comparison form that was used before reads the whole index: the test can
+    // tell the two apart.
+    let old = format!(
+        "SELECT COUNT(*) FROM src.big2 WHERE (a, b) > ({}, {}) AND (a, b) <= ({}, {})",
+        lo[0], lo[1], hi[0], hi[1]
+    );
+    let read_old = rows_read(&mut root, &old).await;
+    eprintln!("row-comparison form of the same chunk reads {read_old} rows");
+    assert!(read_old > N / 2, "{read_old}");
+
+    // Whole passes through the exporter: single-column key, then composite key.
+    let api = common::stub_http(404).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = gravity_config(dir.path(), db.port, PASSWORD);
+    let r = start(&cfg, api, "src.big1, src.big2", "1h", "20ms").await;
+    let mut took = Vec::new();
+    for table in ["big1", "big2"] {
+        let l = labels(table);
+        let needles: Vec<&str> = l.iter().map(String::as_str).collect();
+        let body = common::wait_metrics(
+            r.addr,
+            Duration::from_secs(120),
+            &format!("no consistency run of {table}"),
+            |body| common::sample(body, "gravity_data_consistency_score", &needles).is_some(),
+        )
+        .await;
+        assert_eq!(
+            v(&body, "gravity_data_consistency_score", table, &[]),
+            Some(1.0)
+        );
+        assert_eq!(
+            v(
+                &body,
+                "gravity_data_consistency_rows",
+                table,
+                &["side=\"source\""]
+            ),
+            Some(N as f64)
+        );
+        took.push(
+            v(
+                &body,
+                "gravity_data_consistency_check_duration_seconds",
+                table,
+                &[],
+            )
+            .unwrap(),
+        );
+    }
+    eprintln!(
+        "pass over {N} rows, chunks of 1000: single-column key {:.2} s, composite key {:.2} s ({:.2}x)",
+        took[0],
+        took[1],
+        took[1] / took[0]
+    );
+    root.close().await.unwrap();
+    r.stop().await;
+}

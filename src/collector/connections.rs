@@ -29,8 +29,10 @@ use std::time::{Duration, Instant};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 
 use super::Context;
-use crate::gravity_config::{Endpoint, GravityConfig, Protocol};
+use crate::config::Settings;
+use crate::gravity_config::{Endpoint, EndpointRole, GravityConfig, Protocol};
 use crate::metrics::{lock, Families};
+use crate::probe::mysql::{Login, SharedConn};
 use crate::probe::{self, FailureReason, ProbeOutcome};
 
 /// Name of the snapshot in the store.
@@ -85,7 +87,7 @@ pub fn connection_families(results: &[ProbeResult], pipeline: &str) -> Families 
         if let Some(reason) = r.outcome.reason {
             f.gauge(
                 "gravity_connection_failure_reason",
-                "1 for why the last probe of the endpoint failed (refused, timeout, auth, protocol, dns); absent while it is healthy.",
+                "1 for why the last probe of the endpoint failed (refused, timeout, auth, tls_required, auth_plugin_unsupported, too_many_connections, privilege, protocol, dns); absent while it is healthy.",
                 &[
                     ("pipeline", pipeline),
                     ("component", r.component),
@@ -99,13 +101,43 @@ pub fn connection_families(results: &[ProbeResult], pipeline: &str) -> Families 
     f
 }
 
-/// Probes one endpoint at the protocol level, within `timeout`.
-pub async fn probe_endpoint(e: &Endpoint, timeout: Duration) -> ProbeOutcome {
+/// The MySQL login the exporter uses for `e`: the monitoring login of `--source.username`
+/// / `--target.username` when given for the endpoint's role, else gravity's own user.
+pub fn mysql_login(s: &Settings, e: &Endpoint) -> Login {
+    let monitor = match e.role {
+        EndpointRole::Source => s.source_login.as_ref(),
+        EndpointRole::Target => s.target_login.as_ref(),
+        _ => None,
+    };
+    let (user, password) = match monitor {
+        Some(m) => (m.user.clone(), m.password.clone()),
+        None => (e.user.clone().unwrap_or_default(), e.password.clone()),
+    };
+    Login {
+        endpoint: probe::Endpoint::new(e.host.clone(), e.port),
+        user,
+        password,
+    }
+}
+
+/// Probes one endpoint at the protocol level, within `timeout`. A MySQL endpoint with a
+/// shared connection is probed on it (`SELECT 1`, logging in only when needed); without
+/// one, with a new login.
+pub async fn probe_endpoint(
+    e: &Endpoint,
+    shared: Option<&SharedConn>,
+    timeout: Duration,
+    retry_after: Duration,
+) -> ProbeOutcome {
     let pe = probe::Endpoint::new(e.host.clone(), e.port);
     match e.protocol {
-        Protocol::Mysql => {
-            probe::mysql::probe(&pe, e.user.as_deref().unwrap_or(""), &e.password, timeout).await
-        }
+        Protocol::Mysql => match shared {
+            Some(conn) => conn.probe(timeout, retry_after).await,
+            None => {
+                probe::mysql::probe(&pe, e.user.as_deref().unwrap_or(""), &e.password, timeout)
+                    .await
+            }
+        },
         Protocol::Kafka => probe::kafka::probe(&pe, timeout).await,
         Protocol::Mongo => probe::mongo::probe(&pe, timeout).await,
         Protocol::Http => {
@@ -114,17 +146,29 @@ pub async fn probe_endpoint(e: &Endpoint, timeout: Duration) -> ProbeOutcome {
     }
 }
 
-/// Probes every endpoint concurrently; each probe is bounded by `timeout` (plus a margin
-/// for a probe that overran its own deadline). Results come back in `endpoints` order.
+/// Probes every endpoint concurrently, each on a new connection; each probe is bounded by
+/// `timeout` (plus a margin for a probe that overran its own deadline). Results come back
+/// in `endpoints` order.
 pub async fn probe_all(endpoints: &[Endpoint], timeout: Duration) -> Vec<ProbeResult> {
+    probe_all_shared(endpoints, &[], timeout, Duration::ZERO).await
+}
+
+/// Like [`probe_all`], MySQL endpoint `i` probed on `shared[i]` when that is `Some`.
+pub async fn probe_all_shared(
+    endpoints: &[Endpoint],
+    shared: &[Option<Arc<SharedConn>>],
+    timeout: Duration,
+    retry_after: Duration,
+) -> Vec<ProbeResult> {
     let mut set = tokio::task::JoinSet::new();
     for (i, e) in endpoints.iter().enumerate() {
         let e = e.clone();
+        let conn = shared.get(i).cloned().flatten();
         set.spawn(async move {
             let start = Instant::now();
             let outcome = match tokio::time::timeout(
-                timeout + Duration::from_millis(500),
-                probe_endpoint(&e, timeout),
+                timeout * 2 + Duration::from_millis(500),
+                probe_endpoint(&e, conn.as_deref(), timeout, retry_after),
             )
             .await
             {
@@ -173,6 +217,8 @@ pub struct ConnectionProber {
     known: Mutex<HashSet<LabelKey>>,
     /// Last health per label set, to log changes only.
     last: Mutex<HashMap<LabelKey, bool>>,
+    /// The shared MySQL connections of the endpoints probed last (kept open between rounds).
+    held: Mutex<Vec<Arc<SharedConn>>>,
 }
 
 impl ConnectionProber {
@@ -190,7 +236,7 @@ impl ConnectionProber {
         let failures = IntCounterVec::new(
             Opts::new(
                 "gravity_connection_probe_failures_total",
-                "Failed protocol-level probes of the endpoint, by reason (refused, timeout, auth, protocol, dns).",
+                "Failed protocol-level probes of the endpoint, by reason (refused, timeout, auth, tls_required, auth_plugin_unsupported, too_many_connections, privilege, protocol, dns).",
             ),
             &["pipeline", "component", "endpoint", "reason"],
         )
@@ -204,6 +250,7 @@ impl ConnectionProber {
             failures,
             known: Mutex::new(HashSet::new()),
             last: Mutex::new(HashMap::new()),
+            held: Mutex::new(Vec::new()),
         }
     }
 
@@ -217,7 +264,20 @@ impl ConnectionProber {
     /// Runs one round: probes, records, publishes. Returns the results.
     pub async fn probe_once(&self, timeout: Duration) -> Vec<ProbeResult> {
         let (pipeline, endpoints) = self.endpoints();
-        let results = probe_all(&endpoints, timeout).await;
+        let s = self.ctx.settings();
+        let shared: Vec<Option<Arc<SharedConn>>> = endpoints
+            .iter()
+            .map(|e| {
+                (e.protocol == Protocol::Mysql).then(|| self.ctx.mysql.get(mysql_login(&s, e)))
+            })
+            .collect();
+        *lock(&self.held) = shared.iter().flatten().cloned().collect();
+        // A failed login is tried again at the next round, not before.
+        let retry_after = s
+            .probe_interval
+            .map(|i| i.mul_f64(0.9))
+            .unwrap_or(Duration::ZERO);
+        let results = probe_all_shared(&endpoints, &shared, timeout, retry_after).await;
         self.record(&pipeline, &results);
         results
     }

@@ -232,6 +232,9 @@ pub struct Context {
     /// Bounded recent history for the status page: lag and throughput per collection, the
     /// last error lines of gravity's log (redacted), the last connection probes.
     pub recent: crate::page::recent::Recent,
+    /// Shared MySQL connections: one per (endpoint, user), used by the connection probe
+    /// and the source collector (`probe::mysql::Hub`).
+    pub mysql: crate::probe::mysql::Hub,
 }
 
 impl Context {
@@ -251,6 +254,7 @@ impl Context {
             last_cycle: RwLock::new(None),
             last_status: RwLock::new(None),
             recent: Default::default(),
+            mysql: Default::default(),
         })
     }
 

@@ -2,9 +2,11 @@
 //! how much binlog is left before a purge overtakes gravity, the source's retention, and
 //! whether gravity has stopped moving while the source goes on.
 //!
-//! The collector logs in to the source with gravity's own credentials (which need
-//! `REPLICATION CLIENT`, called `BINLOG MONITOR` on MariaDB 10.5 and later; gravity needs
-//! it itself to read the binlog) and keeps that one connection open between collections.
+//! The collector logs in to the source with gravity's own credentials, or the monitoring
+//! login of `--source.username` (which need `REPLICATION CLIENT`, called `BINLOG MONITOR`
+//! on MariaDB 10.5 and later; gravity needs it itself to read the binlog), on the
+//! connection it shares with the connection probe ([`Context::mysql`]), kept open between
+//! collections. A missing grant is published as `gravity_source_privilege_missing`.
 //! Each collection runs `SHOW MASTER STATUS` (then `SHOW BINARY LOGS`, so the list holds the
 //! current file even when the server rotates in between) and reads the retention from
 //! `@@binlog_expire_logs_seconds` (MariaDB 10.6+, MySQL 8), else `@@expire_logs_days`×86400.
@@ -33,10 +35,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{BoxFuture, CollectError, Collector, Context};
-use crate::gravity_config::{EndpointRole, Protocol, Secret};
+use crate::gravity_config::{EndpointRole, Protocol};
 use crate::metrics::{lock, Families};
-use crate::probe::mysql::{MySqlConn, MySqlError, ResultSet};
-use crate::probe::Endpoint as ProbeEndpoint;
+use crate::probe::mysql::{MySqlConn, MySqlError, ResultSet, SharedConn};
 
 /// Default stall window.
 pub const STALL_WINDOW: Duration = Duration::from_secs(60);
@@ -333,19 +334,12 @@ impl StallTracker {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ConnKey {
-    address: String,
-    user: String,
-    password: Secret,
-}
-
-/// The collector; keeps one connection to the source between collections.
+/// The collector. Its connection is the one shared with the connection probe
+/// ([`Context::mysql`]): one login per (endpoint, user) for both, kept between collections,
+/// logged in again once when the server dropped it (`wait_timeout`), and after a failed
+/// login not tried again before the next probe interval.
 pub struct SourceCollector {
-    conn: tokio::sync::Mutex<Option<(ConnKey, MySqlConn)>>,
-    /// After a failed login: no new attempt before this time (one failed login per probe
-    /// interval, not per collection), and the error to report meanwhile.
-    retry_at: Mutex<Option<(ConnKey, Instant, String)>>,
+    shared: Mutex<Option<Arc<SharedConn>>>,
     stall: Mutex<StallTracker>,
     warned: Mutex<HashSet<String>>,
 }
@@ -360,8 +354,7 @@ impl SourceCollector {
     /// A collector with this stall window.
     pub fn new(stall_window: Duration) -> SourceCollector {
         SourceCollector {
-            conn: tokio::sync::Mutex::new(None),
-            retry_at: Mutex::new(None),
+            shared: Mutex::new(None),
             stall: Mutex::new(StallTracker::new(stall_window)),
             warned: Mutex::new(HashSet::new()),
         }
@@ -394,6 +387,33 @@ impl SourceCollector {
             _ => CollectError::Unavailable(format!("source {address}: {e}")),
         }
     }
+}
+
+/// The privilege that lets a user read the binlog list on this server: `BINLOG MONITOR` on
+/// MariaDB 10.5 and later, `REPLICATION CLIENT` elsewhere. `version` as
+/// [`MySqlConn::server_version`] gives it (`MariaDB 10.11.6`).
+pub fn binlog_privilege(version: &str) -> &'static str {
+    let Some(v) = version.strip_prefix("MariaDB ") else {
+        return "REPLICATION CLIENT";
+    };
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    if (major, minor) >= (10, 5) {
+        "BINLOG MONITOR"
+    } else {
+        "REPLICATION CLIENT"
+    }
+}
+
+/// Adds `gravity_source_privilege_missing{privilege}`.
+pub fn privilege_family(f: &mut Families, pipeline: &str, privilege: &str, missing: bool) {
+    f.gauge(
+        "gravity_source_privilege_missing",
+        "1 when the user the exporter logs in to gravity's MySQL source with lacks the privilege (REPLICATION CLIENT, BINLOG MONITOR on MariaDB 10.5+): binlog lag and purge headroom cannot be read; 0 when it has it.",
+        &[("pipeline", pipeline), ("privilege", privilege)],
+        if missing { 1.0 } else { 0.0 },
+    );
 }
 
 async fn read_view(conn: &mut MySqlConn) -> Result<Result<SourceView, String>, MySqlError> {
@@ -452,52 +472,31 @@ impl Collector for SourceCollector {
                 .filter(|e| e.protocol == Protocol::Mysql);
             let (Some(_), Some(src)) = (s.probe_interval, src) else {
                 // Probes off, or no MySQL source: nothing to say; drop a held connection.
-                *self.conn.lock().await = None;
+                *lock(&self.shared) = None;
                 return Ok(Families::new());
             };
             let address = src.address();
-            let key = ConnKey {
-                address: address.clone(),
-                user: src.user.clone().unwrap_or_default(),
-                password: src.password.clone(),
-            };
-            let mut guard = self.conn.lock().await;
-            if guard.as_ref().is_some_and(|(k, _)| *k != key) {
-                *guard = None;
-            }
-            if guard.is_none() {
-                if let Some((k, at, msg)) = lock(&self.retry_at).as_ref() {
-                    if *k == key && Instant::now() < *at {
-                        return Err(CollectError::Unavailable(format!(
-                            "{msg} (waiting before the next login)"
-                        )));
+            let login = super::connections::mysql_login(&s, src);
+            let shared = {
+                let mut held = lock(&self.shared);
+                match held.as_ref() {
+                    Some(c) if *c.login() == login => c.clone(),
+                    _ => {
+                        let c = ctx.mysql.get(login);
+                        *held = Some(c.clone());
+                        c
                     }
                 }
-                let ep = ProbeEndpoint::new(src.host.clone(), src.port);
-                match MySqlConn::connect(&ep, &key.user, &key.password, s.probe_timeout).await {
-                    Ok(conn) => {
-                        *lock(&self.retry_at) = None;
-                        *guard = Some((key, conn));
-                    }
-                    Err(e) => {
-                        let err = self.map_err(&address, e);
-                        let msg = match &err {
-                            CollectError::Unavailable(m) | CollectError::Invalid(m) => m.clone(),
-                            other => other.to_string(),
-                        };
-                        // probe_interval is Some here (checked above)
-                        let backoff = s.probe_interval.unwrap_or(s.interval);
-                        *lock(&self.retry_at) = Some((key, Instant::now() + backoff, msg));
-                        return Err(err);
-                    }
-                }
-            }
-            let Some((_, conn)) = guard.as_mut() else {
-                return Err(CollectError::Unavailable("no source connection".into()));
             };
-            conn.set_timeout(s.probe_timeout);
-            conn.set_max_rows(MAX_BINLOGS);
-            let view = match read_view(conn).await {
+            // probe_interval is Some here (checked above)
+            let retry_after = s.probe_interval.unwrap_or(s.interval);
+            let read = shared
+                .with(s.probe_timeout, retry_after, |conn| {
+                    conn.set_max_rows(MAX_BINLOGS);
+                    Box::pin(read_view(conn))
+                })
+                .await;
+            let view = match read {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => return Err(CollectError::Invalid(format!("source {address}: {e}"))),
                 Err(e) if e.server_code() == Some(ER_NO_BINARY_LOGGING) => {
@@ -514,15 +513,21 @@ impl Collector for SourceCollector {
                     );
                     return Ok(f);
                 }
-                Err(e) => {
-                    if !matches!(e, MySqlError::Server { .. }) {
-                        *guard = None; // reconnect next time
+                Err(e) if e.server_code() == Some(ER_SPECIFIC_ACCESS_DENIED) => {
+                    // Also a finding, not a failure: the grant is missing. Published so that
+                    // the status page, `check` and an alert can say so.
+                    let privilege =
+                        binlog_privilege(&shared.server_version().await.unwrap_or_default());
+                    if self.first(format!("grant:{address}")) {
+                        tracing::warn!(endpoint = %address, privilege, error = %e, "the source user lacks a privilege: binlog headroom and lag cannot be read");
                     }
-                    return Err(self.map_err(&address, e));
+                    let mut f = Families::new();
+                    privilege_family(&mut f, &target.pipeline, privilege, true);
+                    return Ok(f);
                 }
+                Err(e) => return Err(self.map_err(&address, e)),
             };
             self.forget(&format!("nobinlog:{address}"));
-            drop(guard);
             self.forget(&format!("grant:{address}"));
 
             // gravity's position, if /status was read recently.
@@ -570,6 +575,8 @@ impl Collector for SourceCollector {
                 None => (None, None),
             };
             let mut f = source_families(&view, cmp.as_ref(), stalled, &target.pipeline);
+            let privilege = binlog_privilege(&shared.server_version().await.unwrap_or_default());
+            privilege_family(&mut f, &target.pipeline, privilege, false);
             f.gauge(
                 "gravity_source_binlog_enabled",
                 "1 when binary logging is on at gravity's MySQL source, 0 when it is off (a binlog stream cannot run).",

@@ -431,7 +431,15 @@ pub fn render(v: &StatusView) -> String {
             detail = esc(c.detail.as_deref().unwrap_or("")),
         );
     }
-    o.push_str("</tbody></table></div></section>");
+    o.push_str("</tbody></table></div>");
+    for p in &v.connections.missing_privileges {
+        let _ = write!(
+            o,
+            "<p class=\"bad\" id=\"missing-privilege\">The exporter's source user lacks <code>{p}</code>: binlog lag and purge headroom cannot be read. Grant it: <code>GRANT {p} ON *.* TO …</code> (docs/connections.md).</p>",
+            p = esc(p)
+        );
+    }
+    o.push_str("</section>");
 
     // Errors
     let e = &v.errors;
@@ -540,6 +548,7 @@ mod tests {
                 },
             ],
             connections: ConnectionsView {
+                missing_privileges: Vec::new(),
                 probes_on: true,
                 endpoints: vec![ConnView {
                     component: "target".into(),

@@ -162,6 +162,8 @@ pub struct ConnectionsView {
     pub probes_on: bool,
     /// One row per endpoint.
     pub endpoints: Vec<ConnView>,
+    /// Privileges the exporter's source user lacks (`gravity_source_privilege_missing`).
+    pub missing_privileges: Vec<String>,
 }
 
 /// One endpoint.
@@ -173,7 +175,8 @@ pub struct ConnView {
     pub endpoint: String,
     /// Whether the last probe succeeded (`None`: not probed).
     pub healthy: Option<bool>,
-    /// Why it failed (`refused`, `timeout`, `auth`, `protocol`, `dns`).
+    /// Why it failed (`refused`, `timeout`, `auth`, `tls_required`, `auth_plugin_unsupported`,
+    /// `too_many_connections`, `privilege`, `protocol`, `dns`).
     pub reason: Option<String>,
     /// Probe latency in milliseconds.
     pub latency_ms: Option<f64>,
@@ -484,7 +487,17 @@ fn connections_view(
         });
     }
     rows.truncate(crate::collector::connections::MAX_ENDPOINTS);
+    let missing_privileges = ctx
+        .store
+        .snapshot("source")
+        .map(|s| s.samples("gravity_source_privilege_missing"))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, v)| *v >= 1.0)
+        .filter_map(|(l, _)| label(&l, "privilege").map(str::to_string))
+        .collect();
     ConnectionsView {
+        missing_privileges,
         probes_on,
         endpoints: rows,
     }

@@ -154,8 +154,12 @@ pub fn register_secret(secret: &str) {
 }
 
 /// Registers the exporter's own secrets: the user info of `--gravity.url` (its password, and
-/// user:password as written).
+/// user:password as written) and the passwords of the monitoring logins
+/// (`--source.password-file`, `--target.password-file`).
 pub fn register_settings(s: &crate::config::Settings) {
+    for login in [&s.source_login, &s.target_login].into_iter().flatten() {
+        register_secret(login.password.expose());
+    }
     if let Some(u) = &s.gravity_url {
         if let Some(info) = u
             .authority()
@@ -508,6 +512,30 @@ mod tests {
             .unwrap();
         let out = String::from_utf8(w.0).unwrap();
         assert!(!out.contains("Zq-global"), "{out}");
+    }
+
+    #[test]
+    fn monitoring_login_passwords_from_files_are_masked_by_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "mon1tor Sec,ret-Qx7\n").unwrap();
+        let cli = <crate::config::Cli as clap::Parser>::try_parse_from([
+            "gravity-exporter",
+            "--source.username",
+            "monitor",
+            "--source.password-file",
+            pw.to_str().unwrap(),
+        ])
+        .unwrap();
+        let s = crate::config::Settings::from_flags(cli.flags).unwrap();
+        let leak = "login failed for monitor with mon1tor Sec,ret-Qx7 at db:3306";
+        assert!(redact_known(leak).contains("Sec,ret-Qx7"), "not yet known");
+        register_settings(&s);
+        let out = redact_known(leak);
+        assert!(
+            !out.contains("Sec,ret-Qx7") && !out.contains("mon1tor"),
+            "{out}"
+        );
     }
 
     #[test]

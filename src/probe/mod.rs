@@ -4,7 +4,8 @@
 //! stalls, the first question is "can the endpoints be reached at all, and do they let us
 //! in?". This module answers it with one short exchange per endpoint:
 //!
-//! * [`mysql`]: a minimal MySQL client (handshake, login, `SELECT 1`, `COM_QUIT`);
+//! * [`mysql`]: MySQL/MariaDB through the `mysql_async` driver (login, `SELECT 1`,
+//!   `COM_QUIT`), with connections shared between the probe and the source collector;
 //! * [`kafka`]: a Kafka `ApiVersions` v0 request;
 //! * [`mongo`]: a MongoDB `hello` command over `OP_MSG`.
 //! * [`http`]: an HTTP `GET /` with basic auth (Elasticsearch).
@@ -17,7 +18,7 @@
 //!
 //! Every probe takes an overall deadline, enforced with [`tokio::time::timeout`] around the
 //! whole exchange (DNS, connect, handshake, query), and returns a [`ProbeOutcome`] whose
-//! `reason` is one of five fixed [`FailureReason`]s (safe to use as a metric label) and
+//! `reason` is one of nine fixed [`FailureReason`]s (safe to use as a metric label) and
 //! whose `detail` is a short human-readable string that never contains a password.
 //! Passwords travel in a [`Secret`], whose `Debug` is redacted and which has no `Display`.
 
@@ -48,26 +49,40 @@ pub enum FailureReason {
     Refused,
     /// The deadline passed before the exchange finished.
     Timeout,
-    /// The server answered but rejected the credentials or the privileges.
+    /// The server answered but rejected the credentials.
     Auth,
     /// The peer answered with something other than the expected protocol, an error, or
     /// a feature this probe does not implement.
     Protocol,
     /// The host name could not be resolved.
     Dns,
+    /// The server demands TLS (MySQL `require_secure_transport`, a `REQUIRE SSL` user)
+    /// and the login, made without TLS like gravity's, was refused for that.
+    TlsRequired,
+    /// The account's authentication plugin is not one the client can speak.
+    AuthPluginUnsupported,
+    /// A connection limit of the server or of the user is reached.
+    TooManyConnections,
+    /// Logged in, but a privilege needed for the check is missing.
+    Privilege,
 }
 
 impl FailureReason {
     /// Every reason, in a fixed order (handy to pre-create metric label values).
-    pub const ALL: [FailureReason; 5] = [
+    pub const ALL: [FailureReason; 9] = [
         FailureReason::Refused,
         FailureReason::Timeout,
         FailureReason::Auth,
         FailureReason::Protocol,
         FailureReason::Dns,
+        FailureReason::TlsRequired,
+        FailureReason::AuthPluginUnsupported,
+        FailureReason::TooManyConnections,
+        FailureReason::Privilege,
     ];
 
-    /// The lowercase label value: `refused`, `timeout`, `auth`, `protocol` or `dns`.
+    /// The lowercase label value: `refused`, `timeout`, `auth`, `protocol`, `dns`,
+    /// `tls_required`, `auth_plugin_unsupported`, `too_many_connections` or `privilege`.
     pub fn as_str(self) -> &'static str {
         match self {
             FailureReason::Refused => "refused",
@@ -75,6 +90,10 @@ impl FailureReason {
             FailureReason::Auth => "auth",
             FailureReason::Protocol => "protocol",
             FailureReason::Dns => "dns",
+            FailureReason::TlsRequired => "tls_required",
+            FailureReason::AuthPluginUnsupported => "auth_plugin_unsupported",
+            FailureReason::TooManyConnections => "too_many_connections",
+            FailureReason::Privilege => "privilege",
         }
     }
 }
@@ -202,7 +221,7 @@ impl FromStr for Endpoint {
 /// A password or other secret. `Debug` prints a placeholder; there is no `Display`, so it
 /// cannot end up in a log line or an error message by accident. Read it with
 /// [`Secret::expose`] only where the protocol needs the bytes.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Secret(String);
 
 impl Secret {
@@ -399,7 +418,20 @@ mod tests {
     #[test]
     fn reasons_have_fixed_labels() {
         let labels: Vec<&str> = FailureReason::ALL.iter().map(|r| r.as_str()).collect();
-        assert_eq!(labels, ["refused", "timeout", "auth", "protocol", "dns"]);
+        assert_eq!(
+            labels,
+            [
+                "refused",
+                "timeout",
+                "auth",
+                "protocol",
+                "dns",
+                "tls_required",
+                "auth_plugin_unsupported",
+                "too_many_connections",
+                "privilege"
+            ]
+        );
         assert_eq!(FailureReason::Auth.to_string(), "auth");
     }
 

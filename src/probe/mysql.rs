@@ -1,101 +1,121 @@
-//! A minimal MySQL / MariaDB client (client side of the classic protocol) for probing.
+//! The MySQL / MariaDB client of the exporter, on top of the maintained `mysql_async` driver.
 //!
-//! It implements just what the exporter needs to log in and run a few text-protocol
-//! queries (`SELECT 1`, `SHOW BINARY LOGS`, `SELECT @@...`), with every buffer bounded:
+//! What the exporter needs from MySQL is small (log in, `SELECT 1`, `SHOW BINARY LOGS`, a
+//! few `SELECT @@...`, the consistency checker's checksum queries), but the login must work
+//! wherever gravity's own driver works. `mysql_async` brings the parts a hand-written client
+//! got wrong or left out: `caching_sha2_password` *full* authentication (the server's RSA
+//! key is fetched and the password sent RSA-OAEP encrypted, or in clear over TLS),
+//! `mysql_native_password`, MariaDB's `client_ed25519`, TLS through rustls (ring provider),
+//! and the protocol details (multi-packet payloads, `CLIENT_DEPRECATE_EOF`, auth switch).
 //!
-//! * packet framing: 3-byte little-endian length + sequence id, payloads of 16 MiB - 1
-//!   split over several packets, reassembled up to [`MAX_PACKET_BYTES`];
-//! * Handshake v10 from the server, `HandshakeResponse41` from the client with
-//!   `CLIENT_PROTOCOL_41`, `CLIENT_SECURE_CONNECTION`, `CLIENT_PLUGIN_AUTH` and optionally
-//!   `CLIENT_CONNECT_WITH_DB`; no TLS, no `CLIENT_DEPRECATE_EOF`, no multi-statements;
-//! * authentication plugins `mysql_native_password` (SHA-1 scramble) and the fast path of
-//!   `caching_sha2_password` (SHA-256 scramble), including `AuthSwitchRequest`. The full
-//!   `caching_sha2_password` authentication needs TLS or an RSA key exchange, which this
-//!   client does not do: it fails with [`MySqlError::FullAuthRequired`] (reason `protocol`).
-//!   The server only asks for it while the account is not in its in-memory cache, i.e.
-//!   before any client has logged in with it since the server started;
-//! * `COM_QUERY` with text result sets (column definitions, rows of length-encoded strings
-//!   or NULL, EOF terminators), capped at [`DEFAULT_MAX_ROWS`] rows and
-//!   [`DEFAULT_MAX_RESULT_BYTES`] bytes; `COM_QUIT`.
+//! This module wraps it into what the collectors use:
 //!
-//! Completing the handshake matters: MySQL counts connections that are dropped before
-//! authentication towards `max_connect_errors` and eventually blocks the client host.
+//! * [`MySqlConn`]: one logged-in connection; [`MySqlConn::query`] returns a text
+//!   [`ResultSet`] capped at [`DEFAULT_MAX_ROWS`] rows and [`DEFAULT_MAX_RESULT_BYTES`]
+//!   bytes, every call under a timeout; [`MySqlConn::close`] sends `COM_QUIT`.
+//! * [`MySqlError`] with [`MySqlError::reason`]: a closed [`FailureReason`] (`tls_required`,
+//!   `auth`, `auth_plugin_unsupported`, `too_many_connections`, `privilege`, `refused`,
+//!   `timeout`, `protocol`, `dns`) and [`MySqlError::hint`]: what an operator does about it.
+//! * [`Hub`] / [`SharedConn`]: one connection per (endpoint, user), shared by the connection
+//!   probe and the source collector, reused between runs, reconnected once when the server
+//!   dropped it (`wait_timeout`, restart, `KILL`), with a backoff after failed logins and
+//!   a growing one after timeouts (no handshakes queued on a hung server).
 //!
-//! Reference: MySQL source documentation, "Client/Server Protocol"
-//! (<https://dev.mysql.com/doc/dev/mysql-server/latest/PAGE_PROTOCOL.html>), and MariaDB's
-//! "Clients & Connectors / Client/Server Protocol" pages.
+//! A login refused with "Access denied" is retried once over TLS when the plain login
+//! failed: if the TLS login works, the server demands TLS for this account (`REQUIRE SSL`)
+//! and the reason is `tls_required`, not `auth` (the password is right). That retry does
+//! not verify the certificate: it only asks "would TLS let this user in", no data is read
+//! over it and it is closed at once.
 //!
-//! The password is taken as a [`Secret`], used only to compute the scramble, and never
-//! stored in a connection or written into an error.
+//! Connections are made with `prefer_socket=false` (the driver would otherwise switch to
+//! the server's unix socket when it runs on the same host: the exporter must see what
+//! gravity sees over TCP), no statement cache, `max_allowed_packet` fixed at
+//! [`MAX_PACKET_BYTES`] for the client's own packet bound (so no settings query after the
+//! login) and the connect attribute `program_name=gravity-exporter`.
+//!
+//! The password is taken as a [`Secret`], handed to the driver only, and never written into
+//! an error.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::io;
-use std::time::Duration;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
-use sha1::{Digest, Sha1};
-use sha2::Sha256;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use mysql_async::prelude::Queryable;
 
 use super::{
-    connect_tcp, io_reason, run_probe, sanitize, ConnectError, Endpoint, FailureReason,
-    ProbeOutcome, Secret,
+    io_reason, run_probe, sanitize, ConnectError, Endpoint, FailureReason, ProbeOutcome, Secret,
 };
 
-/// Largest reassembled packet payload accepted from the server (16 MiB).
+/// Largest packet payload accepted from the server (16 MiB).
 pub const MAX_PACKET_BYTES: usize = 16 * 1024 * 1024;
 /// Default cap on the rows of one result set.
 pub const DEFAULT_MAX_ROWS: usize = 100_000;
-/// Default cap on the bytes (packet payloads plus per-value overhead) of one result set.
+/// Default cap on the bytes (values plus per-value overhead) of one result set.
 pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
 
-/// MySQL allows at most 4096 columns per table; a result set claiming more is hostile.
-const MAX_COLUMNS: u64 = 4096;
-/// Handshake response + at most one switch + "fast auth ok" + OK fit well within this.
-const MAX_AUTH_ROUNDS: usize = 4;
-/// A packet carrying exactly this many payload bytes is continued by the next packet.
-const MAX_CHUNK: usize = 0xFF_FFFF;
 /// Longest server error message kept, in characters.
 const MAX_MESSAGE_CHARS: usize = 300;
+/// Most addresses tried for one host name (a DNS answer is outside input: bound it).
+const MAX_ADDRS: usize = 16;
+/// Longest wait after consecutive login timeouts.
+const MAX_TIMEOUT_BACKOFF: Duration = Duration::from_secs(300);
+/// Most shared connections a [`Hub`] keeps (endpoints are capped at 64 upstream).
+const MAX_SHARED: usize = 128;
 
-const CLIENT_LONG_PASSWORD: u32 = 0x0000_0001;
-const CLIENT_LONG_FLAG: u32 = 0x0000_0004;
-const CLIENT_CONNECT_WITH_DB: u32 = 0x0000_0008;
-const CLIENT_PROTOCOL_41: u32 = 0x0000_0200;
-const CLIENT_TRANSACTIONS: u32 = 0x0000_2000;
-const CLIENT_SECURE_CONNECTION: u32 = 0x0000_8000;
-const CLIENT_PLUGIN_AUTH: u32 = 0x0008_0000;
-const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
-
-const COM_QUIT: u8 = 0x01;
-const COM_QUERY: u8 = 0x03;
-/// utf8mb4_general_ci: known to MySQL >= 5.5.3 and every MariaDB.
-const CHARSET_UTF8MB4_GENERAL_CI: u8 = 45;
-
-const NATIVE_PASSWORD: &str = "mysql_native_password";
-const CACHING_SHA2_PASSWORD: &str = "caching_sha2_password";
-
-/// Server error codes that mean "the credentials or privileges were rejected".
-const AUTH_ERROR_CODES: [u16; 12] = [
-    1044, // ER_DBACCESS_DENIED_ERROR
+/// Server errors: the credentials were rejected (or the account cannot log in).
+const AUTH_CODES: [u16; 7] = [
     1045, // ER_ACCESS_DENIED_ERROR
     1130, // ER_HOST_NOT_PRIVILEGED
-    1142, // ER_TABLEACCESS_DENIED_ERROR
-    1143, // ER_COLUMNACCESS_DENIED_ERROR
-    1227, // ER_SPECIFIC_ACCESS_DENIED_ERROR
-    1370, // ER_PROCACCESS_DENIED_ERROR
     1698, // ER_ACCESS_DENIED_NO_PASSWORD_ERROR
     1820, // ER_MUST_CHANGE_PASSWORD
     1862, // ER_MUST_CHANGE_PASSWORD_LOGIN
     3118, // ER_ACCOUNT_HAS_BEEN_LOCKED (MySQL)
     4151, // ER_ACCOUNT_HAS_BEEN_LOCKED (MariaDB)
 ];
+/// Server errors: logged in (or known), but a privilege is missing.
+const PRIVILEGE_CODES: [u16; 5] = [
+    1044, // ER_DBACCESS_DENIED_ERROR
+    1142, // ER_TABLEACCESS_DENIED_ERROR
+    1143, // ER_COLUMNACCESS_DENIED_ERROR
+    1227, // ER_SPECIFIC_ACCESS_DENIED_ERROR
+    1370, // ER_PROCACCESS_DENIED_ERROR
+];
+/// Server errors: a connection limit was reached.
+const TOO_MANY_CODES: [u16; 3] = [
+    1040, // ER_CON_COUNT_ERROR: max_connections
+    1203, // ER_TOO_MANY_USER_CONNECTIONS: max_user_connections
+    1226, // ER_USER_LIMIT_REACHED: MAX_USER_CONNECTIONS / MAX_CONNECTIONS_PER_HOUR ...
+];
+/// Server errors: the authentication plugin cannot be used by this client.
+const PLUGIN_CODES: [u16; 2] = [
+    1251, // ER_NOT_SUPPORTED_AUTH_MODE
+    1524, // ER_PLUGIN_IS_NOT_LOADED
+];
+/// Server errors: the server wants TLS. (MariaDB answers `require_secure_transport=ON` with
+/// 1045 "Access denied": found by the TLS retry, see the module docs.)
+const TLS_CODES: [u16; 1] = [
+    3159, // ER_SECURE_TRANSPORT_REQUIRED (MySQL 5.7+)
+];
+/// Server errors that mean the connection is gone (reconnect and retry once).
+const GONE_CODES: [u16; 6] = [
+    1053, // ER_SERVER_SHUTDOWN
+    1927, // ER_CONNECTION_KILLED (MariaDB)
+    2006, // CR_SERVER_GONE_ERROR
+    2013, // CR_SERVER_LOST
+    4031, // ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8.0.24+: wait_timeout)
+    1317, // ER_QUERY_INTERRUPTED when the session is killed
+];
 
 /// Errors of the MySQL client. `Display` never contains the password (it is not kept).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum MySqlError {
-    /// The TCP connection could not be opened.
+    /// The TCP connection could not be opened (DNS, refused, unreachable).
     #[error(transparent)]
     Connect(#[from] ConnectError),
     /// The connect deadline or the per-query timeout passed.
@@ -104,7 +124,7 @@ pub enum MySqlError {
         /// The time allowed, in milliseconds.
         after_ms: u128,
     },
-    /// The connection failed in the middle of an exchange (EOF, reset, ...).
+    /// The connection failed in the middle of an exchange (EOF, reset, closed by the server).
     #[error("connection lost: {0}")]
     Io(io::ErrorKind),
     /// The server answered with an ERR packet.
@@ -117,15 +137,22 @@ pub enum MySqlError {
         /// The server's message, sanitised and shortened.
         message: String,
     },
+    /// A plain login was refused but the same login over TLS works: the account or the
+    /// server requires TLS (`REQUIRE SSL`), gravity's config connects without it.
+    #[error("plain login refused: {plain}")]
+    TlsRequired {
+        /// What the server answered to the plain login.
+        plain: String,
+    },
+    /// The account's authentication plugin is not one this client can speak.
+    #[error("authentication plugin not supported by the client: {0}")]
+    AuthPluginUnsupported(String),
+    /// The TLS handshake failed.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The peer sent something that is not valid MySQL protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),
-    /// The server asked for something this client does not implement.
-    #[error("not supported by the probe: {0}")]
-    Unsupported(String),
-    /// `caching_sha2_password` asked for full authentication (0x01 0x04).
-    #[error("caching_sha2_password full authentication needs TLS or RSA key exchange, which the probe does not do")]
-    FullAuthRequired,
     /// A result set or packet exceeded a configured bound.
     #[error("limit exceeded: {0}")]
     Limit(String),
@@ -133,21 +160,33 @@ pub enum MySqlError {
     /// unknown state; open a new one.
     #[error("connection unusable after an earlier error")]
     Broken,
+    /// No login attempted: an earlier one failed recently (see [`SharedConn`]).
+    #[error("{last} (not retried for another {retry_in_s} s)")]
+    Backoff {
+        /// The reason of the earlier failure.
+        reason: FailureReason,
+        /// The earlier failure, as text.
+        last: String,
+        /// Seconds until the next attempt.
+        retry_in_s: u64,
+    },
 }
 
 impl MySqlError {
-    /// The probe [`FailureReason`] for this error: access-denied style server errors are
-    /// `Auth`, other server errors (1040 too many connections, 1129 host blocked, ...) and
-    /// anything malformed or unsupported are `Protocol`.
+    /// The probe [`FailureReason`] for this error.
     pub fn reason(&self) -> FailureReason {
         match self {
             MySqlError::Connect(e) => e.reason(),
             MySqlError::Timeout { .. } => FailureReason::Timeout,
             MySqlError::Io(kind) => io_reason(*kind),
-            MySqlError::Server { code, .. } if AUTH_ERROR_CODES.contains(code) => {
-                FailureReason::Auth
-            }
-            _ => FailureReason::Protocol,
+            MySqlError::Server { code, message, .. } => server_reason(*code, message),
+            MySqlError::TlsRequired { .. } => FailureReason::TlsRequired,
+            MySqlError::AuthPluginUnsupported(_) => FailureReason::AuthPluginUnsupported,
+            MySqlError::Backoff { reason, .. } => *reason,
+            MySqlError::Tls(_)
+            | MySqlError::Protocol(_)
+            | MySqlError::Limit(_)
+            | MySqlError::Broken => FailureReason::Protocol,
         }
     }
 
@@ -158,11 +197,106 @@ impl MySqlError {
             _ => None,
         }
     }
+
+    /// Whether the connection is gone (closed by the server, reset, killed): a new
+    /// connection may well work.
+    pub fn is_gone(&self) -> bool {
+        match self {
+            MySqlError::Io(_) => true,
+            MySqlError::Server { code, .. } => GONE_CODES.contains(code),
+            _ => false,
+        }
+    }
+
+    /// What an operator does about it, in a few words (for the status page, `check` and
+    /// the probe detail).
+    pub fn hint(&self) -> &'static str {
+        if let MySqlError::Server { code: 1129, .. } = self {
+            return "the server blocks this host after connection errors: run FLUSH HOSTS (mysqladmin flush-hosts) and find what aborts handshakes";
+        }
+        if let MySqlError::Server { code: 1049, .. } = self {
+            return "the database named in the login does not exist";
+        }
+        match self.reason() {
+            FailureReason::TlsRequired => "the server requires TLS (require_secure_transport or REQUIRE SSL), gravity connects without: not a password problem",
+            FailureReason::Auth => "the server rejected the user or password: check gravity's configured user, password and allowed host",
+            FailureReason::AuthPluginUnsupported => "the account uses an authentication plugin the client cannot speak: switch it to mysql_native_password, caching_sha2_password or ed25519",
+            FailureReason::TooManyConnections => "a connection limit is reached (max_connections, or the user's MAX_USER_CONNECTIONS): gravity may be refused too",
+            FailureReason::Privilege => "logged in, but a privilege is missing: see the grants in docs/connections.md",
+            FailureReason::Refused => "nothing accepts connections there: is the server up and the port right?",
+            FailureReason::Timeout => "no answer in time: the server or the network is hung or overloaded",
+            FailureReason::Dns => "the host name does not resolve",
+            FailureReason::Protocol => "the server answered, but not as expected",
+        }
+    }
+
+    /// `hint: error`, the text shown to operators.
+    pub fn operator_detail(&self) -> String {
+        format!("{}: {self}", self.hint())
+    }
+
+    fn from_driver(e: mysql_async::Error, endpoint: &Endpoint) -> MySqlError {
+        use mysql_async::{DriverError, Error, IoError};
+        match e {
+            Error::Server(s) => MySqlError::Server {
+                code: s.code,
+                sql_state: sanitize(&s.state, 5),
+                message: sanitize(&s.message, MAX_MESSAGE_CHARS),
+            },
+            Error::Io(IoError::Io(err)) => match err.kind() {
+                io::ErrorKind::ConnectionRefused => MySqlError::Connect(ConnectError::Refused {
+                    endpoint: endpoint.to_string(),
+                }),
+                io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+                    MySqlError::Connect(ConnectError::Other {
+                        endpoint: endpoint.to_string(),
+                        kind: err.kind(),
+                    })
+                }
+                kind => MySqlError::Io(kind),
+            },
+            Error::Io(IoError::Tls(err)) => {
+                MySqlError::Tls(sanitize(&err.to_string(), MAX_MESSAGE_CHARS))
+            }
+            Error::Driver(DriverError::ConnectionClosed) => {
+                MySqlError::Io(io::ErrorKind::UnexpectedEof)
+            }
+            Error::Driver(DriverError::UnknownAuthPlugin { name }) => {
+                MySqlError::AuthPluginUnsupported(sanitize(&name, 64))
+            }
+            Error::Driver(DriverError::MysqlOldPasswordDisabled) => {
+                MySqlError::AuthPluginUnsupported("mysql_old_password".into())
+            }
+            Error::Driver(DriverError::CleartextPluginDisabled) => {
+                MySqlError::AuthPluginUnsupported("mysql_clear_password".into())
+            }
+            Error::Driver(DriverError::PacketTooLarge) => {
+                MySqlError::Limit(format!("packet larger than {MAX_PACKET_BYTES} bytes"))
+            }
+            Error::Driver(DriverError::UnexpectedPacket { payload }) => {
+                MySqlError::Protocol(format!("unexpected packet of {} bytes", payload.len()))
+            }
+            Error::Driver(d) => MySqlError::Protocol(sanitize(&d.to_string(), MAX_MESSAGE_CHARS)),
+            other => MySqlError::Protocol(sanitize(&other.to_string(), MAX_MESSAGE_CHARS)),
+        }
+    }
 }
 
-impl From<io::Error> for MySqlError {
-    fn from(e: io::Error) -> Self {
-        MySqlError::Io(e.kind())
+/// The reason for a server error code (`message` decides for servers that reuse 1045 for
+/// "insecure transport").
+fn server_reason(code: u16, message: &str) -> FailureReason {
+    if TLS_CODES.contains(&code) || message.contains("insecure transport") {
+        FailureReason::TlsRequired
+    } else if AUTH_CODES.contains(&code) {
+        FailureReason::Auth
+    } else if PRIVILEGE_CODES.contains(&code) {
+        FailureReason::Privilege
+    } else if TOO_MANY_CODES.contains(&code) {
+        FailureReason::TooManyConnections
+    } else if PLUGIN_CODES.contains(&code) {
+        FailureReason::AuthPluginUnsupported
+    } else {
+        FailureReason::Protocol
     }
 }
 
@@ -191,9 +325,19 @@ impl ResultSet {
     }
 }
 
+/// How a connection secures its transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Tls {
+    /// Plain TCP (gravity's MySQL config has no TLS setting, so this is what gravity does).
+    #[default]
+    Off,
+    /// TLS without certificate verification (only for the `tls_required` diagnosis).
+    Unverified,
+}
+
 /// An authenticated connection to a MySQL or MariaDB server.
 pub struct MySqlConn {
-    io: PacketIo<TcpStream>,
+    conn: Option<mysql_async::Conn>,
     endpoint: Endpoint,
     server_version: String,
     connection_id: u32,
@@ -215,9 +359,32 @@ impl fmt::Debug for MySqlConn {
     }
 }
 
+/// Resolves `endpoint` (at most [`MAX_ADDRS`] addresses), mapping failures to
+/// [`ConnectError::Dns`].
+async fn resolve(endpoint: &Endpoint) -> Result<Vec<IpAddr>, MySqlError> {
+    match tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port)).await {
+        Ok(found) => {
+            let ips: Vec<IpAddr> = found.take(MAX_ADDRS).map(|a| a.ip()).collect();
+            if ips.is_empty() {
+                Err(MySqlError::Connect(ConnectError::Dns {
+                    host: sanitize(&endpoint.host, 100),
+                    message: "no addresses found".into(),
+                }))
+            } else {
+                Ok(ips)
+            }
+        }
+        Err(e) => Err(MySqlError::Connect(ConnectError::Dns {
+            host: sanitize(&endpoint.host, 100),
+            message: sanitize(&e.to_string(), 100),
+        })),
+    }
+}
+
 impl MySqlConn {
-    /// Connects and logs in without selecting a database. `deadline` bounds the whole
-    /// connect + handshake and becomes the default timeout of each later [`query`].
+    /// Connects and logs in without selecting a database, without TLS (as gravity does).
+    /// `deadline` bounds the whole connect + login (and a TLS retry after "access denied",
+    /// see the module docs) and becomes the default timeout of each later [`query`].
     ///
     /// [`query`]: MySqlConn::query
     pub async fn connect(
@@ -229,8 +396,7 @@ impl MySqlConn {
         Self::connect_with_db(endpoint, user, password, None, deadline).await
     }
 
-    /// Like [`MySqlConn::connect`], selecting `database` during the handshake
-    /// (`CLIENT_CONNECT_WITH_DB`).
+    /// Like [`MySqlConn::connect`], selecting `database` during the handshake.
     pub async fn connect_with_db(
         endpoint: &Endpoint,
         user: &str,
@@ -238,15 +404,73 @@ impl MySqlConn {
         database: Option<&str>,
         deadline: Duration,
     ) -> Result<MySqlConn, MySqlError> {
+        let start = Instant::now();
+        let plain = Self::connect_tls(endpoint, user, password, database, Tls::Off, deadline).await;
+        match plain {
+            Err(e) if e.server_code() == Some(1045) => {
+                // Is it the password, or does this login need TLS? Ask once over TLS.
+                let left = deadline.saturating_sub(start.elapsed());
+                if left.is_zero() {
+                    return Err(e);
+                }
+                match Self::connect_tls(endpoint, user, password, database, Tls::Unverified, left)
+                    .await
+                {
+                    Ok(tls) => {
+                        let _ = tls.close().await;
+                        Err(MySqlError::TlsRequired {
+                            plain: e.to_string(),
+                        })
+                    }
+                    Err(_) => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Connects with the given TLS mode, without the `tls_required` diagnosis.
+    pub async fn connect_tls(
+        endpoint: &Endpoint,
+        user: &str,
+        password: &Secret,
+        database: Option<&str>,
+        tls: Tls,
+        deadline: Duration,
+    ) -> Result<MySqlConn, MySqlError> {
         let work = async {
-            let stream = connect_tcp(endpoint, deadline).await?;
-            let mut io = PacketIo::new(stream, MAX_PACKET_BYTES);
-            let greeting = login(&mut io, user, password, database).await?;
+            let ips = resolve(endpoint).await?;
+            let mut opts = mysql_async::OptsBuilder::default()
+                .ip_or_hostname(endpoint.host.clone())
+                .tcp_port(endpoint.port)
+                .resolved_ips(Some(ips))
+                .user(Some(user))
+                .pass(Some(password.expose()))
+                .db_name(database)
+                .prefer_socket(false)
+                .stmt_cache_size(0)
+                .tcp_nodelay(true)
+                .max_allowed_packet(Some(MAX_PACKET_BYTES))
+                .wait_timeout(Some(28_800))
+                .connect_attribute("program_name", "gravity-exporter");
+            if tls == Tls::Unverified {
+                opts = opts.ssl_opts(Some(
+                    mysql_async::SslOpts::default()
+                        .with_danger_accept_invalid_certs(true)
+                        .with_danger_skip_domain_validation(true),
+                ));
+            }
+            let conn = mysql_async::Conn::new(opts)
+                .await
+                .map_err(|e| MySqlError::from_driver(e, endpoint))?;
+            let (major, minor, patch) = conn.server_version();
+            // MySQL never had a major version >= 10; MariaDB has since 10.0.
+            let flavour = if major >= 10 { "MariaDB " } else { "MySQL " };
             Ok(MySqlConn {
-                io,
+                server_version: format!("{flavour}{major}.{minor}.{patch}"),
+                connection_id: conn.id(),
+                conn: Some(conn),
                 endpoint: endpoint.clone(),
-                server_version: display_version(&greeting.server_version),
-                connection_id: greeting.connection_id,
                 timeout: deadline,
                 max_rows: DEFAULT_MAX_ROWS,
                 max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
@@ -261,7 +485,7 @@ impl MySqlConn {
         }
     }
 
-    /// The server version string (MariaDB's `5.5.5-` compatibility prefix removed).
+    /// The server version (`MariaDB 10.11.6`, `MySQL 8.0.36`).
     pub fn server_version(&self) -> &str {
         &self.server_version
     }
@@ -269,6 +493,11 @@ impl MySqlConn {
     /// The connection (thread) id the server assigned.
     pub fn connection_id(&self) -> u32 {
         self.connection_id
+    }
+
+    /// Whether an earlier error or a cancelled query left the connection unusable.
+    pub fn is_broken(&self) -> bool {
+        self.broken || self.conn.is_none()
     }
 
     /// Sets the timeout applied to each [`MySqlConn::query`] and [`MySqlConn::close`].
@@ -286,11 +515,11 @@ impl MySqlConn {
         self.max_result_bytes = max_bytes;
     }
 
-    /// Runs `sql` with `COM_QUERY` and returns its text result set (empty for statements
-    /// without one). A server error ([`MySqlError::Server`]) leaves the connection usable;
-    /// a timeout, a limit or a protocol violation makes every later call return
-    /// [`MySqlError::Broken`]. Do not put secrets into `sql`: server error messages may
-    /// quote it.
+    /// Runs `sql` (text protocol) and returns its result set (empty for statements without
+    /// one). A server error ([`MySqlError::Server`]) leaves the connection usable; a
+    /// timeout, a limit, a lost connection or a protocol violation makes every later call
+    /// return [`MySqlError::Broken`]. Do not put secrets into `sql`: server error messages
+    /// may quote it.
     pub async fn query(&mut self, sql: &str) -> Result<ResultSet, MySqlError> {
         if self.broken {
             return Err(MySqlError::Broken);
@@ -309,115 +538,117 @@ impl MySqlConn {
                 after_ms: timeout.as_millis(),
             }),
         };
-        if matches!(result, Ok(_) | Err(MySqlError::Server { .. })) {
-            self.broken = false;
+        match &result {
+            Ok(_) => self.broken = false,
+            Err(e @ MySqlError::Server { .. }) if !e.is_gone() => self.broken = false,
+            Err(_) => {
+                // Drop the driver's connection: it closes the socket (COM_QUIT when it can).
+                self.conn = None;
+            }
         }
         result
     }
 
     async fn query_inner(&mut self, sql: &str) -> Result<ResultSet, MySqlError> {
-        self.io.seq = 0;
-        let mut command = Vec::with_capacity(sql.len() + 1);
-        command.push(COM_QUERY);
-        command.extend_from_slice(sql.as_bytes());
-        self.io.write_packet(&command).await?;
-
-        let first = self.io.read_packet().await?;
-        match first.first() {
-            Some(0x00) => {
-                let status = parse_ok_status(&first)?;
-                check_no_more_results(status)?;
-                return Ok(ResultSet::default());
-            }
-            Some(0xFF) => return Err(parse_err_packet(&first)),
-            Some(0xFB) => {
-                return Err(MySqlError::Unsupported(
-                    "LOCAL INFILE request from the server".to_string(),
-                ))
-            }
-            None => return Err(MySqlError::Protocol("empty query response".to_string())),
-            Some(_) => {}
-        }
-        let mut c = Cursor::new(&first, "column count");
-        let column_count = c
-            .lenenc_int()?
-            .ok_or_else(|| MySqlError::Protocol("NULL column count".to_string()))?;
-        if column_count == 0 || column_count > MAX_COLUMNS || c.remaining() != 0 {
-            return Err(MySqlError::Protocol(format!(
-                "implausible column count {column_count}"
-            )));
-        }
-        // Bounded by MAX_COLUMNS above, so the conversion cannot truncate.
-        let column_count = column_count as usize;
-
+        let endpoint = self.endpoint.clone();
+        let driver = |e| MySqlError::from_driver(e, &endpoint);
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(MySqlError::Broken);
+        };
+        let mut result = conn.query_iter(sql).await.map_err(driver)?;
+        let columns: Vec<String> = result
+            .columns_ref()
+            .iter()
+            .map(|c| c.name_str().into_owned())
+            .collect();
+        let per_value = std::mem::size_of::<Option<String>>();
         let mut budget = self.max_result_bytes;
-        let mut columns = Vec::with_capacity(column_count);
-        for _ in 0..column_count {
-            let packet = self.io.read_packet().await?;
-            if packet.first() == Some(&0xFF) {
-                return Err(parse_err_packet(&packet));
-            }
-            charge(&mut budget, packet.len(), self.max_result_bytes)?;
-            columns.push(parse_column_name(&packet)?);
-        }
-        let eof = self.io.read_packet().await?;
-        if !is_eof_packet(&eof) {
-            return Err(MySqlError::Protocol(
-                "expected EOF after column definitions".to_string(),
-            ));
-        }
-
-        let per_row_overhead = (column_count + 1) * std::mem::size_of::<Option<String>>();
+        let mut charge = |bytes: usize| -> Result<(), MySqlError> {
+            budget = budget.checked_sub(bytes).ok_or_else(|| {
+                MySqlError::Limit(format!(
+                    "result set larger than {} bytes",
+                    self.max_result_bytes
+                ))
+            })?;
+            Ok(())
+        };
+        charge(columns.iter().map(|c| c.len() + per_value).sum())?;
         let mut rows = Vec::new();
-        loop {
-            let packet = self.io.read_packet().await?;
-            if is_eof_packet(&packet) {
-                check_no_more_results(parse_eof_status(&packet)?)?;
-                break;
-            }
-            if packet.first() == Some(&0xFF) {
-                return Err(parse_err_packet(&packet));
-            }
+        while let Some(row) = result.next().await.map_err(driver)? {
             if rows.len() >= self.max_rows {
                 return Err(MySqlError::Limit(format!(
                     "result set has more than {} rows",
                     self.max_rows
                 )));
             }
-            charge(
-                &mut budget,
-                packet.len().saturating_add(per_row_overhead),
-                self.max_result_bytes,
-            )?;
-            rows.push(parse_text_row(&packet, column_count)?);
+            let values = row.unwrap();
+            let mut out = Vec::with_capacity(values.len());
+            for v in values {
+                let text = match v {
+                    mysql_async::Value::NULL => None,
+                    mysql_async::Value::Bytes(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+                    // The text protocol only sends strings; keep any other value readable.
+                    other => Some(other.as_sql(true).trim_matches('\'').to_string()),
+                };
+                charge(text.as_ref().map_or(0, String::len) + per_value)?;
+                out.push(text);
+            }
+            if out.len() != columns.len() {
+                return Err(MySqlError::Protocol(format!(
+                    "row of {} values for {} columns",
+                    out.len(),
+                    columns.len()
+                )));
+            }
+            rows.push(out);
         }
+        // Any further result set (there should be none: no multi-statements) is drained.
+        result.drop_result().await.map_err(driver)?;
         Ok(ResultSet { columns, rows })
     }
 
     /// Sends `COM_QUIT` and closes the connection (within the connection's timeout).
     /// A broken connection is simply dropped.
     pub async fn close(mut self) -> Result<(), MySqlError> {
+        let Some(conn) = self.conn.take() else {
+            return Ok(());
+        };
         if self.broken {
             return Ok(());
         }
-        let timeout = self.timeout;
-        let quit = async {
-            self.io.seq = 0;
-            self.io.write_packet(&[COM_QUIT]).await?;
-            self.io.stream.shutdown().await?;
-            Ok(())
-        };
-        match tokio::time::timeout(timeout, quit).await {
-            Ok(result) => result,
+        let endpoint = self.endpoint.clone();
+        match tokio::time::timeout(self.timeout, conn.disconnect()).await {
+            Ok(result) => result.map_err(|e| MySqlError::from_driver(e, &endpoint)),
             Err(_) => Err(MySqlError::Timeout {
-                after_ms: timeout.as_millis(),
+                after_ms: self.timeout.as_millis(),
             }),
         }
     }
 }
 
-/// Probes a MySQL/MariaDB server: handshake, log in as `user`, `SELECT 1` (the answer must
-/// be one row holding `1`), `COM_QUIT`, all within `deadline`.
+/// Checks the answer of `SELECT 1`.
+fn check_select_one(rs: &ResultSet) -> Result<(), (FailureReason, String)> {
+    let answer = rs
+        .rows
+        .first()
+        .and_then(|r| r.first())
+        .and_then(|v| v.as_deref());
+    if rs.columns.len() != 1 || rs.rows.len() != 1 || answer != Some("1") {
+        return Err((
+            FailureReason::Protocol,
+            "SELECT 1 returned an unexpected result".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+fn split(e: MySqlError) -> (FailureReason, String) {
+    (e.reason(), e.operator_detail())
+}
+
+/// Probes a MySQL/MariaDB server on a new connection: log in as `user`, `SELECT 1` (the
+/// answer must be one row holding `1`), `COM_QUIT`, all within `deadline`. The connection
+/// prober uses [`SharedConn::probe`] instead, which reuses the shared connection.
 pub async fn probe(
     endpoint: &Endpoint,
     user: &str,
@@ -425,22 +656,11 @@ pub async fn probe(
     deadline: Duration,
 ) -> ProbeOutcome {
     run_probe(deadline, async {
-        let split = |e: MySqlError| (e.reason(), e.to_string());
         let mut conn = MySqlConn::connect(endpoint, user, password, deadline)
             .await
             .map_err(split)?;
         let rs = conn.query("SELECT 1").await.map_err(split)?;
-        let answer = rs
-            .rows
-            .first()
-            .and_then(|r| r.first())
-            .and_then(|v| v.as_deref());
-        if rs.columns.len() != 1 || rs.rows.len() != 1 || answer != Some("1") {
-            return Err((
-                FailureReason::Protocol,
-                "SELECT 1 returned an unexpected result".to_string(),
-            ));
-        }
+        check_select_one(&rs)?;
         let detail = format!("{}: SELECT 1 ok", conn.server_version());
         // The probe already succeeded; a failing COM_QUIT only means the server hung up.
         let _ = conn.close().await;
@@ -450,834 +670,338 @@ pub async fn probe(
 }
 
 // ---------------------------------------------------------------------------------------
-// Packet framing
+// Shared connections
 // ---------------------------------------------------------------------------------------
 
-/// Reads and writes MySQL packets, tracking the sequence id.
-struct PacketIo<S> {
-    stream: S,
-    seq: u8,
-    max_packet: usize,
+/// Who logs in where: the key of a shared connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Login {
+    /// Server address.
+    pub endpoint: Endpoint,
+    /// User name.
+    pub user: String,
+    /// Password (redacted `Debug`).
+    pub password: Secret,
 }
 
-impl<S> PacketIo<S> {
-    fn new(stream: S, max_packet: usize) -> Self {
-        PacketIo {
-            stream,
-            seq: 0,
-            max_packet,
-        }
-    }
+/// A future borrowing the connection, as taken by [`SharedConn::with`].
+pub type ConnFuture<'c, T> = Pin<Box<dyn Future<Output = Result<T, MySqlError>> + Send + 'c>>;
+
+#[derive(Debug, Default)]
+struct Slot {
+    conn: Option<MySqlConn>,
+    /// After a failed login: no new one before this instant; the error meanwhile.
+    backoff: Option<(Instant, MySqlError)>,
+    /// Consecutive login timeouts (the backoff doubles with each).
+    timeouts: u32,
+    /// Logins made (for tests and the docs' connection budget).
+    logins: u64,
 }
 
-impl<S: AsyncRead + Unpin> PacketIo<S> {
-    /// Reads one logical packet (reassembling 0xFFFFFF-byte continuations).
-    async fn read_packet(&mut self) -> Result<Vec<u8>, MySqlError> {
-        let mut payload = Vec::new();
-        loop {
-            let mut header = [0u8; 4];
-            self.stream.read_exact(&mut header).await?;
-            let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
-            let seq = header[3];
-            if seq != self.seq {
-                return Err(MySqlError::Protocol(format!(
-                    "packet out of order (sequence id {seq}, expected {})",
-                    self.seq
-                )));
-            }
-            self.seq = self.seq.wrapping_add(1);
-            if payload.len().saturating_add(len) > self.max_packet {
-                return Err(MySqlError::Limit(format!(
-                    "packet larger than {} bytes",
-                    self.max_packet
-                )));
-            }
-            // Grows with the data actually received, not with the announced length.
-            let got = (&mut self.stream)
-                .take(len as u64)
-                .read_to_end(&mut payload)
-                .await?;
-            if got != len {
-                return Err(MySqlError::Io(io::ErrorKind::UnexpectedEof));
-            }
-            if len < MAX_CHUNK {
-                return Ok(payload);
-            }
-        }
-    }
+/// One connection to one (endpoint, user), shared by everything that reads from that
+/// server (the connection probe, the source collector), used by one caller at a time.
+#[derive(Debug)]
+pub struct SharedConn {
+    login: Login,
+    slot: tokio::sync::Mutex<Slot>,
 }
 
-impl<S: AsyncWrite + Unpin> PacketIo<S> {
-    /// Writes one logical packet, split into 0xFFFFFF-byte chunks when needed.
-    async fn write_packet(&mut self, payload: &[u8]) -> Result<(), MySqlError> {
-        let mut frame = Vec::with_capacity(payload.len() + 4 * (payload.len() / MAX_CHUNK + 1));
-        let mut rest = payload;
-        loop {
-            let n = rest.len().min(MAX_CHUNK);
-            let (chunk, tail) = rest.split_at(n);
-            // n <= 0xFFFFFF, so the length fits in the 3 low bytes.
-            let len = (n as u32).to_le_bytes();
-            frame.extend_from_slice(&[len[0], len[1], len[2], self.seq]);
-            self.seq = self.seq.wrapping_add(1);
-            frame.extend_from_slice(chunk);
-            rest = tail;
-            if n < MAX_CHUNK {
-                break;
-            }
-        }
-        self.stream.write_all(&frame).await?;
-        self.stream.flush().await?;
-        Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Payload decoding
-// ---------------------------------------------------------------------------------------
-
-/// A bounds-checked reader over one packet payload.
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    what: &'static str,
-}
-
-impl<'a> Cursor<'a> {
-    fn new(buf: &'a [u8], what: &'static str) -> Self {
-        Cursor { buf, pos: 0, what }
-    }
-
-    fn truncated(&self) -> MySqlError {
-        MySqlError::Protocol(format!("truncated or malformed {} packet", self.what))
-    }
-
-    fn remaining(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.buf.get(self.pos).copied()
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], MySqlError> {
-        let end = self.pos.checked_add(n).ok_or_else(|| self.truncated())?;
-        let slice = self
-            .buf
-            .get(self.pos..end)
-            .ok_or_else(|| self.truncated())?;
-        self.pos = end;
-        Ok(slice)
-    }
-
-    fn u8(&mut self) -> Result<u8, MySqlError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn uint(&mut self, n: usize) -> Result<u64, MySqlError> {
-        let bytes = self.take(n)?;
-        Ok(bytes
-            .iter()
-            .rev()
-            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
-    }
-
-    fn u16(&mut self) -> Result<u16, MySqlError> {
-        // uint(2) < 2^16.
-        Ok(self.uint(2)? as u16)
-    }
-
-    fn u32(&mut self) -> Result<u32, MySqlError> {
-        // uint(4) < 2^32.
-        Ok(self.uint(4)? as u32)
-    }
-
-    /// Length-encoded integer; `None` for 0xFB (NULL in rows).
-    fn lenenc_int(&mut self) -> Result<Option<u64>, MySqlError> {
-        match self.u8()? {
-            0xFB => Ok(None),
-            0xFC => Ok(Some(self.uint(2)?)),
-            0xFD => Ok(Some(self.uint(3)?)),
-            0xFE => Ok(Some(self.uint(8)?)),
-            0xFF => Err(self.truncated()),
-            b => Ok(Some(u64::from(b))),
+impl SharedConn {
+    /// A shared connection that logs in as `login` when first used.
+    pub fn new(login: Login) -> SharedConn {
+        SharedConn {
+            login,
+            slot: tokio::sync::Mutex::new(Slot::default()),
         }
     }
 
-    /// Length-encoded string; `None` for NULL (0xFB).
-    fn lenenc_bytes(&mut self) -> Result<Option<&'a [u8]>, MySqlError> {
-        match self.lenenc_int()? {
-            None => Ok(None),
-            Some(n) => {
-                let n = usize::try_from(n).map_err(|_| self.truncated())?;
-                Ok(Some(self.take(n)?))
-            }
+    /// The login this connection uses.
+    pub fn login(&self) -> &Login {
+        &self.login
+    }
+
+    /// Logins made so far (a new connection after a failure or a drop counts again).
+    pub async fn logins(&self) -> u64 {
+        self.slot.lock().await.logins
+    }
+
+    /// The server version of the current connection (`MariaDB 10.11.6`), if one is open.
+    pub async fn server_version(&self) -> Option<String> {
+        self.slot
+            .lock()
+            .await
+            .conn
+            .as_ref()
+            .map(|c| c.server_version().to_string())
+    }
+
+    /// The server's id of the current connection, if one is open.
+    pub async fn connection_id(&self) -> Option<u32> {
+        self.slot
+            .lock()
+            .await
+            .conn
+            .as_ref()
+            .map(|c| c.connection_id())
+    }
+
+    /// Runs `work` on the connection, logging in first when there is none. `timeout` bounds
+    /// the login and each query. When a reused connection turns out to be gone (server
+    /// restart, `wait_timeout`, `KILL`), it logs in again and runs `work` once more, so a
+    /// short `wait_timeout` costs a login, not a failed run. A failed login is not retried
+    /// before `retry_after` has passed (the error is returned meanwhile); after a login
+    /// timeout the wait is at least `retry_after` and doubles with each further timeout (up
+    /// to 5 minutes), so a hung server is not sent a queue of handshakes.
+    pub async fn with<T, F>(
+        &self,
+        timeout: Duration,
+        retry_after: Duration,
+        mut work: F,
+    ) -> Result<T, MySqlError>
+    where
+        F: for<'c> FnMut(&'c mut MySqlConn) -> ConnFuture<'c, T>,
+    {
+        let mut slot = self.slot.lock().await;
+        if slot.conn.as_ref().is_some_and(MySqlConn::is_broken) {
+            // A query of an earlier caller was cancelled half-way (its collector timed out).
+            slot.conn = None;
         }
-    }
-
-    /// NUL-terminated string (the NUL is consumed, not returned).
-    fn null_terminated(&mut self) -> Result<&'a [u8], MySqlError> {
-        let rest = self.buf.get(self.pos..).ok_or_else(|| self.truncated())?;
-        let n = rest
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| self.truncated())?;
-        let s = self.take(n)?;
-        self.pos += 1; // the NUL found above
-        Ok(s)
-    }
-
-    fn rest(&mut self) -> &'a [u8] {
-        let rest = self.buf.get(self.pos..).unwrap_or(&[]);
-        self.pos = self.buf.len();
-        rest
-    }
-}
-
-/// What the client needs from the server's Handshake v10.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Greeting {
-    server_version: String,
-    connection_id: u32,
-    capabilities: u32,
-    scramble: Vec<u8>,
-    auth_plugin: String,
-}
-
-fn parse_greeting(payload: &[u8]) -> Result<Greeting, MySqlError> {
-    let mut c = Cursor::new(payload, "handshake");
-    let protocol = c.u8()?;
-    if protocol == 0xFF {
-        // Refused before the handshake: too many connections, host blocked, ...
-        return Err(parse_err_packet(payload));
-    }
-    if protocol != 10 {
-        return Err(MySqlError::Protocol(format!(
-            "handshake protocol version {protocol}, expected 10"
-        )));
-    }
-    let server_version = String::from_utf8_lossy(c.null_terminated()?).into_owned();
-    let connection_id = c.u32()?;
-    let part1 = c.take(8)?;
-    let _filler = c.u8()?;
-    let mut capabilities = u32::from(c.u16()?);
-    let mut part2: &[u8] = &[];
-    let mut auth_plugin = String::new();
-    if c.remaining() > 0 {
-        let _charset = c.u8()?;
-        let _status = c.u16()?;
-        capabilities |= u32::from(c.u16()?) << 16;
-        let auth_data_len = c.u8()?;
-        let _reserved = c.take(10)?;
-        if capabilities & CLIENT_SECURE_CONNECTION != 0 {
-            let n = usize::from(auth_data_len).saturating_sub(8).max(13);
-            part2 = c.take(n)?;
-        }
-        if capabilities & CLIENT_PLUGIN_AUTH != 0 {
-            // MySQL 5.5.7-5.5.9 forgot the terminating NUL: accept the rest then.
-            let name = match c.null_terminated() {
-                Ok(name) => name,
-                Err(_) => c.rest(),
-            };
-            auth_plugin = String::from_utf8_lossy(name).into_owned();
-        }
-    }
-    if capabilities & CLIENT_PROTOCOL_41 == 0 || capabilities & CLIENT_SECURE_CONNECTION == 0 {
-        return Err(MySqlError::Unsupported(
-            "server predates the MySQL 4.1 protocol".to_string(),
-        ));
-    }
-    let mut scramble = Vec::with_capacity(part1.len() + part2.len());
-    scramble.extend_from_slice(part1);
-    scramble.extend_from_slice(part2);
-    if scramble.last() == Some(&0) {
-        scramble.pop();
-    }
-    if scramble.len() < 20 {
-        return Err(MySqlError::Protocol(
-            "authentication scramble shorter than 20 bytes".to_string(),
-        ));
-    }
-    Ok(Greeting {
-        server_version,
-        connection_id,
-        capabilities,
-        scramble,
-        auth_plugin,
-    })
-}
-
-/// Decodes an ERR packet (0xFF, code, optional `#` + SQLSTATE, message). Never fails:
-/// a malformed ERR packet becomes a protocol error.
-fn parse_err_packet(payload: &[u8]) -> MySqlError {
-    let mut c = Cursor::new(payload, "error");
-    if c.u8().ok() != Some(0xFF) {
-        return c.truncated();
-    }
-    let code = match c.u16() {
-        Ok(code) => code,
-        Err(e) => return e,
-    };
-    let mut sql_state = "HY000".to_string();
-    if c.peek() == Some(b'#') {
-        let _ = c.u8();
-        match c.take(5) {
-            Ok(state) => sql_state = sanitize(&String::from_utf8_lossy(state), 5),
-            Err(e) => return e,
-        }
-    }
-    let message = sanitize(&String::from_utf8_lossy(c.rest()), MAX_MESSAGE_CHARS);
-    MySqlError::Server {
-        code,
-        sql_state,
-        message,
-    }
-}
-
-/// Status flags of an OK packet (0x00, affected rows, last insert id, status, warnings).
-fn parse_ok_status(payload: &[u8]) -> Result<u16, MySqlError> {
-    let mut c = Cursor::new(payload, "OK");
-    let _header = c.u8()?;
-    let _affected_rows = c.lenenc_int()?;
-    let _last_insert_id = c.lenenc_int()?;
-    c.u16()
-}
-
-fn is_eof_packet(payload: &[u8]) -> bool {
-    payload.first() == Some(&0xFE) && payload.len() < 9
-}
-
-/// Status flags of an EOF packet (0xFE, warnings, status).
-fn parse_eof_status(payload: &[u8]) -> Result<u16, MySqlError> {
-    let mut c = Cursor::new(payload, "EOF");
-    let _header = c.u8()?;
-    let _warnings = c.u16()?;
-    c.u16()
-}
-
-fn check_no_more_results(status: u16) -> Result<(), MySqlError> {
-    if status & SERVER_MORE_RESULTS_EXISTS != 0 {
-        return Err(MySqlError::Unsupported("multiple result sets".to_string()));
-    }
-    Ok(())
-}
-
-/// The `name` (alias) of a ColumnDefinition41 packet.
-fn parse_column_name(payload: &[u8]) -> Result<String, MySqlError> {
-    let mut c = Cursor::new(payload, "column definition");
-    for _ in 0..4 {
-        // catalog, schema, table, org_table
-        c.lenenc_bytes()?;
-    }
-    let name = c.lenenc_bytes()?.unwrap_or_default();
-    Ok(String::from_utf8_lossy(name).into_owned())
-}
-
-/// One text-protocol row: `columns` values, each NULL (0xFB) or a length-encoded string.
-fn parse_text_row(payload: &[u8], columns: usize) -> Result<Vec<Option<String>>, MySqlError> {
-    let mut c = Cursor::new(payload, "row");
-    let mut row = Vec::with_capacity(columns);
-    for _ in 0..columns {
-        let value = c
-            .lenenc_bytes()?
-            .map(|v| String::from_utf8_lossy(v).into_owned());
-        row.push(value);
-    }
-    if c.remaining() != 0 {
-        return Err(MySqlError::Protocol("trailing bytes in row".to_string()));
-    }
-    Ok(row)
-}
-
-fn charge(budget: &mut usize, bytes: usize, limit: usize) -> Result<(), MySqlError> {
-    *budget = budget
-        .checked_sub(bytes)
-        .ok_or_else(|| MySqlError::Limit(format!("result set larger than {limit} bytes")))?;
-    Ok(())
-}
-
-/// MariaDB prefixes its version with `5.5.5-` for old replication clients; drop that.
-fn display_version(raw: &str) -> String {
-    let v = match raw.strip_prefix("5.5.5-") {
-        Some(rest) if rest.contains("MariaDB") => rest,
-        _ => raw,
-    };
-    sanitize(v, 64)
-}
-
-// ---------------------------------------------------------------------------------------
-// Authentication
-// ---------------------------------------------------------------------------------------
-
-/// `mysql_native_password`: SHA1(pw) XOR SHA1(nonce + SHA1(SHA1(pw))).
-fn scramble_native(password: &[u8], nonce: &[u8]) -> [u8; 20] {
-    let stage1 = Sha1::digest(password);
-    let stage2 = Sha1::digest(stage1);
-    let mut h = Sha1::new();
-    h.update(nonce);
-    h.update(stage2);
-    let mask = h.finalize();
-    let mut out = [0u8; 20];
-    for (o, (a, b)) in out.iter_mut().zip(stage1.iter().zip(mask.iter())) {
-        *o = a ^ b;
-    }
-    out
-}
-
-/// `caching_sha2_password` fast path: SHA256(pw) XOR SHA256(SHA256(SHA256(pw)) + nonce).
-fn scramble_sha256(password: &[u8], nonce: &[u8]) -> [u8; 32] {
-    let stage1 = Sha256::digest(password);
-    let stage2 = Sha256::digest(stage1);
-    let mut h = Sha256::new();
-    h.update(stage2);
-    h.update(nonce);
-    let mask = h.finalize();
-    let mut out = [0u8; 32];
-    for (o, (a, b)) in out.iter_mut().zip(stage1.iter().zip(mask.iter())) {
-        *o = a ^ b;
-    }
-    out
-}
-
-/// The auth response for `plugin`; empty for an empty password.
-fn auth_response(plugin: &str, password: &Secret, nonce: &[u8]) -> Result<Vec<u8>, MySqlError> {
-    if plugin != NATIVE_PASSWORD && plugin != CACHING_SHA2_PASSWORD {
-        return Err(MySqlError::Unsupported(format!(
-            "authentication plugin '{}'",
-            sanitize(plugin, 64)
-        )));
-    }
-    if password.is_empty() {
-        return Ok(Vec::new());
-    }
-    let nonce = nonce.get(..20).ok_or_else(|| {
-        MySqlError::Protocol("authentication scramble shorter than 20 bytes".to_string())
-    })?;
-    let pw = password.expose().as_bytes();
-    Ok(if plugin == NATIVE_PASSWORD {
-        scramble_native(pw, nonce).to_vec()
-    } else {
-        scramble_sha256(pw, nonce).to_vec()
-    })
-}
-
-/// Builds HandshakeResponse41.
-fn handshake_response(
-    greeting: &Greeting,
-    user: &str,
-    database: Option<&str>,
-    plugin: &str,
-    auth: &[u8],
-) -> Result<Vec<u8>, MySqlError> {
-    if user.contains('\0') || database.is_some_and(|d| d.contains('\0')) {
-        return Err(MySqlError::Unsupported(
-            "user or database name containing NUL".to_string(),
-        ));
-    }
-    let server = greeting.capabilities;
-    let mut flags = CLIENT_PROTOCOL_41
-        | CLIENT_SECURE_CONNECTION
-        | (server & (CLIENT_LONG_PASSWORD | CLIENT_LONG_FLAG | CLIENT_TRANSACTIONS))
-        | (server & CLIENT_PLUGIN_AUTH);
-    if database.is_some() {
-        if server & CLIENT_CONNECT_WITH_DB == 0 {
-            return Err(MySqlError::Unsupported(
-                "server cannot select a database at connect".to_string(),
-            ));
-        }
-        flags |= CLIENT_CONNECT_WITH_DB;
-    }
-    let auth_len = u8::try_from(auth.len())
-        .map_err(|_| MySqlError::Protocol("auth response too long".to_string()))?;
-    let mut out = Vec::with_capacity(64 + user.len() + auth.len());
-    out.extend_from_slice(&flags.to_le_bytes());
-    // MAX_PACKET_BYTES (16 MiB) fits in u32.
-    out.extend_from_slice(&(MAX_PACKET_BYTES as u32).to_le_bytes());
-    out.push(CHARSET_UTF8MB4_GENERAL_CI);
-    out.extend_from_slice(&[0u8; 23]);
-    out.extend_from_slice(user.as_bytes());
-    out.push(0);
-    out.push(auth_len);
-    out.extend_from_slice(auth);
-    if let Some(db) = database {
-        out.extend_from_slice(db.as_bytes());
-        out.push(0);
-    }
-    if flags & CLIENT_PLUGIN_AUTH != 0 {
-        out.extend_from_slice(plugin.as_bytes());
-        out.push(0);
-    }
-    Ok(out)
-}
-
-/// Runs the connection phase: greeting, response, auth switch / more data, OK or ERR.
-async fn login<S: AsyncRead + AsyncWrite + Unpin>(
-    io: &mut PacketIo<S>,
-    user: &str,
-    password: &Secret,
-    database: Option<&str>,
-) -> Result<Greeting, MySqlError> {
-    io.seq = 0;
-    let greeting = parse_greeting(&io.read_packet().await?)?;
-    // Answer with the server's default plugin when we know it; otherwise use
-    // mysql_native_password and let the server switch us.
-    let mut plugin = if greeting.auth_plugin == CACHING_SHA2_PASSWORD {
-        CACHING_SHA2_PASSWORD.to_string()
-    } else {
-        NATIVE_PASSWORD.to_string()
-    };
-    let auth = auth_response(&plugin, password, &greeting.scramble)?;
-    let response = handshake_response(&greeting, user, database, &plugin, &auth)?;
-    io.write_packet(&response).await?;
-
-    for _ in 0..MAX_AUTH_ROUNDS {
-        let packet = io.read_packet().await?;
-        match packet.first() {
-            Some(0x00) => return Ok(greeting),
-            Some(0xFF) => return Err(parse_err_packet(&packet)),
-            Some(0xFE) => {
-                // AuthSwitchRequest: plugin name, NUL, plugin data (scramble + NUL).
-                if packet.len() == 1 {
-                    return Err(MySqlError::Unsupported(
-                        "pre-4.1 mysql_old_password authentication".to_string(),
-                    ));
+        if let Some(conn) = slot.conn.as_mut() {
+            conn.set_timeout(timeout);
+            match work(conn).await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_gone() => {
+                    tracing::debug!(endpoint = %self.login.endpoint, error = %e, "MySQL connection gone, logging in again");
+                    slot.conn = None;
                 }
-                let mut c = Cursor::new(&packet, "auth switch request");
-                let _header = c.u8()?;
-                plugin = String::from_utf8_lossy(c.null_terminated()?).into_owned();
-                let mut nonce = c.rest();
-                if let Some((&0, head)) = nonce.split_last() {
-                    nonce = head;
+                Err(e) => {
+                    if !matches!(e, MySqlError::Server { .. }) {
+                        slot.conn = None;
+                    }
+                    return Err(e);
                 }
-                let auth = auth_response(&plugin, password, nonce)?;
-                io.write_packet(&auth).await?;
             }
-            Some(0x01) => {
-                if plugin != CACHING_SHA2_PASSWORD {
-                    return Err(MySqlError::Protocol(format!(
-                        "unexpected AuthMoreData for plugin {}",
-                        sanitize(&plugin, 64)
-                    )));
-                }
-                match packet.get(1) {
-                    Some(0x03) => {} // fast auth succeeded; OK follows
-                    Some(0x04) => return Err(MySqlError::FullAuthRequired),
-                    _ => {
-                        return Err(MySqlError::Protocol(
-                            "unexpected caching_sha2_password state".to_string(),
-                        ))
+        }
+        let now = Instant::now();
+        if let Some((until, last)) = &slot.backoff {
+            if now < *until {
+                return Err(MySqlError::Backoff {
+                    reason: last.reason(),
+                    last: last.to_string(),
+                    retry_in_s: until.saturating_duration_since(now).as_secs().max(1),
+                });
+            }
+        }
+        slot.logins = slot.logins.saturating_add(1);
+        let l = &self.login;
+        match MySqlConn::connect(&l.endpoint, &l.user, &l.password, timeout).await {
+            Ok(conn) => {
+                slot.backoff = None;
+                slot.timeouts = 0;
+                let conn = slot.conn.insert(conn);
+                match work(conn).await {
+                    Ok(v) => Ok(v),
+                    Err(e) => {
+                        if !matches!(e, MySqlError::Server { .. }) || e.is_gone() {
+                            slot.conn = None;
+                        }
+                        Err(e)
                     }
                 }
             }
-            Some(b) => {
-                return Err(MySqlError::Protocol(format!(
-                    "unexpected packet 0x{b:02x} during authentication"
-                )))
-            }
-            None => {
-                return Err(MySqlError::Protocol(
-                    "empty packet during authentication".to_string(),
-                ))
+            Err(e) => {
+                let wait = if e.reason() == FailureReason::Timeout {
+                    slot.timeouts = slot.timeouts.saturating_add(1);
+                    let factor = 1u32 << slot.timeouts.saturating_sub(1).min(8);
+                    retry_after
+                        .max(timeout)
+                        .saturating_mul(factor)
+                        .min(MAX_TIMEOUT_BACKOFF)
+                } else {
+                    retry_after
+                };
+                slot.backoff = Some((Instant::now() + wait, e.clone()));
+                Err(e)
             }
         }
     }
-    Err(MySqlError::Protocol(
-        "authentication did not finish".to_string(),
-    ))
+
+    /// The connection probe on the shared connection: `SELECT 1` (logging in first when
+    /// needed), each step within `deadline`. A reused connection makes it a round trip, not
+    /// a login; a reused connection found gone costs one more login (so at most twice
+    /// `deadline` in all).
+    pub async fn probe(&self, deadline: Duration, retry_after: Duration) -> ProbeOutcome {
+        run_probe(deadline * 2 + Duration::from_millis(100), async {
+            let rs = self
+                .with(deadline, retry_after, |c| Box::pin(c.query("SELECT 1")))
+                .await
+                .map_err(split)?;
+            check_select_one(&rs)?;
+            let version = {
+                let slot = self.slot.lock().await;
+                slot.conn
+                    .as_ref()
+                    .map(|c| c.server_version().to_string())
+                    .unwrap_or_default()
+            };
+            Ok(format!("{version}: SELECT 1 ok"))
+        })
+        .await
+    }
+
+    /// Closes the connection with `COM_QUIT` (within `timeout`), if one is open.
+    pub async fn close(&self, timeout: Duration) {
+        let conn = self.slot.lock().await.conn.take();
+        if let Some(mut conn) = conn {
+            conn.set_timeout(timeout);
+            if let Err(e) = conn.close().await {
+                tracing::debug!(endpoint = %self.login.endpoint, error = %e, "COM_QUIT failed");
+            }
+        }
+    }
+}
+
+/// The shared MySQL connections of one exporter: at most one per (endpoint, user,
+/// password), alive as long as some collector holds it.
+#[derive(Debug, Default)]
+pub struct Hub {
+    conns: Mutex<HashMap<Login, Weak<SharedConn>>>,
+}
+
+impl Hub {
+    /// A hub without connections.
+    pub fn new() -> Hub {
+        Hub::default()
+    }
+
+    /// The shared connection for `login` (created when nobody holds one).
+    pub fn get(&self, login: Login) -> Arc<SharedConn> {
+        let mut map = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(shared) = map.get(&login).and_then(Weak::upgrade) {
+            return shared;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let shared = Arc::new(SharedConn::new(login.clone()));
+        if map.len() < MAX_SHARED {
+            map.insert(login, Arc::downgrade(&shared));
+        }
+        shared
+    }
+
+    /// Sends `COM_QUIT` on every open shared connection (at shutdown), each within `timeout`.
+    pub async fn close_all(&self, timeout: Duration) {
+        let live: Vec<Arc<SharedConn>> = {
+            let map = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            map.values().filter_map(Weak::upgrade).collect()
+        };
+        for shared in live {
+            shared.close(timeout).await;
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
-    use tokio::net::TcpListener;
+    use sha1::{Digest, Sha1};
+    use sha2::Sha256;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
     use tokio::task::JoinHandle;
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
-
-    // ----- pure codec tests ------------------------------------------------------------
+    const NATIVE_PASSWORD: &str = "mysql_native_password";
+    const CACHING_SHA2_PASSWORD: &str = "caching_sha2_password";
 
     #[test]
-    fn sha256_scramble_matches_go_sql_driver_vectors() {
-        // Vectors from go-sql-driver/mysql auth_test.go (TestSHA256Pass).
-        let nonce = [
-            10, 47, 74, 111, 75, 73, 34, 48, 88, 76, 114, 74, 37, 13, 3, 80, 82, 2, 23, 21,
-        ];
-        assert_eq!(
-            hex(&scramble_sha256(b"secret", &nonce)),
-            "f490e76f66d9d86665ce54d98c78d0acfe2fb0b08b423da807144873d30b312c"
-        );
-        assert_eq!(
-            hex(&scramble_sha256(b"secret2", &nonce)),
-            "abc3934a012cf342e876071c8ee202de51785b430258a7a0138bc79c4d800bc6"
-        );
-    }
-
-    #[test]
-    fn native_scramble_matches_jdbc_vector_and_server_check() {
-        // Seed/password/scramble captured from Connector/J (flike/kingshard util_test.go).
-        let nonce = unhex("406a783d645f337a34323b73532459725329707c");
-        assert_eq!(
-            hex(&scramble_native(b"kingshard", &nonce)),
-            "fbc71db5ac3d7b51048d1a1d88c1677f34bcca11"
-        );
-        // And the server-side check accepts it.
-        assert!(verify_native(
-            "kingshard",
-            &nonce,
-            &scramble_native(b"kingshard", &nonce)
-        ));
-        assert!(!verify_native(
-            "other",
-            &nonce,
-            &scramble_native(b"kingshard", &nonce)
-        ));
-    }
-
-    #[test]
-    fn auth_response_rules() {
-        let nonce = [7u8; 20];
-        assert!(auth_response(NATIVE_PASSWORD, &Secret::default(), &nonce)
-            .unwrap()
-            .is_empty());
-        assert_eq!(
-            auth_response(NATIVE_PASSWORD, &Secret::new("x"), &nonce)
-                .unwrap()
-                .len(),
-            20
-        );
-        assert_eq!(
-            auth_response(CACHING_SHA2_PASSWORD, &Secret::new("x"), &nonce)
-                .unwrap()
-                .len(),
-            32
-        );
-        assert!(matches!(
-            auth_response("dialog", &Secret::new("x"), &nonce),
-            Err(MySqlError::Unsupported(_))
-        ));
-        assert!(matches!(
-            auth_response(NATIVE_PASSWORD, &Secret::new("x"), &nonce[..10]),
-            Err(MySqlError::Protocol(_))
-        ));
-    }
-
-    #[test]
-    fn lenenc_ints() {
-        let cases: [(&[u8], Option<u64>); 5] = [
-            (&[0xFA], Some(250)),
-            (&[0xFB], None),
-            (&[0xFC, 0x34, 0x12], Some(0x1234)),
-            (&[0xFD, 0x56, 0x34, 0x12], Some(0x12_3456)),
-            (&[0xFE, 1, 2, 3, 4, 5, 6, 7, 8], Some(0x0807_0605_0403_0201)),
-        ];
-        for (bytes, want) in cases {
-            let mut c = Cursor::new(bytes, "test");
-            assert_eq!(c.lenenc_int().unwrap(), want, "{bytes:?}");
-            assert_eq!(c.remaining(), 0);
+    fn server_codes_map_to_precise_reasons() {
+        let server = |code: u16, message: &str| MySqlError::Server {
+            code,
+            sql_state: "HY000".into(),
+            message: message.into(),
+        };
+        for (code, reason) in [
+            (1045, FailureReason::Auth),
+            (1698, FailureReason::Auth),
+            (1130, FailureReason::Auth),
+            (4151, FailureReason::Auth),
+            (1044, FailureReason::Privilege),
+            (1142, FailureReason::Privilege),
+            (1227, FailureReason::Privilege),
+            (1040, FailureReason::TooManyConnections),
+            (1203, FailureReason::TooManyConnections),
+            (1226, FailureReason::TooManyConnections),
+            (1251, FailureReason::AuthPluginUnsupported),
+            (1524, FailureReason::AuthPluginUnsupported),
+            (3159, FailureReason::TlsRequired),
+            (4036, FailureReason::Protocol), // MariaDB: ER_JSON_NOT_JSON_CHR
+            (1129, FailureReason::Protocol),
+            (1381, FailureReason::Protocol),
+        ] {
+            assert_eq!(server(code, "x").reason(), reason, "{code}");
         }
-        for bad in [&[0xFF][..], &[0xFC, 1][..], &[0xFE, 1, 2, 3][..], &[][..]] {
-            assert!(Cursor::new(bad, "test").lenenc_int().is_err(), "{bad:?}");
-        }
-        // A length-encoded string longer than the packet is rejected, not sliced.
-        let mut c = Cursor::new(&[0xFC, 0xFF, 0xFF, b'a'], "test");
-        assert!(c.lenenc_bytes().is_err());
-    }
-
-    #[test]
-    fn rows_with_nulls_and_bad_rows() {
-        let row = [0xFB, 1, b'7', 0, 0xFC, 3, 0, b'a', b'b', b'c'];
         assert_eq!(
-            parse_text_row(&row, 4).unwrap(),
-            vec![
-                None,
-                Some("7".into()),
-                Some(String::new()),
-                Some("abc".into())
-            ]
+            server(1045, "Connections using insecure transport are prohibited while --require_secure_transport=ON.").reason(),
+            FailureReason::TlsRequired
         );
-        assert!(parse_text_row(&row, 3).is_err(), "trailing bytes");
-        assert!(parse_text_row(&row, 5).is_err(), "missing column");
-    }
-
-    #[test]
-    fn err_packets() {
-        let mut p = vec![0xFF, 0x15, 0x04, b'#'];
-        p.extend_from_slice(b"28000Access denied for user 'u'@'h' (using password: YES)");
-        match parse_err_packet(&p) {
-            MySqlError::Server {
-                code,
-                sql_state,
-                message,
-            } => {
-                assert_eq!(code, 1045);
-                assert_eq!(sql_state, "28000");
-                assert!(message.starts_with("Access denied"));
-            }
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(parse_err_packet(&p).reason(), FailureReason::Auth);
-        // Pre-handshake form without SQLSTATE (host blocked).
-        let mut p = vec![0xFF, 0x69, 0x04];
-        p.extend_from_slice(b"Host '10.0.0.1' is blocked because of many connection errors");
-        let e = parse_err_packet(&p);
-        assert_eq!(e.server_code(), Some(1129));
-        assert_eq!(e.reason(), FailureReason::Protocol);
-        assert!(e.to_string().contains("1129 (HY000)"), "{e}");
-        assert!(matches!(
-            parse_err_packet(&[0xFF, 1]),
-            MySqlError::Protocol(_)
-        ));
-        assert!(matches!(parse_err_packet(&[]), MySqlError::Protocol(_)));
-    }
-
-    #[test]
-    fn greeting_parses_and_truncations_fail_cleanly() {
-        let g = greeting_bytes("5.5.5-10.11.19-MariaDB-0+deb12u1", NATIVE_PASSWORD, &NONCE1);
-        let parsed = parse_greeting(&g).unwrap();
-        assert_eq!(parsed.server_version, "5.5.5-10.11.19-MariaDB-0+deb12u1");
-        assert_eq!(
-            display_version(&parsed.server_version),
-            "10.11.19-MariaDB-0+deb12u1"
-        );
-        assert_eq!(parsed.connection_id, 7);
-        assert_eq!(parsed.scramble, NONCE1);
-        assert_eq!(parsed.auth_plugin, NATIVE_PASSWORD);
-        assert_ne!(parsed.capabilities & CLIENT_PLUGIN_AUTH, 0);
-        // Every truncation before the plugin name is an error, never a panic.
-        let plugin_start = g.len() - NATIVE_PASSWORD.len() - 1;
-        for n in 0..plugin_start {
-            assert!(parse_greeting(&g[..n]).is_err(), "prefix {n}");
-        }
-        // Byte flips never panic.
-        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
-        for _ in 0..2000 {
-            let mut m = g.clone();
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let i = (rng % m.len() as u64) as usize;
-            m[i] = (rng >> 32) as u8;
-            let _ = parse_greeting(&m);
-        }
-        let mut v9 = g.clone();
-        v9[0] = 9;
-        assert!(matches!(parse_greeting(&v9), Err(MySqlError::Protocol(_))));
-    }
-
-    #[test]
-    fn handshake_response_layout() {
-        let g = parse_greeting(&greeting_bytes("8.0.36", CACHING_SHA2_PASSWORD, &NONCE1)).unwrap();
-        let auth = [9u8; 32];
-        let r =
-            handshake_response(&g, "probe", Some("mysql"), CACHING_SHA2_PASSWORD, &auth).unwrap();
-        let flags = u32::from_le_bytes([r[0], r[1], r[2], r[3]]);
-        assert_ne!(flags & CLIENT_PROTOCOL_41, 0);
-        assert_ne!(flags & CLIENT_SECURE_CONNECTION, 0);
-        assert_ne!(flags & CLIENT_PLUGIN_AUTH, 0);
-        assert_ne!(flags & CLIENT_CONNECT_WITH_DB, 0);
-        assert_eq!(flags & 0x0800, 0, "never CLIENT_SSL");
-        assert_eq!(flags & 0x0100_0000, 0, "never CLIENT_DEPRECATE_EOF");
-        assert_eq!(&r[4..8], &(16u32 << 20).to_le_bytes());
-        assert_eq!(r[8], CHARSET_UTF8MB4_GENERAL_CI);
-        assert_eq!(&r[9..32], &[0u8; 23]);
-        let mut want = b"probe\0".to_vec();
-        want.push(32);
-        want.extend_from_slice(&auth);
-        want.extend_from_slice(b"mysql\0caching_sha2_password\0");
-        assert_eq!(&r[32..], &want[..]);
-        assert!(handshake_response(&g, "a\0b", None, NATIVE_PASSWORD, &[]).is_err());
-    }
-
-    #[tokio::test]
-    async fn packet_framing_multi_packet_and_limits() {
-        // Write side: a payload of exactly 0xFFFFFF bytes needs a trailing empty packet.
-        let (client, mut server) = tokio::io::duplex(64 * 1024);
-        let payload = vec![b'x'; MAX_CHUNK + 1]; // 16 MiB, the cap
-        let writer = tokio::spawn(async move {
-            let mut io = PacketIo::new(client, MAX_PACKET_BYTES);
-            io.write_packet(&payload).await.unwrap();
-            io.write_packet(&vec![b'y'; MAX_CHUNK]).await.unwrap();
-            io.seq
-        });
-        let mut raw = Vec::new();
-        server.read_to_end(&mut raw).await.unwrap();
-        assert_eq!(writer.await.unwrap(), 4);
-        assert_eq!(&raw[..4], &[0xFF, 0xFF, 0xFF, 0]);
-        let second = 4 + MAX_CHUNK;
-        assert_eq!(&raw[second..second + 4], &[1, 0, 0, 1]);
-        let third = second + 4 + 1;
-        assert_eq!(&raw[third..third + 4], &[0xFF, 0xFF, 0xFF, 2]);
-        let fourth = third + 4 + MAX_CHUNK;
-        assert_eq!(&raw[fourth..], &[0, 0, 0, 3]);
-
-        // Read side reassembles both.
-        let mut io = PacketIo::new(&raw[..], MAX_PACKET_BYTES);
-        assert_eq!(io.read_packet().await.unwrap().len(), MAX_CHUNK + 1);
-        assert_eq!(io.read_packet().await.unwrap().len(), MAX_CHUNK);
-
-        // Bounded: a server announcing more than the cap is refused before reading it.
-        let mut io = PacketIo::new(&[0x00, 0x10, 0x00, 0, 1, 2][..], 1000);
-        assert!(matches!(io.read_packet().await, Err(MySqlError::Limit(_))));
-        // Out-of-order sequence id.
-        let mut io = PacketIo::new(&[1, 0, 0, 5, 0][..], 1000);
-        assert!(matches!(
-            io.read_packet().await,
-            Err(MySqlError::Protocol(_))
-        ));
-        // EOF in the middle of a payload.
-        let mut io = PacketIo::new(&[10, 0, 0, 0, 1, 2][..], 1000);
-        let e = io.read_packet().await.unwrap_err();
+        let tls = MySqlError::TlsRequired {
+            plain: server(1045, "Access denied").to_string(),
+        };
+        assert_eq!(tls.reason(), FailureReason::TlsRequired);
         assert!(
-            matches!(e, MySqlError::Io(io::ErrorKind::UnexpectedEof)),
-            "{e:?}"
+            tls.operator_detail().contains("requires TLS"),
+            "{}",
+            tls.operator_detail()
         );
-        assert_eq!(e.reason(), FailureReason::Protocol);
+        assert!(tls.operator_detail().contains("not a password problem"));
+        assert_eq!(
+            MySqlError::AuthPluginUnsupported("dialog".into()).reason(),
+            FailureReason::AuthPluginUnsupported
+        );
+        assert!(server(2013, "lost").is_gone() && server(4031, "idle").is_gone());
+        assert!(MySqlError::Io(io::ErrorKind::UnexpectedEof).is_gone());
+        assert!(!server(1045, "x").is_gone());
+        let backoff = MySqlError::Backoff {
+            reason: FailureReason::Timeout,
+            last: "no answer within 3000 ms".into(),
+            retry_in_s: 20,
+        };
+        assert_eq!(backoff.reason(), FailureReason::Timeout);
+        assert!(backoff.to_string().contains("not retried for another 20 s"));
     }
 
     #[test]
     fn errors_never_show_the_password() {
         let password = "Tr0ub4dor&3-leak-check";
-        let errors = vec![
-            MySqlError::Connect(ConnectError::Refused {
-                endpoint: "db:3306".into(),
-            }),
-            MySqlError::Timeout { after_ms: 5 },
-            MySqlError::Io(io::ErrorKind::UnexpectedEof),
-            MySqlError::Server {
-                code: 1045,
-                sql_state: "28000".into(),
-                message: "Access denied for user 'u'@'h' (using password: YES)".into(),
-            },
-            MySqlError::Protocol("x".into()),
-            MySqlError::Unsupported("y".into()),
-            MySqlError::FullAuthRequired,
-            MySqlError::Limit("z".into()),
-            MySqlError::Broken,
-            auth_response("dialog", &Secret::new(password), &[1; 20]).unwrap_err(),
-        ];
-        for e in &errors {
-            let text = format!("{e} {e:?}");
+        let login = Login {
+            endpoint: Endpoint::new("db", 3306),
+            user: "u".into(),
+            password: Secret::new(password),
+        };
+        let shared = SharedConn::new(login.clone());
+        let hub = Hub::new();
+        let _held = hub.get(login.clone());
+        for text in [
+            format!("{login:?}"),
+            format!("{shared:?}"),
+            format!("{hub:?}"),
+        ] {
             assert!(!text.contains(password), "{text}");
         }
-        assert_eq!(errors[3].reason(), FailureReason::Auth);
-        assert_eq!(errors[0].reason(), FailureReason::Refused);
-        assert_eq!(errors[1].reason(), FailureReason::Timeout);
-        assert_eq!(errors[6].reason(), FailureReason::Protocol);
     }
 
     // ----- a scripted fake server ------------------------------------------------------
 
     const NONCE1: [u8; 20] = *b"abcdefghijklmnopqrst";
     const NONCE2: [u8; 20] = *b"ABCDEFGHIJKLMNOPQRST";
+
+    const CLIENT_LONG_PASSWORD: u32 = 0x0000_0001;
+    const CLIENT_LONG_FLAG: u32 = 0x0000_0004;
+    const CLIENT_CONNECT_WITH_DB: u32 = 0x0000_0008;
+    const CLIENT_PROTOCOL_41: u32 = 0x0000_0200;
+    const CLIENT_TRANSACTIONS: u32 = 0x0000_2000;
+    const CLIENT_SECURE_CONNECTION: u32 = 0x0000_8000;
+    const CLIENT_PLUGIN_AUTH: u32 = 0x0008_0000;
+    const CLIENT_PLUGIN_AUTH_LENENC: u32 = 0x0020_0000;
 
     fn greeting_bytes(version: &str, plugin: &str, nonce: &[u8; 20]) -> Vec<u8> {
         let caps: u32 = CLIENT_LONG_PASSWORD
@@ -1353,6 +1077,62 @@ mod tests {
         out.extend_from_slice(s);
     }
 
+    /// Splits a NUL-terminated string off the front of `b`.
+    fn cstr(b: &mut &[u8]) -> Option<String> {
+        let end = b.iter().position(|&c| c == 0)?;
+        let s = String::from_utf8_lossy(&b[..end]).into_owned();
+        *b = &b[end + 1..];
+        Some(s)
+    }
+
+    /// An RSA key pair made with the `openssl` CLI, for `caching_sha2_password` full
+    /// authentication; `None` (test skipped) without `openssl`.
+    fn rsa_key(dir: &std::path::Path) -> Option<(std::path::PathBuf, Vec<u8>)> {
+        let key = dir.join("key.pem");
+        let ok = std::process::Command::new("openssl")
+            .args(["genrsa", "-out"])
+            .arg(&key)
+            .arg("2048")
+            .output()
+            .ok()?
+            .status
+            .success();
+        if !ok {
+            return None;
+        }
+        let public = std::process::Command::new("openssl")
+            .args(["rsa", "-pubout", "-in"])
+            .arg(&key)
+            .output()
+            .ok()?;
+        public.status.success().then_some((key, public.stdout))
+    }
+
+    fn rsa_decrypt(key: &std::path::Path, data: &[u8]) -> Vec<u8> {
+        let dir = key.parent().unwrap();
+        let input = dir.join("enc.bin");
+        std::fs::write(&input, data).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args([
+                "pkeyutl",
+                "-decrypt",
+                "-pkeyopt",
+                "rsa_padding_mode:oaep",
+                "-inkey",
+            ])
+            .arg(key)
+            .arg("-in")
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
     /// What the fake server saw from the client.
     #[derive(Debug, Default)]
     struct Seen {
@@ -1360,6 +1140,7 @@ mod tests {
         database: Option<String>,
         client_plugin: String,
         authenticated: bool,
+        full_auth: bool,
         queries: Vec<String>,
         quit: bool,
     }
@@ -1370,7 +1151,11 @@ mod tests {
         greeting_plugin: &'static str,
         switch_to: Option<&'static str>,
         password: &'static str,
-        sha2_full_auth: bool,
+        /// caching_sha2_password "perform full authentication" with this RSA key
+        /// (private key file, public key PEM).
+        sha2_full_auth: Option<(std::path::PathBuf, Vec<u8>)>,
+        /// Connections served (each on a fresh accept).
+        accepts: usize,
     }
 
     impl FakeMySql {
@@ -1380,7 +1165,8 @@ mod tests {
                 greeting_plugin,
                 switch_to: None,
                 password,
-                sha2_full_auth: false,
+                sha2_full_auth: None,
+                accepts: 1,
             }
         }
 
@@ -1389,10 +1175,12 @@ mod tests {
             let port = listener.local_addr().unwrap().port();
             let task = tokio::spawn(async move {
                 let mut seen = Seen::default();
-                let Ok((mut s, _)) = listener.accept().await else {
-                    return seen;
-                };
-                self.serve(&mut s, &mut seen).await;
+                for _ in 0..self.accepts {
+                    let Ok((mut s, _)) = listener.accept().await else {
+                        return seen;
+                    };
+                    self.serve(&mut s, &mut seen).await;
+                }
                 seen
             });
             (Endpoint::new("127.0.0.1", port), task)
@@ -1414,18 +1202,18 @@ mod tests {
             .await;
             let (seq, resp) = read_pkt(s).await?;
             assert_eq!(seq, 1);
-            let mut c = Cursor::new(&resp, "handshake response");
-            let flags = c.u32().ok()?;
+            let flags = u32::from_le_bytes(resp.get(..4)?.try_into().ok()?);
             assert_ne!(flags & CLIENT_PROTOCOL_41, 0);
-            c.take(4 + 1 + 23).ok()?;
-            seen.user = String::from_utf8_lossy(c.null_terminated().ok()?).into_owned();
-            let auth_len = c.u8().ok()? as usize;
-            let mut auth = c.take(auth_len).ok()?.to_vec();
+            let mut c = resp.get(4 + 4 + 1 + 23..)?;
+            seen.user = cstr(&mut c)?;
+            assert_eq!(flags & CLIENT_PLUGIN_AUTH_LENENC, 0);
+            let auth_len = *c.first()? as usize;
+            let mut auth = c.get(1..1 + auth_len)?.to_vec();
+            c = &c[1 + auth_len..];
             if flags & CLIENT_CONNECT_WITH_DB != 0 {
-                seen.database =
-                    Some(String::from_utf8_lossy(c.null_terminated().ok()?).into_owned());
+                seen.database = Some(cstr(&mut c)?);
             }
-            seen.client_plugin = String::from_utf8_lossy(c.null_terminated().ok()?).into_owned();
+            seen.client_plugin = cstr(&mut c)?;
             let mut plugin = seen.client_plugin.clone();
             let mut nonce = NONCE1;
             let mut seq = 2u8;
@@ -1459,13 +1247,40 @@ mod tests {
                 return None;
             }
             if plugin == CACHING_SHA2_PASSWORD && !self.password.is_empty() {
-                if self.sha2_full_auth {
+                if let Some((key, public)) = &self.sha2_full_auth {
+                    // Not in the server's cache: "perform full authentication".
                     write_pkt(s, seq, &[0x01, 0x04]).await;
-                    let _ = read_pkt(s).await; // the client hangs up
-                    return None;
+                    let (got, req) = read_pkt(s).await?;
+                    assert_eq!(
+                        (got, req.as_slice()),
+                        (seq + 1, &[0x02u8][..]),
+                        "public key request"
+                    );
+                    let mut p = vec![0x01];
+                    p.extend_from_slice(public);
+                    write_pkt(s, seq + 2, &p).await;
+                    let (got, encrypted) = read_pkt(s).await?;
+                    assert_eq!(got, seq + 3);
+                    let plain = rsa_decrypt(key, &encrypted);
+                    let password: Vec<u8> = plain
+                        .iter()
+                        .enumerate()
+                        .map(|(i, b)| b ^ nonce[i % nonce.len()])
+                        .collect();
+                    let mut expected = self.password.as_bytes().to_vec();
+                    expected.push(0);
+                    if password != expected {
+                        let mut p = vec![0xFF, 0x15, 0x04];
+                        p.extend_from_slice(b"#28000Access denied (full auth)");
+                        write_pkt(s, seq + 4, &p).await;
+                        return None;
+                    }
+                    seen.full_auth = true;
+                    seq += 4;
+                } else {
+                    write_pkt(s, seq, &[0x01, 0x03]).await;
+                    seq += 1;
                 }
-                write_pkt(s, seq, &[0x01, 0x03]).await;
-                seq += 1;
             }
             write_pkt(s, seq, &[0x00, 0, 0, 2, 0, 0, 0]).await;
             seen.authenticated = true;
@@ -1507,7 +1322,7 @@ mod tests {
         let (ep, task) = FakeMySql::new(NATIVE_PASSWORD, "n4tive-pw").start().await;
         let out = probe(&ep, "probe", &Secret::new("n4tive-pw"), D).await;
         assert!(out.ok, "{out:?}");
-        assert_eq!(out.detail, "8.0.36-fake: SELECT 1 ok");
+        assert_eq!(out.detail, "MySQL 8.0.36: SELECT 1 ok");
         let seen = task.await.unwrap();
         assert_eq!(seen.user, "probe");
         assert_eq!(seen.client_plugin, NATIVE_PASSWORD);
@@ -1524,19 +1339,30 @@ mod tests {
         assert!(out.ok, "{out:?}");
         let seen = task.await.unwrap();
         assert_eq!(seen.client_plugin, CACHING_SHA2_PASSWORD);
-        assert!(seen.authenticated && seen.quit);
+        assert!(seen.authenticated && seen.quit && !seen.full_auth);
     }
 
+    /// MySQL 8 after a restart / FLUSH PRIVILEGES: the account is not in the server's
+    /// cache, the server asks for full authentication; without TLS the client fetches the
+    /// server's RSA public key and sends the password RSA-OAEP encrypted (XOR the nonce).
+    /// The fake decrypts it with the private key and checks it.
     #[tokio::test]
-    async fn fake_caching_sha2_full_auth_is_protocol() {
-        let mut fake = FakeMySql::new(CACHING_SHA2_PASSWORD, "sha2-pw");
-        fake.sha2_full_auth = true;
+    async fn fake_caching_sha2_full_auth_with_rsa_key_retrieval() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(key) = rsa_key(dir.path()) else {
+            eprintln!("SKIP: the openssl CLI is needed to make an RSA key");
+            return;
+        };
+        let mut fake = FakeMySql::new(CACHING_SHA2_PASSWORD, "sha2-full-pw");
+        fake.sha2_full_auth = Some(key);
         let (ep, task) = fake.start().await;
-        let out = probe(&ep, "probe", &Secret::new("sha2-pw"), D).await;
-        assert_eq!(out.reason, Some(FailureReason::Protocol), "{out:?}");
-        assert!(out.detail.contains("full authentication"), "{}", out.detail);
-        assert!(out.detail.contains("TLS"), "{}", out.detail);
-        assert!(!task.await.unwrap().authenticated);
+        let out = probe(&ep, "probe", &Secret::new("sha2-full-pw"), D).await;
+        assert!(out.ok, "{out:?}");
+        let seen = task.await.unwrap();
+        assert!(
+            seen.full_auth && seen.authenticated && seen.quit,
+            "{seen:?}"
+        );
     }
 
     #[tokio::test]
@@ -1546,7 +1372,7 @@ mod tests {
         let (ep, task) = fake.start().await;
         let conn = MySqlConn::connect(&ep, "probe", &Secret::new("sw-pw"), D).await;
         let mut conn = conn.unwrap();
-        assert_eq!(conn.server_version(), "8.0.36-fake");
+        assert_eq!(conn.server_version(), "MySQL 8.0.36");
         assert_eq!(conn.connection_id(), 7);
         let rs = conn.query("SELECT 2").await.unwrap();
         assert_eq!(rs.columns, ["1"]);
@@ -1586,24 +1412,37 @@ mod tests {
         let out = probe(&ep, "probe", &Secret::new(password), D).await;
         assert_eq!(out.reason, Some(FailureReason::Auth), "{out:?}");
         assert!(out.detail.contains("1045"), "{}", out.detail);
+        assert!(
+            out.detail.contains("rejected the user or password"),
+            "{}",
+            out.detail
+        );
         assert!(!out.detail.contains(password));
         assert!(!format!("{out:?}").contains(password));
     }
 
     #[tokio::test]
-    async fn fake_unsupported_plugin_is_protocol() {
+    async fn fake_unsupported_plugin() {
         let mut fake = FakeMySql::new(NATIVE_PASSWORD, "pw");
         fake.switch_to = Some("dialog");
         let (ep, _task) = fake.start().await;
         let out = probe(&ep, "probe", &Secret::new("pw"), D).await;
-        assert_eq!(out.reason, Some(FailureReason::Protocol), "{out:?}");
+        assert_eq!(
+            out.reason,
+            Some(FailureReason::AuthPluginUnsupported),
+            "{out:?}"
+        );
         assert!(out.detail.contains("dialog"), "{}", out.detail);
     }
 
     #[tokio::test]
     async fn fake_refused_before_handshake() {
         for (code, msg, reason) in [
-            (1040, "Too many connections", FailureReason::Protocol),
+            (
+                1040,
+                "Too many connections",
+                FailureReason::TooManyConnections,
+            ),
             (
                 1129,
                 "Host '127.0.0.1' is blocked because of many connection errors",
@@ -1641,14 +1480,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn silent_server_times_out_within_deadline() {
+    async fn unknown_host_is_dns() {
+        let out = probe(
+            &Endpoint::new("gx-no-such-host.invalid", 3306),
+            "u",
+            &Secret::default(),
+            D,
+        )
+        .await;
+        assert_eq!(out.reason, Some(FailureReason::Dns), "{out:?}");
+    }
+
+    /// A server that accepts TCP but never says anything: the probe times out within its
+    /// deadline, and the shared connection then backs off instead of sending a new
+    /// handshake each round.
+    #[tokio::test]
+    async fn silent_server_times_out_then_backs_off() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        // Accept (kernel backlog) but never say anything.
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
         let _hold = tokio::spawn(async move {
-            let conn = listener.accept().await;
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            drop(conn);
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(s);
+            }
         });
         let deadline = Duration::from_millis(300);
         let start = Instant::now();
@@ -1659,10 +1516,24 @@ mod tests {
             deadline,
         )
         .await;
-        let took = start.elapsed();
         assert_eq!(out.reason, Some(FailureReason::Timeout), "{out:?}");
-        assert!(took >= deadline, "{took:?}");
-        assert!(took < deadline + Duration::from_millis(100), "{took:?}");
+        assert!(start.elapsed() >= deadline);
+
+        let shared = SharedConn::new(Login {
+            endpoint: Endpoint::new("127.0.0.1", port),
+            user: "u".into(),
+            password: Secret::default(),
+        });
+        let first = shared.probe(deadline, Duration::from_secs(60)).await;
+        assert_eq!(first.reason, Some(FailureReason::Timeout), "{first:?}");
+        let before = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..3 {
+            let again = shared.probe(deadline, Duration::from_secs(60)).await;
+            assert_eq!(again.reason, Some(FailureReason::Timeout), "{again:?}");
+            assert!(again.detail.contains("not retried"), "{}", again.detail);
+        }
+        assert_eq!(shared.logins().await, 1);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), before);
     }
 
     #[tokio::test]
@@ -1828,6 +1699,34 @@ mod tests {
             ));
         }
         conn.close().await.unwrap();
+    }
+
+    /// A caller cancelled half-way through a query (its collector's timeout) leaves the
+    /// shared connection in an unknown state: the next caller gets a new login, not an error.
+    #[tokio::test]
+    async fn live_shared_conn_after_a_cancelled_query() {
+        let Some(conn) = live_conn().await else {
+            return;
+        };
+        conn.close().await.unwrap();
+        let (endpoint, user, password) = live_params();
+        let shared = SharedConn::new(Login {
+            endpoint,
+            user,
+            password,
+        });
+        let retry = Duration::from_secs(10);
+        assert!(shared.probe(D, retry).await.ok);
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(200),
+            shared.with(D, retry, |c| Box::pin(c.query("SELECT SLEEP(3)"))),
+        )
+        .await;
+        assert!(cancelled.is_err(), "the query should have been cancelled");
+        let after = shared.probe(D, retry).await;
+        assert!(after.ok, "{after:?}");
+        assert_eq!(shared.logins().await, 2);
+        shared.close(D).await;
     }
 
     #[tokio::test]

@@ -129,6 +129,13 @@ pub struct MariaDb {
 impl MariaDb {
     /// Starts a server with binary logging and waits until it is ready (at most 30 s).
     pub fn start() -> MariaDb {
+        Self::start_with(&[])
+    }
+
+    /// Like [`MariaDb::start`], with extra `mariadbd` options (TLS certificates,
+    /// `--require-secure-transport=ON`, `--wait-timeout=1` ...): a private server, so its
+    /// global settings concern this test only.
+    pub fn start_with(extra: &[String]) -> MariaDb {
         let tpl = template();
         let mut last_log = String::new();
         for _ in 0..3 {
@@ -163,6 +170,7 @@ impl MariaDb {
                     "--skip-name-resolve",
                     "--max-connections=40",
                 ])
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
@@ -295,4 +303,43 @@ pub async fn exec(conn: &mut MySqlConn, statements: &[&str]) -> Vec<ResultSet> {
 /// `path` as a `&str` (test paths are UTF-8).
 pub fn s(path: &Path) -> &str {
     path.to_str().unwrap()
+}
+
+/// A self-signed certificate and key for 127.0.0.1 made with the `openssl` CLI in `dir`, as
+/// `mariadbd` options; `None` (the caller skips, saying so) without `openssl`.
+pub fn tls_options(dir: &Path) -> Option<Vec<String>> {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "openssl req failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    }
+    Some(vec![
+        format!("--ssl-cert={}", cert.display()),
+        format!("--ssl-key={}", key.display()),
+    ])
+}
+
+/// Whether MariaDB's `auth_ed25519` plugin file is installed.
+pub fn has_plugin(name: &str) -> bool {
+    [
+        "/usr/lib/mysql/plugin",
+        "/usr/lib/x86_64-linux-gnu/mariadb19/plugin",
+        "/usr/local/mysql/lib/plugin",
+    ]
+    .iter()
+    .any(|d| Path::new(d).join(format!("{name}.so")).exists())
 }
