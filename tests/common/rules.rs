@@ -119,8 +119,22 @@ pub fn known_metric_names() -> BTreeSet<String> {
     for n in ["node_filesystem_avail_bytes", "node_filesystem_size_bytes"] {
         names.insert(n.to_string());
     }
+    names.extend(EXIT_METRICS_CONTRACT.iter().map(|n| n.to_string()));
     names
 }
+
+/// Series of the metric contract of issue 11 (exit causes, cgroup memory, log filesystem,
+/// row counters) that the alerts and dashboards use. The exporter side adds them to
+/// docs/metrics.md; listed here too so the rules can be checked on their own.
+pub const EXIT_METRICS_CONTRACT: &[&str] = &[
+    "gravity_process_last_exit_info",
+    "gravity_process_memory_limit_bytes",
+    "gravity_process_oom_kills_total",
+    "gravity_log_filesystem_avail_bytes",
+    "gravity_log_filesystem_size_bytes",
+    "gravity_input_rows_total",
+    "gravity_output_rows_total",
+];
 
 /// Metric names a PromQL expression refers to (gravity_*, gravity:*, node_*), with
 /// histogram suffixes removed; quoted strings are skipped.
