@@ -186,7 +186,10 @@ fn start_alertmanager(am: &std::path::Path, config_yaml: &str) -> LiveAlertmanag
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let child = Command::new(am)
         .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address={addr}"))
         .arg("--cluster.listen-address=")
         .stdout(Stdio::null())
@@ -210,7 +213,13 @@ fn start_alertmanager(am: &std::path::Path, config_yaml: &str) -> LiveAlertmanag
 }
 
 /// The labels of a posted alert: identity (namespace, job, pipeline), name, severity.
-fn alert_json(ns: &str, job: &str, pipeline: &str, name: &str, ends_in: Option<Duration>) -> serde_json::Value {
+fn alert_json(
+    ns: &str,
+    job: &str,
+    pipeline: &str,
+    name: &str,
+    ends_in: Option<Duration>,
+) -> serde_json::Value {
     let severity = rules::alert_rules()
         .iter()
         .find(|r| r["alert"].as_str() == Some(name))
@@ -223,7 +232,8 @@ fn alert_json(ns: &str, job: &str, pipeline: &str, name: &str, ends_in: Option<D
     if let Some(d) = ends_in {
         let t = time::OffsetDateTime::now_utc() + d;
         a["endsAt"] = serde_json::Value::String(
-            t.format(&time::format_description::well_known::Rfc3339).unwrap(),
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap(),
         );
     }
     a
@@ -262,7 +272,12 @@ fn alert_states(
                 .filter_map(|fp| by_fp.get(fp.as_str()?))
                 .map(|(src_id, name)| {
                     // an inhibition across pipeline identities is a bug in itself
-                    assert_eq!(src_id, &id, "{} muted by {name} of {src_id:?}", s("alertname"));
+                    assert_eq!(
+                        src_id,
+                        &id,
+                        "{} muted by {name} of {src_id:?}",
+                        s("alertname")
+                    );
                     name.clone()
                 })
                 .collect();
@@ -392,7 +407,12 @@ fn alertmanager_inhibits_cause_first_within_one_pipeline_identity() {
     // (namespace, job, pipeline, alertname) -> (want state, allowed inhibitors)
     let mut want: BTreeMap<(String, String, String, String), (&str, Vec<&str>)> = BTreeMap::new();
     let key = |ns: &str, job: &str, p: &str, a: &str| {
-        (ns.to_string(), job.to_string(), p.to_string(), a.to_string())
+        (
+            ns.to_string(),
+            job.to_string(),
+            p.to_string(),
+            a.to_string(),
+        )
     };
     // Every checked alert gets a pipeline of its own, with only the case's sources beside it,
     // so that each verdict is about one rule and one alert.
@@ -409,7 +429,10 @@ fn alertmanager_inhibits_cause_first_within_one_pipeline_identity() {
                 want.insert(key("prod", "gravity", &p, s), ("active", vec![]));
             }
             posted.push(alert_json("prod", "gravity", &p, m, None));
-            want.insert(key("prod", "gravity", &p, m), ("suppressed", c.sources.to_vec()));
+            want.insert(
+                key("prod", "gravity", &p, m),
+                ("suppressed", c.sources.to_vec()),
+            );
             // the same alert of the same pipeline name in another namespace, of another
             // pipeline, of another job: never muted by this pipeline's cause
             for (ns, job, pipe) in [
@@ -442,8 +465,13 @@ fn alertmanager_inhibits_cause_first_within_one_pipeline_identity() {
                 Some((s, by)) if s != state => {
                     diff.push(format!("{k:?}: {s} (inhibited by {by:?}), want {state}"))
                 }
-                Some((_, by)) if *state == "suppressed" && !by.iter().any(|b| allowed.contains(&b.as_str())) => {
-                    diff.push(format!("{k:?}: inhibited by {by:?}, want one of {allowed:?}"))
+                Some((_, by))
+                    if *state == "suppressed"
+                        && !by.iter().any(|b| allowed.contains(&b.as_str())) =>
+                {
+                    diff.push(format!(
+                        "{k:?}: inhibited by {by:?}, want one of {allowed:?}"
+                    ))
                 }
                 Some((_, by)) if *state == "active" && !by.is_empty() => {
                     diff.push(format!("{k:?}: active but inhibitedBy {by:?}"))
@@ -483,7 +511,9 @@ fn start_webhook() -> Webhook {
             let mut chunk = [0u8; 8192];
             // headers, then Content-Length bytes of body
             let (path, body) = loop {
-                let Ok(n) = conn.read(&mut chunk) else { break (String::new(), Vec::new()) };
+                let Ok(n) = conn.read(&mut chunk) else {
+                    break (String::new(), Vec::new());
+                };
                 if n == 0 {
                     break (String::new(), Vec::new());
                 }
@@ -494,7 +524,8 @@ fn start_webhook() -> Webhook {
                         .lines()
                         .find_map(|l| {
                             let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
                         })
                         .unwrap_or(0);
                     if buf.len() >= end + 4 + len {
@@ -503,7 +534,8 @@ fn start_webhook() -> Webhook {
                     }
                 }
             };
-            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
                 sink.lock().unwrap().push((path, v));
             }
@@ -517,10 +549,19 @@ fn start_webhook() -> Webhook {
 /// that an hour of Alertmanager time passes in seconds. Nothing else is changed.
 fn shipped_config_for_test(webhook_port: u16, scale: u64) -> String {
     let url = Regex::new(r"url: http://127\.0\.0\.1:5001/").unwrap();
-    let timing = Regex::new(r"(?m)^(\s*(?:group_wait|group_interval|repeat_interval):\s*)([0-9]+)(ms|s|m|h)\s*$").unwrap();
+    let timing = Regex::new(
+        r"(?m)^(\s*(?:group_wait|group_interval|repeat_interval):\s*)([0-9]+)(ms|s|m|h)\s*$",
+    )
+    .unwrap();
     let cfg = read("alerts/alertmanager.yml");
-    assert!(url.is_match(&cfg), "receivers are no longer on 127.0.0.1:5001");
-    let cfg = url.replace_all(&cfg, format!("url: http://127.0.0.1:{webhook_port}/").as_str());
+    assert!(
+        url.is_match(&cfg),
+        "receivers are no longer on 127.0.0.1:5001"
+    );
+    let cfg = url.replace_all(
+        &cfg,
+        format!("url: http://127.0.0.1:{webhook_port}/").as_str(),
+    );
     timing
         .replace_all(&cfg, |c: &regex::Captures<'_>| {
             let n: u64 = c[2].parse().unwrap();
@@ -555,9 +596,20 @@ fn every_p3_is_delivered_through_the_shipped_routes() {
         .collect();
     assert!(p3.len() >= 6, "{p3:?}");
     // A long-lived P3 opens the group and gets its first message ...
-    let first = alert_json("prod", "gravity", "orders", "GravityDataConsistencyMismatch", None);
-    let r = http(live.addr, "POST", "/api/v2/alerts", &serde_json::json!([first]).to_string())
-        .expect("post");
+    let first = alert_json(
+        "prod",
+        "gravity",
+        "orders",
+        "GravityDataConsistencyMismatch",
+        None,
+    );
+    let r = http(
+        live.addr,
+        "POST",
+        "/api/v2/alerts",
+        &serde_json::json!([first]).to_string(),
+    )
+    .expect("post");
     assert_eq!(r.0, 200, "{}", r.1);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !hook.got.lock().unwrap().iter().any(|(p, _)| p == "/digest") {
@@ -575,8 +627,13 @@ fn every_p3_is_delivered_through_the_shipped_routes() {
         .filter(|n| n.as_str() != "GravityDataConsistencyMismatch")
         .map(|n| alert_json("prod", "gravity", "orders", n, Some(lifetime(n))))
         .collect();
-    let r = http(live.addr, "POST", "/api/v2/alerts", &serde_json::Value::Array(batch).to_string())
-        .expect("post");
+    let r = http(
+        live.addr,
+        "POST",
+        "/api/v2/alerts",
+        &serde_json::Value::Array(batch).to_string(),
+    )
+    .expect("post");
     assert_eq!(r.0, 200, "{}", r.1);
 
     let deadline = Instant::now() + scaled(3 * 60); // three group intervals
@@ -920,5 +977,103 @@ fn alerts_readme_lists_every_alert() {
             line.contains(sev),
             "alerts/README.md: {name} without its severity {sev}"
         );
+    }
+}
+
+const IDENTITY: [&str; 4] = ["cluster", "namespace", "job", "pipeline"];
+
+/// Pipeline identity is (cluster, namespace, job, pipeline) everywhere: no `on()`/`by()` of
+/// a rule uses `instance`, every one that names `pipeline` names the whole identity (the
+/// per-pipeline override lookup excepted), and Alertmanager groups and inhibits by it.
+#[test]
+fn pipeline_identity_never_includes_instance() {
+    let list = Regex::new(r"\b(on|by|ignoring|without)\s*\(([^)]*)\)").unwrap();
+    for f in [rules::RECORDING_RULES, rules::ALERT_RULES] {
+        for r in rules::rules_of(f) {
+            let name = r
+                .get("alert")
+                .or(r.get("record"))
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string();
+            let expr = r["expr"].as_str().unwrap();
+            for c in list.captures_iter(expr) {
+                let labels: Vec<&str> = c[2]
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                assert!(
+                    !labels.contains(&"instance"),
+                    "{f}: {name}: `{}` matches on instance",
+                    &c[0]
+                );
+                if matches!(&c[1], "on" | "by") && labels.contains(&"pipeline") {
+                    let override_lookup = labels == ["pipeline"] && expr.contains(":override");
+                    assert!(
+                        override_lookup || IDENTITY.iter().all(|l| labels.contains(l)),
+                        "{f}: {name}: `{}` is not the whole pipeline identity {IDENTITY:?}",
+                        &c[0]
+                    );
+                }
+            }
+        }
+    }
+    let am: serde_yaml::Value = serde_yaml::from_str(&read("alerts/alertmanager.yml")).unwrap();
+    let strings = |v: &serde_yaml::Value| -> Vec<String> {
+        v.as_sequence()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut group_bys = vec![strings(&am["route"]["group_by"])];
+    for r in am["route"]["routes"].as_sequence().unwrap() {
+        if !r["group_by"].is_null() {
+            group_bys.push(strings(&r["group_by"]));
+        }
+    }
+    for g in group_bys {
+        assert!(!g.contains(&"instance".to_string()), "group_by {g:?}");
+        assert!(
+            IDENTITY.iter().all(|l| g.contains(&l.to_string())),
+            "group_by {g:?} lacks part of {IDENTITY:?}"
+        );
+    }
+    let rules_ = am["inhibit_rules"].as_sequence().unwrap();
+    assert!(rules_.len() >= 5);
+    for r in rules_ {
+        assert_eq!(
+            strings(&r["equal"]),
+            IDENTITY.map(String::from).to_vec(),
+            "{r:?}"
+        );
+    }
+}
+
+/// Every P0 keeps firing long enough for GravityExporterDown (2 minutes without a scrape,
+/// then `for: 1m`, evaluated every minute: at most ~4 minutes) to take over when the
+/// exporter dies: incidents.test.yml checks the hand-over minute by minute.
+#[test]
+fn every_p0_keeps_firing_until_exporter_down_takes_over() {
+    let minutes = |d: &str| -> u64 {
+        let (n, unit) = d.split_at(d.len() - 1);
+        let n: u64 = n.parse().unwrap();
+        match unit {
+            "m" => n,
+            "h" => n * 60,
+            _ => panic!("duration {d}"),
+        }
+    };
+    for r in rules::alert_rules() {
+        if r["labels"]["severity"] != "P0" {
+            continue;
+        }
+        let name = r["alert"].as_str().unwrap();
+        let keep = r["keep_firing_for"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: P0 without keep_firing_for"));
+        assert!(minutes(keep) >= 5, "{name}: keep_firing_for {keep} < 5m");
     }
 }
