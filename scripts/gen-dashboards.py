@@ -743,12 +743,13 @@ def resources():
                    "RSS of gravity. The fixed threshold applies when gravity runs without a memory limit.",
                    thresholds=[MEM], w=8),
         timeseries("Memory used of the cgroup limit", [
-            target(f"gravity_process_resident_memory_bytes{{{S}}} / (gravity_process_memory_limit_bytes{{{S}}} > 0)",
-                   "{{pipeline}}"),
+            target(f"gravity_process_resident_memory_bytes{{{S}}} / (gravity_process_memory_limit_bytes{{{S}}} > 0) "
+                   f"or gravity_process_resident_memory_bytes{{{S}}} / on ({ID}) group_left () "
+                   f"gravity:memory_threshold_bytes", "{{pipeline}}"),
             threshold_series(MEMLIMIT, "B")], "percentunit",
-            "RSS as a share of gravity's cgroup memory limit (a pod's limit, systemd MemoryMax=); the kernel "
-            "OOM-kills it at 100 %. Empty when gravity runs without a limit.", thresholds=[MEMLIMIT], maximum=1,
-            w=8),
+            "RSS as a share of gravity's cgroup memory limit (a pod's limit, systemd MemoryMax=): the kernel "
+            "OOM-kills it at 100 %. Without a limit, as a share of the fixed gravity:memory_threshold_bytes, "
+            "where GravityMemoryPressure fires at 100 %.", thresholds=[MEMLIMIT], maximum=1, w=8),
         timeseries("File descriptors used", [
             target(f"gravity_process_open_fds{{{S}}} / gravity_process_max_fds{{{S}}}", "{{pipeline}}"),
             threshold_series(FDS, "B")], "percentunit", "Open fds against the soft RLIMIT_NOFILE.",

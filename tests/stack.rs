@@ -346,21 +346,6 @@ async fn alerts_and_dashboards_on_a_real_stack() {
     let exporters = [exp_h.addr, exp_f.addr, exp_m.addr, exp_b.addr];
     let healthy = ["stack-healthy", "stack-mongo", "stack-batch"];
 
-    // node_exporter for the log-disk panel and alert (filesystem collector only)
-    let node_port = common::free_port();
-    let _node = require("/usr/bin/prometheus-node-exporter").map(|bin| {
-        Proc(
-            Command::new(bin)
-                .arg(format!("--web.listen-address=127.0.0.1:{node_port}"))
-                .arg("--collector.disable-defaults")
-                .arg("--collector.filesystem")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    });
-
     // Alertmanager from the shipped example: webhooks to this test, short timers
     let (hook, got) = webhook().await;
     let am_port = common::free_port();
@@ -402,19 +387,24 @@ async fn alerts_and_dashboards_on_a_real_stack() {
     std::fs::write(&rec, rules::read(rules::RECORDING_RULES)).unwrap();
     std::fs::write(
         &alerts,
-        rules::shorten_for(&rules::read(rules::ALERT_RULES), "3s"),
+        // short `for:`, and P0s that resolve 5 s (not 10 min) after their cause is gone
+        rules::shorten_keep_firing_for(
+            &rules::shorten_for(&rules::read(rules::ALERT_RULES), "3s"),
+            "5s",
+        ),
     )
     .unwrap();
     let overrides = work.path().join("overrides.yml");
     std::fs::write(
         &overrides,
-        "groups:\n  - name: test-overrides\n    rules:\n      - record: gravity:stall_threshold_seconds:override\n        expr: max by (pipeline) (gravity_up{pipeline=\"stack-faulty\"}) * 0 + 5\n",
+        // a stop by signal pages after 2 s, not 15 min, so the stopped pipeline reaches GravityDown
+        "groups:\n  - name: test-overrides\n    rules:\n      - record: gravity:stall_threshold_seconds:override\n        expr: max by (pipeline) (gravity_up{pipeline=\"stack-faulty\"}) * 0 + 5\n      - record: gravity:stop_grace_seconds:override\n        expr: max by (pipeline) (gravity_up{pipeline=\"stack-faulty\"}) * 0 + 2\n",
     )
     .unwrap();
     let prom_port = common::free_port();
     let targets: Vec<String> = exporters.iter().map(|a| format!("'{a}'")).collect();
     let prom_yml = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n  - {}\n  - {}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\nscrape_configs:\n  - job_name: gravity-exporter\n    static_configs:\n      - targets: [{}]\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{node_port}']\n",
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n  - {}\n  - {}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\nscrape_configs:\n  - job_name: gravity-exporter\n    static_configs:\n      - targets: [{}]\n",
         rec.display(),
         alerts.display(),
         overrides.display(),

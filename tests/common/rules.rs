@@ -24,6 +24,17 @@ pub fn shorten_for(rules_yaml: &str, to: &str) -> String {
     .into_owned()
 }
 
+/// Rewrites every `keep_firing_for:` of a Prometheus rule file to `to`, so that a live-stack
+/// test sees a P0 resolve within seconds of its cause. Nothing else is touched.
+pub fn shorten_keep_firing_for(rules_yaml: &str, to: &str) -> String {
+    let re =
+        Regex::new(r"(?m)^([ \t]*(?:-[ \t]+)?)keep_firing_for:[ \t]*[^\s#]+").expect("valid regex");
+    re.replace_all(rules_yaml, |c: &regex::Captures<'_>| {
+        format!("{}keep_firing_for: {to}", &c[1])
+    })
+    .into_owned()
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -253,6 +264,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn shorten_keep_firing_for_rewrites_only_that_key() {
+        let yaml = "      - alert: A\n        expr: up == 0\n        for: 10m\n        keep_firing_for: 10m\n        annotations:\n          description: keep_firing_for: 10m in text\n";
+        let got = shorten_keep_firing_for(yaml, "5s");
+        assert!(
+            got.contains("        for: 10m\n        keep_firing_for: 5s\n"),
+            "{got}"
+        );
+        assert!(
+            got.contains("description: keep_firing_for: 10m in text"),
+            "{got}"
+        );
+        let real = shorten_keep_firing_for(&read(ALERT_RULES), "5s");
+        assert!(!real.contains("keep_firing_for: 10m"));
+        assert!(real.matches("keep_firing_for: 5s").count() >= 8);
     }
 
     #[test]
