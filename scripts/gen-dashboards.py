@@ -16,6 +16,9 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 DS = {"type": "prometheus", "uid": "${datasource}"}
 # Every pipeline series: the three dashboard variables.
 S = 'job=~"$job", instance=~"$instance", pipeline=~"$pipeline"'
+# Recorded aggregates are per pipeline identity and have no instance: select job and
+# pipeline, and join gravity_up of the selected instances (`and on (identity) gravity_up{S}`).
+SR = 'job=~"$job", pipeline=~"$pipeline"'
 
 # Alert thresholds (defaults of alerts/gravity-recording.rules.yml).
 LAG = ("gravity:lag_threshold_seconds", 300, "GravityReplicationLagHigh")
@@ -274,15 +277,16 @@ def dashboard(uid, title, description, panels):
 # --- Fleet overview --------------------------------------------------------------------
 def fleet():
     per_pipeline = [
-        (f"gravity_up{{{S}}}", "Up"),
-        (f"gravity:watermark_lag_seconds:max{{{S}}}", "Lag"),
-        (f"gravity:watermark_stall_seconds:max{{{S}}}", "Stall"),
-        (f"gravity:input_rows_per_second{{{S}}}", "In"),
-        (f"gravity:output_rows_per_second{{{S}}}", "Out"),
-        (f"gravity:errors_per_second:rate5m{{{S}}}", "Errors"),
-        (f"gravity_health_score{{{S}}}", "Health"),
-        (f"increase(gravity_process_restarts_total{{{S}}}[1d])", "Restarts 24h"),
-        (f"max by (cluster, namespace, job, instance, pipeline, stage, version) (gravity_pipeline_info{{{S}}})", "Info"),
+        # one row per pipeline identity (a pod being replaced is still one pipeline)
+        (f"min by ({ID}) (gravity_up{{{S}}})", "Up"),
+        (f"(gravity:watermark_lag_seconds:max{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "Lag"),
+        (f"(gravity:watermark_stall_seconds:max{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "Stall"),
+        (f"(gravity:input_rows_per_second{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "In"),
+        (f"(gravity:output_rows_per_second{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "Out"),
+        (f"(gravity:errors_per_second:rate5m{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "Errors"),
+        (f"min by ({ID}) (gravity_health_score{{{S}}})", "Health"),
+        (f"sum by ({ID}) (increase(gravity_process_restarts_total{{{S}}}[1d]))", "Restarts 24h"),
+        (f"max by ({ID}, stage, version) (gravity_pipeline_info{{{S}}})", "Info"),
     ]
     tbl = table(
         "Pipelines",
@@ -326,23 +330,23 @@ def fleet():
              "none", "P0 alerts firing now: someone is being paged.", mappings=ANY_IS_BAD, graph=False),
         stat("Firing P1", targets((f'count(ALERTS{{alertstate="firing", severity="P1", {S}}}) or vector(0)', "P1")),
              "none", "P1 alerts firing now: act within the hour.", mappings=ANY_IS_BAD, graph=False),
-        stat("Worst lag", targets((f"max(gravity:watermark_lag_seconds:max{{{S}}})", "lag")), "s",
+        stat("Worst lag", targets((f"max((gravity:watermark_lag_seconds:max{{{SR}}} and on ({ID}) gravity_up{{{S}}}))", "lag")), "s",
              "The largest replication lag of all selected pipelines.", thresholds=[LAG]),
-        stat("Worst stall", targets((f"max(gravity:watermark_stall_seconds:max{{{S}}})", "stall")), "s",
+        stat("Worst stall", targets((f"max((gravity:watermark_stall_seconds:max{{{SR}}} and on ({ID}) gravity_up{{{S}}}))", "stall")), "s",
              "The longest time any selected pipeline has not moved its watermark.", thresholds=[STALL]),
         tbl,
         row("Trends"),
-        timeseries("Replication lag", [target(f"gravity:watermark_lag_seconds:max{{{S}}}", "{{pipeline}}"),
+        timeseries("Replication lag", [target(f"(gravity:watermark_lag_seconds:max{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "{{pipeline}}"),
                                        threshold_series(LAG, "B")], "s",
                    "now - EventTime of the slowest stream per pipeline.", thresholds=[LAG]),
-        timeseries("Stall", [target(f"gravity:watermark_stall_seconds:max{{{S}}}", "{{pipeline}}"),
+        timeseries("Stall", [target(f"(gravity:watermark_stall_seconds:max{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "{{pipeline}}"),
                              threshold_series(STALL, "B")], "s",
                    "now - ProcessTime: how long since the pipeline last moved a watermark.", thresholds=[STALL]),
-        timeseries("Rows in (from the source)", targets((f"gravity:input_rows_per_second{{{S}}}", "{{pipeline}}")),
+        timeseries("Rows in (from the source)", targets((f"(gravity:input_rows_per_second{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "{{pipeline}}")),
                    "rowsps", "Source rows read per second (insert, update, delete, ddl; no heartbeat rows)."),
-        timeseries("Rows out (to the target)", targets((f"gravity:output_rows_per_second{{{S}}}", "{{pipeline}}")),
+        timeseries("Rows out (to the target)", targets((f"(gravity:output_rows_per_second{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "{{pipeline}}")),
                    "rowsps", "Rows written to the target per second."),
-        timeseries("Error lines", [target(f"gravity:errors_per_second:rate5m{{{S}}}", "{{pipeline}}"),
+        timeseries("Error lines", [target(f"(gravity:errors_per_second:rate5m{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "{{pipeline}}"),
                                    threshold_series(ERRORS, "B")], "cps",
                    "error/fatal/panic log lines per second (5 minute rate).", thresholds=[ERRORS]),
         timeseries("Health checks passing", targets((f"gravity_health_score{{{S}}}", "{{pipeline}}")), "none",
@@ -446,13 +450,13 @@ def pipeline():
              "{{pipeline}} {{schema}}.{{table}}")), "rowsps", "The 10 tables with most source rows per second.",
             w=8),
         timeseries("Output against the same hour last week", targets(
-            (f"gravity:output_rows_per_second:rate1h{{{S}}}", "this week {{pipeline}}"),
-            (f"gravity:output_rows_per_second:rate1h{{{S}}} offset 1w", "last week {{pipeline}}")), "rowsps",
+            (f"(gravity:output_rows_per_second:rate1h{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "this week {{pipeline}}"),
+            (f"(gravity:output_rows_per_second:rate1h{{{SR}}} offset 1w and on ({ID}) gravity_up{{{S}}})", "last week {{pipeline}}")), "rowsps",
             "Hourly output rate and the same hour a week ago (GravityThroughputDegraded compares them while "
             "the pipeline is behind)."),
         timeseries("Output latency p99 against last week", targets(
-            (f"gravity:output_latency_seconds:p99_1h{{{S}}}", "this week {{pipeline}}"),
-            (f"gravity:output_latency_seconds:p99_1h{{{S}}} offset 1w", "last week {{pipeline}}")), "s",
+            (f"(gravity:output_latency_seconds:p99_1h{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "this week {{pipeline}}"),
+            (f"(gravity:output_latency_seconds:p99_1h{{{SR}}} offset 1w and on ({ID}) gravity_up{{{S}}})", "last week {{pipeline}}")), "s",
             "p99 of the time a write to the target takes, over 1 hour (GravityLatencyDegraded)."),
         row("Latency by stage"),
         timeseries("p99 latency by stage", targets(*[(stage_quantile(0.99, m), f"{n} {{{{pipeline}}}}")
@@ -468,7 +472,7 @@ def pipeline():
             "From the source's commit (event time) or from gravity reading it (process time) to the target."),
         row("Queues"),
         timeseries("Queue saturation", [
-            target(f"gravity:queue_saturation:ratio{{{S}}}", "{{pipeline}}"),
+            target(f"(gravity:queue_saturation:ratio{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "{{pipeline}}"),
             threshold_series(QUEUE, "B")], "percentunit",
             "The fullest bounded queue: the scheduler's sliding window, or a worker queue against queue-size.",
             thresholds=[QUEUE], maximum=1),
@@ -491,7 +495,7 @@ def errors():
                      "What gravity logs and retries, what made it exit, and restarts.", [
         row("Errors"),
         timeseries("Error lines per second", [
-            target(f"gravity:errors_per_second:rate5m{{{S}}}", "{{pipeline}}"), threshold_series(ERRORS, "B")],
+            target(f"(gravity:errors_per_second:rate5m{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "{{pipeline}}"), threshold_series(ERRORS, "B")],
             "cps", "error/fatal/panic lines per second, 5 minute rate.", thresholds=[ERRORS]),
         timeseries("Errors by component and type", targets(
             (f'sum by (cluster, namespace, job, pipeline, component, error_type) (rate(gravity_error_total{{level=~"error|fatal|panic", {S}}}[$__rate_interval]))',
@@ -506,7 +510,7 @@ def errors():
              "{{pipeline}} {{level}}")), "cps", "All log lines read, by level."),
         row("Retries"),
         timeseries("Retries per second", [
-            target(f"gravity:retries_per_second:rate5m{{{S}}}", "{{pipeline}}"), threshold_series(RETRIES, "B")],
+            target(f"(gravity:retries_per_second:rate5m{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "{{pipeline}}"), threshold_series(RETRIES, "B")],
             "cps", "All retries, 5 minute rate. A batch that runs out of retries makes gravity exit.",
             thresholds=[RETRIES]),
         timeseries("Retries by reason", targets(
@@ -604,7 +608,7 @@ def source():
             (f"gravity_source_binlog_purge_headroom_bytes{{{S}}}", "{{pipeline}}")), "bytes",
             "Bytes between the oldest retained binlog and gravity's position."),
         timeseries("Time until retention can purge the position", [
-            target(f"gravity:binlog_purge_eta_seconds{{{S}}}", "{{pipeline}}"), threshold_series(ETA, "B")], "s",
+            target(f"(gravity:binlog_purge_eta_seconds{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "{{pipeline}}"), threshold_series(ETA, "B")], "s",
             "Retention minus the age of gravity's position (a lower bound; Incremental stage, time-based "
             "retention only).", thresholds=[ETA], above=False),
         stat("Binlog retention", targets((f"gravity_source_binlog_retention_seconds{{{S}}}", "{{pipeline}}")), "s",
@@ -700,8 +704,8 @@ def quality():
              w=12),
         row("Heartbeat"),
         timeseries("Heartbeat signature: lag against stall", [
-            target(f"gravity:watermark_lag_seconds:max{{{S}}}", "lag {{pipeline}}", "A"),
-            target(f"gravity:watermark_stall_seconds:max{{{S}}}", "stall {{pipeline}}", "B"),
+            target(f"(gravity:watermark_lag_seconds:max{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "lag {{pipeline}}", "A"),
+            target(f"(gravity:watermark_stall_seconds:max{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "stall {{pipeline}}", "B"),
             threshold_series(HEARTBEAT, "C")], "s",
             "Lag growing while stall stays small and no rows arrive: gravity cannot write its heartbeat "
             "(gravity issue 226), nothing is really behind.", thresholds=[HEARTBEAT]),
