@@ -240,11 +240,11 @@ fn alert_json(
 }
 
 type Identity = (String, String, String);
+/// (namespace, job, pipeline, alertname)
+type AlertKey = (String, String, String, String);
 
 /// (namespace, job, pipeline, alertname) -> (state, alertnames of the alerts that inhibit it)
-fn alert_states(
-    addr: SocketAddr,
-) -> BTreeMap<(String, String, String, String), (String, Vec<String>)> {
+fn alert_states(addr: SocketAddr) -> BTreeMap<AlertKey, (String, Vec<String>)> {
     let (code, text) = http(addr, "GET", "/api/v2/alerts", "").expect("get alerts");
     assert_eq!(code, 200, "{text}");
     let v: serde_json::Value = serde_json::from_str(&text).expect("alerts JSON");
@@ -405,7 +405,7 @@ fn alertmanager_inhibits_cause_first_within_one_pipeline_identity() {
     let live = start_alertmanager(&am, &read("alerts/alertmanager.yml"));
     let mut posted = Vec::new();
     // (namespace, job, pipeline, alertname) -> (want state, allowed inhibitors)
-    let mut want: BTreeMap<(String, String, String, String), (&str, Vec<&str>)> = BTreeMap::new();
+    let mut want: BTreeMap<AlertKey, (&str, Vec<&str>)> = BTreeMap::new();
     let key = |ns: &str, job: &str, p: &str, a: &str| {
         (
             ns.to_string(),
