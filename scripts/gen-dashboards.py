@@ -16,6 +16,9 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 DS = {"type": "prometheus", "uid": "${datasource}"}
 # Every pipeline series: the three dashboard variables.
 S = 'job=~"$job", instance=~"$instance", pipeline=~"$pipeline"'
+# Recorded aggregates are per pipeline identity and have no instance: select job and
+# pipeline, and join gravity_up of the selected instances (`and on (identity) gravity_up{S}`).
+SR = 'job=~"$job", pipeline=~"$pipeline"'
 
 # Alert thresholds (defaults of alerts/gravity-recording.rules.yml).
 LAG = ("gravity:lag_threshold_seconds", 300, "GravityReplicationLagHigh")
@@ -32,9 +35,18 @@ ETA = ("gravity:binlog_purge_eta_threshold_seconds", 14400, "GravityBinlogRetent
 CONSISTENCY = ("gravity:consistency_score_threshold_ratio", 1, "GravityDataConsistencyMismatch")
 HEARTBEAT = ("gravity:heartbeat_lag_threshold_seconds", 120, "GravityHeartbeatProbeFailing")
 CRASHLOOP = ("gravity:crashloop_restarts_threshold", 3, "GravityCrashLooping")
+SLOWLOOP = ("gravity:slow_crashloop_restarts_threshold", 3, "GravitySlowCrashLoop")
+MEMLIMIT = ("gravity:memory_limit_threshold_ratio", 0.9, "GravityMemoryPressure")
+FILEGAP = ("gravity:binlog_files_behind_threshold_files", 5, "GravityBinlogFileGapGrowing")
+# A pipeline is (cluster, namespace, job, pipeline), never instance: aggregations keep it, so
+# two environments with the same pipeline name are never summed together.
+ID = "cluster, namespace, job, pipeline"
+# Legends name the environment too: "billing" of staging and of prod are different lines.
+PIPE = "{{namespace}}/{{job}}/{{pipeline}}"
 
 
 def target(expr, legend="", ref="A", instant=False, fmt="time_series"):
+    legend = legend.replace("{{pipeline}}", PIPE)
     t = {"datasource": DS, "refId": ref, "expr": expr, "legendFormat": legend or "__auto",
          "range": not instant, "instant": instant, "editorMode": "code"}
     if fmt != "time_series":
@@ -71,8 +83,10 @@ def describe(text, *thresholds):
 
 
 def threshold_series(t, ref):
-    """The recorded threshold itself, drawn as a dashed line (shows per-pipeline overrides)."""
-    return target(f'max by (pipeline) ({t[0]}{{pipeline=~"$pipeline"}})', "threshold {{pipeline}}", ref)
+    """The recorded threshold itself, drawn as a dashed line (shows per-pipeline overrides).
+    Per pipeline identity, limited to the selected jobs, instances and pipelines."""
+    return target(f'max by ({ID}) ({t[0]}{{job=~"$job", pipeline=~"$pipeline"}} '
+                  f'and on ({ID}) gravity_up{{{S}}})', "threshold {{pipeline}}", ref)
 
 
 DASHED = {
@@ -191,17 +205,20 @@ ANY_IS_BAD = [{"type": "value", "options": {"0": {"text": "0", "color": "green",
 
 
 def variables():
-    def query_var(name, label, query):
+    # "All" of $job/$instance is `.+`: every series has a job and an instance, and `.*`
+    # would also match series without one.
+    def query_var(name, label, query, all_value=".+"):
         return {"name": name, "label": label, "type": "query", "datasource": DS,
                 "definition": query, "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
-                "refresh": 2, "includeAll": True, "allValue": ".*", "multi": True, "sort": 1, "hide": 0,
+                "refresh": 2, "includeAll": True, "allValue": all_value, "multi": True, "sort": 1, "hide": 0,
                 "regex": "", "options": [], "current": {"selected": True, "text": ["All"], "value": ["$__all"]}}
     return {"list": [
         {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
          "current": {}, "hide": 0, "includeAll": False, "multi": False, "options": [], "refresh": 1, "regex": ""},
         query_var("job", "Job", "label_values(gravity_up, job)"),
         query_var("instance", "Instance", 'label_values(gravity_up{job=~"$job"}, instance)'),
-        query_var("pipeline", "Pipeline", 'label_values(gravity_up{job=~"$job", instance=~"$instance"}, pipeline)'),
+        query_var("pipeline", "Pipeline", 'label_values(gravity_up{job=~"$job", instance=~"$instance"}, pipeline)',
+                  all_value=".*"),
     ]}
 
 
@@ -215,7 +232,7 @@ def annotations():
          "tagKeys": "pipeline", "useValueForTime": False},
         {"name": "config or version changes", "datasource": DS, "enable": True, "hide": False,
          "iconColor": "orange",
-         "expr": "count by (job, instance, pipeline) (count by (job, instance, pipeline, config_hash, version) "
+         "expr": "count by (cluster, namespace, job, instance, pipeline) (count by (cluster, namespace, job, instance, pipeline, config_hash, version) "
                  f"(last_over_time(gravity_pipeline_info{{{S}}}[$__rate_interval]))) > 1",
          "step": "30s", "titleFormat": "config or version changed",
          "textFormat": "pipeline {{pipeline}} on {{instance}}", "tagKeys": "pipeline", "useValueForTime": False},
@@ -260,15 +277,16 @@ def dashboard(uid, title, description, panels):
 # --- Fleet overview --------------------------------------------------------------------
 def fleet():
     per_pipeline = [
-        (f"gravity_up{{{S}}}", "Up"),
-        (f"gravity:watermark_lag_seconds:max{{{S}}}", "Lag"),
-        (f"gravity:watermark_stall_seconds:max{{{S}}}", "Stall"),
-        (f"gravity:input_rows_per_second{{{S}}}", "In"),
-        (f"gravity:output_rows_per_second{{{S}}}", "Out"),
-        (f"gravity:errors_per_second:rate5m{{{S}}}", "Errors"),
-        (f"gravity_health_score{{{S}}}", "Health"),
-        (f"increase(gravity_process_restarts_total{{{S}}}[1d])", "Restarts 24h"),
-        (f"max by (job, instance, pipeline, stage, version) (gravity_pipeline_info{{{S}}})", "Info"),
+        # one row per pipeline identity (a pod being replaced is still one pipeline)
+        (f"min by ({ID}) (gravity_up{{{S}}})", "Up"),
+        (f"(gravity:watermark_lag_seconds:max{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "Lag"),
+        (f"(gravity:watermark_stall_seconds:max{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "Stall"),
+        (f"(gravity:input_rows_per_second{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "In"),
+        (f"(gravity:output_rows_per_second{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "Out"),
+        (f"(gravity:errors_per_second:rate5m{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "Errors"),
+        (f"min by ({ID}) (gravity_health_score{{{S}}})", "Health"),
+        (f"sum by ({ID}) (increase(gravity_process_restarts_total{{{S}}}[1d]))", "Restarts 24h"),
+        (f"max by ({ID}, stage, version) (gravity_pipeline_info{{{S}}})", "Info"),
     ]
     tbl = table(
         "Pipelines",
@@ -312,23 +330,23 @@ def fleet():
              "none", "P0 alerts firing now: someone is being paged.", mappings=ANY_IS_BAD, graph=False),
         stat("Firing P1", targets((f'count(ALERTS{{alertstate="firing", severity="P1", {S}}}) or vector(0)', "P1")),
              "none", "P1 alerts firing now: act within the hour.", mappings=ANY_IS_BAD, graph=False),
-        stat("Worst lag", targets((f"max(gravity:watermark_lag_seconds:max{{{S}}})", "lag")), "s",
+        stat("Worst lag", targets((f"max((gravity:watermark_lag_seconds:max{{{SR}}} and on ({ID}) gravity_up{{{S}}}))", "lag")), "s",
              "The largest replication lag of all selected pipelines.", thresholds=[LAG]),
-        stat("Worst stall", targets((f"max(gravity:watermark_stall_seconds:max{{{S}}})", "stall")), "s",
+        stat("Worst stall", targets((f"max((gravity:watermark_stall_seconds:max{{{SR}}} and on ({ID}) gravity_up{{{S}}}))", "stall")), "s",
              "The longest time any selected pipeline has not moved its watermark.", thresholds=[STALL]),
         tbl,
         row("Trends"),
-        timeseries("Replication lag", [target(f"gravity:watermark_lag_seconds:max{{{S}}}", "{{pipeline}}"),
+        timeseries("Replication lag", [target(f"(gravity:watermark_lag_seconds:max{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "{{pipeline}}"),
                                        threshold_series(LAG, "B")], "s",
                    "now - EventTime of the slowest stream per pipeline.", thresholds=[LAG]),
-        timeseries("Stall", [target(f"gravity:watermark_stall_seconds:max{{{S}}}", "{{pipeline}}"),
+        timeseries("Stall", [target(f"(gravity:watermark_stall_seconds:max{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "{{pipeline}}"),
                              threshold_series(STALL, "B")], "s",
                    "now - ProcessTime: how long since the pipeline last moved a watermark.", thresholds=[STALL]),
-        timeseries("Rows in (from the source)", targets((f"gravity:input_rows_per_second{{{S}}}", "{{pipeline}}")),
+        timeseries("Rows in (from the source)", targets((f"(gravity:input_rows_per_second{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "{{pipeline}}")),
                    "rowsps", "Source rows read per second (insert, update, delete, ddl; no heartbeat rows)."),
-        timeseries("Rows out (to the target)", targets((f"gravity:output_rows_per_second{{{S}}}", "{{pipeline}}")),
+        timeseries("Rows out (to the target)", targets((f"(gravity:output_rows_per_second{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "{{pipeline}}")),
                    "rowsps", "Rows written to the target per second."),
-        timeseries("Error lines", [target(f"gravity:errors_per_second:rate5m{{{S}}}", "{{pipeline}}"),
+        timeseries("Error lines", [target(f"(gravity:errors_per_second:rate5m{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "{{pipeline}}"),
                                    threshold_series(ERRORS, "B")], "cps",
                    "error/fatal/panic log lines per second (5 minute rate).", thresholds=[ERRORS]),
         timeseries("Health checks passing", targets((f"gravity_health_score{{{S}}}", "{{pipeline}}")), "none",
@@ -339,7 +357,7 @@ def fleet():
 
 # --- Pipeline detail -------------------------------------------------------------------
 def stage_quantile(q, metric):
-    return f"histogram_quantile({q}, sum by (pipeline, le) (rate({metric}_bucket{{{S}}}[$__rate_interval])))"
+    return f"histogram_quantile({q}, sum by (cluster, namespace, job, pipeline, le) (rate({metric}_bucket{{{S}}}[$__rate_interval])))"
 
 
 STAGES = [
@@ -355,15 +373,15 @@ STAGES = [
 
 def pipeline():
     funnel = [
-        (f'sum by (pipeline) (rate(gravity_input_counter{{type!="ctl", {S}}}[$__rate_interval]))',
+        (f'sum by (cluster, namespace, job, pipeline) (rate(gravity_input_counter{{type!="ctl", {S}}}[$__rate_interval]))',
          "1 read from the source {{pipeline}}"),
-        (f"sum by (pipeline) (rate(gravity_input_emitter_counter{{{S}}}[$__rate_interval]))",
+        (f"sum by (cluster, namespace, job, pipeline) (rate(gravity_input_emitter_counter{{{S}}}[$__rate_interval]))",
          "2 input -> emitter {{pipeline}}"),
-        (f"sum by (pipeline) (rate(gravity_emitter_scheduler_counter{{{S}}}[$__rate_interval]))",
+        (f"sum by (cluster, namespace, job, pipeline) (rate(gravity_emitter_scheduler_counter{{{S}}}[$__rate_interval]))",
          "3 emitter -> scheduler (after filters) {{pipeline}}"),
-        (f"sum by (pipeline) (rate(gravity_scheduler_output_counter{{{S}}}[$__rate_interval]))",
+        (f"sum by (cluster, namespace, job, pipeline) (rate(gravity_scheduler_output_counter{{{S}}}[$__rate_interval]))",
          "4 scheduler -> output {{pipeline}}"),
-        (f"sum by (pipeline) (rate(gravity_output_counter{{{S}}}[$__rate_interval]))",
+        (f"sum by (cluster, namespace, job, pipeline) (rate(gravity_output_counter{{{S}}}[$__rate_interval]))",
          "5 written to the target {{pipeline}}"),
     ]
     funnel_total = [(e.replace("rate(", "increase(").replace("[$__rate_interval]", "[$__range]"), l)
@@ -405,9 +423,9 @@ def pipeline():
             f'sum by (le) (increase(gravity_data_lag_seconds_bucket{{schema="", table="", {S}}}[$__rate_interval]))',
             "{{le}}", fmt="heatmap"), "Lag observed at each collection (stream)."),
         timeseries("Data lag quantiles", targets(
-            (f'histogram_quantile(0.5, sum by (pipeline, le) (rate(gravity_data_lag_seconds_bucket{{schema="", table="", {S}}}[$__rate_interval])))',
+            (f'histogram_quantile(0.5, sum by (cluster, namespace, job, pipeline, le) (rate(gravity_data_lag_seconds_bucket{{schema="", table="", {S}}}[$__rate_interval])))',
              "p50 {{pipeline}}"),
-            (f'histogram_quantile(0.99, sum by (pipeline, le) (rate(gravity_data_lag_seconds_bucket{{schema="", table="", {S}}}[$__rate_interval])))',
+            (f'histogram_quantile(0.99, sum by (cluster, namespace, job, pipeline, le) (rate(gravity_data_lag_seconds_bucket{{schema="", table="", {S}}}[$__rate_interval])))',
              "p99 {{pipeline}}")), "s", "Quantiles of the observed lag."),
         row("Throughput funnel: input to output"),
         timeseries("Funnel (rows per second at each stage)", targets(*funnel), "rowsps",
@@ -417,23 +435,28 @@ def pipeline():
         bargauge("Funnel over the time range", targets(*funnel_total), "short",
                  "Rows through each stage over the dashboard's time range.", w=8),
         timeseries("Input by operation", targets(
-            (f"sum by (pipeline, operation) (gravity_throughput_rows_per_second{{{S}}})",
-             "{{pipeline}} {{operation}}")), "rowsps", "Source rows per second by operation.", w=8),
+            (f"sum by ({ID}, operation) (rate(gravity_input_rows_total{{{S}}}[$__rate_interval])) "
+             f"or sum by ({ID}, operation) (gravity_throughput_rows_per_second{{{S}}})",
+             "{{pipeline}} {{operation}}")), "rowsps",
+            "Source rows per second by operation: rate() over gravity_input_rows_total, which counts every row "
+            "(a rows/s gauge sampled at scrape time misses bursts between scrapes); the gauge for exporters "
+            "without the counter.", w=8),
         timeseries("Output by kind", targets(
-            (f"sum by (pipeline, kind) (gravity_output_rows_per_second{{{S}}})", "{{pipeline}} {{kind}}")),
+            (f"sum by (cluster, namespace, job, pipeline, kind) (gravity_output_rows_per_second{{{S}}})", "{{pipeline}} {{kind}}")),
             "rowsps", "Target rows per second, dml or ddl.", w=8),
         timeseries("Busiest tables (input)", targets(
-            (f"topk(10, sum by (pipeline, schema, table) (gravity_throughput_rows_per_second{{{S}}}))",
+            (f"topk(10, sum by ({ID}, schema, table) (rate(gravity_input_rows_total{{{S}}}[$__rate_interval])) "
+             f"or sum by ({ID}, schema, table) (gravity_throughput_rows_per_second{{{S}}}))",
              "{{pipeline}} {{schema}}.{{table}}")), "rowsps", "The 10 tables with most source rows per second.",
             w=8),
         timeseries("Output against the same hour last week", targets(
-            (f"gravity:output_rows_per_second:rate1h{{{S}}}", "this week {{pipeline}}"),
-            (f"gravity:output_rows_per_second:rate1h{{{S}}} offset 1w", "last week {{pipeline}}")), "rowsps",
+            (f"(gravity:output_rows_per_second:rate1h{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "this week {{pipeline}}"),
+            (f"(gravity:output_rows_per_second:rate1h{{{SR}}} offset 1w and on ({ID}) gravity_up{{{S}}})", "last week {{pipeline}}")), "rowsps",
             "Hourly output rate and the same hour a week ago (GravityThroughputDegraded compares them while "
             "the pipeline is behind)."),
         timeseries("Output latency p99 against last week", targets(
-            (f"gravity:output_latency_seconds:p99_1h{{{S}}}", "this week {{pipeline}}"),
-            (f"gravity:output_latency_seconds:p99_1h{{{S}}} offset 1w", "last week {{pipeline}}")), "s",
+            (f"(gravity:output_latency_seconds:p99_1h{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "this week {{pipeline}}"),
+            (f"(gravity:output_latency_seconds:p99_1h{{{SR}}} offset 1w and on ({ID}) gravity_up{{{S}}})", "last week {{pipeline}}")), "s",
             "p99 of the time a write to the target takes, over 1 hour (GravityLatencyDegraded)."),
         row("Latency by stage"),
         timeseries("p99 latency by stage", targets(*[(stage_quantile(0.99, m), f"{n} {{{{pipeline}}}}")
@@ -449,19 +472,19 @@ def pipeline():
             "From the source's commit (event time) or from gravity reading it (process time) to the target."),
         row("Queues"),
         timeseries("Queue saturation", [
-            target(f"gravity:queue_saturation:ratio{{{S}}}", "{{pipeline}}"),
+            target(f"(gravity:queue_saturation:ratio{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "{{pipeline}}"),
             threshold_series(QUEUE, "B")], "percentunit",
             "The fullest bounded queue: the scheduler's sliding window, or a worker queue against queue-size.",
             thresholds=[QUEUE], maximum=1),
         timeseries("Queue lengths by type", targets(
-            (f"sum by (pipeline, type) (gravity_queue_length{{{S}}})", "{{pipeline}} {{type}}")), "short",
+            (f"sum by (cluster, namespace, job, pipeline, type) (gravity_queue_length{{{S}}})", "{{pipeline}} {{type}}")), "short",
             "gravity's queues: input buffer, per-table buffers and latches, worker queues, sliding window."),
         timeseries("Worker queues", targets(
             (f'gravity_queue_length{{type="worker", {S}}}', "{{pipeline}} {{subtype}}")), "short",
             "Messages waiting in each worker's queue (capacity: the scheduler's queue-size)."),
         stat("Workers", targets((f"gravity_scheduler_nr_worker{{{S}}}", "{{pipeline}}")), "none",
              "Output workers (nr-worker).", graph=False, w=6),
-        stat("Batch size", targets((f"avg by (pipeline) (gravity_scheduler_batch_size{{{S}}})", "{{pipeline}}")),
+        stat("Batch size", targets((f"avg by (cluster, namespace, job, pipeline) (gravity_scheduler_batch_size{{{S}}})", "{{pipeline}}")),
              "none", "Average batch per worker.", w=6),
     ])
 
@@ -472,33 +495,33 @@ def errors():
                      "What gravity logs and retries, what made it exit, and restarts.", [
         row("Errors"),
         timeseries("Error lines per second", [
-            target(f"gravity:errors_per_second:rate5m{{{S}}}", "{{pipeline}}"), threshold_series(ERRORS, "B")],
+            target(f"(gravity:errors_per_second:rate5m{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "{{pipeline}}"), threshold_series(ERRORS, "B")],
             "cps", "error/fatal/panic lines per second, 5 minute rate.", thresholds=[ERRORS]),
         timeseries("Errors by component and type", targets(
-            (f'sum by (pipeline, component, error_type) (rate(gravity_error_total{{level=~"error|fatal|panic", {S}}}[$__rate_interval]))',
+            (f'sum by (cluster, namespace, job, pipeline, component, error_type) (rate(gravity_error_total{{level=~"error|fatal|panic", {S}}}[$__rate_interval]))',
              "{{pipeline}} {{component}}/{{error_type}}")), "cps",
             "Which part of gravity fails, and why (from the driver error in the log line).", stack=True),
         timeseries("Warnings with a cause", targets(
-            (f'sum by (pipeline, component, error_type) (rate(gravity_error_total{{level="warning", {S}}}[$__rate_interval]))',
+            (f'sum by (cluster, namespace, job, pipeline, component, error_type) (rate(gravity_error_total{{level="warning", {S}}}[$__rate_interval]))',
              "{{pipeline}} {{component}}/{{error_type}}")), "cps",
             "Warnings that carry a cause: retries, failed heartbeat probes, reconnects.", stack=True),
         timeseries("Log lines by level", targets(
-            (f"sum by (pipeline, level) (rate(gravity_log_lines_total{{{S}}}[$__rate_interval]))",
+            (f"sum by (cluster, namespace, job, pipeline, level) (rate(gravity_log_lines_total{{{S}}}[$__rate_interval]))",
              "{{pipeline}} {{level}}")), "cps", "All log lines read, by level."),
         row("Retries"),
         timeseries("Retries per second", [
-            target(f"gravity:retries_per_second:rate5m{{{S}}}", "{{pipeline}}"), threshold_series(RETRIES, "B")],
+            target(f"(gravity:retries_per_second:rate5m{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "{{pipeline}}"), threshold_series(RETRIES, "B")],
             "cps", "All retries, 5 minute rate. A batch that runs out of retries makes gravity exit.",
             thresholds=[RETRIES]),
         timeseries("Retries by reason", targets(
-            (f"sum by (pipeline, component, reason) (rate(gravity_retry_total{{{S}}}[$__rate_interval]))",
+            (f"sum by (cluster, namespace, job, pipeline, component, reason) (rate(gravity_retry_total{{{S}}}[$__rate_interval]))",
              "{{pipeline}} {{component}}/{{reason}}")), "cps", "Retries by the cause of the failed attempt.",
             stack=True),
         timeseries("gravity's own retry counter", targets(
-            (f"sum by (pipeline) (rate(gravity_scheduler_retry_counter{{{S}}}[$__rate_interval]))",
+            (f"sum by (cluster, namespace, job, pipeline) (rate(gravity_scheduler_retry_counter{{{S}}}[$__rate_interval]))",
              "{{pipeline}}")), "cps", "gravity_scheduler_retry_counter: failed attempts of a MySQL output batch."),
         timeseries("Connection probe failures", targets(
-            (f"sum by (pipeline, component, endpoint, reason) (rate(gravity_connection_probe_failures_total{{{S}}}[$__rate_interval]))",
+            (f"sum by (cluster, namespace, job, pipeline, component, endpoint, reason) (rate(gravity_connection_probe_failures_total{{{S}}}[$__rate_interval]))",
              "{{pipeline}} {{component}} {{endpoint}} {{reason}}")), "cps",
             "The exporter's own probes of source and target that failed, by reason."),
         row("Exits and restarts"),
@@ -507,6 +530,23 @@ def errors():
             threshold_series(CRASHLOOP, "B")], "none",
             "GravityCrashLooping fires at the threshold, like systemd's StartLimitBurst.",
             thresholds=[CRASHLOOP]),
+        timeseries("Restarts in the last 2 hours (slow crash loops)", [
+            target(f"sum by ({ID}) (increase(gravity_process_restarts_total{{{S}}}[2h]))", "{{pipeline}}"),
+            threshold_series(SLOWLOOP, "B")], "none",
+            "Restarts over 2 hours, summed over the pods that served the pipeline: a restart every 8 minutes "
+            "never reaches the 15-minute threshold but shows here (GravitySlowCrashLoop).",
+            thresholds=[SLOWLOOP]),
+        table("Last exit reason", targets(
+            (f"gravity_process_last_exit_info{{{S}}}", ""),
+            (f"gravity_process_last_exit_timestamp_seconds{{{S}}} * 1000", ""), instant=True, fmt="table"),
+            "How gravity's last process ended: fatal (with the classified cause), panic, signal (a deliberate "
+            "SIGTERM/SIGINT stop: GravityStopped, then GravityDown after the grace), oom_killed (the cgroup's "
+            "memory.events), unknown.",
+            transformations=[{"id": "merge", "options": {}},
+                             {"id": "organize", "options": {"excludeByName": {"Time": True, "Value #A": True,
+                                                                                 "__name__": True},
+                                                            "renameByName": {"Value #B": "exited at"}}}],
+            overrides=[column_override("exited at", "dateTimeAsIso")], h=6),
         timeseries("Exits", targets(
             (f"increase(gravity_process_exits_total{{{S}}}[$__rate_interval])", "exits {{pipeline}}"),
             (f"increase(gravity_process_restarts_total{{{S}}}[$__rate_interval])", "restarts {{pipeline}}")),
@@ -533,15 +573,29 @@ def source():
             "The exporter's login probe of each endpoint: ok or fail (GravitySourceUnreachable, "
             "GravityTargetUnreachable after 2 minutes).", mappings=OK_MAPPINGS),
         timeseries("Probe latency p99", targets(
-            (f"histogram_quantile(0.99, sum by (pipeline, component, endpoint, le) (rate(gravity_connection_probe_duration_seconds_bucket{{{S}}}[$__rate_interval])))",
+            (f"histogram_quantile(0.99, sum by (cluster, namespace, job, pipeline, component, endpoint, le) (rate(gravity_connection_probe_duration_seconds_bucket{{{S}}}[$__rate_interval])))",
              "{{pipeline}} {{component}} {{endpoint}}")), "s", "How long a login to each endpoint takes."),
         timeseries("gravity's established connections", targets(
             (f"gravity_connections_established{{{S}}}", "{{pipeline}} {{component}} {{endpoint}}")), "short",
             "TCP connections the gravity process holds to each endpoint."),
         row("Binlog"),
-        timeseries("Binlog files behind the source", targets(
-            (f"gravity_source_binlog_files_behind{{{S}}}", "{{pipeline}}")), "none",
-            "Binlog files between gravity's position and the source's current one."),
+        stat("Binary logging on the source", targets(
+            (f"gravity_source_binlog_enabled{{{S}}}", "{{pipeline}}")), "none",
+            "log_bin of the MySQL source: OFF means nothing can be replicated (GravityBinlogDisabled).",
+            mappings=[{"type": "value", "options": {"0": {"text": "OFF", "color": "red", "index": 0},
+                                                    "1": {"text": "on", "color": "green", "index": 1}}}],
+            graph=False, w=12),
+        stat("Position's binlog", targets(
+            (f"gravity_source_binlog_purge_headroom_files{{{S}}}", "{{pipeline}}")), "none",
+            "Files of headroom before the purge reaches gravity's position; PURGED (-1): the position's "
+            "binlog is gone and the pipeline must be re-initialised (GravityBinlogPurged).",
+            mappings=[{"type": "value", "options": {"-1": {"text": "PURGED", "color": "red", "index": 0}}}],
+            graph=False, w=12),
+        timeseries("Binlog files behind the source", [
+            target(f"gravity_source_binlog_files_behind{{{S}}}", "{{pipeline}}"),
+            threshold_series(FILEGAP, "B")], "none",
+            "Binlog files between gravity's position and the source's current one. Over the threshold and "
+            "growing for 10 minutes pages, whatever the heartbeat lag says.", thresholds=[FILEGAP]),
         timeseries("Binlog bytes behind the source", targets(
             (f"gravity_source_binlog_bytes_behind{{{S}}}", "{{pipeline}}")), "bytes",
             "Bytes of binlog gravity still has to read."),
@@ -554,7 +608,7 @@ def source():
             (f"gravity_source_binlog_purge_headroom_bytes{{{S}}}", "{{pipeline}}")), "bytes",
             "Bytes between the oldest retained binlog and gravity's position."),
         timeseries("Time until retention can purge the position", [
-            target(f"gravity:binlog_purge_eta_seconds{{{S}}}", "{{pipeline}}"), threshold_series(ETA, "B")], "s",
+            target(f"(gravity:binlog_purge_eta_seconds{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "{{pipeline}}"), threshold_series(ETA, "B")], "s",
             "Retention minus the age of gravity's position (a lower bound; Incremental stage, time-based "
             "retention only).", thresholds=[ETA], above=False),
         stat("Binlog retention", targets((f"gravity_source_binlog_retention_seconds{{{S}}}", "{{pipeline}}")), "s",
@@ -582,9 +636,9 @@ def source():
 
 # --- Data quality ----------------------------------------------------------------------
 def quality():
-    rows_in = (f'label_replace(sum by (pipeline, db, table) (increase(gravity_input_counter{{type="dml", {S}}}[$__range])), '
+    rows_in = (f'label_replace(sum by (cluster, namespace, job, pipeline, db, table) (increase(gravity_input_counter{{type="dml", {S}}}[$__range])), '
                '"schema", "$1", "db", "(.*)")')
-    rows_out = (f'label_replace(label_replace(sum by (pipeline, cat0, cat1) (increase(gravity_output_counter{{cat2="dml", {S}}}[$__range])), '
+    rows_out = (f'label_replace(label_replace(sum by (cluster, namespace, job, pipeline, cat0, cat1) (increase(gravity_output_counter{{cat2="dml", {S}}}[$__range])), '
                 '"schema", "$1", "cat0", "(.*)"), "table", "$1", "cat1", "(.*)")')
     return dashboard("gravity-quality", "Gravity / Data quality",
                      "Does the target hold what the source holds: rows in against rows out, DDL, "
@@ -597,15 +651,15 @@ def quality():
             "completed run of the consistency checker. Below 1 for 30 minutes (several runs) fires the alert.",
             thresholds=[CONSISTENCY], above=False, minimum=0, maximum=1),
         table("Last consistency run", [
-            target(f'sum by (pipeline, schema, table) (gravity_data_consistency_chunks{{result="mismatch", {S}}})', "", "A",
+            target(f'sum by (cluster, namespace, job, pipeline, schema, table) (gravity_data_consistency_chunks{{result="mismatch", {S}}})', "", "A",
                    instant=True, fmt="table"),
-            target(f'sum by (pipeline, schema, table) (gravity_data_consistency_rows{{side="source", {S}}})', "", "B",
+            target(f'sum by (cluster, namespace, job, pipeline, schema, table) (gravity_data_consistency_rows{{side="source", {S}}})', "", "B",
                    instant=True, fmt="table"),
-            target(f'sum by (pipeline, schema, table) (gravity_data_consistency_rows{{side="target", {S}}})', "", "C",
+            target(f'sum by (cluster, namespace, job, pipeline, schema, table) (gravity_data_consistency_rows{{side="target", {S}}})', "", "C",
                    instant=True, fmt="table"),
-            target(f"time() - max by (pipeline, schema, table) (gravity_data_consistency_last_run_timestamp_seconds{{{S}}})",
+            target(f"time() - max by (cluster, namespace, job, pipeline, schema, table) (gravity_data_consistency_last_run_timestamp_seconds{{{S}}})",
                    "", "D", instant=True, fmt="table"),
-            target(f"min by (pipeline, schema, table) (gravity_data_consistency_check_success{{{S}}})", "", "E",
+            target(f"min by (cluster, namespace, job, pipeline, schema, table) (gravity_data_consistency_check_success{{{S}}})", "", "E",
                    instant=True, fmt="table")],
             "Per checked table: chunks that differed on every comparison, rows counted on each side, how long "
             "ago the last run completed, and whether the last attempt completed (0: login, missing table, no "
@@ -622,8 +676,8 @@ def quality():
                        column_override("last check ok", "bool")], w=12),
         row("Rows and schema"),
         table("Rows in against rows out (time range)", [
-            target(f"sum by (pipeline, schema, table) ({rows_in})", "", "A", instant=True, fmt="table"),
-            target(f"sum by (pipeline, schema, table) ({rows_out})", "", "B", instant=True, fmt="table")],
+            target(f"sum by (cluster, namespace, job, pipeline, schema, table) ({rows_in})", "", "A", instant=True, fmt="table"),
+            target(f"sum by (cluster, namespace, job, pipeline, schema, table) ({rows_out})", "", "B", instant=True, fmt="table")],
             "DML rows read per source table and written per target table over the time range. Tables routed "
             "to another name, or filtered out, show on one side only.",
             transformations=[{"id": "merge", "options": {}},
@@ -633,10 +687,10 @@ def quality():
             overrides=[column_override("rows in", "short"), column_override("rows out", "short")], w=12),
         row("Schema changes"),
         timeseries("DDL replicated", targets(
-            (f'sum by (pipeline, db, table) (increase(gravity_input_counter{{type="ddl", {S}}}[$__rate_interval]))',
+            (f'sum by (cluster, namespace, job, pipeline, db, table) (increase(gravity_input_counter{{type="ddl", {S}}}[$__rate_interval]))',
              "{{pipeline}} {{db}}.{{table}}")), "none", "DDL statements read from the source (GravityDDLApplied)."),
         timeseries("DDL written to the target", targets(
-            (f'sum by (pipeline, cat0, cat1, cat3) (increase(gravity_output_counter{{cat2="ddl", {S}}}[$__rate_interval]))',
+            (f'sum by (cluster, namespace, job, pipeline, cat0, cat1, cat3) (increase(gravity_output_counter{{cat2="ddl", {S}}}[$__rate_interval]))',
              "{{pipeline}} {{cat0}}.{{cat1}} {{cat3}}")), "none", "DDL statements applied to the target, by kind."),
         table("Config and version", targets(
             (f"gravity_pipeline_info{{{S}}}", ""), instant=True, fmt="table"),
@@ -650,8 +704,8 @@ def quality():
              w=12),
         row("Heartbeat"),
         timeseries("Heartbeat signature: lag against stall", [
-            target(f"gravity:watermark_lag_seconds:max{{{S}}}", "lag {{pipeline}}", "A"),
-            target(f"gravity:watermark_stall_seconds:max{{{S}}}", "stall {{pipeline}}", "B"),
+            target(f"(gravity:watermark_lag_seconds:max{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "lag {{pipeline}}", "A"),
+            target(f"(gravity:watermark_stall_seconds:max{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "stall {{pipeline}}", "B"),
             threshold_series(HEARTBEAT, "C")], "s",
             "Lag growing while stall stays small and no rows arrive: gravity cannot write its heartbeat "
             "(gravity issue 226), nothing is really behind.", thresholds=[HEARTBEAT]),
@@ -662,7 +716,7 @@ def quality():
             (stage_quantile(0.99, "gravity_input_probe_latency"), "{{pipeline}}")), "s",
             "From writing the heartbeat row on the source to reading it from the binlog."),
         timeseries("Data lag p99 by table", targets(
-            (f"histogram_quantile(0.99, sum by (pipeline, schema, table, le) (rate(gravity_data_lag_seconds_bucket{{{S}}}[$__rate_interval])))",
+            (f"histogram_quantile(0.99, sum by (cluster, namespace, job, pipeline, schema, table, le) (rate(gravity_data_lag_seconds_bucket{{{S}}}[$__rate_interval])))",
              "{{pipeline}} {{schema}}.{{table}}")), "s",
             "Lag per table in batch mode; the stream (schema and table empty) otherwise."),
     ])
@@ -672,8 +726,8 @@ def quality():
 EXPORTER = 'job=~"$job", instance=~"$instance"'
 # Exporter meta metrics (and `up`) carry no pipeline label: join it in from gravity_up,
 # which also limits them to the exporters of the selected pipelines.
-JOIN_PIPELINE = (f" * on (job, instance) group_left (pipeline) "
-                 f"topk by (job, instance) (1, group by (job, instance, pipeline) (gravity_up{{{S}}}))")
+JOIN_PIPELINE = (f" * on (cluster, namespace, job, instance) group_left (pipeline) "
+                 f"topk by (cluster, namespace, job, instance) (1, group by (cluster, namespace, job, instance, pipeline) (gravity_up{{{S}}}))")
 
 
 def exporter_metric(m):
@@ -689,8 +743,17 @@ def resources():
                            threshold_series(CPU, "B")], "none",
                    "CPU cores used (user + system).", thresholds=[CPU], w=8),
         timeseries("Resident memory", [target(f"gravity_process_resident_memory_bytes{{{S}}}", "{{pipeline}}"),
-                                       threshold_series(MEM, "B")], "bytes", "RSS of gravity.",
+                                       threshold_series(MEM, "B")], "bytes",
+                   "RSS of gravity. The fixed threshold applies when gravity runs without a memory limit.",
                    thresholds=[MEM], w=8),
+        timeseries("Memory used of the cgroup limit", [
+            target(f"gravity_process_resident_memory_bytes{{{S}}} / (gravity_process_memory_limit_bytes{{{S}}} > 0) "
+                   f"or gravity_process_resident_memory_bytes{{{S}}} / on ({ID}) group_left () "
+                   f"gravity:memory_threshold_bytes", "{{pipeline}}"),
+            threshold_series(MEMLIMIT, "B")], "percentunit",
+            "RSS as a share of gravity's cgroup memory limit (a pod's limit, systemd MemoryMax=): the kernel "
+            "OOM-kills it at 100 %. Without a limit, as a share of the fixed gravity:memory_threshold_bytes, "
+            "where GravityMemoryPressure fires at 100 %.", thresholds=[MEMLIMIT], maximum=1, w=8),
         timeseries("File descriptors used", [
             target(f"gravity_process_open_fds{{{S}}} / gravity_process_max_fds{{{S}}}", "{{pipeline}}"),
             threshold_series(FDS, "B")], "percentunit", "Open fds against the soft RLIMIT_NOFILE.",
@@ -702,7 +765,7 @@ def resources():
             (f"gravity_process_open_fds{{{S}}}", "open fds {{pipeline}}")), "short", "OS threads and open fds.",
             w=8),
         timeseries("Context switches", targets(
-            (f"sum by (pipeline, kind) (rate(gravity_process_context_switches_total{{{S}}}[$__rate_interval]))",
+            (f"sum by (cluster, namespace, job, pipeline, kind) (rate(gravity_process_context_switches_total{{{S}}}[$__rate_interval]))",
              "{{pipeline}} {{kind}}")), "cps", "Voluntary and involuntary context switches.", w=8),
         timeseries("Storage I/O", targets(
             (f"rate(gravity_process_io_read_bytes_total{{{S}}}[$__rate_interval])", "read {{pipeline}}"),
@@ -712,10 +775,9 @@ def resources():
             (f"gravity_process_state{{{S}}} == 1", "{{pipeline}} {{state}}")),
             "running, sleeping, disk_sleep (D: stuck in I/O), zombie, stopped."),
         timeseries("Log disk free", [
-            target(f"gravity:node_filesystem_avail:ratio and on (host) gravity:log_host:active{{{S}}}",
-                   "{{host}} {{mountpoint}}"),
+            target(f"gravity:log_filesystem_avail:ratio{{{S}}}", "{{pipeline}}"),
             threshold_series(DISK, "B")], "percentunit",
-            "Free share of the filesystems on the hosts where gravity writes its log (node_exporter; "
+            "Free share of the filesystem holding gravity's log (the exporter's statvfs, no node_exporter; "
             "GravityLogDiskFilling also needs the disk to be filling).", thresholds=[DISK], above=False,
             maximum=1),
         timeseries("Log last written", targets(
@@ -730,7 +792,7 @@ def resources():
             "0: the collector's metrics are its last good (stale) values (GravityExporterCollectorFailing).",
             mappings=OK_MAPPINGS),
         timeseries("Collector failures", targets(
-            (f"sum by (pipeline, collector) (rate(gravity_exporter_collector_failures_total{{{EXPORTER}}}[$__rate_interval]){JOIN_PIPELINE})",
+            (f"sum by (cluster, namespace, job, pipeline, collector) (rate(gravity_exporter_collector_failures_total{{{EXPORTER}}}[$__rate_interval]){JOIN_PIPELINE})",
              "{{pipeline}} {{collector}}")), "cps", "Failed, timed-out or panicked collector runs."),
         timeseries("Since last collector success", targets(
             (f"time() - ({exporter_metric('gravity_exporter_collector_last_success_timestamp_seconds')})",
@@ -741,9 +803,9 @@ def resources():
              "dropped/s {{pipeline}}")), "short",
             "Series of gravity's own /metrics passed through, and series dropped by the cap."),
         timeseries("Log tailer events", targets(
-            (f"sum by (pipeline) (increase(gravity_log_rotations_total{{{S}}}[$__rate_interval]))", "rotations {{pipeline}}"),
-            (f"sum by (pipeline) (increase(gravity_log_truncations_total{{{S}}}[$__rate_interval]))", "truncations {{pipeline}}"),
-            (f"sum by (pipeline) (increase(gravity_log_oversized_lines_total{{{S}}}[$__rate_interval]))",
+            (f"sum by (cluster, namespace, job, pipeline) (increase(gravity_log_rotations_total{{{S}}}[$__rate_interval]))", "rotations {{pipeline}}"),
+            (f"sum by (cluster, namespace, job, pipeline) (increase(gravity_log_truncations_total{{{S}}}[$__rate_interval]))", "truncations {{pipeline}}"),
+            (f"sum by (cluster, namespace, job, pipeline) (increase(gravity_log_oversized_lines_total{{{S}}}[$__rate_interval]))",
              "oversized lines {{pipeline}}")), "none", "Log rotations and truncations the tailer followed."),
         timeseries("Scrape", targets(
             (exporter_metric("up"), "up {{pipeline}}"),

@@ -143,7 +143,7 @@ fn alertmanager_config_is_valid_and_routes_by_severity() {
     let (ok, out) = run(&amtool, &["check-config", "alerts/alertmanager.yml"]);
     assert!(ok && out.contains("SUCCESS"), "amtool check-config:\n{out}");
     assert!(
-        out.contains("4 inhibit rules") && out.contains("4 receivers"),
+        out.contains("5 inhibit rules") && out.contains("4 receivers"),
         "{out}"
     );
     for (want, labels) in ROUTES {
@@ -168,29 +168,35 @@ fn alertmanager_config_is_valid_and_routes_by_severity() {
     assert!(ok, "alerts/tests/amtool-routes.sh:\n{out}");
 }
 
-/// A real Alertmanager with alerts/alertmanager.yml: which alerts end up inhibited.
-#[test]
-fn alertmanager_inhibits_as_documented() {
-    let Some(am) = require_tool(&["prometheus-alertmanager", "alertmanager"]) else {
-        return;
-    };
+/// A real Alertmanager on a free loopback port, with the given configuration file.
+struct LiveAlertmanager {
+    addr: SocketAddr,
+    _guard: KillOnDrop,
+    _dir: tempfile::TempDir,
+}
+
+fn start_alertmanager(am: &std::path::Path, config_yaml: &str) -> LiveAlertmanager {
     let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("alertmanager.yml");
+    std::fs::write(&cfg, config_yaml).unwrap();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let cfg = rules::repo_root().join("alerts/alertmanager.yml");
     let child = Command::new(am)
         .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.path={}", dir.path().display()))
+        .arg(format!(
+            "--storage.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address={addr}"))
         .arg("--cluster.listen-address=")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("start alertmanager");
-    let _guard = KillOnDrop(child);
+    let guard = KillOnDrop(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     while http(addr, "GET", "/-/ready", "").map(|r| r.0) != Some(200) {
         assert!(
@@ -199,85 +205,464 @@ fn alertmanager_inhibits_as_documented() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    LiveAlertmanager {
+        addr,
+        _guard: guard,
+        _dir: dir,
+    }
+}
 
-    // (pipeline, alertname, severity, expected state)
-    let cases = [
-        // crash loop: the loop replaces GravityDown, which mutes the rest but not the
-        // binlog alerts
-        ("a", "GravityCrashLooping", "P0", "active"),
-        ("a", "GravityDown", "P0", "suppressed"),
-        ("a", "GravitySourceUnreachable", "P0", "suppressed"),
-        ("a", "GravityReplicationLagHigh", "P1", "suppressed"),
-        ("a", "GravityBinlogPurgeImminent", "P0", "active"),
-        ("a", "GravityBinlogRetentionRunningOut", "P1", "active"),
-        // no P0: nothing muted
-        ("b", "GravityReplicationLagHigh", "P1", "active"),
-        ("b", "GravityQueueSaturated", "P2", "active"),
-        // the supervisor gave up: that alone pages
-        ("c", "GravitySupervisorGaveUp", "P0", "active"),
-        ("c", "GravityCrashLooping", "P0", "suppressed"),
-        ("c", "GravityDown", "P0", "suppressed"),
-        // a P0 other than GravityDown mutes P1-P3 of its pipeline only
-        ("d", "GravityPipelineStalled", "P0", "active"),
-        ("d", "GravityExporterCollectorFailing", "P3", "suppressed"),
-        ("d", "GravityOutputStopped", "P1", "suppressed"),
-        ("e", "GravityExporterCollectorFailing", "P3", "active"),
-        // gravity down, plain
-        ("f", "GravityDown", "P0", "active"),
-        ("f", "GravityTargetUnreachable", "P0", "suppressed"),
-        ("f", "GravityHeartbeatProbeFailing", "P3", "suppressed"),
-    ];
-    let body = serde_json::Value::Array(
-        cases
-            .iter()
-            .map(|(p, a, s, _)| {
-                serde_json::json!({"labels": {"alertname": a, "severity": s, "priority": priority_of(s), "pipeline": p}})
-            })
-            .collect(),
-    )
-    .to_string();
-    let posted = http(addr, "POST", "/api/v2/alerts", &body).expect("post alerts");
-    assert_eq!(posted.0, 200, "{}", posted.1);
-
-    let want: BTreeMap<(String, String), &str> = cases
+/// The labels of a posted alert: identity (namespace, job, pipeline), name, severity.
+fn alert_json(
+    ns: &str,
+    job: &str,
+    pipeline: &str,
+    name: &str,
+    ends_in: Option<Duration>,
+) -> serde_json::Value {
+    let severity = rules::alert_rules()
         .iter()
-        .map(|(p, a, _, st)| ((p.to_string(), a.to_string()), *st))
+        .find(|r| r["alert"].as_str() == Some(name))
+        .and_then(|r| r["labels"]["severity"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no alert {name} in the rules"));
+    let mut a = serde_json::json!({"labels": {
+        "alertname": name, "severity": severity, "priority": priority_of(&severity),
+        "namespace": ns, "job": job, "pipeline": pipeline,
+    }});
+    if let Some(d) = ends_in {
+        let t = time::OffsetDateTime::now_utc() + d;
+        a["endsAt"] = serde_json::Value::String(
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap(),
+        );
+    }
+    a
+}
+
+type Identity = (String, String, String);
+/// (namespace, job, pipeline, alertname)
+type AlertKey = (String, String, String, String);
+
+/// (namespace, job, pipeline, alertname) -> (state, alertnames of the alerts that inhibit it)
+fn alert_states(addr: SocketAddr) -> BTreeMap<AlertKey, (String, Vec<String>)> {
+    let (code, text) = http(addr, "GET", "/api/v2/alerts", "").expect("get alerts");
+    assert_eq!(code, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("alerts JSON");
+    let all = v.as_array().unwrap();
+    let by_fp: BTreeMap<String, (Identity, String)> = all
+        .iter()
+        .map(|a| {
+            let l = &a["labels"];
+            let s = |k: &str| l[k].as_str().unwrap_or("").to_string();
+            (
+                a["fingerprint"].as_str().unwrap().to_string(),
+                ((s("namespace"), s("job"), s("pipeline")), s("alertname")),
+            )
+        })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (code, text) = http(addr, "GET", "/api/v2/alerts", "").expect("get alerts");
-        assert_eq!(code, 200, "{text}");
-        let got: BTreeMap<(String, String), String> =
-            serde_json::from_str::<serde_json::Value>(&text)
-                .expect("alerts JSON")
+    all.iter()
+        .map(|a| {
+            let l = &a["labels"];
+            let s = |k: &str| l[k].as_str().unwrap_or("").to_string();
+            let id = (s("namespace"), s("job"), s("pipeline"));
+            let by: Vec<String> = a["status"]["inhibitedBy"]
                 .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| {
-                    let l = &a["labels"];
-                    (
-                        (
-                            l["pipeline"].as_str().unwrap().to_string(),
-                            l["alertname"].as_str().unwrap().to_string(),
-                        ),
-                        a["status"]["state"].as_str().unwrap().to_string(),
-                    )
+                .into_iter()
+                .flatten()
+                .filter_map(|fp| by_fp.get(fp.as_str()?))
+                .map(|(src_id, name)| {
+                    // an inhibition across pipeline identities is a bug in itself
+                    assert_eq!(
+                        src_id,
+                        &id,
+                        "{} muted by {name} of {src_id:?}",
+                        s("alertname")
+                    );
+                    name.clone()
                 })
                 .collect();
-        let diff: Vec<String> = want
-            .iter()
-            .filter(|(k, v)| got.get(*k).map(String::as_str) != Some(**v))
-            .map(|(k, v)| format!("{k:?}: got {:?}, want {v}", got.get(k)))
-            .collect();
+            (
+                (id.0, id.1, id.2, s("alertname")),
+                (a["status"]["state"].as_str().unwrap().to_string(), by),
+            )
+        })
+        .collect()
+}
+
+/// What one rule of `inhibit_rules` must mute, and what it must not.
+struct InhibitCase {
+    rule: &'static str,
+    /// firing on the pipeline (prod, gravity, <pipeline>)
+    sources: &'static [&'static str],
+    /// muted, by one of the sources
+    muted: &'static [&'static str],
+    /// same pipeline, still delivered
+    kept: &'static [&'static str],
+}
+
+const INHIBIT_CASES: &[InhibitCase] = &[
+    InhibitCase {
+        rule: "1 cause first: target unreachable",
+        sources: &["GravityTargetUnreachable"],
+        muted: &[
+            "GravityDown",
+            "GravityCrashLooping",
+            "GravityPipelineStalled",
+            "GravityReplicationLagHigh",
+            "GravityOutputStopped",
+        ],
+        // the cause itself pages (GravityDown used to mute it), the supervisor giving up
+        // still needs a hand, the purge clocks keep running, a dead exporter is its own problem
+        kept: &[
+            "GravitySupervisorGaveUp",
+            "GravityBinlogPurgeImminent",
+            "GravityBinlogRetentionRunningOut",
+            "GravityExporterDown",
+        ],
+    },
+    InhibitCase {
+        rule: "1 cause first: source unreachable",
+        sources: &["GravitySourceUnreachable"],
+        muted: &[
+            "GravityDown",
+            "GravityCrashLooping",
+            "GravityBinlogPositionStalled",
+            "GravityBinlogFileGapGrowing",
+            "GravityReplicationLagHigh",
+        ],
+        kept: &["GravityBinlogPurgeImminent"],
+    },
+    InhibitCase {
+        rule: "1 cause first: probe DB unreachable",
+        sources: &["GravityProbeDBUnreachable"],
+        muted: &[
+            "GravityDown",
+            "GravityCrashLooping",
+            "GravitySlowCrashLoop",
+            "GravityPipelineStalled",
+            "GravityOutputStopped",
+        ],
+        kept: &["GravityTargetUnreachable"],
+    },
+    InhibitCase {
+        rule: "1 cause first: binlog purged",
+        sources: &["GravityBinlogPurged"],
+        muted: &["GravityCrashLooping", "GravityBinlogFileGapGrowing"],
+        kept: &["GravityBinlogRetentionRunningOut"],
+    },
+    InhibitCase {
+        rule: "2 crash loop replaces GravityDown",
+        sources: &["GravityCrashLooping"],
+        muted: &["GravityDown"],
+        kept: &["GravitySourceUnreachable", "GravityBinlogPurgeImminent"],
+    },
+    InhibitCase {
+        rule: "2+3 the supervisor gave up",
+        sources: &["GravitySupervisorGaveUp"],
+        muted: &["GravityDown", "GravityCrashLooping"],
+        kept: &["GravityTargetUnreachable"],
+    },
+    InhibitCase {
+        rule: "4 gravity down explains the stall",
+        sources: &["GravityDown"],
+        muted: &[
+            "GravityPipelineStalled",
+            "GravityBinlogPositionStalled",
+            "GravityBinlogFileGapGrowing",
+            "GravityStopped",
+        ],
+        kept: &[
+            "GravitySourceUnreachable",
+            "GravityTargetUnreachable",
+            "GravityProbeDBUnreachable",
+            "GravityBinlogPurgeImminent",
+            "GravityBinlogPurged",
+            "GravityBinlogDisabled",
+        ],
+    },
+    InhibitCase {
+        rule: "5 a P0 mutes the P1-P3 it explains",
+        sources: &["GravityPipelineStalled"],
+        muted: &[
+            "GravityReplicationLagHigh",
+            "GravityErrorRateHigh",
+            "GravityQueueSaturated",
+            "GravityRestarted",
+            "GravityExporterCollectorFailing",
+        ],
+        kept: &["GravityBinlogRetentionRunningOut", "GravityExporterDown"],
+    },
+];
+
+/// A real Alertmanager with the shipped alerts/alertmanager.yml: each inhibition rule mutes
+/// what it should on the same pipeline identity, keeps what it should, and never reaches
+/// another namespace, another pipeline or another job.
+#[test]
+fn alertmanager_inhibits_cause_first_within_one_pipeline_identity() {
+    let Some(am) = require_tool(&["prometheus-alertmanager", "alertmanager"]) else {
+        return;
+    };
+    let live = start_alertmanager(&am, &read("alerts/alertmanager.yml"));
+    let mut posted = Vec::new();
+    // (namespace, job, pipeline, alertname) -> (want state, allowed inhibitors)
+    let mut want: BTreeMap<AlertKey, (&str, Vec<&str>)> = BTreeMap::new();
+    let key = |ns: &str, job: &str, p: &str, a: &str| {
+        (
+            ns.to_string(),
+            job.to_string(),
+            p.to_string(),
+            a.to_string(),
+        )
+    };
+    // Every checked alert gets a pipeline of its own, with only the case's sources beside it,
+    // so that each verdict is about one rule and one alert.
+    for (i, c) in INHIBIT_CASES.iter().enumerate() {
+        let with_sources = |p: &str, posted: &mut Vec<serde_json::Value>| {
+            for s in c.sources {
+                posted.push(alert_json("prod", "gravity", p, s, None));
+            }
+        };
+        for (j, m) in c.muted.iter().enumerate() {
+            let p = format!("c{i}-m{j}");
+            with_sources(&p, &mut posted);
+            for s in c.sources {
+                want.insert(key("prod", "gravity", &p, s), ("active", vec![]));
+            }
+            posted.push(alert_json("prod", "gravity", &p, m, None));
+            want.insert(
+                key("prod", "gravity", &p, m),
+                ("suppressed", c.sources.to_vec()),
+            );
+            // the same alert of the same pipeline name in another namespace, of another
+            // pipeline, of another job: never muted by this pipeline's cause
+            for (ns, job, pipe) in [
+                ("staging", "gravity", p.clone()),
+                ("prod", "gravity", format!("{p}-other")),
+                ("prod", "gravity-b", p.clone()),
+            ] {
+                posted.push(alert_json(ns, job, &pipe, m, None));
+                want.insert(key(ns, job, &pipe, m), ("active", vec![]));
+            }
+        }
+        for (j, k) in c.kept.iter().enumerate() {
+            let p = format!("c{i}-k{j}");
+            with_sources(&p, &mut posted);
+            posted.push(alert_json("prod", "gravity", &p, k, None));
+            want.insert(key("prod", "gravity", &p, k), ("active", vec![]));
+        }
+    }
+    let body = serde_json::Value::Array(posted).to_string();
+    let r = http(live.addr, "POST", "/api/v2/alerts", &body).expect("post alerts");
+    assert_eq!(r.0, 200, "{}", r.1);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = alert_states(live.addr);
+        let mut diff = Vec::new();
+        for (k, (state, allowed)) in &want {
+            match got.get(k) {
+                None => diff.push(format!("{k:?}: not in Alertmanager")),
+                Some((s, by)) if s != state => {
+                    diff.push(format!("{k:?}: {s} (inhibited by {by:?}), want {state}"))
+                }
+                Some((_, by))
+                    if *state == "suppressed"
+                        && !by.iter().any(|b| allowed.contains(&b.as_str())) =>
+                {
+                    diff.push(format!(
+                        "{k:?}: inhibited by {by:?}, want one of {allowed:?}"
+                    ))
+                }
+                Some((_, by)) if *state == "active" && !by.is_empty() => {
+                    diff.push(format!("{k:?}: active but inhibitedBy {by:?}"))
+                }
+                _ => {}
+            }
+        }
         if diff.is_empty() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "inhibition differs:\n{}",
+            "inhibition differs from alerts/alertmanager.yml's promise (rules: {:?}):\n{}",
+            INHIBIT_CASES.iter().map(|c| c.rule).collect::<Vec<_>>(),
             diff.join("\n")
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A webhook receiver for the test: records (path, body) of every POST.
+struct Webhook {
+    port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+}
+
+fn start_webhook() -> Webhook {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            // headers, then Content-Length bytes of body
+            let (path, body) = loop {
+                let Ok(n) = conn.read(&mut chunk) else {
+                    break (String::new(), Vec::new());
+                };
+                if n == 0 {
+                    break (String::new(), Vec::new());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
+                        break (path, buf[end + 4..end + 4 + len].to_vec());
+                    }
+                }
+            };
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+                sink.lock().unwrap().push((path, v));
+            }
+        }
+    });
+    Webhook { port, got }
+}
+
+/// The shipped alertmanager.yml with every receiver URL pointed at the test's webhook and
+/// every route timing (group_wait, group_interval, repeat_interval) divided by `scale`, so
+/// that an hour of Alertmanager time passes in seconds. Nothing else is changed.
+fn shipped_config_for_test(webhook_port: u16, scale: u64) -> String {
+    let url = Regex::new(r"url: http://127\.0\.0\.1:5001/").unwrap();
+    let timing = Regex::new(
+        r"(?m)^(\s*(?:group_wait|group_interval|repeat_interval):\s*)([0-9]+)(ms|s|m|h)\s*$",
+    )
+    .unwrap();
+    let cfg = read("alerts/alertmanager.yml");
+    assert!(
+        url.is_match(&cfg),
+        "receivers are no longer on 127.0.0.1:5001"
+    );
+    let cfg = url.replace_all(
+        &cfg,
+        format!("url: http://127.0.0.1:{webhook_port}/").as_str(),
+    );
+    timing
+        .replace_all(&cfg, |c: &regex::Captures<'_>| {
+            let n: u64 = c[2].parse().unwrap();
+            let ms = n * match &c[3] {
+                "ms" => 1,
+                "s" => 1_000,
+                "m" => 60_000,
+                _ => 3_600_000,
+            };
+            format!("{}{}ms", &c[1], (ms / scale).max(1))
+        })
+        .into_owned()
+}
+
+/// Every P3 reaches the digest receiver through the shipped routes, including short-lived
+/// ones (GravityDDLApplied fires ~15 minutes, Config/VersionChanged ~35 minutes) that begin
+/// after the group's first message and end before its next one. Timings are scaled 1:600
+/// (group_wait 5m -> 0.5 s, group_interval 1h -> 6 s); the lifetimes below are scaled alike.
+#[test]
+fn every_p3_is_delivered_through_the_shipped_routes() {
+    let Some(am) = require_tool(&["prometheus-alertmanager", "alertmanager"]) else {
+        return;
+    };
+    const SCALE: u64 = 600;
+    let hook = start_webhook();
+    let live = start_alertmanager(&am, &shipped_config_for_test(hook.port, SCALE));
+    let scaled = |minutes: u64| Duration::from_millis(minutes * 60_000 / SCALE);
+    let p3: Vec<String> = rules::alert_rules()
+        .iter()
+        .filter(|r| r["labels"]["severity"] == "P3")
+        .map(|r| r["alert"].as_str().unwrap().to_string())
+        .collect();
+    assert!(p3.len() >= 6, "{p3:?}");
+    // A long-lived P3 opens the group and gets its first message ...
+    let first = alert_json(
+        "prod",
+        "gravity",
+        "orders",
+        "GravityDataConsistencyMismatch",
+        None,
+    );
+    let r = http(
+        live.addr,
+        "POST",
+        "/api/v2/alerts",
+        &serde_json::json!([first]).to_string(),
+    )
+    .expect("post");
+    assert_eq!(r.0, 200, "{}", r.1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !hook.got.lock().unwrap().iter().any(|(p, _)| p == "/digest") {
+        assert!(Instant::now() < deadline, "no first digest");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ... then every P3 fires for its usual lifetime, between two flushes of the group
+    let lifetime = |name: &str| match name {
+        "GravityDDLApplied" => scaled(15),
+        "GravityConfigChanged" | "GravityVersionChanged" => scaled(35),
+        _ => scaled(20),
+    };
+    let batch: Vec<serde_json::Value> = p3
+        .iter()
+        .filter(|n| n.as_str() != "GravityDataConsistencyMismatch")
+        .map(|n| alert_json("prod", "gravity", "orders", n, Some(lifetime(n))))
+        .collect();
+    let r = http(
+        live.addr,
+        "POST",
+        "/api/v2/alerts",
+        &serde_json::Value::Array(batch).to_string(),
+    )
+    .expect("post");
+    assert_eq!(r.0, 200, "{}", r.1);
+
+    let deadline = Instant::now() + scaled(3 * 60); // three group intervals
+    loop {
+        let delivered: BTreeSet<String> = hook
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == "/digest")
+            .flat_map(|(_, v)| v["alerts"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a["labels"]["alertname"].as_str().map(str::to_string))
+            .collect();
+        let missing: Vec<&String> = p3.iter().filter(|n| !delivered.contains(*n)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "P3 alerts never delivered to the digest: {missing:?} (delivered {delivered:?})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // the digest carries the pipeline identity it was grouped by
+    for (p, v) in hook.got.lock().unwrap().iter() {
+        if p == "/digest" {
+            assert_eq!(v["groupLabels"]["namespace"], "prod", "{v}");
+            assert_eq!(v["groupLabels"]["pipeline"], "orders", "{v}");
+        }
     }
 }
 
@@ -592,5 +977,103 @@ fn alerts_readme_lists_every_alert() {
             line.contains(sev),
             "alerts/README.md: {name} without its severity {sev}"
         );
+    }
+}
+
+const IDENTITY: [&str; 4] = ["cluster", "namespace", "job", "pipeline"];
+
+/// Pipeline identity is (cluster, namespace, job, pipeline) everywhere: no `on()`/`by()` of
+/// a rule uses `instance`, every one that names `pipeline` names the whole identity (the
+/// per-pipeline override lookup excepted), and Alertmanager groups and inhibits by it.
+#[test]
+fn pipeline_identity_never_includes_instance() {
+    let list = Regex::new(r"\b(on|by|ignoring|without)\s*\(([^)]*)\)").unwrap();
+    for f in [rules::RECORDING_RULES, rules::ALERT_RULES] {
+        for r in rules::rules_of(f) {
+            let name = r
+                .get("alert")
+                .or(r.get("record"))
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string();
+            let expr = r["expr"].as_str().unwrap();
+            for c in list.captures_iter(expr) {
+                let labels: Vec<&str> = c[2]
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                assert!(
+                    !labels.contains(&"instance"),
+                    "{f}: {name}: `{}` matches on instance",
+                    &c[0]
+                );
+                if matches!(&c[1], "on" | "by") && labels.contains(&"pipeline") {
+                    let override_lookup = labels == ["pipeline"] && expr.contains(":override");
+                    assert!(
+                        override_lookup || IDENTITY.iter().all(|l| labels.contains(l)),
+                        "{f}: {name}: `{}` is not the whole pipeline identity {IDENTITY:?}",
+                        &c[0]
+                    );
+                }
+            }
+        }
+    }
+    let am: serde_yaml::Value = serde_yaml::from_str(&read("alerts/alertmanager.yml")).unwrap();
+    let strings = |v: &serde_yaml::Value| -> Vec<String> {
+        v.as_sequence()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut group_bys = vec![strings(&am["route"]["group_by"])];
+    for r in am["route"]["routes"].as_sequence().unwrap() {
+        if !r["group_by"].is_null() {
+            group_bys.push(strings(&r["group_by"]));
+        }
+    }
+    for g in group_bys {
+        assert!(!g.contains(&"instance".to_string()), "group_by {g:?}");
+        assert!(
+            IDENTITY.iter().all(|l| g.contains(&l.to_string())),
+            "group_by {g:?} lacks part of {IDENTITY:?}"
+        );
+    }
+    let rules_ = am["inhibit_rules"].as_sequence().unwrap();
+    assert!(rules_.len() >= 5);
+    for r in rules_ {
+        assert_eq!(
+            strings(&r["equal"]),
+            IDENTITY.map(String::from).to_vec(),
+            "{r:?}"
+        );
+    }
+}
+
+/// Every P0 keeps firing long enough for GravityExporterDown (2 minutes without a scrape,
+/// then `for: 1m`, evaluated every minute: at most ~4 minutes) to take over when the
+/// exporter dies: incidents.test.yml checks the hand-over minute by minute.
+#[test]
+fn every_p0_keeps_firing_until_exporter_down_takes_over() {
+    let minutes = |d: &str| -> u64 {
+        let (n, unit) = d.split_at(d.len() - 1);
+        let n: u64 = n.parse().unwrap();
+        match unit {
+            "m" => n,
+            "h" => n * 60,
+            _ => panic!("duration {d}"),
+        }
+    };
+    for r in rules::alert_rules() {
+        if r["labels"]["severity"] != "P0" {
+            continue;
+        }
+        let name = r["alert"].as_str().unwrap();
+        let keep = r["keep_firing_for"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: P0 without keep_firing_for"));
+        assert!(minutes(keep) >= 5, "{name}: keep_firing_for {keep} < 5m");
     }
 }

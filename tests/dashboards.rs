@@ -155,7 +155,9 @@ fn schema_uids_titles_and_variables() {
             assert_eq!(var["type"], "query", "{f}: ${v}");
             assert_eq!(var["datasource"]["uid"], "${datasource}", "{f}: ${v}");
             assert_eq!(var["query"]["query"], source, "{f}: ${v}");
-            assert_eq!(var["allValue"], ".*", "{f}: ${v}");
+            // "All" must not match series without the label: `.+` for job and instance
+            let all = if v == "pipeline" { ".*" } else { ".+" };
+            assert_eq!(var["allValue"], all, "{f}: ${v}");
         }
         assert_eq!(vars.len(), 4, "{f}: exactly the four variables");
     }
@@ -266,6 +268,15 @@ fn queries_filter_by_the_variables_and_use_rate_interval() {
                 if !matchers.contains("$pipeline") || metric.contains("threshold") {
                     continue;
                 }
+                // A recorded aggregate is per pipeline identity, without instance: it selects
+                // $job and $pipeline and is joined with gravity_up of the selected instances.
+                let joined = r#"and on (cluster, namespace, job, pipeline) gravity_up{job=~"$job", instance=~"$instance", pipeline=~"$pipeline"}"#;
+                if metric.starts_with("gravity:")
+                    && matchers.contains(r#"job=~"$job""#)
+                    && e.contains(joined)
+                {
+                    continue;
+                }
                 assert!(
                     matchers.contains(r#"job=~"$job""#)
                         && matchers.contains(r#"instance=~"$instance""#),
@@ -278,7 +289,9 @@ fn queries_filter_by_the_variables_and_use_rate_interval() {
                 let (func, window) = (&c[1], &c[2]);
                 let ok = match func {
                     // per step, over the dashboard's range, or the window of the alert it mirrors
-                    "increase" => ["$__rate_interval", "$__range", "15m", "1d"].contains(&window),
+                    "increase" => {
+                        ["$__rate_interval", "$__range", "15m", "2h", "1d"].contains(&window)
+                    }
                     _ => window == "$__rate_interval",
                 };
                 assert!(
@@ -497,4 +510,102 @@ fn provisioning_points_at_the_dashboards() {
     let ds = rules::read("dashboards/provisioning/datasources/prometheus.yml");
     let doc: serde_yaml::Value = serde_yaml::from_str(&ds).unwrap();
     assert_eq!(doc["datasources"][0]["type"], "prometheus");
+}
+
+/// Legends keep environments apart (the same pipeline name in two namespaces or jobs is two
+/// lines), and no aggregation sums pipelines of different namespaces or jobs together.
+#[test]
+fn legends_and_aggregations_keep_environments_apart() {
+    let by = Regex::new(r"\bby \(([^)]*)\)").unwrap();
+    for (p, d) in dashboards() {
+        let f = name(&p);
+        for panel in panels(&d) {
+            let title = panel["title"].as_str().unwrap_or("");
+            for t in panel["targets"].as_array().into_iter().flatten() {
+                let legend = t["legendFormat"].as_str().unwrap_or("");
+                if legend.contains("{{pipeline}}") {
+                    assert!(
+                        legend.contains("{{namespace}}") && legend.contains("{{job}}"),
+                        "{f}: {title}: legend {legend:?} cannot tell environments apart"
+                    );
+                }
+                let e = t["expr"].as_str().unwrap_or("");
+                for c in by.captures_iter(e) {
+                    let labels: Vec<&str> = c[1].split(',').map(str::trim).collect();
+                    if labels.contains(&"pipeline") {
+                        assert!(
+                            ["cluster", "namespace", "job"]
+                                .iter()
+                                .all(|l| labels.contains(l)),
+                            "{f}: {title}: `by ({})` merges environments: {e}",
+                            &c[1]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Panels the alerts of issue 11 point at: binlog enabled and purged, the exit reason, the
+/// restart rate over hours, memory against the cgroup limit, the log's filesystem.
+#[test]
+fn dashboards_show_what_the_new_alerts_check() {
+    let mut all = String::new();
+    for (_, d) in dashboards() {
+        for (title, e) in exprs(&d) {
+            all.push_str(&format!("{title}\t{e}\n"));
+        }
+    }
+    for needle in [
+        "gravity_source_binlog_enabled",
+        "gravity_source_binlog_purge_headroom_files",
+        "gravity_process_last_exit_info",
+        "increase(gravity_process_restarts_total{",
+        "gravity:slow_crashloop_restarts_threshold",
+        "gravity_process_memory_limit_bytes",
+        "gravity:log_filesystem_avail:ratio",
+        "rate(gravity_input_rows_total{",
+    ] {
+        assert!(all.contains(needle), "no dashboard query uses {needle}");
+    }
+    assert!(
+        !all.contains("node_filesystem"),
+        "the log disk panel needs no node_exporter"
+    );
+}
+
+/// dashboards/.lint: the deliberate deviations from Grafana's dashboard linter, each with a
+/// reason and naming only dashboards and panels that exist.
+#[test]
+fn lint_exclusions_name_real_panels_and_give_reasons() {
+    let lint: serde_yaml::Value = serde_yaml::from_str(&rules::read("dashboards/.lint")).unwrap();
+    let titles: BTreeMap<String, BTreeSet<String>> = dashboards()
+        .into_iter()
+        .map(|(_, d)| {
+            let panels: BTreeSet<String> = panels(&d)
+                .iter()
+                .map(|p| p["title"].as_str().unwrap_or("").to_string())
+                .collect();
+            (d["title"].as_str().unwrap().to_string(), panels)
+        })
+        .collect();
+    let ex = lint["exclusions"].as_mapping().expect("exclusions");
+    assert!(!ex.is_empty());
+    for (rule, body) in ex {
+        let rule = rule.as_str().unwrap();
+        assert!(
+            body["reason"].as_str().is_some_and(|r| r.len() > 40),
+            "{rule}: say why"
+        );
+        for e in body["entries"].as_sequence().into_iter().flatten() {
+            let dash = e["dashboard"].as_str().unwrap();
+            let panels = titles
+                .get(dash)
+                .unwrap_or_else(|| panic!("{rule}: no dashboard {dash:?}"));
+            if let Some(p) = e["panel"].as_str() {
+                assert!(panels.contains(p), "{rule}: no panel {p:?} in {dash}");
+            }
+        }
+    }
 }

@@ -8,7 +8,10 @@
 //!   the consistency checker on a table of the MariaDB (compared with itself: score 1).
 //! - Pipeline `stack-faulty` gets faults; each must reach the webhook: stalled watermarks →
 //!   GravityPipelineStalled; an error burst in the log → GravityErrorRateHigh; gravity
-//!   stopped → GravityDown; a crash loop → GravityCrashLooping. Times are printed.
+//!   stopped → GravityDown; a crash loop → GravityCrashLooping; gravity down, then its
+//!   exporter dies → GravityDown keeps firing (keep_firing_for) until GravityExporterDown
+//!   has taken over, checked every 250 ms for a gap (ExporterDown's 2 minutes scaled to
+//!   10 s, keep_firing_for to 20 s). Times are printed.
 //! - Every dashboard panel query, with its variables substituted, returns data.
 
 mod common;
@@ -346,21 +349,6 @@ async fn alerts_and_dashboards_on_a_real_stack() {
     let exporters = [exp_h.addr, exp_f.addr, exp_m.addr, exp_b.addr];
     let healthy = ["stack-healthy", "stack-mongo", "stack-batch"];
 
-    // node_exporter for the log-disk panel and alert (filesystem collector only)
-    let node_port = common::free_port();
-    let _node = require("/usr/bin/prometheus-node-exporter").map(|bin| {
-        Proc(
-            Command::new(bin)
-                .arg(format!("--web.listen-address=127.0.0.1:{node_port}"))
-                .arg("--collector.disable-defaults")
-                .arg("--collector.filesystem")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    });
-
     // Alertmanager from the shipped example: webhooks to this test, short timers
     let (hook, got) = webhook().await;
     let am_port = common::free_port();
@@ -402,19 +390,28 @@ async fn alerts_and_dashboards_on_a_real_stack() {
     std::fs::write(&rec, rules::read(rules::RECORDING_RULES)).unwrap();
     std::fs::write(
         &alerts,
-        rules::shorten_for(&rules::read(rules::ALERT_RULES), "3s"),
+        // short `for:`, P0s that resolve 20 s (not 10 min) after their cause is gone, and an
+        // exporter missed after 10 s (not 2 min): the hand-over scenario (e) scaled down
+        exporter_down_after(
+            &rules::shorten_keep_firing_for(
+                &rules::shorten_for(&rules::read(rules::ALERT_RULES), "3s"),
+                "20s",
+            ),
+            10,
+        ),
     )
     .unwrap();
     let overrides = work.path().join("overrides.yml");
     std::fs::write(
         &overrides,
-        "groups:\n  - name: test-overrides\n    rules:\n      - record: gravity:stall_threshold_seconds:override\n        expr: max by (pipeline) (gravity_up{pipeline=\"stack-faulty\"}) * 0 + 5\n",
+        // a stop by signal pages after 2 s, not 15 min, so the stopped pipeline reaches GravityDown
+        "groups:\n  - name: test-overrides\n    rules:\n      - record: gravity:stall_threshold_seconds:override\n        expr: max by (pipeline) (gravity_up{pipeline=\"stack-faulty\"}) * 0 + 5\n      - record: gravity:stop_grace_seconds:override\n        expr: max by (pipeline) (gravity_up{pipeline=\"stack-faulty\"}) * 0 + 2\n",
     )
     .unwrap();
     let prom_port = common::free_port();
     let targets: Vec<String> = exporters.iter().map(|a| format!("'{a}'")).collect();
     let prom_yml = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n  - {}\n  - {}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\nscrape_configs:\n  - job_name: gravity-exporter\n    static_configs:\n      - targets: [{}]\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{node_port}']\n",
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n  - {}\n  - {}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\nscrape_configs:\n  - job_name: gravity-exporter\n    static_configs:\n      - targets: [{}]\n",
         rec.display(),
         alerts.display(),
         overrides.display(),
@@ -527,7 +524,7 @@ async fn alerts_and_dashboards_on_a_real_stack() {
         .await,
     );
     control(port_f, "/_double/fault?mode=none").await;
-    let resolved = wait_for(Duration::from_secs(30), || async {
+    let resolved = wait_for(Duration::from_secs(60), || async {
         query(
             prom_port,
             "ALERTS{pipeline=\"stack-faulty\",severity=\"P0\"}",
@@ -704,6 +701,76 @@ async fn alerts_and_dashboards_on_a_real_stack() {
             .collect::<String>(),
     )
     .ok();
+    // (e) gravity down, then its exporter dies: GravityDown stays firing until
+    // GravityExporterDown has taken over, with no gap (checked every 250 ms).
+    let mut sup_f2 = sup_f2;
+    sup_f2.stop();
+    // Down in Prometheus' view for longer than GravityDown's `for:` (3 s here), so that the
+    // alert fires for this outage and not only kept from the crash loop before it.
+    let stopped = wait_for(Duration::from_secs(60), || async {
+        !query(
+            prom_port,
+            "max_over_time(gravity_up{pipeline=\"stack-faulty\"}[6s]) == 0",
+        )
+        .await
+        .is_empty()
+    })
+    .await;
+    assert!(
+        stopped.is_some(),
+        "gravity_up of the stopped pipeline never stayed 0"
+    );
+    let down = wait_for(Duration::from_secs(60), || async {
+        !query(
+            prom_port,
+            "ALERTS{alertname=\"GravityDown\",pipeline=\"stack-faulty\",alertstate=\"firing\"}",
+        )
+        .await
+        .is_empty()
+    })
+    .await;
+    assert!(
+        down.is_some(),
+        "GravityDown never fired for the stopped pipeline"
+    );
+    println!("  gravity down for 6 s after {stopped:?}, GravityDown firing {down:?} later");
+    let t = Instant::now();
+    exp_f.stop().await;
+    println!("  exporter stopped in {:.1} s", t.elapsed().as_secs_f64());
+    let firing = |name: &'static str| {
+        format!(
+            "count(ALERTS{{alertname=\"{name}\",pipeline=\"stack-faulty\",alertstate=\"firing\"}}) or vector(0)"
+        )
+    };
+    let count = |v: Vec<serde_json::Value>| -> Option<f64> {
+        v.first()?["value"][1].as_str()?.parse().ok()
+    };
+    let mut took_over = None;
+    while t.elapsed() < Duration::from_secs(60) {
+        // one answer each; a lost HTTP exchange (no answer) is asked again, not a gap
+        let (Some(gd), Some(ed)) = (
+            count(query(prom_port, &firing("GravityDown")).await),
+            count(query(prom_port, &firing("GravityExporterDown")).await),
+        ) else {
+            continue;
+        };
+        assert!(
+            gd > 0.0 || ed > 0.0,
+            "{:.1} s after the exporter died neither GravityDown nor GravityExporterDown fires: a gap",
+            t.elapsed().as_secs_f64()
+        );
+        if ed > 0.0 {
+            took_over = Some(t.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let took_over = took_over.expect("GravityExporterDown never fired after the exporter died");
+    println!(
+        "  exporter died during an outage → GravityExporterDown (P1), GravityDown firing meanwhile: {:.1} s",
+        took_over.as_secs_f64()
+    );
+
     assert!(
         empty.is_empty(),
         "{} of {total} panel queries returned no data:\n{}",
@@ -711,7 +778,20 @@ async fn alerts_and_dashboards_on_a_real_stack() {
         empty.join("\n")
     );
     drop((sup_h, sup_m, sup_b, sup_f2));
-    for e in [exp_h, exp_f, exp_m, exp_b] {
+    for e in [exp_h, exp_m, exp_b] {
         e.stop().await;
     }
+}
+
+/// The rules with GravityExporterDown's 2-minute threshold replaced by `secs` (test only).
+fn exporter_down_after(rules_yaml: &str, secs: u32) -> String {
+    let from = "max_over_time(gravity:exporter_last_seen_timestamp_seconds[1d]) > 120";
+    assert!(
+        rules_yaml.contains(from),
+        "GravityExporterDown changed: {from}"
+    );
+    rules_yaml.replace(
+        from,
+        &format!("max_over_time(gravity:exporter_last_seen_timestamp_seconds[1d]) > {secs}"),
+    )
 }

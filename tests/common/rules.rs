@@ -24,6 +24,17 @@ pub fn shorten_for(rules_yaml: &str, to: &str) -> String {
     .into_owned()
 }
 
+/// Rewrites every `keep_firing_for:` of a Prometheus rule file to `to`, so that a live-stack
+/// test sees a P0 resolve within seconds of its cause. Nothing else is touched.
+pub fn shorten_keep_firing_for(rules_yaml: &str, to: &str) -> String {
+    let re =
+        Regex::new(r"(?m)^([ \t]*(?:-[ \t]+)?)keep_firing_for:[ \t]*[^\s#]+").expect("valid regex");
+    re.replace_all(rules_yaml, |c: &regex::Captures<'_>| {
+        format!("{}keep_firing_for: {to}", &c[1])
+    })
+    .into_owned()
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -119,8 +130,22 @@ pub fn known_metric_names() -> BTreeSet<String> {
     for n in ["node_filesystem_avail_bytes", "node_filesystem_size_bytes"] {
         names.insert(n.to_string());
     }
+    names.extend(EXIT_METRICS_CONTRACT.iter().map(|n| n.to_string()));
     names
 }
+
+/// Series of the metric contract of issue 11 (exit causes, cgroup memory, log filesystem,
+/// row counters) that the alerts and dashboards use. The exporter side adds them to
+/// docs/metrics.md; listed here too so the rules can be checked on their own.
+pub const EXIT_METRICS_CONTRACT: &[&str] = &[
+    "gravity_process_last_exit_info",
+    "gravity_process_memory_limit_bytes",
+    "gravity_process_oom_kills_total",
+    "gravity_log_filesystem_avail_bytes",
+    "gravity_log_filesystem_size_bytes",
+    "gravity_input_rows_total",
+    "gravity_output_rows_total",
+];
 
 /// Metric names a PromQL expression refers to (gravity_*, gravity:*, node_*), with
 /// histogram suffixes removed; quoted strings are skipped.
@@ -239,6 +264,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn shorten_keep_firing_for_rewrites_only_that_key() {
+        let yaml = "      - alert: A\n        expr: up == 0\n        for: 10m\n        keep_firing_for: 10m\n        annotations:\n          description: keep_firing_for: 10m in text\n";
+        let got = shorten_keep_firing_for(yaml, "5s");
+        assert!(
+            got.contains("        for: 10m\n        keep_firing_for: 5s\n"),
+            "{got}"
+        );
+        assert!(
+            got.contains("description: keep_firing_for: 10m in text"),
+            "{got}"
+        );
+        let real = shorten_keep_firing_for(&read(ALERT_RULES), "5s");
+        assert!(!real.contains("keep_firing_for: 10m"));
+        assert!(real.matches("keep_firing_for: 5s").count() >= 8);
     }
 
     #[test]
