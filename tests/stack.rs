@@ -404,8 +404,9 @@ async fn alerts_and_dashboards_on_a_real_stack() {
     let overrides = work.path().join("overrides.yml");
     std::fs::write(
         &overrides,
-        // a stop by signal pages after 2 s, not 15 min, so the stopped pipeline reaches GravityDown
-        "groups:\n  - name: test-overrides\n    rules:\n      - record: gravity:stall_threshold_seconds:override\n        expr: max by (pipeline) (gravity_up{pipeline=\"stack-faulty\"}) * 0 + 5\n      - record: gravity:stop_grace_seconds:override\n        expr: max by (pipeline) (gravity_up{pipeline=\"stack-faulty\"}) * 0 + 2\n",
+        // a stop by signal pages after 2 s, not 15 min, so the stopped pipeline reaches GravityDown;
+        // the test host's own disk is not under test: no log-disk threshold
+        "groups:\n  - name: test-overrides\n    rules:\n      - record: gravity:stall_threshold_seconds:override\n        expr: max by (pipeline) (gravity_up{pipeline=\"stack-faulty\"}) * 0 + 5\n      - record: gravity:stop_grace_seconds:override\n        expr: max by (pipeline) (gravity_up{pipeline=\"stack-faulty\"}) * 0 + 2\n      - record: gravity:log_disk_free_threshold_ratio:override\n        expr: max by (pipeline) (gravity_up) * 0\n",
     )
     .unwrap();
     let prom_port = common::free_port();

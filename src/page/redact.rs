@@ -57,8 +57,10 @@ static SET_PASSWORD: LazyLock<Regex> = LazyLock::new(|| {
     .expect("static regex is valid")
 });
 static DSN_SPACED: LazyLock<Regex> = LazyLock::new(|| {
-    // Go's DSN `user:pass word@tcp(host)/db`: a password with blanks, ended by the protocol
-    Regex::new(r#"([^\s:@/()'"]+):(\S[^@\n]*?)@((?:tcp|unix|udp)\()"#)
+    // Go's DSN `user:pass word@tcp(host)/db`: a password with blanks, ended by the protocol.
+    // No parentheses in it: otherwise `tcp(127.0.0.1:3307)/db: Error …; u:p@tcp(` would mask
+    // the host and the server's error text between two DSNs of one message.
+    Regex::new(r#"([^\s:@/()'"]+):(\S[^@\n()]*?)@((?:tcp|unix|udp)\()"#)
         .expect("static regex is valid")
 });
 static DSN: LazyLock<Regex> = LazyLock::new(|| {
@@ -512,6 +514,21 @@ mod tests {
             .unwrap();
         let out = String::from_utf8(w.0).unwrap();
         assert!(!out.contains("Zq-global"), "{out}");
+    }
+
+    #[test]
+    fn two_dsns_in_one_message_keep_the_host_and_error_between_them() {
+        let r = Redactor::default();
+        let out = r.redact(
+            "open writer:s3cret@tcp(127.0.0.1:3307)/db: Error 1045: Access denied (using password: YES); repl:pl4nted@tcp(h:3306)/",
+        );
+        assert!(
+            out.contains("writer:***@tcp(127.0.0.1:3307)/db: Error 1045")
+                && out.contains("(using password: YES)")
+                && out.contains("repl:***@tcp(h:3306)"),
+            "{out}"
+        );
+        assert!(!out.contains("s3cret") && !out.contains("pl4nted"), "{out}");
     }
 
     #[test]
