@@ -20,9 +20,7 @@
 //! | [`page`] | the status page (verdict, lag, checks, connections, last errors; passwords masked) and its JSON |
 //! | [`probe`] | protocol-level probes: MySQL handshake + login + `SELECT 1`, Kafka ApiVersions, Mongo `hello` |
 //! | [`app`] | wiring, signals, reloads |
-//! | [`double`] | a faithful simulation of gravity for the demo and the tests |
 //! | [`check`] | `gravity-exporter check`: every check once, Nagios status line and codes, or JSON |
-//! | [`demo`] | `gravity-exporter demo`: the double plus the exporter, ready to look at |
 //!
 //! [gravity]: https://github.com/moiot/gravity
 #![forbid(unsafe_code)]
@@ -31,9 +29,7 @@ pub mod app;
 pub mod check;
 pub mod collector;
 pub mod config;
-pub mod demo;
 pub mod discovery;
-pub mod double;
 pub mod expfmt;
 pub mod gravity_api;
 pub mod gravity_config;

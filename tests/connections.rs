@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gravity_exporter::probe::kafka::testserver::{FakeBroker, Mode as KafkaMode};
-use gravity_exporter::probe::mongo::testserver::{FakeMongod, Mode as MongoMode};
+use gravity_double::kafka::{FakeBroker, Mode as KafkaMode};
+use gravity_double::mongo::{FakeMongod, Mode as MongoMode};
 use mariadb::{exec, MariaDb};
 
 const WAIT: Duration = Duration::from_secs(15);
