@@ -19,6 +19,13 @@
 //!    and cached) and its port. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) match the
 //!    IPv4 address.
 //!
+//! The fd links are read on every collection; the tables (step 2) only when gravity's set of
+//! socket inodes changed or the last read is older than [`TABLE_REUSE`] (60 s). The kernel
+//! writes `net/tcp` by walking the host's whole TCP hash table, which costs milliseconds on a
+//! busy host, while gravity's connections rarely change: a new connection is a new inode, so
+//! reuse never hides one; a connection the peer closed (`CLOSE_WAIT`) while gravity keeps the
+//! fd open is counted until the next read, at most 60 s later.
+//!
 //! Endpoints that share an address (gravity's source and probe DB are often the same
 //! server) each count every connection to that address. Reading another user's
 //! `/proc/<pid>/fd` needs the same user or `CAP_SYS_PTRACE`.
@@ -145,20 +152,16 @@ pub fn count_established(
 }
 
 fn read_capped(path: &Path, cap: u64) -> std::io::Result<String> {
-    let mut s = String::new();
-    std::fs::File::open(path)?
-        .take(cap)
-        .read_to_string(&mut s)?;
-    Ok(s)
+    // One large buffer: procfs hands out `net/tcp` a page per read, and every read that
+    // starts mid-file makes the kernel find its place in the hash table again.
+    let mut buf = Vec::with_capacity(256 * 1024);
+    std::fs::File::open(path)?.take(cap).read_to_end(&mut buf)?;
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
-/// Reads gravity's ESTABLISHED TCP sockets and its socket inodes (blocking).
-pub fn read_sockets(
-    proc_root: &Path,
-    pid: i32,
-) -> Result<(Vec<TcpEntry>, HashSet<u64>), CollectError> {
-    let dir = proc_root.join(pid.to_string());
-    let fd_dir = dir.join("fd");
+/// The socket inodes gravity holds, from its `/proc/<pid>/fd` links (blocking).
+pub fn read_socket_inodes(proc_root: &Path, pid: i32) -> Result<HashSet<u64>, CollectError> {
+    let fd_dir = proc_root.join(pid.to_string()).join("fd");
     let rd = std::fs::read_dir(&fd_dir)
         .map_err(|e| CollectError::Unavailable(format!("cannot read {}: {e}", fd_dir.display())))?;
     let mut inodes = HashSet::new();
@@ -169,6 +172,16 @@ pub fn read_sockets(
             }
         }
     }
+    Ok(inodes)
+}
+
+/// The ESTABLISHED entries of `/proc/<pid>/net/tcp{,6}` held by one of `inodes` (blocking).
+pub fn read_tcp_tables(
+    proc_root: &Path,
+    pid: i32,
+    inodes: &HashSet<u64>,
+) -> Result<Vec<TcpEntry>, CollectError> {
+    let dir = proc_root.join(pid.to_string());
     let mut entries = Vec::new();
     let mut read_any = false;
     for name in ["tcp", "tcp6"] {
@@ -198,7 +211,61 @@ pub fn read_sockets(
             dir.display()
         )));
     }
+    Ok(entries)
+}
+
+/// Reads gravity's ESTABLISHED TCP sockets and its socket inodes (blocking).
+pub fn read_sockets(
+    proc_root: &Path,
+    pid: i32,
+) -> Result<(Vec<TcpEntry>, HashSet<u64>), CollectError> {
+    let inodes = read_socket_inodes(proc_root, pid)?;
+    let entries = read_tcp_tables(proc_root, pid, &inodes)?;
     Ok((entries, inodes))
+}
+
+/// How long the entries of one `net/tcp{,6}` read are reused while gravity's socket inodes
+/// stay the same.
+pub const TABLE_REUSE: Duration = Duration::from_secs(60);
+
+/// The last table read: for which pid and inode set, when, and gravity's entries then.
+#[derive(Debug, Default)]
+pub struct TableCache {
+    key: Option<(i32, HashSet<u64>)>,
+    at: Option<Instant>,
+    entries: Vec<TcpEntry>,
+}
+
+impl TableCache {
+    /// gravity's sockets (blocking): its fd links every time, the tables only when the
+    /// inodes (or the pid) changed or the last read is [`TABLE_REUSE`] old. The bool says
+    /// whether the tables were read.
+    pub fn read(
+        &mut self,
+        proc_root: &Path,
+        pid: i32,
+        now: Instant,
+    ) -> Result<(Vec<TcpEntry>, HashSet<u64>, bool), CollectError> {
+        let inodes = read_socket_inodes(proc_root, pid)?;
+        let fresh = self
+            .at
+            .is_some_and(|at| now.saturating_duration_since(at) < TABLE_REUSE);
+        let same = self
+            .key
+            .as_ref()
+            .is_some_and(|(p, i)| *p == pid && *i == inodes);
+        if fresh && same {
+            return Ok((self.entries.clone(), inodes, false));
+        }
+        // Forget the old read first: a failed read must not leave it to be reused.
+        self.key = None;
+        self.at = None;
+        let entries = read_tcp_tables(proc_root, pid, &inodes)?;
+        self.key = Some((pid, inodes.clone()));
+        self.at = Some(now);
+        self.entries = entries.clone();
+        Ok((entries, inodes, true))
+    }
 }
 
 /// One endpoint's count, for [`sockets_families`].
@@ -280,6 +347,7 @@ impl Resolver {
 #[derive(Debug, Default)]
 pub struct SocketsCollector {
     resolver: Resolver,
+    tables: Arc<Mutex<TableCache>>,
 }
 
 impl Collector for SocketsCollector {
@@ -309,9 +377,14 @@ impl Collector for SocketsCollector {
             }
             let root = s.proc_root.clone();
             let pid = look.id.pid;
-            let read = tokio::task::spawn_blocking(move || read_sockets(&root, pid))
-                .await
-                .map_err(|_| CollectError::Panicked)?;
+            let tables = self.tables.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                lock(&tables)
+                    .read(&root, pid, Instant::now())
+                    .map(|(e, i, _)| (e, i))
+            })
+            .await
+            .map_err(|_| CollectError::Panicked)?;
             let (entries, inodes) = match read {
                 Ok(x) => x,
                 // It died between the watcher's look and ours: the watcher reports it.
@@ -483,5 +556,65 @@ mod tests {
         drop((c2, a2));
         let (entries, inodes) = read_sockets(Path::new("/proc"), pid).unwrap();
         assert_eq!(count_established(&entries, &inodes, &ips, port), 0);
+    }
+
+    /// A fake `/proc/<pid>` with the given socket fds and one ESTABLISHED entry per inode.
+    fn fake_proc(root: &Path, pid: i32, inodes: &[u64], port: u16) {
+        let dir = root.join(pid.to_string());
+        let fd = dir.join("fd");
+        let _ = std::fs::remove_dir_all(&fd);
+        std::fs::create_dir_all(&fd).unwrap();
+        std::fs::create_dir_all(dir.join("net")).unwrap();
+        let mut text = String::from(
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n",
+        );
+        for (n, ino) in inodes.iter().enumerate() {
+            std::os::unix::fs::symlink(format!("socket:[{ino}]"), fd.join((n + 3).to_string()))
+                .unwrap();
+            text.push_str(&format!(
+                "   {n}: 0100007F:A000 0100007F:{port:04X} 01 00000000:00000000 00:00000000 00000000  1000        0 {ino} 1 0 20 4 30 10 -1\n"
+            ));
+        }
+        std::fs::write(dir.join("net/tcp"), text).unwrap();
+    }
+
+    #[test]
+    fn tables_are_reused_while_the_inodes_stay_and_reread_when_they_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let ips = ["127.0.0.1".parse().unwrap()];
+        let mut cache = TableCache::default();
+        let t0 = Instant::now();
+        fake_proc(root, 7, &[100, 101], 3306);
+        let (e, i, read) = cache.read(root, 7, t0).unwrap();
+        assert!(read);
+        assert_eq!(count_established(&e, &i, &ips, 3306), 2);
+        // Same fds: the tables are not read again (the changed file is not seen) ...
+        std::fs::write(root.join("7/net/tcp"), "garbage").unwrap();
+        let (e, i, read) = cache.read(root, 7, t0 + Duration::from_secs(5)).unwrap();
+        assert!(
+            !read,
+            "tables read again although gravity's sockets are the same"
+        );
+        assert_eq!(count_established(&e, &i, &ips, 3306), 2);
+        // ... until they are TABLE_REUSE old,
+        fake_proc(root, 7, &[100, 101], 3306);
+        let (_, _, read) = cache.read(root, 7, t0 + TABLE_REUSE).unwrap();
+        assert!(read);
+        // or gravity holds another socket,
+        fake_proc(root, 7, &[100, 101, 102], 3306);
+        let (e, i, read) = cache.read(root, 7, t0 + TABLE_REUSE).unwrap();
+        assert!(read);
+        assert_eq!(count_established(&e, &i, &ips, 3306), 3);
+        // or it is another process.
+        fake_proc(root, 8, &[100, 101, 102], 3306);
+        let (_, _, read) = cache.read(root, 8, t0 + TABLE_REUSE).unwrap();
+        assert!(read);
+        // A failed read is not reused.
+        std::fs::remove_file(root.join("8/net/tcp")).unwrap();
+        fake_proc(root, 9, &[1], 3306);
+        std::fs::remove_file(root.join("9/net/tcp")).unwrap();
+        assert!(cache.read(root, 9, t0 + TABLE_REUSE).is_err());
+        assert!(cache.read(root, 9, t0 + TABLE_REUSE).is_err());
     }
 }
