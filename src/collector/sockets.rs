@@ -19,12 +19,13 @@
 //!    and cached) and its port. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) match the
 //!    IPv4 address.
 //!
-//! The fd links are read on every collection; the tables (step 2) only when gravity's set of
-//! socket inodes changed or the last read is older than [`TABLE_REUSE`] (60 s). The kernel
-//! writes `net/tcp` by walking the host's whole TCP hash table, which costs milliseconds on a
-//! busy host, while gravity's connections rarely change: a new connection is a new inode, so
-//! reuse never hides one; a connection the peer closed (`CLOSE_WAIT`) while gravity keeps the
-//! fd open is counted until the next read, at most 60 s later.
+//! The fd links are read on every collection; the tables (step 2) only when one of gravity's
+//! connections to an endpoint port is gone from its fds, when the endpoint ports changed, or
+//! when the last read is [`TABLE_REUSE`] (60 s) old. The kernel writes `net/tcp` by walking
+//! the host's whole TCP hash table, which costs milliseconds even on an idle host, while
+//! gravity's fd set changes on every collection (the exporter's own API requests). So a lost
+//! connection shows at the next collection; a new one, or one the peer closed
+//! (`CLOSE_WAIT`) while gravity keeps the fd, within 60 s.
 //!
 //! Endpoints that share an address (gravity's source and probe DB are often the same
 //! server) each count every connection to that address. Reading another user's
@@ -224,26 +225,27 @@ pub fn read_sockets(
     Ok((entries, inodes))
 }
 
-/// How long the entries of one `net/tcp{,6}` read are reused while gravity's socket inodes
-/// stay the same.
+/// The longest time the entries of one `net/tcp{,6}` read are reused.
 pub const TABLE_REUSE: Duration = Duration::from_secs(60);
 
-/// The last table read: for which pid and inode set, when, and gravity's entries then.
+/// The last table read: for which pid and endpoint ports, when, and gravity's entries then.
 #[derive(Debug, Default)]
 pub struct TableCache {
-    key: Option<(i32, HashSet<u64>)>,
+    key: Option<(i32, HashSet<u16>)>,
     at: Option<Instant>,
     entries: Vec<TcpEntry>,
 }
 
 impl TableCache {
-    /// gravity's sockets (blocking): its fd links every time, the tables only when the
-    /// inodes (or the pid) changed or the last read is [`TABLE_REUSE`] old. The bool says
-    /// whether the tables were read.
+    /// gravity's sockets (blocking): its fd links every time; the tables only when the pid
+    /// or the endpoint `ports` changed, when a socket that was ESTABLISHED to one of the
+    /// ports is no longer among gravity's fds, or when the last read is [`TABLE_REUSE`] old.
+    /// The bool says whether the tables were read.
     pub fn read(
         &mut self,
         proc_root: &Path,
         pid: i32,
+        ports: &HashSet<u16>,
         now: Instant,
     ) -> Result<(Vec<TcpEntry>, HashSet<u64>, bool), CollectError> {
         let inodes = read_socket_inodes(proc_root, pid)?;
@@ -253,15 +255,21 @@ impl TableCache {
         let same = self
             .key
             .as_ref()
-            .is_some_and(|(p, i)| *p == pid && *i == inodes);
-        if fresh && same {
+            .is_some_and(|(p, ports_then)| *p == pid && ports_then == ports);
+        let none_lost = self
+            .entries
+            .iter()
+            .filter(|e| ports.contains(&e.remote.port()))
+            .all(|e| inodes.contains(&e.inode));
+        if fresh && same && none_lost {
             return Ok((self.entries.clone(), inodes, false));
         }
         // Forget the old read first: a failed read must not leave it to be reused.
         self.key = None;
         self.at = None;
+        self.entries.clear();
         let entries = read_tcp_tables(proc_root, pid, &inodes)?;
-        self.key = Some((pid, inodes.clone()));
+        self.key = Some((pid, ports.clone()));
         self.at = Some(now);
         self.entries = entries.clone();
         Ok((entries, inodes, true))
@@ -378,9 +386,10 @@ impl Collector for SocketsCollector {
             let root = s.proc_root.clone();
             let pid = look.id.pid;
             let tables = self.tables.clone();
+            let ports: HashSet<u16> = endpoints.iter().map(|e| e.port).collect();
             let read = tokio::task::spawn_blocking(move || {
                 lock(&tables)
-                    .read(&root, pid, Instant::now())
+                    .read(&root, pid, &ports, Instant::now())
                     .map(|(e, i, _)| (e, i))
             })
             .await
@@ -579,42 +588,49 @@ mod tests {
     }
 
     #[test]
-    fn tables_are_reused_while_the_inodes_stay_and_reread_when_they_change() {
+    fn tables_are_reread_only_when_a_connection_is_lost_or_they_are_old() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         let ips = ["127.0.0.1".parse().unwrap()];
+        let ports: HashSet<u16> = [3306].into();
         let mut cache = TableCache::default();
         let t0 = Instant::now();
         fake_proc(root, 7, &[100, 101], 3306);
-        let (e, i, read) = cache.read(root, 7, t0).unwrap();
+        let (e, i, read) = cache.read(root, 7, &ports, t0).unwrap();
         assert!(read);
         assert_eq!(count_established(&e, &i, &ips, 3306), 2);
-        // Same fds: the tables are not read again (the changed file is not seen) ...
+        // gravity opened another socket (the exporter's own API request, say): the tables
+        // are not read again (their changed content is not seen) ...
+        fake_proc(root, 7, &[100, 101, 555], 3306);
         std::fs::write(root.join("7/net/tcp"), "garbage").unwrap();
-        let (e, i, read) = cache.read(root, 7, t0 + Duration::from_secs(5)).unwrap();
-        assert!(
-            !read,
-            "tables read again although gravity's sockets are the same"
-        );
+        let (e, i, read) = cache
+            .read(root, 7, &ports, t0 + Duration::from_secs(5))
+            .unwrap();
+        assert!(!read, "tables read again although no connection was lost");
         assert_eq!(count_established(&e, &i, &ips, 3306), 2);
         // ... until they are TABLE_REUSE old,
-        fake_proc(root, 7, &[100, 101], 3306);
-        let (_, _, read) = cache.read(root, 7, t0 + TABLE_REUSE).unwrap();
-        assert!(read);
-        // or gravity holds another socket,
         fake_proc(root, 7, &[100, 101, 102], 3306);
-        let (e, i, read) = cache.read(root, 7, t0 + TABLE_REUSE).unwrap();
+        let (e, i, read) = cache.read(root, 7, &ports, t0 + TABLE_REUSE).unwrap();
         assert!(read);
         assert_eq!(count_established(&e, &i, &ips, 3306), 3);
+        // or a connection to an endpoint is gone (seen at once),
+        fake_proc(root, 7, &[100, 102], 3306);
+        let (e, i, read) = cache.read(root, 7, &ports, t0 + TABLE_REUSE).unwrap();
+        assert!(read);
+        assert_eq!(count_established(&e, &i, &ips, 3306), 2);
+        // or the endpoints changed,
+        let (_, _, read) = cache
+            .read(root, 7, &[5432].into(), t0 + TABLE_REUSE)
+            .unwrap();
+        assert!(read);
         // or it is another process.
-        fake_proc(root, 8, &[100, 101, 102], 3306);
-        let (_, _, read) = cache.read(root, 8, t0 + TABLE_REUSE).unwrap();
+        fake_proc(root, 8, &[100, 102], 3306);
+        let (_, _, read) = cache.read(root, 8, &ports, t0 + TABLE_REUSE).unwrap();
         assert!(read);
         // A failed read is not reused.
-        std::fs::remove_file(root.join("8/net/tcp")).unwrap();
         fake_proc(root, 9, &[1], 3306);
         std::fs::remove_file(root.join("9/net/tcp")).unwrap();
-        assert!(cache.read(root, 9, t0 + TABLE_REUSE).is_err());
-        assert!(cache.read(root, 9, t0 + TABLE_REUSE).is_err());
+        assert!(cache.read(root, 9, &ports, t0 + TABLE_REUSE).is_err());
+        assert!(cache.read(root, 9, &ports, t0 + TABLE_REUSE).is_err());
     }
 }
