@@ -10,7 +10,7 @@
 //! | [`gravity_config`] | reads gravity's own config: pipeline name and endpoints; passwords held as `Secret` |
 //! | [`log`] | gravity's log: tailing (rotation, truncation, state file), parsing (json/text/console), classification → errors, retries, last fatal cause |
 //! | [`health`] | the health verdict: seven checks as `gravity_health_check{check}`, their sum `gravity_health_score`, Nagios codes for `check` |
-//! | [`watch`] | background process watcher: up/down within 100 ms, restarts and exits counted |
+//! | [`watch`] | background process watcher: exits through a pidfd, at once; restarts and exits counted |
 //! | [`collector`] | the collector runner (timed, isolated, snapshot per collector), one collector per source, and the background probers (connections, the opt-in consistency checker) |
 //! | [`gravity_api`] | HTTP client for gravity's API with timeouts and body caps (never calls `/reset`) |
 //! | [`expfmt`] | a fast, panic-free parser of the Prometheus text format as client_golang writes it |

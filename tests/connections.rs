@@ -1,7 +1,7 @@
 //! Connection health, failure reasons and source binlog truth, end to end through the
 //! exporter's /metrics, against real MariaDB servers (private ones with binary logging,
 //! started per test, see common/mariadb.rs) and against the Kafka and MongoDB protocol
-//! doubles of `gravity_exporter::probe::{kafka,mongo}::testserver` (neither server can be
+//! doubles of `gravity_double::{kafka,mongo}` (neither server can be
 //! installed here).
 
 mod common;
