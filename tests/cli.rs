@@ -183,7 +183,10 @@ fn demo_without_the_double_says_how_to_get_it() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("'--config.file'"), "the exporter's own usage: {err}");
+    assert!(
+        err.contains("'--config.file'"),
+        "the exporter's own usage: {err}"
+    );
 }
 
 /// With `gravity-double` installed next to it, `gravity-exporter demo` hands over to it with
