@@ -84,9 +84,11 @@ measure_rest() { # label
   o0=$(ticks $OURS); p0=$(ticks $PEER); t0=$(date +%s.%N)
   local end=$(( $(date +%s) + RATE_SECONDS ))
   while [ "$(date +%s)" -lt "$end" ]; do
-    curl -s -o /dev/null "http://127.0.0.1:$OPORT/metrics" &
-    curl -s -o /dev/null "http://127.0.0.1:$PPORT/metrics" &
-    wait
+    # both at the same moment, like one Prometheus scraping both targets (`wait` on the two
+    # curls only: a bare `wait` would wait for the exporters too)
+    curl -s -o /dev/null "http://127.0.0.1:$OPORT/metrics" & c1=$!
+    curl -s -o /dev/null "http://127.0.0.1:$PPORT/metrics" & c2=$!
+    wait "$c1" "$c2"
     sleep 15
   done
   o1=$(ticks $OURS); p1=$(ticks $PEER); t1=$(date +%s.%N)

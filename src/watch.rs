@@ -10,9 +10,11 @@
 //! another pid namespace) the watcher falls back to that one read every
 //! `--collector.process-watch-interval` (100 ms).
 //!
-//! While gravity is not running the watcher searches `/proc` for it: every
-//! [`DOWN_SCAN_INTERVAL`] right after an exit (a supervisor restarting it), backing off to
-//! one scan per [`DOWN_SCAN_MAX`] (see [`down_scan_interval`]). A change of pid or of start
+//! While gravity is not running the watcher looks for it: every [`DOWN_SCAN_INTERVAL`] right
+//! after an exit (a supervisor restarting it), backing off to one look per [`DOWN_SCAN_MAX`]
+//! (see [`down_scan_interval`]), so a gravity that lives 100 ms is always seen. A look first
+//! reads the last pid the kernel handed out (`/proc/loadavg`); the `/proc` scan is skipped
+//! when no process was created since the last look and no recent one may still `exec`. A change of pid or of start
 //! time is a new incarnation: `gravity_process_restarts_total` goes up by one, the target is
 //! re-discovered (gravity may have come back with another config), and the collectors are
 //! kicked to run at once. A zombie counts as down. Every look runs on the blocking pool,
@@ -43,24 +45,30 @@ pub struct Watcher {
     self_pid: i32,
     /// Since when gravity is not running (or since the start): sets the scan back-off.
     down_since: Instant,
+    /// The kernel's last pid at the last scan (`/proc/loadavg`), when `/proc` is ours.
+    last_pid: Option<i32>,
 }
 
 /// The fastest scan for new processes while gravity is not running: right after it exited.
 pub const DOWN_SCAN_INTERVAL: Duration = Duration::from_millis(10);
-/// The slowest scan while gravity is not running, reached 20 s after it went down.
-pub const DOWN_SCAN_MAX: Duration = Duration::from_secs(1);
+/// The slowest look while gravity is not running, reached 2 s after it went down: a gravity
+/// that lives this long is always seen, also at the start of a crash loop after a long
+/// absence.
+pub const DOWN_SCAN_MAX: Duration = Duration::from_millis(100);
 /// The shortest time, while gravity is not running, between two scans that examine every
-/// process (a process that was running for a while may `exec` gravity); it grows to ten
-/// scan intervals as the scans back off.
+/// process (a process that was running for a while may `exec` gravity, which creates no
+/// pid); it grows with a tenth of the time gravity has been gone, up to [`FULL_SCAN_MAX`].
 pub const FULL_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest time between two full scans while gravity is not running.
+pub const FULL_SCAN_MAX: Duration = Duration::from_secs(30);
 /// While gravity's exit is awaited through a pidfd: the time between two looks at its
 /// `/proc/<pid>/stat` (pid file changes, reloads).
 pub const PIDFD_RECHECK: Duration = Duration::from_secs(1);
 
-/// How long to wait before the next scan when gravity went down `down_for` ago: a twentieth
+/// How long to wait before the next look when gravity went down `down_for` ago: a twentieth
 /// of that, between [`DOWN_SCAN_INTERVAL`] and [`DOWN_SCAN_MAX`]. A supervisor's restart
-/// within the first second is looked for every 10–50 ms; after 20 s of absence one scan a
-/// second remains.
+/// within the first 200 ms is looked for every 10 ms; after 2 s of absence ten looks a second
+/// remain, most of them one read of `/proc/loadavg`.
 pub fn down_scan_interval(down_for: Duration) -> Duration {
     (down_for / 20).clamp(DOWN_SCAN_INTERVAL, DOWN_SCAN_MAX)
 }
@@ -80,6 +88,7 @@ impl Watcher {
             last_full_scan: None,
             self_pid: i32::try_from(std::process::id()).unwrap_or(0),
             down_since: Instant::now(),
+            last_pid: None,
         }
     }
 
@@ -129,11 +138,27 @@ impl Watcher {
                 return false;
             }
         }
-        let full_every = FULL_SCAN_INTERVAL.max(self.down_interval().saturating_mul(10));
+        let full_every = (self.down_since.elapsed() / 10).clamp(FULL_SCAN_INTERVAL, FULL_SCAN_MAX);
         let full = reloaded
             || self
                 .last_full_scan
                 .is_none_or(|t| t.elapsed() >= full_every);
+        // No process created since the last scan and none young enough to exec: a scan would
+        // find what the last one found. Only for a /proc of our own pid namespace.
+        let scans = matches!(
+            s.selector,
+            ProcessSelector::Pattern(_) | ProcessSelector::Default
+        );
+        if self.current.is_none() && scans && s.proc_root == Path::new("/proc") {
+            let last_pid = std::fs::read_to_string(s.proc_root.join("loadavg"))
+                .ok()
+                .and_then(|t| discovery::parse_loadavg_last_pid(&t));
+            let unchanged = last_pid.is_some() && last_pid == self.last_pid;
+            self.last_pid = last_pid;
+            if unchanged && !full && !self.scanner.has_young(Instant::now()) {
+                return false;
+            }
+        }
         if full {
             self.last_full_scan = Some(Instant::now());
         }
@@ -320,7 +345,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn down_scans_start_fast_and_back_off_to_a_second() {
+    fn down_scans_start_fast_and_back_off_to_100_ms() {
         assert_eq!(down_scan_interval(Duration::ZERO), DOWN_SCAN_INTERVAL);
         assert_eq!(
             down_scan_interval(Duration::from_millis(150)),
@@ -330,7 +355,8 @@ mod tests {
             down_scan_interval(Duration::from_secs(1)),
             Duration::from_millis(50)
         );
-        assert_eq!(down_scan_interval(Duration::from_secs(20)), DOWN_SCAN_MAX);
+        assert_eq!(down_scan_interval(Duration::from_secs(2)), DOWN_SCAN_MAX);
+        assert_eq!(DOWN_SCAN_MAX, Duration::from_millis(100));
         assert_eq!(
             down_scan_interval(Duration::from_secs(86_400)),
             DOWN_SCAN_MAX
@@ -341,5 +367,15 @@ mod tests {
             assert!(d >= last, "not monotone at {ms} ms");
             last = d;
         }
+    }
+
+    #[test]
+    fn loadavg_last_pid() {
+        assert_eq!(
+            discovery::parse_loadavg_last_pid("0.52 0.58 0.59 2/1130 40721\n"),
+            Some(40721)
+        );
+        assert_eq!(discovery::parse_loadavg_last_pid("0.52 0.58"), None);
+        assert_eq!(discovery::parse_loadavg_last_pid(""), None);
     }
 }

@@ -266,3 +266,69 @@ async fn exit_and_restart_seen_without_polling() {
     );
     r.stop().await;
 }
+
+/// A crash loop that starts after gravity was stopped for a while: every incarnation is
+/// counted, although each lives only ~300 ms. (A watcher that backs its scans off to a
+/// second while gravity is away misses the first ones, as the live-stack crash-loop alert
+/// showed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_after_a_long_absence_counts_every_restart() {
+    let mut d = start_double(Restart::No, Duration::from_millis(100), &[]);
+    d.wait_api().await;
+    let r = common::start(common::settings(&owned(&d.exporter_flags()))).await;
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            metric(r.addr, "gravity_process_up", &[P]).await == Some(1.0)
+        })
+        .await
+        .is_some(),
+        "gravity_process_up never 1"
+    );
+    d.sup.stop();
+    assert!(
+        wait_for(Duration::from_secs(5), || async {
+            metric(r.addr, "gravity_process_up", &[P]).await == Some(0.0)
+        })
+        .await
+        .is_some(),
+        "stop not seen"
+    );
+    // The scenario, not a synchronisation: gravity stays away for 25 s (long enough for a
+    // watcher that backs off to be at its slowest).
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let mut cfg = gravity_double::SupervisorConfig::new(
+        d.dir.path().join("gravity"),
+        d.dir.path(),
+        &d.config,
+        format!("127.0.0.1:{}", d.port),
+    );
+    cfg.log_file = Some(d.log.clone());
+    cfg.restart = Restart::Always;
+    cfg.restart_sec = Duration::from_millis(300);
+    cfg.start_limit_burst = 100;
+    let sup = gravity_double::Supervisor::start(cfg).unwrap();
+    let crashes = 4;
+    for _ in 0..crashes {
+        d.wait_api().await;
+        // each incarnation lives ~300 ms: longer than the watcher's slowest look (100 ms)
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = sup.pid();
+        d.control("/_double/fault?mode=crash").await;
+        sup.wait_until(Duration::from_secs(5), |s| {
+            s.pid.is_some() && s.pid != before
+        })
+        .unwrap();
+    }
+    // The first process, then `crashes` + 1 new ones after it.
+    let want = f64::from(crashes + 1);
+    let counted = wait_for(Duration::from_secs(10), || async {
+        restarts(r.addr).await == want
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "restarts {} of {want}",
+        restarts(r.addr).await
+    );
+    r.stop().await;
+}
