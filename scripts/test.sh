@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of gravity-exporter. Installs what the tests need when it is missing
 # (Debian packages: prometheus for promtool and the server, prometheus-alertmanager for amtool,
-# prometheus-node-exporter,
-# mariadb-server, chromium) and starts MariaDB when none is running.
+# mariadb-server, chromium, openssl) and starts MariaDB when none is running.
 # Usage: scripts/test.sh            (from anywhere in the repo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +14,9 @@ need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # amtool and Alertmanager: tests/alerts.rs checks alerts/alertmanager.yml with both
 command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
-# node_exporter: the live-stack test (tests/stack.rs) feeds the log-disk panel and alert from it
-[ -x /usr/bin/prometheus-node-exporter ] || need+=(prometheus-node-exporter)
+# openssl: certificates of the TLS tests against private MariaDB servers, the RSA key of the
+# caching_sha2_password full-authentication test
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
 # headless Chromium: tests/status_page.rs renders the status page and takes a screenshot
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
@@ -39,7 +39,12 @@ fi
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
+# The whole workspace: the exporter and the gravity double (tests/gravity-double). The
+# exporter's integration tests build the double's binary themselves when it is missing or
+# stale (gravity_double::binary), so any subset of them also runs from a clean clone.
 log "cargo clippy"
-cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+# the shipped exporter alone, without the double's test-only features
+cargo clippy -p gravity-exporter --lib --bins --quiet -- -D warnings
 log "cargo test"
-cargo test --all-targets
+cargo test --workspace --all-targets

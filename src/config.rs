@@ -222,7 +222,8 @@ pub struct Flags {
     /// How often the collectors run [default: 5s].
     #[arg(long = "collector.interval", global = true)]
     pub interval: Option<String>,
-    /// How often the process watcher looks at gravity's pid [default: 100ms].
+    /// How often the process watcher looks at gravity's pid where no pidfd is available
+    /// (with one, gravity's exit is an event) [default: 100ms].
     #[arg(long = "collector.process-watch-interval", global = true)]
     pub watch_interval: Option<String>,
     /// How often the connection probes run; 0s turns off every check that logs in to

@@ -90,6 +90,12 @@ pub fn look(proc_root: &Path, pid: i32) -> Option<ProcLook> {
     })
 }
 
+/// The last pid the kernel handed out (the fifth field of `/proc/loadavg`, in the reader's pid
+/// namespace): unchanged means no process was created since it was last read (pure parser).
+pub fn parse_loadavg_last_pid(text: &str) -> Option<i32> {
+    text.split_ascii_whitespace().nth(4)?.parse().ok()
+}
+
 /// Reads `/proc/<pid>/cmdline` as arguments (empty for zombies and kernel threads).
 pub fn read_cmdline(proc_root: &Path, pid: i32) -> Vec<String> {
     match std::fs::read(proc_root.join(pid.to_string()).join("cmdline")) {
@@ -144,6 +150,13 @@ pub struct Scanner {
 }
 
 impl Scanner {
+    /// Whether a scan has seen a pid less than [`YOUNG`] ago: its command line may still
+    /// change without any new pid being created (exec after fork).
+    pub fn has_young(&self, now: Instant) -> bool {
+        self.seen
+            .values()
+            .any(|first| now.saturating_duration_since(*first) < YOUNG)
+    }
     /// Scans for gravity. `full` examines every process; otherwise only pids not seen
     /// before or first seen less than [`YOUNG`] ago.
     pub fn find(

@@ -10,7 +10,7 @@
 //! | [`gravity_config`] | reads gravity's own config: pipeline name and endpoints; passwords held as `Secret` |
 //! | [`log`] | gravity's log: tailing (rotation, truncation, state file), parsing (json/text/console), classification → errors, retries, last fatal cause |
 //! | [`health`] | the health verdict: seven checks as `gravity_health_check{check}`, their sum `gravity_health_score`, Nagios codes for `check` |
-//! | [`watch`] | background process watcher: up/down within 100 ms, restarts and exits counted |
+//! | [`watch`] | background process watcher: exits through a pidfd, at once; restarts and exits counted |
 //! | [`collector`] | the collector runner (timed, isolated, snapshot per collector), one collector per source, and the background probers (connections, the opt-in consistency checker) |
 //! | [`gravity_api`] | HTTP client for gravity's API with timeouts and body caps (never calls `/reset`) |
 //! | [`expfmt`] | a fast, panic-free parser of the Prometheus text format as client_golang writes it |
@@ -20,10 +20,8 @@
 //! | [`page`] | the status page (verdict, lag, checks, connections, last errors; passwords masked) and its JSON |
 //! | [`probe`] | protocol-level probes: MySQL handshake + login + `SELECT 1`, Kafka ApiVersions, Mongo `hello` |
 //! | [`app`] | wiring, signals, reloads |
-//! | [`double`] | a faithful simulation of gravity for the demo and the tests |
 //! | [`check`] | `gravity-exporter check`: every check once, Nagios status line and codes, or JSON |
 //! | [`web_config`] | `--web.config.file` (exporter-toolkit format): TLS, client certificates, bcrypt basic auth, reloaded on change |
-//! | [`demo`] | `gravity-exporter demo`: the double plus the exporter, ready to look at |
 //!
 //! [gravity]: https://github.com/moiot/gravity
 #![forbid(unsafe_code)]
@@ -32,9 +30,7 @@ pub mod app;
 pub mod check;
 pub mod collector;
 pub mod config;
-pub mod demo;
 pub mod discovery;
-pub mod double;
 pub mod expfmt;
 pub mod gravity_api;
 pub mod gravity_config;

@@ -1,6 +1,6 @@
-//! The `gravity-exporter` binary. Also runs as the gravity double when invoked under the
-//! name `gravity` (busybox style), which is how the demo and the tests start a process
-//! that looks like gravity.
+//! The `gravity-exporter` binary: the exporter, `check`, and `demo` (which hands over to the
+//! `gravity-double` binary installed next to this one; the double is not part of this
+//! binary).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -23,16 +23,10 @@ fn init_logging(s: &Settings) {
 }
 
 fn main() -> ExitCode {
-    // Busybox-style: started as `gravity` (a symlink), this binary is the gravity double.
-    let argv0_is_gravity = std::env::args_os()
-        .next()
-        .and_then(|a| std::path::Path::new(&a).file_name().map(|n| n == "gravity"))
-        .unwrap_or(false);
-    if argv0_is_gravity {
-        let code = gravity_exporter::double::main_from_args(std::env::args_os().collect());
-        return ExitCode::from(u8::try_from(code).unwrap_or(1));
-    }
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Demo(_))) {
+        return demo();
+    }
     let is_check = matches!(cli.command, Some(Command::Check(_)));
     let settings = match Settings::from_flags(cli.flags) {
         Ok(s) => s,
@@ -83,8 +77,7 @@ fn main() -> ExitCode {
     let res: anyhow::Result<()> = rt.block_on(async {
         match cli.command {
             None => gravity_exporter::app::run(settings).await?,
-            Some(Command::Demo(args)) => gravity_exporter::demo::run(settings, args).await?,
-            Some(Command::Check(_)) => {}
+            Some(Command::Demo(_)) | Some(Command::Check(_)) => {}
         }
         Ok(())
     });
@@ -98,4 +91,39 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `gravity-exporter demo`: the simulated gravity is not part of this binary. The demo is run
+/// by the `gravity-double` binary of this repository's workspace; when it is installed next
+/// to this executable it takes over (same flags), otherwise this says how to get it.
+fn demo() -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let double = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("gravity-double")))
+        .filter(|p| p.is_file());
+    let Some(double) = double else {
+        eprintln!(
+            "gravity-exporter demo: the demo runs a simulated gravity, which is not part of this binary.\n\
+             From a clone of the repository run:\n\
+             \n    cargo run --release -p gravity-double -- demo\n\n\
+             or install the double next to gravity-exporter (cargo install --path tests/gravity-double)\n\
+             and run `gravity-exporter demo` again."
+        );
+        return ExitCode::from(2);
+    };
+    // Same flags, with `demo` first: `gravity-double demo [flags]`.
+    let mut rest: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some(i) = rest.iter().position(|a| a == "demo") {
+        rest.remove(i);
+    }
+    let err = std::process::Command::new(&double)
+        .arg("demo")
+        .args(rest)
+        .exec();
+    eprintln!(
+        "gravity-exporter demo: cannot run {}: {err}",
+        double.display()
+    );
+    ExitCode::from(1)
 }

@@ -1,16 +1,31 @@
-//! The process watcher: a background task that looks at gravity's pid every
-//! `--collector.process-watch-interval` (100 ms by default), so that an exit shows in
-//! `/metrics` well within a second and every restart is counted, even several between
-//! two scrapes.
+//! The process watcher: a background task that follows gravity's pid, so that an exit shows
+//! in `/metrics` well within a second and every restart is counted, even several between two
+//! scrapes.
 //!
-//! While gravity runs, a look costs one read of `/proc/<pid>/stat`. Only when gravity is
-//! not running (or a pid file changed) does it search `/proc` for it. A change of pid or of
-//! start time is a new incarnation: `gravity_process_restarts_total` goes up by one, the
-//! target is re-discovered (gravity may have come back with another config), and the
-//! collectors are kicked to run at once. A zombie counts as down.
+//! While gravity runs, its exit is awaited through a pidfd (`pidfd_open(2)`, readable when
+//! the process exits) registered with the runtime's reactor: no polling. A slow look every
+//! [`PIDFD_RECHECK`] (one read of `/proc/<pid>/stat`) still notices a pid file that points
+//! elsewhere or a reload that selects another process. Where no pidfd can be had (kernel
+//! before 5.3, seccomp, or a `--path.procfs` other than `/proc`, whose pids may belong to
+//! another pid namespace) the watcher falls back to that one read every
+//! `--collector.process-watch-interval` (100 ms).
+//!
+//! While gravity is not running the watcher looks for it: every [`DOWN_SCAN_INTERVAL`] right
+//! after an exit (a supervisor restarting it), backing off to one look per [`DOWN_SCAN_MAX`]
+//! (see [`down_scan_interval`]), so a gravity that lives 100 ms is always seen. A look first
+//! reads the last pid the kernel handed out (`/proc/loadavg`); the `/proc` scan is skipped
+//! when no process was created since the last look and no recent one may still `exec`. A change of pid or of start
+//! time is a new incarnation: `gravity_process_restarts_total` goes up by one, the target is
+//! re-discovered (gravity may have come back with another config), and the collectors are
+//! kicked to run at once. A zombie counts as down. Every look runs on the blocking pool,
+//! never on the runtime thread.
 
-use std::sync::Arc;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
 
 use crate::collector::Context;
 use crate::config::{ProcessSelector, Settings};
@@ -28,13 +43,35 @@ pub struct Watcher {
     scanner: discovery::Scanner,
     last_full_scan: Option<Instant>,
     self_pid: i32,
+    /// Since when gravity is not running (or since the start): sets the scan back-off.
+    down_since: Instant,
+    /// The kernel's last pid at the last scan (`/proc/loadavg`), when `/proc` is ours.
+    last_pid: Option<i32>,
 }
 
-/// How often the watcher scans for new processes while gravity is not running.
+/// The fastest scan for new processes while gravity is not running: right after it exited.
 pub const DOWN_SCAN_INTERVAL: Duration = Duration::from_millis(10);
-/// How often, while gravity is not running, a scan examines every process (a process that
-/// was running for a while may `exec` gravity).
+/// The slowest look while gravity is not running, reached 2 s after it went down: a gravity
+/// that lives this long is always seen, also at the start of a crash loop after a long
+/// absence.
+pub const DOWN_SCAN_MAX: Duration = Duration::from_millis(100);
+/// The shortest time, while gravity is not running, between two scans that examine every
+/// process (a process that was running for a while may `exec` gravity, which creates no
+/// pid); it grows with a tenth of the time gravity has been gone, up to [`FULL_SCAN_MAX`].
 pub const FULL_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest time between two full scans while gravity is not running.
+pub const FULL_SCAN_MAX: Duration = Duration::from_secs(30);
+/// While gravity's exit is awaited through a pidfd: the time between two looks at its
+/// `/proc/<pid>/stat` (pid file changes, reloads).
+pub const PIDFD_RECHECK: Duration = Duration::from_secs(1);
+
+/// How long to wait before the next look when gravity went down `down_for` ago: a twentieth
+/// of that, between [`DOWN_SCAN_INTERVAL`] and [`DOWN_SCAN_MAX`]. A supervisor's restart
+/// within the first 200 ms is looked for every 10 ms; after 2 s of absence ten looks a second
+/// remain, most of them one read of `/proc/loadavg`.
+pub fn down_scan_interval(down_for: Duration) -> Duration {
+    (down_for / 20).clamp(DOWN_SCAN_INTERVAL, DOWN_SCAN_MAX)
+}
 
 impl Watcher {
     /// A watcher over the context's settings.
@@ -50,7 +87,19 @@ impl Watcher {
             scanner: discovery::Scanner::default(),
             last_full_scan: None,
             self_pid: i32::try_from(std::process::id()).unwrap_or(0),
+            down_since: Instant::now(),
+            last_pid: None,
         }
+    }
+
+    /// The process being followed, if gravity runs.
+    pub fn current(&self) -> Option<ProcIdentity> {
+        self.current
+    }
+
+    /// How long to wait before the next scan while gravity is not running.
+    pub fn down_interval(&self) -> Duration {
+        down_scan_interval(self.down_since.elapsed())
     }
 
     /// One look. Returns true if something changed.
@@ -89,10 +138,27 @@ impl Watcher {
                 return false;
             }
         }
+        let full_every = (self.down_since.elapsed() / 10).clamp(FULL_SCAN_INTERVAL, FULL_SCAN_MAX);
         let full = reloaded
             || self
                 .last_full_scan
-                .is_none_or(|t| t.elapsed() >= FULL_SCAN_INTERVAL);
+                .is_none_or(|t| t.elapsed() >= full_every);
+        // No process created since the last scan and none young enough to exec: a scan would
+        // find what the last one found. Only for a /proc of our own pid namespace.
+        let scans = matches!(
+            s.selector,
+            ProcessSelector::Pattern(_) | ProcessSelector::Default
+        );
+        if self.current.is_none() && scans && s.proc_root == Path::new("/proc") {
+            let last_pid = std::fs::read_to_string(s.proc_root.join("loadavg"))
+                .ok()
+                .and_then(|t| discovery::parse_loadavg_last_pid(&t));
+            let unchanged = last_pid.is_some() && last_pid == self.last_pid;
+            self.last_pid = last_pid;
+            if unchanged && !full && !self.scanner.has_young(Instant::now()) {
+                return false;
+            }
+        }
         if full {
             self.last_full_scan = Some(Instant::now());
         }
@@ -154,6 +220,7 @@ impl Watcher {
                 up.count_exit();
                 up.set_process(false, false);
                 self.current = None;
+                self.down_since = Instant::now();
                 let mut t: Target = (*self.ctx.target()).clone();
                 t.process = found; // a zombie stays visible as such
                 self.ctx.set_target(t);
@@ -173,19 +240,142 @@ impl Watcher {
         }
     }
 
-    /// Runs forever: every watch interval while gravity runs (one file read), every
-    /// [`DOWN_SCAN_INTERVAL`] while it does not (a scan of new pids only).
-    pub async fn run(mut self) {
+    /// Runs forever: one look, then wait for gravity's exit (pidfd) or the next look.
+    pub async fn run(self) {
+        let proc_root_is_proc = |p: &Path| p == Path::new("/proc");
+        let shared = Arc::new(Mutex::new(self));
+        let ctx = lock(&shared).ctx.clone();
+        let mut exit_fd: Option<ExitFd> = None;
+        // An incarnation whose pidfd fired while /proc still showed it alive: poll it instead.
+        let mut no_pidfd_for: Option<ProcIdentity> = None;
         loop {
-            let interval = self.ctx.settings().watch_interval;
-            // A look reads one or a few small /proc files: cheap enough for the runtime thread.
-            self.tick();
-            let next = if self.current.is_some() {
-                interval
-            } else {
-                DOWN_SCAN_INTERVAL
+            let w = shared.clone();
+            // The look reads /proc: on the blocking pool, not the runtime thread.
+            let looked = tokio::task::spawn_blocking(move || {
+                let mut g = lock(&w);
+                g.tick();
+                (g.current, g.down_interval())
+            })
+            .await;
+            let (current, down_wait) = match looked {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(error = %e, "process watcher look failed");
+                    (lock(&shared).current, DOWN_SCAN_MAX)
+                }
             };
-            tokio::time::sleep(next.max(Duration::from_millis(5))).await;
+            let s = ctx.settings();
+            let poll = s.watch_interval.max(Duration::from_millis(5));
+            let Some(id) = current else {
+                exit_fd = None;
+                tokio::time::sleep(down_wait).await;
+                continue;
+            };
+            if exit_fd.as_ref().map(|e| e.id) != Some(id)
+                && no_pidfd_for != Some(id)
+                && proc_root_is_proc(&s.proc_root)
+            {
+                exit_fd = ExitFd::open(&s.proc_root, id);
+            }
+            let fired = match exit_fd.as_ref().filter(|e| e.id == id) {
+                Some(e) => tokio::select! {
+                    r = e.fd.readable() => r.is_ok(),
+                    _ = tokio::time::sleep(PIDFD_RECHECK.max(poll)) => false,
+                },
+                None => {
+                    tokio::time::sleep(poll).await;
+                    false
+                }
+            };
+            if fired {
+                // gravity exited: look at once. Should it still look alive, this incarnation
+                // is polled from now on (a readable pidfd would wake the loop for ever).
+                exit_fd = None;
+                no_pidfd_for = Some(id);
+            }
         }
+    }
+}
+
+fn lock(w: &Mutex<Watcher>) -> std::sync::MutexGuard<'_, Watcher> {
+    // A panic inside a look leaves the state as it was before that look: keep using it.
+    w.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A pidfd of one gravity incarnation, registered with the runtime's reactor.
+struct ExitFd {
+    id: ProcIdentity,
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl ExitFd {
+    /// Opens a pidfd for `id`, or `None` where the kernel or sandbox offers none (then the
+    /// watcher polls). The pid is looked at again after the open, so a pid reused in between
+    /// is never followed.
+    fn open(proc_root: &Path, id: ProcIdentity) -> Option<ExitFd> {
+        let pid = rustix::process::Pid::from_raw(id.pid)?;
+        let fd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::NONBLOCK) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::debug!(error = %e, pid = id.pid, "no pidfd for gravity; polling its /proc/<pid>/stat");
+                return None;
+            }
+        };
+        if discovery::look(proc_root, id.pid).map(|l| l.id) != Some(id) {
+            return None;
+        }
+        // tokio 1.5x deprecates the safe constructors because an arbitrary `AsRawFd` may not
+        // own its descriptor (tokio#8587); an `OwnedFd` moved into the `AsyncFd` does, so the
+        // registration cannot outlive the descriptor. Kept over `unsafe` register (the crate
+        // forbids unsafe code).
+        #[allow(deprecated)]
+        let registered = AsyncFd::with_interest(fd, tokio::io::Interest::READABLE);
+        match registered {
+            Ok(fd) => Some(ExitFd { id, fd }),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot register gravity's pidfd; polling");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn down_scans_start_fast_and_back_off_to_100_ms() {
+        assert_eq!(down_scan_interval(Duration::ZERO), DOWN_SCAN_INTERVAL);
+        assert_eq!(
+            down_scan_interval(Duration::from_millis(150)),
+            DOWN_SCAN_INTERVAL
+        );
+        assert_eq!(
+            down_scan_interval(Duration::from_secs(1)),
+            Duration::from_millis(50)
+        );
+        assert_eq!(down_scan_interval(Duration::from_secs(2)), DOWN_SCAN_MAX);
+        assert_eq!(DOWN_SCAN_MAX, Duration::from_millis(100));
+        assert_eq!(
+            down_scan_interval(Duration::from_secs(86_400)),
+            DOWN_SCAN_MAX
+        );
+        let mut last = Duration::ZERO;
+        for ms in (0..30_000).step_by(250) {
+            let d = down_scan_interval(Duration::from_millis(ms));
+            assert!(d >= last, "not monotone at {ms} ms");
+            last = d;
+        }
+    }
+
+    #[test]
+    fn loadavg_last_pid() {
+        assert_eq!(
+            discovery::parse_loadavg_last_pid("0.52 0.58 0.59 2/1130 40721\n"),
+            Some(40721)
+        );
+        assert_eq!(discovery::parse_loadavg_last_pid("0.52 0.58"), None);
+        assert_eq!(discovery::parse_loadavg_last_pid(""), None);
     }
 }

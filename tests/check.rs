@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use gravity_exporter::double::supervisor::{Restart, Signal};
+use gravity_double::supervisor::{Restart, Signal};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gravity-exporter");
 

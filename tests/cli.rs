@@ -158,3 +158,64 @@ fn sighup_reloads_and_rejects_bad_file_and_sigterm_stops() {
     );
     assert!(err.contains("config reloaded"), "{err}");
 }
+
+/// The shipped binary holds no simulated gravity: alone, `gravity-exporter demo` says how to
+/// get the demo (exit 2) and is not a gravity when started under that name.
+#[test]
+fn demo_without_the_double_says_how_to_get_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("gravity-exporter");
+    std::fs::copy(BIN, &exe).unwrap();
+    let out = Command::new(&exe).arg("demo").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cargo run --release -p gravity-double -- demo"),
+        "{err}"
+    );
+    // No busybox switch: under the name `gravity` it is still the exporter (gravity's flags
+    // are unknown to it, a usage error).
+    let as_gravity = dir.path().join("gravity");
+    std::fs::copy(BIN, &as_gravity).unwrap();
+    let out = Command::new(&as_gravity)
+        .args(["--config=/nonexistent.toml", "--http-addr=127.0.0.1:1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("'--config.file'"),
+        "the exporter's own usage: {err}"
+    );
+}
+
+/// With `gravity-double` installed next to it, `gravity-exporter demo` hands over to it with
+/// the same flags.
+#[test]
+fn demo_hands_over_to_the_double_next_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("gravity-exporter");
+    std::fs::copy(BIN, &exe).unwrap();
+    std::os::unix::fs::symlink(
+        gravity_double::binary().unwrap(),
+        dir.path().join("gravity-double"),
+    )
+    .unwrap();
+    let demo_dir = dir.path().join("demo");
+    let out = Command::new(&exe)
+        .args(["--web.listen-address", "127.0.0.1:0", "demo"])
+        .arg("--demo.duration=1")
+        .arg(format!("--demo.dir={}", demo_dir.display()))
+        // no Prometheus/Alertmanager from PATH: only the hand-over is under test
+        .env("PATH", dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("gravity-exporter demo is running"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(demo_dir.join("gravity").exists(), "the double's link");
+}

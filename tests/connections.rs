@@ -1,7 +1,7 @@
 //! Connection health, failure reasons and source binlog truth, end to end through the
 //! exporter's /metrics, against real MariaDB servers (private ones with binary logging,
 //! started per test, see common/mariadb.rs) and against the Kafka and MongoDB protocol
-//! doubles of `gravity_exporter::probe::{kafka,mongo}::testserver` (neither server can be
+//! doubles of `gravity_double::{kafka,mongo}` (neither server can be
 //! installed here).
 
 mod common;
@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gravity_exporter::probe::kafka::testserver::{FakeBroker, Mode as KafkaMode};
-use gravity_exporter::probe::mongo::testserver::{FakeMongod, Mode as MongoMode};
+use gravity_double::kafka::{FakeBroker, Mode as KafkaMode};
+use gravity_double::mongo::{FakeMongod, Mode as MongoMode};
 use mariadb::{exec, MariaDb};
 
 const WAIT: Duration = Duration::from_secs(15);

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::{metric, owned, start_double, wait_for, wait_metrics};
-use gravity_exporter::double::supervisor::{Restart, Signal};
+use gravity_double::supervisor::{Restart, Signal};
 
 const P: &str = "pipeline=\"mysql2mysqlDemo\"";
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{metric, owned, start_double, wait_for};
-use gravity_exporter::double::supervisor::{Restart, Signal};
+use gravity_double::supervisor::{Restart, Signal};
 
 const P: &str = "pipeline=\"mysql2mysqlDemo\"";
 

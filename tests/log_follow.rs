@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{metric, wait_for};
-use gravity_exporter::double::supervisor::Restart;
-use gravity_exporter::double::{install_gravity_link, Supervisor, SupervisorConfig};
+use gravity_double::supervisor::Restart;
+use gravity_double::{install_gravity_link, Supervisor, SupervisorConfig};
 use gravity_exporter::log::record::LogFormat;
 
 const P: &str = "pipeline=\"mysql2mysqlDemo\"";
@@ -135,7 +135,7 @@ fn file_flags(log: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_loop_every_line_of_every_incarnation() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_gravity-exporter"));
+    let exe = gravity_double::binary().unwrap();
     let link = install_gravity_link(&exe, dir.path()).unwrap();
     let config = dir.path().join("config.toml");
     std::fs::copy(

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{metric, owned, start_double, wait_for};
-use gravity_exporter::double::supervisor::{Restart, Signal};
+use gravity_double::supervisor::{Restart, Signal};
 
 const P: &str = "pipeline=\"mysql2mysqlDemo\"";
 
@@ -219,5 +219,116 @@ async fn hung_api_means_not_up_and_recovers() {
     })
     .await
     .is_some());
+    r.stop().await;
+}
+
+/// gravity's exit reaches the watcher through a pidfd, not through its polling interval:
+/// with the poll fallback set to a minute, the exit and the supervisor's restart are still
+/// counted within seconds (the polling watcher of before saw neither for a minute). Runs
+/// only where the kernel offers pidfds (Linux 5.3+), which it says when it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_and_restart_seen_without_polling() {
+    let d = start_double(Restart::Always, Duration::from_millis(150), &[]);
+    d.wait_api().await;
+    let pid = d.sup.pid().expect("double runs");
+    let pidfd_ok = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap())
+        .map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).is_ok())
+        .unwrap_or(false);
+    if !pidfd_ok {
+        eprintln!("skipped: this kernel has no pidfd_open");
+        return;
+    }
+    let mut flags = d.exporter_flags();
+    flags.extend(["--collector.process-watch-interval".into(), "60s".into()]);
+    let r = common::start(common::settings(&owned(&flags))).await;
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            metric(r.addr, "gravity_process_up", &[P]).await == Some(1.0)
+        })
+        .await
+        .is_some(),
+        "gravity_process_up never 1"
+    );
+    d.sup.kill(Signal::Kill).unwrap();
+    let exited = wait_for(Duration::from_secs(10), || async {
+        metric(r.addr, "gravity_process_exits_total", &[P]).await == Some(1.0)
+            && restarts(r.addr).await == 1.0
+    })
+    .await;
+    let (_, m) = common::get(r.addr, "/metrics").await;
+    assert!(
+        exited.is_some(),
+        "exit and restart not counted without polling:\n{}",
+        m.lines()
+            .filter(|l| l.starts_with("gravity_process_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    r.stop().await;
+}
+
+/// A crash loop that starts after gravity was stopped for a while: every incarnation is
+/// counted, although each lives only ~300 ms. (A watcher that backs its scans off to a
+/// second while gravity is away misses the first ones, as the live-stack crash-loop alert
+/// showed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_after_a_long_absence_counts_every_restart() {
+    let mut d = start_double(Restart::No, Duration::from_millis(100), &[]);
+    d.wait_api().await;
+    let r = common::start(common::settings(&owned(&d.exporter_flags()))).await;
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            metric(r.addr, "gravity_process_up", &[P]).await == Some(1.0)
+        })
+        .await
+        .is_some(),
+        "gravity_process_up never 1"
+    );
+    d.sup.stop();
+    assert!(
+        wait_for(Duration::from_secs(5), || async {
+            metric(r.addr, "gravity_process_up", &[P]).await == Some(0.0)
+        })
+        .await
+        .is_some(),
+        "stop not seen"
+    );
+    // The scenario, not a synchronisation: gravity stays away for 25 s (long enough for a
+    // watcher that backs off to be at its slowest).
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let mut cfg = gravity_double::SupervisorConfig::new(
+        d.dir.path().join("gravity"),
+        d.dir.path(),
+        &d.config,
+        format!("127.0.0.1:{}", d.port),
+    );
+    cfg.log_file = Some(d.log.clone());
+    cfg.restart = Restart::Always;
+    cfg.restart_sec = Duration::from_millis(300);
+    cfg.start_limit_burst = 100;
+    let sup = gravity_double::Supervisor::start(cfg).unwrap();
+    let crashes = 4;
+    for _ in 0..crashes {
+        d.wait_api().await;
+        // each incarnation lives ~300 ms: longer than the watcher's slowest look (100 ms)
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = sup.pid();
+        d.control("/_double/fault?mode=crash").await;
+        sup.wait_until(Duration::from_secs(5), |s| {
+            s.pid.is_some() && s.pid != before
+        })
+        .unwrap();
+    }
+    // The first process, then `crashes` + 1 new ones after it.
+    let want = f64::from(crashes + 1);
+    let counted = wait_for(Duration::from_secs(10), || async {
+        restarts(r.addr).await == want
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "restarts {} of {want}",
+        restarts(r.addr).await
+    );
     r.stop().await;
 }

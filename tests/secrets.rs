@@ -175,7 +175,7 @@ fn assert_clean(what: &str, text: &str, forms: &[(Vec<String>, String)]) {
 /// so a form that were not masked would be seen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_forms_masked_in_every_output() {
-    use gravity_exporter::double::supervisor::Restart;
+    use gravity_double::supervisor::Restart;
     let forms = secret_forms();
     assert!(forms.len() >= 30, "{} forms", forms.len());
     let d = common::start_double(Restart::No, Duration::from_millis(100), &[]);

@@ -23,11 +23,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::wait_for;
-use gravity_exporter::double::supervisor::Restart;
-use gravity_exporter::double::{install_gravity_link, Supervisor, SupervisorConfig};
+use gravity_double::kafka::{FakeBroker, Mode as KafkaMode};
+use gravity_double::mongo::{FakeMongod, Mode as MongoMode};
+use gravity_double::supervisor::Restart;
+use gravity_double::{install_gravity_link, Supervisor, SupervisorConfig};
 use gravity_exporter::gravity_api::GravityClient;
-use gravity_exporter::probe::kafka::testserver::{FakeBroker, Mode as KafkaMode};
-use gravity_exporter::probe::mongo::testserver::{FakeMongod, Mode as MongoMode};
 
 type Hooks = Arc<Mutex<Vec<(String, serde_json::Value, Instant)>>>;
 
@@ -180,7 +180,7 @@ fn mongo_kafka_config(name: &str, mongo: u16, broker: u16) -> String {
 }
 
 fn supervise(dir: &Path, config: &Path, port: u16, env: &[(&str, &str)]) -> Supervisor {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_gravity-exporter"));
+    let exe = gravity_double::binary().expect("the gravity-double binary");
     let link = install_gravity_link(&exe, dir).unwrap_or_else(|_| dir.join("gravity"));
     let mut cfg = SupervisorConfig::new(&link, dir, config, format!("127.0.0.1:{port}"));
     cfg.log_file = Some(dir.join("gravity.log"));

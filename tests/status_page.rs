@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{get, owned, start_double, wait_for};
-use gravity_exporter::double::supervisor::{Restart, Signal};
+use gravity_double::supervisor::{Restart, Signal};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(60);

@@ -19,6 +19,14 @@
 //!    and cached) and its port. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) match the
 //!    IPv4 address.
 //!
+//! The fd links are read on every collection; the tables (step 2) only when one of gravity's
+//! connections to an endpoint port is gone from its fds, when the endpoint ports changed, or
+//! when the last read is [`TABLE_REUSE`] (60 s) old. The kernel writes `net/tcp` by walking
+//! the host's whole TCP hash table, which costs milliseconds even on an idle host, while
+//! gravity's fd set changes on every collection (the exporter's own API requests). So a lost
+//! connection shows at the next collection; a new one, or one the peer closed
+//! (`CLOSE_WAIT`) while gravity keeps the fd, within 60 s.
+//!
 //! Endpoints that share an address (gravity's source and probe DB are often the same
 //! server) each count every connection to that address. Reading another user's
 //! `/proc/<pid>/fd` needs the same user or `CAP_SYS_PTRACE`.
@@ -145,20 +153,16 @@ pub fn count_established(
 }
 
 fn read_capped(path: &Path, cap: u64) -> std::io::Result<String> {
-    let mut s = String::new();
-    std::fs::File::open(path)?
-        .take(cap)
-        .read_to_string(&mut s)?;
-    Ok(s)
+    // One large buffer: procfs hands out `net/tcp` a page per read, and every read that
+    // starts mid-file makes the kernel find its place in the hash table again.
+    let mut buf = Vec::with_capacity(256 * 1024);
+    std::fs::File::open(path)?.take(cap).read_to_end(&mut buf)?;
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
-/// Reads gravity's ESTABLISHED TCP sockets and its socket inodes (blocking).
-pub fn read_sockets(
-    proc_root: &Path,
-    pid: i32,
-) -> Result<(Vec<TcpEntry>, HashSet<u64>), CollectError> {
-    let dir = proc_root.join(pid.to_string());
-    let fd_dir = dir.join("fd");
+/// The socket inodes gravity holds, from its `/proc/<pid>/fd` links (blocking).
+pub fn read_socket_inodes(proc_root: &Path, pid: i32) -> Result<HashSet<u64>, CollectError> {
+    let fd_dir = proc_root.join(pid.to_string()).join("fd");
     let rd = std::fs::read_dir(&fd_dir)
         .map_err(|e| CollectError::Unavailable(format!("cannot read {}: {e}", fd_dir.display())))?;
     let mut inodes = HashSet::new();
@@ -169,6 +173,16 @@ pub fn read_sockets(
             }
         }
     }
+    Ok(inodes)
+}
+
+/// The ESTABLISHED entries of `/proc/<pid>/net/tcp{,6}` held by one of `inodes` (blocking).
+pub fn read_tcp_tables(
+    proc_root: &Path,
+    pid: i32,
+    inodes: &HashSet<u64>,
+) -> Result<Vec<TcpEntry>, CollectError> {
+    let dir = proc_root.join(pid.to_string());
     let mut entries = Vec::new();
     let mut read_any = false;
     for name in ["tcp", "tcp6"] {
@@ -198,7 +212,68 @@ pub fn read_sockets(
             dir.display()
         )));
     }
+    Ok(entries)
+}
+
+/// Reads gravity's ESTABLISHED TCP sockets and its socket inodes (blocking).
+pub fn read_sockets(
+    proc_root: &Path,
+    pid: i32,
+) -> Result<(Vec<TcpEntry>, HashSet<u64>), CollectError> {
+    let inodes = read_socket_inodes(proc_root, pid)?;
+    let entries = read_tcp_tables(proc_root, pid, &inodes)?;
     Ok((entries, inodes))
+}
+
+/// The longest time the entries of one `net/tcp{,6}` read are reused.
+pub const TABLE_REUSE: Duration = Duration::from_secs(60);
+
+/// The last table read: for which pid and endpoint ports, when, and gravity's entries then.
+#[derive(Debug, Default)]
+pub struct TableCache {
+    key: Option<(i32, HashSet<u16>)>,
+    at: Option<Instant>,
+    entries: Vec<TcpEntry>,
+}
+
+impl TableCache {
+    /// gravity's sockets (blocking): its fd links every time; the tables only when the pid
+    /// or the endpoint `ports` changed, when a socket that was ESTABLISHED to one of the
+    /// ports is no longer among gravity's fds, or when the last read is [`TABLE_REUSE`] old.
+    /// The bool says whether the tables were read.
+    pub fn read(
+        &mut self,
+        proc_root: &Path,
+        pid: i32,
+        ports: &HashSet<u16>,
+        now: Instant,
+    ) -> Result<(Vec<TcpEntry>, HashSet<u64>, bool), CollectError> {
+        let inodes = read_socket_inodes(proc_root, pid)?;
+        let fresh = self
+            .at
+            .is_some_and(|at| now.saturating_duration_since(at) < TABLE_REUSE);
+        let same = self
+            .key
+            .as_ref()
+            .is_some_and(|(p, ports_then)| *p == pid && ports_then == ports);
+        let none_lost = self
+            .entries
+            .iter()
+            .filter(|e| ports.contains(&e.remote.port()))
+            .all(|e| inodes.contains(&e.inode));
+        if fresh && same && none_lost {
+            return Ok((self.entries.clone(), inodes, false));
+        }
+        // Forget the old read first: a failed read must not leave it to be reused.
+        self.key = None;
+        self.at = None;
+        self.entries.clear();
+        let entries = read_tcp_tables(proc_root, pid, &inodes)?;
+        self.key = Some((pid, ports.clone()));
+        self.at = Some(now);
+        self.entries = entries.clone();
+        Ok((entries, inodes, true))
+    }
 }
 
 /// One endpoint's count, for [`sockets_families`].
@@ -280,6 +355,7 @@ impl Resolver {
 #[derive(Debug, Default)]
 pub struct SocketsCollector {
     resolver: Resolver,
+    tables: Arc<Mutex<TableCache>>,
 }
 
 impl Collector for SocketsCollector {
@@ -309,9 +385,15 @@ impl Collector for SocketsCollector {
             }
             let root = s.proc_root.clone();
             let pid = look.id.pid;
-            let read = tokio::task::spawn_blocking(move || read_sockets(&root, pid))
-                .await
-                .map_err(|_| CollectError::Panicked)?;
+            let tables = self.tables.clone();
+            let ports: HashSet<u16> = endpoints.iter().map(|e| e.port).collect();
+            let read = tokio::task::spawn_blocking(move || {
+                lock(&tables)
+                    .read(&root, pid, &ports, Instant::now())
+                    .map(|(e, i, _)| (e, i))
+            })
+            .await
+            .map_err(|_| CollectError::Panicked)?;
             let (entries, inodes) = match read {
                 Ok(x) => x,
                 // It died between the watcher's look and ours: the watcher reports it.
@@ -483,5 +565,72 @@ mod tests {
         drop((c2, a2));
         let (entries, inodes) = read_sockets(Path::new("/proc"), pid).unwrap();
         assert_eq!(count_established(&entries, &inodes, &ips, port), 0);
+    }
+
+    /// A fake `/proc/<pid>` with the given socket fds and one ESTABLISHED entry per inode.
+    fn fake_proc(root: &Path, pid: i32, inodes: &[u64], port: u16) {
+        let dir = root.join(pid.to_string());
+        let fd = dir.join("fd");
+        let _ = std::fs::remove_dir_all(&fd);
+        std::fs::create_dir_all(&fd).unwrap();
+        std::fs::create_dir_all(dir.join("net")).unwrap();
+        let mut text = String::from(
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n",
+        );
+        for (n, ino) in inodes.iter().enumerate() {
+            std::os::unix::fs::symlink(format!("socket:[{ino}]"), fd.join((n + 3).to_string()))
+                .unwrap();
+            text.push_str(&format!(
+                "   {n}: 0100007F:A000 0100007F:{port:04X} 01 00000000:00000000 00:00000000 00000000  1000        0 {ino} 1 0 20 4 30 10 -1\n"
+            ));
+        }
+        std::fs::write(dir.join("net/tcp"), text).unwrap();
+    }
+
+    #[test]
+    fn tables_are_reread_only_when_a_connection_is_lost_or_they_are_old() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let ips = ["127.0.0.1".parse().unwrap()];
+        let ports: HashSet<u16> = [3306].into();
+        let mut cache = TableCache::default();
+        let t0 = Instant::now();
+        fake_proc(root, 7, &[100, 101], 3306);
+        let (e, i, read) = cache.read(root, 7, &ports, t0).unwrap();
+        assert!(read);
+        assert_eq!(count_established(&e, &i, &ips, 3306), 2);
+        // gravity opened another socket (the exporter's own API request, say): the tables
+        // are not read again (their changed content is not seen) ...
+        fake_proc(root, 7, &[100, 101, 555], 3306);
+        std::fs::write(root.join("7/net/tcp"), "garbage").unwrap();
+        let (e, i, read) = cache
+            .read(root, 7, &ports, t0 + Duration::from_secs(5))
+            .unwrap();
+        assert!(!read, "tables read again although no connection was lost");
+        assert_eq!(count_established(&e, &i, &ips, 3306), 2);
+        // ... until they are TABLE_REUSE old,
+        fake_proc(root, 7, &[100, 101, 102], 3306);
+        let (e, i, read) = cache.read(root, 7, &ports, t0 + TABLE_REUSE).unwrap();
+        assert!(read);
+        assert_eq!(count_established(&e, &i, &ips, 3306), 3);
+        // or a connection to an endpoint is gone (seen at once),
+        fake_proc(root, 7, &[100, 102], 3306);
+        let (e, i, read) = cache.read(root, 7, &ports, t0 + TABLE_REUSE).unwrap();
+        assert!(read);
+        assert_eq!(count_established(&e, &i, &ips, 3306), 2);
+        // or the endpoints changed,
+        let (_, _, read) = cache
+            .read(root, 7, &[5432].into(), t0 + TABLE_REUSE)
+            .unwrap();
+        assert!(read);
+        // or it is another process.
+        fake_proc(root, 8, &[100, 102], 3306);
+        let (_, _, read) = cache.read(root, 8, &ports, t0 + TABLE_REUSE).unwrap();
+        assert!(read);
+        // A failed read is not reused.
+        fake_proc(root, 9, &[1], 3306);
+        std::fs::remove_file(root.join("9/net/tcp")).unwrap();
+        assert!(cache.read(root, 9, &ports, t0 + TABLE_REUSE).is_err());
+        assert!(cache.read(root, 9, &ports, t0 + TABLE_REUSE).is_err());
     }
 }

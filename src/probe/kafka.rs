@@ -267,6 +267,7 @@ impl Reader<'_> {
 /// body, as brokers do for v0) exactly as the protocol guide describes, or misbehaves on
 /// request. Not part of the exporter's runtime; public so integration tests can use it.
 #[doc(hidden)]
+#[cfg(any(test, feature = "test-servers"))]
 pub mod testserver {
     use std::io;
     use std::net::SocketAddr;

@@ -234,6 +234,8 @@ async fn read_message<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, M
 
 /// The parts of an OP_MSG the probe (and the fake server) needs.
 struct OpMsg<'a> {
+    #[cfg_attr(not(any(test, feature = "test-servers")), allow(dead_code))]
+    // used by the fake mongod
     request_id: i32,
     response_to: i32,
     body: &'a [u8],
@@ -452,6 +454,7 @@ mod bson {
             Ok(None)
         }
 
+        #[cfg_attr(not(any(test, feature = "test-servers")), allow(dead_code))] // used by the fake mongod
         /// The name of the first element (a command's name).
         pub fn first_key(&self) -> Result<Option<&'a [u8]>, BsonError> {
             Ok(self.element_at(4)?.map(|(k, _, _)| k))
@@ -574,6 +577,7 @@ mod bson {
         buf: Vec<u8>,
     }
 
+    #[cfg_attr(not(any(test, feature = "test-servers")), allow(dead_code))] // used by the fake mongod
     impl DocBuilder {
         pub fn new() -> Self {
             DocBuilder {
@@ -688,6 +692,7 @@ mod bson {
 /// or misbehaves on request. Not part of the exporter's runtime; public so integration
 /// tests can use it.
 #[doc(hidden)]
+#[cfg(any(test, feature = "test-servers"))]
 pub mod testserver {
     use std::io;
     use std::net::SocketAddr;

@@ -180,7 +180,7 @@ pub async fn stub_routes(
 /// A gravity double running under a supervisor in its own temp dir.
 pub struct Double {
     pub dir: tempfile::TempDir,
-    pub sup: gravity_exporter::double::Supervisor,
+    pub sup: gravity_double::Supervisor,
     pub port: u16,
     pub config: PathBuf,
     pub log: PathBuf,
@@ -196,13 +196,13 @@ pub fn free_port() -> u16 {
 
 /// Starts the double (mysql2mysql stream config) with the given restart policy and env.
 pub fn start_double(
-    restart: gravity_exporter::double::supervisor::Restart,
+    restart: gravity_double::supervisor::Restart,
     restart_sec: Duration,
     env: &[(&str, &str)],
 ) -> Double {
-    use gravity_exporter::double::{install_gravity_link, Supervisor, SupervisorConfig};
+    use gravity_double::{install_gravity_link, Supervisor, SupervisorConfig};
     let dir = tempfile::tempdir().unwrap();
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_gravity-exporter"));
+    let exe = gravity_double::binary().unwrap();
     let link = install_gravity_link(&exe, dir.path()).unwrap();
     let config = dir.path().join("config.toml");
     std::fs::copy(fixtures().join("configs/mysql2mysql-stream.toml"), &config).unwrap();

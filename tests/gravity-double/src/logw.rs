@@ -329,9 +329,9 @@ impl Logger {
 mod tests {
     use super::*;
 
-    const JSON: &str = include_str!("../../tests/fixtures/gravity.log");
-    const TEXT: &str = include_str!("../../tests/fixtures/gravity-text.log");
-    const CONSOLE: &str = include_str!("../../tests/fixtures/gravity-console.log");
+    const JSON: &str = include_str!("../../fixtures/gravity.log");
+    const TEXT: &str = include_str!("../../fixtures/gravity-text.log");
+    const CONSOLE: &str = include_str!("../../fixtures/gravity-console.log");
 
     /// Re-renders every fixture line from its parts: must give the same bytes.
     #[test]

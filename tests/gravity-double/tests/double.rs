@@ -1,9 +1,7 @@
-//! Integration tests of the gravity double (`src/double`), run against the real binary
+//! Integration tests of the gravity double (this crate), run against its real binary
 //! symlinked as `gravity`, over HTTP on 127.0.0.1, the way the exporter will see it.
 
-use gravity_exporter::double::{
-    install_gravity_link, Restart, Signal, Supervisor, SupervisorConfig,
-};
+use gravity_double::{install_gravity_link, Restart, Signal, Supervisor, SupervisorConfig};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -11,13 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-const M2M: &str = include_str!("fixtures/configs/mysql2mysql-stream.toml");
-const MONGO: &str = include_str!("fixtures/configs/mongo2kafka.toml");
-const FULL: &str = include_str!("fixtures/configs/mysql-full-dump.toml");
-const METRICS: &str = include_str!("fixtures/metrics.prom");
-const STATUS_INC: &str = include_str!("fixtures/status-incremental.json");
-const STATUS_FULL: &str = include_str!("fixtures/status-full.json");
-const STATUS_MONGO: &str = include_str!("fixtures/status-mongo.json");
+const M2M: &str = include_str!("../../fixtures/configs/mysql2mysql-stream.toml");
+const MONGO: &str = include_str!("../../fixtures/configs/mongo2kafka.toml");
+const FULL: &str = include_str!("../../fixtures/configs/mysql-full-dump.toml");
+const METRICS: &str = include_str!("../../fixtures/metrics.prom");
+const STATUS_INC: &str = include_str!("../../fixtures/status-incremental.json");
+const STATUS_FULL: &str = include_str!("../../fixtures/status-full.json");
+const STATUS_MONGO: &str = include_str!("../../fixtures/status-mongo.json");
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -147,8 +145,8 @@ fn post(addr: &str, path: &str) -> std::io::Result<Resp> {
 // ---------------------------------------------------------------- running a double
 
 fn gravity_link(dir: &Path) -> PathBuf {
-    install_gravity_link(Path::new(env!("CARGO_BIN_EXE_gravity-exporter")), dir)
-        .unwrap_or_else(|e| panic!("symlink: {e}"))
+    let exe = Path::new(env!("CARGO_BIN_EXE_gravity-double"));
+    install_gravity_link(exe, dir).unwrap_or_else(|e| panic!("symlink: {e}"))
 }
 
 fn free_port() -> u16 {

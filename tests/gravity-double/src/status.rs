@@ -264,23 +264,23 @@ pub(crate) mod tests {
     #[test]
     fn shapes_match_the_fixtures() {
         check(
-            include_str!("../../tests/fixtures/configs/mysql2mysql-stream.toml"),
-            include_str!("../../tests/fixtures/status-incremental.json"),
+            include_str!("../../fixtures/configs/mysql2mysql-stream.toml"),
+            include_str!("../../fixtures/status-incremental.json"),
         );
         check(
-            include_str!("../../tests/fixtures/configs/mysql-full-dump.toml"),
-            include_str!("../../tests/fixtures/status-full.json"),
+            include_str!("../../fixtures/configs/mysql-full-dump.toml"),
+            include_str!("../../fixtures/status-full.json"),
         );
         check(
-            include_str!("../../tests/fixtures/configs/mongo2kafka.toml"),
-            include_str!("../../tests/fixtures/status-mongo.json"),
+            include_str!("../../fixtures/configs/mongo2kafka.toml"),
+            include_str!("../../fixtures/status-mongo.json"),
         );
     }
 
     #[test]
     fn shape_checker_can_fail() {
-        let inc = include_str!("../../tests/fixtures/status-incremental.json");
-        let mongo = include_str!("../../tests/fixtures/status-mongo.json");
+        let inc = include_str!("../../fixtures/status-incremental.json");
+        let mongo = include_str!("../../fixtures/status-mongo.json");
         assert!(same_shape(inc, mongo).is_err());
         assert!(same_shape(inc, &inc.replace("\"stage\"", "\"Stage\"")).is_err());
         assert!(same_shape(inc, inc).is_ok());
@@ -290,7 +290,7 @@ pub(crate) mod tests {
     fn mongo_position_is_a_bson_timestamp() {
         let spec = config::parse(
             "c.toml",
-            include_str!("../../tests/fixtures/configs/mongo2kafka.toml").as_bytes(),
+            include_str!("../../fixtures/configs/mongo2kafka.toml").as_bytes(),
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let sim = Sim::new(spec, Settings::default(), Now::current());

@@ -389,10 +389,10 @@ pub fn load(path: &str) -> Result<PipelineSpec, ConfigError> {
 mod tests {
     use super::*;
 
-    const M2M: &str = include_str!("../../tests/fixtures/configs/mysql2mysql-stream.toml");
-    const M2K: &str = include_str!("../../tests/fixtures/configs/mysql2kafka-stream.toml");
-    const MONGO: &str = include_str!("../../tests/fixtures/configs/mongo2kafka.toml");
-    const FULL: &str = include_str!("../../tests/fixtures/configs/mysql-full-dump.toml");
+    const M2M: &str = include_str!("../../fixtures/configs/mysql2mysql-stream.toml");
+    const M2K: &str = include_str!("../../fixtures/configs/mysql2kafka-stream.toml");
+    const MONGO: &str = include_str!("../../fixtures/configs/mongo2kafka.toml");
+    const FULL: &str = include_str!("../../fixtures/configs/mysql-full-dump.toml");
 
     fn names(p: &PipelineSpec) -> Vec<String> {
         p.tables

@@ -1108,10 +1108,10 @@ mod tests {
 
     fn spec(name: &str) -> PipelineSpec {
         let text = match name {
-            "m2m" => include_str!("../../tests/fixtures/configs/mysql2mysql-stream.toml"),
-            "m2k" => include_str!("../../tests/fixtures/configs/mysql2kafka-stream.toml"),
-            "mongo" => include_str!("../../tests/fixtures/configs/mongo2kafka.toml"),
-            _ => include_str!("../../tests/fixtures/configs/mysql-full-dump.toml"),
+            "m2m" => include_str!("../../fixtures/configs/mysql2mysql-stream.toml"),
+            "m2k" => include_str!("../../fixtures/configs/mysql2kafka-stream.toml"),
+            "mongo" => include_str!("../../fixtures/configs/mongo2kafka.toml"),
+            _ => include_str!("../../fixtures/configs/mysql-full-dump.toml"),
         };
         config::parse("c.toml", text.as_bytes()).unwrap_or_else(|e| panic!("fixture: {e}"))
     }

@@ -1,8 +1,10 @@
 //! A test double of gravity (github.com/moiot/gravity): the exporter's tests and its demo run
 //! against this instead of the real Go program, which cannot be built here.
 //!
-//! The exporter binary dispatches busybox-style: symlinked as `gravity` ([`install_gravity_link`])
-//! it runs [`main_from_args`], so the process's `comm` and command line are gravity's:
+//! This crate is a member of the gravity-exporter workspace and never part of the shipped
+//! exporter. Its binary `gravity-double` is started through a symlink named `gravity`
+//! ([`install_gravity_link`]) and runs [`main_from_args`], so the process's `comm` and command
+//! line are gravity's:
 //! `gravity --config=/x/config.toml --http-addr=127.0.0.1:18080 --log-file=/x/gravity.log`.
 //! The double then behaves like a gravity pipeline built from that config file:
 //!
@@ -21,8 +23,11 @@
 //! `GRAVITY_DOUBLE_FAULT` (initial mode), `GRAVITY_DOUBLE_BINLOG_FILE_BYTES` (1 MiB),
 //! `GRAVITY_DOUBLE_BATCH_ROWS` (12000), `GRAVITY_DOUBLE_POSITION_DELAY_MS` (300).
 
+#![forbid(unsafe_code)]
+
 mod app;
 pub mod config;
+pub mod demo;
 pub mod expo;
 pub mod flags;
 pub mod gofmt;
@@ -31,6 +36,12 @@ pub mod server;
 pub mod sim;
 pub mod status;
 pub mod supervisor;
+
+/// The fake Kafka broker of the tests (it lives in the exporter's library behind the
+/// `test-servers` feature, which only this crate turns on).
+pub use gravity_exporter::probe::kafka::testserver as kafka;
+/// The fake `mongod` of the tests (same feature).
+pub use gravity_exporter::probe::mongo::testserver as mongo;
 
 pub use app::ErrorKind;
 pub use sim::Mode;
@@ -135,4 +146,60 @@ fn go_io_text(e: &std::io::Error) -> String {
         std::io::ErrorKind::PermissionDenied => "permission denied".into(),
         _ => e.to_string(),
     }
+}
+
+/// The `gravity-double` executable for tests of this workspace, built when needed.
+///
+/// `GRAVITY_DOUBLE_BIN` names it explicitly. Otherwise it is the binary of the same cargo
+/// profile as the running test (`target/<profile>/gravity-double`), brought up to date once
+/// per test process with `cargo build -p gravity-double` (a no-op when it is fresh), so that
+/// `cargo test -p gravity-exporter --test x` from a clean clone works and never runs a stale
+/// double.
+pub fn binary() -> Result<std::path::PathBuf, String> {
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("GRAVITY_DOUBLE_BIN") {
+            return Ok(PathBuf::from(p));
+        }
+        let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = exe
+            .parent()
+            .filter(|d| d.file_name().is_some_and(|n| n == "deps"))
+            .and_then(|d| d.parent())
+            .or_else(|| exe.parent())
+            .ok_or("cannot place the test executable in a target directory")?
+            .to_path_buf();
+        let bin = profile_dir.join("gravity-double");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "gravity-double",
+            "--bin",
+            "gravity-double",
+        ])
+        .arg("--manifest-path")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        if let Some(target) = profile_dir.parent() {
+            cmd.env("CARGO_TARGET_DIR", target);
+        }
+        match cmd.status() {
+            Ok(s) if s.success() && bin.is_file() => Ok(bin),
+            Ok(s) => Err(format!(
+                "`cargo build -p gravity-double` failed ({s}); build it, or set GRAVITY_DOUBLE_BIN"
+            )),
+            Err(e) => Err(format!(
+                "cannot run cargo to build gravity-double ({e}); set GRAVITY_DOUBLE_BIN"
+            )),
+        }
+    })
+    .clone()
 }

@@ -349,7 +349,7 @@ mod tests {
     fn float_agrees_with_every_value_in_the_fixture() {
         // Every sample value in the fixture was produced by a port of Go's formatter; parsing
         // and re-formatting must give the same text back.
-        let fixture = include_str!("../../tests/fixtures/metrics.prom");
+        let fixture = include_str!("../../fixtures/metrics.prom");
         let mut checked = 0;
         for line in fixture.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap_or_default();

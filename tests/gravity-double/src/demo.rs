@@ -1,8 +1,10 @@
-//! `gravity-exporter demo`: the first thing a new user runs.
+//! `gravity-double demo` (and `gravity-exporter demo`, which hands over to it): the first
+//! thing a new user runs.
 //!
-//! It starts the gravity double (this same binary, linked as `gravity`) as a live pipeline
+//! It starts the gravity double (the `gravity-double` binary, linked as `gravity`) as a live pipeline
 //! under a systemd-like supervisor — rows flowing, lag varying, an occasional retry and
-//! warning in its log — and the exporter watching it, then prints where to look. When
+//! warning in its log — and the exporter (in this process, through the `gravity_exporter`
+//! library) watching it, then prints where to look. When
 //! Debian's `prometheus` and `prometheus-alertmanager` are installed, it also starts them,
 //! scraping the exporter with the shipped alert rules loaded.
 //! Ctrl-C (or `--demo.duration`) stops everything it started.
@@ -11,17 +13,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::config::{DemoArgs, ProcessSelector, Settings};
-use crate::double::supervisor::{install_gravity_link, Restart, Supervisor, SupervisorConfig};
+use gravity_exporter::config::{DemoArgs, ProcessSelector, Settings};
+
+use crate::supervisor::{install_gravity_link, Restart, Supervisor, SupervisorConfig};
 
 /// The gravity config the demo pipeline runs with (the reference mysql2mysql stream config).
-pub const DEMO_CONFIG: &str = include_str!("../tests/fixtures/configs/mysql2mysql-stream.toml");
+pub const DEMO_CONFIG: &str = include_str!("../../fixtures/configs/mysql2mysql-stream.toml");
 /// The shipped recording rules, loaded into the demo's Prometheus.
-pub const RECORDING_RULES: &str = include_str!("../alerts/gravity-recording.rules.yml");
+pub const RECORDING_RULES: &str = include_str!("../../../alerts/gravity-recording.rules.yml");
 /// The shipped alert rules.
-pub const ALERT_RULES: &str = include_str!("../alerts/gravity-alerts.rules.yml");
+pub const ALERT_RULES: &str = include_str!("../../../alerts/gravity-alerts.rules.yml");
 /// The shipped Alertmanager example.
-pub const ALERTMANAGER: &str = include_str!("../alerts/alertmanager.yml");
+pub const ALERTMANAGER: &str = include_str!("../../../alerts/alertmanager.yml");
 
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +42,7 @@ pub enum DemoError {
     Supervisor(String),
     /// The exporter could not start.
     #[error(transparent)]
-    App(#[from] crate::app::AppError),
+    App(#[from] gravity_exporter::app::AppError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
@@ -118,11 +121,11 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
         Ok(re) => ProcessSelector::Pattern(re),
         Err(_) => ProcessSelector::Default,
     };
-    let listener = crate::app::bind(&settings).await?;
+    let listener = gravity_exporter::app::bind(&settings).await?;
     let local = listener
         .local_addr()
         .map_err(io("reading the listen address"))?;
-    let exp = crate::app::start(settings.clone());
+    let exp = gravity_exporter::app::start(settings.clone());
 
     let shown = if local.ip().is_unspecified() {
         format!("127.0.0.1:{}", local.port())
@@ -170,7 +173,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
             }
         }
     };
-    crate::server::serve(listener, exp.ctx.clone(), stop).await;
+    gravity_exporter::server::serve(listener, exp.ctx.clone(), stop).await;
     sup.stop();
     drop(helpers);
     println!("demo stopped; its files are in {}", dir.display());

@@ -644,9 +644,9 @@ pub(crate) mod tests {
 
     #[test]
     fn same_families_help_types_and_labels_as_the_fixture() {
-        let fixture = include_str!("../../tests/fixtures/metrics.prom");
+        let fixture = include_str!("../../fixtures/metrics.prom");
         let mut sim = sim_for(include_str!(
-            "../../tests/fixtures/configs/mysql2mysql-stream.toml"
+            "../../fixtures/configs/mysql2mysql-stream.toml"
         ));
         let now = sim.start.plus(Duration::from_secs(2));
         sim.update_hists(now);
@@ -674,7 +674,7 @@ pub(crate) mod tests {
     #[test]
     fn lines_are_shaped_like_client_golang() {
         let mut sim = sim_for(include_str!(
-            "../../tests/fixtures/configs/mysql2mysql-stream.toml"
+            "../../fixtures/configs/mysql2mysql-stream.toml"
         ));
         let now = sim.start.plus(Duration::from_secs(10_000));
         sim.update_hists(now);
@@ -718,9 +718,7 @@ pub(crate) mod tests {
 
     #[test]
     fn kafka_and_mongo_families() {
-        let mut sim = sim_for(include_str!(
-            "../../tests/fixtures/configs/mongo2kafka.toml"
-        ));
+        let mut sim = sim_for(include_str!("../../fixtures/configs/mongo2kafka.toml"));
         let now = sim.start.plus(Duration::from_secs(3));
         sim.update_hists(now);
         let body = render_metrics(&sim, now, &ProcStats::default());
