@@ -396,11 +396,28 @@ impl SourceCollector {
     }
 }
 
-async fn read_view(conn: &mut MySqlConn) -> Result<Result<SourceView, String>, MySqlError> {
-    let status = match conn.query("SHOW MASTER STATUS").await {
+/// Gives the next query what is left of the shared `deadline` (at least a millisecond).
+fn remaining(conn: &mut MySqlConn, deadline: Instant) -> &mut MySqlConn {
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    conn.set_timeout(left);
+    conn
+}
+
+/// Reads the source's binlog view; every query shares one `deadline`.
+async fn read_view(
+    conn: &mut MySqlConn,
+    deadline: Instant,
+) -> Result<Result<SourceView, String>, MySqlError> {
+    let status = match remaining(conn, deadline).query("SHOW MASTER STATUS").await {
         Ok(rs) => rs,
         // MySQL 8.4 renamed it
-        Err(e) if e.server_code() == Some(1064) => conn.query("SHOW BINARY LOG STATUS").await?,
+        Err(e) if e.server_code() == Some(1064) => {
+            remaining(conn, deadline)
+                .query("SHOW BINARY LOG STATUS")
+                .await?
+        }
         Err(e) => return Err(e),
     };
     let current = match parse_master_status(&status) {
@@ -414,7 +431,7 @@ async fn read_view(conn: &mut MySqlConn) -> Result<Result<SourceView, String>, M
         }
         Err(e) => return Ok(Err(e)),
     };
-    let logs = conn.query("SHOW BINARY LOGS").await?;
+    let logs = remaining(conn, deadline).query("SHOW BINARY LOGS").await?;
     let files = match parse_binary_logs(&logs) {
         Ok(f) => f,
         Err(e) => return Ok(Err(e)),
@@ -427,8 +444,12 @@ async fn read_view(conn: &mut MySqlConn) -> Result<Result<SourceView, String>, M
             Err(e) => Err(e),
         }
     };
-    let secs = var(conn.query("SELECT @@binlog_expire_logs_seconds").await)?;
-    let days = var(conn.query("SELECT @@expire_logs_days").await)?;
+    let secs = var(remaining(conn, deadline)
+        .query("SELECT @@binlog_expire_logs_seconds")
+        .await)?;
+    let days = var(remaining(conn, deadline)
+        .query("SELECT @@expire_logs_days")
+        .await)?;
     Ok(Ok(SourceView {
         files,
         current,
@@ -439,6 +460,17 @@ async fn read_view(conn: &mut MySqlConn) -> Result<Result<SourceView, String>, M
 impl Collector for SourceCollector {
     fn name(&self) -> &'static str {
         "source"
+    }
+
+    /// A login (`probe.timeout`) plus the queries (one `probe.timeout` shared by all of
+    /// them) plus a second: the runner never cuts a query off, which would break the kept
+    /// connection and force a new login every cycle.
+    fn budget(&self, s: &crate::config::Settings, default: Duration) -> Duration {
+        default.max(
+            s.probe_timeout
+                .saturating_mul(2)
+                .saturating_add(Duration::from_secs(1)),
+        )
     }
 
     fn collect(self: Arc<Self>, ctx: Arc<Context>) -> BoxFuture<Result<Families, CollectError>> {
@@ -495,9 +527,9 @@ impl Collector for SourceCollector {
             let Some((_, conn)) = guard.as_mut() else {
                 return Err(CollectError::Unavailable("no source connection".into()));
             };
-            conn.set_timeout(s.probe_timeout);
             conn.set_max_rows(MAX_BINLOGS);
-            let view = match read_view(conn).await {
+            let deadline = Instant::now() + s.probe_timeout;
+            let view = match read_view(conn, deadline).await {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => return Err(CollectError::Invalid(format!("source {address}: {e}"))),
                 Err(e) if e.server_code() == Some(ER_NO_BINARY_LOGGING) => {
@@ -526,7 +558,11 @@ impl Collector for SourceCollector {
             self.forget(&format!("grant:{address}"));
 
             // gravity's position, if /status was read recently.
-            let max_age = (s.interval * 3 + s.gravity_timeout).max(Duration::from_secs(15));
+            let max_age = s
+                .interval
+                .saturating_mul(3)
+                .saturating_add(s.gravity_timeout)
+                .max(Duration::from_secs(15));
             let seen = ctx.last_status().filter(|st| st.at.elapsed() <= max_age);
             let gravity = seen.as_ref().and_then(|st| {
                 st.binlog_position()
