@@ -286,10 +286,26 @@ pub struct Store {
     passthrough_max_age: Mutex<Option<Duration>>,
     /// When each source was last read successfully (its snapshot set).
     fresh: Mutex<BTreeMap<&'static str, Instant>>,
+    created: Instant,
 }
 
-/// Snapshot names that are not a source read (published on change only).
-const NOT_A_SOURCE: [&str; 1] = ["watch"];
+/// Snapshot names that are not a source read (the watcher's state, published on change
+/// only; the health verdict, derived from the others).
+const NOT_A_SOURCE: [&str; 2] = ["watch", "health"];
+
+/// Sources that always have a `gravity_exporter_source_age_seconds` series (never read:
+/// the exporter's uptime), so the label set is known from the start.
+pub const KNOWN_SOURCES: [&str; 9] = [
+    "connections",
+    "consistency",
+    "gravity_metrics",
+    "healthz",
+    "log",
+    "process",
+    "sockets",
+    "source",
+    "status",
+];
 
 impl Default for Store {
     fn default() -> Self {
@@ -306,6 +322,7 @@ impl Store {
             passthrough: Mutex::new(Passthrough::default()),
             passthrough_max_age: Mutex::new(None),
             fresh: Mutex::new(BTreeMap::new()),
+            created: Instant::now(),
         }
     }
 
@@ -328,12 +345,18 @@ impl Store {
         lock(&self.fresh).insert(source, Instant::now());
     }
 
-    /// Seconds since each source was last read successfully.
+    /// Seconds since each source was last read successfully (never: since the store was
+    /// made), for every one of [`KNOWN_SOURCES`] and any other that was read.
     pub fn source_ages(&self) -> Vec<(&'static str, f64)> {
-        lock(&self.fresh)
+        let fresh = lock(&self.fresh);
+        let mut out: BTreeMap<&'static str, f64> = KNOWN_SOURCES
             .iter()
-            .map(|(k, t)| (*k, t.elapsed().as_secs_f64()))
-            .collect()
+            .map(|k| (*k, self.created.elapsed().as_secs_f64()))
+            .collect();
+        for (k, t) in fresh.iter() {
+            out.insert(k, t.elapsed().as_secs_f64());
+        }
+        out.into_iter().collect()
     }
 
     /// Names of every family the exporter itself serves now (registry and snapshots), with
