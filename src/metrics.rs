@@ -27,7 +27,7 @@ pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Longest label value the exporter emits (bytes); longer values (a 10 KB watermark name,
 /// a 15 MB version string) are cut at a character boundary and counted in
 /// `gravity_exporter_truncated_total{what="label_value"}`.
-pub const MAX_LABEL_VALUE_BYTES: usize = 1024;
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
 /// Largest pass-through text kept (bytes); series beyond it are dropped and counted in
 /// `gravity_exporter_dropped_total{what="passthrough_bytes"}`.
 pub const MAX_PASSTHROUGH_BYTES: usize = 8 << 20;
@@ -475,7 +475,7 @@ impl Store {
         for (what, c) in TRUNCATED_WHAT.iter().zip(TRUNCATED_COUNT.iter()) {
             f.counter(
                 "gravity_exporter_truncated_total",
-                "Values the exporter cut short to keep its byte bounds, by what (label_value: a label value over 1024 bytes).",
+                "Values the exporter cut short to keep its byte bounds, by what (label_value: a label value over 256 bytes).",
                 &[("what", what)],
                 c.load(Ordering::Relaxed) as f64,
             );

@@ -31,6 +31,9 @@ pub const MAX_FLOW_SERIES: usize = 2000;
 /// Largest increase of a counter of gravity's taken from one collection (a bigger jump,
 /// e.g. to 1e300, is garbage from a broken or hostile gravity: it counts this much).
 pub const MAX_COUNTER_DELTA: u64 = 1 << 32;
+/// Most series kept of each family the collector reads (row counters, retry counter,
+/// `process_*`); more are parsed and dropped (counted as pass-through series dropped).
+pub const MAX_WANTED_SERIES: usize = 100_000;
 
 /// Key of a row-flow series.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -445,7 +448,22 @@ impl GravityMetricsCollector {
         let settings = ctx.settings();
         let text = std::str::from_utf8(body)
             .map_err(|_| CollectError::Invalid("/metrics is not UTF-8".into()))?;
-        let (exp, errors) = expfmt::parse_lossy(text);
+        // Only the families read here are kept in full (bounded); of the rest no more than
+        // the pass-through passes on.
+        let keep = expfmt::Keep {
+            wanted: |n| {
+                matches!(
+                    n,
+                    "gravity_input_counter"
+                        | "gravity_output_counter"
+                        | "gravity_scheduler_retry_counter"
+                        | "go_threads"
+                ) || n.starts_with("process_")
+            },
+            wanted_per_family: MAX_WANTED_SERIES,
+            others: settings.passthrough_max_series,
+        };
+        let (exp, errors, not_kept) = expfmt::parse_lossy_capped(text, keep);
         if exp.families.is_empty() {
             let why = errors
                 .first()
@@ -494,7 +512,8 @@ impl GravityMetricsCollector {
                 |n: &str| own.contains(n) || n.starts_with("gravity_exporter_") || f.has_family(n);
             let (fams, c) = passthrough_families(&exp, settings.passthrough_max_series, mine);
             ctx.store.set_passthrough_families(fams);
-            self.dropped.inc_by(c.capped as u64);
+            self.dropped
+                .inc_by((c.capped as u64).saturating_add(not_kept as u64));
             use crate::metrics::{count_dropped, Dropped};
             count_dropped(Dropped::PassthroughLine, c.long_lines as u64);
             count_dropped(Dropped::PassthroughBytes, c.over_bytes as u64);
