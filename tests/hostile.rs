@@ -305,6 +305,34 @@ async fn oversized_answers_are_cut_to_byte_bounds_and_counted() {
     r.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_series_answer_keeps_only_the_series_cap() {
+    let mut m = fixture_metrics();
+    m.push_str("# HELP hostile_series x\n# TYPE hostile_series gauge\n");
+    for i in 0..1_000_000 {
+        m.push_str(&format!("hostile_series{{i=\"{i}\"}} 1\n"));
+    }
+    let g = gravity(m).await;
+    let proc_root = tempfile::tempdir().unwrap();
+    let mut flags = remote_flags(&g, proc_root.path());
+    // a debug build parses slower than the release one: room for one collection
+    let i = flags.iter().position(|f| f == "--gravity.timeout").unwrap();
+    flags[i + 1] = "20s".into();
+    let r = start(settings(&owned(&flags))).await;
+    let body = wait_metrics(r.addr, Duration::from_secs(60), "pass-through capped", |b| {
+        sample(b, "gravity_exporter_passthrough_dropped_series_total", &[])
+            .is_some_and(|v| v >= 990_000.0)
+    })
+    .await;
+    assert_eq!(
+        sample(&body, "gravity_exporter_passthrough_series", &[]),
+        Some(10_000.0)
+    );
+    // the fixture's own families are still read (the row counters come before the flood)
+    assert!(body.contains("gravity_process_metrics_source"), "{body}");
+    r.stop().await;
+}
+
 /// Soft limit on open files of this process.
 fn nofile_soft() -> u64 {
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
