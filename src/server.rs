@@ -13,7 +13,7 @@
 //! slow sockets cannot lock scrapes out; only when every slot is busy with a request is
 //! the new connection refused. Evictions and refusals are counted
 //! (`gravity_exporter_connections_evicted_total`, `..._rejected_total`).
-//! `/metrics` is rendered on the blocking pool, never on the runtime's worker thread.
+//! `/metrics` is rendered on the exporter's render thread, never on the runtime's worker thread.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -355,9 +355,10 @@ async fn respond(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Full<Byt
         return route(&ctx, req);
     }
     let store = ctx.store.clone();
-    match tokio::task::spawn_blocking(move || store.render()).await {
-        Ok(body) => text(StatusCode::OK, TEXT_CONTENT_TYPE, body),
-        Err(_) => text(
+    match crate::collector::offload(crate::collector::Worker::Render, move || store.render()).await
+    {
+        Some(body) => text(StatusCode::OK, TEXT_CONTENT_TYPE, body),
+        None => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             "text/plain; charset=utf-8",
             "rendering failed\n",

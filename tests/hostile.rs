@@ -319,10 +319,15 @@ async fn a_million_series_answer_keeps_only_the_series_cap() {
     let i = flags.iter().position(|f| f == "--gravity.timeout").unwrap();
     flags[i + 1] = "20s".into();
     let r = start(settings(&owned(&flags))).await;
-    let body = wait_metrics(r.addr, Duration::from_secs(60), "pass-through capped", |b| {
-        sample(b, "gravity_exporter_passthrough_dropped_series_total", &[])
-            .is_some_and(|v| v >= 990_000.0)
-    })
+    let body = wait_metrics(
+        r.addr,
+        Duration::from_secs(60),
+        "pass-through capped",
+        |b| {
+            sample(b, "gravity_exporter_passthrough_dropped_series_total", &[])
+                .is_some_and(|v| v >= 990_000.0)
+        },
+    )
     .await;
     assert_eq!(
         sample(&body, "gravity_exporter_passthrough_series", &[]),

@@ -434,9 +434,9 @@ impl Collector for GravityMetricsCollector {
             // Parsing a big answer (1e6 series) takes a while: never on the runtime's thread,
             // where /metrics is served.
             let me = self.clone();
-            tokio::task::spawn_blocking(move || me.digest(&ctx, &r.body))
+            super::offload(super::Worker::Parse, move || me.digest(&ctx, &r.body))
                 .await
-                .map_err(|_| CollectError::Panicked)?
+                .ok_or(CollectError::Panicked)?
         })
     }
 }

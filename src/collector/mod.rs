@@ -305,6 +305,67 @@ impl Context {
     }
 }
 
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// The exporter's two worker threads for heavy work off the runtime's worker thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Worker {
+    /// Parsing big answers from gravity (`/metrics`, `/status`).
+    Parse,
+    /// Rendering `/metrics`.
+    Render,
+}
+
+/// Runs `f` on one of the exporter's worker threads and waits for it without blocking the
+/// runtime. Big answers from gravity are parsed, and `/metrics` is rendered, there: never on
+/// the runtime's worker thread, and always on the same thread for the same kind of work, so
+/// the memory a big answer needed is reused by the next one instead of staying resident in
+/// one allocator arena per blocking-pool thread (measured: 69–188 MB left resident after a
+/// 1e6-series answer on the blocking pool, 3 MB over the baseline on one thread). Falls back
+/// to the blocking pool if the thread cannot be started. `None` if `f` panicked.
+pub async fn offload<T: Send + 'static>(
+    worker: Worker,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::{Mutex, OnceLock};
+    type Slot = OnceLock<Option<Mutex<Sender<Job>>>>;
+    static PARSE: Slot = OnceLock::new();
+    static RENDER: Slot = OnceLock::new();
+    let (slot, name) = match worker {
+        Worker::Parse => (&PARSE, "gx-parse"),
+        Worker::Render => (&RENDER, "gx-render"),
+    };
+    let w = slot.get_or_init(|| {
+        let (tx, rx) = channel::<Job>();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    // a panicking job drops its result sender: the caller sees None
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })
+            .ok()
+            .map(|_| Mutex::new(tx))
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    let unsent = match w {
+        Some(w) => {
+            let sent = crate::metrics::lock(w).send(job);
+            sent.err().map(|std::sync::mpsc::SendError(job)| job)
+        }
+        None => Some(job),
+    };
+    if let Some(job) = unsent {
+        tokio::task::spawn_blocking(job).await.ok()?;
+    }
+    rx.await.ok()
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> f64 {
     SystemTime::now()

@@ -554,9 +554,9 @@ impl Collector for StatusCollector {
             }
             // A big answer is parsed on the blocking pool, not where /metrics is served.
             let body = r.body.clone();
-            let mut st = tokio::task::spawn_blocking(move || parse_status(&body))
+            let mut st = super::offload(super::Worker::Parse, move || parse_status(&body))
                 .await
-                .map_err(|_| CollectError::Panicked)??;
+                .ok_or(CollectError::Panicked)??;
             bound_status(&mut st);
             ctx.set_last_status(Some(StatusSeen {
                 at: std::time::Instant::now(),
