@@ -74,6 +74,9 @@ struct Slot {
     peer: IpAddr,
     /// Requests in progress (0: idle, may be evicted).
     busy: AtomicU64,
+    /// Whether it has served a request (a scraper's keep-alive connection): evicted only
+    /// after every idle connection that never sent one.
+    served: AtomicBool,
     /// Milliseconds since `epoch` of the last activity (accept or end of a request).
     last_active_ms: AtomicU64,
     /// Asks the connection to close (after the request in progress, if any).
@@ -121,19 +124,28 @@ impl Table {
         }
     }
 
-    /// Evicts the oldest idle connection of `peer` (or of anyone, with `None`).
+    /// Evicts an idle connection of `peer` (or of anyone, with `None`): the oldest that
+    /// never sent a request, else the one idle the longest.
     fn evict_idle(&mut self, peer: Option<IpAddr>) -> bool {
+        let key = |s: &Arc<Slot>| {
+            (
+                s.served.load(Ordering::SeqCst),
+                s.last_active_ms.load(Ordering::SeqCst),
+            )
+        };
         let victim = match peer {
-            Some(p) => self
-                .by_peer
-                .get(&p)
-                .and_then(|q| q.iter().find(|s| s.idle()).cloned()),
+            Some(p) => self.by_peer.get(&p).and_then(|q| {
+                q.iter()
+                    .filter(|s| s.idle())
+                    .min_by_key(|s| key(s))
+                    .cloned()
+            }),
             None => self
                 .by_peer
                 .values()
                 .flat_map(|q| q.iter())
                 .filter(|s| s.idle())
-                .min_by_key(|s| s.last_active_ms.load(Ordering::SeqCst))
+                .min_by_key(|s| key(s))
                 .cloned(),
         };
         match victim {
@@ -212,6 +224,7 @@ impl Conns {
             id: self.next_id.fetch_add(1, Ordering::SeqCst),
             peer,
             busy: AtomicU64::new(0),
+            served: AtomicBool::new(false),
             last_active_ms: AtomicU64::new(0),
             close: Notify::new(),
             closed: AtomicBool::new(false),
@@ -302,6 +315,7 @@ async fn serve_conn<I>(
         let slot = s2.clone();
         async move {
             slot.busy.fetch_add(1, Ordering::SeqCst);
+            slot.served.store(true, Ordering::SeqCst);
             let r = respond(ctx, req).await;
             slot.touch();
             slot.busy.fetch_sub(1, Ordering::SeqCst);
