@@ -362,11 +362,17 @@ async fn scrapes_are_served_with_1000_idle_sockets_open() {
     // docs/reliability.md).
     let want = 1000u64.min(nofile_soft().saturating_sub(300) / 2).max(100);
     let addr = r.addr;
-    // The attacker keeps `want` idle sockets open, re-opening each one the server closes.
+    // The attacker (from 127.0.0.2, another peer than the scraper) keeps `want` idle
+    // sockets open, re-opening each one the server closes.
+    let connect = move || async move {
+        let s = tokio::net::TcpSocket::new_v4()?;
+        s.bind("127.0.0.2:0".parse().unwrap())?;
+        s.connect(addr).await
+    };
     let attack = tokio::spawn(async move {
         let mut socks = Vec::new();
         for _ in 0..want {
-            socks.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            socks.push(connect().await.unwrap());
         }
         loop {
             for s in socks.iter_mut() {
@@ -374,7 +380,7 @@ async fn scrapes_are_served_with_1000_idle_sockets_open() {
                 if let Ok(Ok(0)) =
                     tokio::time::timeout(Duration::from_micros(1), s.read(&mut b)).await
                 {
-                    if let Ok(n) = tokio::net::TcpStream::connect(addr).await {
+                    if let Ok(n) = connect().await {
                         *s = n;
                     }
                 }
