@@ -8,8 +8,9 @@
 //!
 //! Bounds ([`Limits`]): at most 1,024 connections at once and 64 per peer address; a
 //! request's headers must arrive within 10 s; a keep-alive connection idle for 60 s is
-//! closed; only `GET`/`HEAD`. When a limit is reached, the oldest *idle* connection (no
-//! request in progress) of that peer, or of all peers, is closed to make room, so idle or
+//! closed; only `GET`/`HEAD`. When a limit is reached, an *idle* connection (no request in
+//! progress; first the oldest that never sent a request, so a scraper's keep-alive one is
+//! kept) of that peer, or of all peers, is closed to make room, so idle or
 //! slow sockets cannot lock scrapes out; only when every slot is busy with a request is
 //! the new connection refused. Evictions and refusals are counted
 //! (`gravity_exporter_connections_evicted_total`, `..._rejected_total`).
@@ -361,7 +362,7 @@ async fn serve_conn<I>(
     }
 }
 
-/// Answers one request: `/metrics` rendered on the blocking pool, the rest by [`route`].
+/// Answers one request: `/metrics` rendered on the render thread, the rest by [`route`].
 async fn respond(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let telemetry = (req.method() == Method::GET || req.method() == Method::HEAD)
         && req.uri().path() == ctx.settings().telemetry_path;

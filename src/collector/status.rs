@@ -552,7 +552,7 @@ impl Collector for StatusCollector {
                     r.status.as_u16()
                 )));
             }
-            // A big answer is parsed on the blocking pool, not where /metrics is served.
+            // A big answer is parsed on the parse thread, not where /metrics is served.
             let body = r.body.clone();
             let mut st = super::offload(super::Worker::Parse, move || parse_status(&body))
                 .await
