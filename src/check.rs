@@ -8,6 +8,7 @@
 //! Text output is a Nagios plugin's: one status line with perfdata, then one line per
 //! check. Exit codes: 0 OK, 1 WARNING (only the log or resource checks fail), 2 CRITICAL,
 //! 3 UNKNOWN (the check itself could not run, e.g. a bad flag).
+#![warn(clippy::arithmetic_side_effects)]
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -161,7 +162,10 @@ pub fn recent_errors(
     let format = format
         .or_else(|| detect_format_votes(body.lines(), 50))
         .unwrap_or(LogFormat::Json);
-    let since = now - window;
+    let since = i64::try_from(window.as_secs())
+        .ok()
+        .and_then(|w| now.checked_sub(time::Duration::seconds(w)))
+        .unwrap_or(now);
     // (time as written, counts as an error)
     let records: Vec<(Option<Stamp>, bool)> = body
         .lines()
@@ -222,6 +226,8 @@ impl Stamp {
 /// The zone offset that makes the zoneless `newest` stamp the file's modification time,
 /// rounded to 15 minutes; UTC if that is not a real zone (more than 14 hours).
 fn zone_from_mtime(newest: time::PrimitiveDateTime, mtime: OffsetDateTime) -> time::UtcOffset {
+    // Both are within the time crate's ±9999 years: the difference always fits.
+    #[allow(clippy::arithmetic_side_effects)]
     let diff = newest.assume_utc() - mtime;
     let quarter = (diff.whole_seconds() as f64 / 900.0).round() as i64;
     let secs = quarter.saturating_mul(900);

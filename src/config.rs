@@ -10,6 +10,7 @@
 //!
 //! `SIGHUP` re-reads the file ([`Settings::reload`]); a bad file is rejected and the
 //! settings in force stay.
+#![warn(clippy::arithmetic_side_effects)]
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -534,7 +535,7 @@ fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
         Some(span) => {
             let line = text
                 .get(..span.start)
-                .map(|p| p.matches('\n').count() + 1)
+                .map(|p| p.matches('\n').count().saturating_add(1))
                 .unwrap_or(1);
             match key_at_line(text, line) {
                 Some(key) => format!("line {line}, key {key}: {}", msg.trim()),
@@ -550,7 +551,7 @@ fn key_at_line(text: &str, line: usize) -> Option<String> {
     let mut table = String::new();
     for (i, l) in text.lines().enumerate() {
         let t = l.trim();
-        if i + 1 == line {
+        if i.saturating_add(1) == line {
             let (k, _) = t.split_once('=')?;
             let k = k.trim().trim_matches('"');
             return Some(if table.is_empty() {

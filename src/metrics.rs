@@ -12,6 +12,7 @@
 //! validated) is appended as it is.
 //!
 //! [`Store::render`] merges everything into one exposition in the text format.
+#![warn(clippy::arithmetic_side_effects)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,7 +110,7 @@ pub fn cut(s: &str, max: usize) -> &str {
     }
     let mut end = max;
     while end > 0 && !s.is_char_boundary(end) {
-        end -= 1;
+        end = end.saturating_sub(1);
     }
     &s[..end]
 }

@@ -9,6 +9,7 @@
 //!   `other`). Scheduler retry lines are not counted a second time.
 //! - Retries that only show in the log (Kafka, binlog reconnects: any other component) are
 //!   counted straight from the log.
+#![warn(clippy::arithmetic_side_effects)]
 
 use std::collections::VecDeque;
 use std::sync::Mutex;

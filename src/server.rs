@@ -15,6 +15,7 @@
 //! the new connection refused. Evictions and refusals are counted
 //! (`gravity_exporter_connections_evicted_total`, `..._rejected_total`).
 //! `/metrics` is rendered on the exporter's render thread, never on the runtime's worker thread.
+#![warn(clippy::arithmetic_side_effects)]
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;

@@ -13,6 +13,7 @@
 //! - process figures from gravity's own `process_*` families when its `/proc` cannot be
 //!   read (separate container, no shared pid namespace), with
 //!   `gravity_process_metrics_source` saying which source is in use.
+#![warn(clippy::arithmetic_side_effects)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -113,7 +114,7 @@ pub fn cap_flows(rates: Vec<(FlowKey, f64)>, max: usize) -> Vec<(FlowKey, f64)> 
     if rates.len() <= max {
         return rates;
     }
-    let mut out: Vec<(FlowKey, f64)> = Vec::with_capacity(max + 1);
+    let mut out: Vec<(FlowKey, f64)> = Vec::with_capacity(max.saturating_add(1));
     let mut other: BTreeMap<String, f64> = BTreeMap::new();
     for (i, (k, v)) in rates.into_iter().enumerate() {
         if i < max {

@@ -2,6 +2,7 @@
 //! window's watermark ProcessTime is younger than the scheduler's healthy-threshold,
 //! else 500), the request latency, and whether gravity's API answers at all (which feeds
 //! `gravity_up`).
+#![warn(clippy::arithmetic_side_effects)]
 
 use std::sync::Arc;
 

@@ -27,6 +27,7 @@
 //! where it was when gravity's position last changed, and gravity's has not changed for
 //! the stall window since (gravity's heartbeat writes to the source every second, so an
 //! idle source still moves). `--probe.interval=0s` turns this collector off with the probes.
+#![warn(clippy::arithmetic_side_effects)]
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -184,26 +185,34 @@ pub fn compare(view: &SourceView, gravity: &Pos) -> Result<Comparison, Place> {
             let bytes_behind = if g == m {
                 master_pos.saturating_sub(gravity.1)
             } else {
-                let middle: u64 = (g + 1..m).map(size).sum();
-                size(g).saturating_sub(gravity.1) + middle + master_pos
+                // sizes come from the server: saturating, never overflowing
+                let middle = (g.saturating_add(1)..m)
+                    .map(size)
+                    .fold(0u64, u64::saturating_add);
+                size(g)
+                    .saturating_sub(gravity.1)
+                    .saturating_add(middle)
+                    .saturating_add(master_pos)
             };
-            let before: u64 = (0..g).map(size).sum();
+            let before = (0..g).map(size).fold(0u64, u64::saturating_add);
             let offset = if g == m {
                 gravity.1
             } else {
                 gravity.1.min(size(g))
             };
             Ok(Comparison {
-                files_behind: Some((m - g) as i64),
+                files_behind: Some(i64::try_from(m.saturating_sub(g)).unwrap_or(i64::MAX)),
                 bytes_behind: Some(bytes_behind),
                 headroom_files: g as i64,
-                headroom_bytes: i64::try_from(before + offset).unwrap_or(i64::MAX),
+                headroom_bytes: i64::try_from(before.saturating_add(offset)).unwrap_or(i64::MAX),
             })
         }
         Place::Listed(_) => Err(Place::Unknown),
         Place::Purged => {
             let files_behind = match (split_name(&view.current.0), split_name(&gravity.0)) {
-                (Some((_, cur)), Some((_, g))) if cur >= g => i64::try_from(cur - g).ok(),
+                (Some((_, cur)), Some((_, g))) if cur >= g => {
+                    i64::try_from(cur.saturating_sub(g)).ok()
+                }
                 _ => None,
             };
             Ok(Comparison {
@@ -519,7 +528,9 @@ impl Collector for SourceCollector {
                         };
                         // probe_interval is Some here (checked above)
                         let backoff = s.probe_interval.unwrap_or(s.interval);
-                        *lock(&self.retry_at) = Some((key, Instant::now() + backoff, msg));
+                        let now = Instant::now();
+                        let at = now.checked_add(backoff).unwrap_or(now);
+                        *lock(&self.retry_at) = Some((key, at, msg));
                         return Err(err);
                     }
                 }
@@ -528,7 +539,8 @@ impl Collector for SourceCollector {
                 return Err(CollectError::Unavailable("no source connection".into()));
             };
             conn.set_max_rows(MAX_BINLOGS);
-            let deadline = Instant::now() + s.probe_timeout;
+            let now = Instant::now();
+            let deadline = now.checked_add(s.probe_timeout).unwrap_or(now);
             let view = match read_view(conn, deadline).await {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => return Err(CollectError::Invalid(format!("source {address}: {e}"))),

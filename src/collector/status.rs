@@ -14,6 +14,7 @@
 //! EventTime stays fresh and lag stays near zero; when the heartbeat cannot write (gravity
 //! issue #226), EventTime freezes while ProcessTime stays fresh — docs/metrics.md explains
 //! how to tell that apart from real lag.
+#![warn(clippy::arithmetic_side_effects)]
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -263,7 +264,10 @@ pub fn parse_status(body: &[u8]) -> Result<Status, CollectError> {
 }
 
 fn secs_between(now: OffsetDateTime, then: OffsetDateTime) -> f64 {
-    (now - then).as_seconds_f64()
+    // Both are within the time crate's ±9999 years: the difference always fits.
+    #[allow(clippy::arithmetic_side_effects)]
+    let d = now - then;
+    d.as_seconds_f64()
 }
 
 /// The `{schema, table}` a watermark's lag is observed under: empty for the stream keys.
@@ -408,7 +412,7 @@ pub fn status_families(st: &Status, now: OffsetDateTime, pipeline: &str) -> Fami
                 "gravity_full_dump_tables",
                 "Tables of the full dump, by state (done or pending).",
                 &[("pipeline", pipeline), ("state", "pending")],
-                (tables.len() - done) as f64,
+                tables.len().saturating_sub(done) as f64,
             );
             for t in tables.iter().take(MAX_STREAMS) {
                 let l = [
