@@ -8,6 +8,7 @@
 //! Text output is a Nagios plugin's: one status line with perfdata, then one line per
 //! check. Exit codes: 0 OK, 1 WARNING (only the log or resource checks fail), 2 CRITICAL,
 //! 3 UNKNOWN (the check itself could not run, e.g. a bad flag).
+#![warn(clippy::arithmetic_side_effects)]
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -120,6 +121,14 @@ impl Verdict {
 
 /// Counts error lines (as `gravity_error_total` counts them) written in the last `window`,
 /// from the last [`LOG_TAIL_BYTES`] of the log (pure but for the file read).
+///
+/// Record times: RFC 3339 (any zone), or gravity's default `2006/01/02 15:04:05[.000]`
+/// without a zone, whose zone is taken from the file: the newest such stamp was written
+/// when the file was last modified, so `mtime − stamp` (rounded to 15 minutes) is the
+/// zone's offset. A record without a time it can read (a Go `panic:` or `fatal error:`
+/// line, an unknown stamp) takes the time of the next record that has one, and at the end
+/// of the file its modification time: never older than it can be, so a crash at the tail
+/// of the log always counts as recent.
 pub fn recent_errors(
     path: &Path,
     format: Option<LogFormat>,
@@ -129,12 +138,17 @@ pub fn recent_errors(
     let Ok(mut f) = std::fs::File::open(path) else {
         return 0;
     };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let meta = f.metadata().ok();
+    let len = meta.as_ref().map(|m| m.len()).unwrap_or(0);
+    let mtime = meta
+        .and_then(|m| m.modified().ok())
+        .map(OffsetDateTime::from)
+        .unwrap_or(now);
     let start = len.saturating_sub(LOG_TAIL_BYTES);
     if f.seek(SeekFrom::Start(start)).is_err() {
         return 0;
     }
-    let mut buf = Vec::with_capacity(usize::try_from(len - start).unwrap_or(0));
+    let mut buf = Vec::with_capacity(usize::try_from(len.saturating_sub(start)).unwrap_or(0));
     if f.take(LOG_TAIL_BYTES).read_to_end(&mut buf).is_err() {
         return 0;
     }
@@ -148,16 +162,82 @@ pub fn recent_errors(
     let format = format
         .or_else(|| detect_format_votes(body.lines(), 50))
         .unwrap_or(LogFormat::Json);
-    let since = now - window;
-    body.lines()
+    let since = i64::try_from(window.as_secs())
+        .ok()
+        .and_then(|w| now.checked_sub(time::Duration::seconds(w)))
+        .unwrap_or(now);
+    // (time as written, counts as an error)
+    let records: Vec<(Option<Stamp>, bool)> = body
+        .lines()
         .filter_map(|l| crate::log::record::parse_line(l, format).ok())
-        .filter(|r| {
-            r.time
-                .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
-                .is_some_and(|t| t >= since)
+        .map(|r| {
+            (
+                r.time.and_then(Stamp::parse),
+                crate::log::classify::classify(&r).counts_as_error,
+            )
         })
-        .filter(|r| crate::log::classify::classify(r).counts_as_error)
-        .count() as u64
+        .collect();
+    let offset = records
+        .iter()
+        .rev()
+        .find_map(|(t, _)| match t {
+            Some(Stamp::Local(p)) => Some(zone_from_mtime(*p, mtime)),
+            _ => None,
+        })
+        .unwrap_or(time::UtcOffset::UTC);
+    let mut next = mtime;
+    let mut count = 0u64;
+    for (t, is_error) in records.iter().rev() {
+        let at = match t {
+            Some(Stamp::Zoned(t)) => *t,
+            Some(Stamp::Local(p)) => p.assume_offset(offset),
+            None => next,
+        };
+        next = at;
+        if *is_error && at >= since {
+            count = count.saturating_add(1);
+        }
+    }
+    count
+}
+
+/// A record's time as written.
+#[derive(Debug, Clone, Copy)]
+enum Stamp {
+    /// RFC 3339.
+    Zoned(OffsetDateTime),
+    /// gravity's default `2006/01/02 15:04:05.000` (the zone is gravity's local one).
+    Local(time::PrimitiveDateTime),
+}
+
+impl Stamp {
+    fn parse(s: &str) -> Option<Stamp> {
+        let s = s.trim();
+        if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
+            return Some(Stamp::Zoned(t));
+        }
+        let go = time::macros::format_description!(
+            "[year]/[month]/[day] [hour]:[minute]:[second][optional [.[subsecond]]]"
+        );
+        time::PrimitiveDateTime::parse(s, go).ok().map(Stamp::Local)
+    }
+}
+
+/// The zone offset that makes the zoneless `newest` stamp the file's modification time,
+/// rounded to 15 minutes; UTC if that is not a real zone (more than 14 hours).
+fn zone_from_mtime(newest: time::PrimitiveDateTime, mtime: OffsetDateTime) -> time::UtcOffset {
+    // Both are within the time crate's ±9999 years: the difference always fits.
+    #[allow(clippy::arithmetic_side_effects)]
+    let diff = newest.assume_utc() - mtime;
+    let quarter = (diff.whole_seconds() as f64 / 900.0).round() as i64;
+    let secs = quarter.saturating_mul(900);
+    if secs.abs() > 14 * 3600 {
+        return time::UtcOffset::UTC;
+    }
+    i32::try_from(secs)
+        .ok()
+        .and_then(|s| time::UtcOffset::from_whole_seconds(s).ok())
+        .unwrap_or(time::UtcOffset::UTC)
 }
 
 /// Runs every check once.
@@ -172,7 +252,9 @@ pub async fn run(settings: Settings) -> Verdict {
         .collect();
     let runner = Runner::new(ctx.clone(), collectors);
     let prober = ConnectionProber::new(ctx.clone());
-    let timeout = settings.gravity_timeout + Duration::from_secs(1);
+    let timeout = settings
+        .gravity_timeout
+        .saturating_add(Duration::from_secs(1));
     if settings.probe_interval.is_some() {
         // the status read first (the source check compares with gravity's position), probes alongside
         tokio::join!(
@@ -324,5 +406,59 @@ mod tests {
         let j: serde_json::Value = serde_json::from_str(&v.json()).unwrap();
         assert_eq!(j["status"], "WARNING");
         assert_eq!(j["checks"][1]["ok"], false);
+    }
+
+    /// `YYYY/MM/DD HH:MM:SS.000` of `t` as seen in a zone `offset_h` hours east of UTC
+    /// (gravity's default TimestampFormat carries no zone).
+    fn go_stamp(t: OffsetDateTime, offset_h: i8) -> String {
+        let t = t.to_offset(time::UtcOffset::from_hms(offset_h, 0, 0).unwrap());
+        format!(
+            "{:04}/{:02}/{:02} {:02}:{:02}:{:02}.000",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        )
+    }
+
+    #[test]
+    fn records_without_an_rfc3339_time_are_not_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let window = Duration::from_secs(300);
+        // a Go runtime panic on stderr, no time at all, written just now
+        let p = d.path().join("panic.log");
+        std::fs::write(
+            &p,
+            "panic: runtime error: invalid memory address or nil pointer dereference\n[signal SIGSEGV: segmentation violation code=0x1 addr=0x0 pc=0x0]\n\ngoroutine 1 [running]:\nmain.main()\n\t/go/src/main.go:9 +0x1d\n",
+        )
+        .unwrap();
+        assert_eq!(recent_errors(&p, Some(LogFormat::Text), now, window), 1);
+        // gravity's default stamps, in a zone eight hours east: two errors a minute ago
+        let p = d.path().join("go.log");
+        let t = now - time::Duration::minutes(1);
+        let lines = format!(
+            "{s} mysql.go:352: [error] first pipeline=p\n{s} mysql.go:352: [error] second pipeline=p\n{s} printer.go:41: [info] fine pipeline=p\n",
+            s = go_stamp(t, 8)
+        );
+        std::fs::write(&p, &lines).unwrap();
+        assert_eq!(recent_errors(&p, Some(LogFormat::Text), now, window), 2);
+        // the same lines an hour old (file last written an hour ago): outside the window
+        let old = now - time::Duration::hours(1);
+        let p = d.path().join("old.log");
+        std::fs::write(
+            &p,
+            format!(
+                "{s} mysql.go:352: [error] old pipeline=p\npanic: late\n",
+                s = go_stamp(old, 8)
+            ),
+        )
+        .unwrap();
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(std::time::SystemTime::from(old)).unwrap();
+        drop(f);
+        assert_eq!(recent_errors(&p, Some(LogFormat::Text), now, window), 0);
     }
 }

@@ -10,6 +10,7 @@
 //!
 //! `SIGHUP` re-reads the file ([`Settings::reload`]); a bad file is rejected and the
 //! settings in force stay.
+#![warn(clippy::arithmetic_side_effects)]
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -654,7 +655,7 @@ fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
         Some(span) => {
             let line = text
                 .get(..span.start)
-                .map(|p| p.matches('\n').count() + 1)
+                .map(|p| p.matches('\n').count().saturating_add(1))
                 .unwrap_or(1);
             match key_at_line(text, line) {
                 Some(key) => format!("line {line}, key {key}: {}", msg.trim()),
@@ -670,7 +671,7 @@ fn key_at_line(text: &str, line: usize) -> Option<String> {
     let mut table = String::new();
     for (i, l) in text.lines().enumerate() {
         let t = l.trim();
-        if i + 1 == line {
+        if i.saturating_add(1) == line {
             let (k, _) = t.split_once('=')?;
             let k = k.trim().trim_matches('"');
             return Some(if table.is_empty() {
@@ -715,7 +716,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
             "d" => n * 86400.0,
             _ => return None,
         };
-        total += Duration::try_from_secs_f64(secs).ok()?;
+        total = total.checked_add(Duration::try_from_secs_f64(secs).ok()?)?;
         rest = next;
     }
     Some(total)
@@ -740,22 +741,50 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     }
 }
 
+/// Upper bounds of the duration flags: a value above is rejected at start (exit 2), so no
+/// later arithmetic on a duration (sums, multiples, deadlines) can overflow.
+pub mod max {
+    use std::time::Duration;
+    /// `gravity.timeout` and `probe.timeout`.
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+    /// `collector.interval` and `probe.interval`.
+    pub const INTERVAL: Duration = Duration::from_secs(24 * 3600);
+    /// `collector.process-watch-interval`.
+    pub const WATCH_INTERVAL: Duration = Duration::from_secs(3600);
+    /// `consistency.interval`.
+    pub const CONSISTENCY_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// `consistency.timeout`.
+    pub const CONSISTENCY_TIMEOUT: Duration = Duration::from_secs(600);
+    /// `consistency.recheck-delay`.
+    pub const RECHECK_DELAY: Duration = Duration::from_secs(24 * 3600);
+}
+
 fn dur(
     key: &str,
     v: Option<String>,
     default: Duration,
     min: Duration,
+    max: Duration,
 ) -> Result<Duration, ConfigError> {
     match v {
         None => Ok(default),
         Some(s) => {
             let d = parse_duration(&s).ok_or_else(|| {
-                invalid(key, format!("{s:?} is not a duration like 500ms, 5s or 1m"))
+                invalid(
+                    key,
+                    format!("{s:?} is not a duration like 500ms, 5s or 1m (at most {max:?})"),
+                )
             })?;
             if d < min {
                 return Err(invalid(
                     key,
                     format!("{s:?} is below the minimum of {min:?}"),
+                ));
+            }
+            if d > max {
+                return Err(invalid(
+                    key,
+                    format!("{s:?} is above the maximum of {max:?}"),
                 ));
             }
             Ok(d)
@@ -829,18 +858,21 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
         f.gravity_timeout,
         Duration::from_secs(2),
         Duration::from_millis(10),
+        max::REQUEST_TIMEOUT,
     )?;
     let interval = dur(
         "collector.interval",
         f.interval,
         Duration::from_secs(5),
         Duration::from_millis(100),
+        max::INTERVAL,
     )?;
     let watch_interval = dur(
         "collector.process-watch-interval",
         f.watch_interval,
         Duration::from_millis(100),
         Duration::from_millis(10),
+        max::WATCH_INTERVAL,
     )?;
     let probe_interval = match f.probe_interval.as_deref().map(str::trim) {
         Some("0" | "0s") => None,
@@ -849,6 +881,7 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
             f.probe_interval,
             Duration::from_secs(15),
             Duration::from_millis(100),
+            max::INTERVAL,
         )?),
     };
     let probe_timeout = dur(
@@ -856,13 +889,8 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
         f.probe_timeout,
         Duration::from_secs(3),
         Duration::from_millis(10),
+        max::REQUEST_TIMEOUT,
     )?;
-    if probe_timeout > Duration::from_secs(60) {
-        return Err(invalid(
-            "probe.timeout",
-            format!("{probe_timeout:?} is above the maximum of 60s"),
-        ));
-    }
     let consistency = ConsistencySettings {
         tables: parse_tables(f.consistency_tables.as_deref().unwrap_or(""))
             .map_err(|e| invalid("consistency.tables", e))?,
@@ -871,6 +899,7 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
             f.consistency_interval,
             Duration::from_secs(600),
             Duration::from_secs(1),
+            max::CONSISTENCY_INTERVAL,
         )?,
         chunk_size: match f.consistency_chunk_size {
             None => 1000,
@@ -887,20 +916,16 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
             f.consistency_timeout,
             Duration::from_secs(30),
             Duration::from_millis(10),
+            max::CONSISTENCY_TIMEOUT,
         )?,
         recheck_delay: dur(
             "consistency.recheck-delay",
             f.consistency_recheck_delay,
             Duration::from_secs(10),
             Duration::from_millis(1),
+            max::RECHECK_DELAY,
         )?,
     };
-    if consistency.timeout > Duration::from_secs(600) {
-        return Err(invalid(
-            "consistency.timeout",
-            format!("{:?} is above the maximum of 10m", consistency.timeout),
-        ));
-    }
     let log_level = match f.log_level.as_deref().unwrap_or("info") {
         "debug" => tracing::Level::DEBUG,
         "info" => tracing::Level::INFO,

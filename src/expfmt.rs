@@ -325,6 +325,36 @@ pub fn parse_lossy(input: &str) -> (Exposition<'_>, Vec<ParseError>) {
     (b.finish(), errors)
 }
 
+/// Bounds on the samples [`parse_lossy_capped`] keeps: a hostile 1e6-series answer must not
+/// become a million parsed samples in memory when only a few families are read and at most
+/// the pass-through cap is passed on.
+#[derive(Debug, Clone, Copy)]
+pub struct Keep {
+    /// Families whose samples are needed (derived metrics): kept up to `wanted_per_family` each.
+    pub wanted: fn(&str) -> bool,
+    /// Cap per wanted family.
+    pub wanted_per_family: usize,
+    /// Cap on the samples of all other families together.
+    pub others: usize,
+}
+
+/// [`parse_lossy`] that keeps at most what `keep` allows; returns also how many samples
+/// were parsed and not kept. Every line is still checked.
+pub fn parse_lossy_capped(input: &str, keep: Keep) -> (Exposition<'_>, Vec<ParseError>, usize) {
+    let mut b = Builder::new();
+    b.keep = Some(keep);
+    let mut errors = Vec::new();
+    for (lineno, line) in Lines::new(input) {
+        if let Err(e) = b.line(line, lineno) {
+            if errors.len() < MAX_LOSSY_ERRORS {
+                errors.push(e);
+            }
+        }
+    }
+    let skipped = b.skipped;
+    (b.finish(), errors, skipped)
+}
+
 // ---------------------------------------------------------------------------------------
 // Line splitting
 // ---------------------------------------------------------------------------------------
@@ -937,6 +967,9 @@ struct Builder<'a> {
     families: Vec<Family<'a>>,
     index: HashMap<&'a str, usize>,
     current: Option<usize>,
+    keep: Option<Keep>,
+    others_kept: usize,
+    skipped: usize,
 }
 
 impl<'a> Builder<'a> {
@@ -945,6 +978,9 @@ impl<'a> Builder<'a> {
             families: Vec::new(),
             index: HashMap::new(),
             current: None,
+            keep: None,
+            others_kept: 0,
+            skipped: 0,
         }
     }
 
@@ -999,6 +1035,20 @@ impl<'a> Builder<'a> {
             raw,
         };
         if let Some(f) = self.families.get_mut(idx) {
+            if let Some(k) = self.keep {
+                let allowed = if (k.wanted)(f.name) {
+                    f.samples.len() < k.wanted_per_family
+                } else if self.others_kept < k.others {
+                    self.others_kept = self.others_kept.saturating_add(1);
+                    true
+                } else {
+                    false
+                };
+                if !allowed {
+                    self.skipped = self.skipped.saturating_add(1);
+                    return Ok(());
+                }
+            }
             f.samples.push(sample);
         }
         Ok(())
@@ -2161,5 +2211,27 @@ h_count 1
             let text = mutate(if which { METRICS } else { METRICS_40 }, &muts);
             check_consistent(&text);
         }
+    }
+
+    #[test]
+    fn capped_parse_keeps_wanted_families_and_bounds_the_rest() {
+        let mut text = String::from("# TYPE noise gauge\n");
+        for i in 0..1000 {
+            text.push_str(&format!("noise{{i=\"{i}\"}} 1\n"));
+        }
+        text.push_str("# TYPE wanted_total counter\n");
+        for i in 0..50 {
+            text.push_str(&format!("wanted_total{{i=\"{i}\"}} 1\n"));
+        }
+        let keep = Keep {
+            wanted: |n| n == "wanted_total",
+            wanted_per_family: 40,
+            others: 100,
+        };
+        let (exp, errors, skipped) = parse_lossy_capped(&text, keep);
+        assert!(errors.is_empty());
+        assert_eq!(exp.family("noise").unwrap().samples.len(), 100);
+        assert_eq!(exp.family("wanted_total").unwrap().samples.len(), 40);
+        assert_eq!(skipped, 900 + 10);
     }
 }

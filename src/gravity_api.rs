@@ -4,6 +4,7 @@
 //! size, so a gravity that hangs or answers 100 MB costs the exporter a bounded amount of
 //! time and memory. It only ever issues `GET`s to the paths the collectors name; in
 //! particular it never calls gravity's destructive `/reset`.
+#![warn(clippy::arithmetic_side_effects)]
 
 use std::time::{Duration, Instant};
 

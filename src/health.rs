@@ -15,6 +15,7 @@
 //! | `target_reachable` | every MySQL target answers, and at least one Kafka broker / Elasticsearch node of each kind does |
 //! | `log_healthy` | no error, fatal or panic line in gravity's log in the last 5 minutes |
 //! | `resources_ok` | open fds below 80 % of the limit |
+#![warn(clippy::arithmetic_side_effects)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,8 +76,8 @@ fn check(name: &'static str, ok: bool, critical: bool, detail: impl Into<String>
 }
 
 fn endpoints_ok(conns: &Families, components: &[&str], need_all: bool) -> Option<(bool, String)> {
-    let mut seen = 0;
-    let mut healthy = 0;
+    let mut seen = 0usize;
+    let mut healthy = 0usize;
     let mut bad = Vec::new();
     for (labels, v) in conns.samples("gravity_connection_health") {
         let comp = labels
@@ -87,9 +88,9 @@ fn endpoints_ok(conns: &Families, components: &[&str], need_all: bool) -> Option
         if !components.contains(&comp) {
             continue;
         }
-        seen += 1;
+        seen = seen.saturating_add(1);
         if v >= 1.0 {
-            healthy += 1;
+            healthy = healthy.saturating_add(1);
         } else {
             let ep = labels
                 .iter()

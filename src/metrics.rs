@@ -12,15 +12,108 @@
 //! validated) is appended as it is.
 //!
 //! [`Store::render`] merges everything into one exposition in the text format.
+#![warn(clippy::arithmetic_side_effects)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
 
 /// Content type of the text exposition format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Longest label value the exporter emits (bytes); longer values (a 10 KB watermark name,
+/// a 15 MB version string) are cut at a character boundary and counted in
+/// `gravity_exporter_truncated_total{what="label_value"}`.
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+/// Largest pass-through text kept (bytes); series beyond it are dropped and counted in
+/// `gravity_exporter_dropped_total{what="passthrough_bytes"}`.
+pub const MAX_PASSTHROUGH_BYTES: usize = 8 << 20;
+/// Largest `/metrics` answer (bytes): when the exporter's own families and the pass-through
+/// together would exceed it, the pass-through is left out of that scrape (counted in
+/// `gravity_exporter_dropped_total{what="exposition_bytes"}`).
+pub const MAX_EXPOSITION_BYTES: usize = 16 << 20;
+
+/// What a byte bound cut short (`gravity_exporter_truncated_total{what}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Truncated {
+    /// A label value longer than [`MAX_LABEL_VALUE_BYTES`].
+    LabelValue,
+}
+
+/// What a bound dropped (`gravity_exporter_dropped_total{what}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// A gravity answer over its body cap (the whole answer).
+    ApiBody,
+    /// A pass-through sample or HELP line longer than the line limit (series).
+    PassthroughLine,
+    /// Pass-through series beyond [`MAX_PASSTHROUGH_BYTES`] (series).
+    PassthroughBytes,
+    /// A pass-through family named like one of the exporter's own (families).
+    PassthroughFamilyCollision,
+    /// The pass-through left out of a scrape to keep it under [`MAX_EXPOSITION_BYTES`] (scrapes).
+    ExpositionBytes,
+}
+
+const TRUNCATED_WHAT: [&str; 1] = ["label_value"];
+const DROPPED_WHAT: [&str; 5] = [
+    "api_body",
+    "passthrough_line",
+    "passthrough_bytes",
+    "passthrough_family_collision",
+    "exposition_bytes",
+];
+static TRUNCATED_COUNT: [AtomicU64; 1] = [AtomicU64::new(0)];
+static DROPPED_COUNT: [AtomicU64; 5] = [
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+];
+
+fn add(c: &AtomicU64, n: u64) {
+    // saturating: a counter stops at u64::MAX instead of wrapping
+    let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_add(n))
+    });
+}
+
+/// Counts something cut short by a byte bound (process-wide).
+pub fn count_truncated(what: Truncated, n: u64) {
+    let i = match what {
+        Truncated::LabelValue => 0,
+    };
+    add(&TRUNCATED_COUNT[i], n);
+}
+
+/// Counts something dropped by a bound (process-wide).
+pub fn count_dropped(what: Dropped, n: u64) {
+    let i = match what {
+        Dropped::ApiBody => 0,
+        Dropped::PassthroughLine => 1,
+        Dropped::PassthroughBytes => 2,
+        Dropped::PassthroughFamilyCollision => 3,
+        Dropped::ExpositionBytes => 4,
+    };
+    add(&DROPPED_COUNT[i], n);
+}
+
+/// `s` cut to at most `max` bytes at a character boundary.
+pub fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while end > 0 && !s.is_char_boundary(end) {
+        end = end.saturating_sub(1);
+    }
+    &s[..end]
+}
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (a collector
 /// panic must not take `/metrics` down with it).
@@ -56,7 +149,11 @@ impl Families {
             .map(|(k, v)| {
                 let mut lp = LabelPair::default();
                 lp.set_name((*k).to_string());
-                lp.set_value((*v).to_string());
+                let short = cut(v, MAX_LABEL_VALUE_BYTES);
+                if short.len() < v.len() {
+                    count_truncated(Truncated::LabelValue, 1);
+                }
+                lp.set_value(short.to_string());
                 lp
             })
             .collect()
@@ -83,6 +180,11 @@ impl Families {
         self.family(name, help, MetricType::COUNTER)
             .mut_metric()
             .push(m);
+    }
+
+    /// Whether a family of this name is in the set.
+    pub fn has_family(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
     }
 
     /// Whether no family holds a sample (families without samples are not rendered).
@@ -159,13 +261,52 @@ impl Families {
     }
 }
 
+/// One family of gravity's own exposition, passed through as text.
+#[derive(Debug, Clone, Default)]
+pub struct PassFamily {
+    /// The family name (to keep it out when the exporter serves the same name).
+    pub name: String,
+    /// HELP, TYPE and sample lines, each ending in a newline.
+    pub text: String,
+}
+
+#[derive(Debug, Default)]
+struct Passthrough {
+    families: Vec<PassFamily>,
+    /// When it was read (`None`: never, or set empty).
+    at: Option<Instant>,
+}
+
 /// The whole store: stateful registry, collector snapshots, pass-through text.
 #[derive(Debug)]
 pub struct Store {
     registry: Registry,
     snapshots: Mutex<BTreeMap<&'static str, Families>>,
-    passthrough: Mutex<String>,
+    passthrough: Mutex<Passthrough>,
+    /// Older pass-through is not served (`None`: no limit).
+    passthrough_max_age: Mutex<Option<Duration>>,
+    /// When each source was last read successfully (its snapshot set).
+    fresh: Mutex<BTreeMap<&'static str, Instant>>,
+    created: Instant,
 }
+
+/// Snapshot names that are not a source read (the watcher's state, published on change
+/// only; the health verdict, derived from the others).
+const NOT_A_SOURCE: [&str; 2] = ["watch", "health"];
+
+/// Sources that always have a `gravity_exporter_source_age_seconds` series (never read:
+/// the exporter's uptime), so the label set is known from the start.
+pub const KNOWN_SOURCES: [&str; 9] = [
+    "connections",
+    "consistency",
+    "gravity_metrics",
+    "healthz",
+    "log",
+    "process",
+    "sockets",
+    "source",
+    "status",
+];
 
 impl Default for Store {
     fn default() -> Self {
@@ -179,7 +320,10 @@ impl Store {
         Store {
             registry: Registry::new(),
             snapshots: Mutex::new(BTreeMap::new()),
-            passthrough: Mutex::new(String::new()),
+            passthrough: Mutex::new(Passthrough::default()),
+            passthrough_max_age: Mutex::new(None),
+            fresh: Mutex::new(BTreeMap::new()),
+            created: Instant::now(),
         }
     }
 
@@ -188,9 +332,64 @@ impl Store {
         &self.registry
     }
 
-    /// Replaces the snapshot of one collector.
+    /// Replaces the snapshot of one collector: a successful read of that source, which
+    /// resets its `gravity_exporter_source_age_seconds`.
     pub fn set_snapshot(&self, collector: &'static str, fams: Families) {
         lock(&self.snapshots).insert(collector, fams);
+        if !NOT_A_SOURCE.contains(&collector) {
+            self.mark_fresh(collector);
+        }
+    }
+
+    /// Records a successful read of `source` now.
+    pub fn mark_fresh(&self, source: &'static str) {
+        lock(&self.fresh).insert(source, Instant::now());
+    }
+
+    /// Seconds since each source was last read successfully (never: since the store was
+    /// made), for every one of [`KNOWN_SOURCES`] and any other that was read.
+    pub fn source_ages(&self) -> Vec<(&'static str, f64)> {
+        let fresh = lock(&self.fresh);
+        let mut out: BTreeMap<&'static str, f64> = KNOWN_SOURCES
+            .iter()
+            .map(|k| (*k, self.created.elapsed().as_secs_f64()))
+            .collect();
+        for (k, t) in fresh.iter() {
+            out.insert(k, t.elapsed().as_secs_f64());
+        }
+        out.into_iter().collect()
+    }
+
+    /// Names of every family the exporter itself serves now (registry and snapshots), with
+    /// the sample names a histogram or summary adds: a pass-through family must not use one.
+    pub fn own_names(&self) -> HashSet<String> {
+        let mut out = HashSet::new();
+        let mut add = |mf: &MetricFamily| {
+            let n = mf.name();
+            if matches!(
+                mf.get_field_type(),
+                MetricType::HISTOGRAM | MetricType::SUMMARY
+            ) {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    out.insert(format!("{n}{suffix}"));
+                }
+            }
+            out.insert(n.to_string());
+        };
+        for mf in self.registry.gather() {
+            add(&mf);
+        }
+        for f in lock(&self.snapshots).values() {
+            for mf in f.by_name.values() {
+                add(mf);
+            }
+        }
+        out
+    }
+
+    /// Sets how old the pass-through may be and still be served (`None`: any age).
+    pub fn set_passthrough_max_age(&self, max: Option<Duration>) {
+        *lock(&self.passthrough_max_age) = max;
     }
 
     /// A copy of one collector's last snapshot.
@@ -200,10 +399,33 @@ impl Store {
 
     /// Replaces the pass-through text (gravity's own families, already validated and capped).
     pub fn set_passthrough(&self, text: String) {
-        *lock(&self.passthrough) = text;
+        let families = if text.is_empty() {
+            Vec::new()
+        } else {
+            vec![PassFamily {
+                name: String::new(),
+                text,
+            }]
+        };
+        self.set_passthrough_families(families);
     }
 
-    /// Renders the exposition.
+    /// Replaces the pass-through, family by family (already validated and capped); read now.
+    pub fn set_passthrough_families(&self, mut families: Vec<PassFamily>) {
+        // Keep no spare capacity from a big answer around.
+        families.shrink_to_fit();
+        for f in &mut families {
+            f.text.shrink_to_fit();
+        }
+        let at = (!families.is_empty()).then(Instant::now);
+        // the old text is freed outside the lock
+        let old = std::mem::replace(&mut *lock(&self.passthrough), Passthrough { families, at });
+        drop(old);
+    }
+
+    /// Renders the exposition: the exporter's own families, then gravity's pass-through
+    /// (unless it is stale, collides with an own name, or would exceed
+    /// [`MAX_EXPOSITION_BYTES`]).
     pub fn render(&self) -> String {
         let mut mfs = self.registry.gather();
         {
@@ -214,6 +436,13 @@ impl Store {
             }
             mfs.extend(merged.into_vec());
         }
+        let max_age = *lock(&self.passthrough_max_age);
+        let (pass_age, pass_present) = {
+            let pt = lock(&self.passthrough);
+            (pt.at.map(|t| t.elapsed()), !pt.families.is_empty())
+        };
+        let stale = pass_present && matches!((pass_age, max_age), (Some(a), Some(m)) if a > m);
+        mfs.extend(self.bound_families(stale).into_vec());
         mfs.retain(|mf| !mf.get_metric().is_empty());
         mfs.sort_by(|a, b| a.name().cmp(b.name()));
         let mut buf = Vec::with_capacity(16 * 1024);
@@ -222,9 +451,59 @@ impl Store {
         let _ = TextEncoder::new().encode(&mfs, &mut buf);
         let mut out = String::from_utf8(buf)
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        if stale || !pass_present {
+            return out;
+        }
         let pt = lock(&self.passthrough);
-        out.push_str(&pt);
+        let own: HashSet<&str> = mfs.iter().map(|mf| mf.name()).collect();
+        let keep = |f: &&PassFamily| f.name.is_empty() || !own.contains(f.name.as_str());
+        let size: usize = pt.families.iter().filter(keep).map(|f| f.text.len()).sum();
+        if out.len().saturating_add(size) > MAX_EXPOSITION_BYTES {
+            count_dropped(Dropped::ExpositionBytes, 1);
+            return out;
+        }
+        out.reserve(size);
+        for f in pt.families.iter().filter(keep) {
+            out.push_str(&f.text);
+        }
         out
+    }
+
+    /// The bound-keeping families: what was cut or dropped (every `what` from 0), how old
+    /// each source's last read is, and whether the pass-through is being withheld as stale.
+    fn bound_families(&self, stale: bool) -> Families {
+        let mut f = Families::new();
+        for (what, c) in TRUNCATED_WHAT.iter().zip(TRUNCATED_COUNT.iter()) {
+            f.counter(
+                "gravity_exporter_truncated_total",
+                "Values the exporter cut short to keep its byte bounds, by what (label_value: a label value over 256 bytes).",
+                &[("what", what)],
+                c.load(Ordering::Relaxed) as f64,
+            );
+        }
+        for (what, c) in DROPPED_WHAT.iter().zip(DROPPED_COUNT.iter()) {
+            f.counter(
+                "gravity_exporter_dropped_total",
+                "What the exporter dropped to keep its bounds, by what: api_body (gravity answers over their byte cap), passthrough_line (pass-through series with a line over 4 KiB), passthrough_bytes (pass-through series beyond 8 MiB), passthrough_family_collision (pass-through families named like the exporter's own), exposition_bytes (scrapes that left the pass-through out to stay under 16 MiB).",
+                &[("what", what)],
+                c.load(Ordering::Relaxed) as f64,
+            );
+        }
+        for (source, age) in self.source_ages() {
+            f.gauge(
+                "gravity_exporter_source_age_seconds",
+                "Seconds since the source (a collector, the log watcher, the connection prober) was last read successfully.",
+                &[("source", source)],
+                age,
+            );
+        }
+        f.gauge(
+            "gravity_exporter_passthrough_stale",
+            "1 while gravity's pass-through families are withheld because their last successful read is older than three collection intervals plus the request timeout.",
+            &[],
+            if stale { 1.0 } else { 0.0 },
+        );
+        f
     }
 }
 
@@ -261,5 +540,23 @@ mod tests {
         assert_eq!(f.value("g", &[("a", "9")]), Some(4.0));
         assert_eq!(f.value("g", &[("a", "0")]), None);
         assert_eq!(f.len(), 2);
+    }
+
+    #[test]
+    fn long_label_values_are_cut_and_counted() {
+        let s = Store::new();
+        let mut f = Families::new();
+        let long = "é".repeat(50_000);
+        f.gauge("g_long", "h", &[("stream", long.as_str())], 1.0);
+        s.set_snapshot("t", f);
+        let out = s.render();
+        let line = out.lines().find(|l| l.starts_with("g_long{")).unwrap();
+        assert!(line.len() <= 1100, "a line of {} bytes", line.len());
+        let cut = out
+            .lines()
+            .find(|l| l.starts_with("gravity_exporter_truncated_total{what=\"label_value\"}"))
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse::<f64>().ok());
+        assert!(cut.is_some_and(|v| v >= 1.0), "{out}");
     }
 }

@@ -9,8 +9,9 @@
 //!   `other`). Scheduler retry lines are not counted a second time.
 //! - Retries that only show in the log (Kafka, binlog reconnects: any other component) are
 //!   counted straight from the log.
+#![warn(clippy::arithmetic_side_effects)]
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
 use prometheus::{IntCounterVec, Opts};
@@ -78,25 +79,31 @@ impl RetryLedger {
         p.push_back(reason);
     }
 
-    /// gravity's scheduler retry counter grew by `n`. The first `n` pending reasons are
-    /// attributed, the rest goes to `other` in one step: the work is bounded by
-    /// [`MAX_PENDING`] whatever `n` is.
+    /// gravity's scheduler retry counter grew by `n`. At most [`MAX_PENDING`] pending
+    /// reasons are taken (one step each); the rest of `n` goes to `other` in one addition,
+    /// so a huge `n` costs no more than a small one. Every series saturates at `u64::MAX`.
     pub fn scheduler_increase(&self, pipeline: &str, n: u64) {
         let mut p = lock(&self.pending);
-        let take = usize::try_from(n).unwrap_or(usize::MAX).min(p.len());
-        let mut by_reason: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let take = p.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+        let mut by_reason: Vec<(&'static str, u64)> = Vec::new();
         for reason in p.drain(..take) {
-            *by_reason.entry(reason).or_insert(0) += 1;
+            match by_reason.iter_mut().find(|(r, _)| *r == reason) {
+                Some((_, c)) => *c = c.saturating_add(1),
+                None => by_reason.push((reason, 1)),
+            }
         }
         drop(p);
-        let rest = n.saturating_sub(take as u64);
+        let rest = n.saturating_sub(u64::try_from(take).unwrap_or(u64::MAX));
         if rest > 0 {
-            *by_reason.entry("other").or_insert(0) += rest;
+            by_reason.push(("other", rest));
         }
         for (reason, k) in by_reason {
-            self.counter
-                .with_label_values(&[pipeline, "scheduler", reason])
-                .inc_by(k);
+            add_saturating(
+                &self
+                    .counter
+                    .with_label_values(&[pipeline, "scheduler", reason]),
+                k,
+            );
         }
     }
 
@@ -113,6 +120,12 @@ impl RetryLedger {
             .with_label_values(&[pipeline, component, reason])
             .get()
     }
+}
+
+/// Adds `n` to a counter, stopping at `u64::MAX` instead of wrapping.
+fn add_saturating(c: &prometheus::IntCounter, n: u64) {
+    let room = u64::MAX.saturating_sub(c.get());
+    c.inc_by(n.min(room));
 }
 
 #[cfg(test)]
@@ -169,5 +182,37 @@ mod tests {
             r.seed(&format!("x{i}"));
         }
         assert_eq!(lock(&r.seeded).len(), MAX_SEEDED_PIPELINES);
+    }
+
+    /// Runs `f` on its own thread and waits for it at most a minute (a hang fails the test
+    /// instead of stalling the suite).
+    fn within_a_minute<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("did not return: a loop per increment?")
+    }
+
+    #[test]
+    fn a_huge_increase_is_counted_at_once_and_saturates() {
+        let (got, pending) = within_a_minute(|| {
+            let s = Store::new();
+            let r = RetryLedger::new(&s);
+            r.scheduler_reason("deadlock");
+            r.scheduler_increase("p", u64::MAX);
+            r.scheduler_increase("p", u64::MAX);
+            let pending = lock(&r.pending).len();
+            (
+                (
+                    r.get("p", "scheduler", "deadlock"),
+                    r.get("p", "scheduler", "other"),
+                ),
+                pending,
+            )
+        });
+        assert_eq!(got, (1, u64::MAX), "saturated, not wrapped");
+        assert_eq!(pending, 0);
     }
 }

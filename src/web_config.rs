@@ -1352,9 +1352,10 @@ impl WebConfig {
     }
 
     /// Applies the rate limit, the configured headers and basic auth around `handler`.
-    pub async fn serve<B, F>(&self, req: Request<B>, handler: F) -> Response<Full<Bytes>>
+    pub async fn serve<B, F, Fut>(&self, req: Request<B>, handler: F) -> Response<Full<Bytes>>
     where
-        F: FnOnce(Request<B>) -> Response<Full<Bytes>>,
+        F: FnOnce(Request<B>) -> Fut,
+        Fut: std::future::Future<Output = Response<Full<Bytes>>>,
     {
         let mut resp = if self
             .limiter
@@ -1366,7 +1367,7 @@ impl WebConfig {
             }
             plain(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n")
         } else if self.authorized(req.headers().get(AUTHORIZATION)).await {
-            handler(req)
+            handler(req).await
         } else {
             if let Some(m) = &self.metrics {
                 m.refused_request("unauthorized");
@@ -1395,16 +1396,17 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 
 /// Serves one request: straight to `handler` without a web config, else through
 /// [`WebConfig::serve`].
-pub async fn serve_request<B, F>(
+pub async fn serve_request<B, F, Fut>(
     web: Option<Arc<WebConfig>>,
     req: Request<B>,
     handler: F,
 ) -> Response<Full<Bytes>>
 where
-    F: FnOnce(Request<B>) -> Response<Full<Bytes>>,
+    F: FnOnce(Request<B>) -> Fut,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>>,
 {
     match web {
-        None => handler(req),
+        None => handler(req).await,
         Some(w) => w.serve(req, handler).await,
     }
 }
@@ -2119,7 +2121,7 @@ mod tests {
             &format!("basic_auth_users:\n  a: '{hash}'\nhttp_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n"),
         );
         let c = WebConfig::load(&p).unwrap();
-        let ok = |_r: Request<()>| plain(StatusCode::OK, "ok");
+        let ok = |_r: Request<()>| async { plain(StatusCode::OK, "ok") };
         let r = c.serve(Request::new(()), ok).await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(r.headers()[WWW_AUTHENTICATE], "Basic");
@@ -2141,7 +2143,7 @@ mod tests {
             "rate_limit:\n  interval: 1h\n  burst: 2\n",
         );
         let c = WebConfig::load(&p).unwrap();
-        let ok = |_r: Request<()>| plain(StatusCode::OK, "ok");
+        let ok = |_r: Request<()>| async { plain(StatusCode::OK, "ok") };
         assert_eq!(c.serve(Request::new(()), ok).await.status(), StatusCode::OK);
         assert_eq!(c.serve(Request::new(()), ok).await.status(), StatusCode::OK);
         assert_eq!(

@@ -25,6 +25,9 @@ fn normalise(text: &str) -> String {
         // statvfs of the filesystem the fixture log is on: the test host's disk
         "gravity_log_filesystem_avail_bytes",
         "gravity_log_filesystem_size_bytes",
+        // seconds since each source's last read; connections open while the test scrapes
+        "gravity_exporter_source_age_seconds",
+        "gravity_exporter_connections_open",
     ];
     text.lines()
         .map(|l| {

@@ -20,6 +20,7 @@
 //! - process figures from gravity's own `process_*` families when its `/proc` cannot be
 //!   read (separate container, no shared pid namespace), with
 //!   `gravity_process_metrics_source` saying which source is in use.
+#![warn(clippy::arithmetic_side_effects)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,12 @@ use crate::metrics::{lock, Families};
 pub const BODY_LIMIT: usize = 32 * 1024 * 1024;
 /// Most `{schema,table,operation}` throughput series; the rest are summed into `_other`.
 pub const MAX_FLOW_SERIES: usize = 2000;
+/// Largest increase of a counter of gravity's taken from one collection (a bigger jump,
+/// e.g. to 1e300, is garbage from a broken or hostile gravity: it counts this much).
+pub const MAX_COUNTER_DELTA: u64 = 1 << 32;
+/// Most series kept of each family the collector reads (row counters, retry counter,
+/// `process_*`); more are parsed and dropped (counted as pass-through series dropped).
+pub const MAX_WANTED_SERIES: usize = 100_000;
 
 /// Key of a row-flow series.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -176,7 +183,7 @@ impl RowTotals {
                 Some(_) if first => self.add(k, 0.0, max),
                 Some(inc) => self.add(k, inc, max),
                 None => {
-                    skipped += 1;
+                    skipped = skipped.saturating_add(1);
                     *c = p.unwrap_or(0.0);
                 }
             }
@@ -209,7 +216,7 @@ pub fn cap_flows(rates: Vec<(FlowKey, f64)>, max: usize) -> Vec<(FlowKey, f64)> 
     if rates.len() <= max {
         return rates;
     }
-    let mut out: Vec<(FlowKey, f64)> = Vec::with_capacity(max + 1);
+    let mut out: Vec<(FlowKey, f64)> = Vec::with_capacity(max.saturating_add(1));
     let mut other: BTreeMap<String, f64> = BTreeMap::new();
     for (i, (k, v)) in rates.into_iter().enumerate() {
         if i < max {
@@ -244,41 +251,91 @@ pub fn sum(exp: &Exposition<'_>, name: &str) -> Option<f64> {
 
 /// The pass-through text: every family as gravity sent it (HELP, TYPE and sample lines
 /// unchanged), at most `cap` series. Families whose name is in `skip` are left out.
-/// Returns the text, the series kept and the series dropped.
+/// Returns the text, the series kept and the series dropped by the cap.
 pub fn passthrough(
     exp: &Exposition<'_>,
     cap: usize,
     skip: &HashSet<&str>,
 ) -> (String, usize, usize) {
-    let mut out = String::new();
-    let mut kept = 0usize;
-    let mut dropped = 0usize;
+    let (fams, b) = passthrough_families(exp, cap, |n| skip.contains(n));
+    (fams.into_iter().map(|f| f.text).collect(), b.kept, b.capped)
+}
+
+/// Longest pass-through line (bytes): a longer sample line is dropped (a longer HELP line
+/// is left out), counted in `gravity_exporter_dropped_total{what="passthrough_line"}`.
+pub const MAX_PASSTHROUGH_LINE_BYTES: usize = 4096;
+
+/// What [`passthrough_families`] kept and left out.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PassCounts {
+    /// Series kept.
+    pub kept: usize,
+    /// Series over the series cap.
+    pub capped: usize,
+    /// Series (and HELP lines) over [`MAX_PASSTHROUGH_LINE_BYTES`].
+    pub long_lines: usize,
+    /// Series beyond [`crate::metrics::MAX_PASSTHROUGH_BYTES`].
+    pub over_bytes: usize,
+    /// Families left out because `skip` named them.
+    pub skipped_families: usize,
+}
+
+/// The pass-through, family by family: at most `cap` series, no line over
+/// [`MAX_PASSTHROUGH_LINE_BYTES`], at most [`crate::metrics::MAX_PASSTHROUGH_BYTES`] in all;
+/// families for which `skip` is true are left out.
+pub fn passthrough_families(
+    exp: &Exposition<'_>,
+    cap: usize,
+    skip: impl Fn(&str) -> bool,
+) -> (Vec<crate::metrics::PassFamily>, PassCounts) {
+    let mut out = Vec::new();
+    let mut c = PassCounts::default();
+    let mut bytes = 0usize;
+    let budget = crate::metrics::MAX_PASSTHROUGH_BYTES;
     for f in &exp.families {
-        if skip.contains(f.name) {
+        if skip(f.name) {
+            c.skipped_families = c.skipped_families.saturating_add(1);
             continue;
         }
-        let room = cap.saturating_sub(kept);
-        if room == 0 {
-            dropped += f.samples.len();
-            continue;
+        let mut text = String::new();
+        let line_ok = |l: &str| l.len() <= MAX_PASSTHROUGH_LINE_BYTES;
+        for l in [f.help_raw, f.type_raw].into_iter().flatten() {
+            if line_ok(l) {
+                text.push_str(l);
+                text.push('\n');
+            } else {
+                c.long_lines = c.long_lines.saturating_add(1);
+            }
         }
-        if let Some(h) = f.help_raw {
-            out.push_str(h);
-            out.push('\n');
+        let mut n = 0usize;
+        for s in &f.samples {
+            if !line_ok(s.raw) {
+                c.long_lines = c.long_lines.saturating_add(1);
+            } else if c.kept >= cap {
+                c.capped = c.capped.saturating_add(1);
+            } else if bytes
+                .saturating_add(text.len())
+                .saturating_add(s.raw.len())
+                .saturating_add(1)
+                > budget
+            {
+                c.over_bytes = c.over_bytes.saturating_add(1);
+            } else {
+                text.push_str(s.raw);
+                text.push('\n');
+                c.kept = c.kept.saturating_add(1);
+                n = n.saturating_add(1);
+            }
         }
-        if let Some(t) = f.type_raw {
-            out.push_str(t);
-            out.push('\n');
+        if n > 0 {
+            bytes = bytes.saturating_add(text.len());
+            out.push(crate::metrics::PassFamily {
+                name: f.name.to_string(),
+                text,
+            });
         }
-        for s in f.samples.iter().take(room) {
-            out.push_str(s.raw);
-            out.push('\n');
-        }
-        let n = f.samples.len().min(room);
-        kept += n;
-        dropped += f.samples.len() - n;
     }
-    (out, kept, dropped)
+    (out, c)
 }
 
 /// Process figures from gravity's own `process_*` families (the fallback when its `/proc` cannot be read).
@@ -398,6 +455,8 @@ impl GravityMetricsCollector {
         let mut f = Families::new();
         let mut input = input_flows(exp);
         let output = output_flows(exp);
+        // A counter that is not a plausible number (NaN, ±Inf, 1e300 from a broken gravity) is
+        // skipped and counted by `delta` below; the last good reading stays the base.
         let retry = sum(exp, "gravity_scheduler_retry_counter");
         let start_time = scalar(exp, "process_start_time_seconds");
         let mut prev = lock(&self.prev);
@@ -432,26 +491,38 @@ impl GravityMetricsCollector {
                 // first reading: its past is not ours to count
                 Some(_) if prev.retry.is_none() => {}
                 // whole retries only; bounded by the plausibility cap
-                Some(inc) if inc >= 1.0 => retries.scheduler_increase(pipeline, inc as u64),
+                Some(inc) if inc >= 1.0 => {
+                    // bounded: a jump counts at most MAX_COUNTER_DELTA, in one step
+                    let n = if inc >= MAX_COUNTER_DELTA as f64 {
+                        MAX_COUNTER_DELTA
+                    } else {
+                        inc as u64
+                    };
+                    retries.scheduler_increase(pipeline, n)
+                }
                 Some(_) => {}
                 None => {
-                    skipped += 1;
+                    skipped = skipped.saturating_add(1);
                     retry = None;
                 }
             }
         }
         let st = &mut *prev;
-        skipped += st
-            .input_totals
-            .absorb(&st.input, &mut input, first, restarted, MAX_FLOW_SERIES);
+        skipped = skipped.saturating_add(st.input_totals.absorb(
+            &st.input,
+            &mut input,
+            first,
+            restarted,
+            MAX_FLOW_SERIES,
+        ));
         let mut out_cur = without_kind(&output);
-        skipped += st.output_totals.absorb(
+        skipped = skipped.saturating_add(st.output_totals.absorb(
             &st.output_rows,
             &mut out_cur,
             first,
             restarted,
             MAX_FLOW_SERIES,
-        );
+        ));
         self.invalid.inc_by(skipped);
         for (k, v) in st.input_totals.iter() {
             f.counter(
@@ -477,7 +548,7 @@ impl GravityMetricsCollector {
             output,
             retry: retry.or(prev.retry),
             start_time: start_time.or(prev.start_time),
-            restarts: prev.restarts + u64::from(restarted),
+            restarts: prev.restarts.saturating_add(u64::from(restarted)),
             output_rows: out_cur,
             input_totals,
             output_totals,
@@ -510,83 +581,128 @@ impl Collector for GravityMetricsCollector {
                     BODY_LIMIT,
                 )
                 .await
-                .map_err(|e| CollectError::Unavailable(e.to_string()))?;
+                .map_err(|e| {
+                    if matches!(e, crate::gravity_api::ApiError::TooLarge { .. }) {
+                        crate::metrics::count_dropped(crate::metrics::Dropped::ApiBody, 1);
+                    }
+                    CollectError::Unavailable(e.to_string())
+                })?;
             if !r.status.is_success() {
                 return Err(CollectError::Invalid(format!(
                     "/metrics answered HTTP {}",
                     r.status.as_u16()
                 )));
             }
-            let text = std::str::from_utf8(&r.body)
-                .map_err(|_| CollectError::Invalid("/metrics is not UTF-8".into()))?;
-            let (exp, errors) = expfmt::parse_lossy(text);
-            if exp.families.is_empty() {
-                let why = errors
-                    .first()
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "no metric families".into());
-                return Err(CollectError::Invalid(format!("/metrics: {why}")));
-            }
-            let pipeline = target.pipeline.as_str();
-            // gravity answered: its pipeline name is as known as it gets.
-            ctx.retries.seed(pipeline);
-            let restarts_before = lock(&self.prev).restarts;
-            let mut f = self.process(&exp, Instant::now(), pipeline, &ctx.retries);
-            let total = |name: &str| {
-                let s = f.samples(name);
-                (!s.is_empty()).then(|| s.iter().map(|(_, v)| v).sum::<f64>())
-            };
-            match (
-                total("gravity_throughput_rows_per_second"),
-                total("gravity_output_rows_per_second"),
-            ) {
-                (None, None) => {}
-                (i, o) => ctx
-                    .recent
-                    .record_throughput(i.unwrap_or(0.0), o.unwrap_or(0.0)),
-            }
-            let remote = target.process.is_none();
-            if remote {
-                f.extend(process_fallback(&exp, pipeline));
-                // Without /proc, a restart shows as a new process_start_time_seconds.
-                if lock(&self.prev).restarts > restarts_before {
-                    ctx.up.count_restart();
-                    ctx.publish_up();
-                }
-            }
-            for (source, on) in [("procfs", !remote), ("gravity_metrics", remote)] {
-                f.gauge(
-                    "gravity_process_metrics_source",
-                    "1 for where process figures come from: procfs (gravity's /proc) or gravity_metrics (gravity's own process_* families, when its /proc cannot be read).",
-                    &[("pipeline", pipeline), ("source", source)],
-                    if on { 1.0 } else { 0.0 },
-                );
-            }
-            if settings.passthrough {
-                let skip: HashSet<&str> = HashSet::new();
-                let (text, kept, dropped) =
-                    passthrough(&exp, settings.passthrough_max_series, &skip);
-                ctx.store.set_passthrough(text);
-                self.dropped.inc_by(dropped as u64);
-                f.gauge(
-                    "gravity_exporter_passthrough_series",
-                    "Series of gravity's /metrics passed through on the last collection.",
-                    &[],
-                    kept as f64,
-                );
-            } else {
-                ctx.store.set_passthrough(String::new());
-            }
-            if !errors.is_empty() {
-                f.gauge(
-                    "gravity_exporter_passthrough_parse_errors",
-                    "Lines of gravity's /metrics that could not be parsed on the last collection.",
-                    &[],
-                    errors.len() as f64,
-                );
-            }
-            Ok(f)
+            // Parsing a big answer (1e6 series) takes a while: never on the runtime's thread,
+            // where /metrics is served.
+            let me = self.clone();
+            super::offload(super::Worker::Parse, move || me.digest(&ctx, &r.body))
+                .await
+                .ok_or(CollectError::Panicked)?
         })
+    }
+}
+
+impl GravityMetricsCollector {
+    /// Everything after the request: parse, rates, retries, process fallback, pass-through.
+    fn digest(&self, ctx: &Context, body: &[u8]) -> Result<Families, CollectError> {
+        let target = ctx.target();
+        let settings = ctx.settings();
+        let text = std::str::from_utf8(body)
+            .map_err(|_| CollectError::Invalid("/metrics is not UTF-8".into()))?;
+        // Only the families read here are kept in full (bounded); of the rest no more than
+        // the pass-through passes on.
+        let keep = expfmt::Keep {
+            wanted: |n| {
+                matches!(
+                    n,
+                    "gravity_input_counter"
+                        | "gravity_output_counter"
+                        | "gravity_scheduler_retry_counter"
+                        | "go_threads"
+                ) || n.starts_with("process_")
+            },
+            wanted_per_family: MAX_WANTED_SERIES,
+            others: settings.passthrough_max_series,
+        };
+        let (exp, errors, not_kept) = expfmt::parse_lossy_capped(text, keep);
+        if exp.families.is_empty() {
+            let why = errors
+                .first()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "no metric families".into());
+            return Err(CollectError::Invalid(format!("/metrics: {why}")));
+        }
+        let pipeline = target.pipeline.as_str();
+        let restarts_before = lock(&self.prev).restarts;
+        // gravity answered: its pipeline name is as known as it gets.
+        ctx.retries.seed(pipeline);
+        let mut f = self.process(&exp, Instant::now(), pipeline, &ctx.retries);
+        let total = |name: &str| {
+            let s = f.samples(name);
+            (!s.is_empty()).then(|| s.iter().map(|(_, v)| v).sum::<f64>())
+        };
+        match (
+            total("gravity_throughput_rows_per_second"),
+            total("gravity_output_rows_per_second"),
+        ) {
+            (None, None) => {}
+            (i, o) => ctx
+                .recent
+                .record_throughput(i.unwrap_or(0.0), o.unwrap_or(0.0)),
+        }
+        let remote = target.process.is_none();
+        if remote {
+            f.extend(process_fallback(&exp, pipeline));
+            // Without /proc, a restart shows as a new process_start_time_seconds.
+            if lock(&self.prev).restarts > restarts_before {
+                ctx.up.count_restart();
+                ctx.publish_up();
+            }
+        }
+        for (source, on) in [("procfs", !remote), ("gravity_metrics", remote)] {
+            f.gauge(
+                "gravity_process_metrics_source",
+                "1 for where process figures come from: procfs (gravity's /proc) or gravity_metrics (gravity's own process_* families, when its /proc cannot be read).",
+                &[("pipeline", pipeline), ("source", source)],
+                if on { 1.0 } else { 0.0 },
+            );
+        }
+        if settings.passthrough {
+            // A family named like one of the exporter's own would be served twice (an
+            // invalid exposition): left out and counted.
+            let own = ctx.store.own_names();
+            let mine =
+                |n: &str| own.contains(n) || n.starts_with("gravity_exporter_") || f.has_family(n);
+            let (fams, c) = passthrough_families(&exp, settings.passthrough_max_series, mine);
+            ctx.store.set_passthrough_families(fams);
+            self.dropped
+                .inc_by((c.capped as u64).saturating_add(not_kept as u64));
+            use crate::metrics::{count_dropped, Dropped};
+            count_dropped(Dropped::PassthroughLine, c.long_lines as u64);
+            count_dropped(Dropped::PassthroughBytes, c.over_bytes as u64);
+            count_dropped(
+                Dropped::PassthroughFamilyCollision,
+                c.skipped_families as u64,
+            );
+            f.gauge(
+                "gravity_exporter_passthrough_series",
+                "Series of gravity's /metrics passed through on the last collection.",
+                &[],
+                c.kept as f64,
+            );
+        } else {
+            ctx.store.set_passthrough(String::new());
+        }
+        if !errors.is_empty() {
+            f.gauge(
+                "gravity_exporter_passthrough_parse_errors",
+                "Lines of gravity's /metrics that could not be parsed on the last collection.",
+                &[],
+                errors.len() as f64,
+            );
+        }
+        Ok(f)
     }
 }
 
@@ -864,5 +980,33 @@ mod tests {
             f.value("gravity_process_start_time_seconds", &[]),
             Some(1.76379054912e9)
         );
+    }
+
+    #[test]
+    fn non_finite_and_huge_retry_counters_are_bounded() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let store = crate::metrics::Store::new();
+            let ledger = crate::retry::RetryLedger::new(&store);
+            let c = GravityMetricsCollector::new(&store);
+            let t0 = Instant::now();
+            for (i, v) in ["1", "+Inf", "NaN", "1e300", "-Inf", "1e300", "7"]
+                .iter()
+                .enumerate()
+            {
+                let text = format!(
+                    "# TYPE gravity_scheduler_retry_counter counter\ngravity_scheduler_retry_counter{{pipeline=\"p\"}} {v}\n"
+                );
+                let exp = expfmt::parse(&text).unwrap();
+                c.process(&exp, t0 + Duration::from_secs(i as u64 + 1), "p", &ledger);
+            }
+            let _ = tx.send(ledger.get("p", "scheduler", "other"));
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the retry ledger did not return");
+        // 1: first reading; +Inf, NaN, 1e300, -Inf: implausible, skipped (and counted as
+        // invalid samples); 7: six more than the last good reading
+        assert_eq!(got, 6);
     }
 }

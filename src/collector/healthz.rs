@@ -2,6 +2,7 @@
 //! window's watermark ProcessTime is younger than the scheduler's healthy-threshold,
 //! else 500), the request latency, and whether gravity's API answers at all (which feeds
 //! `gravity_up`).
+#![warn(clippy::arithmetic_side_effects)]
 
 use std::sync::Arc;
 
@@ -45,10 +46,10 @@ impl Collector for HealthzCollector {
         Box::pin(async move {
             let target = ctx.target();
             let timeout = ctx.settings().gravity_timeout;
-            if target.process.is_some_and(|p| !p.is_alive())
-                || (target.process.is_none() && !ctx.up.process_alive())
-            {
-                // No process: skip the request; the API is down with it.
+            // A zombie gravity cannot answer: skip the request. Without a visible process
+            // (gravity in another container, `--gravity.url` remote mode, or between an
+            // exit and the next start) the API is asked: it is the only sign of life.
+            if target.process.is_some_and(|p| !p.is_alive()) {
                 if ctx.up.set_api(false) {
                     ctx.publish_up();
                 }

@@ -65,6 +65,12 @@ pub trait Collector: Send + Sync + 'static {
     fn derived(&self) -> bool {
         false
     }
+    /// How long one run may take: `default` (the request timeout plus a second) unless the
+    /// collector's own timeouts add up to more (the runner must never cut a collector off
+    /// in the middle of a request it bounds itself).
+    fn budget(&self, _settings: &Settings, default: Duration) -> Duration {
+        default
+    }
 }
 
 /// Whether gravity is up (its process lives and its API answers), with the watcher's
@@ -310,6 +316,67 @@ impl Context {
     }
 }
 
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// The exporter's two worker threads for heavy work off the runtime's worker thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Worker {
+    /// Parsing big answers from gravity (`/metrics`, `/status`).
+    Parse,
+    /// Rendering `/metrics`.
+    Render,
+}
+
+/// Runs `f` on one of the exporter's worker threads and waits for it without blocking the
+/// runtime. Big answers from gravity are parsed, and `/metrics` is rendered, there: never on
+/// the runtime's worker thread, and always on the same thread for the same kind of work, so
+/// the memory a big answer needed is reused by the next one instead of staying resident in
+/// one allocator arena per blocking-pool thread (measured: 69–188 MB left resident after a
+/// 1e6-series answer on the blocking pool, 3 MB over the baseline on one thread). Falls back
+/// to the blocking pool if the thread cannot be started. `None` if `f` panicked.
+pub async fn offload<T: Send + 'static>(
+    worker: Worker,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::{Mutex, OnceLock};
+    type Slot = OnceLock<Option<Mutex<Sender<Job>>>>;
+    static PARSE: Slot = OnceLock::new();
+    static RENDER: Slot = OnceLock::new();
+    let (slot, name) = match worker {
+        Worker::Parse => (&PARSE, "gx-parse"),
+        Worker::Render => (&RENDER, "gx-render"),
+    };
+    let w = slot.get_or_init(|| {
+        let (tx, rx) = channel::<Job>();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    // a panicking job drops its result sender: the caller sees None
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })
+            .ok()
+            .map(|_| Mutex::new(tx))
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    let unsent = match w {
+        Some(w) => {
+            let sent = crate::metrics::lock(w).send(job);
+            sent.err().map(|std::sync::mpsc::SendError(job)| job)
+        }
+        None => Some(job),
+    };
+    if let Some(job) = unsent {
+        tokio::task::spawn_blocking(job).await.ok()?;
+    }
+    rx.await.ok()
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> f64 {
     SystemTime::now()
@@ -326,6 +393,9 @@ pub struct Runner {
     success: GaugeVec,
     last_success: GaugeVec,
     failures: IntCounterVec,
+    /// Collectors failing on their last run, with the error logged (a failure is logged
+    /// once when it starts and once when it ends, not per cycle).
+    failing: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
 }
 
 impl Runner {
@@ -378,12 +448,19 @@ impl Runner {
             success,
             last_success,
             failures,
+            failing: Default::default(),
         }
     }
 
-    /// Runs every collector once, each under `timeout`: the source collectors
-    /// concurrently, then the derived ones (which read what the others just stored).
+    /// Runs every collector once, each under `timeout` (or its own larger
+    /// [`Collector::budget`]): the source collectors concurrently, then the derived ones
+    /// (which read what the others just stored).
     pub async fn run_once(&self, timeout: Duration) {
+        let s = self.ctx.settings();
+        // gravity's pass-through is withheld once it missed three collections.
+        self.ctx
+            .store
+            .set_passthrough_max_age(Some(s.interval.saturating_mul(3).saturating_add(timeout)));
         for derived in [false, true] {
             let batch: Vec<Arc<dyn Collector>> = self
                 .collectors
@@ -398,12 +475,14 @@ impl Runner {
         }
     }
 
-    async fn run_batch(&self, batch: &[Arc<dyn Collector>], timeout: Duration) {
+    async fn run_batch(&self, batch: &[Arc<dyn Collector>], default: Duration) {
         let mut set = tokio::task::JoinSet::new();
+        let settings = self.ctx.settings();
         for c in batch {
             let c2 = c.clone();
             let ctx = self.ctx.clone();
             let name = c.name();
+            let timeout = c.budget(&settings, default);
             set.spawn(async move {
                 let start = Instant::now();
                 let res = match tokio::time::timeout(timeout, c2.collect(ctx)).await {
@@ -440,9 +519,24 @@ impl Runner {
                 self.ctx.store.set_snapshot(name, f);
                 self.success.with_label_values(&[name]).set(1.0);
                 self.last_success.with_label_values(&[name]).set(unix_now());
+                if let Some(was) = crate::metrics::lock(&self.failing).remove(name) {
+                    tracing::info!(collector = name, last_error = %was, "collector recovered");
+                }
             }
             Err(e) => {
-                tracing::debug!(collector = name, error = %e, "collector failed");
+                let msg = e.to_string();
+                let first = crate::metrics::lock(&self.failing)
+                    .insert(name, msg.clone())
+                    .is_none();
+                if first {
+                    if matches!(e, CollectError::Panicked) {
+                        tracing::error!(collector = name, error = %msg, "collector failing; its metrics are stale until it recovers");
+                    } else {
+                        tracing::warn!(collector = name, error = %msg, "collector failing; its metrics are stale until it recovers");
+                    }
+                } else {
+                    tracing::debug!(collector = name, error = %msg, "collector still failing");
+                }
                 self.success.with_label_values(&[name]).set(0.0);
                 self.failures.with_label_values(&[name]).inc();
             }
@@ -457,12 +551,67 @@ impl Runner {
             let s = self.ctx.settings();
             // Each collector bounds its own requests by gravity.timeout; this outer bound
             // only catches a collector that does not, so it must be longer than that.
-            let timeout = s.gravity_timeout + Duration::from_secs(1);
+            let timeout = s.gravity_timeout.saturating_add(Duration::from_secs(1));
             self.run_once(timeout).await;
             tokio::select! {
                 _ = tokio::time::sleep(s.interval) => {}
                 _ = self.ctx.kick.notified() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            crate::metrics::lock(&self.0).extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn failures_are_logged_at_warn_once_per_change() {
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || w.clone())
+            .finish();
+        let settings = Settings::from_flags(crate::config::Flags::default()).unwrap();
+        let (_tx, rx) = watch::channel(Arc::new(settings));
+        let ctx = Context::new(rx, Arc::new(Store::new()));
+        let runner = Runner::new(ctx, vec![]);
+        tracing::subscriber::with_default(sub, || {
+            for _ in 0..3 {
+                runner.record("status", Err(CollectError::Invalid("bad json".into())));
+            }
+            for _ in 0..2 {
+                runner.record("status", Ok(Families::new()));
+            }
+            for _ in 0..2 {
+                runner.record("status", Err(CollectError::Timeout(Duration::from_secs(1))));
+            }
+        });
+        let text = String::from_utf8(crate::metrics::lock(&buf.0).clone()).unwrap();
+        let warns = text.lines().filter(|l| l.contains("WARN")).count();
+        let recovered = text
+            .lines()
+            .filter(|l| l.contains("INFO") && l.contains("recovered"))
+            .count();
+        assert_eq!((warns, recovered), (2, 1), "{text}");
+        assert!(
+            text.contains("bad json") && text.contains("timed out"),
+            "{text}"
+        );
     }
 }

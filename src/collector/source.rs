@@ -29,6 +29,7 @@
 //! where it was when gravity's position last changed, and gravity's has not changed for
 //! the stall window since (gravity's heartbeat writes to the source every second, so an
 //! idle source still moves). `--probe.interval=0s` turns this collector off with the probes.
+#![warn(clippy::arithmetic_side_effects)]
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -185,26 +186,34 @@ pub fn compare(view: &SourceView, gravity: &Pos) -> Result<Comparison, Place> {
             let bytes_behind = if g == m {
                 master_pos.saturating_sub(gravity.1)
             } else {
-                let middle: u64 = (g + 1..m).map(size).sum();
-                size(g).saturating_sub(gravity.1) + middle + master_pos
+                // sizes come from the server: saturating, never overflowing
+                let middle = (g.saturating_add(1)..m)
+                    .map(size)
+                    .fold(0u64, u64::saturating_add);
+                size(g)
+                    .saturating_sub(gravity.1)
+                    .saturating_add(middle)
+                    .saturating_add(master_pos)
             };
-            let before: u64 = (0..g).map(size).sum();
+            let before = (0..g).map(size).fold(0u64, u64::saturating_add);
             let offset = if g == m {
                 gravity.1
             } else {
                 gravity.1.min(size(g))
             };
             Ok(Comparison {
-                files_behind: Some((m - g) as i64),
+                files_behind: Some(i64::try_from(m.saturating_sub(g)).unwrap_or(i64::MAX)),
                 bytes_behind: Some(bytes_behind),
                 headroom_files: g as i64,
-                headroom_bytes: i64::try_from(before + offset).unwrap_or(i64::MAX),
+                headroom_bytes: i64::try_from(before.saturating_add(offset)).unwrap_or(i64::MAX),
             })
         }
         Place::Listed(_) => Err(Place::Unknown),
         Place::Purged => {
             let files_behind = match (split_name(&view.current.0), split_name(&gravity.0)) {
-                (Some((_, cur)), Some((_, g))) if cur >= g => i64::try_from(cur - g).ok(),
+                (Some((_, cur)), Some((_, g))) if cur >= g => {
+                    i64::try_from(cur.saturating_sub(g)).ok()
+                }
                 _ => None,
             };
             Ok(Comparison {
@@ -416,11 +425,28 @@ pub fn privilege_family(f: &mut Families, pipeline: &str, privilege: &str, missi
     );
 }
 
-async fn read_view(conn: &mut MySqlConn) -> Result<Result<SourceView, String>, MySqlError> {
-    let status = match conn.query("SHOW MASTER STATUS").await {
+/// Gives the next query what is left of the shared `deadline` (at least a millisecond).
+fn remaining(conn: &mut MySqlConn, deadline: Instant) -> &mut MySqlConn {
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    conn.set_timeout(left);
+    conn
+}
+
+/// Reads the source's binlog view; every query shares one `deadline`.
+async fn read_view(
+    conn: &mut MySqlConn,
+    deadline: Instant,
+) -> Result<Result<SourceView, String>, MySqlError> {
+    let status = match remaining(conn, deadline).query("SHOW MASTER STATUS").await {
         Ok(rs) => rs,
         // MySQL 8.4 renamed it
-        Err(e) if e.server_code() == Some(1064) => conn.query("SHOW BINARY LOG STATUS").await?,
+        Err(e) if e.server_code() == Some(1064) => {
+            remaining(conn, deadline)
+                .query("SHOW BINARY LOG STATUS")
+                .await?
+        }
         Err(e) => return Err(e),
     };
     let current = match parse_master_status(&status) {
@@ -434,7 +460,7 @@ async fn read_view(conn: &mut MySqlConn) -> Result<Result<SourceView, String>, M
         }
         Err(e) => return Ok(Err(e)),
     };
-    let logs = conn.query("SHOW BINARY LOGS").await?;
+    let logs = remaining(conn, deadline).query("SHOW BINARY LOGS").await?;
     let files = match parse_binary_logs(&logs) {
         Ok(f) => f,
         Err(e) => return Ok(Err(e)),
@@ -447,8 +473,12 @@ async fn read_view(conn: &mut MySqlConn) -> Result<Result<SourceView, String>, M
             Err(e) => Err(e),
         }
     };
-    let secs = var(conn.query("SELECT @@binlog_expire_logs_seconds").await)?;
-    let days = var(conn.query("SELECT @@expire_logs_days").await)?;
+    let secs = var(remaining(conn, deadline)
+        .query("SELECT @@binlog_expire_logs_seconds")
+        .await)?;
+    let days = var(remaining(conn, deadline)
+        .query("SELECT @@expire_logs_days")
+        .await)?;
     Ok(Ok(SourceView {
         files,
         current,
@@ -459,6 +489,17 @@ async fn read_view(conn: &mut MySqlConn) -> Result<Result<SourceView, String>, M
 impl Collector for SourceCollector {
     fn name(&self) -> &'static str {
         "source"
+    }
+
+    /// A login (`probe.timeout`) plus the queries (one `probe.timeout` shared by all of
+    /// them) plus a second: the runner never cuts a query off, which would break the kept
+    /// connection and force a new login every cycle.
+    fn budget(&self, s: &crate::config::Settings, default: Duration) -> Duration {
+        default.max(
+            s.probe_timeout
+                .saturating_mul(2)
+                .saturating_add(Duration::from_secs(1)),
+        )
     }
 
     fn collect(self: Arc<Self>, ctx: Arc<Context>) -> BoxFuture<Result<Families, CollectError>> {
@@ -490,10 +531,15 @@ impl Collector for SourceCollector {
             };
             // probe_interval is Some here (checked above)
             let retry_after = s.probe_interval.unwrap_or(s.interval);
+            // one deadline shared by the queries of a run (the runner's budget is a login
+            // plus one probe.timeout for them all, plus a second)
+            let query_budget = s.probe_timeout;
             let read = shared
                 .with(s.probe_timeout, retry_after, |conn| {
                     conn.set_max_rows(MAX_BINLOGS);
-                    Box::pin(read_view(conn))
+                    let now = Instant::now();
+                    let deadline = now.checked_add(query_budget).unwrap_or(now);
+                    Box::pin(read_view(conn, deadline))
                 })
                 .await;
             let view = match read {
@@ -531,7 +577,11 @@ impl Collector for SourceCollector {
             self.forget(&format!("grant:{address}"));
 
             // gravity's position, if /status was read recently.
-            let max_age = (s.interval * 3 + s.gravity_timeout).max(Duration::from_secs(15));
+            let max_age = s
+                .interval
+                .saturating_mul(3)
+                .saturating_add(s.gravity_timeout)
+                .max(Duration::from_secs(15));
             let seen = ctx.last_status().filter(|st| st.at.elapsed() <= max_age);
             let gravity = seen.as_ref().and_then(|st| {
                 st.binlog_position()

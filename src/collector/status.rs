@@ -14,6 +14,7 @@
 //! EventTime stays fresh and lag stays near zero; when the heartbeat cannot write (gravity
 //! issue #226), EventTime freezes while ProcessTime stays fresh — docs/metrics.md explains
 //! how to tell that apart from real lag.
+#![warn(clippy::arithmetic_side_effects)]
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -147,6 +148,28 @@ fn parse_binlog(v: Option<&Value>) -> Option<BinlogPos> {
     })
 }
 
+/// Cuts the free-text fields of a parsed `/status` (name, config hash, version, stage,
+/// watermark keys) to [`crate::metrics::MAX_LABEL_VALUE_BYTES`], counting each cut, so a
+/// hostile answer (a 15 MB version string, 10 KB stream names) is not kept in memory.
+pub fn bound_status(st: &mut Status) {
+    let max = crate::metrics::MAX_LABEL_VALUE_BYTES;
+    let cut = |s: &mut String| {
+        let keep = crate::metrics::cut(s, max).len();
+        if keep < s.len() {
+            s.truncate(keep);
+            s.shrink_to_fit();
+            crate::metrics::count_truncated(crate::metrics::Truncated::LabelValue, 1);
+        }
+    };
+    cut(&mut st.name);
+    cut(&mut st.config_hash);
+    cut(&mut st.version);
+    cut(&mut st.stage);
+    for w in &mut st.watermarks {
+        cut(&mut w.key);
+    }
+}
+
 /// Parses the inner position JSON.
 pub fn parse_position(text: &str) -> Position {
     let Ok(v) = serde_json::from_str::<Value>(text) else {
@@ -241,7 +264,10 @@ pub fn parse_status(body: &[u8]) -> Result<Status, CollectError> {
 }
 
 fn secs_between(now: OffsetDateTime, then: OffsetDateTime) -> f64 {
-    (now - then).as_seconds_f64()
+    // Both are within the time crate's ±9999 years: the difference always fits.
+    #[allow(clippy::arithmetic_side_effects)]
+    let d = now - then;
+    d.as_seconds_f64()
 }
 
 /// The `{schema, table}` a watermark's lag is observed under: empty for the stream keys.
@@ -386,7 +412,7 @@ pub fn status_families(st: &Status, now: OffsetDateTime, pipeline: &str) -> Fami
                 "gravity_full_dump_tables",
                 "Tables of the full dump, by state (done or pending).",
                 &[("pipeline", pipeline), ("state", "pending")],
-                (tables.len() - done) as f64,
+                tables.len().saturating_sub(done) as f64,
             );
             for t in tables.iter().take(MAX_STREAMS) {
                 let l = [
@@ -512,7 +538,12 @@ impl Collector for StatusCollector {
                 .gravity
                 .get(&target.url, "/status", timeout, BODY_LIMIT)
                 .await
-                .map_err(|e| CollectError::Unavailable(e.to_string()))?;
+                .map_err(|e| {
+                    if matches!(e, crate::gravity_api::ApiError::TooLarge { .. }) {
+                        crate::metrics::count_dropped(crate::metrics::Dropped::ApiBody, 1);
+                    }
+                    CollectError::Unavailable(e.to_string())
+                })?;
             let pipeline = target.pipeline.as_str();
             if r.status.as_u16() == 500 && r.body.iter().all(u8::is_ascii_whitespace) {
                 ctx.set_last_status(None);
@@ -525,7 +556,12 @@ impl Collector for StatusCollector {
                     r.status.as_u16()
                 )));
             }
-            let st = parse_status(&r.body)?;
+            // A big answer is parsed on the parse thread, not where /metrics is served.
+            let body = r.body.clone();
+            let mut st = super::offload(super::Worker::Parse, move || parse_status(&body))
+                .await
+                .ok_or(CollectError::Panicked)??;
+            bound_status(&mut st);
             ctx.set_last_status(Some(StatusSeen {
                 at: std::time::Instant::now(),
                 status: st.clone(),
@@ -771,5 +807,19 @@ mod tests {
         c.observe(&st, datetime!(2026-11-22 06:30:00 UTC), "p");
         assert!(lock(&c.lag_series).len() <= MAX_LAG_SERIES);
         assert!(store.render().contains("table=\"_other\""));
+    }
+
+    #[test]
+    fn hostile_strings_are_cut_before_they_are_kept() {
+        let mut st = parse_status(INCR.as_bytes()).unwrap();
+        st.version = "v".repeat(15_000_000);
+        st.watermarks[0].key = "k".repeat(10_000);
+        bound_status(&mut st);
+        assert_eq!(st.version.len(), crate::metrics::MAX_LABEL_VALUE_BYTES);
+        assert!(st.version.capacity() < 2 * crate::metrics::MAX_LABEL_VALUE_BYTES);
+        assert_eq!(
+            st.watermarks[0].key.len(),
+            crate::metrics::MAX_LABEL_VALUE_BYTES
+        );
     }
 }
