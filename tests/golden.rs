@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Replaces values that change from run to run (durations, timestamps) with a placeholder.
@@ -112,27 +110,9 @@ async fn golden_metrics_output() {
         );
     }
     if let Some(promtool) = common::require_promtool() {
-        let mut child = Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(body.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let complaints = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (code, complaints) = common::promtool_check_metrics(&promtool, &body);
         assert!(
-            out.status.success() && complaints.trim().is_empty(),
+            code == Some(0) && complaints.trim().is_empty(),
             "promtool check metrics: {complaints}"
         );
     }

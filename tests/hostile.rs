@@ -188,30 +188,11 @@ fn promtool_ok(text: &str) {
     let Some(promtool) = require_promtool() else {
         return;
     };
-    use std::io::Write;
-    let mut child = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let msg = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, msg) = common::promtool_check_metrics(&promtool, &text);
     // promtool exits 3 for lint findings only (e.g. a counter without _total in gravity's own
     // names); an invalid exposition (a family twice) is exit 1.
     assert!(
-        out.status.code() != Some(1) && !msg.contains("error while linting"),
+        code != Some(1) && !msg.contains("error while linting"),
         "promtool: {msg}"
     );
 }

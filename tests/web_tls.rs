@@ -236,29 +236,10 @@ async fn https_get(
 
 /// `promtool check metrics` has nothing to say about the web config's families.
 fn lint(body: &str) {
-    use std::io::Write;
     let Some(promtool) = common::require_promtool() else {
         return;
     };
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let complaints = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (_, complaints) = common::promtool_check_metrics(&promtool, body);
     assert!(
         !complaints.contains("gravity_exporter_web"),
         "promtool check metrics: {complaints}"
