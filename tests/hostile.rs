@@ -188,7 +188,7 @@ fn promtool_ok(text: &str) {
     let Some(promtool) = require_promtool() else {
         return;
     };
-    let (code, msg) = common::promtool_check_metrics(&promtool, &text);
+    let (code, msg) = common::promtool_check_metrics(&promtool, text);
     // promtool exits 3 for lint findings only (e.g. a counter without _total in gravity's own
     // names); an invalid exposition (a family twice) is exit 1.
     assert!(
