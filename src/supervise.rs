@@ -202,6 +202,8 @@ impl Supervisor {
         let restarts = self.metrics.restarts.with_label_values(&[name]);
         restarts.inc_by(0);
         let up = self.metrics.up.with_label_values(&[name]);
+        // Up from the spawn on: a scrape right after the start sees every task running.
+        up.set(1);
         let token = self.token.clone();
         let running = Arc::clone(&self.running);
         {
