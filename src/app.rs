@@ -52,8 +52,15 @@ pub struct Exporter {
 impl Exporter {
     /// Cancels every background task and waits at most `drain` for them to end; the report
     /// names the tasks that had to be aborted (none after a clean stop).
+    /// The shared MySQL connections get `COM_QUIT` afterwards (each within 1 s), so the
+    /// server counts no aborted client although the tasks that held them are gone.
     pub async fn shutdown(&self, drain: std::time::Duration) -> ShutdownReport {
-        self.supervisor.shutdown(drain).await
+        let held = self.ctx.mysql.live();
+        let report = self.supervisor.shutdown(drain).await;
+        for shared in held {
+            shared.close(std::time::Duration::from_secs(1)).await;
+        }
+        report
     }
 }
 
@@ -218,11 +225,11 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
             }
         },
     );
+    // Stops every task, then COM_QUIT on the shared MySQL connections, so the server counts
+    // no aborted client.
     let report = exp.shutdown(crate::supervise::DRAIN).await;
     if report.still_running.is_empty() {
         tracing::info!("every background task stopped");
     }
-    // COM_QUIT on the shared MySQL connections, so the server counts no aborted client.
-    ctx.mysql.close_all(std::time::Duration::from_secs(1)).await;
     Ok(())
 }
