@@ -383,6 +383,28 @@ mod tests {
         assert!(sup.running().is_empty());
     }
 
+    /// A task that blocks its worker thread cannot be dropped at an await point: the drain
+    /// ends anyway, and the report names it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_drain_is_bounded_and_names_what_was_left() {
+        let store = crate::metrics::Store::new();
+        let sup = Supervisor::new(&store);
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let e = Arc::clone(&entered);
+        sup.spawn("consistency", move || {
+            let e = Arc::clone(&e);
+            async move {
+                e.notify_one();
+                // Blocking without an await point, as a misbehaving task would.
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        });
+        sup.spawn("watcher", || std::future::pending::<()>());
+        entered.notified().await;
+        let report = sup.shutdown(Duration::from_millis(100)).await;
+        assert_eq!(report.still_running, vec!["consistency"]);
+    }
+
     /// A panic injected into a task of a running exporter: restarted, counted, and
     /// `/metrics` keeps answering meanwhile.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
