@@ -399,7 +399,7 @@ mod tests {
                 std::thread::sleep(Duration::from_secs(2));
             }
         });
-        sup.spawn("watcher", || std::future::pending::<()>());
+        sup.spawn("watcher", std::future::pending::<()>);
         entered.notified().await;
         let report = sup.shutdown(Duration::from_millis(100)).await;
         assert_eq!(report.still_running, vec!["consistency"]);
