@@ -1,5 +1,7 @@
 //! Wiring: builds the store, context, collectors, watcher and server, handles SIGHUP
-//! reloads and the shutdown signal.
+//! reloads and the shutdown signal. Every background task runs under the
+//! [`Supervisor`](crate::supervise::Supervisor): restarted after a panic, cancelled and
+//! joined (bounded drain) at shutdown.
 
 use std::sync::Arc;
 
@@ -18,6 +20,7 @@ use crate::collector::{Collector, Context, Runner};
 use crate::config::Settings;
 use crate::discovery::{self, Target};
 use crate::metrics::Store;
+use crate::supervise::{ShutdownReport, Supervisor};
 use crate::watch::Watcher;
 
 /// Why the exporter could not start.
@@ -42,6 +45,23 @@ pub struct Exporter {
     pub ctx: Arc<Context>,
     /// Settings publisher (SIGHUP or tests replace them).
     pub settings_tx: watch::Sender<Arc<Settings>>,
+    /// The supervisor of the background tasks (watcher, log, collectors, connections, consistency).
+    pub supervisor: Arc<Supervisor>,
+}
+
+impl Exporter {
+    /// Cancels every background task and waits at most `drain` for them to end; the report
+    /// names the tasks that had to be aborted (none after a clean stop).
+    /// The shared MySQL connections get `COM_QUIT` afterwards (each within 1 s), so the
+    /// server counts no aborted client although the tasks that held them are gone.
+    pub async fn shutdown(&self, drain: std::time::Duration) -> ShutdownReport {
+        let held = self.ctx.mysql.live();
+        let report = self.supervisor.shutdown(drain).await;
+        for shared in held {
+            shared.close(std::time::Duration::from_secs(1)).await;
+        }
+        report
+    }
 }
 
 fn build_info(store: &Store) {
@@ -84,17 +104,30 @@ pub fn start(settings: Settings) -> Exporter {
     let mut watcher = Watcher::new(ctx.clone());
     // First look before the first collection, so it already knows the process.
     watcher.tick();
-    tokio::spawn(watcher.run());
-    tokio::spawn(crate::log::LogWatcher::new(ctx.clone()).run());
-    let runner = Runner::new(ctx.clone(), collectors(&ctx.store));
-    tokio::spawn(runner.run());
+    let sup = Arc::new(Supervisor::new(&ctx.store));
+    // The watcher and the log watcher keep their state across a restart after a panic.
+    let watcher = Arc::new(std::sync::Mutex::new(watcher));
+    sup.spawn("watcher", move || Watcher::run_shared(watcher.clone()));
+    let log = Arc::new(std::sync::Mutex::new(crate::log::LogWatcher::new(
+        ctx.clone(),
+    )));
+    sup.spawn("log", move || {
+        crate::log::LogWatcher::run_shared(log.clone())
+    });
+    let runner = Arc::new(Runner::new(ctx.clone(), collectors(&ctx.store)));
+    sup.spawn("collectors", move || runner.clone().run());
     // Connection probes run on their own schedule (--probe.interval).
-    tokio::spawn(ConnectionProber::new(ctx.clone()).run());
+    let prober = Arc::new(ConnectionProber::new(ctx.clone()));
+    sup.spawn("connections", move || prober.clone().run());
     // The opt-in consistency checker runs on its own schedule (--consistency.interval).
-    tokio::spawn(crate::collector::consistency::ConsistencyChecker::new(ctx.clone()).run());
+    let c = ctx.clone();
+    sup.spawn("consistency", move || {
+        crate::collector::consistency::ConsistencyChecker::new(c.clone()).run()
+    });
     Exporter {
         ctx,
         settings_tx: tx,
+        supervisor: sup,
     }
 }
 
@@ -181,8 +214,22 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     }
     let exp = start(settings);
     let ctx = exp.ctx.clone();
-    crate::server::serve_web(listener, ctx.clone(), web, signals(&exp)).await;
-    // COM_QUIT on the shared MySQL connections, so the server counts no aborted client.
-    ctx.mysql.close_all(std::time::Duration::from_secs(1)).await;
+    // One signal cancels the token: the server drains and every background task stops.
+    let token = exp.supervisor.token().clone();
+    tokio::join!(
+        crate::server::serve_web(listener, ctx.clone(), web, token.clone().cancelled_owned()),
+        async {
+            tokio::select! {
+                _ = signals(&exp) => token.cancel(),
+                _ = token.cancelled() => {}
+            }
+        },
+    );
+    // Stops every task, then COM_QUIT on the shared MySQL connections, so the server counts
+    // no aborted client.
+    let report = exp.shutdown(crate::supervise::DRAIN).await;
+    if report.still_running.is_empty() {
+        tracing::info!("every background task stopped");
+    }
     Ok(())
 }

@@ -20,6 +20,7 @@
 //! | [`page`] | the status page (verdict, lag, checks, connections, last errors; passwords masked) and its JSON |
 //! | [`probe`] | protocol-level probes: MySQL handshake + login + `SELECT 1`, Kafka ApiVersions, Mongo `hello` |
 //! | [`app`] | wiring, signals, reloads |
+//! | [`supervise`] | the supervisor of the background tasks (producers): one task tracker and cancellation token, restart after a panic with a bounded back-off, `gravity_exporter_task_*` metrics, bounded drain at shutdown |
 //! | [`check`] | `gravity-exporter check`: every check once, Nagios status line and codes, or JSON |
 //! | [`web_config`] | `--web.config.file` (exporter-toolkit format): TLS, client certificates, bcrypt basic auth, reloaded on change |
 //!
@@ -41,5 +42,6 @@ pub mod page;
 pub mod probe;
 pub mod retry;
 pub mod server;
+pub mod supervise;
 pub mod watch;
 pub mod web_config;

@@ -288,6 +288,8 @@ pub struct Store {
     /// When each source was last read successfully (its snapshot set).
     fresh: Mutex<BTreeMap<&'static str, Instant>>,
     created: Instant,
+    /// The supervisor's metric families, registered once (`crate::supervise::TaskMetrics`).
+    tasks: std::sync::OnceLock<crate::supervise::TaskMetrics>,
 }
 
 /// Snapshot names that are not a source read (the watcher's state, published on change
@@ -324,7 +326,14 @@ impl Store {
             passthrough_max_age: Mutex::new(None),
             fresh: Mutex::new(BTreeMap::new()),
             created: Instant::now(),
+            tasks: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The background tasks' metrics (`gravity_exporter_task_*`), registered on first use.
+    pub fn tasks(&self) -> &crate::supervise::TaskMetrics {
+        self.tasks
+            .get_or_init(|| crate::supervise::TaskMetrics::register(&self.registry))
     }
 
     /// The registry for stateful metrics.

@@ -242,14 +242,21 @@ impl Watcher {
 
     /// Runs forever: one look, then wait for gravity's exit (pidfd) or the next look.
     pub async fn run(self) {
+        Self::run_shared(Arc::new(Mutex::new(self))).await
+    }
+
+    /// [`Watcher::run`] on a shared watcher, so that the supervisor can start it again after
+    /// a panic with the same state; each look is a cycle of task `watcher`.
+    pub async fn run_shared(shared: Arc<Mutex<Watcher>>) {
         let proc_root_is_proc = |p: &Path| p == Path::new("/proc");
-        let shared = Arc::new(Mutex::new(self));
         let ctx = lock(&shared).ctx.clone();
+        let tasks = ctx.store.tasks().clone();
         let mut exit_fd: Option<ExitFd> = None;
         // An incarnation whose pidfd fired while /proc still showed it alive: poll it instead.
         let mut no_pidfd_for: Option<ProcIdentity> = None;
         loop {
             let w = shared.clone();
+            let started = Instant::now();
             // The look reads /proc: on the blocking pool, not the runtime thread.
             let looked = tokio::task::spawn_blocking(move || {
                 let mut g = lock(&w);
@@ -257,6 +264,7 @@ impl Watcher {
                 (g.current, g.down_interval())
             })
             .await;
+            tasks.cycle("watcher", started.elapsed(), looked.is_ok());
             let (current, down_wait) = match looked {
                 Ok(v) => v,
                 Err(e) => {

@@ -26,6 +26,11 @@ fn normalise(text: &str) -> String {
         // seconds since each source's last read; connections open while the test scrapes
         "gravity_exporter_source_age_seconds",
         "gravity_exporter_connections_open",
+        // the background tasks' cycles: how long the last one took, when one last succeeded,
+        // and whether one has finished by the time the test scrapes
+        "gravity_exporter_task_cycle_duration_seconds",
+        "gravity_exporter_task_last_success_timestamp_seconds",
+        "gravity_exporter_task_success",
     ];
     text.lines()
         .map(|l| {

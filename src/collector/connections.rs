@@ -381,8 +381,11 @@ impl ConnectionProber {
     }
 
     /// Runs forever: a round every `--probe.interval`, or at once when the endpoint list
-    /// changes (gravity found, config reloaded). With probes off, publishes nothing.
-    pub async fn run(self) {
+    /// changes (gravity found, config reloaded). With probes off, publishes nothing. Each
+    /// round is a cycle of task `connections`. Shared, so that the supervisor can start it
+    /// again after a panic.
+    pub async fn run(self: Arc<Self>) {
+        let tasks = self.ctx.store.tasks().clone();
         loop {
             let s = self.ctx.settings();
             let Some(interval) = s.probe_interval else {
@@ -393,8 +396,10 @@ impl ConnectionProber {
                 continue;
             };
             let (_, probed) = self.endpoints();
-            self.probe_once(s.probe_timeout).await;
             let start = Instant::now();
+            self.probe_once(s.probe_timeout).await;
+            // A round that ran is a success of the task; the endpoints' health is its result.
+            tasks.cycle("connections", start.elapsed(), true);
             while start.elapsed() < interval {
                 tokio::time::sleep(RECHECK.min(interval)).await;
                 let (_, now) = self.endpoints();

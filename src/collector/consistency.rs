@@ -642,8 +642,8 @@ impl ConsistencyChecker {
         Ok(conn)
     }
 
-    /// One run over every configured table.
-    pub async fn run_once(&mut self) {
+    /// One run over every configured table; true if every table was checked.
+    pub async fn run_once(&mut self) -> bool {
         let s = self.ctx.settings();
         let c = s.consistency.clone();
         let target = self.ctx.target();
@@ -651,7 +651,7 @@ impl ConsistencyChecker {
         self.states.retain(|k, _| c.tables.contains(k));
         let Some(cfg) = target.config.clone() else {
             self.warn_once("gravity's config is not known yet".into());
-            return;
+            return false;
         };
         let (mut src, mut dst) = match tokio::join!(
             Self::connect(&s, &cfg, EndpointRole::Source, c.timeout),
@@ -664,7 +664,7 @@ impl ConsistencyChecker {
                     self.states.entry(t.clone()).or_default().last_ok = false;
                 }
                 self.publish(&c.tables, &pipeline);
-                return;
+                return false;
             }
         };
         self.warned = None;
@@ -715,10 +715,15 @@ impl ConsistencyChecker {
         self.publish(&c.tables, &pipeline);
         let _ = src.close().await;
         let _ = dst.close().await;
+        c.tables
+            .iter()
+            .all(|t| self.states.get(t).is_some_and(|st| st.last_ok))
     }
 
-    /// Runs until the process ends; idle while no table is configured.
+    /// Runs until the process ends; idle while no table is configured. Each run over the
+    /// tables is a cycle of task `consistency`.
     pub async fn run(mut self) {
+        let tasks = self.ctx.store.tasks().clone();
         loop {
             let c = self.ctx.settings().consistency.clone();
             if c.tables.is_empty() {
@@ -728,7 +733,8 @@ impl ConsistencyChecker {
                 continue;
             }
             let start = Instant::now();
-            self.run_once().await;
+            let ok = self.run_once().await;
+            tasks.cycle("consistency", start.elapsed(), ok);
             while start.elapsed() < c.interval {
                 tokio::time::sleep(Duration::from_millis(250).min(c.interval)).await;
                 if self.ctx.settings().consistency != c {

@@ -543,8 +543,9 @@ impl Runner {
         }
     }
 
-    /// Runs forever: on every interval tick, or at once when kicked.
-    pub async fn run(self) {
+    /// Runs forever: on every interval tick, or at once when kicked. Shared, so that the
+    /// supervisor can start it again after a panic.
+    pub async fn run(self: Arc<Self>) {
         // A kick stored before the first run (the watcher's first look) is covered by it.
         let _ = tokio::time::timeout(Duration::ZERO, self.ctx.kick.notified()).await;
         loop {

@@ -242,14 +242,9 @@ pub struct LogWatcher {
     panic_on: Option<String>,
 }
 
-/// `gravity_exporter_task_restarts_total{task}`, with `task="log"` at 0.
+/// `gravity_exporter_task_restarts_total{task}` (the supervisor's family), `task="log"` at 0.
 fn task_restarts(store: &crate::metrics::Store) -> IntCounterVec {
-    let v = counter_vec(
-        store,
-        "gravity_exporter_task_restarts_total",
-        "Background tasks of the exporter restarted after a panic, by task.",
-        &["task"],
-    );
+    let v = store.tasks().restarts.clone();
     v.with_label_values(&["log"]).inc_by(0);
     v
 }
@@ -555,10 +550,21 @@ impl LogWatcher {
     /// same state (offsets, counters, lines not yet counted) and
     /// `gravity_exporter_task_restarts_total{task="log"}` counts it.
     pub async fn run(self) {
-        let restarts = self.restarts.clone();
+        Self::run_shared(Arc::new(Mutex::new(self))).await
+    }
+
+    /// [`LogWatcher::run`] on a shared watcher, so that the supervisor can start it again
+    /// after a panic with the same state; each poll is a cycle of task `log`.
+    pub async fn run_shared(shared: Arc<Mutex<LogWatcher>>) {
+        let (restarts, ctx) = {
+            let g = shared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (g.restarts.clone(), g.ctx.clone())
+        };
+        let tasks = ctx.store.tasks().clone();
         // Ends when the settings' sender is gone (the exporter was stopped).
-        let mut settings = self.ctx.settings.clone();
-        let shared = Arc::new(Mutex::new(self));
+        let mut settings = ctx.settings.clone();
         let mut notify = match notify::DirWatch::new() {
             Ok(w) => Some(w),
             Err(e) => {
@@ -568,12 +574,14 @@ impl LogWatcher {
         };
         loop {
             let w = Arc::clone(&shared);
+            let started = std::time::Instant::now();
             let polled = tokio::task::spawn_blocking(move || {
                 let mut g = w.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 g.poll();
                 (g.watch_dir.clone(), g.watch_stem.clone())
             })
             .await;
+            tasks.cycle("log", started.elapsed(), polled.is_ok());
             let (dir, stem) = match polled {
                 Ok(watch) => watch,
                 Err(e) if e.is_panic() => {

@@ -890,13 +890,16 @@ impl Hub {
 
     /// Sends `COM_QUIT` on every open shared connection (at shutdown), each within `timeout`.
     pub async fn close_all(&self, timeout: Duration) {
-        let live: Vec<Arc<SharedConn>> = {
-            let map = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-            map.values().filter_map(Weak::upgrade).collect()
-        };
-        for shared in live {
+        for shared in self.live() {
             shared.close(timeout).await;
         }
+    }
+
+    /// The shared connections some collector holds now. Holding them keeps them open after
+    /// their users are gone (the supervisor's shutdown drops the tasks before `COM_QUIT`).
+    pub fn live(&self) -> Vec<Arc<SharedConn>> {
+        let map = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().filter_map(Weak::upgrade).collect()
     }
 }
 

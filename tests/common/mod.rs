@@ -19,11 +19,17 @@ pub struct Running {
 }
 
 impl Running {
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.shutdown().await;
+    }
+
+    /// Stops the server, then cancels and joins every background task (bounded drain).
+    pub async fn shutdown(mut self) -> gravity_exporter::supervise::ShutdownReport {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.server).await;
+        self.exp.shutdown(gravity_exporter::supervise::DRAIN).await
     }
 }
 
