@@ -651,7 +651,10 @@ impl GravityMetricsCollector {
                 .recent
                 .record_throughput(i.unwrap_or(0.0), o.unwrap_or(0.0)),
         }
-        let remote = target.process.is_none();
+        // Remote mode: gravity's /proc was never visible. A moment without a process after
+        // an exit (the watcher has not found the new one yet) is not: the watcher counts
+        // that restart, and counting it here from the new start time too would count it twice.
+        let remote = target.process.is_none() && !ctx.up.procfs_seen();
         if remote {
             f.extend(process_fallback(&exp, pipeline));
             // Without /proc, a restart shows as a new process_start_time_seconds.
@@ -710,6 +713,40 @@ impl GravityMetricsCollector {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    fn answer(start: f64) -> String {
+        format!("# TYPE gravity_scheduler_retry_counter counter\ngravity_scheduler_retry_counter{{pipeline=\"p\"}} 1\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {start}\n")
+    }
+
+    fn remote_ctx() -> Arc<Context> {
+        let settings =
+            crate::config::Settings::from_flags(crate::config::Flags::default()).unwrap();
+        let t = crate::discovery::Target::from_settings(&settings);
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(settings));
+        let ctx = Context::new(rx, Arc::new(crate::metrics::Store::new()));
+        ctx.set_target(t);
+        ctx
+    }
+
+    #[test]
+    fn a_new_start_time_is_a_restart_only_in_remote_mode() {
+        // remote: gravity's /proc never seen, the start time is all there is
+        let ctx = remote_ctx();
+        let c = GravityMetricsCollector::new(&ctx.store);
+        c.digest(&ctx, answer(100.0).as_bytes()).unwrap();
+        c.digest(&ctx, answer(200.0).as_bytes()).unwrap();
+        assert_eq!(ctx.up.restarts(), 1);
+
+        // gravity was seen through /proc and has just exited; the new incarnation answers
+        // before the watcher found it: the watcher counts that restart, not this collector
+        let ctx = remote_ctx();
+        let c = GravityMetricsCollector::new(&ctx.store);
+        ctx.up.set_process(true, true);
+        c.digest(&ctx, answer(100.0).as_bytes()).unwrap();
+        ctx.up.set_process(false, false);
+        c.digest(&ctx, answer(200.0).as_bytes()).unwrap();
+        assert_eq!(ctx.up.restarts(), 0, "counted twice");
+    }
 
     const M: &str = include_str!("../../tests/fixtures/metrics.prom");
     const M40: &str = include_str!("../../tests/fixtures/metrics-40-tables.prom");

@@ -89,6 +89,10 @@ pub struct Up {
     seen_start_ms: AtomicU64,
     /// Why each incarnation ended (`gravity_process_last_exit_info`).
     pub exit: exit::ExitLedger,
+    /// Whether gravity's process was ever seen through `/proc`: then the watcher counts its
+    /// restarts, and a moment without a process (an exit, the new one not yet found) is not
+    /// remote mode.
+    procfs_seen: AtomicBool,
 }
 
 /// Name of the snapshot the watcher state is published under.
@@ -105,7 +109,15 @@ impl Up {
         if new_incarnation || !alive {
             self.api.store(0, Ordering::SeqCst);
         }
+        if alive {
+            self.procfs_seen.store(true, Ordering::SeqCst);
+        }
         self.process.store(alive, Ordering::SeqCst);
+    }
+
+    /// Whether gravity's process was ever seen through `/proc` (see [`Up::set_process`]).
+    pub fn procfs_seen(&self) -> bool {
+        self.procfs_seen.load(Ordering::SeqCst)
     }
 
     /// Sets whether the API answered; returns true if that changed gravity_up.
