@@ -394,6 +394,15 @@ impl WebConfig {
         load(path, Arc::new(Semaphore::new(1)), &mut Vec::new()).map(|(c, _)| c)
     }
 
+    /// Validates `text` as if it were the content of the web config file `path` (files it
+    /// names are read relative to the working directory, like [`WebConfig::load`]'s). Blocking.
+    ///
+    /// Public as the entry point of the fuzz harness (`tests/fuzz.rs`): the YAML and
+    /// everything validated from it, without a file write per case.
+    pub fn from_text(path: &Path, text: &str) -> Result<WebConfig, WebConfigError> {
+        load_text(path, text, Arc::new(Semaphore::new(1)), &mut Vec::new()).map(|(c, _)| c)
+    }
+
     /// Whether connections are TLS.
     pub fn tls(&self) -> bool {
         self.tls.is_some()
@@ -512,10 +521,20 @@ fn load(
     let text = read_bounded(path, "web.config.file", path)?;
     let text = String::from_utf8(text)
         .map_err(|_| invalid(path, "web.config.file", "the file is not UTF-8"))?;
+    load_text(path, &text, gate, files)
+}
+
+/// [`load`] after the read: validates `text` as the content of `path`.
+fn load_text(
+    path: &Path,
+    text: &str,
+    gate: Arc<Semaphore>,
+    files: &mut Vec<(PathBuf, Stamp)>,
+) -> Result<(WebConfig, Vec<String>), WebConfigError> {
     let doc: FileDoc = if text.trim().is_empty() {
         FileDoc::default()
     } else {
-        serde_yaml::from_str(&text).map_err(|e| {
+        serde_yaml::from_str(text).map_err(|e| {
             let msg = e.to_string().replace('\n', " ");
             // serde names the unknown or mistyped field in the message; the key is the path
             // serde_norway reports before the colon, when there is one.
