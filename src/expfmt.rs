@@ -1170,6 +1170,26 @@ impl<'a> Builder<'a> {
             line,
             reason: "unknown type (counter, gauge, histogram, summary, untyped)",
         })?;
+        // Samples of the suffixed names, read before this line, went to untyped families of
+        // their own; as the family's samples they would have to follow this line.
+        let suffixes: &[&str] = match kind {
+            MetricType::Histogram => &["_bucket", "_sum", "_count"],
+            MetricType::Summary => &["_sum", "_count"],
+            _ => &[],
+        };
+        for suffix in suffixes {
+            let full = format!("{name}{suffix}");
+            if self
+                .lookup(&full)
+                .and_then(|i| self.families.get(i))
+                .is_some_and(|f| !f.samples.is_empty())
+            {
+                return Err(ParseError::InvalidType {
+                    line,
+                    reason: "TYPE line after the family's samples",
+                });
+            }
+        }
         let idx = match self.lookup(name) {
             Some(idx) => {
                 let f = self.families.get(idx);

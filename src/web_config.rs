@@ -524,6 +524,29 @@ fn load(
     load_text(path, &text, gate, files)
 }
 
+/// serde's messages with every double-quoted value (`invalid type: string "..."`) shown as
+/// `"…"`: the value could be a key pasted at the wrong place, a hash, a password.
+fn mask_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len().min(512));
+    let mut chars = msg.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '"' {
+            // skip to the closing quote (serde writes the value with Rust's escapes)
+            let mut escaped = false;
+            for d in chars.by_ref() {
+                match d {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => break,
+                    _ => escaped = false,
+                }
+            }
+            out.push_str("…\"");
+        }
+    }
+    out
+}
+
 /// [`load`] after the read: validates `text` as the content of `path`.
 fn load_text(
     path: &Path,
@@ -535,7 +558,7 @@ fn load_text(
         FileDoc::default()
     } else {
         serde_yaml::from_str(text).map_err(|e| {
-            let msg = e.to_string().replace('\n', " ");
+            let msg = mask_quoted(&e.to_string().replace('\n', " "));
             // serde names the unknown or mistyped field in the message; the key is the path
             // serde_norway reports before the colon, when there is one.
             let key = msg

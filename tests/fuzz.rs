@@ -389,6 +389,12 @@ fn same(a: &Exposition<'_>, b: &Exposition<'_>) -> bool {
         })
 }
 
+fn single<'a>(f: &expfmt::Family<'a>) -> Exposition<'a> {
+    Exposition {
+        families: vec![f.clone()],
+    }
+}
+
 fn check_exposition(input: &str, exp: &Exposition<'_>) {
     let lines = input.split('\n').count();
     assert!(exp.series_count() <= lines, "more series than lines");
@@ -417,7 +423,18 @@ fn check_exposition(input: &str, exp: &Exposition<'_>) {
         Ok(re) => re,
         Err(e) => panic!("re-rendered exposition does not parse: {e}\n{again}"),
     };
-    assert!(same(exp, &re), "round trip changed the exposition\n{again}");
+    if !same(exp, &re) {
+        let diff = exp
+            .families
+            .iter()
+            .zip(&re.families)
+            .find(|(f, g)| !same(&single(f), &single(g)));
+        panic!(
+            "round trip changed the exposition: {} vs {} families, first difference {diff:#?}",
+            exp.families.len(),
+            re.families.len()
+        );
+    }
 }
 
 #[test]
@@ -1179,4 +1196,55 @@ fn regression_flow_cap_bounds_other_series() {
     );
     let total: f64 = capped.iter().map(|(_, v)| v).sum();
     assert_eq!(total, 10_000.0, "the overflow is summed, not dropped");
+}
+
+/// A histogram's `_bucket` samples written after its HELP line but before its TYPE line
+/// went to an untyped family `x_bucket`; the pass-through then wrote the histogram's HELP
+/// and TYPE lines first and the bucket lines after them, where they read as the histogram's
+/// samples: the exposition passed on was not the one parsed. A TYPE line after samples of
+/// the family's suffixed names is now rejected, like one after the family's own samples.
+#[test]
+fn regression_expfmt_type_after_suffixed_samples() {
+    for input in [
+        "# HELP x h\nx_bucket{le=\"1\"} 1\n# TYPE x histogram\n",
+        "# HELP y h\ny_count 1\ny_sum 2\n# TYPE y summary\ny{quantile=\"0.5\"} 1\n",
+    ] {
+        let err = expfmt::parse(input).unwrap_err();
+        assert_eq!(err.reason(), "TYPE line after the family's samples");
+        let (exp, errors) = expfmt::parse_lossy(input);
+        assert_eq!(errors.len(), 1);
+        check_exposition(input, &exp);
+    }
+}
+
+/// A `/proc/<pid>/limits` line with fewer than three fields: procfs' parser subtracted
+/// past zero (a panic where overflow checks are on). The soft limit of open files is now
+/// read by the exporter's own total parser.
+#[test]
+fn regression_proc_limits_short_line() {
+    let files = process::ProcFiles {
+        stat: String::from_utf8(fixture("proc/4242/stat")).unwrap(),
+        limits: Some(
+            "Limit                     Soft Limit           Hard Limit           Units\nMax stack size\nMax open files            1024                 4096                 files\n"
+                .to_string(),
+        ),
+        ..Default::default()
+    };
+    let host = process::HostInfo {
+        ticks_per_second: 100,
+        page_size: 4096,
+        boot_time: 0,
+    };
+    let f = process::parse_process(&files, &host, "p").unwrap();
+    assert_eq!(
+        f.value("gravity_process_max_fds", &[("pipeline", "p")]),
+        Some(1024.0)
+    );
+    for (limits, want) in [
+        ("Max open files            unlimited            unlimited            files\n", Some(f64::INFINITY)),
+        ("Max open files\n", None),
+        ("Max open files            x  y  files\n", None),
+    ] {
+        assert_eq!(process::parse_max_open_files(limits), want, "{limits:?}");
+    }
 }

@@ -15,7 +15,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use procfs::process::{Io, Limits, Stat, Status};
+use procfs::process::{Io, Stat, Status};
 use procfs::FromRead;
 
 use super::{BoxFuture, CollectError, Collector, Context};
@@ -38,6 +38,19 @@ pub fn parse_btime(proc_stat: &str) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("btime "))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// The soft limit of `Max open files` in `/proc/<pid>/limits` (`unlimited` is infinity).
+/// Total: a line of any shape gives `None`, never a panic (procfs' `Limits` parser
+/// subtracts past zero on a line of fewer than three fields).
+pub fn parse_max_open_files(limits: &str) -> Option<f64> {
+    let rest = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?;
+    match rest.split_whitespace().next()? {
+        "unlimited" => Some(f64::INFINITY),
+        v => v.parse::<u64>().ok().map(|v| v as f64),
+    }
 }
 
 /// The raw files of one process.
@@ -81,13 +94,13 @@ pub fn parse_process(
         "gravity_process_cpu_seconds_total",
         "User and system CPU time gravity has used, in seconds.",
         &p,
-        (stat.utime + stat.stime) as f64 / tps,
+        (stat.utime as f64 + stat.stime as f64) / tps,
     );
     f.gauge(
         "gravity_process_resident_memory_bytes",
         "gravity's resident memory size in bytes.",
         &p,
-        (stat.rss * host.page_size) as f64,
+        stat.rss as f64 * host.page_size as f64,
     );
     f.gauge(
         "gravity_process_virtual_memory_bytes",
@@ -124,11 +137,7 @@ pub fn parse_process(
         );
     }
     if let Some(l) = &files.limits {
-        if let Ok(lim) = Limits::from_read(l.as_bytes()) {
-            let v = match lim.max_open_files.soft_limit {
-                procfs::process::LimitValue::Value(v) => v as f64,
-                procfs::process::LimitValue::Unlimited => f64::INFINITY,
-            };
+        if let Some(v) = parse_max_open_files(l) {
             f.gauge(
                 "gravity_process_max_fds",
                 "gravity's limit on open file descriptors (soft).",
