@@ -12,8 +12,8 @@
 //! also round-trips: what parses re-renders (HELP, TYPE and sample lines as kept for the
 //! pass-through) to text that parses strictly to the same exposition.
 //!
-//! Case counts: `FUZZ_CASES` (per harness; default 2,000, or 200 for the web config, whose
-//! cases cost a TLS key parse), seed `FUZZ_SEED` (default fixed). The default run takes a few
+//! Case counts: `FUZZ_CASES` (per harness; default 2,000, 1,000 for the two config
+//! parsers), seed `FUZZ_SEED` (default fixed). The default run takes a few
 //! seconds; `scripts/fuzz.sh` runs 1M cases per parser in release mode with overflow checks
 //! on. Results: `docs/reliability.md`, section "Fuzzing".
 //!
@@ -939,7 +939,7 @@ fn fuzz_web_config() {
         .filter(|c| c.len() == 16)
         .map(|c| std::str::from_utf8(c).unwrap())
         .collect();
-    run("web_config", &corpus, 200, |b| {
+    run("web_config", &corpus, 1000, |b| {
         let input = text(b);
         match WebConfig::from_text(path, &input) {
             Ok(c) => assert!(c.summary().len() < 1000),
@@ -1247,4 +1247,63 @@ fn regression_proc_limits_short_line() {
     ] {
         assert_eq!(process::parse_max_open_files(limits), want, "{limits:?}");
     }
+}
+
+/// `/proc/<pid>/stat` texts procfs' `Stat` parser slices out of bounds on (a panic in every
+/// build): the comm's parentheses first, reversed, or last. They are now refused as
+/// invalid before procfs sees them.
+#[test]
+fn regression_proc_stat_bad_parentheses() {
+    let host = process::HostInfo {
+        ticks_per_second: 100,
+        page_size: 4096,
+        boot_time: 0,
+    };
+    for stat in [
+        "1 (systemd)",
+        "(gravity) S 1",
+        "4242 )gravity( S 1",
+        "1 (",
+        "4242 (g)x",
+        "1 \u{fffd}(systemd) S 0 1",
+        "1 (systemd)\u{fffd} S 0 1",
+    ] {
+        let files = process::ProcFiles {
+            stat: stat.to_string(),
+            ..Default::default()
+        };
+        assert!(
+            process::parse_process(&files, &host, "p").is_err(),
+            "{stat:?} accepted"
+        );
+    }
+}
+
+/// `/proc/<pid>/io` with a field name ending in a multi-byte character: procfs' `Io` parser
+/// cut the name's last byte off (a panic in every build). `io` and `status` are now read
+/// by the exporter's own total parsers.
+#[test]
+fn regression_proc_io_multibyte_field() {
+    let host = process::HostInfo {
+        ticks_per_second: 100,
+        page_size: 4096,
+        boot_time: 0,
+    };
+    let files = process::ProcFiles {
+        stat: String::from_utf8(fixture("proc/4242/stat")).unwrap(),
+        io: Some("rchar: 1\nread_bytes: 7\nwrite_bytes: 9\n\u{e9}\u{e9} 3\n".to_string()),
+        status: Some("Name:\tgravity\nvoluntary_ctxt_switches:\t5\n\u{e9}:\t1\nnonvoluntary_ctxt_switches:\t6\n".to_string()),
+        ..Default::default()
+    };
+    let f = process::parse_process(&files, &host, "p").unwrap();
+    let p = [("pipeline", "p")];
+    assert_eq!(f.value("gravity_process_io_read_bytes_total", &p), Some(7.0));
+    assert_eq!(f.value("gravity_process_io_write_bytes_total", &p), Some(9.0));
+    assert_eq!(
+        f.value(
+            "gravity_process_context_switches_total",
+            &[("pipeline", "p"), ("kind", "involuntary")]
+        ),
+        Some(6.0)
+    );
 }

@@ -15,7 +15,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use procfs::process::{Io, Stat, Status};
+use procfs::process::Stat;
 use procfs::FromRead;
 
 use super::{BoxFuture, CollectError, Collector, Context};
@@ -53,6 +53,34 @@ pub fn parse_max_open_files(limits: &str) -> Option<f64> {
     }
 }
 
+/// Whether `stat` has the shape procfs' `Stat` parser slices without a bounds check: a pid
+/// and a space before the first `(`, and a space and more after the last `)`, which
+/// follows it. Anything else made it panic.
+fn stat_shape_ok(stat: &str) -> bool {
+    let t = stat.trim();
+    match (t.find('('), t.rfind(')')) {
+        (Some(open), Some(close)) => {
+            let b = t.as_bytes();
+            // ASCII spaces around, so procfs' byte offsets are character boundaries
+            open >= 2
+                && close > open
+                && close + 2 < t.len()
+                && b.get(open - 1) == Some(&b' ')
+                && b.get(close + 1) == Some(&b' ')
+        }
+        _ => false,
+    }
+}
+
+/// The number after `name` (e.g. `read_bytes:`) on its line of a `key: value` file of
+/// `/proc/<pid>` (`io`, `status`). Total, unlike procfs' `Io` parser, which cut a field
+/// name's last byte off and panicked on a multi-byte character there.
+pub fn proc_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The raw files of one process.
 #[derive(Debug, Default, Clone)]
 pub struct ProcFiles {
@@ -85,6 +113,11 @@ pub fn parse_process(
     host: &HostInfo,
     pipeline: &str,
 ) -> Result<Families, CollectError> {
+    if !stat_shape_ok(&files.stat) {
+        return Err(CollectError::Invalid(
+            "stat: no `pid (comm) state` at its start".to_string(),
+        ));
+    }
     let stat = Stat::from_read(files.stat.as_bytes())
         .map_err(|e| CollectError::Invalid(format!("stat: {e}")))?;
     let p = [("pipeline", pipeline)];
@@ -147,35 +180,36 @@ pub fn parse_process(
         }
     }
     if let Some(io) = &files.io {
-        if let Ok(io) = Io::from_read(io.as_bytes()) {
+        if let (Some(read), Some(write)) = (
+            proc_field(io, "read_bytes:"),
+            proc_field(io, "write_bytes:"),
+        ) {
             f.counter(
                 "gravity_process_io_read_bytes_total",
                 "Bytes gravity caused to be read from storage.",
                 &p,
-                io.read_bytes as f64,
+                read as f64,
             );
             f.counter(
                 "gravity_process_io_write_bytes_total",
                 "Bytes gravity caused to be written to storage.",
                 &p,
-                io.write_bytes as f64,
+                write as f64,
             );
         }
     }
     if let Some(st) = &files.status {
-        if let Ok(st) = Status::from_read(st.as_bytes()) {
-            for (kind, v) in [
-                ("voluntary", st.voluntary_ctxt_switches),
-                ("involuntary", st.nonvoluntary_ctxt_switches),
-            ] {
-                if let Some(v) = v {
-                    f.counter(
-                        "gravity_process_context_switches_total",
-                        "Context switches of gravity, by kind.",
-                        &[("pipeline", pipeline), ("kind", kind)],
-                        v as f64,
-                    );
-                }
+        for (kind, field) in [
+            ("voluntary", "voluntary_ctxt_switches:"),
+            ("involuntary", "nonvoluntary_ctxt_switches:"),
+        ] {
+            if let Some(v) = proc_field(st, field) {
+                f.counter(
+                    "gravity_process_context_switches_total",
+                    "Context switches of gravity, by kind.",
+                    &[("pipeline", pipeline), ("kind", kind)],
+                    v as f64,
+                );
             }
         }
     }
