@@ -491,7 +491,10 @@ fn fuzz_expfmt() {
         ];
         for f in &flows {
             let rates = gravity_metrics::rates(f, f, 5.0, false);
-            assert!(gravity_metrics::cap_flows(rates, 100).len() <= 100 + gravity_metrics::MAX_OTHER_OPS);
+            assert!(
+                gravity_metrics::cap_flows(rates, 100).len()
+                    <= 100 + gravity_metrics::MAX_OTHER_OPS
+            );
         }
         let (_, kept, _) = gravity_metrics::passthrough(&exp, 1000, &HashSet::new());
         assert!(kept <= 1000);
@@ -810,10 +813,7 @@ fn fuzz_cgroup_files() {
 
 #[test]
 fn fuzz_net_tcp() {
-    let seeds = vec![
-        fixture("proc/4242/net/tcp"),
-        fixture("proc/4242/net/tcp6"),
-    ];
+    let seeds = vec![fixture("proc/4242/net/tcp"), fixture("proc/4242/net/tcp6")];
     let corpus = Corpus::new(
         seeds,
         &[
@@ -854,13 +854,10 @@ struct Pki {
 fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(|| {
-        let mut p = rcgen::CertificateParams::new(vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-        ])
-        .unwrap();
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "fuzz");
+        let mut p =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "fuzz");
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = p.self_signed(&key).unwrap();
         Pki {
@@ -946,7 +943,10 @@ fn fuzz_web_config() {
             Err(e) => {
                 let msg = e.to_string();
                 // the key is never quoted back
-                assert!(!key_body.iter().any(|l| msg.contains(l)), "error quotes the key: {msg}");
+                assert!(
+                    !key_body.iter().any(|l| msg.contains(l)),
+                    "error quotes the key: {msg}"
+                );
                 assert!(!msg.contains(&pki.hash), "error quotes a hash: {msg}");
             }
         }
@@ -1007,17 +1007,22 @@ fn fuzz_kafka_reply() {
         kafka_frame(7, 0, &[(18, 0, 0)]),
     ];
     let corpus = Corpus::new(seeds, &[], 64 * 1024);
-    run("kafka_reply", &corpus, 2000, |b| match kafka::decode_response(b, 7) {
-        Ok(keys) => {
-            assert!(!keys.is_empty() && keys.len() <= kafka::MAX_API_KEYS);
-            assert_eq!(keys.len() * 6 + 10, b.len());
-            assert!(keys.iter().any(|k| k.api_key == kafka::API_VERSIONS_KEY));
-        }
-        Err(e) => {
-            let _ = e.reason();
-            assert!(e.to_string().len() < 200);
-        }
-    });
+    run(
+        "kafka_reply",
+        &corpus,
+        2000,
+        |b| match kafka::decode_response(b, 7) {
+            Ok(keys) => {
+                assert!(!keys.is_empty() && keys.len() <= kafka::MAX_API_KEYS);
+                assert_eq!(keys.len() * 6 + 10, b.len());
+                assert!(keys.iter().any(|k| k.api_key == kafka::API_VERSIONS_KEY));
+            }
+            Err(e) => {
+                let _ = e.reason();
+                assert!(e.to_string().len() < 200);
+            }
+        },
+    );
 }
 
 /// A BSON document of `(type, name, value bytes)` elements.
@@ -1073,7 +1078,11 @@ fn fuzz_mongo_reply() {
             "nested",
             bson(&[(0x04, "arr", bson(&[(0x02, "0", bson_str("a"))]))]),
         ),
-        (0x05, "bin", [&3i32.to_le_bytes()[..], &[4, 1, 2, 3]].concat()),
+        (
+            0x05,
+            "bin",
+            [&3i32.to_le_bytes()[..], &[4, 1, 2, 3]].concat(),
+        ),
         (0x07, "oid", vec![7; 12]),
         (0x11, "ts", vec![1, 0, 0, 0, 2, 0, 0, 0]),
         (0x09, "dt", (-5i64).to_le_bytes().to_vec()),
@@ -1088,7 +1097,11 @@ fn fuzz_mongo_reply() {
     ]);
     let failed = bson(&[
         (0x01, "ok", 0.0f64.to_le_bytes().to_vec()),
-        (0x02, "errmsg", bson_str("command hello requires authentication")),
+        (
+            0x02,
+            "errmsg",
+            bson_str("command hello requires authentication"),
+        ),
         (0x10, "code", 13i32.to_le_bytes().to_vec()),
         (0x02, "codeName", bson_str("Unauthorized")),
     ]);
@@ -1101,17 +1114,22 @@ fn fuzz_mongo_reply() {
         op_msg(5, 2, &[(0, failed)]),
     ];
     let corpus = Corpus::new(seeds, &["\x02", "\x03", "\x04", "\x10", "\x12"], 64 * 1024);
-    run("mongo_reply", &corpus, 2000, |b| match mongo::decode_reply(b, 5) {
-        Ok(r) => {
-            if let Some(s) = &r.set_name {
-                assert!(s.len() <= 4 * 64);
+    run(
+        "mongo_reply",
+        &corpus,
+        2000,
+        |b| match mongo::decode_reply(b, 5) {
+            Ok(r) => {
+                if let Some(s) = &r.set_name {
+                    assert!(s.len() <= 4 * 64);
+                }
             }
-        }
-        Err(e) => {
-            let _ = e.reason();
-            assert!(e.to_string().len() < 4 * 300);
-        }
-    });
+            Err(e) => {
+                let _ = e.reason();
+                assert!(e.to_string().len() < 4 * 300);
+            }
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1137,7 +1155,10 @@ fn regression_proc_stat_huge_values() {
     };
     let f = process::parse_process(&files, &host, "p").unwrap();
     let rss = f
-        .value("gravity_process_resident_memory_bytes", &[("pipeline", "p")])
+        .value(
+            "gravity_process_resident_memory_bytes",
+            &[("pipeline", "p")],
+        )
         .unwrap();
     assert!(rss >= 4096.0 * 1.8e19, "resident size wrapped: {rss}");
     let cpu = f
@@ -1154,13 +1175,19 @@ fn regression_web_config_errors_do_not_quote_values() {
     let path = Path::new("web-config.yml");
     let hash = "$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi";
     for (text, secret) in [
-        ("MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg", "MIGHAgEAMBMGByqGSM49"),
+        (
+            "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg",
+            "MIGHAgEAMBMGByqGSM49",
+        ),
         (&*format!("basic_auth_users: \"{hash}\"\n"), hash),
         (
             "tls_server_config:\n  cert_file: \"c.pem\"\n  key_file: [\"s3cr3t-in-a-list\"]\n",
             "s3cr3t-in-a-list",
         ),
-        ("rate_limit: \"hunter2-as-a-string\"\n", "hunter2-as-a-string"),
+        (
+            "rate_limit: \"hunter2-as-a-string\"\n",
+            "hunter2-as-a-string",
+        ),
     ] {
         let Err(e) = WebConfig::from_text(path, text) else {
             panic!("{text:?} was accepted");
@@ -1241,7 +1268,10 @@ fn regression_proc_limits_short_line() {
         Some(1024.0)
     );
     for (limits, want) in [
-        ("Max open files            unlimited            unlimited            files\n", Some(f64::INFINITY)),
+        (
+            "Max open files            unlimited            unlimited            files\n",
+            Some(f64::INFINITY),
+        ),
         ("Max open files\n", None),
         ("Max open files            x  y  files\n", None),
     ] {
@@ -1297,8 +1327,14 @@ fn regression_proc_io_multibyte_field() {
     };
     let f = process::parse_process(&files, &host, "p").unwrap();
     let p = [("pipeline", "p")];
-    assert_eq!(f.value("gravity_process_io_read_bytes_total", &p), Some(7.0));
-    assert_eq!(f.value("gravity_process_io_write_bytes_total", &p), Some(9.0));
+    assert_eq!(
+        f.value("gravity_process_io_read_bytes_total", &p),
+        Some(7.0)
+    );
+    assert_eq!(
+        f.value("gravity_process_io_write_bytes_total", &p),
+        Some(9.0)
+    );
     assert_eq!(
         f.value(
             "gravity_process_context_switches_total",
