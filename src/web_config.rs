@@ -525,13 +525,23 @@ fn load(
 }
 
 /// serde's messages with every double-quoted value (`invalid type: string "..."`) shown as
-/// `"…"`: the value could be a key pasted at the wrong place, a hash, a password.
+/// `"…"`, and every backquoted name (`unknown field `...``) that does not look like a key
+/// of this file (lowercase, digits, `_`, `-`, at most 32 characters) shown as `` `…` ``:
+/// the text could be a key pasted at the wrong place, a hash, a password.
 fn mask_quoted(msg: &str) -> String {
     let mut out = String::with_capacity(msg.len().min(512));
     let mut chars = msg.chars();
     while let Some(c) = chars.next() {
         out.push(c);
-        if c == '"' {
+        if c == '`' {
+            let name: String = chars.by_ref().take_while(|&d| d != '`').collect();
+            let plain = name.len() <= 32
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                });
+            out.push_str(if plain { &name } else { "…" });
+            out.push('`');
+        } else if c == '"' {
             // skip to the closing quote (serde writes the value with Rust's escapes)
             let mut escaped = false;
             for d in chars.by_ref() {

@@ -1188,6 +1188,11 @@ fn regression_web_config_errors_do_not_quote_values() {
             "rate_limit: \"hunter2-as-a-string\"\n",
             "hunter2-as-a-string",
         ),
+        // a key line that became a field name
+        (
+            "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg: 1\n",
+            "MIGHAgEAMBMGByqGSM49",
+        ),
     ] {
         let Err(e) = WebConfig::from_text(path, text) else {
             panic!("{text:?} was accepted");
