@@ -525,23 +525,36 @@ fn load(
 }
 
 /// serde's messages with every double-quoted value (`invalid type: string "..."`) shown as
-/// `"…"`, and every backquoted name (`unknown field `...``) that does not look like a key
-/// of this file (lowercase, digits, `_`, `-`, at most 32 characters) shown as `` `…` ``:
-/// the text could be a key pasted at the wrong place, a hash, a password.
+/// `"…"`, and the name of an unknown field or variant shown as `` `…` `` unless it looks like
+/// a key of this file (lowercase, digits, `_`, `-`, at most 32 characters): the text could
+/// be a key pasted at the wrong place, a hash, a password.
 fn mask_quoted(msg: &str) -> String {
+    // serde writes such a name between backquotes without escaping it, so its end is found
+    // from the fixed text after it, not from the next backquote
+    let mut msg = msg.to_string();
+    for prefix in ["unknown field `", "unknown variant `"] {
+        let Some(start) = msg.find(prefix).map(|i| i + prefix.len()) else {
+            continue;
+        };
+        let end = ["`, expected", "`, there are no"]
+            .iter()
+            .filter_map(|t| msg.get(start..).and_then(|rest| rest.rfind(t)))
+            .max()
+            .map_or(msg.len(), |e| start + e);
+        let name = msg.get(start..end).unwrap_or("");
+        let plain = name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !plain {
+            msg.replace_range(start..end, "…");
+        }
+    }
     let mut out = String::with_capacity(msg.len().min(512));
     let mut chars = msg.chars();
     while let Some(c) = chars.next() {
         out.push(c);
-        if c == '`' {
-            let name: String = chars.by_ref().take_while(|&d| d != '`').collect();
-            let plain = name.len() <= 32
-                && name.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
-                });
-            out.push_str(if plain { &name } else { "…" });
-            out.push('`');
-        } else if c == '"' {
+        if c == '"' {
             // skip to the closing quote (serde writes the value with Rust's escapes)
             let mut escaped = false;
             for d in chars.by_ref() {
