@@ -1042,6 +1042,10 @@ impl<'a> Builder<'a> {
             name.strip_suffix("_sum"),
             name.strip_suffix("_count"),
         ];
+        // A family of the exact name that has only a HELP line yields to a histogram or
+        // summary the sample fits (else the pass-through, which writes families whole, would
+        // move the sample before that family's TYPE line).
+        let mut help_only = None;
         for base in candidates.into_iter().flatten() {
             let Some(&idx) = self.index.get(base) else {
                 continue;
@@ -1049,6 +1053,14 @@ impl<'a> Builder<'a> {
             let Some(f) = self.families.get(idx) else {
                 continue;
             };
+            if base.len() == name.len()
+                && f.kind == MetricType::Untyped
+                && f.type_raw.is_none()
+                && f.samples.is_empty()
+            {
+                help_only = Some(idx);
+                continue;
+            }
             match fit(f.kind, f.name, name) {
                 Fit::Yes(role) => return Ok((Some(idx), role)),
                 Fit::Misfit => {
@@ -1060,7 +1072,7 @@ impl<'a> Builder<'a> {
                 Fit::No => {}
             }
         }
-        Ok((None, Role::Plain))
+        Ok((help_only, Role::Plain))
     }
 
     fn new_family(&mut self, name: &'a str) -> usize {

@@ -13,7 +13,7 @@
 //! pass-through) to text that parses strictly to the same exposition.
 //!
 //! Case counts: `FUZZ_CASES` (per harness; default 2,000, 1,000 for the two config
-//! parsers), seed `FUZZ_SEED` (default fixed). The default run takes a few
+//! parsers and expfmt, whose seeds are up to 64 KiB), seed `FUZZ_SEED` (default fixed). The default run takes a few
 //! seconds; `scripts/fuzz.sh` runs 1M cases per parser in release mode with overflow checks
 //! on. Results: `docs/reliability.md`, section "Fuzzing".
 //!
@@ -473,7 +473,7 @@ fn fuzz_expfmt() {
         ],
         256 * 1024,
     );
-    run("expfmt", &corpus, 2000, |b| {
+    run("expfmt", &corpus, 1000, |b| {
         let input = text(b);
         if let Ok(exp) = expfmt::parse(&input) {
             check_exposition(&input, &exp);
@@ -1380,4 +1380,18 @@ fn regression_web_config_unknown_field_with_backquotes() {
     assert!(!msg.contains("MIGHAgEAMBMG"), "{msg}");
     assert!(!msg.contains("AwEHBG0w"), "{msg}");
     assert!(msg.contains("expected `interval` or `burst`"), "{msg}");
+}
+
+/// A HELP line for `h_sum`, then a histogram `h` whose `h_sum` sample comes after other
+/// families: the sample went to the HELP-only untyped family `h_sum`, and the pass-through
+/// then wrote it before `h`'s TYPE line, where it no longer parses. A sample now goes to a
+/// histogram or summary it fits before a family of its exact name that has nothing but a
+/// HELP line.
+#[test]
+fn regression_expfmt_help_only_family_of_a_suffixed_name() {
+    let input = "# HELP h_sum Help.\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 2\nother 1\nh_sum 3.5\nh_count 2\n";
+    let exp = expfmt::parse(input).unwrap();
+    let h = exp.family("h").unwrap();
+    assert_eq!(h.samples.len(), 3, "{h:?}");
+    check_exposition(input, &exp);
 }
