@@ -1092,6 +1092,10 @@ impl<'a> Builder<'a> {
             name.strip_suffix("_sum"),
             name.strip_suffix("_count"),
         ];
+        // A family of the exact name that has only a HELP line yields to a histogram or
+        // summary the sample fits (else the pass-through, which writes families whole, would
+        // move the sample before that family's TYPE line).
+        let mut help_only = None;
         for base in candidates.into_iter().flatten() {
             let Some(&idx) = self.index.get(base) else {
                 continue;
@@ -1099,6 +1103,14 @@ impl<'a> Builder<'a> {
             let Some(f) = self.families.get(idx) else {
                 continue;
             };
+            if base.len() == name.len()
+                && f.kind == MetricType::Untyped
+                && f.type_raw.is_none()
+                && f.samples.is_empty()
+            {
+                help_only = Some(idx);
+                continue;
+            }
             match fit(f.kind, f.name, name) {
                 Fit::Yes(role) => return Ok((Some(idx), role)),
                 Fit::Misfit => {
@@ -1110,7 +1122,7 @@ impl<'a> Builder<'a> {
                 Fit::No => {}
             }
         }
-        Ok((None, Role::Plain))
+        Ok((help_only, Role::Plain))
     }
 
     fn new_family(&mut self, name: &'a str) -> usize {
@@ -1220,6 +1232,26 @@ impl<'a> Builder<'a> {
             line,
             reason: "unknown type (counter, gauge, histogram, summary, untyped)",
         })?;
+        // Samples of the suffixed names, read before this line, went to untyped families of
+        // their own; as the family's samples they would have to follow this line.
+        let suffixes: &[&str] = match kind {
+            MetricType::Histogram => &["_bucket", "_sum", "_count"],
+            MetricType::Summary => &["_sum", "_count"],
+            _ => &[],
+        };
+        for suffix in suffixes {
+            let full = format!("{name}{suffix}");
+            if self
+                .lookup(&full)
+                .and_then(|i| self.families.get(i))
+                .is_some_and(|f| !f.samples.is_empty())
+            {
+                return Err(ParseError::InvalidType {
+                    line,
+                    reason: "TYPE line after the family's samples",
+                });
+            }
+        }
         let idx = match self.lookup(name) {
             Some(idx) => {
                 let f = self.families.get(idx);

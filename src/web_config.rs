@@ -394,6 +394,15 @@ impl WebConfig {
         load(path, Arc::new(Semaphore::new(1)), &mut Vec::new()).map(|(c, _)| c)
     }
 
+    /// Validates `text` as if it were the content of the web config file `path` (files it
+    /// names are read relative to the working directory, like [`WebConfig::load`]'s). Blocking.
+    ///
+    /// Public as the entry point of the fuzz harness (`tests/fuzz.rs`): the YAML and
+    /// everything validated from it, without a file write per case.
+    pub fn from_text(path: &Path, text: &str) -> Result<WebConfig, WebConfigError> {
+        load_text(path, text, Arc::new(Semaphore::new(1)), &mut Vec::new()).map(|(c, _)| c)
+    }
+
     /// Whether connections are TLS.
     pub fn tls(&self) -> bool {
         self.tls.is_some()
@@ -512,11 +521,67 @@ fn load(
     let text = read_bounded(path, "web.config.file", path)?;
     let text = String::from_utf8(text)
         .map_err(|_| invalid(path, "web.config.file", "the file is not UTF-8"))?;
+    load_text(path, &text, gate, files)
+}
+
+/// serde's messages with every double-quoted value (`invalid type: string "..."`) shown as
+/// `"…"`, and the name of an unknown field or variant shown as `` `…` `` unless it looks like
+/// a key of this file (lowercase, digits, `_`, `-`, at most 32 characters): the text could
+/// be a key pasted at the wrong place, a hash, a password.
+fn mask_quoted(msg: &str) -> String {
+    // serde writes such a name between backquotes without escaping it, so its end is found
+    // from the fixed text after it, not from the next backquote
+    let mut msg = msg.to_string();
+    for prefix in ["unknown field `", "unknown variant `"] {
+        let Some(start) = msg.find(prefix).map(|i| i + prefix.len()) else {
+            continue;
+        };
+        let end = ["`, expected", "`, there are no"]
+            .iter()
+            .filter_map(|t| msg.get(start..).and_then(|rest| rest.rfind(t)))
+            .max()
+            .map_or(msg.len(), |e| start + e);
+        let name = msg.get(start..end).unwrap_or("");
+        let plain = name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !plain {
+            msg.replace_range(start..end, "…");
+        }
+    }
+    let mut out = String::with_capacity(msg.len().min(512));
+    let mut chars = msg.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '"' {
+            // skip to the closing quote (serde writes the value with Rust's escapes)
+            let mut escaped = false;
+            for d in chars.by_ref() {
+                match d {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => break,
+                    _ => escaped = false,
+                }
+            }
+            out.push_str("…\"");
+        }
+    }
+    out
+}
+
+/// [`load`] after the read: validates `text` as the content of `path`.
+fn load_text(
+    path: &Path,
+    text: &str,
+    gate: Arc<Semaphore>,
+    files: &mut Vec<(PathBuf, Stamp)>,
+) -> Result<(WebConfig, Vec<String>), WebConfigError> {
     let doc: FileDoc = if text.trim().is_empty() {
         FileDoc::default()
     } else {
-        serde_yaml::from_str(&text).map_err(|e| {
-            let msg = e.to_string().replace('\n', " ");
+        serde_yaml::from_str(text).map_err(|e| {
+            let msg = mask_quoted(&e.to_string().replace('\n', " "));
             // serde names the unknown or mistyped field in the message; the key is the path
             // serde_norway reports before the colon, when there is one.
             let key = msg

@@ -211,6 +211,10 @@ pub fn without_kind(flows: &Flows) -> Flows {
     out
 }
 
+/// Most `_other` series [`cap_flows`] adds (one per operation; operations past the first
+/// `MAX_OTHER_OPS - 1` share the operation `_other`).
+pub const MAX_OTHER_OPS: usize = 8;
+
 /// Caps the number of distinct keys, summing the rest into `_other`.
 pub fn cap_flows(rates: Vec<(FlowKey, f64)>, max: usize) -> Vec<(FlowKey, f64)> {
     if rates.len() <= max {
@@ -222,7 +226,12 @@ pub fn cap_flows(rates: Vec<(FlowKey, f64)>, max: usize) -> Vec<(FlowKey, f64)> 
         if i < max {
             out.push((k, v));
         } else {
-            *other.entry(k.op).or_insert(0.0) += v;
+            let op = if other.len() + 1 < MAX_OTHER_OPS || other.contains_key(&k.op) {
+                k.op
+            } else {
+                "_other".to_string()
+            };
+            *other.entry(op).or_insert(0.0) += v;
         }
     }
     for (op, v) in other {

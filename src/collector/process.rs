@@ -15,7 +15,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use procfs::process::{Io, Limits, Stat, Status};
+use procfs::process::Stat;
 use procfs::FromRead;
 
 use super::{BoxFuture, CollectError, Collector, Context};
@@ -37,6 +37,47 @@ pub fn parse_btime(proc_stat: &str) -> Option<u64> {
     proc_stat
         .lines()
         .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The soft limit of `Max open files` in `/proc/<pid>/limits` (`unlimited` is infinity).
+/// Total: a line of any shape gives `None`, never a panic (procfs' `Limits` parser
+/// subtracts past zero on a line of fewer than three fields).
+pub fn parse_max_open_files(limits: &str) -> Option<f64> {
+    let rest = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?;
+    match rest.split_whitespace().next()? {
+        "unlimited" => Some(f64::INFINITY),
+        v => v.parse::<u64>().ok().map(|v| v as f64),
+    }
+}
+
+/// Whether `stat` has the shape procfs' `Stat` parser slices without a bounds check: a pid
+/// and a space before the first `(`, and a space and more after the last `)`, which
+/// follows it. Anything else made it panic.
+fn stat_shape_ok(stat: &str) -> bool {
+    let t = stat.trim();
+    match (t.find('('), t.rfind(')')) {
+        (Some(open), Some(close)) => {
+            let b = t.as_bytes();
+            // ASCII spaces around, so procfs' byte offsets are character boundaries
+            open >= 2
+                && close > open
+                && close + 2 < t.len()
+                && b.get(open - 1) == Some(&b' ')
+                && b.get(close + 1) == Some(&b' ')
+        }
+        _ => false,
+    }
+}
+
+/// The number after `name` (e.g. `read_bytes:`) on its line of a `key: value` file of
+/// `/proc/<pid>` (`io`, `status`). Total, unlike procfs' `Io` parser, which cut a field
+/// name's last byte off and panicked on a multi-byte character there.
+pub fn proc_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.trim().parse().ok())
 }
 
@@ -72,6 +113,11 @@ pub fn parse_process(
     host: &HostInfo,
     pipeline: &str,
 ) -> Result<Families, CollectError> {
+    if !stat_shape_ok(&files.stat) {
+        return Err(CollectError::Invalid(
+            "stat: no `pid (comm) state` at its start".to_string(),
+        ));
+    }
     let stat = Stat::from_read(files.stat.as_bytes())
         .map_err(|e| CollectError::Invalid(format!("stat: {e}")))?;
     let p = [("pipeline", pipeline)];
@@ -81,13 +127,13 @@ pub fn parse_process(
         "gravity_process_cpu_seconds_total",
         "User and system CPU time gravity has used, in seconds.",
         &p,
-        (stat.utime + stat.stime) as f64 / tps,
+        (stat.utime as f64 + stat.stime as f64) / tps,
     );
     f.gauge(
         "gravity_process_resident_memory_bytes",
         "gravity's resident memory size in bytes.",
         &p,
-        (stat.rss * host.page_size) as f64,
+        stat.rss as f64 * host.page_size as f64,
     );
     f.gauge(
         "gravity_process_virtual_memory_bytes",
@@ -124,11 +170,7 @@ pub fn parse_process(
         );
     }
     if let Some(l) = &files.limits {
-        if let Ok(lim) = Limits::from_read(l.as_bytes()) {
-            let v = match lim.max_open_files.soft_limit {
-                procfs::process::LimitValue::Value(v) => v as f64,
-                procfs::process::LimitValue::Unlimited => f64::INFINITY,
-            };
+        if let Some(v) = parse_max_open_files(l) {
             f.gauge(
                 "gravity_process_max_fds",
                 "gravity's limit on open file descriptors (soft).",
@@ -138,35 +180,36 @@ pub fn parse_process(
         }
     }
     if let Some(io) = &files.io {
-        if let Ok(io) = Io::from_read(io.as_bytes()) {
+        if let (Some(read), Some(write)) = (
+            proc_field(io, "read_bytes:"),
+            proc_field(io, "write_bytes:"),
+        ) {
             f.counter(
                 "gravity_process_io_read_bytes_total",
                 "Bytes gravity caused to be read from storage.",
                 &p,
-                io.read_bytes as f64,
+                read as f64,
             );
             f.counter(
                 "gravity_process_io_write_bytes_total",
                 "Bytes gravity caused to be written to storage.",
                 &p,
-                io.write_bytes as f64,
+                write as f64,
             );
         }
     }
     if let Some(st) = &files.status {
-        if let Ok(st) = Status::from_read(st.as_bytes()) {
-            for (kind, v) in [
-                ("voluntary", st.voluntary_ctxt_switches),
-                ("involuntary", st.nonvoluntary_ctxt_switches),
-            ] {
-                if let Some(v) = v {
-                    f.counter(
-                        "gravity_process_context_switches_total",
-                        "Context switches of gravity, by kind.",
-                        &[("pipeline", pipeline), ("kind", kind)],
-                        v as f64,
-                    );
-                }
+        for (kind, field) in [
+            ("voluntary", "voluntary_ctxt_switches:"),
+            ("involuntary", "nonvoluntary_ctxt_switches:"),
+        ] {
+            if let Some(v) = proc_field(st, field) {
+                f.counter(
+                    "gravity_process_context_switches_total",
+                    "Context switches of gravity, by kind.",
+                    &[("pipeline", pipeline), ("kind", kind)],
+                    v as f64,
+                );
             }
         }
     }

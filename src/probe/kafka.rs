@@ -187,7 +187,10 @@ async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, Kaf
 }
 
 /// Decodes ResponseHeader v0 + ApiVersionsResponse v0 (without the size prefix).
-fn decode_response(frame: &[u8], correlation_id: i32) -> Result<Vec<ApiKeyRange>, KafkaError> {
+///
+/// Public as the entry point of the fuzz harness (`tests/fuzz.rs`): it is the only code that
+/// reads bytes a broker sent.
+pub fn decode_response(frame: &[u8], correlation_id: i32) -> Result<Vec<ApiKeyRange>, KafkaError> {
     let mut r = Reader { buf: frame, pos: 0 };
     let got_id = r.i32()?;
     if got_id != correlation_id {

@@ -188,7 +188,16 @@ async fn command(stream: &mut TcpStream, name: &str) -> Result<HelloReply, Mongo
         .await?;
     stream.flush().await?;
     let message = read_message(stream).await?;
-    let msg = parse_op_msg(&message)?;
+    decode_reply(&message, request_id)
+}
+
+/// Decodes a whole reply message (header included) to the request `request_id`: OP_MSG
+/// framing, then the `hello` / `isMaster` body.
+///
+/// Public as the entry point of the fuzz harness (`tests/fuzz.rs`): it is the only code that
+/// reads bytes a server sent, after [`read_message`]'s length check.
+pub fn decode_reply(message: &[u8], request_id: i32) -> Result<HelloReply, MongoError> {
+    let msg = parse_op_msg(message)?;
     if msg.response_to != request_id {
         return Err(MongoError::Protocol(format!(
             "responseTo {} does not match request {request_id}",
