@@ -226,7 +226,7 @@ pub fn cap_flows(rates: Vec<(FlowKey, f64)>, max: usize) -> Vec<(FlowKey, f64)> 
         if i < max {
             out.push((k, v));
         } else {
-            let op = if other.len() + 1 < MAX_OTHER_OPS || other.contains_key(&k.op) {
+            let op = if other.len().saturating_add(1) < MAX_OTHER_OPS || other.contains_key(&k.op) {
                 k.op
             } else {
                 "_other".to_string()
