@@ -114,21 +114,6 @@ fn lines(level: &str, from: usize, to: usize) -> String {
     (from..to).map(|i| line(level, i)).collect()
 }
 
-/// Exporter flags for a log file written by the test (no gravity process).
-fn file_flags(log: &Path) -> Vec<String> {
-    let cfg = common::fixtures().join("configs/mysql2mysql-stream.toml");
-    vec![
-        "--gravity.pid-file".into(),
-        "/nonexistent/gravity.pid".into(),
-        "--gravity.config".into(),
-        cfg.to_str().unwrap().into(),
-        "--gravity.log-file".into(),
-        log.to_str().unwrap().into(),
-        "--probe.interval".into(),
-        "0s".into(),
-    ]
-}
-
 /// A crash loop of the double: 6 incarnations each write their start-up info lines, an error
 /// line and a fatal line, then exit and are restarted. Every line of every incarnation is
 /// counted once, and the last fatal cause is exported.
@@ -212,7 +197,10 @@ async fn rename_rotation_with_late_writes_to_the_old_file() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("gravity.log");
     let rotated = dir.path().join("gravity-2026-11-22T15-00-00.000.log");
-    let r = common::start(common::settings(&common::owned(&file_flags(&log)))).await;
+    let r = common::start(common::settings(&common::owned(&common::log_file_flags(
+        &log,
+    ))))
+    .await;
     // The log does not exist yet, so it is read from its start when it appears.
     append(&log, &lines("info", 0, 1));
     let ok = wait_for(Duration::from_secs(10), || async {
@@ -241,7 +229,10 @@ async fn rename_rotation_with_late_writes_to_the_old_file() {
 async fn delete_and_recreate_with_a_gap() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("gravity.log");
-    let r = common::start(common::settings(&common::owned(&file_flags(&log)))).await;
+    let r = common::start(common::settings(&common::owned(&common::log_file_flags(
+        &log,
+    ))))
+    .await;
     // The log does not exist yet, so it is read from its start when it appears.
     append(&log, &lines("info", 0, 1));
     let ok = wait_for(Duration::from_secs(10), || async {
@@ -269,7 +260,7 @@ async fn delete_and_recreate_with_a_gap() {
 async fn exporter_restart_with_default_flags() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("gravity.log");
-    let flags = file_flags(&log);
+    let flags = common::log_file_flags(&log);
     let settings = common::settings(&common::owned(&flags));
     let state = settings
         .log_state_file_for(&log)

@@ -13,19 +13,12 @@ use common::{metric, wait_for};
 const P: &str = "pipeline=\"mysql2mysqlDemo\"";
 
 fn flags(log: &Path, state: &Path) -> Vec<String> {
-    let cfg = common::fixtures().join("configs/mysql2mysql-stream.toml");
-    vec![
-        "--gravity.pid-file".into(),
-        "/nonexistent/gravity.pid".into(),
-        "--gravity.config".into(),
-        cfg.to_str().unwrap().into(),
-        "--gravity.log-file".into(),
-        log.to_str().unwrap().into(),
+    let mut f = common::log_file_flags(log);
+    f.extend([
         "--gravity.log-state-file".into(),
         state.to_str().unwrap().into(),
-        "--probe.interval".into(),
-        "0s".into(),
-    ]
+    ]);
+    f
 }
 
 fn append(path: &Path, text: &str) {

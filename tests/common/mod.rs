@@ -165,6 +165,22 @@ pub fn promtool_check_metrics(promtool: &std::path::Path, text: &str) -> (Option
     (out.status.code(), printed)
 }
 
+/// Exporter flags for a gravity log file written by the test itself (no gravity process, the
+/// fixture config, no probes).
+pub fn log_file_flags(log: &std::path::Path) -> Vec<String> {
+    let cfg = fixtures().join("configs/mysql2mysql-stream.toml");
+    vec![
+        "--gravity.pid-file".into(),
+        "/nonexistent/gravity.pid".into(),
+        "--gravity.config".into(),
+        cfg.to_str().unwrap().into(),
+        "--gravity.log-file".into(),
+        log.to_str().unwrap().into(),
+        "--probe.interval".into(),
+        "0s".into(),
+    ]
+}
+
 pub fn fixtures() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
 }
