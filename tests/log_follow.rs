@@ -203,7 +203,9 @@ async fn rename_rotation_with_late_writes_to_the_old_file() {
     .await;
     // The log does not exist yet, so it is read from its start when it appears.
     append(&log, &lines("info", 0, 1));
-    let ok = wait_for(Duration::from_secs(10), || async {
+    // as long as the counts are given below (a loaded CI machine: a first poll, a missed
+    // inotify event and the 5 s safety poll must all fit)
+    let ok = wait_for(Duration::from_secs(30), || async {
         counted(r.addr).await.get("info") == Some(&1.0)
     })
     .await;
@@ -235,7 +237,9 @@ async fn delete_and_recreate_with_a_gap() {
     .await;
     // The log does not exist yet, so it is read from its start when it appears.
     append(&log, &lines("info", 0, 1));
-    let ok = wait_for(Duration::from_secs(10), || async {
+    // as long as the counts are given below (a loaded CI machine: a first poll, a missed
+    // inotify event and the 5 s safety poll must all fit)
+    let ok = wait_for(Duration::from_secs(30), || async {
         counted(r.addr).await.get("info") == Some(&1.0)
     })
     .await;
