@@ -47,6 +47,8 @@ pub struct Exporter {
     pub settings_tx: watch::Sender<Arc<Settings>>,
     /// The supervisor of the background tasks (watcher, log, collectors, connections, consistency).
     pub supervisor: Arc<Supervisor>,
+    /// The log watcher (shared with its task), closed at shutdown.
+    log: Arc<std::sync::Mutex<crate::log::LogWatcher>>,
 }
 
 impl Exporter {
@@ -57,6 +59,14 @@ impl Exporter {
     pub async fn shutdown(&self, drain: std::time::Duration) -> ShutdownReport {
         let held = self.ctx.mysql.live();
         let report = self.supervisor.shutdown(drain).await;
+        // A log poll still running on the blocking pool (its task was cancelled while it
+        // waited for it) finishes and saves its position before this returns; none reads
+        // after it. Bounded like the drain.
+        let log = Arc::clone(&self.log);
+        let closed = tokio::task::spawn_blocking(move || crate::log::LogWatcher::close(&log));
+        if tokio::time::timeout(drain, closed).await.is_err() {
+            tracing::warn!("the log watcher's last poll did not end within the drain");
+        }
         for shared in held {
             shared.close(std::time::Duration::from_secs(1)).await;
         }
@@ -111,8 +121,9 @@ pub fn start(settings: Settings) -> Exporter {
     let log = Arc::new(std::sync::Mutex::new(crate::log::LogWatcher::new(
         ctx.clone(),
     )));
+    let log_task = Arc::clone(&log);
     sup.spawn("log", move || {
-        crate::log::LogWatcher::run_shared(log.clone())
+        crate::log::LogWatcher::run_shared(log_task.clone())
     });
     let runner = Arc::new(Runner::new(ctx.clone(), collectors(&ctx.store)));
     sup.spawn("collectors", move || runner.clone().run());
@@ -128,6 +139,7 @@ pub fn start(settings: Settings) -> Exporter {
         ctx,
         settings_tx: tx,
         supervisor: sup,
+        log,
     }
 }
 

@@ -51,14 +51,14 @@ async fn reference_log_counts_restart_midway_and_rotation() {
     let f = flags(&log, &state);
     let r = common::start(common::settings(&common::owned(&f))).await;
     assert!(
-        wait_for(Duration::from_secs(5), || async { state.exists() })
+        wait_for(Duration::from_secs(30), || async { state.exists() })
             .await
             .is_some(),
         "state file never written"
     );
     append(&log, &(first.join("\n") + "\n"));
     // the first 12 lines: 1 fatal (9003 TiKV busy), 6 retries, 1 probe warning
-    let ok = wait_for(Duration::from_secs(5), || async {
+    let ok = wait_for(Duration::from_secs(30), || async {
         metric(
             r.addr,
             "gravity_last_fatal_info",
@@ -69,6 +69,20 @@ async fn reference_log_counts_restart_midway_and_rotation() {
     })
     .await;
     assert!(ok.is_some(), "fatal cause not exported");
+    // the whole first half read (and its position saved), not just up to the fatal line
+    let len = std::fs::metadata(&log).unwrap().len();
+    assert!(
+        wait_for(Duration::from_secs(30), || async {
+            std::fs::read_to_string(&state)
+                .ok()
+                .and_then(|s| gravity_exporter::log::LogState::from_json(&s))
+                .and_then(|s| s.main)
+                .is_some_and(|m| m.offset == len)
+        })
+        .await
+        .is_some(),
+        "the first half was not read to its end"
+    );
     let before = errors(r.addr, &[P]).await;
     assert_eq!(errors(r.addr, &["level=\"fatal\""]).await, 1.0);
     assert_eq!(errors(r.addr, &["error_type=\"deadlock\""]).await, 1.0);
@@ -89,7 +103,7 @@ async fn reference_log_counts_restart_midway_and_rotation() {
     // exporter restarts; the rest of the file is written while it is down
     append(&log, &(second.join("\n") + "\n"));
     let r = common::start(common::settings(&common::owned(&f))).await;
-    let ok = wait_for(Duration::from_secs(5), || async {
+    let ok = wait_for(Duration::from_secs(30), || async {
         metric(
             r.addr,
             "gravity_last_fatal_info",
@@ -130,7 +144,7 @@ async fn reference_log_counts_restart_midway_and_rotation() {
     append(&log, &format!("{fatal}\n"));
     std::fs::rename(&log, dir.path().join("gravity-2026-11-22T15-00-00.000.log")).unwrap();
     append(&log, &format!("{fatal}\n{fatal}\n"));
-    let ok = wait_for(Duration::from_secs(5), || async {
+    let ok = wait_for(Duration::from_secs(30), || async {
         errors(r.addr, &["error_type=\"ddl\"", "level=\"fatal\""]).await == ddl_before + 3.0
     })
     .await;
@@ -163,7 +177,7 @@ async fn burst_of_lines_counted_exactly() {
     std::fs::write(&log, "").unwrap();
     let r = common::start(common::settings(&common::owned(&flags(&log, &state)))).await;
     assert!(
-        wait_for(Duration::from_secs(5), || async { state.exists() })
+        wait_for(Duration::from_secs(30), || async { state.exists() })
             .await
             .is_some()
     );
@@ -188,4 +202,56 @@ async fn burst_of_lines_counted_exactly() {
     );
     assert_eq!(errors(r.addr, &["error_type=\"deadlock\""]).await, N as f64);
     r.stop().await;
+}
+
+/// A poll in flight when the exporter stops must be finished (and its position saved) by the
+/// time `shutdown` returns, and nothing may be read after it: otherwise the next exporter
+/// starts from a position that the stopped one moves afterwards (lines counted by nobody, or
+/// twice). Stopped in the middle of a backlog of many 8 MiB polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_read_after_shutdown_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gravity.log");
+    let state = dir.path().join("state.json");
+    std::fs::write(&log, "").unwrap();
+    let r = common::start(common::settings(&common::owned(&flags(&log, &state)))).await;
+    assert!(
+        wait_for(Duration::from_secs(30), || async { state.exists() })
+            .await
+            .is_some(),
+        "state file never written"
+    );
+    let line = r#"{"file":"batch_table_scheduler.go","level":"warning","line":251,"msg":"error execute sync output, retry. Error 1213: Deadlock found when trying to get lock; try restarting transaction","pipeline":"mysql2mysqlDemo","time":"2026-11-22T14:05:33+08:00"}"#;
+    let mut chunk = String::with_capacity(line.len() * 1000 + 1000);
+    for _ in 0..1000 {
+        chunk.push_str(line);
+        chunk.push('\n');
+    }
+    // ~64 MB: eight polls' worth at least
+    for _ in 0..300 {
+        append(&log, &chunk);
+    }
+    let total = std::fs::metadata(&log).unwrap().len();
+    let offset = |text: &str| -> u64 {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        v["offset"].as_u64().unwrap_or(0)
+    };
+    // the follower is somewhere in the backlog
+    let started = wait_for(Duration::from_secs(60), || async {
+        std::fs::read_to_string(&state).is_ok_and(|s| offset(&s) > 0)
+    })
+    .await;
+    assert!(started.is_some(), "never started reading the backlog");
+    r.stop().await;
+    let at_stop = std::fs::read_to_string(&state).unwrap();
+    // whatever was in flight is done; nothing moves the position any more
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            std::fs::read_to_string(&state).unwrap(),
+            at_stop,
+            "the stopped exporter moved its saved position after shutdown returned"
+        );
+    }
+    assert!(offset(&at_stop) < total, "the stopped exporter read on");
 }

@@ -238,6 +238,12 @@ pub struct LogWatcher {
     watch_dir: Option<PathBuf>,
     /// What the names of the log and its rotated copies begin with.
     watch_stem: String,
+    /// The last poll stopped at its read budget: poll again at once.
+    more: bool,
+    /// Set by [`LogWatcher::close`] at shutdown: no poll reads anything afterwards (a poll
+    /// queued on the blocking pool before the task was cancelled would otherwise still run,
+    /// and move the saved position of an exporter that has already stopped).
+    closed: bool,
     #[cfg(test)]
     panic_on: Option<String>,
 }
@@ -269,9 +275,21 @@ impl LogWatcher {
             started: SystemTime::now(),
             watch_dir: None,
             watch_stem: String::new(),
+            more: false,
+            closed: false,
             #[cfg(test)]
             panic_on: None,
         }
+    }
+
+    /// Ends the watcher for good (at shutdown, after its task was cancelled): a poll still
+    /// on the blocking pool has finished when this returns (it holds the same lock), its
+    /// position is saved, and no later poll reads anything.
+    pub fn close(shared: &Mutex<LogWatcher>) {
+        let mut g = shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.closed = true;
     }
 
     fn warn_once(&mut self, msg: String) {
@@ -310,6 +328,10 @@ impl LogWatcher {
 
     /// One poll: reads what is new and counts it.
     pub fn poll(&mut self) {
+        self.more = false;
+        if self.closed {
+            return;
+        }
         crate::collector::exit::tick(&self.ctx);
         // Lines left over by a panic are counted first.
         let target = self.ctx.target();
@@ -362,6 +384,7 @@ impl LogWatcher {
         self.watch_stem = notify::stem(&path);
         match res {
             Ok(report) => {
+                self.more = report.more;
                 self.count(&pipeline, &report, &redactor);
                 self.publish(&pipeline);
                 if report.file_missing && state.main.is_none() && state.draining.is_empty() {
@@ -578,11 +601,11 @@ impl LogWatcher {
             let polled = tokio::task::spawn_blocking(move || {
                 let mut g = w.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 g.poll();
-                (g.watch_dir.clone(), g.watch_stem.clone())
+                (g.watch_dir.clone(), g.watch_stem.clone(), g.more)
             })
             .await;
             tasks.cycle("log", started.elapsed(), polled.is_ok());
-            let (dir, stem) = match polled {
+            let (dir, stem, more) = match polled {
                 Ok(watch) => watch,
                 Err(e) if e.is_panic() => {
                     shared.clear_poison();
@@ -597,9 +620,19 @@ impl LogWatcher {
                     return;
                 }
             };
+            if more {
+                // A backlog (exporter restart, burst): the next slice at once, not at the
+                // next event or safety poll.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let mut fresh = false;
             let watching = match (notify.as_mut(), dir) {
                 (Some(n), Some(d)) => match n.watch(&d) {
-                    Ok(()) => true,
+                    Ok(new) => {
+                        fresh = new;
+                        true
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, dir = %d.display(), "cannot watch the log directory; polling");
                         false
@@ -607,6 +640,11 @@ impl LogWatcher {
                 },
                 _ => false,
             };
+            if fresh {
+                // Changes between the poll and the new watch raised no event: look again
+                // now rather than at the safety poll.
+                continue;
+            }
             let stopped = match notify.as_ref() {
                 Some(n) if watching => {
                     tokio::select! {

@@ -55,7 +55,9 @@ impl DirWatch {
     /// adding a watch that exists is one cheap syscall that returns the same descriptor, and
     /// a directory deleted and re-created gets a new watch. Errors (the directory does not
     /// exist yet, no permission, the watch limit reached) leave nothing watched.
-    pub fn watch(&mut self, dir: &Path) -> io::Result<()> {
+    /// Returns true when the watch is new (another directory or descriptor than before):
+    /// whatever changed before it existed raised no event, so the caller looks once more.
+    pub fn watch(&mut self, dir: &Path) -> io::Result<bool> {
         let flags = WatchFlags::MODIFY
             | WatchFlags::CREATE
             | WatchFlags::DELETE
@@ -68,13 +70,16 @@ impl DirWatch {
             | WatchFlags::ONLYDIR;
         match inotify::add_watch(self.fd.get_ref(), dir, flags) {
             Ok(wd) => {
-                if let Some((_, old)) = self.watched.take() {
+                let mut new = true;
+                if let Some((old_dir, old)) = self.watched.take() {
                     if old != wd {
                         let _ = inotify::remove_watch(self.fd.get_ref(), old);
+                    } else {
+                        new = old_dir != dir;
                     }
                 }
                 self.watched = Some((dir.to_path_buf(), wd));
-                Ok(())
+                Ok(new)
             }
             Err(e) => {
                 self.forget();
@@ -200,6 +205,22 @@ mod tests {
             .unwrap();
         assert!(w.watch(&dir.path().join("missing")).is_err());
         assert_eq!(w.watched(), None);
+    }
+
+    #[tokio::test]
+    async fn a_new_watch_is_told_apart_from_the_same_one() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let mut w = DirWatch::new().unwrap();
+        assert!(w.watch(a.path()).unwrap(), "first watch");
+        assert!(!w.watch(a.path()).unwrap(), "the same watch again");
+        assert!(w.watch(b.path()).unwrap(), "another directory");
+        assert!(!w.watch(b.path()).unwrap());
+        // the same directory under another spelling (e.g. /proc/<pid>/root/...)
+        let link = a.path().join("b-link");
+        std::os::unix::fs::symlink(b.path(), &link).unwrap();
+        assert!(w.watch(&link).unwrap(), "another spelling: look once more");
+        assert!(!w.watch(&link).unwrap());
     }
 
     fn event(mask: u32, name: &str) -> Vec<u8> {

@@ -152,6 +152,8 @@ pub struct PollReport {
     pub invalid_utf8: u64,
     /// The path did not exist during this poll.
     pub file_missing: bool,
+    /// The read budget ran out before the end of the data: poll again at once.
+    pub more: bool,
 }
 
 /// A failure that stops a poll. A missing file is not an error (see `file_missing`).
@@ -518,6 +520,7 @@ impl Tailer {
             self.begin(init, &mut report)?;
         }
         if !self.drain_old(&mut budget, &mut report, f)? {
+            report.more = true;
             return Ok(report); // budget used up: continue on the next poll
         }
         for _ in 0..MAX_SWITCHES_PER_POLL {
@@ -532,6 +535,7 @@ impl Tailer {
             }
             self.check_truncation(&mut report)?;
             if !self.read_available(&mut budget, &mut report, f)? {
+                report.more = true;
                 return Ok(report); // budget used up: continue on the next poll
             }
             // At the end of the current file: does the path still name it?
@@ -541,6 +545,7 @@ impl Tailer {
                     // Rotated: read writes that raced the rename, keep the old file draining
                     // (late writes), move to the new file.
                     if !self.read_available(&mut budget, &mut report, f)? {
+                        report.more = true;
                         return Ok(report);
                     }
                     self.retire_current(f, &mut report);
@@ -1128,15 +1133,19 @@ mod tests {
         let mut t = Tailer::new(c, None);
         let mut seen = Vec::new();
         let mut polls = 0;
+        let mut more = 0;
         loop {
             polls += 1;
             let r = poll(&mut t, &mut seen);
             assert!(r.bytes <= 1000);
-            if r.bytes == 0 {
+            more += u32::from(r.more);
+            if !r.more {
                 break;
             }
         }
+        // every poll but the last says there is more: the watcher polls again at once
         assert!(polls > 30, "{polls}");
+        assert_eq!(more, polls - 1);
         assert_eq!(seen, expected(0, 1000));
     }
 
