@@ -278,21 +278,16 @@ pub async fn run(settings: Settings) -> Verdict {
         .unwrap_or(0);
     let checks = health::evaluate(&health::inputs(&ctx, recent));
     let mut perf = Vec::new();
-    if let Some(st) = ctx.store.snapshot("status") {
-        let max = |name: &str| {
-            st.samples(name)
-                .into_iter()
-                .map(|(_, v)| v)
-                .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))))
-        };
-        if let Some(v) = max("gravity_watermark_lag_seconds") {
+    if let Some(seen) = ctx.state.status.get() {
+        let now = OffsetDateTime::now_utc();
+        if let Some(v) = seen.max_lag_seconds(now) {
             perf.push((
                 "lag_seconds".to_string(),
                 (v * 1000.0).round() / 1000.0,
                 "s",
             ));
         }
-        if let Some(v) = max("gravity_watermark_stall_seconds") {
+        if let Some(v) = seen.max_stall_seconds(now) {
             perf.push((
                 "stall_seconds".to_string(),
                 (v * 1000.0).round() / 1000.0,
@@ -301,13 +296,10 @@ pub async fn run(settings: Settings) -> Verdict {
         }
     }
     // Privileges the exporter's source user lacks (gravity_source_privilege_missing).
-    if let Some(src) = ctx.store.snapshot("source") {
-        for (l, v) in src.samples("gravity_source_privilege_missing") {
-            let privilege = l
-                .iter()
-                .find(|(k, _)| k == "privilege")
-                .map(|(_, v)| v.to_lowercase().replace(' ', "_"))
-                .unwrap_or_default();
+    if let Some(src) = ctx.state.source.get() {
+        for (privilege, missing) in &src.privileges {
+            let privilege = privilege.to_lowercase().replace(' ', "_");
+            let v = if *missing { 1.0 } else { 0.0 };
             perf.push((format!("source_missing_{privilege}"), v, ""));
         }
     }

@@ -1,8 +1,9 @@
 //! The health verdict (SPEC §5): the seeds' `health_check.sh`, done properly.
 //!
 //! Seven checks, each a metric `gravity_health_check{pipeline,check}` (1 pass, 0 fail); their
-//! sum is `gravity_health_score`. [`evaluate`] is pure: it reads what the collectors last
-//! published (the metric snapshots and gravity_up's state). The `health` collector exports
+//! sum is `gravity_health_score`. [`evaluate`] is pure: it reads what the producers last
+//! published in the typed state ([`crate::state`]) and gravity_up's state, never a rendered
+//! metric. The `health` collector exports
 //! it; `gravity-exporter check` prints the same verdict once with Nagios exit codes; the
 //! status page shows it.
 //!
@@ -20,8 +21,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use time::OffsetDateTime;
+
 use crate::collector::{BoxFuture, CollectError, Collector, Context};
 use crate::metrics::Families;
+use crate::state::EndpointHealth;
 
 /// Stall age above which watermarks are not advancing.
 pub const STALL_THRESHOLD_SECONDS: f64 = 60.0;
@@ -43,23 +47,23 @@ pub struct Check {
     pub critical: bool,
 }
 
-/// What the checks read.
+/// What the checks read: typed facts from [`crate::state`] (see [`inputs`]).
 #[derive(Debug, Default, Clone)]
 pub struct Inputs {
     /// The process lives.
     pub process_alive: bool,
     /// The API answered its last check (`None`: not checked yet).
     pub api_answered: Option<bool>,
-    /// Snapshots: status, healthz, connections, process.
-    pub status: Option<Families>,
-    /// `/healthz` snapshot.
-    pub healthz: Option<Families>,
-    /// Connection probe snapshot (None: probes off).
-    pub connections: Option<Families>,
-    /// Process snapshot.
-    pub process: Option<Families>,
-    /// Seconds since `/status` was last read successfully (the stall grows while it cannot be read).
-    pub status_age_seconds: f64,
+    /// What `/status` said, as of now: `None` before it ever answered; `Some(None)` when it
+    /// answered without watermarks (no position stored yet); else the largest stall of its
+    /// watermarks as of now (`now − ProcessTime`, growing while gravity does not answer).
+    pub stall_seconds: Option<Option<f64>>,
+    /// `/healthz` answered 200 on its last successful check (`None`: never answered).
+    pub healthz_ok: Option<bool>,
+    /// The last connection-probe round (`None`: probes off).
+    pub endpoints: Option<Vec<EndpointHealth>>,
+    /// Open fds and their limit, when gravity's process is visible.
+    pub fds: Option<(f64, f64)>,
     /// Whether a log is being read.
     pub log_known: bool,
     /// Error lines seen in the window.
@@ -75,29 +79,23 @@ fn check(name: &'static str, ok: bool, critical: bool, detail: impl Into<String>
     }
 }
 
-fn endpoints_ok(conns: &Families, components: &[&str], need_all: bool) -> Option<(bool, String)> {
+fn endpoints_ok(
+    endpoints: &[EndpointHealth],
+    components: &[&str],
+    need_all: bool,
+) -> Option<(bool, String)> {
     let mut seen = 0usize;
     let mut healthy = 0usize;
     let mut bad = Vec::new();
-    for (labels, v) in conns.samples("gravity_connection_health") {
-        let comp = labels
-            .iter()
-            .find(|(k, _)| k == "component")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("");
-        if !components.contains(&comp) {
+    for e in endpoints {
+        if !components.contains(&e.component) {
             continue;
         }
         seen = seen.saturating_add(1);
-        if v >= 1.0 {
+        if e.healthy {
             healthy = healthy.saturating_add(1);
         } else {
-            let ep = labels
-                .iter()
-                .find(|(k, _)| k == "endpoint")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default();
-            bad.push(format!("{comp} {ep}"));
+            bad.push(format!("{} {}", e.component, e.endpoint));
         }
     }
     if seen == 0 {
@@ -145,37 +143,26 @@ pub fn evaluate(i: &Inputs) -> Vec<Check> {
             None => "gravity's API not checked yet",
         },
     ));
-    let stall = i.status.as_ref().map(|s| {
-        s.samples("gravity_watermark_stall_seconds")
-            .into_iter()
-            .map(|(_, v)| v)
-            .fold(f64::NEG_INFINITY, f64::max)
-    });
-    let healthz = i
-        .healthz
-        .as_ref()
-        .and_then(|h| h.value("gravity_healthz", &[]));
-    let (ok, detail) =
-        match (stall, healthz) {
-            (None, _) => (false, "no /status read yet".to_string()),
-            (Some(s), _) if s == f64::NEG_INFINITY => (
-                healthz != Some(0.0),
-                "no watermarks reported yet".to_string(),
+    let healthz = i.healthz_ok;
+    let unhealthy = healthz == Some(false);
+    let (ok, detail) = match i.stall_seconds {
+        None => (false, "no /status read yet".to_string()),
+        Some(None) => (!unhealthy, "no watermarks reported yet".to_string()),
+        Some(Some(s)) => (
+            s < STALL_THRESHOLD_SECONDS && !unhealthy,
+            format!(
+                "oldest watermark moved {s:.1} s ago (threshold {STALL_THRESHOLD_SECONDS} s){}",
+                if unhealthy {
+                    "; /healthz says unhealthy"
+                } else {
+                    ""
+                }
             ),
-            (Some(s), h) => {
-                (
-                    s + i.status_age_seconds < STALL_THRESHOLD_SECONDS && h != Some(0.0),
-                    format!(
-                "oldest watermark moved {:.1} s ago (threshold {STALL_THRESHOLD_SECONDS} s){}",
-                        s + i.status_age_seconds,
-                if h == Some(0.0) { "; /healthz says unhealthy" } else { "" }
-            ),
-                )
-            }
-        };
+        ),
+    };
     out.push(check("watermarks_advancing", ok, true, detail));
     let reach = |name: &'static str, comps: &[&str]| -> Check {
-        match &i.connections {
+        match &i.endpoints {
             None => check(name, true, true, "connection probes are off"),
             Some(c) => {
                 let mut parts = Vec::new();
@@ -223,13 +210,7 @@ pub fn evaluate(i: &Inputs) -> Vec<Check> {
             ),
         )
     });
-    let fds = i.process.as_ref().and_then(|p| {
-        Some((
-            p.value("gravity_process_open_fds", &[])?,
-            p.value("gravity_process_max_fds", &[])?,
-        ))
-    });
-    out.push(match fds {
+    out.push(match i.fds {
         Some((open, max)) if max > 0.0 => check(
             "resources_ok",
             open / max < FD_PRESSURE,
@@ -283,26 +264,38 @@ pub fn nagios_code(checks: &[Check]) -> i32 {
     }
 }
 
-/// Reads what the checks need from the context.
-pub fn inputs(ctx: &Context, recent_errors: u64) -> Inputs {
+/// Reads what the checks need from the typed state, as of `now`.
+pub fn inputs_at(ctx: &Context, recent_errors: u64, now: OffsetDateTime) -> Inputs {
     let target = ctx.target();
+    let st = &ctx.state;
+    let stall_seconds = match (st.status.get(), st.status_answered.get()) {
+        (Some(seen), _) => Some(seen.max_stall_seconds(now)),
+        (None, Some(_)) => Some(None),
+        (None, None) => None,
+    };
     Inputs {
         process_alive: ctx.up.process_alive(),
         api_answered: ctx.up.api_state(),
-        status: ctx.store.snapshot("status"),
-        healthz: ctx.store.snapshot("healthz"),
-        connections: ctx
+        stall_seconds,
+        healthz_ok: st.healthz.get().map(|h| h.ok),
+        endpoints: ctx
             .settings()
             .probe_interval
-            .and(ctx.store.snapshot(crate::collector::connections::SNAPSHOT)),
-        process: ctx.store.snapshot("process"),
-        status_age_seconds: ctx
-            .last_status()
-            .map(|st| st.at.elapsed().as_secs_f64())
-            .unwrap_or(0.0),
+            .and_then(|_| st.endpoints.get())
+            .map(|e| e.as_ref().clone()),
+        fds: st
+            .process
+            .get()
+            .filter(|_| ctx.up.process_alive())
+            .and_then(|p| Some((p.open_fds?, p.max_fds?))),
         log_known: target.log_file.is_some(),
         recent_errors,
     }
+}
+
+/// [`inputs_at`] now.
+pub fn inputs(ctx: &Context, recent_errors: u64) -> Inputs {
+    inputs_at(ctx, recent_errors, OffsetDateTime::now_utc())
 }
 
 /// The collector: evaluates the verdict from the others' last snapshots. The error count of
@@ -335,62 +328,56 @@ impl Collector for HealthCollector {
 mod tests {
     use super::*;
 
+    fn ep(component: &'static str, endpoint: &str, healthy: bool) -> EndpointHealth {
+        EndpointHealth {
+            component,
+            endpoint: endpoint.into(),
+            healthy,
+        }
+    }
+
     fn healthy() -> Inputs {
-        let mut status = Families::new();
-        status.gauge(
-            "gravity_watermark_stall_seconds",
-            "h",
-            &[("stream", "mysqlstream")],
-            0.5,
-        );
-        let mut healthz = Families::new();
-        healthz.gauge("gravity_healthz", "h", &[], 1.0);
-        let mut conns = Families::new();
-        conns.gauge(
-            "gravity_connection_health",
-            "h",
-            &[("component", "source"), ("endpoint", "db:3306")],
-            1.0,
-        );
-        conns.gauge(
-            "gravity_connection_health",
-            "h",
-            &[("component", "target"), ("endpoint", "db2:3306")],
-            1.0,
-        );
-        conns.gauge(
-            "gravity_connection_health",
-            "h",
-            &[("component", "kafka"), ("endpoint", "k1:9092")],
-            0.0,
-        );
-        conns.gauge(
-            "gravity_connection_health",
-            "h",
-            &[("component", "kafka"), ("endpoint", "k2:9092")],
-            1.0,
-        );
-        let mut process = Families::new();
-        process.gauge("gravity_process_open_fds", "h", &[], 57.0);
-        process.gauge("gravity_process_max_fds", "h", &[], 1024.0);
         Inputs {
             process_alive: true,
             api_answered: Some(true),
-            status: Some(status),
-            healthz: Some(healthz),
-            connections: Some(conns),
-            process: Some(process),
+            stall_seconds: Some(Some(1.5)),
+            healthz_ok: Some(true),
+            endpoints: Some(vec![
+                ep("source", "db:3306", true),
+                ep("target", "db2:3306", true),
+                ep("kafka", "k1:9092", false),
+                ep("kafka", "k2:9092", true),
+            ]),
+            fds: Some((57.0, 1024.0)),
             log_known: true,
             recent_errors: 0,
-            status_age_seconds: 1.0,
         }
     }
 
     #[test]
     fn stall_grows_while_status_cannot_be_read() {
+        use crate::collector::status::{Position, Status, StatusSeen, Watermark};
+        let read = OffsetDateTime::now_utc();
+        let seen = StatusSeen {
+            at: std::time::Instant::now(),
+            status: Status {
+                watermarks: vec![Watermark {
+                    key: "mysqlstream".into(),
+                    event_time: read - time::Duration::milliseconds(500),
+                    process_time: read - time::Duration::milliseconds(500),
+                }],
+                position: Position::Unknown,
+                name: String::new(),
+                config_hash: String::new(),
+                version: String::new(),
+                stage: String::new(),
+            },
+        };
         let mut i = healthy();
+        i.stall_seconds = Some(seen.max_stall_seconds(read));
         assert!(evaluate(&i)[2].ok);
-        i.status_age_seconds = 120.0; // gravity gone two minutes ago: its last stall was 0.5 s
+        // gravity gone two minutes ago: its last stall was 0.5 s
+        i.stall_seconds = Some(seen.max_stall_seconds(read + time::Duration::seconds(120)));
         let w = &evaluate(&i)[2];
         assert_eq!(w.name, "watermarks_advancing");
         assert!(!w.ok, "{w:?}");
@@ -404,6 +391,17 @@ mod tests {
         assert_eq!(nagios_code(&c), 0);
         let f = families(&c, "p");
         assert_eq!(f.value("gravity_health_score", &[]), Some(7.0));
+    }
+
+    #[test]
+    fn no_position_stored_yet_is_not_a_stall() {
+        let mut i = healthy();
+        i.stall_seconds = Some(None);
+        let w = &evaluate(&i)[2];
+        assert!(w.ok && w.detail.contains("no watermarks"), "{w:?}");
+        i.stall_seconds = None;
+        let w = &evaluate(&i)[2];
+        assert!(!w.ok && w.detail.contains("no /status"), "{w:?}");
     }
 
     #[test]
@@ -426,44 +424,17 @@ mod tests {
             ),
             (
                 "watermarks_advancing",
-                Box::new(|i: &mut Inputs| {
-                    let mut s = Families::new();
-                    s.gauge(
-                        "gravity_watermark_stall_seconds",
-                        "h",
-                        &[("stream", "mysqlstream")],
-                        75.0,
-                    );
-                    i.status = Some(s);
-                }),
+                Box::new(|i: &mut Inputs| i.stall_seconds = Some(Some(75.0))),
                 2,
             ),
             (
                 "source_reachable",
-                Box::new(|i: &mut Inputs| {
-                    let mut c = Families::new();
-                    c.gauge(
-                        "gravity_connection_health",
-                        "h",
-                        &[("component", "source"), ("endpoint", "db:3306")],
-                        0.0,
-                    );
-                    i.connections = Some(c);
-                }),
+                Box::new(|i: &mut Inputs| i.endpoints = Some(vec![ep("source", "db:3306", false)])),
                 2,
             ),
             (
                 "target_reachable",
-                Box::new(|i: &mut Inputs| {
-                    let mut c = Families::new();
-                    c.gauge(
-                        "gravity_connection_health",
-                        "h",
-                        &[("component", "kafka"), ("endpoint", "k1:9092")],
-                        0.0,
-                    );
-                    i.connections = Some(c);
-                }),
+                Box::new(|i: &mut Inputs| i.endpoints = Some(vec![ep("kafka", "k1:9092", false)])),
                 2,
             ),
             (
@@ -473,12 +444,7 @@ mod tests {
             ),
             (
                 "resources_ok",
-                Box::new(|i: &mut Inputs| {
-                    let mut p = Families::new();
-                    p.gauge("gravity_process_open_fds", "h", &[], 900.0);
-                    p.gauge("gravity_process_max_fds", "h", &[], 1024.0);
-                    i.process = Some(p);
-                }),
+                Box::new(|i: &mut Inputs| i.fds = Some((900.0, 1024.0))),
                 1,
             ),
         ];
@@ -500,13 +466,46 @@ mod tests {
     #[test]
     fn healthz_500_fails_watermarks_and_probes_off_pass() {
         let mut i = healthy();
-        let mut h = Families::new();
-        h.gauge("gravity_healthz", "h", &[], 0.0);
-        i.healthz = Some(h);
-        i.connections = None;
+        i.healthz_ok = Some(false);
+        i.endpoints = None;
         let c = evaluate(&i);
         let w = c.iter().find(|c| c.name == "watermarks_advancing").unwrap();
         assert!(!w.ok && w.detail.contains("/healthz"), "{w:?}");
         assert!(c.iter().find(|c| c.name == "source_reachable").unwrap().ok);
+    }
+
+    /// The verdict is read from the typed state the producers publish, never from the
+    /// rendered metrics: a snapshot saying otherwise changes nothing.
+    #[tokio::test]
+    async fn the_verdict_reads_the_typed_state_not_the_metrics() {
+        let cli = <crate::config::Cli as clap::Parser>::try_parse_from([
+            "gravity-exporter",
+            "--probe.interval",
+            "15s",
+        ])
+        .unwrap();
+        let settings = crate::config::Settings::from_flags(cli.flags).unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(settings));
+        let ctx = Context::new(rx, Arc::new(crate::metrics::Store::new()));
+        ctx.up.set_process(true, true);
+        ctx.up.set_api(true);
+        let mut lying = Families::new();
+        lying.gauge("gravity_process_open_fds", "h", &[], 1.0);
+        lying.gauge("gravity_process_max_fds", "h", &[], 1024.0);
+        ctx.store.set_snapshot("process", lying);
+        ctx.state
+            .process
+            .set(Some(crate::collector::process::ProcessFigures {
+                open_fds: Some(1000.0),
+                max_fds: Some(1024.0),
+                ..Default::default()
+            }));
+        ctx.state
+            .endpoints
+            .set(Some(vec![ep("source", "db:3306", false)]));
+        let c = evaluate(&inputs(&ctx, 0));
+        let failing: Vec<&str> = c.iter().filter(|c| !c.ok).map(|c| c.name).collect();
+        assert!(failing.contains(&"resources_ok"), "{c:?}");
+        assert!(failing.contains(&"source_reachable"), "{c:?}");
     }
 }

@@ -42,6 +42,7 @@ pub mod page;
 pub mod probe;
 pub mod retry;
 pub mod server;
+pub mod state;
 pub mod supervise;
 pub mod watch;
 pub mod web_config;

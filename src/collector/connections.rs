@@ -348,6 +348,16 @@ impl ConnectionProber {
         self.ctx
             .store
             .set_snapshot(SNAPSHOT, connection_families(results, pipeline));
+        self.ctx.state.endpoints.set(Some(
+            results
+                .iter()
+                .map(|r| crate::state::EndpointHealth {
+                    component: r.component,
+                    endpoint: r.endpoint.clone(),
+                    healthy: r.outcome.ok,
+                })
+                .collect(),
+        ));
         self.ctx.recent.record_probes(
             results
                 .iter()
@@ -391,6 +401,7 @@ impl ConnectionProber {
             let Some(interval) = s.probe_interval else {
                 self.forget_except(&HashSet::new());
                 self.ctx.store.set_snapshot(SNAPSHOT, Families::new());
+                self.ctx.state.endpoints.set(None);
                 self.ctx.recent.clear_probes();
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;

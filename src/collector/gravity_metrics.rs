@@ -461,7 +461,21 @@ impl GravityMetricsCollector {
         pipeline: &str,
         retries: &crate::retry::RetryLedger,
     ) -> Families {
+        self.process_with_rates(exp, now, pipeline, retries).0
+    }
+
+    /// [`GravityMetricsCollector::process`], with the total input and output rows per second
+    /// of the window (the typed state the status page reads; `None` before a second
+    /// reading or without flows).
+    pub fn process_with_rates(
+        &self,
+        exp: &Exposition<'_>,
+        now: Instant,
+        pipeline: &str,
+        retries: &crate::retry::RetryLedger,
+    ) -> (Families, crate::state::RowRates) {
         let mut f = Families::new();
+        let mut rows = crate::state::RowRates::default();
         let mut input = input_flows(exp);
         let output = output_flows(exp);
         // A counter that is not a plausible number (NaN, ±Inf, 1e300 from a broken gravity) is
@@ -475,7 +489,14 @@ impl GravityMetricsCollector {
         };
         if let Some(at) = prev.at {
             let dt = now.saturating_duration_since(at).as_secs_f64();
-            for (k, v) in cap_flows(rates(&prev.input, &input, dt, restarted), MAX_FLOW_SERIES) {
+            let flows_in = cap_flows(rates(&prev.input, &input, dt, restarted), MAX_FLOW_SERIES);
+            let flows_out = cap_flows(rates(&prev.output, &output, dt, restarted), MAX_FLOW_SERIES);
+            let total = |flows: &[(FlowKey, f64)]| {
+                (!flows.is_empty()).then(|| flows.iter().map(|(_, v)| v).sum::<f64>())
+            };
+            rows.rows_in = total(&flows_in);
+            rows.rows_out = total(&flows_out);
+            for (k, v) in flows_in {
                 f.gauge(
                     "gravity_throughput_rows_per_second",
                     "Rows per second gravity's input received over the last collection window (gravity_input_counter), by operation.",
@@ -483,7 +504,7 @@ impl GravityMetricsCollector {
                     v,
                 );
             }
-            for (k, v) in cap_flows(rates(&prev.output, &output, dt, restarted), MAX_FLOW_SERIES) {
+            for (k, v) in flows_out {
                 f.gauge(
                     "gravity_output_rows_per_second",
                     "Rows per second gravity's output sent over the last collection window (gravity_output_counter), by target schema/topic, table/partition and kind.",
@@ -562,7 +583,7 @@ impl GravityMetricsCollector {
             input_totals,
             output_totals,
         };
-        f
+        (f, rows)
     }
 }
 
@@ -646,20 +667,14 @@ impl GravityMetricsCollector {
         let restarts_before = lock(&self.prev).restarts;
         // gravity answered: its pipeline name is as known as it gets.
         ctx.retries.seed(pipeline);
-        let mut f = self.process(&exp, Instant::now(), pipeline, &ctx.retries);
-        let total = |name: &str| {
-            let s = f.samples(name);
-            (!s.is_empty()).then(|| s.iter().map(|(_, v)| v).sum::<f64>())
-        };
-        match (
-            total("gravity_throughput_rows_per_second"),
-            total("gravity_output_rows_per_second"),
-        ) {
+        let (mut f, rows) = self.process_with_rates(&exp, Instant::now(), pipeline, &ctx.retries);
+        match (rows.rows_in, rows.rows_out) {
             (None, None) => {}
             (i, o) => ctx
                 .recent
                 .record_throughput(i.unwrap_or(0.0), o.unwrap_or(0.0)),
         }
+        ctx.state.rows.set(Some(rows));
         // Remote mode: gravity's /proc was never visible. A moment without a process after
         // an exit (the watcher has not found the new one yet) is not: the watcher counts
         // that restart, and counting it here from the new start time too would count it twice.

@@ -66,6 +66,10 @@ impl Collector for HealthzCollector {
                     if ctx.up.set_api(true) {
                         ctx.publish_up();
                     }
+                    ctx.state.healthz.set(Some(crate::state::Healthz {
+                        ok: r.status.as_u16() == 200,
+                        latency_seconds: r.elapsed.as_secs_f64(),
+                    }));
                     Ok(parse_healthz(
                         Some(r.status.as_u16()),
                         r.elapsed.as_secs_f64(),

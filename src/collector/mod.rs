@@ -171,6 +171,17 @@ impl Up {
         self.restarts.load(Ordering::SeqCst)
     }
 
+    /// Exits counted so far.
+    pub fn exits(&self) -> u64 {
+        self.exits.load(Ordering::SeqCst)
+    }
+
+    /// When the last exit was seen (Unix seconds), if ever.
+    pub fn last_exit_unix(&self) -> Option<f64> {
+        let ms = self.last_exit_ms.load(Ordering::SeqCst);
+        (ms > 0).then(|| ms as f64 / 1000.0)
+    }
+
     /// The families for the current state.
     pub fn families(&self, pipeline: &str) -> Families {
         let p = [("pipeline", pipeline)];
@@ -244,9 +255,9 @@ pub struct Context {
     pub log_errors: AtomicU64,
     /// When the runner last finished a cycle (for the exporter's own /healthz).
     pub last_cycle: RwLock<Option<Instant>>,
-    /// gravity's last parsed `/status` and when it was read (set by the status collector;
-    /// the source collector compares gravity's binlog position with the source's).
-    pub last_status: RwLock<Option<Arc<status::StatusSeen>>>,
+    /// The typed state of the pipeline: what each producer last found, read by every view
+    /// (health verdict, status page, JSON, `check`; [`crate::state`]).
+    pub state: crate::state::PipelineState,
     /// Bounded recent history for the status page: lag and throughput per collection, the
     /// last error lines of gravity's log (redacted), the last connection probes.
     pub recent: crate::page::recent::Recent,
@@ -270,7 +281,7 @@ impl Context {
             store,
             kick: Notify::new(),
             last_cycle: RwLock::new(None),
-            last_status: RwLock::new(None),
+            state: Default::default(),
             recent: Default::default(),
             mysql: Default::default(),
         })
@@ -278,19 +289,12 @@ impl Context {
 
     /// gravity's last parsed `/status`, if any.
     pub fn last_status(&self) -> Option<Arc<status::StatusSeen>> {
-        self.last_status
-            .read()
-            .map(|g| g.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.state.status.get()
     }
 
     /// Records gravity's last parsed `/status` (`None`: no position stored yet).
     pub fn set_last_status(&self, seen: Option<status::StatusSeen>) {
-        let v = seen.map(Arc::new);
-        match self.last_status.write() {
-            Ok(mut g) => *g = v,
-            Err(p) => *p.into_inner() = v,
-        }
+        self.state.status.set(seen);
     }
 
     /// Error lines counted from gravity's log so far.

@@ -107,12 +107,34 @@ pub const STATES: [(char, &str); 7] = [
     ('I', "idle"),
 ];
 
-/// Builds the process families (pure).
-pub fn parse_process(
-    files: &ProcFiles,
-    host: &HostInfo,
-    pipeline: &str,
-) -> Result<Families, CollectError> {
+/// gravity's process figures, as read from `/proc/<pid>`: the typed state the process
+/// collector publishes ([`crate::state`]) and renders as families.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProcessFigures {
+    /// User + system CPU seconds.
+    pub cpu_seconds: f64,
+    /// Resident memory in bytes.
+    pub resident_bytes: f64,
+    /// Virtual memory in bytes.
+    pub virtual_bytes: f64,
+    /// OS threads.
+    pub threads: f64,
+    /// Start time, Unix seconds.
+    pub start_time_seconds: f64,
+    /// The state letter of `stat` (`R`, `S`, ...).
+    pub state: char,
+    /// Open file descriptors, when `fd/` could be listed.
+    pub open_fds: Option<f64>,
+    /// The soft limit on open files, when `limits` has it.
+    pub max_fds: Option<f64>,
+    /// Bytes read from and written to storage, when `io` could be read.
+    pub io_bytes: Option<(f64, f64)>,
+    /// Voluntary and involuntary context switches, each when `status` has it.
+    pub context_switches: [Option<f64>; 2],
+}
+
+/// Reads the process figures from the files (pure).
+pub fn read_figures(files: &ProcFiles, host: &HostInfo) -> Result<ProcessFigures, CollectError> {
     if !stat_shape_ok(&files.stat) {
         return Err(CollectError::Invalid(
             "stat: no `pid (comm) state` at its start".to_string(),
@@ -120,100 +142,132 @@ pub fn parse_process(
     }
     let stat = Stat::from_read(files.stat.as_bytes())
         .map_err(|e| CollectError::Invalid(format!("stat: {e}")))?;
-    let p = [("pipeline", pipeline)];
     let tps = host.ticks_per_second.max(1) as f64;
+    let io_bytes = files.io.as_deref().and_then(|io| {
+        Some((
+            proc_field(io, "read_bytes:")? as f64,
+            proc_field(io, "write_bytes:")? as f64,
+        ))
+    });
+    let switch = |field: &str| {
+        files
+            .status
+            .as_deref()
+            .and_then(|st| proc_field(st, field))
+            .map(|v| v as f64)
+    };
+    Ok(ProcessFigures {
+        cpu_seconds: (stat.utime as f64 + stat.stime as f64) / tps,
+        resident_bytes: stat.rss as f64 * host.page_size as f64,
+        virtual_bytes: stat.vsize as f64,
+        threads: stat.num_threads as f64,
+        start_time_seconds: host.boot_time as f64 + stat.starttime as f64 / tps,
+        state: stat.state,
+        open_fds: files.fd_count.map(|n| n as f64),
+        max_fds: files.limits.as_deref().and_then(parse_max_open_files),
+        io_bytes,
+        context_switches: [
+            switch("voluntary_ctxt_switches:"),
+            switch("nonvoluntary_ctxt_switches:"),
+        ],
+    })
+}
+
+/// Builds the process families (pure): [`read_figures`] rendered by [`process_families`].
+pub fn parse_process(
+    files: &ProcFiles,
+    host: &HostInfo,
+    pipeline: &str,
+) -> Result<Families, CollectError> {
+    read_figures(files, host).map(|fig| process_families(&fig, pipeline))
+}
+
+/// The families of the process figures (a view of the typed state).
+pub fn process_families(fig: &ProcessFigures, pipeline: &str) -> Families {
+    let p = [("pipeline", pipeline)];
     let mut f = Families::new();
     f.counter(
         "gravity_process_cpu_seconds_total",
         "User and system CPU time gravity has used, in seconds.",
         &p,
-        (stat.utime as f64 + stat.stime as f64) / tps,
+        fig.cpu_seconds,
     );
     f.gauge(
         "gravity_process_resident_memory_bytes",
         "gravity's resident memory size in bytes.",
         &p,
-        stat.rss as f64 * host.page_size as f64,
+        fig.resident_bytes,
     );
     f.gauge(
         "gravity_process_virtual_memory_bytes",
         "gravity's virtual memory size in bytes.",
         &p,
-        stat.vsize as f64,
+        fig.virtual_bytes,
     );
     f.gauge(
         "gravity_process_threads",
         "Number of OS threads in gravity.",
         &p,
-        stat.num_threads as f64,
+        fig.threads,
     );
     f.gauge(
         "gravity_process_start_time_seconds",
         "When gravity started, Unix time in seconds.",
         &p,
-        host.boot_time as f64 + stat.starttime as f64 / tps,
+        fig.start_time_seconds,
     );
     for (c, name) in STATES {
         f.gauge(
             "gravity_process_state",
             "1 for gravity's current process state (running, sleeping, disk_sleep, zombie, stopped, tracing_stop, idle), else 0.",
             &[("pipeline", pipeline), ("state", name)],
-            if stat.state == c { 1.0 } else { 0.0 },
+            if fig.state == c { 1.0 } else { 0.0 },
         );
     }
-    if let Some(n) = files.fd_count {
+    if let Some(n) = fig.open_fds {
         f.gauge(
             "gravity_process_open_fds",
             "Number of open file descriptors of gravity.",
             &p,
-            n as f64,
+            n,
         );
     }
-    if let Some(l) = &files.limits {
-        if let Some(v) = parse_max_open_files(l) {
-            f.gauge(
-                "gravity_process_max_fds",
-                "gravity's limit on open file descriptors (soft).",
-                &p,
+    if let Some(v) = fig.max_fds {
+        f.gauge(
+            "gravity_process_max_fds",
+            "gravity's limit on open file descriptors (soft).",
+            &p,
+            v,
+        );
+    }
+    if let Some((read, write)) = fig.io_bytes {
+        f.counter(
+            "gravity_process_io_read_bytes_total",
+            "Bytes gravity caused to be read from storage.",
+            &p,
+            read,
+        );
+        f.counter(
+            "gravity_process_io_write_bytes_total",
+            "Bytes gravity caused to be written to storage.",
+            &p,
+            write,
+        );
+    }
+    for (kind, v) in ["voluntary", "involuntary"]
+        .into_iter()
+        .zip(fig.context_switches)
+    {
+        if let Some(v) = v {
+            f.counter(
+                "gravity_process_context_switches_total",
+                "Context switches of gravity, by kind.",
+                &[("pipeline", pipeline), ("kind", kind)],
                 v,
             );
         }
     }
-    if let Some(io) = &files.io {
-        if let (Some(read), Some(write)) = (
-            proc_field(io, "read_bytes:"),
-            proc_field(io, "write_bytes:"),
-        ) {
-            f.counter(
-                "gravity_process_io_read_bytes_total",
-                "Bytes gravity caused to be read from storage.",
-                &p,
-                read as f64,
-            );
-            f.counter(
-                "gravity_process_io_write_bytes_total",
-                "Bytes gravity caused to be written to storage.",
-                &p,
-                write as f64,
-            );
-        }
-    }
-    if let Some(st) = &files.status {
-        for (kind, field) in [
-            ("voluntary", "voluntary_ctxt_switches:"),
-            ("involuntary", "nonvoluntary_ctxt_switches:"),
-        ] {
-            if let Some(v) = proc_field(st, field) {
-                f.counter(
-                    "gravity_process_context_switches_total",
-                    "Context switches of gravity, by kind.",
-                    &[("pipeline", pipeline), ("kind", kind)],
-                    v as f64,
-                );
-            }
-        }
-    }
-    Ok(f)
+    f
 }
 
 /// Reads the files of `/proc/<pid>` (bounded: each is a few KB).
@@ -298,19 +352,25 @@ impl Collector for ProcessCollector {
                 // Down: no process figures (gravity_up says 0). Not a collector failure.
                 let res = match look {
                     Some(l) => read_files(&root, l.id.pid)
-                        .and_then(|files| parse_process(&files, &host_info(&root), &pipeline)),
-                    None => Ok(Families::new()),
+                        .and_then(|files| read_figures(&files, &host_info(&root)))
+                        .map(Some),
+                    None => Ok(None),
                 };
                 (extra, res)
             })
             .await
             .map_err(|_| CollectError::Panicked)?;
-            let mut f = match res {
-                Ok(f) => f,
+            let figures = match res {
+                Ok(fig) => fig,
                 // It died between the watcher's look and ours: the watcher will report it.
-                Err(CollectError::Unavailable(_)) if !ctx.up.process_alive() => Families::new(),
+                Err(CollectError::Unavailable(_)) if !ctx.up.process_alive() => None,
                 Err(e) => return Err(e),
             };
+            let mut f = figures
+                .as_ref()
+                .map(|fig| process_families(fig, &target.pipeline))
+                .unwrap_or_default();
+            ctx.state.process.set(figures);
             f.extend(extra);
             Ok(f)
         })

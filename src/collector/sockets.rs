@@ -368,13 +368,16 @@ impl Collector for SocketsCollector {
             let target = ctx.target();
             let Some(look) = target.process.filter(|l| l.is_alive()) else {
                 // No gravity, no sockets of gravity's (gravity_up says why).
+                ctx.state.established.set(None);
                 return Ok(Families::new());
             };
             let Some(cfg) = target.config.as_ref() else {
+                ctx.state.established.set(None);
                 return Ok(Families::new());
             };
             let endpoints = probe_targets(cfg);
             if endpoints.is_empty() {
+                ctx.state.established.set(None);
                 return Ok(Families::new());
             }
             let s = ctx.settings();
@@ -397,7 +400,10 @@ impl Collector for SocketsCollector {
             let (entries, inodes) = match read {
                 Ok(x) => x,
                 // It died between the watcher's look and ours: the watcher reports it.
-                Err(_) if !ctx.up.process_alive() => return Ok(Families::new()),
+                Err(_) if !ctx.up.process_alive() => {
+                    ctx.state.established.set(None);
+                    return Ok(Families::new());
+                }
                 Err(e) => return Err(e),
             };
             let counts: Vec<EndpointCount> = endpoints
@@ -415,6 +421,14 @@ impl Collector for SocketsCollector {
                     })
                 })
                 .collect();
+            let mut established = crate::state::Established::new();
+            for c in &counts {
+                let n = established
+                    .entry((c.component.to_string(), c.endpoint.clone()))
+                    .or_default();
+                *n = n.saturating_add(c.established);
+            }
+            ctx.state.established.set(Some(established));
             Ok(sockets_families(&counts, &target.pipeline))
         })
     }

@@ -569,6 +569,9 @@ impl Collector for SourceCollector {
                     }
                     let mut f = Families::new();
                     privilege_family(&mut f, &target.pipeline, privilege, true);
+                    ctx.state.source.set(Some(crate::state::SourceAccess {
+                        privileges: vec![(privilege.to_string(), true)],
+                    }));
                     return Ok(f);
                 }
                 Err(e) => return Err(self.map_err(&address, e)),
@@ -627,6 +630,9 @@ impl Collector for SourceCollector {
             let mut f = source_families(&view, cmp.as_ref(), stalled, &target.pipeline);
             let privilege = binlog_privilege(&shared.server_version().await.unwrap_or_default());
             privilege_family(&mut f, &target.pipeline, privilege, false);
+            ctx.state.source.set(Some(crate::state::SourceAccess {
+                privileges: vec![(privilege.to_string(), false)],
+            }));
             f.gauge(
                 "gravity_source_binlog_enabled",
                 "1 when binary logging is on at gravity's MySQL source, 0 when it is off (a binlog stream cannot run).",

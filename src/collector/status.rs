@@ -263,7 +263,8 @@ pub fn parse_status(body: &[u8]) -> Result<Status, CollectError> {
     })
 }
 
-fn secs_between(now: OffsetDateTime, then: OffsetDateTime) -> f64 {
+/// `now − then` in seconds.
+pub fn secs_between(now: OffsetDateTime, then: OffsetDateTime) -> f64 {
     // Both are within the time crate's ±9999 years: the difference always fits.
     #[allow(clippy::arithmetic_side_effects)]
     let d = now - then;
@@ -291,6 +292,25 @@ pub struct StatusSeen {
 }
 
 impl StatusSeen {
+    /// The largest stall of the watermarks as of `now` (`now − ProcessTime`: it keeps
+    /// growing while gravity does not answer); `None` without watermarks.
+    pub fn max_stall_seconds(&self, now: OffsetDateTime) -> Option<f64> {
+        self.status
+            .watermarks
+            .iter()
+            .map(|w| secs_between(now, w.process_time))
+            .reduce(f64::max)
+    }
+
+    /// The largest lag of the watermarks as of `now` (`now − EventTime`).
+    pub fn max_lag_seconds(&self, now: OffsetDateTime) -> Option<f64> {
+        self.status
+            .watermarks
+            .iter()
+            .map(|w| secs_between(now, w.event_time))
+            .reduce(f64::max)
+    }
+
     /// gravity's binlog position to compare with the source: the current position of a
     /// binlog stream, or the start position of a full dump (where streaming resumes, so it
     /// must stay retained until the dump is done).
@@ -547,6 +567,9 @@ impl Collector for StatusCollector {
             let pipeline = target.pipeline.as_str();
             if r.status.as_u16() == 500 && r.body.iter().all(u8::is_ascii_whitespace) {
                 ctx.set_last_status(None);
+                ctx.state
+                    .status_answered
+                    .set(Some(std::time::Instant::now()));
                 ctx.recent.record_lag([]);
                 return Ok(no_position_families(pipeline));
             }
@@ -562,10 +585,12 @@ impl Collector for StatusCollector {
                 .await
                 .ok_or(CollectError::Panicked)??;
             bound_status(&mut st);
+            let at = std::time::Instant::now();
             ctx.set_last_status(Some(StatusSeen {
-                at: std::time::Instant::now(),
+                at,
                 status: st.clone(),
             }));
+            ctx.state.status_answered.set(Some(at));
             let now = OffsetDateTime::now_utc();
             self.observe(&st, now, pipeline);
             ctx.recent.record_lag(

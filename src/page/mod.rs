@@ -30,7 +30,6 @@ pub use html::esc;
 
 use crate::collector::{unix_now, Context};
 use crate::health;
-use crate::metrics::Families;
 use recent::{ErrorEvent, ProbeView};
 use redact::{clean, Redactor};
 
@@ -225,15 +224,6 @@ pub fn verdict_name(code: i32) -> &'static str {
     }
 }
 
-fn label<'a>(labels: &'a [(String, String)], k: &str) -> Option<&'a str> {
-    labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
-}
-
-fn sum_of(f: Option<&Families>, name: &str) -> Option<f64> {
-    let s = f?.samples(name);
-    (!s.is_empty()).then(|| s.iter().map(|(_, v)| v).sum())
-}
-
 fn position_text(st: &crate::collector::status::Status) -> String {
     use crate::collector::status::Position;
     match &st.position {
@@ -269,43 +259,28 @@ pub fn view(ctx: &Context) -> StatusView {
 
     let errors_recent = recent.errors_within(health::ERROR_WINDOW, now_unix);
     let seen = ctx.last_status();
-    let mut inputs = health::inputs(ctx, errors_recent);
-    if let Some(s) = &seen {
-        // Stall ages as of now, not as of the last successful read: while gravity does not
-        // answer, its watermarks keep ageing.
-        inputs.status = Some(crate::collector::status::status_families(
-            &s.status,
-            now,
-            &target.pipeline,
-        ));
-    }
+    // Stall ages as of now: while gravity does not answer, its watermarks keep ageing.
+    let inputs = health::inputs_at(ctx, errors_recent, now);
     let checks = health::evaluate(&inputs);
     let code = health::nagios_code(&checks);
 
-    let watch = ctx.store.snapshot(crate::collector::WATCH_SNAPSHOT);
-    let proc_snap = ctx.store.snapshot("process");
     let look = target.process;
     let alive = ctx.up.process_alive();
-    let uptime = proc_snap
-        .as_ref()
-        .and_then(|p| p.value("gravity_process_start_time_seconds", &[]))
+    let uptime = ctx
+        .state
+        .process
+        .get()
+        .map(|p| p.start_time_seconds)
         .filter(|_| alive)
         .map(|start| (now_unix - start).max(0.0));
-    let last_exit = watch
-        .as_ref()
-        .and_then(|w| w.value("gravity_process_last_exit_timestamp_seconds", &[]))
-        .filter(|t| *t > 0.0)
-        .map(|t| (now_unix - t).max(0.0));
+    let last_exit = ctx.up.last_exit_unix().map(|t| (now_unix - t).max(0.0));
     let process = ProcessView {
         alive,
         pid: look.map(|l| l.id.pid),
         state: look.map(|l| state_name(l.state)),
         uptime_seconds: uptime,
         restarts: ctx.up.restarts(),
-        exits: watch
-            .as_ref()
-            .and_then(|w| w.value("gravity_process_exits_total", &[]))
-            .unwrap_or(0.0) as u64,
+        exits: ctx.up.exits(),
         last_exit_seconds_ago: last_exit,
         api_answered: ctx.up.api_state(),
     };
@@ -349,11 +324,11 @@ pub fn view(ctx: &Context) -> StatusView {
         })
         .collect();
 
-    let gm = ctx.store.snapshot("gravity_metrics");
+    let rows = ctx.state.rows.get().map(|r| *r);
     let (history_in, history_out) = recent.throughput_history();
     let throughput = ThroughputView {
-        rows_in: sum_of(gm.as_ref(), "gravity_throughput_rows_per_second"),
-        rows_out: sum_of(gm.as_ref(), "gravity_output_rows_per_second"),
+        rows_in: rows.and_then(|r| r.rows_in),
+        rows_out: rows.and_then(|r| r.rows_out),
         history_in,
         history_out,
     };
@@ -405,23 +380,13 @@ fn connections_view(
     } else {
         Vec::new()
     };
-    let conns = ctx
-        .store
-        .snapshot(crate::collector::connections::SNAPSHOT)
-        .filter(|_| probes_on);
-    let sockets = ctx.store.snapshot("sockets");
-    let mut established: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for (l, v) in sockets
-        .as_ref()
-        .map(|s| s.samples("gravity_connections_established"))
-        .unwrap_or_default()
-    {
-        let key = (
-            label(&l, "component").unwrap_or("").to_string(),
-            label(&l, "endpoint").unwrap_or("").to_string(),
-        );
-        *established.entry(key).or_default() += v.max(0.0) as u64;
-    }
+    let conns = ctx.state.endpoints.get().filter(|_| probes_on);
+    let mut established: BTreeMap<(String, String), u64> = ctx
+        .state
+        .established
+        .get()
+        .map(|e| e.as_ref().clone())
+        .unwrap_or_default();
     let mut rows: Vec<ConnView> = Vec::new();
     for p in &probes {
         let key = (p.component.to_string(), p.endpoint.clone());
@@ -436,20 +401,13 @@ fn connections_view(
         });
     }
     if probes.is_empty() {
-        // No probe round yet (or probes off): list the snapshot's endpoints, if any.
-        for (l, v) in conns
-            .as_ref()
-            .map(|c| c.samples("gravity_connection_health"))
-            .unwrap_or_default()
-        {
-            let key = (
-                label(&l, "component").unwrap_or("").to_string(),
-                label(&l, "endpoint").unwrap_or("").to_string(),
-            );
+        // No probe round recorded for the page (or probes off): the last round's endpoints.
+        for e in conns.as_deref().map(Vec::as_slice).unwrap_or_default() {
+            let key = (e.component.to_string(), e.endpoint.clone());
             rows.push(ConnView {
                 component: key.0.clone(),
                 endpoint: key.1.clone(),
-                healthy: Some(v >= 1.0),
+                healthy: Some(e.healthy),
                 reason: None,
                 latency_ms: None,
                 detail: None,
@@ -488,14 +446,11 @@ fn connections_view(
     }
     rows.truncate(crate::collector::connections::MAX_ENDPOINTS);
     let missing_privileges = ctx
-        .store
-        .snapshot("source")
-        .map(|s| s.samples("gravity_source_privilege_missing"))
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(_, v)| *v >= 1.0)
-        .filter_map(|(l, _)| label(&l, "privilege").map(str::to_string))
-        .collect();
+        .state
+        .source
+        .get()
+        .map(|s| s.missing())
+        .unwrap_or_default();
     ConnectionsView {
         missing_privileges,
         probes_on,

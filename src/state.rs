@@ -1,0 +1,136 @@
+//! The typed state of the pipeline: what each producer last found, in Rust types.
+//!
+//! Producers (the collectors, the connection prober, the watcher through
+//! [`crate::collector::Up`]) set their slot when they publish; the views read the slots:
+//! the health verdict ([`crate::health::inputs`]), the status page and `/api/status`
+//! ([`crate::page::view`]) and `gravity-exporter check`. `/metrics` renders the same values
+//! from the same place (each collector builds its families from the typed value it stores
+//! here). Nothing reads a value back from rendered metrics by name: a renamed metric cannot
+//! make a health check pass silently.
+//!
+//! Each slot keeps the last value its producer published: a failing collector keeps its last
+//! good value, as its `/metrics` snapshot does, and `gravity_exporter_collector_success`
+//! says it is stale.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use crate::collector::process::ProcessFigures;
+use crate::collector::status::StatusSeen;
+
+/// One producer's last value.
+#[derive(Debug)]
+pub struct Slot<T>(RwLock<Option<Arc<T>>>);
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot(RwLock::new(None))
+    }
+}
+
+impl<T> Slot<T> {
+    /// The last value published, if any.
+    pub fn get(&self) -> Option<Arc<T>> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Publishes a value (`None`: nothing known, e.g. the process is down).
+    pub fn set(&self, v: Option<T>) {
+        let v = v.map(Arc::new);
+        match self.0.write() {
+            Ok(mut g) => *g = v,
+            Err(p) => *p.into_inner() = v,
+        }
+    }
+}
+
+/// gravity's `/healthz` on its last successful check.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Healthz {
+    /// It answered 200 (every sliding window's watermark is fresh).
+    pub ok: bool,
+    /// How long it took.
+    pub latency_seconds: f64,
+}
+
+/// Rows per second over the last collection window, summed over every flow.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RowRates {
+    /// gravity's input (`gravity_throughput_rows_per_second`).
+    pub rows_in: Option<f64>,
+    /// gravity's output (`gravity_output_rows_per_second`).
+    pub rows_out: Option<f64>,
+}
+
+/// One endpoint's result in the last probe round (`gravity_connection_health`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointHealth {
+    /// source, target, kafka, elasticsearch, ...
+    pub component: &'static str,
+    /// host:port.
+    pub endpoint: String,
+    /// The probe succeeded.
+    pub healthy: bool,
+}
+
+/// What the source collector learnt about its own access.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SourceAccess {
+    /// Each privilege checked, and whether the source login lacks it
+    /// (`gravity_source_privilege_missing`).
+    pub privileges: Vec<(String, bool)>,
+}
+
+impl SourceAccess {
+    /// The privileges the source login lacks.
+    pub fn missing(&self) -> Vec<String> {
+        self.privileges
+            .iter()
+            .filter(|(_, m)| *m)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+}
+
+/// gravity's own established connections per (component, endpoint).
+pub type Established = BTreeMap<(String, String), u64>;
+
+/// The typed state of the pipeline (see the module doc).
+#[derive(Debug, Default)]
+pub struct PipelineState {
+    /// gravity's process figures (`None` while it is down or not visible).
+    pub process: Slot<ProcessFigures>,
+    /// gravity's `/healthz`.
+    pub healthz: Slot<Healthz>,
+    /// gravity's last parsed `/status` and when it was read (`None` also while gravity
+    /// answers that it has no position stored yet).
+    pub status: Slot<StatusSeen>,
+    /// When `/status` last answered at all, with a position or with "none stored yet".
+    pub status_answered: Slot<std::time::Instant>,
+    /// Throughput from gravity's `/metrics`.
+    pub rows: Slot<RowRates>,
+    /// The last connection-probe round (`None`: probes off).
+    pub endpoints: Slot<Vec<EndpointHealth>>,
+    /// gravity's own TCP connections.
+    pub established: Slot<Established>,
+    /// The source collector's access.
+    pub source: Slot<SourceAccess>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_keeps_the_last_value_until_replaced() {
+        let s: Slot<u32> = Slot::default();
+        assert_eq!(s.get(), None);
+        s.set(Some(3));
+        assert_eq!(s.get().as_deref(), Some(&3));
+        s.set(None);
+        assert_eq!(s.get(), None);
+    }
+}
