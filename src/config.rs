@@ -223,6 +223,11 @@ pub struct Flags {
     /// How often the collectors run [default: 5s].
     #[arg(long = "collector.interval", global = true)]
     pub interval: Option<String>,
+    /// How often the collectors run while nobody reads (no scrape of /metrics, no status
+    /// page, no /api/status for twice this long); a read makes them run at once and at
+    /// --collector.interval again. 0s: always --collector.interval [default: 60s].
+    #[arg(long = "collector.idle-interval", global = true)]
+    pub idle_interval: Option<String>,
     /// How often the process watcher looks at gravity's pid where no pidfd is available
     /// (with one, gravity's exit is an event) [default: 100ms].
     #[arg(long = "collector.process-watch-interval", global = true)]
@@ -341,6 +346,7 @@ struct FileGravity {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileCollector {
     interval: Option<String>,
+    idle_interval: Option<String>,
     process_watch_interval: Option<String>,
 }
 
@@ -417,6 +423,7 @@ impl FileConfig {
             passthrough: self.gravity.metrics_passthrough,
             passthrough_max_series: self.gravity.metrics_passthrough_max_series,
             interval: self.collector.interval,
+            idle_interval: self.collector.idle_interval,
             watch_interval: self.collector.process_watch_interval,
             probe_interval: self.probe.interval,
             probe_timeout: self.probe.timeout,
@@ -457,6 +464,7 @@ impl Flags {
             passthrough: self.passthrough.or(other.passthrough),
             passthrough_max_series: self.passthrough_max_series.or(other.passthrough_max_series),
             interval: self.interval.or(other.interval),
+            idle_interval: self.idle_interval.or(other.idle_interval),
             watch_interval: self.watch_interval.or(other.watch_interval),
             probe_interval: self.probe_interval.or(other.probe_interval),
             probe_timeout: self.probe_timeout.or(other.probe_timeout),
@@ -575,6 +583,9 @@ pub struct Settings {
     pub passthrough_max_series: usize,
     /// Collection interval.
     pub interval: Duration,
+    /// Collection interval while nobody reads (`None`: always `interval`); never below
+    /// `interval`.
+    pub idle_interval: Option<Duration>,
     /// Process watch interval.
     pub watch_interval: Duration,
     /// Connection probe interval; `None` when probes and source checks are turned off (`0s`).
@@ -867,6 +878,19 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
         Duration::from_millis(100),
         max::INTERVAL,
     )?;
+    let idle_interval = match f.idle_interval.as_deref().map(str::trim) {
+        Some("0" | "0s") => None,
+        _ => Some(
+            dur(
+                "collector.idle-interval",
+                f.idle_interval,
+                Duration::from_secs(60),
+                Duration::from_millis(100),
+                max::INTERVAL,
+            )?
+            .max(interval),
+        ),
+    };
     let watch_interval = dur(
         "collector.process-watch-interval",
         f.watch_interval,
@@ -995,6 +1019,7 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
             None => 10_000,
         },
         interval,
+        idle_interval,
         watch_interval,
         probe_interval,
         probe_timeout,

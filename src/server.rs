@@ -445,20 +445,34 @@ pub fn route(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let settings = ctx.settings();
     let path = req.uri().path();
     if path == settings.telemetry_path {
+        ctx.mark_read();
         return text(StatusCode::OK, TEXT_CONTENT_TYPE, ctx.store.render());
     }
     match path {
-        "/" => text(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            crate::page::landing(ctx),
-        ),
-        "/api/status" => text(
-            StatusCode::OK,
-            "application/json",
-            crate::page::api_status(ctx),
-        ),
+        "/" => {
+            ctx.mark_read();
+            text(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                crate::page::landing(ctx),
+            )
+        }
+        "/api/status" => {
+            ctx.mark_read();
+            text(
+                StatusCode::OK,
+                "application/json",
+                crate::page::api_status(ctx),
+            )
+        }
         "/healthz" => {
+            // The collection loop's own cadence: the idle interval while nobody reads
+            // (a liveness probe is not a reader).
+            let cadence = ctx
+                .reads
+                .current_wait()
+                .unwrap_or(settings.interval)
+                .max(settings.interval);
             let fresh = ctx
                 .last_cycle
                 .read()
@@ -466,8 +480,7 @@ pub fn route(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 .and_then(|g| *g)
                 .is_some_and(|t| {
                     t.elapsed()
-                        < settings
-                            .interval
+                        < cadence
                             .saturating_mul(3)
                             .saturating_add(Duration::from_secs(5))
                 });

@@ -403,7 +403,15 @@ impl ConnectionProber {
                 self.ctx.store.set_snapshot(SNAPSHOT, Families::new());
                 self.ctx.state.endpoints.set(None);
                 self.ctx.recent.clear_probes();
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Off: nothing to do until the settings change (SIGHUP); no timer.
+                let mut settings = self.ctx.settings.clone();
+                settings.mark_unchanged();
+                if self.ctx.settings().probe_interval.is_some() {
+                    continue; // changed since the look above
+                }
+                if settings.changed().await.is_err() {
+                    return; // the exporter is stopping
+                }
                 continue;
             };
             let (_, probed) = self.endpoints();

@@ -729,7 +729,15 @@ impl ConsistencyChecker {
             if c.tables.is_empty() {
                 self.states.clear();
                 self.ctx.store.set_snapshot(SNAPSHOT, Families::new());
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Off: nothing to do until the settings change (SIGHUP); no timer.
+                let mut settings = self.ctx.settings.clone();
+                settings.mark_unchanged();
+                if !self.ctx.settings().consistency.tables.is_empty() {
+                    continue; // changed since the look above
+                }
+                if settings.changed().await.is_err() {
+                    return; // the exporter is stopping
+                }
                 continue;
             }
             let start = Instant::now();

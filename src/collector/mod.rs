@@ -95,6 +95,58 @@ pub struct Up {
     procfs_seen: AtomicBool,
 }
 
+/// Who reads what the collectors produce, and when they last did: the runner collects every
+/// `--collector.interval` while someone reads, and every `--collector.idle-interval` while
+/// nobody has for twice that long (nothing is collected much more often than it is read).
+/// A read while the runner is idle wakes it at once.
+#[derive(Debug)]
+pub struct Reads {
+    last: std::sync::Mutex<tokio::time::Instant>,
+    idle: AtomicBool,
+    /// The wait the runner chose after its last cycle, in milliseconds (0: none yet).
+    wait_ms: AtomicU64,
+}
+
+impl Default for Reads {
+    fn default() -> Self {
+        Reads {
+            // The exporter's start counts as a read: it collects at full speed at first.
+            last: std::sync::Mutex::new(tokio::time::Instant::now()),
+            idle: AtomicBool::new(false),
+            wait_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Reads {
+    /// How long since the last read.
+    pub fn since_last(&self) -> Duration {
+        crate::metrics::lock(&self.last).elapsed()
+    }
+
+    /// Whether the runner is waiting at the idle interval.
+    pub fn is_idle(&self) -> bool {
+        self.idle.load(Ordering::SeqCst)
+    }
+
+    /// The wait the runner chose after its last cycle (`None` before the first).
+    pub fn current_wait(&self) -> Option<Duration> {
+        match self.wait_ms.load(Ordering::SeqCst) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+}
+
+/// How long the runner waits after a cycle, and whether that is the idle wait: the idle
+/// interval once nobody read for twice as long, else the interval (pure).
+pub fn next_wait(settings: &Settings, since_last_read: Duration) -> (Duration, bool) {
+    match settings.idle_interval {
+        Some(idle) if since_last_read >= idle.saturating_mul(2) => (idle, true),
+        _ => (settings.interval, false),
+    }
+}
+
 /// Name of the snapshot the watcher state is published under.
 pub const WATCH_SNAPSHOT: &str = "watch";
 
@@ -258,6 +310,8 @@ pub struct Context {
     /// The typed state of the pipeline: what each producer last found, read by every view
     /// (health verdict, status page, JSON, `check`; [`crate::state`]).
     pub state: crate::state::PipelineState,
+    /// When the views were last read (the runner's cadence follows the readers).
+    pub reads: Reads,
     /// Bounded recent history for the status page: lag and throughput per collection, the
     /// last error lines of gravity's log (redacted), the last connection probes.
     pub recent: crate::page::recent::Recent,
@@ -282,6 +336,7 @@ impl Context {
             kick: Notify::new(),
             last_cycle: RwLock::new(None),
             state: Default::default(),
+            reads: Reads::default(),
             recent: Default::default(),
             mysql: Default::default(),
         })
@@ -295,6 +350,15 @@ impl Context {
     /// Records gravity's last parsed `/status` (`None`: no position stored yet).
     pub fn set_last_status(&self, seen: Option<status::StatusSeen>) {
         self.state.status.set(seen);
+    }
+
+    /// A view was read (a scrape of /metrics, the status page, /api/status, an OTLP
+    /// export): wakes the runner at once if it was idle.
+    pub fn mark_read(&self) {
+        *crate::metrics::lock(&self.reads.last) = tokio::time::Instant::now();
+        if self.reads.idle.swap(false, Ordering::SeqCst) {
+            self.kick.notify_one();
+        }
     }
 
     /// Error lines counted from gravity's log so far.
@@ -570,10 +634,23 @@ impl Runner {
             // only catches a collector that does not, so it must be longer than that.
             let timeout = s.gravity_timeout.saturating_add(Duration::from_secs(1));
             self.run_once(timeout).await;
+            let (mut wait, idle) = next_wait(&s, self.ctx.reads.since_last());
+            self.ctx.reads.idle.store(idle, Ordering::SeqCst);
+            // A read between the check above and the store found the flag still clear and
+            // kicked nobody: look once more.
+            if idle && !next_wait(&s, self.ctx.reads.since_last()).1 {
+                self.ctx.reads.idle.store(false, Ordering::SeqCst);
+                wait = s.interval;
+            }
+            self.ctx.reads.wait_ms.store(
+                u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
+                Ordering::SeqCst,
+            );
             tokio::select! {
-                _ = tokio::time::sleep(s.interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.ctx.kick.notified() => {}
             }
+            self.ctx.reads.idle.store(false, Ordering::SeqCst);
         }
     }
 }
@@ -631,4 +708,70 @@ mod tests {
             "{text}"
         );
     }
+
+    struct Counting(Arc<AtomicU64>);
+
+    impl Collector for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        fn collect(self: Arc<Self>, _ctx: Arc<Context>) -> BoxFuture<Result<Families, CollectError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(Families::new()) })
+        }
+    }
+
+    #[test]
+    fn the_wait_follows_the_readers() {
+        let flags = |args: &[&str]| {
+            let mut v = vec!["gravity-exporter"];
+            v.extend_from_slice(args);
+            let cli = <crate::config::Cli as clap::Parser>::try_parse_from(v).unwrap();
+            Settings::from_flags(cli.flags).unwrap()
+        };
+        let s = flags(&[]);
+        let (i, idle) = (Duration::from_secs(5), Duration::from_secs(60));
+        assert_eq!(next_wait(&s, Duration::ZERO), (i, false));
+        assert_eq!(next_wait(&s, Duration::from_secs(119)), (i, false));
+        assert_eq!(next_wait(&s, Duration::from_secs(120)), (idle, true));
+        let off = flags(&["--collector.idle-interval", "0s"]);
+        assert_eq!(next_wait(&off, Duration::from_secs(86_400)), (i, false));
+        // never slower than the interval itself
+        let slow = flags(&["--collector.interval", "2m", "--collector.idle-interval", "1m"]);
+        assert_eq!(
+            next_wait(&slow, Duration::from_secs(86_400)),
+            (Duration::from_secs(120), true)
+        );
+    }
+
+    /// Nobody reads: after twice the idle interval the runner collects once a minute, not
+    /// every 5 s; a read wakes it at once and brings the 5 s cadence back.
+    #[tokio::test(start_paused = true)]
+    async fn collection_slows_down_while_nobody_reads_and_a_read_wakes_it() {
+        let settings = Settings::from_flags(crate::config::Flags::default()).unwrap();
+        let (_tx, rx) = watch::channel(Arc::new(settings));
+        let ctx = Context::new(rx, Arc::new(Store::new()));
+        let n = Arc::new(AtomicU64::new(0));
+        let runner = Arc::new(Runner::new(ctx.clone(), vec![Arc::new(Counting(n.clone()))]));
+        let task = tokio::spawn(runner.run());
+        let count = || n.load(Ordering::SeqCst);
+        // 0..120 s: the start counts as a read, every 5 s
+        tokio::time::sleep(Duration::from_millis(119_500)).await;
+        assert_eq!(count(), 24, "every 5 s at first");
+        // nobody reads: 10 more minutes bring only about 10 more cycles (one a minute)
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        let idle = count() - 24;
+        assert!((9..=11).contains(&idle), "{idle} cycles in 10 idle minutes");
+        assert!(ctx.reads.is_idle());
+        // a scrape: a cycle at once, then every 5 s again
+        let before = count();
+        ctx.mark_read();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(count(), before + 1, "a read wakes the runner at once");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(count(), before + 7, "every 5 s again");
+        assert!(!ctx.reads.is_idle());
+        task.abort();
+    }
+
 }
