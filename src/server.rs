@@ -468,11 +468,7 @@ pub fn route(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => {
             // The collection loop's own cadence: the idle interval while nobody reads
             // (a liveness probe is not a reader).
-            let cadence = ctx
-                .reads
-                .current_wait()
-                .unwrap_or(settings.interval)
-                .max(settings.interval);
+            let cadence = ctx.cadence();
             let fresh = ctx
                 .last_cycle
                 .read()

@@ -361,6 +361,13 @@ impl Context {
         }
     }
 
+    /// How often the runner collects right now: `--collector.interval`, or the idle interval
+    /// while nobody reads. Ages ("stale after three missed collections") are measured in it.
+    pub fn cadence(&self) -> Duration {
+        let interval = self.settings.borrow().interval;
+        self.reads.current_wait().unwrap_or(interval).max(interval)
+    }
+
     /// Error lines counted from gravity's log so far.
     pub fn log_errors_seen(&self) -> u64 {
         self.log_errors.load(Ordering::Relaxed)
@@ -536,11 +543,11 @@ impl Runner {
     /// [`Collector::budget`]): the source collectors concurrently, then the derived ones
     /// (which read what the others just stored).
     pub async fn run_once(&self, timeout: Duration) {
-        let s = self.ctx.settings();
+        // (the cadence follows the readers: see `Context::cadence`)
         // gravity's pass-through is withheld once it missed three collections.
-        self.ctx
-            .store
-            .set_passthrough_max_age(Some(s.interval.saturating_mul(3).saturating_add(timeout)));
+        self.ctx.store.set_passthrough_max_age(Some(
+            self.ctx.cadence().saturating_mul(3).saturating_add(timeout),
+        ));
         for derived in [false, true] {
             let batch: Vec<Arc<dyn Collector>> = self
                 .collectors
@@ -646,6 +653,9 @@ impl Runner {
                 u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
                 Ordering::SeqCst,
             );
+            self.ctx.store.set_passthrough_max_age(Some(
+                self.ctx.cadence().saturating_mul(3).saturating_add(timeout),
+            ));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.ctx.kick.notified() => {}
@@ -715,7 +725,10 @@ mod tests {
         fn name(&self) -> &'static str {
             "counting"
         }
-        fn collect(self: Arc<Self>, _ctx: Arc<Context>) -> BoxFuture<Result<Families, CollectError>> {
+        fn collect(
+            self: Arc<Self>,
+            _ctx: Arc<Context>,
+        ) -> BoxFuture<Result<Families, CollectError>> {
             self.0.fetch_add(1, Ordering::SeqCst);
             Box::pin(async { Ok(Families::new()) })
         }
@@ -737,7 +750,12 @@ mod tests {
         let off = flags(&["--collector.idle-interval", "0s"]);
         assert_eq!(next_wait(&off, Duration::from_secs(86_400)), (i, false));
         // never slower than the interval itself
-        let slow = flags(&["--collector.interval", "2m", "--collector.idle-interval", "1m"]);
+        let slow = flags(&[
+            "--collector.interval",
+            "2m",
+            "--collector.idle-interval",
+            "1m",
+        ]);
         assert_eq!(
             next_wait(&slow, Duration::from_secs(86_400)),
             (Duration::from_secs(120), true)
@@ -752,7 +770,10 @@ mod tests {
         let (_tx, rx) = watch::channel(Arc::new(settings));
         let ctx = Context::new(rx, Arc::new(Store::new()));
         let n = Arc::new(AtomicU64::new(0));
-        let runner = Arc::new(Runner::new(ctx.clone(), vec![Arc::new(Counting(n.clone()))]));
+        let runner = Arc::new(Runner::new(
+            ctx.clone(),
+            vec![Arc::new(Counting(n.clone()))],
+        ));
         let task = tokio::spawn(runner.run());
         let count = || n.load(Ordering::SeqCst);
         // 0..120 s: the start counts as a read, every 5 s
@@ -773,5 +794,4 @@ mod tests {
         assert!(!ctx.reads.is_idle());
         task.abort();
     }
-
 }

@@ -580,8 +580,8 @@ impl Collector for SourceCollector {
             self.forget(&format!("grant:{address}"));
 
             // gravity's position, if /status was read recently.
-            let max_age = s
-                .interval
+            let max_age = ctx
+                .cadence()
                 .saturating_mul(3)
                 .saturating_add(s.gravity_timeout)
                 .max(Duration::from_secs(15));

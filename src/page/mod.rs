@@ -286,7 +286,11 @@ pub fn view(ctx: &Context) -> StatusView {
     };
 
     // Lag from gravity's last watermarks: it keeps growing while gravity does not answer.
-    let stale_after = settings.interval * 2 + settings.gravity_timeout + Duration::from_secs(1);
+    let stale_after = ctx
+        .cadence()
+        .saturating_mul(2)
+        .saturating_add(settings.gravity_timeout)
+        .saturating_add(Duration::from_secs(1));
     let status = seen.as_ref().map(|s| StatusInfo {
         stage: clean(&red, &s.status.stage, 40),
         version: clean(&red, &s.status.version, 80),
