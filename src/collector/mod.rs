@@ -8,6 +8,7 @@
 //! `gravity_exporter_collector_success{collector}`; a collector that fails, times out or
 //! panics keeps its last good snapshot (marked stale by `success` 0) and never fails a scrape.
 
+pub mod canary;
 pub mod cgroup;
 pub mod connections;
 pub mod consistency;
@@ -253,6 +254,9 @@ pub struct Context {
     /// Shared MySQL connections: one per (endpoint, user), used by the connection probe
     /// and the source collector (`probe::mysql::Hub`).
     pub mysql: crate::probe::mysql::Hub,
+    /// The opt-in canary's counters, pending canaries and last results (kept across a
+    /// restart of its task; read by the status page).
+    pub canary: canary::Shared,
 }
 
 impl Context {
@@ -273,6 +277,7 @@ impl Context {
             last_status: RwLock::new(None),
             recent: Default::default(),
             mysql: Default::default(),
+            canary: Default::default(),
         })
     }
 
