@@ -165,6 +165,8 @@ pub fn reload(exp: &Exporter) {
             for key in cur.restart_needed_for(&new) {
                 tracing::warn!(key, "changed in the config file but needs a restart of the exporter; keeping the old value");
             }
+            // A password file may hold a new password: mask it by value from now on.
+            crate::page::redact::register_settings(&new);
             let mut new = new;
             new.listen = cur.listen;
             new.telemetry_path = cur.telemetry_path.clone();

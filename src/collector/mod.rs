@@ -257,6 +257,9 @@ pub struct Context {
     /// The opt-in canary's counters, pending canaries and last results (kept across a
     /// restart of its task; read by the status page).
     pub canary: canary::Shared,
+    /// gravity's per-stage latencies over the last `/metrics` window (typed, from the
+    /// gravity_metrics collector; interval aggregates over all events).
+    pub stages: RwLock<Option<Arc<gravity_metrics::StageWindow>>>,
 }
 
 impl Context {
@@ -278,7 +281,21 @@ impl Context {
             recent: Default::default(),
             mysql: Default::default(),
             canary: Default::default(),
+            stages: RwLock::new(None),
         })
+    }
+
+    /// gravity's stage latencies over the last `/metrics` window, if known.
+    pub fn stage_window(&self) -> Option<Arc<gravity_metrics::StageWindow>> {
+        self.stages
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stores the stage latencies of the last `/metrics` window.
+    pub fn set_stage_window(&self, w: gravity_metrics::StageWindow) {
+        *self.stages.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(w));
     }
 
     /// gravity's last parsed `/status`, if any.
