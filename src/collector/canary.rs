@@ -389,6 +389,32 @@ pub fn arrived_trace<T: Tracer>(
     span.end_with_timestamp(arrival);
 }
 
+/// Root-span attributes from gravity's stage histograms over the last collection window:
+/// interval aggregates over every event of the pipeline, not of the canary alone.
+pub fn stage_attributes(w: &super::gravity_metrics::StageWindow) -> Vec<KeyValue> {
+    let mut v = vec![
+        KeyValue::new(
+            "gravity.stages.aggregation",
+            "interval mean of gravity's stage latency histograms over all events, not of this canary",
+        ),
+        KeyValue::new("gravity.stages.window_seconds", w.window_seconds),
+    ];
+    for s in &w.stages {
+        v.push(KeyValue::new(
+            format!("gravity.stage.{}.mean_seconds", s.stage),
+            s.mean_seconds,
+        ));
+        v.push(KeyValue::new(
+            format!("gravity.stage.{}.events", s.stage),
+            s.events,
+        ));
+    }
+    if let Some(s) = w.slowest() {
+        v.push(KeyValue::new("gravity.stage.slowest", s.stage));
+    }
+    v
+}
+
 /// Ends the trace of a lost canary with an error status at `now`.
 pub fn lost_trace(cx: &OtelContext, now: SystemTime, timeout: Duration) {
     let span = cx.span();
@@ -875,6 +901,12 @@ impl Canary {
             });
             let output = input.map(|i| (wall - i).max(0.0));
             if arrived {
+                if let Some(w) = self.ctx.stage_window() {
+                    let span = p.cx.span();
+                    for kv in stage_attributes(&w) {
+                        span.set_attribute(kv);
+                    }
+                }
                 arrived_trace(&tracer, &p.cx, p.written_wall, p.process_time, now, wall);
                 self.shared().arrived.fetch_add(1, Ordering::Relaxed);
                 {
@@ -1133,6 +1165,30 @@ mod tests {
         let spans = exporter.get_finished_spans().unwrap();
         let out = spans.iter().find(|s| s.name == "gravity.output").unwrap();
         assert_eq!((out.start_time, out.end_time), (t0 + ms(900), t0 + ms(900)));
+    }
+
+    #[test]
+    fn stage_window_attributes() {
+        use super::super::gravity_metrics::{stage_window, StageWindow};
+        let prev = [("input", 1.0, 10.0), ("output", 5.0, 10.0)];
+        let cur = [("input", 1.5, 20.0), ("output", 8.0, 20.0)];
+        let stages = stage_window(&prev, &cur);
+        assert_eq!(stages.len(), 2);
+        assert!((stages[1].mean_seconds - 0.3).abs() < 1e-9);
+        // a count that went back (gravity restarted) is left out
+        assert!(stage_window(&cur, &prev).is_empty());
+        let w = StageWindow {
+            at: Instant::now(),
+            window_seconds: 5.0,
+            stages,
+        };
+        let attrs = stage_attributes(&w);
+        assert!(attrs
+            .iter()
+            .any(|kv| kv.key.as_str() == "gravity.stage.slowest" && kv.value.as_str() == "output"));
+        assert!(attrs
+            .iter()
+            .any(|kv| kv.key.as_str() == "gravity.stage.input.mean_seconds"));
     }
 
     #[test]
