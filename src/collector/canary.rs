@@ -887,7 +887,7 @@ impl Canary {
             i.pending = keep;
         }
         for (p, arrived) in done {
-            let written = OffsetDateTime::from(p.row.written_at);
+            let written = p.row.written_at;
             let written_sys: SystemTime = written.into();
             let wall = now
                 .duration_since(written_sys)

@@ -419,6 +419,9 @@ pub const STAGES: [(&str, &str); 5] = [
     ("gravity_output_latency", "output"),
 ];
 
+/// `(stage, Σ _sum, Σ _count)` per stage.
+pub type StageTotals = Vec<(&'static str, f64, f64)>;
+
 /// `(stage, Σ _sum, Σ _count)` of each stage histogram gravity serves (summed over its
 /// label sets; a family with an implausible total is left out).
 pub fn stage_totals(exp: &Exposition<'_>) -> Vec<(&'static str, f64, f64)> {
@@ -429,10 +432,10 @@ pub fn stage_totals(exp: &Exposition<'_>) -> Vec<(&'static str, f64, f64)> {
         };
         let (mut sum, mut count) = (0.0, 0.0);
         for s in &f.samples {
-            if s.name.len() == family.len() + 4 && s.name.ends_with("_sum") {
-                sum += s.value;
-            } else if s.name.len() == family.len() + 6 && s.name.ends_with("_count") {
-                count += s.value;
+            match s.name.strip_prefix(family) {
+                Some("_sum") => sum += s.value,
+                Some("_count") => count += s.value,
+                _ => {}
             }
         }
         if sum.is_finite() && count.is_finite() && sum >= 0.0 && plausible(count) {
@@ -512,7 +515,7 @@ struct Prev {
 pub struct GravityMetricsCollector {
     prev: Mutex<Prev>,
     /// The last stage totals and when they were read.
-    stage_prev: Mutex<Option<(Instant, Vec<(&'static str, f64, f64)>)>>,
+    stage_prev: Mutex<Option<(Instant, StageTotals)>>,
     dropped: IntCounter,
     invalid: IntCounter,
 }
