@@ -38,6 +38,7 @@ CRASHLOOP = ("gravity:crashloop_restarts_threshold", 3, "GravityCrashLooping")
 SLOWLOOP = ("gravity:slow_crashloop_restarts_threshold", 3, "GravitySlowCrashLoop")
 MEMLIMIT = ("gravity:memory_limit_threshold_ratio", 0.9, "GravityMemoryPressure")
 FILEGAP = ("gravity:binlog_files_behind_threshold_files", 5, "GravityBinlogFileGapGrowing")
+CANARY_LAG = ("gravity:canary_lag_threshold_seconds", 300, "GravityCanaryLagHigh")
 # A pipeline is (cluster, namespace, job, pipeline), never instance: aggregations keep it, so
 # two environments with the same pipeline name are never summed together.
 ID = "cluster, namespace, job, pipeline"
@@ -722,6 +723,64 @@ def quality():
     ])
 
 
+# --- Trace (the opt-in canary) ---------------------------------------------------------
+def trace():
+    arrived = f"sum by ({ID}) (increase(gravity_canary_arrived_total{{{S}}}[$__rate_interval]))"
+    lost = f"sum by ({ID}) (increase(gravity_canary_lost_total{{{S}}}[$__rate_interval]))"
+    p99 = [(stage_quantile(0.99, m), name) for m, name in STAGES]
+    slowest = " or ".join(f'label_replace({q}, "stage", "{name}", "", "")' for q, name in p99)
+    return dashboard("gravity-trace", "Gravity / Trace (canary)",
+                     "End to end, measured from outside: the opt-in canary's rows from the source through "
+                     "gravity to the target (docs/canary.md), and where gravity's own stage histograms say the "
+                     "time goes. Each canary is also one trace (gravity.canary > source.write, gravity.input, "
+                     "gravity.output) over OTLP.", [
+        row("Canary (opt-in, --canary.interval)"),
+        timeseries("Canary end-to-end lag", [
+            target(f"gravity_canary_e2e_lag_seconds{{{S}}}", "{{pipeline}}", "A"),
+            threshold_series(CANARY_LAG, "B")], "s",
+            "Write at the source to visible at the target, of the last canary that arrived (the exporter's "
+            "clock at both ends, so no clock skew). GravityCanaryLagHigh fires above the threshold for 10 minutes.",
+            thresholds=[CANARY_LAG]),
+        timeseries("Canary arrival ratio", targets(
+            (f"{arrived} / ({arrived} + {lost})", "{{pipeline}}")), "percentunit",
+            "Share of the canaries that finished in the interval and arrived (the rest were lost: not seen "
+            "at the target within --canary.timeout). Below 1 with gravity healthy is silent loss "
+            "(GravityCanaryLost).", minimum=0, maximum=1),
+        stat("Canaries lost (time range)", targets(
+            (f"sum by ({ID}) (increase(gravity_canary_lost_total{{{S}}}[$__range]))", "{{pipeline}}")), "none",
+            "Canaries not seen at the target within --canary.timeout over the dashboard's time range.",
+            w=6, h=6),
+        stat("Canaries on the way", targets(
+            (f"gravity_canary_pending{{{S}}}", "{{pipeline}}")), "none",
+            "Written and neither seen at the target nor counted lost yet.", w=6, h=6),
+        state_timeline("Canary writer", targets(
+            (f"gravity_canary_writer_state{{{S}}} == 1", "{{pipeline}} {{reason}}")),
+            "Why the writer writes or not: ok, read_only (the source is read-only), privilege (login or "
+            "grant missing), unreachable, unsupported (no MySQL source and target), missing_table "
+            "(--canary.create=false), disabled.", w=12, h=6),
+        timeseries("Canary lag p99 (data lag histogram of the canary table)", targets(
+            (f"histogram_quantile(0.99, sum by (cluster, namespace, job, pipeline, schema, table, le) "
+             f"(rate(gravity_data_lag_seconds_bucket{{schema!=\"\", {S}}}[$__rate_interval])))",
+             "{{pipeline}} {{schema}}.{{table}}")), "s",
+            "gravity_data_lag_seconds observed with each canary for the canary table: the distribution of "
+            "the end-to-end lag, not only the last value."),
+        timeseries("Canaries per second", targets(
+            (f"sum by ({ID}) (rate(gravity_canary_sent_total{{{S}}}[$__rate_interval]))", "sent {{pipeline}}"),
+            (f"sum by ({ID}) (rate(gravity_canary_arrived_total{{{S}}}[$__rate_interval]))", "arrived {{pipeline}}"),
+            (f"sum by ({ID}) (rate(gravity_canary_lost_total{{{S}}}[$__rate_interval]))", "lost {{pipeline}}")),
+            "cps", "Written, arrived and lost canaries: one per --canary.interval is written."),
+        row("Where the time goes (gravity's stage histograms: interval aggregates over all events)"),
+        timeseries("Latency by stage p99", [target(q, f"{name} {{{{pipeline}}}}", chr(ord("A") + i))
+                                            for i, (q, name) in enumerate(p99)], "s",
+                   "gravity's own per-stage latency histograms, p99 per interval over every event of the "
+                   "pipeline (not the canary alone): input, emitter (filters), scheduler submit and ack, output."),
+        timeseries("Slowest stage over time", targets(
+            (f"topk by ({ID}) (1, {slowest})", "{{pipeline}} {{stage}}")), "s",
+            "The stage with the highest p99 latency in each interval: where the canary's time most likely "
+            "went (the trace's gravity.input and gravity.output split it from outside)."),
+    ])
+
+
 # --- Resources and the exporter --------------------------------------------------------
 EXPORTER = 'job=~"$job", instance=~"$instance"'
 # Exporter meta metrics (and `up`) carry no pipeline label: join it in from gravity_up,
@@ -828,7 +887,7 @@ def main():
     out = os.path.join(ROOT, "dashboards")
     os.makedirs(out, exist_ok=True)
     for name, build in [("fleet", fleet), ("pipeline", pipeline), ("errors", errors), ("source", source),
-                        ("quality", quality), ("resources", resources)]:
+                        ("quality", quality), ("trace", trace), ("resources", resources)]:
         with open(os.path.join(out, f"gravity-{name}.json"), "w") as f:
             json.dump(build(), f, indent=2)
             f.write("\n")

@@ -93,10 +93,16 @@ fn build_info(store: &Store) {
 
 /// The collectors, in run order.
 pub fn collectors(store: &Store) -> Vec<Arc<dyn Collector>> {
+    collectors_with(store, Arc::new(StatusCollector::new(store)))
+}
+
+/// The collectors, in run order, with this status collector (which owns
+/// `gravity_data_lag_seconds`, also observed by the canary).
+pub fn collectors_with(store: &Store, status: Arc<StatusCollector>) -> Vec<Arc<dyn Collector>> {
     vec![
         Arc::new(ProcessCollector::default()),
         Arc::new(HealthzCollector),
-        Arc::new(StatusCollector::new(store)),
+        status,
         Arc::new(GravityMetricsCollector::new(store)),
         Arc::new(crate::health::HealthCollector),
         Arc::new(SocketsCollector::default()),
@@ -125,7 +131,11 @@ pub fn start(settings: Settings) -> Exporter {
     sup.spawn("log", move || {
         crate::log::LogWatcher::run_shared(log_task.clone())
     });
-    let runner = Arc::new(Runner::new(ctx.clone(), collectors(&ctx.store)));
+    let status = Arc::new(StatusCollector::new(&ctx.store));
+    let runner = Arc::new(Runner::new(
+        ctx.clone(),
+        collectors_with(&ctx.store, status.clone()),
+    ));
     sup.spawn("collectors", move || runner.clone().run());
     // Connection probes run on their own schedule (--probe.interval).
     let prober = Arc::new(ConnectionProber::new(ctx.clone()));
@@ -134,6 +144,12 @@ pub fn start(settings: Settings) -> Exporter {
     let c = ctx.clone();
     sup.spawn("consistency", move || {
         crate::collector::consistency::ConsistencyChecker::new(c.clone()).run()
+    });
+    // The opt-in canary runs on its own schedule (--canary.interval); its counters and
+    // pending canaries live in the context, so a restart after a panic keeps them.
+    let c = ctx.clone();
+    sup.spawn("canary", move || {
+        crate::collector::canary::Canary::new(c.clone(), Some(status.clone())).run()
     });
     Exporter {
         ctx,
@@ -161,6 +177,8 @@ pub fn reload(exp: &Exporter) {
             for key in cur.restart_needed_for(&new) {
                 tracing::warn!(key, "changed in the config file but needs a restart of the exporter; keeping the old value");
             }
+            // A password file may hold a new password: mask it by value from now on.
+            crate::page::redact::register_settings(&new);
             let mut new = new;
             new.listen = cur.listen;
             new.telemetry_path = cur.telemetry_path.clone();

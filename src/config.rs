@@ -256,6 +256,27 @@ pub struct Flags {
     /// Wait before comparing a differing chunk again [default: 10s].
     #[arg(long = "consistency.recheck-delay", global = true)]
     pub consistency_recheck_delay: Option<String>,
+    /// How often the opt-in canary writes one row into gravity's MySQL source and follows
+    /// it to the target (docs/canary.md); 0s turns it off [default: 0s, off].
+    #[arg(long = "canary.interval", global = true)]
+    pub canary_interval: Option<String>,
+    /// The canary table on gravity's source, `schema.table`, in a schema of its own
+    /// [default: gravity_canary.heartbeat].
+    #[arg(long = "canary.table", global = true)]
+    pub canary_table: Option<String>,
+    /// Create the canary schema and table on first use when they are missing [default: true].
+    #[arg(long = "canary.create", global = true, num_args = 0..=1, default_missing_value = "true")]
+    pub canary_create: Option<bool>,
+    /// MySQL user the canary writes with (needs INSERT, UPDATE, SELECT on the canary table;
+    /// CREATE for --canary.create); required when the canary is on.
+    #[arg(long = "canary.username", global = true)]
+    pub canary_username: Option<String>,
+    /// File holding the password of `--canary.username` (one line) [default: empty].
+    #[arg(long = "canary.password-file", global = true)]
+    pub canary_password_file: Option<PathBuf>,
+    /// A canary not seen at the target within this time counts as lost [default: 60s].
+    #[arg(long = "canary.timeout", global = true)]
+    pub canary_timeout: Option<String>,
     /// MySQL user the exporter logs in to gravity's source with, instead of gravity's own
     /// user (see docs/connections.md for the grants) [default: gravity's user].
     #[arg(long = "source.username", global = true)]
@@ -299,6 +320,8 @@ struct FileConfig {
     probe: FileProbe,
     #[serde(default)]
     consistency: FileConsistency,
+    #[serde(default)]
+    canary: FileCanary,
     #[serde(default)]
     source: FileLogin,
     #[serde(default)]
@@ -369,6 +392,17 @@ struct FileConsistency {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileCanary {
+    interval: Option<String>,
+    table: Option<String>,
+    create: Option<bool>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileLogin {
     username: Option<String>,
     password_file: Option<PathBuf>,
@@ -432,6 +466,12 @@ impl FileConfig {
             consistency_chunk_size: self.consistency.chunk_size,
             consistency_timeout: self.consistency.timeout,
             consistency_recheck_delay: self.consistency.recheck_delay,
+            canary_interval: self.canary.interval,
+            canary_table: self.canary.table,
+            canary_create: self.canary.create,
+            canary_username: self.canary.username,
+            canary_password_file: self.canary.password_file,
+            canary_timeout: self.canary.timeout,
             source_username: self.source.username,
             source_password_file: self.source.password_file,
             target_username: self.target.username,
@@ -475,6 +515,12 @@ impl Flags {
             consistency_recheck_delay: self
                 .consistency_recheck_delay
                 .or(other.consistency_recheck_delay),
+            canary_interval: self.canary_interval.or(other.canary_interval),
+            canary_table: self.canary_table.or(other.canary_table),
+            canary_create: self.canary_create.or(other.canary_create),
+            canary_username: self.canary_username.or(other.canary_username),
+            canary_password_file: self.canary_password_file.or(other.canary_password_file),
+            canary_timeout: self.canary_timeout.or(other.canary_timeout),
             source_username: self.source_username.or(other.source_username),
             source_password_file: self.source_password_file.or(other.source_password_file),
             target_username: self.target_username.or(other.target_username),
@@ -549,6 +595,110 @@ pub struct ConsistencySettings {
     pub recheck_delay: Duration,
 }
 
+/// Settings of the opt-in canary (off while `interval` is `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanarySettings {
+    /// One row per interval; `None`: off.
+    pub interval: Option<Duration>,
+    /// Schema of the canary table on the source.
+    pub schema: String,
+    /// The canary table.
+    pub table: String,
+    /// Whether the schema and table may be created when missing.
+    pub create: bool,
+    /// The canary's own login (required when on).
+    pub login: Option<MonitorLogin>,
+    /// A canary not seen at the target within this time counts as lost.
+    pub timeout: Duration,
+}
+
+impl CanarySettings {
+    /// Whether the canary runs.
+    pub fn enabled(&self) -> bool {
+        self.interval.is_some()
+    }
+}
+
+/// Schemas the canary never writes into: gravity's own (`_gravity`, and its
+/// `internal-db-name` is checked at run time), and the server's.
+pub const CANARY_FORBIDDEN_SCHEMAS: [&str; 6] = [
+    "_gravity",
+    "mysql",
+    "information_schema",
+    "performance_schema",
+    "sys",
+    "drc",
+];
+
+/// Default canary table.
+pub const DEFAULT_CANARY_TABLE: &str = "gravity_canary.heartbeat";
+
+fn canary_settings(f: &Flags) -> Result<CanarySettings, ConfigError> {
+    let interval = match f.canary_interval.as_deref().map(str::trim) {
+        None | Some("0" | "0s" | "") => None,
+        Some(_) => Some(dur(
+            "canary.interval",
+            f.canary_interval.clone(),
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            max::INTERVAL,
+        )?),
+    };
+    let name = f.canary_table.as_deref().unwrap_or(DEFAULT_CANARY_TABLE);
+    let (schema, table) = match name.trim().split_once('.') {
+        Some((a, b))
+            if !a.trim().is_empty()
+                && !b.trim().is_empty()
+                && !b.contains('.')
+                && a.len() <= 64
+                && b.len() <= 64 =>
+        {
+            (a.trim().to_string(), b.trim().to_string())
+        }
+        _ => {
+            return Err(invalid(
+                "canary.table",
+                format!("{name:?} is not schema.table (each at most 64 bytes)"),
+            ))
+        }
+    };
+    if CANARY_FORBIDDEN_SCHEMAS
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(&schema))
+    {
+        return Err(invalid(
+            "canary.table",
+            format!("{schema:?} is gravity's or the server's own schema: give the canary a schema of its own"),
+        ));
+    }
+    let login = monitor_login(
+        "canary",
+        f.canary_username.as_deref(),
+        f.canary_password_file.as_deref(),
+    )?;
+    if interval.is_some() && login.is_none() {
+        return Err(invalid(
+            "canary.username",
+            "the canary writes with a login of its own: give canary.username (and canary.password-file)",
+        ));
+    }
+    let timeout = dur(
+        "canary.timeout",
+        f.canary_timeout.clone(),
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        max::INTERVAL,
+    )?;
+    Ok(CanarySettings {
+        interval,
+        schema,
+        table,
+        create: f.canary_create.unwrap_or(true),
+        login,
+        timeout,
+    })
+}
+
 /// Validated settings in force.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -594,6 +744,8 @@ pub struct Settings {
     pub probe_timeout: Duration,
     /// The opt-in consistency checker.
     pub consistency: ConsistencySettings,
+    /// The opt-in canary.
+    pub canary: CanarySettings,
     /// Monitoring login for gravity's MySQL source (`--source.username`), else gravity's.
     pub source_login: Option<MonitorLogin>,
     /// Monitoring login for gravity's MySQL target (`--target.username`), else gravity's.
@@ -804,6 +956,7 @@ fn dur(
 }
 
 fn validate(f: Flags) -> Result<Settings, ConfigError> {
+    let canary = canary_settings(&f)?;
     let listen = parse_listen(f.listen_address.as_deref().unwrap_or(DEFAULT_LISTEN))
         .map_err(|r| invalid("web.listen-address", r))?;
     let telemetry_path = f.telemetry_path.unwrap_or_else(|| "/metrics".into());
@@ -1024,6 +1177,7 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
         probe_interval,
         probe_timeout,
         consistency,
+        canary,
         source_login: monitor_login(
             "source",
             f.source_username.as_deref(),
@@ -1252,6 +1406,73 @@ mod tests {
         assert_eq!(s.consistency.tables.len(), 2);
         assert_eq!(s.consistency.chunk_size, 10);
         assert_eq!(s.consistency.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn canary_flags_and_file() {
+        let s = Settings::from_flags(flags(&[])).unwrap();
+        assert!(!s.canary.enabled(), "off by default");
+        assert_eq!(
+            (s.canary.schema.as_str(), s.canary.table.as_str()),
+            ("gravity_canary", "heartbeat")
+        );
+        assert!(s.canary.create);
+        assert_eq!(s.canary.timeout, Duration::from_secs(60));
+        let mut pw = tempfile::NamedTempFile::new().unwrap();
+        writeln!(pw, "Canary-Pw-1").unwrap();
+        let pwp = pw.path().to_str().unwrap().to_string();
+        let s = Settings::from_flags(flags(&[
+            "--canary.interval=2s",
+            "--canary.table",
+            "probe.beat",
+            "--canary.create=false",
+            "--canary.username",
+            "canary",
+            "--canary.password-file",
+            &pwp,
+            "--canary.timeout=30s",
+        ]))
+        .unwrap();
+        assert_eq!(s.canary.interval, Some(Duration::from_secs(2)));
+        assert_eq!(
+            (s.canary.schema.as_str(), s.canary.table.as_str()),
+            ("probe", "beat")
+        );
+        assert!(!s.canary.create);
+        let login = s.canary.login.as_ref().unwrap();
+        assert_eq!(login.user, "canary");
+        assert_eq!(login.password.expose(), "Canary-Pw-1");
+        assert!(!format!("{s:?}").contains("Canary-Pw-1"), "masked in Debug");
+        assert_eq!(s.canary.timeout, Duration::from_secs(30));
+        for (args, key) in [
+            (&["--canary.interval", "5s"][..], "canary.username"),
+            (&["--canary.table", "nodot"][..], "canary.table"),
+            (&["--canary.table", "_gravity.x"][..], "canary.table"),
+            (&["--canary.table", "mysql.user"][..], "canary.table"),
+            (&["--canary.interval", "1ms"][..], "canary.interval"),
+        ] {
+            let e = Settings::from_flags(flags(args)).unwrap_err().to_string();
+            assert!(e.contains(key), "{args:?}: {e}");
+        }
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "[canary]\ninterval = \"10s\"\ntable = \"c.t\"\nusername = \"cu\"\npassword-file = \"{pwp}\"\ntimeout = \"20s\"\ncreate = false"
+        )
+        .unwrap();
+        let s =
+            Settings::from_flags(flags(&["--config.file", f.path().to_str().unwrap()])).unwrap();
+        assert_eq!(s.canary.interval, Some(Duration::from_secs(10)));
+        assert_eq!(s.canary.table, "t");
+        assert_eq!(s.canary.timeout, Duration::from_secs(20));
+        assert!(!s.canary.create);
+        let s = Settings::from_flags(flags(&[
+            "--config.file",
+            f.path().to_str().unwrap(),
+            "--canary.interval=0s",
+        ]))
+        .unwrap();
+        assert!(!s.canary.enabled(), "the flag wins and turns it off");
     }
 
     #[test]

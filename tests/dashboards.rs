@@ -12,12 +12,13 @@ use std::path::PathBuf;
 use regex::Regex;
 use serde_json::Value;
 
-const UIDS: [&str; 6] = [
+const UIDS: [&str; 7] = [
     "gravity-fleet",
     "gravity-pipeline",
     "gravity-errors",
     "gravity-source",
     "gravity-quality",
+    "gravity-trace",
     "gravity-resources",
 ];
 

@@ -409,6 +409,93 @@ pub fn process_fallback(exp: &Exposition<'_>, pipeline: &str) -> Families {
     f
 }
 
+/// gravity's per-stage latency histograms, in the order of the data path, and the stage
+/// names the canary's spans and the status page use.
+pub const STAGES: [(&str, &str); 5] = [
+    ("gravity_input_latency", "input"),
+    ("gravity_emitter_latency", "emitter"),
+    ("gravity_scheduler_submit_latency", "scheduler_submit"),
+    ("gravity_scheduler_ack_latency", "scheduler_ack"),
+    ("gravity_output_latency", "output"),
+];
+
+/// `(stage, Σ _sum, Σ _count)` per stage.
+pub type StageTotals = Vec<(&'static str, f64, f64)>;
+
+/// `(stage, Σ _sum, Σ _count)` of each stage histogram gravity serves (summed over its
+/// label sets; a family with an implausible total is left out).
+pub fn stage_totals(exp: &Exposition<'_>) -> Vec<(&'static str, f64, f64)> {
+    let mut out = Vec::new();
+    for (family, stage) in STAGES {
+        let Some(f) = exp.family(family) else {
+            continue;
+        };
+        let (mut sum, mut count) = (0.0, 0.0);
+        for s in &f.samples {
+            match s.name.strip_prefix(family) {
+                Some("_sum") => sum += s.value,
+                Some("_count") => count += s.value,
+                _ => {}
+            }
+        }
+        if sum.is_finite() && count.is_finite() && sum >= 0.0 && plausible(count) {
+            out.push((stage, sum, count));
+        }
+    }
+    out
+}
+
+/// The mean latency of one stage over the events of one collection window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageLatency {
+    /// Stage name (`input`, `emitter`, `scheduler_submit`, `scheduler_ack`, `output`).
+    pub stage: &'static str,
+    /// Δsum / Δcount of gravity's histogram over the window.
+    pub mean_seconds: f64,
+    /// Events the stage observed in the window (Δcount).
+    pub events: f64,
+}
+
+/// gravity's stage latencies over the last collection window: aggregates over every event
+/// of the pipeline in that window, not of one event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageWindow {
+    /// When the window ended.
+    pub at: Instant,
+    /// Its length.
+    pub window_seconds: f64,
+    /// Stages with events in the window, in path order.
+    pub stages: Vec<StageLatency>,
+}
+
+impl StageWindow {
+    /// The stage with the highest mean latency in the window.
+    pub fn slowest(&self) -> Option<&StageLatency> {
+        self.stages
+            .iter()
+            .max_by(|a, b| a.mean_seconds.total_cmp(&b.mean_seconds))
+    }
+}
+
+/// The stages' mean latencies between two readings of [`stage_totals`] (pure); a stage
+/// whose count went back (gravity restarted) or did not move is left out.
+pub fn stage_window(
+    prev: &[(&'static str, f64, f64)],
+    cur: &[(&'static str, f64, f64)],
+) -> Vec<StageLatency> {
+    cur.iter()
+        .filter_map(|(stage, sum, count)| {
+            let (_, psum, pcount) = prev.iter().find(|(s, _, _)| s == stage)?;
+            let (ds, dc) = (sum - psum, count - pcount);
+            (dc >= 1.0 && ds >= 0.0).then(|| StageLatency {
+                stage,
+                mean_seconds: ds / dc,
+                events: dc,
+            })
+        })
+        .collect()
+}
+
 #[derive(Debug, Default)]
 struct Prev {
     at: Option<Instant>,
@@ -427,6 +514,8 @@ struct Prev {
 /// The collector.
 pub struct GravityMetricsCollector {
     prev: Mutex<Prev>,
+    /// The last stage totals and when they were read.
+    stage_prev: Mutex<Option<(Instant, StageTotals)>>,
     dropped: IntCounter,
     invalid: IntCounter,
 }
@@ -448,6 +537,7 @@ impl GravityMetricsCollector {
         let _ = store.registry().register(Box::new(invalid.clone()));
         GravityMetricsCollector {
             prev: Mutex::new(Prev::default()),
+            stage_prev: Mutex::new(None),
             dropped,
             invalid,
         }
@@ -651,6 +741,7 @@ impl GravityMetricsCollector {
                         | "gravity_scheduler_retry_counter"
                         | "go_threads"
                 ) || n.starts_with("process_")
+                    || STAGES.iter().any(|(f, _)| *f == n)
             },
             wanted_per_family: MAX_WANTED_SERIES,
             others: settings.passthrough_max_series,
@@ -667,7 +758,25 @@ impl GravityMetricsCollector {
         let restarts_before = lock(&self.prev).restarts;
         // gravity answered: its pipeline name is as known as it gets.
         ctx.retries.seed(pipeline);
-        let (mut f, rows) = self.process_with_rates(&exp, Instant::now(), pipeline, &ctx.retries);
+        let now = Instant::now();
+        let (mut f, rows) = self.process_with_rates(&exp, now, pipeline, &ctx.retries);
+        // gravity's stage latencies over this window, typed, for the canary's traces and the
+        // status page (never read back from rendered text).
+        let totals = stage_totals(&exp);
+        {
+            let mut sp = lock(&self.stage_prev);
+            if let Some((at, prev)) = sp.as_ref() {
+                let stages = stage_window(prev, &totals);
+                if !stages.is_empty() {
+                    ctx.set_stage_window(StageWindow {
+                        at: now,
+                        window_seconds: now.saturating_duration_since(*at).as_secs_f64(),
+                        stages,
+                    });
+                }
+            }
+            *sp = Some((now, totals));
+        }
         match (rows.rows_in, rows.rows_out) {
             (None, None) => {}
             (i, o) => ctx

@@ -8,6 +8,7 @@
 //! `gravity_exporter_collector_success{collector}`; a collector that fails, times out or
 //! panics keeps its last good snapshot (marked stale by `success` 0) and never fails a scrape.
 
+pub mod canary;
 pub mod cgroup;
 pub mod connections;
 pub mod consistency;
@@ -318,6 +319,12 @@ pub struct Context {
     /// Shared MySQL connections: one per (endpoint, user), used by the connection probe
     /// and the source collector (`probe::mysql::Hub`).
     pub mysql: crate::probe::mysql::Hub,
+    /// The opt-in canary's counters, pending canaries and last results (kept across a
+    /// restart of its task; read by the status page).
+    pub canary: canary::Shared,
+    /// gravity's per-stage latencies over the last `/metrics` window (typed, from the
+    /// gravity_metrics collector; interval aggregates over all events).
+    pub stages: RwLock<Option<Arc<gravity_metrics::StageWindow>>>,
 }
 
 impl Context {
@@ -339,7 +346,22 @@ impl Context {
             reads: Reads::default(),
             recent: Default::default(),
             mysql: Default::default(),
+            canary: Default::default(),
+            stages: RwLock::new(None),
         })
+    }
+
+    /// gravity's stage latencies over the last `/metrics` window, if known.
+    pub fn stage_window(&self) -> Option<Arc<gravity_metrics::StageWindow>> {
+        self.stages
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stores the stage latencies of the last `/metrics` window.
+    pub fn set_stage_window(&self, w: gravity_metrics::StageWindow) {
+        *self.stages.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(w));
     }
 
     /// gravity's last parsed `/status`, if any.

@@ -540,6 +540,24 @@ impl StatusCollector {
     }
 }
 
+impl StatusCollector {
+    /// Observes one measured lag of a table (the canary's end-to-end lag for its table),
+    /// under the same cap of label sets as the watermarks.
+    pub fn observe_table(&self, pipeline: &str, schema: &str, table: &str, lag: f64) {
+        let mut seen = lock(&self.lag_series);
+        let key = (schema.to_string(), table.to_string());
+        let (schema, table) = if seen.contains(&key) || seen.len() < MAX_LAG_SERIES {
+            seen.insert(key);
+            (schema, table)
+        } else {
+            ("_other", "_other")
+        };
+        self.lag
+            .with_label_values(&[pipeline, schema, table])
+            .observe(lag.max(0.0));
+    }
+}
+
 impl Collector for StatusCollector {
     fn name(&self) -> &'static str {
         "status"

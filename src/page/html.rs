@@ -441,6 +441,50 @@ pub fn render(v: &StatusView) -> String {
     }
     o.push_str("</section>");
 
+    // Canary
+    if let Some(c) = &v.canary {
+        let _ = write!(
+            o,
+            "<section id=\"canary\"><h2>Canary<small>one marked row per interval, source → gravity → target · writer {state} · {sent} sent, {arrived} arrived, {lost} lost, {pending} on the way{lag}{neck}</small></h2>",
+            state = esc(c.state),
+            sent = c.sent,
+            arrived = c.arrived,
+            lost = c.lost,
+            pending = c.pending,
+            lag = c
+                .last_lag_seconds
+                .map(|l| format!(" · last e2e lag {l:.3} s"))
+                .unwrap_or_default(),
+            neck = c
+                .bottleneck
+                .map(|b| format!(" · slowest stage: {b}"))
+                .unwrap_or_default(),
+        );
+        if !c.detail.is_empty() {
+            let _ = write!(o, "<p class=\"bad\">{}</p>", esc(&c.detail));
+        }
+        o.push_str("<div class=\"tw\"><table class=\"stack\"><thead><tr><th class=\"num\">seq</th><th>written</th><th>outcome</th><th class=\"num\">e2e lag</th><th class=\"num\">gravity.input</th><th class=\"num\">gravity.output</th><th>trace id</th></tr></thead><tbody>");
+        if c.recent.is_empty() {
+            o.push_str("<tr><td colspan=\"7\" class=\"muted\">no canary finished yet</td></tr>");
+        }
+        let secs = |v: Option<f64>| v.map(|s| format!("{s:.3} s")).unwrap_or_else(|| "–".into());
+        for r in &c.recent {
+            let _ = write!(
+                o,
+                "<tr{row}><td class=\"num\">{seq}</td><td class=\"mono\">{at}</td><td>{out}</td><td class=\"num\">{lag}</td><td class=\"num\">{i}</td><td class=\"num\">{op}</td><td class=\"mono\">{t}</td></tr>",
+                row = if r.outcome == "lost" { " class=\"failrow\"" } else { "" },
+                seq = r.seq,
+                at = esc(&r.written_at),
+                out = r.outcome,
+                lag = secs(r.lag_seconds),
+                i = secs(r.input_seconds),
+                op = secs(r.output_seconds),
+                t = esc(&r.trace_id),
+            );
+        }
+        o.push_str("</tbody></table></div></section>");
+    }
+
     // Errors
     let e = &v.errors;
     let now_unix = crate::collector::unix_now();
@@ -573,6 +617,25 @@ mod tests {
                     message: "a <b>bold</b> & 'quoted' \"msg\"".into(),
                 }],
             },
+            canary: Some(CanaryView {
+                state: "ok",
+                detail: String::new(),
+                sent: 12,
+                arrived: 10,
+                lost: 1,
+                pending: 1,
+                last_lag_seconds: Some(0.25),
+                bottleneck: Some("gravity.output"),
+                recent: vec![CanaryRowView {
+                    seq: 11,
+                    trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+                    written_at: "2026-11-22T06:05:33Z".into(),
+                    outcome: "arrived",
+                    lag_seconds: Some(0.25),
+                    input_seconds: Some(0.05),
+                    output_seconds: Some(0.2),
+                }],
+            }),
             discovered: vec![Fact {
                 key: "gravity API".into(),
                 value: "http://127.0.0.1:8080/ (from flag)".into(),

@@ -71,10 +71,99 @@ pub struct StatusView {
     pub connections: ConnectionsView,
     /// The last classified error lines of gravity's log.
     pub errors: ErrorsView,
+    /// The opt-in canary: writer state, counters, the last canaries (`None` while off).
+    pub canary: Option<CanaryView>,
     /// What was discovered about gravity (never a password).
     pub discovered: Vec<Fact>,
     /// The exporter's metrics path.
     pub telemetry_path: String,
+}
+
+/// The canary section.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CanaryView {
+    /// Writer state (`ok`, `read_only`, `privilege`, ...).
+    pub state: &'static str,
+    /// Why, when not ok (masked).
+    pub detail: String,
+    /// Canaries written.
+    pub sent: u64,
+    /// Canaries seen at the target.
+    pub arrived: u64,
+    /// Canaries not seen within the timeout.
+    pub lost: u64,
+    /// On their way now.
+    pub pending: usize,
+    /// End-to-end lag of the last arrival, seconds.
+    pub last_lag_seconds: Option<f64>,
+    /// Which part of the path took longer for the last arrived canary whose gravity
+    /// ProcessTime was known: `gravity.input` (write → ProcessTime) or `gravity.output`
+    /// (ProcessTime → visible at the target).
+    pub bottleneck: Option<&'static str>,
+    /// The last canaries, newest first.
+    pub recent: Vec<CanaryRowView>,
+}
+
+/// One recent canary.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CanaryRowView {
+    /// Sequence number.
+    pub seq: u64,
+    /// Trace id (also in the row and in the log lines about it).
+    pub trace_id: String,
+    /// Written at (RFC 3339).
+    pub written_at: String,
+    /// `arrived` or `lost`.
+    pub outcome: &'static str,
+    /// End-to-end lag, seconds.
+    pub lag_seconds: Option<f64>,
+    /// Write → gravity's ProcessTime, seconds.
+    pub input_seconds: Option<f64>,
+    /// gravity's ProcessTime → arrival, seconds.
+    pub output_seconds: Option<f64>,
+}
+
+fn canary_view(ctx: &Context, red: &Redactor) -> Option<CanaryView> {
+    let v = ctx.canary.view()?;
+    let bottleneck = v
+        .recent
+        .iter()
+        .find_map(|f| Some((f.input?, f.output?)))
+        .map(|(i, o)| {
+            if i >= o {
+                "gravity.input"
+            } else {
+                "gravity.output"
+            }
+        });
+    Some(CanaryView {
+        state: v.state.as_str(),
+        detail: clean(red, &v.detail, 300),
+        sent: v.sent,
+        arrived: v.arrived,
+        lost: v.lost,
+        pending: v.pending,
+        last_lag_seconds: v.last_lag,
+        bottleneck,
+        recent: v
+            .recent
+            .iter()
+            .map(|f| CanaryRowView {
+                seq: f.seq,
+                trace_id: f.trace_id.clone(),
+                written_at: time::OffsetDateTime::from_unix_timestamp_nanos(
+                    (f.written_at * 1e9) as i128,
+                )
+                .ok()
+                .and_then(|t| t.format(&Rfc3339).ok())
+                .unwrap_or_default(),
+                outcome: if f.lag.is_some() { "arrived" } else { "lost" },
+                lag_seconds: f.lag,
+                input_seconds: f.input,
+                output_seconds: f.output,
+            })
+            .collect(),
+    })
 }
 
 /// The gravity process.
@@ -368,6 +457,7 @@ pub fn view(ctx: &Context) -> StatusView {
             .collect(),
         connections,
         errors,
+        canary: canary_view(ctx, &red),
         discovered: discovered(ctx, &red),
         telemetry_path: settings.telemetry_path.clone(),
     }

@@ -157,9 +157,12 @@ pub fn register_secret(secret: &str) {
 
 /// Registers the exporter's own secrets: the user info of `--gravity.url` (its password, and
 /// user:password as written) and the passwords of the monitoring logins
-/// (`--source.password-file`, `--target.password-file`).
+/// (`--source.password-file`, `--target.password-file`, `--canary.password-file`).
 pub fn register_settings(s: &crate::config::Settings) {
-    for login in [&s.source_login, &s.target_login].into_iter().flatten() {
+    for login in [&s.source_login, &s.target_login, &s.canary.login]
+        .into_iter()
+        .flatten()
+    {
         register_secret(login.password.expose());
     }
     if let Some(u) = &s.gravity_url {

@@ -388,6 +388,11 @@ impl App {
         self.sim().set_rate(rate, Now::current());
     }
 
+    /// Pins the stream watermark to times of a real data path (`None`: simulated again).
+    pub fn set_watermark(&self, w: Option<(std::time::SystemTime, std::time::SystemTime)>) {
+        self.sim().external_watermark = w;
+    }
+
     /// Changes the mean lag.
     pub fn set_lag(&self, lag: f64) {
         self.sim().set_lag_mean(lag);

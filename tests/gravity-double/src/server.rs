@@ -350,9 +350,41 @@ fn control(
                 _ => bad("seconds must be a non-negative number".into()),
             }
         }
+        "watermark" => {
+            if post_only(method) {
+                return json(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &serde_json::json!({"error": "use POST"}),
+                );
+            }
+            // Unix seconds (fractional) of a real data path's progress, or clear=1.
+            if param(q, "clear").is_some() {
+                app.set_watermark(None);
+                return json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "watermark": "simulated" }),
+                );
+            }
+            let t = |k: &str| {
+                param(q, k)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .filter(|v| v.is_finite() && *v >= 0.0 && *v < 1e11)
+                    .map(|v| std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(v))
+            };
+            match (t("event"), t("process")) {
+                (Some(e), Some(p)) => {
+                    app.set_watermark(Some((e, p)));
+                    json(
+                        StatusCode::OK,
+                        &serde_json::json!({ "watermark": "pinned" }),
+                    )
+                }
+                _ => bad("event and process must be Unix seconds (or clear=1)".into()),
+            }
+        }
         _ => json(
             StatusCode::NOT_FOUND,
-            &serde_json::json!({"error": "unknown control endpoint", "endpoints": ["GET /_double/state", "POST /_double/fault?mode=", "POST /_double/errors?n=&kind=", "POST /_double/rate?rows_per_sec=", "POST /_double/lag?seconds="]}),
+            &serde_json::json!({"error": "unknown control endpoint", "endpoints": ["GET /_double/state", "POST /_double/fault?mode=", "POST /_double/errors?n=&kind=", "POST /_double/rate?rows_per_sec=", "POST /_double/lag?seconds=", "POST /_double/watermark?event=&process= (Unix seconds) or ?clear=1"]}),
         ),
     }
 }

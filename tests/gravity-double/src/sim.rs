@@ -510,6 +510,9 @@ pub struct Sim {
     pub in_flight: u64,
     /// Whether a position has been stored (gates `/status`).
     pub position_stored: bool,
+    /// A stream watermark pinned from outside (`POST /_double/watermark`): (EventTime,
+    /// ProcessTime) of a real data path the double stands in for (a MariaDB replica).
+    pub external_watermark: Option<(SystemTime, SystemTime)>,
 }
 
 /// Harmonic table weights `1/(i+1)`, normalised.
@@ -562,6 +565,7 @@ impl Sim {
             start: now,
             process_frozen: None,
             event_frozen: None,
+            external_watermark: None,
             retries: 0,
             lag_mean,
             hists: Hists::new(),
@@ -831,6 +835,16 @@ impl Sim {
 
     /// Watermarks at `now`, sorted by key.
     pub fn watermarks(&self, now: Now) -> Vec<Watermark> {
+        if let (Some((event, process)), InputMode::Stream) =
+            (self.external_watermark, self.spec.mode)
+        {
+            return vec![Watermark {
+                key: self.stream_key().to_string(),
+                process_time: process,
+                event_time: event.min(process),
+                closed: false,
+            }];
+        }
         let fresh_process = now
             .wall
             .checked_sub(Duration::from_millis(3))

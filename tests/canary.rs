@@ -1,0 +1,370 @@
+//! The end-to-end canary against real servers: two private MariaDB servers, the second a
+//! replica of the first through MariaDB's own replication, stand in for gravity's data
+//! path (source → target). The gravity double serves `/status` with its stream watermark
+//! pinned to the replica's real progress: a feeder compares the replica's read position
+//! (its I/O thread, gravity's input) with the source's binlog position and moves the
+//! watermark's EventTime to the moment the replica had read everything the source had
+//! written (docs/canary.md, "What is a double here").
+//!
+//! Canaries written by the exporter must arrive with a measured lag; with the replica's SQL
+//! thread stopped (the input still reads, so the double still looks healthy: silent loss)
+//! `gravity_canary_lost_total` grows; started again, canaries arrive again. A read-only
+//! source and a revoked grant stop the writer with their reasons.
+
+mod common;
+#[path = "common/mariadb.rs"]
+mod mariadb;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gravity_exporter::probe::mysql::MySqlConn;
+use mariadb::{exec, MariaDb};
+
+const WAIT: Duration = Duration::from_secs(60);
+const CANARY_USER: &str = "gx_canary";
+const CANARY_PW: &str = "Canary-Pw-5d2e";
+const READ_USER: &str = "gx_read";
+const READ_PW: &str = "Read-Pw-9a1f";
+const PIPELINE: &str = "mysql2mysqlDemo";
+
+fn gravity_config(dir: &Path, src: u16, dst: u16) -> PathBuf {
+    let text = std::fs::read_to_string(common::fixtures().join("configs/mysql2mysql-stream.toml"))
+        .unwrap()
+        .replace("port = 3306", &format!("port = {src}"))
+        .replace("port = 3307", &format!("port = {dst}"))
+        + "\n[[output.config.routes]]\nmatch-schema = \"gravity_canary\"\nmatch-table = \"heartbeat\"\n";
+    let p = dir.join("config.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// (file, position) from `SHOW MASTER STATUS` / the replica's read position.
+async fn source_pos(c: &mut MySqlConn) -> Option<(String, u64)> {
+    let rs = c.query("SHOW MASTER STATUS").await.ok()?;
+    Some((
+        rs.value(0, "File")?.to_string(),
+        rs.value(0, "Position")?.parse().ok()?,
+    ))
+}
+
+async fn replica_read_pos(c: &mut MySqlConn) -> Option<(String, u64)> {
+    let rs = c.query("SHOW SLAVE STATUS").await.ok()?;
+    if rs.value(0, "Slave_IO_Running") != Some("Yes") {
+        return None;
+    }
+    Some((
+        rs.value(0, "Master_Log_File")?.to_string(),
+        rs.value(0, "Read_Master_Log_Pos")?.parse().ok()?,
+    ))
+}
+
+/// Pins the double's watermark to the replica's input progress every 100 ms until `stop`.
+fn feeder(src: u16, replica: u16, double_port: u16, stop: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        let ep = |p| gravity_exporter::probe::Endpoint::new("127.0.0.1", p);
+        let login = |p| async move {
+            MySqlConn::connect(&ep(p), "root", &Default::default(), Duration::from_secs(10))
+                .await
+                .unwrap()
+        };
+        let mut s = login(src).await;
+        let mut r = login(replica).await;
+        let mut event = SystemTime::now();
+        let mut process = SystemTime::now();
+        while !stop.load(Ordering::Relaxed) {
+            let t = SystemTime::now();
+            if let (Some(sp), Some(rp)) = (source_pos(&mut s).await, replica_read_pos(&mut r).await)
+            {
+                // Everything the source had written at `t` has been read by the replica.
+                if rp >= sp {
+                    event = t;
+                }
+                process = SystemTime::now();
+            }
+            common::post(
+                double_port,
+                &format!(
+                    "/_double/watermark?event={}&process={}",
+                    unix(event),
+                    unix(process)
+                ),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
+
+fn v(body: &str, name: &str, extra: &[&str]) -> f64 {
+    let p = format!("pipeline=\"{PIPELINE}\"");
+    let mut needles = vec![p.as_str()];
+    needles.extend_from_slice(extra);
+    common::sample(body, name, &needles).unwrap_or(-1.0)
+}
+
+async fn wait(addr: SocketAddr, what: &str, f: impl FnMut(&str) -> bool) -> String {
+    common::wait_metrics(addr, WAIT, what, f).await
+}
+
+/// The replica's own lag: a row written at the source, polled for at the replica every
+/// millisecond; the median of `n`.
+async fn replica_own_lag(src: &mut MySqlConn, rep: &mut MySqlConn, n: u32) -> f64 {
+    let mut v = Vec::new();
+    for i in 0..n {
+        let t0 = Instant::now();
+        src.query(&format!("INSERT INTO lagprobe.t VALUES ({i})"))
+            .await
+            .unwrap();
+        loop {
+            let rs = rep
+                .query(&format!("SELECT id FROM lagprobe.t WHERE id = {i}"))
+                .await
+                .unwrap();
+            if !rs.rows.is_empty() {
+                break;
+            }
+            assert!(
+                t0.elapsed() < WAIT,
+                "probe row {i} never reached the replica"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        v.push(t0.elapsed().as_secs_f64());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_arrive_through_a_replica_and_loss_is_counted() {
+    if !mariadb::require() {
+        return;
+    }
+    let src = MariaDb::start();
+    let replica = MariaDb::start_with(&["--server-id=2".into()]);
+    let mut s = src.root().await;
+    exec(
+        &mut s,
+        &[
+            "CREATE USER 'repl'@'%' IDENTIFIED BY 'Repl-Pw-1'",
+            "GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%'",
+            &format!("CREATE USER '{CANARY_USER}'@'%' IDENTIFIED BY '{CANARY_PW}'"),
+            &format!(
+                "GRANT SELECT, INSERT, UPDATE, CREATE ON gravity_canary.* TO '{CANARY_USER}'@'%'"
+            ),
+            &format!("CREATE USER '{READ_USER}'@'%' IDENTIFIED BY '{READ_PW}'"),
+            &format!("GRANT SELECT ON gravity_canary.* TO '{READ_USER}'@'%'"),
+            "CREATE DATABASE lagprobe",
+            "CREATE TABLE lagprobe.t (id INT PRIMARY KEY)",
+        ],
+    )
+    .await;
+    let mut r = replica.root().await;
+    exec(
+        &mut r,
+        &[
+            &format!("CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='repl', MASTER_PASSWORD='Repl-Pw-1', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1", src.port),
+            "START SLAVE",
+        ],
+    )
+    .await;
+
+    // The double as gravity, with this config (source → replica, the canary table routed).
+    let dir = tempfile::tempdir().unwrap();
+    let config = gravity_config(dir.path(), src.port, replica.port);
+    let exe = gravity_double::binary().unwrap();
+    let link = gravity_double::install_gravity_link(&exe, dir.path()).unwrap();
+    let port = common::free_port();
+    let mut cfg = gravity_double::SupervisorConfig::new(
+        &link,
+        dir.path(),
+        &config,
+        format!("127.0.0.1:{port}"),
+    );
+    cfg.log_file = Some(dir.path().join("gravity.log"));
+    let _sup = gravity_double::Supervisor::start(cfg).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    feeder(src.port, replica.port, port, stop.clone());
+
+    let pw = dir.path().join("canary.pw");
+    std::fs::write(&pw, format!("{CANARY_PW}\n")).unwrap();
+    let rpw = dir.path().join("read.pw");
+    std::fs::write(&rpw, READ_PW).unwrap();
+    let pattern = format!(
+        "/gravity --config={}( |$)",
+        regex::escape(config.to_str().unwrap())
+    );
+    let flags = [
+        "--gravity.process-pattern",
+        &pattern,
+        "--collector.interval",
+        "200ms",
+        "--gravity.timeout",
+        "1s",
+        "--probe.interval",
+        "0s",
+        "--canary.interval",
+        "1s",
+        "--canary.timeout",
+        "6s",
+        "--canary.username",
+        CANARY_USER,
+        "--canary.password-file",
+        pw.to_str().unwrap(),
+        "--target.username",
+        READ_USER,
+        "--target.password-file",
+        rpw.to_str().unwrap(),
+    ];
+    let run = common::start(common::settings(&flags)).await;
+    let addr = run.addr;
+
+    // 1. Canaries flow: the table is created on first use, rows arrive, lag is measured.
+    let body = wait(addr, "five canaries never arrived", |b| {
+        v(b, "gravity_canary_arrived_total", &[]) >= 5.0
+    })
+    .await;
+    assert_eq!(
+        v(&body, "gravity_canary_writer_state", &["reason=\"ok\""]),
+        1.0
+    );
+    let lag = v(&body, "gravity_canary_e2e_lag_seconds", &[]);
+    assert!(lag > 0.0, "e2e lag {lag}");
+    let hist = v(
+        &body,
+        "gravity_data_lag_seconds_count",
+        &["schema=\"gravity_canary\"", "table=\"heartbeat\""],
+    );
+    assert!(hist >= 5.0, "canary table lag observations: {hist}");
+    // The row at the target carries the canary's trace id.
+    let rs = r
+        .query("SELECT seq, trace_id, span_id, written_at FROM gravity_canary.heartbeat")
+        .await
+        .unwrap();
+    assert_eq!(rs.rows.len(), 1, "one row per pipeline, never more");
+    let trace = rs.value(0, "trace_id").unwrap();
+    assert_eq!(trace.len(), 32);
+    assert!(trace.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert!(
+        rs.value(0, "written_at").unwrap().contains('.'),
+        "microseconds"
+    );
+    // Measured: the canary's e2e lag against the replica's own lag.
+    let own = replica_own_lag(&mut s, &mut r, 15).await;
+    let body = common::get(addr, "/metrics").await.1;
+    let sum = v(
+        &body,
+        "gravity_data_lag_seconds_sum",
+        &["schema=\"gravity_canary\"", "table=\"heartbeat\""],
+    );
+    let n = v(
+        &body,
+        "gravity_data_lag_seconds_count",
+        &["schema=\"gravity_canary\"", "table=\"heartbeat\""],
+    );
+    eprintln!(
+        "MEASURED: canary e2e lag last {:.4} s, mean {:.4} s over {n} canaries; the replica's own lag (median of 15 probes polled every 1 ms) {own:.4} s",
+        v(&body, "gravity_canary_e2e_lag_seconds", &[]),
+        sum / n
+    );
+
+    // 2. Silent loss: the replica's SQL thread stops, its I/O thread still reads (the
+    //    double's watermark stays fresh and /healthz says healthy); canaries are lost.
+    let lost0 = v(&body, "gravity_canary_lost_total", &[]);
+    exec(&mut r, &["STOP SLAVE SQL_THREAD"]).await;
+    let body = wait(
+        addr,
+        "no canary counted lost with the SQL thread stopped",
+        |b| v(b, "gravity_canary_lost_total", &[]) > lost0,
+    )
+    .await;
+    let healthz: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(
+        common::get(healthz, "/healthz").await.0,
+        200,
+        "the double still looks healthy"
+    );
+    assert_eq!(
+        v(&body, "gravity_canary_writer_state", &["reason=\"ok\""]),
+        1.0,
+        "the writer itself is fine"
+    );
+
+    // 3. Recovery: the SQL thread runs again, canaries arrive again.
+    let arrived1 = v(&body, "gravity_canary_arrived_total", &[]);
+    exec(&mut r, &["START SLAVE SQL_THREAD"]).await;
+    wait(
+        addr,
+        "canaries did not arrive again after START SLAVE",
+        |b| v(b, "gravity_canary_arrived_total", &[]) >= arrived1 + 3.0,
+    )
+    .await;
+
+    // 4. A read-only source: the writer stops with reason read_only, and goes on after.
+    exec(&mut s, &["SET GLOBAL read_only = 1"]).await;
+    let body = wait(addr, "writer state never read_only", |b| {
+        v(b, "gravity_canary_writer_state", &["reason=\"read_only\""]) == 1.0
+    })
+    .await;
+    let sent = v(&body, "gravity_canary_sent_total", &[]);
+    let seq_before = s
+        .query("SELECT seq FROM gravity_canary.heartbeat")
+        .await
+        .unwrap();
+    // Three intervals later nothing more was written.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let body = common::get(addr, "/metrics").await.1;
+    assert_eq!(v(&body, "gravity_canary_sent_total", &[]), sent);
+    assert_eq!(
+        s.query("SELECT seq FROM gravity_canary.heartbeat")
+            .await
+            .unwrap(),
+        seq_before
+    );
+    exec(&mut s, &["SET GLOBAL read_only = 0"]).await;
+    wait(addr, "writer did not resume after read_only = 0", |b| {
+        v(b, "gravity_canary_sent_total", &[]) > sent
+            && v(b, "gravity_canary_writer_state", &["reason=\"ok\""]) == 1.0
+    })
+    .await;
+
+    // 5. The grant is revoked: reason privilege.
+    exec(
+        &mut s,
+        &[&format!(
+            "REVOKE INSERT, UPDATE ON gravity_canary.* FROM '{CANARY_USER}'@'%'"
+        )],
+    )
+    .await;
+    wait(addr, "writer state never privilege", |b| {
+        v(b, "gravity_canary_writer_state", &["reason=\"privilege\""]) == 1.0
+    })
+    .await;
+
+    // The canary's password is nowhere in what the exporter serves.
+    for path in ["/metrics", "/", "/api/status"] {
+        let (_, body) = common::get(addr, path).await;
+        assert!(
+            !body.contains(CANARY_PW),
+            "{path} shows the canary password"
+        );
+    }
+    let (_, page) = common::get(addr, "/api/status").await;
+    assert!(
+        page.contains("canary"),
+        "status JSON has the canary section"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    let report = run.shutdown().await;
+    assert!(report.still_running.is_empty(), "{report:?}");
+}
