@@ -120,6 +120,18 @@ pub fn mysql_login(s: &Settings, e: &Endpoint) -> Login {
     }
 }
 
+/// TLS and SASL of a Kafka endpoint, as gravity's config sets them.
+pub fn kafka_security(e: &Endpoint) -> probe::kafka::KafkaSecurity {
+    probe::kafka::KafkaSecurity {
+        tls: e.tls.then(|| e.tls_options.clone()),
+        sasl: e.sasl.map(|mechanism| probe::kafka::Sasl {
+            mechanism,
+            user: e.user.clone().unwrap_or_default(),
+            password: e.password.clone(),
+        }),
+    }
+}
+
 /// Probes one endpoint at the protocol level, within `timeout`. A MySQL endpoint with a
 /// shared connection is probed on it (`SELECT 1`, logging in only when needed); without
 /// one, with a new login.
@@ -138,7 +150,7 @@ pub async fn probe_endpoint(
                     .await
             }
         },
-        Protocol::Kafka => probe::kafka::probe(&pe, timeout).await,
+        Protocol::Kafka => probe::kafka::probe_with(&pe, &kafka_security(e), timeout).await,
         Protocol::Mongo => probe::mongo::probe(&pe, timeout).await,
         Protocol::Http => {
             probe::http::probe(&pe, e.tls, e.user.as_deref(), &e.password, timeout).await
