@@ -614,6 +614,65 @@ mod tests {
     }
 
     #[test]
+    fn kafka_tls_and_sasl_as_gravity_reads_them() {
+        // SASL only when enabled; mechanism PLAIN unless set.
+        let c = parse(M2K, false).unwrap();
+        let k = c.endpoint(EndpointRole::Kafka).unwrap();
+        assert_eq!(k.sasl, Some(SaslMechanism::Plain));
+        assert_eq!(k.user.as_deref(), Some("gravity"));
+        assert!(!k.tls);
+        let text = r#"
+[output]
+type = "async-kafka"
+[output.config.kafka-global-config]
+broker-addrs = ["k:9093"]
+cert-file = "/etc/gravity/client.pem"
+key-file = "/etc/gravity/client.key"
+ca-file = "/etc/gravity/ca.pem"
+verify-ssl = true
+[output.config.kafka-global-config.net.sasl]
+enable = true
+mechanism = "scram-sha-512"
+user = "u"
+password = "p-secret"
+"#;
+        let k = parse(text, false).unwrap().endpoints.remove(0);
+        assert!(k.tls);
+        assert_eq!(k.sasl, Some(SaslMechanism::ScramSha512));
+        assert_eq!(
+            k.tls_options,
+            TlsOptions {
+                ca_file: Some("/etc/gravity/ca.pem".into()),
+                cert_file: Some("/etc/gravity/client.pem".into()),
+                key_file: Some("/etc/gravity/client.key".into()),
+                // gravity hands verify-ssl to Go's InsecureSkipVerify
+                insecure_skip_verify: true,
+            }
+        );
+        // Two of the three files: gravity leaves TLS off; SASL disabled: no SASL.
+        let partial = text
+            .replace("ca-file = \"/etc/gravity/ca.pem\"\n", "")
+            .replace("enable = true", "enable = false");
+        let k = parse(&partial, false).unwrap().endpoints.remove(0);
+        assert!(!k.tls);
+        assert_eq!(k.sasl, None);
+        assert!(!format!("{k:?}").contains("p-secret"));
+    }
+
+    #[test]
+    fn mongo_auth_source_and_tls() {
+        let c = parse(MONGO, false).unwrap();
+        let s = c.endpoint(EndpointRole::Source).unwrap();
+        assert_eq!((s.tls, s.auth_source.as_deref()), (false, None));
+        let text = "[input]\ntype = \"mongo\"\n[input.config.source]\nhost = \"m\"\nusername = \"u\"\npassword = \"pw\"\ndatabase = \"app\"\ntls = true\nca-file = \"/ca.pem\"\n";
+        let c = parse(text, false).unwrap();
+        let s = c.endpoint(EndpointRole::Source).unwrap();
+        assert_eq!(s.auth_source.as_deref(), Some("app"));
+        assert!(s.tls);
+        assert_eq!(s.tls_options.ca_file.as_deref(), Some(Path::new("/ca.pem")));
+    }
+
+    #[test]
     fn mongo_and_batch() {
         let c = parse(MONGO, false).unwrap();
         let s = c.endpoint(EndpointRole::Source).unwrap();
