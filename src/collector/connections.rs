@@ -132,6 +132,22 @@ pub fn kafka_security(e: &Endpoint) -> probe::kafka::KafkaSecurity {
     }
 }
 
+/// TLS and login of a Mongo endpoint, as gravity's config sets them: gravity (mgo) logs in
+/// when both user and password are set, in `database` (default `admin`).
+pub fn mongo_security(e: &Endpoint) -> probe::mongo::MongoSecurity {
+    let user = e.user.clone().filter(|u| !u.is_empty());
+    probe::mongo::MongoSecurity {
+        tls: e.tls.then(|| e.tls_options.clone()),
+        login: user
+            .filter(|_| !e.password.is_empty())
+            .map(|user| probe::mongo::MongoLogin {
+                user,
+                password: e.password.clone(),
+                auth_source: e.auth_source.clone().unwrap_or_else(|| "admin".to_string()),
+            }),
+    }
+}
+
 /// Probes one endpoint at the protocol level, within `timeout`. A MySQL endpoint with a
 /// shared connection is probed on it (`SELECT 1`, logging in only when needed); without
 /// one, with a new login.
@@ -151,7 +167,7 @@ pub async fn probe_endpoint(
             }
         },
         Protocol::Kafka => probe::kafka::probe_with(&pe, &kafka_security(e), timeout).await,
-        Protocol::Mongo => probe::mongo::probe(&pe, timeout).await,
+        Protocol::Mongo => probe::mongo::probe_with(&pe, &mongo_security(e), timeout).await,
         Protocol::Http => {
             probe::http::probe(&pe, e.tls, e.user.as_deref(), &e.password, timeout).await
         }
@@ -570,7 +586,21 @@ mod tests {
         // broker, and a closed port.
         let kafka = FakeBroker::start(KafkaMode::Ok).await.unwrap();
         let hang = FakeBroker::start(KafkaMode::Hang).await.unwrap();
-        let mongo = FakeMongod::start(MongoMode::Primary).await.unwrap();
+        // gravity's Mongo login (user u) is checked with SCRAM, as mongod does.
+        let mongo = FakeMongod::start_secure(
+            MongoMode::Primary,
+            crate::probe::mongo::testserver::Security {
+                tls: None,
+                user: Some(crate::probe::mongo::testserver::MongoUser {
+                    user: "u".into(),
+                    password: "mongo-secret".into(),
+                    db: "admin".into(),
+                    mechanisms: vec![crate::probe::scram::ScramHash::Sha256],
+                }),
+            },
+        )
+        .await
+        .unwrap();
         let closed = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -619,6 +649,6 @@ broker-addrs = ["{kafka}", "{hang}", "127.0.0.1:{closed}"]
             ]
         );
         assert_eq!(kafka.requests().len(), 1);
-        assert_eq!(mongo.commands(), ["hello"]);
+        assert_eq!(mongo.commands(), ["hello", "saslStart", "saslContinue"]);
     }
 }

@@ -998,6 +998,7 @@ mod bson {
             self
         }
 
+        #[allow(dead_code)] // the unit tests' documents
         pub fn null(&mut self, name: &str) -> &mut Self {
             self.key(0x0A, name);
             self
@@ -1070,13 +1071,56 @@ pub mod testserver {
     use std::sync::atomic::{AtomicI32, Ordering};
     use std::sync::{Arc, Mutex};
 
-    use tokio::io::AsyncWriteExt;
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+    use tokio::net::TcpListener;
     use tokio::task::{JoinHandle, JoinSet};
+    use tokio_rustls::TlsAcceptor;
 
     use super::bson::{DocBuilder, Document, Value};
-    use super::{encode_op_msg, parse_op_msg, read_message};
-    use crate::probe::Endpoint;
+    use super::{encode_op_msg, parse_op_msg, prepared_password, read_message, MongoLogin};
+    use crate::probe::scram::server::ScramServer;
+    use crate::probe::scram::ScramHash;
+    use crate::probe::{Endpoint, Secret};
+
+    /// The one user of a fake mongod with authentication on.
+    #[derive(Clone)]
+    pub struct MongoUser {
+        /// User name.
+        pub user: String,
+        /// Password.
+        pub password: String,
+        /// The database holding the user.
+        pub db: String,
+        /// Mechanisms of its credentials (`createUser`'s `mechanisms`).
+        pub mechanisms: Vec<ScramHash>,
+    }
+
+    impl std::fmt::Debug for MongoUser {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("MongoUser")
+                .field("user", &self.user)
+                .field("db", &self.db)
+                .finish_non_exhaustive()
+        }
+    }
+
+    /// TLS (`net.tls.mode: requireTLS`) and authentication (`security.authorization`).
+    #[derive(Clone, Default)]
+    pub struct Security {
+        /// Listen with TLS only.
+        pub tls: Option<TlsAcceptor>,
+        /// Demand a SCRAM login.
+        pub user: Option<MongoUser>,
+    }
+
+    impl std::fmt::Debug for Security {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Security")
+                .field("tls", &self.tls.is_some())
+                .field("user", &self.user)
+                .finish()
+        }
+    }
 
     /// How the fake server answers.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1113,8 +1157,13 @@ pub mod testserver {
     }
 
     impl FakeMongod {
-        /// Binds 127.0.0.1:0 and starts serving in `mode`.
+        /// Binds 127.0.0.1:0 and starts serving in `mode` (plaintext, no authentication).
         pub async fn start(mode: Mode) -> io::Result<FakeMongod> {
+            Self::start_secure(mode, Security::default()).await
+        }
+
+        /// Binds 127.0.0.1:0 and starts serving in `mode` behind `security`.
+        pub async fn start_secure(mode: Mode, security: Security) -> io::Result<FakeMongod> {
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             let commands = Arc::new(Mutex::new(Vec::new()));
@@ -1123,12 +1172,29 @@ pub mod testserver {
                 let mut connections = JoinSet::new();
                 let next_id = Arc::new(AtomicI32::new(1000));
                 while let Ok((stream, _)) = listener.accept().await {
-                    connections.spawn(serve(
-                        stream,
-                        mode.clone(),
-                        Arc::clone(&recorded),
-                        Arc::clone(&next_id),
-                    ));
+                    let mode = mode.clone();
+                    let security = security.clone();
+                    let recorded = Arc::clone(&recorded);
+                    let next_id = Arc::clone(&next_id);
+                    connections.spawn(async move {
+                        match &security.tls {
+                            Some(acceptor) => {
+                                if let Ok(tls) = acceptor.accept(stream).await {
+                                    serve(tls, mode, security.user, recorded, next_id).await;
+                                }
+                            }
+                            None => {
+                                // mongod without TLS closes a connection that starts with a
+                                // TLS handshake record ("SSL handshake received but server
+                                // is started without SSL support").
+                                let mut first = [0u8; 2];
+                                if matches!(stream.peek(&mut first).await, Ok(2) if first == [0x16, 0x03]) {
+                                    return;
+                                }
+                                serve(stream, mode, security.user, recorded, next_id).await
+                            }
+                        }
+                    });
                     while connections.try_join_next().is_some() {}
                 }
             });
@@ -1161,12 +1227,15 @@ pub mod testserver {
         }
     }
 
-    async fn serve(
-        mut stream: TcpStream,
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        mut stream: S,
         mode: Mode,
+        user: Option<MongoUser>,
         recorded: Arc<Mutex<Vec<String>>>,
         next_id: Arc<AtomicI32>,
     ) {
+        let mut authenticated = user.is_none();
+        let mut conversation: Option<ScramServer> = None;
         loop {
             let Ok(message) = read_message(&mut stream).await else {
                 return;
@@ -1192,33 +1261,69 @@ pub mod testserver {
             }
             let is_hello = command == "hello";
             let is_legacy = command.eq_ignore_ascii_case("ismaster");
-            let body = match &mode {
-                Mode::Garbage => {
-                    let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nIt looks like you are trying to access MongoDB over HTTP on the native driver port.\r\n").await;
-                    return;
+            let sasl = command == "saslStart" || command == "saslContinue";
+            let body = match (&mode, &user) {
+                (Mode::Primary | Mode::Secondary, Some(u)) if sasl => {
+                    let (reply, done) = sasl_step(&doc, &command, u, &mut conversation);
+                    if done {
+                        authenticated = true;
+                    }
+                    reply
                 }
-                Mode::Hang => {
-                    std::future::pending::<()>().await;
-                    return;
+                (Mode::Primary | Mode::Secondary, Some(u)) if is_hello || is_legacy => {
+                    let mechs = match doc.get("saslSupportedMechs") {
+                        Ok(Some(Value::String(n)))
+                            if n == format!("{}.{}", u.db, u.user).as_bytes() =>
+                        {
+                            Some(
+                                u.mechanisms
+                                    .iter()
+                                    .map(|m| m.mechanism())
+                                    .collect::<Vec<_>>(),
+                            )
+                        }
+                        _ => None,
+                    };
+                    hello_doc_with(is_hello, mode == Mode::Secondary, mechs.as_deref())
                 }
-                Mode::BadBson => {
-                    let mut b = DocBuilder::new();
-                    b.double("ok", 1.0);
-                    let mut raw = b.finish();
-                    raw[0] = 0x7F; // length far beyond the message
-                    raw
-                }
-                _ if !is_hello && !is_legacy => error_doc(
-                    59,
-                    &format!("no such command: '{command}'"),
-                    "CommandNotFound",
+                (Mode::Primary | Mode::Secondary, Some(_)) if !authenticated => error_doc(
+                    13,
+                    &format!("command {command} requires authentication"),
+                    "Unauthorized",
                 ),
-                Mode::CommandError { code, message } => error_doc(*code, message, "Error"),
-                Mode::LegacyOnly if is_hello => {
-                    error_doc(59, "no such command: 'hello'", "CommandNotFound")
+                _ => Vec::new(),
+            };
+            let body = if !body.is_empty() {
+                body
+            } else {
+                match &mode {
+                    Mode::Garbage => {
+                        let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nIt looks like you are trying to access MongoDB over HTTP on the native driver port.\r\n").await;
+                        return;
+                    }
+                    Mode::Hang => {
+                        std::future::pending::<()>().await;
+                        return;
+                    }
+                    Mode::BadBson => {
+                        let mut b = DocBuilder::new();
+                        b.double("ok", 1.0);
+                        let mut raw = b.finish();
+                        raw[0] = 0x7F; // length far beyond the message
+                        raw
+                    }
+                    _ if !is_hello && !is_legacy => error_doc(
+                        59,
+                        &format!("no such command: '{command}'"),
+                        "CommandNotFound",
+                    ),
+                    Mode::CommandError { code, message } => error_doc(*code, message, "Error"),
+                    Mode::LegacyOnly if is_hello => {
+                        error_doc(59, "no such command: 'hello'", "CommandNotFound")
+                    }
+                    Mode::Primary | Mode::LegacyOnly => hello_doc(is_hello, false),
+                    Mode::Secondary => hello_doc(is_hello, true),
                 }
-                Mode::Primary | Mode::LegacyOnly => hello_doc(is_hello, false),
-                Mode::Secondary => hello_doc(is_hello, true),
             };
             let id = next_id.fetch_add(1, Ordering::Relaxed);
             if stream
@@ -1240,8 +1345,87 @@ pub mod testserver {
         b.finish()
     }
 
+    /// One step of mongod's SCRAM conversation: the reply, and whether the login is done.
+    fn sasl_step(
+        doc: &Document<'_>,
+        command: &str,
+        u: &MongoUser,
+        conversation: &mut Option<ScramServer>,
+    ) -> (Vec<u8>, bool) {
+        let failed = || {
+            (
+                error_doc(18, "Authentication failed.", "AuthenticationFailed"),
+                false,
+            )
+        };
+        let payload = match doc.get("payload") {
+            Ok(Some(Value::Binary(_, p))) => p.to_vec(),
+            _ => return failed(),
+        };
+        if command == "saslStart" {
+            let mechanism = match doc.get("mechanism") {
+                Ok(Some(Value::String(m))) => String::from_utf8_lossy(m).into_owned(),
+                _ => return failed(),
+            };
+            let Some(hash) = u
+                .mechanisms
+                .iter()
+                .copied()
+                .find(|h| h.mechanism() == mechanism)
+            else {
+                return (
+                    error_doc(334, &format!("Unable to use {mechanism} based authentication for user without any {mechanism} credentials registered"), "MechanismUnavailable"),
+                    false,
+                );
+            };
+            if !matches!(doc.get("$db"), Ok(Some(Value::String(d))) if d == u.db.as_bytes()) {
+                return failed();
+            }
+            let login = MongoLogin {
+                user: u.user.clone(),
+                password: Secret::new(u.password.clone()),
+                auth_source: u.db.clone(),
+            };
+            let Ok(password) = prepared_password(&login, hash) else {
+                return failed();
+            };
+            match ScramServer::start(hash, &password, b"fake-mongod-salt", 4096, &payload) {
+                Ok((server, first)) if server.user() == u.user => {
+                    *conversation = Some(server);
+                    let mut b = DocBuilder::new();
+                    b.int32("conversationId", 1)
+                        .bool("done", false)
+                        .binary("payload", 0, first.as_bytes())
+                        .double("ok", 1.0);
+                    (b.finish(), false)
+                }
+                _ => failed(),
+            }
+        } else {
+            let Some(server) = conversation.take() else {
+                return failed();
+            };
+            match server.finish(&payload) {
+                Ok(last) => {
+                    let mut b = DocBuilder::new();
+                    b.int32("conversationId", 1)
+                        .bool("done", true)
+                        .binary("payload", 0, last.as_bytes())
+                        .double("ok", 1.0);
+                    (b.finish(), true)
+                }
+                Err(_) => failed(),
+            }
+        }
+    }
+
     /// A reply shaped like mongod 6.0's.
     fn hello_doc(modern: bool, secondary: bool) -> Vec<u8> {
+        hello_doc_with(modern, secondary, None)
+    }
+
+    /// A `hello` reply, with `saslSupportedMechs` when the request asked about a known user.
+    fn hello_doc_with(modern: bool, secondary: bool, mechs: Option<&[&str]>) -> Vec<u8> {
         let mut topology = DocBuilder::new();
         topology
             .object_id(
@@ -1287,8 +1471,10 @@ pub mod testserver {
             .int32("connectionId", 17)
             .int32("minWireVersion", 0)
             .int32("maxWireVersion", 17)
-            .bool("readOnly", false)
-            .null("saslSupportedMechs");
+            .bool("readOnly", false);
+        if let Some(m) = mechs {
+            b.string_array("saslSupportedMechs", m);
+        }
         if secondary {
             let mut signature = DocBuilder::new();
             signature.binary("hash", 0, &[0u8; 20]).int64("keyId", 0);
@@ -1382,6 +1568,7 @@ mod tests {
                 max_wire_version: Some(21),
                 is_mongos: false,
                 legacy: false,
+                sasl_supported_mechs: None,
             }
         );
     }
@@ -1591,6 +1778,121 @@ mod tests {
             "{took:?}"
         );
         assert_eq!(server.commands(), ["hello"]);
+    }
+
+    fn secure_user(mechanisms: Vec<crate::probe::scram::ScramHash>) -> testserver::MongoUser {
+        testserver::MongoUser {
+            user: "reader".into(),
+            password: "mongo-pw-Zq4".into(),
+            db: "admin".into(),
+            mechanisms,
+        }
+    }
+
+    fn login(user: &str, pw: &str) -> MongoLogin {
+        MongoLogin {
+            user: user.into(),
+            password: Secret::new(pw),
+            auth_source: "admin".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn scram_sha1_and_sha256_logins_are_verified() {
+        use crate::probe::scram::ScramHash;
+        for (mechs, want) in [
+            (vec![ScramHash::Sha1, ScramHash::Sha256], "SCRAM-SHA-256"),
+            (vec![ScramHash::Sha1], "SCRAM-SHA-1"),
+        ] {
+            let server = FakeMongod::start_secure(
+                Mode::Primary,
+                testserver::Security {
+                    tls: None,
+                    user: Some(secure_user(mechs)),
+                },
+            )
+            .await
+            .unwrap();
+            let sec = MongoSecurity {
+                tls: None,
+                login: Some(login("reader", "mongo-pw-Zq4")),
+            };
+            let out = probe_with(&server.endpoint(), &sec, D).await;
+            assert!(out.ok, "{out:?}");
+            assert!(
+                out.detail.contains(&format!("{want} login of reader ok")),
+                "{}",
+                out.detail
+            );
+            for (user, pw) in [("reader", "wrong-pw-K2"), ("nobody", "mongo-pw-Zq4")] {
+                let sec = MongoSecurity {
+                    tls: None,
+                    login: Some(login(user, pw)),
+                };
+                let out = probe_with(&server.endpoint(), &sec, D).await;
+                assert_eq!(out.reason, Some(FailureReason::Auth), "{user}: {out:?}");
+                assert!(out.detail.contains("18"), "{}", out.detail);
+                assert!(!out.detail.contains(pw), "{}", out.detail);
+            }
+            assert!(server.commands().iter().any(|c| c == "saslContinue"));
+        }
+    }
+
+    #[tokio::test]
+    async fn mongo_tls_success_and_each_failure_reason() {
+        use crate::probe::scram::ScramHash;
+        use crate::probe::tls::testpki::Pki;
+        let pki = Pki::new();
+        let server = FakeMongod::start_secure(
+            Mode::Secondary,
+            testserver::Security {
+                tls: Some(pki.acceptor(false)),
+                user: Some(secure_user(vec![ScramHash::Sha256])),
+            },
+        )
+        .await
+        .unwrap();
+        let good = MongoSecurity {
+            tls: Some(pki.options()),
+            login: Some(login("reader", "mongo-pw-Zq4")),
+        };
+        let out = probe_with(&server.endpoint(), &good, D).await;
+        assert!(out.ok, "{out:?}");
+        assert!(out.detail.contains("TLS"), "{}", out.detail);
+        let mut untrusted = good.clone();
+        untrusted.tls = Some(TlsOptions {
+            ca_file: Some(pki.other_ca_file.clone()),
+            ..Default::default()
+        });
+        let out = probe_with(&server.endpoint(), &untrusted, D).await;
+        assert_eq!(out.reason, Some(FailureReason::Tls), "{out:?}");
+        let plain = MongoSecurity {
+            tls: None,
+            login: good.login.clone(),
+        };
+        let out = probe_with(&server.endpoint(), &plain, D).await;
+        assert_eq!(out.reason, Some(FailureReason::TlsRequired), "{out:?}");
+        let plaintext_server = FakeMongod::start(Mode::Primary).await.unwrap();
+        let out = probe_with(&plaintext_server.endpoint(), &good, D).await;
+        assert_eq!(out.reason, Some(FailureReason::Tls), "{out:?}");
+    }
+
+    #[test]
+    fn scram_sha1_password_is_mongo_digest() {
+        // MongoDB's SCRAM-SHA-1 password: hex MD5 of "user:mongo:password".
+        let p = prepared_password(
+            &login("user", "pencil"),
+            crate::probe::scram::ScramHash::Sha1,
+        )
+        .unwrap();
+        assert_eq!(p, b"1c33006ec1ffd90f9cadcbcc0e118200");
+        // SASLprep maps non-ASCII space to ASCII space (RFC 4013 §2.1).
+        let p = prepared_password(
+            &login("u", "a\u{00A0}b"),
+            crate::probe::scram::ScramHash::Sha256,
+        )
+        .unwrap();
+        assert_eq!(p, b"a b");
     }
 
     #[tokio::test]
