@@ -80,14 +80,14 @@ pub fn connection_families(results: &[ProbeResult], pipeline: &str) -> Families 
         ];
         f.gauge(
             "gravity_connection_health",
-            "1 when the last protocol-level probe of the endpoint succeeded (MySQL login + SELECT 1, Kafka ApiVersions, Mongo hello, Elasticsearch GET /), else 0.",
+            "1 when the last protocol-level probe of the endpoint succeeded (MySQL login + SELECT 1, Kafka ApiVersions + SASL login, Mongo hello + SCRAM login, Elasticsearch GET /; over TLS where gravity's config uses it), else 0.",
             &l,
             if r.outcome.ok { 1.0 } else { 0.0 },
         );
         if let Some(reason) = r.outcome.reason {
             f.gauge(
                 "gravity_connection_failure_reason",
-                "1 for why the last probe of the endpoint failed (refused, timeout, auth, tls_required, auth_plugin_unsupported, too_many_connections, privilege, protocol, dns); absent while it is healthy.",
+                "1 for why the last probe of the endpoint failed (refused, timeout, auth, tls_required, tls, auth_plugin_unsupported, too_many_connections, privilege, protocol, dns); absent while it is healthy.",
                 &[
                     ("pipeline", pipeline),
                     ("component", r.component),
@@ -264,7 +264,7 @@ impl ConnectionProber {
         let failures = IntCounterVec::new(
             Opts::new(
                 "gravity_connection_probe_failures_total",
-                "Failed protocol-level probes of the endpoint, by reason (refused, timeout, auth, tls_required, auth_plugin_unsupported, too_many_connections, privilege, protocol, dns).",
+                "Failed protocol-level probes of the endpoint, by reason (refused, timeout, auth, tls_required, tls, auth_plugin_unsupported, too_many_connections, privilege, protocol, dns).",
             ),
             &["pipeline", "component", "endpoint", "reason"],
         )
