@@ -10,6 +10,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
+pub use crate::probe::kafka::SaslMechanism;
+pub use crate::probe::tls::TlsOptions;
 pub use crate::probe::Secret;
 
 /// What an endpoint is, as the `component` label of connection metrics.
@@ -68,8 +70,17 @@ pub struct Endpoint {
     pub user: Option<String>,
     /// Login password (never printed).
     pub password: Secret,
-    /// Whether the endpoint speaks TLS (an `https://` Elasticsearch URL).
+    /// Whether the endpoint speaks TLS (an `https://` Elasticsearch URL, a Kafka config
+    /// with `cert-file`, `key-file` and `ca-file`, a Mongo source with `tls = true`).
     pub tls: bool,
+    /// How TLS is set up when `tls` (CA, client certificate, verification).
+    pub tls_options: TlsOptions,
+    /// Kafka: the SASL mechanism when `net.sasl.enable = true` (then `user`/`password` are
+    /// the SASL login); `None`: no SASL.
+    pub sasl: Option<SaslMechanism>,
+    /// Mongo: the database the credentials are checked in (`database`, as the path of
+    /// gravity's `mongodb://user:pass@host:port/database` URL; default `admin`).
+    pub auth_source: Option<String>,
 }
 
 impl Endpoint {
@@ -266,6 +277,31 @@ fn db_endpoint(
         .and_then(Value::as_str)
         .map(str::to_string);
     let password = Secret::new(v.get("password").and_then(Value::as_str).unwrap_or(""));
+    let text = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let flag = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
+    // Mongo: the auth database of gravity's URL (`database`), and TLS when the section
+    // says so (`tls`/`ssl`, with `ca-file`, `cert-file`, `key-file`, `tls-insecure`).
+    let (tls, tls_options, auth_source) = if protocol == Protocol::Mongo {
+        let tls_options = TlsOptions {
+            ca_file: text("ca-file").map(Into::into),
+            cert_file: text("cert-file").map(Into::into),
+            key_file: text("key-file").map(Into::into),
+            insecure_skip_verify: flag("tls-insecure"),
+        };
+        (
+            flag("tls") || flag("ssl"),
+            tls_options,
+            text("auth-source").or_else(|| text("database")),
+        )
+    } else {
+        (false, TlsOptions::default(), None)
+    };
     Some(Endpoint {
         role,
         protocol,
@@ -273,7 +309,10 @@ fn db_endpoint(
         port,
         user,
         password,
-        tls: false,
+        tls,
+        tls_options,
+        sasl: None,
+        auth_source,
     })
 }
 
@@ -335,6 +374,49 @@ fn from_value(root: &Value) -> GravityConfig {
         Protocol::Mysql,
         3306,
     ));
+    let kafka = get(root, &["output", "config", "kafka-global-config"]);
+    let kafka_text = |k: &str| {
+        kafka
+            .and_then(|v| v.get(k))
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(std::path::PathBuf::from)
+    };
+    // gravity (pkg/kafka) turns TLS on only when cert-file, key-file and ca-file are all
+    // set, presents the client certificate, and sets Go's InsecureSkipVerify to the value
+    // of verify-ssl: verify-ssl = true switches verification *off*. The probe does the same
+    // so that it fails exactly when gravity would.
+    let (kafka_tls, kafka_tls_options) = match (
+        kafka_text("cert-file"),
+        kafka_text("key-file"),
+        kafka_text("ca-file"),
+    ) {
+        (Some(cert), Some(key), Some(ca)) => (
+            true,
+            TlsOptions {
+                ca_file: Some(ca),
+                cert_file: Some(cert),
+                key_file: Some(key),
+                insecure_skip_verify: kafka
+                    .and_then(|v| v.get("verify-ssl"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            },
+        ),
+        _ => (false, TlsOptions::default()),
+    };
+    let sasl_path = |k: &'static str| ["output", "config", "kafka-global-config", "net", "sasl", k];
+    let sasl_enabled = get(root, &sasl_path("enable"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    // gravity 0.9 leaves sarama's mechanism at its default, PLAIN; a `mechanism` key (sarama's
+    // name) is honoured for builds that set it.
+    let sasl = sasl_enabled.then(|| {
+        string(root, &sasl_path("mechanism"))
+            .and_then(|m| SaslMechanism::parse(&m))
+            .unwrap_or(SaslMechanism::Plain)
+    });
     let sasl_user = string(
         root,
         &[
@@ -372,7 +454,10 @@ fn from_value(root: &Value) -> GravityConfig {
                     port,
                     user: sasl_user.clone(),
                     password: Secret::new(sasl_pw.clone().unwrap_or_default()),
-                    tls: false,
+                    tls: kafka_tls,
+                    tls_options: kafka_tls_options.clone(),
+                    sasl,
+                    auth_source: None,
                 });
             }
         }
@@ -396,6 +481,9 @@ fn from_value(root: &Value) -> GravityConfig {
                     user: es_user.clone(),
                     password: Secret::new(es_pw.clone().unwrap_or_default()),
                     tls: u.trim().to_ascii_lowercase().starts_with("https://"),
+                    tls_options: TlsOptions::default(),
+                    sasl: None,
+                    auth_source: None,
                 });
             }
         }
@@ -523,6 +611,65 @@ mod tests {
                 "127.0.0.1:9092"
             ]
         );
+    }
+
+    #[test]
+    fn kafka_tls_and_sasl_as_gravity_reads_them() {
+        // SASL only when enabled; mechanism PLAIN unless set.
+        let c = parse(M2K, false).unwrap();
+        let k = c.endpoint(EndpointRole::Kafka).unwrap();
+        assert_eq!(k.sasl, Some(SaslMechanism::Plain));
+        assert_eq!(k.user.as_deref(), Some("gravity"));
+        assert!(!k.tls);
+        let text = r#"
+[output]
+type = "async-kafka"
+[output.config.kafka-global-config]
+broker-addrs = ["k:9093"]
+cert-file = "/etc/gravity/client.pem"
+key-file = "/etc/gravity/client.key"
+ca-file = "/etc/gravity/ca.pem"
+verify-ssl = true
+[output.config.kafka-global-config.net.sasl]
+enable = true
+mechanism = "scram-sha-512"
+user = "u"
+password = "p-secret"
+"#;
+        let k = parse(text, false).unwrap().endpoints.remove(0);
+        assert!(k.tls);
+        assert_eq!(k.sasl, Some(SaslMechanism::ScramSha512));
+        assert_eq!(
+            k.tls_options,
+            TlsOptions {
+                ca_file: Some("/etc/gravity/ca.pem".into()),
+                cert_file: Some("/etc/gravity/client.pem".into()),
+                key_file: Some("/etc/gravity/client.key".into()),
+                // gravity hands verify-ssl to Go's InsecureSkipVerify
+                insecure_skip_verify: true,
+            }
+        );
+        // Two of the three files: gravity leaves TLS off; SASL disabled: no SASL.
+        let partial = text
+            .replace("ca-file = \"/etc/gravity/ca.pem\"\n", "")
+            .replace("enable = true", "enable = false");
+        let k = parse(&partial, false).unwrap().endpoints.remove(0);
+        assert!(!k.tls);
+        assert_eq!(k.sasl, None);
+        assert!(!format!("{k:?}").contains("p-secret"));
+    }
+
+    #[test]
+    fn mongo_auth_source_and_tls() {
+        let c = parse(MONGO, false).unwrap();
+        let s = c.endpoint(EndpointRole::Source).unwrap();
+        assert_eq!((s.tls, s.auth_source.as_deref()), (false, None));
+        let text = "[input]\ntype = \"mongo\"\n[input.config.source]\nhost = \"m\"\nusername = \"u\"\npassword = \"pw\"\ndatabase = \"app\"\ntls = true\nca-file = \"/ca.pem\"\n";
+        let c = parse(text, false).unwrap();
+        let s = c.endpoint(EndpointRole::Source).unwrap();
+        assert_eq!(s.auth_source.as_deref(), Some("app"));
+        assert!(s.tls);
+        assert_eq!(s.tls_options.ca_file.as_deref(), Some(Path::new("/ca.pem")));
     }
 
     #[test]

@@ -80,14 +80,14 @@ pub fn connection_families(results: &[ProbeResult], pipeline: &str) -> Families 
         ];
         f.gauge(
             "gravity_connection_health",
-            "1 when the last protocol-level probe of the endpoint succeeded (MySQL login + SELECT 1, Kafka ApiVersions, Mongo hello, Elasticsearch GET /), else 0.",
+            "1 when the last protocol-level probe of the endpoint succeeded (MySQL login + SELECT 1, Kafka ApiVersions + SASL login, Mongo hello + SCRAM login, Elasticsearch GET /; over TLS where gravity's config uses it), else 0.",
             &l,
             if r.outcome.ok { 1.0 } else { 0.0 },
         );
         if let Some(reason) = r.outcome.reason {
             f.gauge(
                 "gravity_connection_failure_reason",
-                "1 for why the last probe of the endpoint failed (refused, timeout, auth, tls_required, auth_plugin_unsupported, too_many_connections, privilege, protocol, dns); absent while it is healthy.",
+                "1 for why the last probe of the endpoint failed (refused, timeout, auth, tls_required, tls, auth_plugin_unsupported, too_many_connections, privilege, protocol, dns); absent while it is healthy.",
                 &[
                     ("pipeline", pipeline),
                     ("component", r.component),
@@ -120,6 +120,34 @@ pub fn mysql_login(s: &Settings, e: &Endpoint) -> Login {
     }
 }
 
+/// TLS and SASL of a Kafka endpoint, as gravity's config sets them.
+pub fn kafka_security(e: &Endpoint) -> probe::kafka::KafkaSecurity {
+    probe::kafka::KafkaSecurity {
+        tls: e.tls.then(|| e.tls_options.clone()),
+        sasl: e.sasl.map(|mechanism| probe::kafka::Sasl {
+            mechanism,
+            user: e.user.clone().unwrap_or_default(),
+            password: e.password.clone(),
+        }),
+    }
+}
+
+/// TLS and login of a Mongo endpoint, as gravity's config sets them: gravity (mgo) logs in
+/// when both user and password are set, in `database` (default `admin`).
+pub fn mongo_security(e: &Endpoint) -> probe::mongo::MongoSecurity {
+    let user = e.user.clone().filter(|u| !u.is_empty());
+    probe::mongo::MongoSecurity {
+        tls: e.tls.then(|| e.tls_options.clone()),
+        login: user
+            .filter(|_| !e.password.is_empty())
+            .map(|user| probe::mongo::MongoLogin {
+                user,
+                password: e.password.clone(),
+                auth_source: e.auth_source.clone().unwrap_or_else(|| "admin".to_string()),
+            }),
+    }
+}
+
 /// Probes one endpoint at the protocol level, within `timeout`. A MySQL endpoint with a
 /// shared connection is probed on it (`SELECT 1`, logging in only when needed); without
 /// one, with a new login.
@@ -138,8 +166,8 @@ pub async fn probe_endpoint(
                     .await
             }
         },
-        Protocol::Kafka => probe::kafka::probe(&pe, timeout).await,
-        Protocol::Mongo => probe::mongo::probe(&pe, timeout).await,
+        Protocol::Kafka => probe::kafka::probe_with(&pe, &kafka_security(e), timeout).await,
+        Protocol::Mongo => probe::mongo::probe_with(&pe, &mongo_security(e), timeout).await,
         Protocol::Http => {
             probe::http::probe(&pe, e.tls, e.user.as_deref(), &e.password, timeout).await
         }
@@ -236,7 +264,7 @@ impl ConnectionProber {
         let failures = IntCounterVec::new(
             Opts::new(
                 "gravity_connection_probe_failures_total",
-                "Failed protocol-level probes of the endpoint, by reason (refused, timeout, auth, tls_required, auth_plugin_unsupported, too_many_connections, privilege, protocol, dns).",
+                "Failed protocol-level probes of the endpoint, by reason (refused, timeout, auth, tls_required, tls, auth_plugin_unsupported, too_many_connections, privilege, protocol, dns).",
             ),
             &["pipeline", "component", "endpoint", "reason"],
         )
@@ -577,7 +605,21 @@ mod tests {
         // broker, and a closed port.
         let kafka = FakeBroker::start(KafkaMode::Ok).await.unwrap();
         let hang = FakeBroker::start(KafkaMode::Hang).await.unwrap();
-        let mongo = FakeMongod::start(MongoMode::Primary).await.unwrap();
+        // gravity's Mongo login (user u) is checked with SCRAM, as mongod does.
+        let mongo = FakeMongod::start_secure(
+            MongoMode::Primary,
+            crate::probe::mongo::testserver::Security {
+                tls: None,
+                user: Some(crate::probe::mongo::testserver::MongoUser {
+                    user: "u".into(),
+                    password: "mongo-secret".into(),
+                    db: "admin".into(),
+                    mechanisms: vec![crate::probe::scram::ScramHash::Sha256],
+                }),
+            },
+        )
+        .await
+        .unwrap();
         let closed = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -626,6 +668,6 @@ broker-addrs = ["{kafka}", "{hang}", "127.0.0.1:{closed}"]
             ]
         );
         assert_eq!(kafka.requests().len(), 1);
-        assert_eq!(mongo.commands(), ["hello"]);
+        assert_eq!(mongo.commands(), ["hello", "saslStart", "saslContinue"]);
     }
 }

@@ -263,7 +263,7 @@ pub struct ConnView {
     pub endpoint: String,
     /// Whether the last probe succeeded (`None`: not probed).
     pub healthy: Option<bool>,
-    /// Why it failed (`refused`, `timeout`, `auth`, `tls_required`, `auth_plugin_unsupported`,
+    /// Why it failed (`refused`, `timeout`, `auth`, `tls_required`, `tls`, `auth_plugin_unsupported`,
     /// `too_many_connections`, `privilege`, `protocol`, `dns`).
     pub reason: Option<String>,
     /// Probe latency in milliseconds.

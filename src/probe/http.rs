@@ -11,14 +11,15 @@
 //! * any other status, or something that is not HTTP/1.x: reason `protocol`.
 //!
 //! The exchange is HTTP/1.1 with `Connection: close`; only the status line is read (at most
-//! [`MAX_HEAD_BYTES`]), the body never. This client speaks no TLS: for an `https://` URL the
-//! probe checks that a TCP connection can be opened and says so in its detail (a bare TCP
-//! connect does Elasticsearch no harm, unlike MySQL).
+//! [`MAX_HEAD_BYTES`]), the body never. For an `https://` URL the exchange runs over TLS
+//! (rustls, [`super::tls`]; the system's trust store, like gravity's Go client): an
+//! untrusted, expired or wrongly named certificate is reason `tls`, never healthy.
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::tls::{self, TlsOptions};
 use super::{
     connect_tcp, io_reason, run_probe, sanitize, Endpoint, FailureReason, ProbeOutcome, Secret,
 };
@@ -26,8 +27,8 @@ use super::{
 /// Most bytes read while looking for the status line.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
-/// Probes an HTTP endpoint with `GET /` (basic auth when `user` is given), within `deadline`.
-/// With `tls` it only opens a TCP connection.
+/// Probes an HTTP endpoint with `GET /` (basic auth when `user` is given), within `deadline`;
+/// over TLS with `tls` (the system's trust store).
 pub async fn probe(
     endpoint: &Endpoint,
     tls: bool,
@@ -35,13 +36,51 @@ pub async fn probe(
     password: &Secret,
     deadline: Duration,
 ) -> ProbeOutcome {
+    let options = tls.then(TlsOptions::default);
+    probe_with(endpoint, options.as_ref(), user, password, deadline).await
+}
+
+/// [`probe`] with explicit TLS options (`None`: plain HTTP).
+pub async fn probe_with(
+    endpoint: &Endpoint,
+    tls_options: Option<&TlsOptions>,
+    user: Option<&str>,
+    password: &Secret,
+    deadline: Duration,
+) -> ProbeOutcome {
     run_probe(deadline, async {
-        let mut stream = connect_tcp(endpoint, deadline)
+        let stream = connect_tcp(endpoint, deadline)
             .await
             .map_err(|e| (e.reason(), e.to_string()))?;
-        if tls {
-            return Ok("https endpoint: TCP connect only (the probe speaks no TLS)".to_string());
+        match tls_options {
+            Some(opts) => {
+                let config = tls::client_config_async(opts)
+                    .await
+                    .map_err(|e| (e.reason(), e.to_string()))?;
+                let mut stream = tls::connect(stream, &endpoint.host, config)
+                    .await
+                    .map_err(|e| (e.reason(), e.to_string()))?;
+                exchange(&mut stream, endpoint, user, password)
+                    .await
+                    .map(|d| format!("TLS, {d}"))
+            }
+            None => {
+                let mut stream = stream;
+                exchange(&mut stream, endpoint, user, password).await
+            }
         }
+    })
+    .await
+}
+
+/// `GET /` and its status line over `stream`.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    endpoint: &Endpoint,
+    user: Option<&str>,
+    password: &Secret,
+) -> Result<String, (FailureReason, String)> {
+    {
         let request = build_request(&endpoint.to_string(), user, password);
         stream.write_all(&request).await.map_err(|e| {
             (
@@ -67,6 +106,12 @@ pub async fn probe(
                     format!("reading the answer: {}", e.kind()),
                 )
             })?;
+            if n == 0 && tls::looks_like_tls_alert(&buf) {
+                return Err((
+                    FailureReason::TlsRequired,
+                    "the server speaks https only, gravity's URL says http://".to_string(),
+                ));
+            }
             if n == 0 {
                 return Err((
                     FailureReason::Protocol,
@@ -77,8 +122,7 @@ pub async fn probe(
         };
         let code = parse_status_line(&line).map_err(|e| (FailureReason::Protocol, e))?;
         classify(code)
-    })
-    .await
+    }
 }
 
 /// The request bytes. The password only ever lives in this buffer and on the wire.
@@ -246,9 +290,10 @@ mod tests {
         let (ep, _) = server(b"HTTP/1.1 503 Service Unavailable\r\n\r\n", false).await;
         let out = probe(&ep, false, None, &Secret::default(), D).await;
         assert_eq!(out.reason, Some(FailureReason::Protocol), "{out:?}");
+        // a TLS alert to plain http: the server wants https
         let (ep, _) = server(b"\x15\x03\x01\x00\x02\x02\x46", false).await;
         let out = probe(&ep, false, None, &Secret::default(), D).await;
-        assert_eq!(out.reason, Some(FailureReason::Protocol), "{out:?}");
+        assert_eq!(out.reason, Some(FailureReason::TlsRequired), "{out:?}");
         let (ep, _) = server(b"HTTP/1.1 200 OK\r\n\r\n", true).await;
         let out = probe(
             &ep,
@@ -259,9 +304,16 @@ mod tests {
         )
         .await;
         assert_eq!(out.reason, Some(FailureReason::Timeout), "{out:?}");
-        // TLS: connect only, which succeeds even though the peer would not speak TLS
-        let out = probe(&ep, true, None, &Secret::default(), D).await;
-        assert!(out.ok && out.detail.contains("TCP connect only"), "{out:?}");
+        // https to a peer that never answers the TLS handshake is not healthy
+        let out = probe(
+            &ep,
+            true,
+            None,
+            &Secret::default(),
+            Duration::from_millis(300),
+        )
+        .await;
+        assert!(!out.ok, "{out:?}");
         // refused
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -277,5 +329,52 @@ mod tests {
         )
         .await;
         assert_eq!(out.reason, Some(FailureReason::Refused), "{out:?}");
+    }
+
+    /// An https server with a test CA: trusted → healthy over TLS with the basic auth
+    /// header; the system's roots (which do not hold the test CA) → reason `tls`, not healthy;
+    /// plain http to it → `tls_required`.
+    #[tokio::test]
+    async fn https_certificate_is_verified() {
+        use crate::probe::tls::testpki::Pki;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let pki = Pki::new();
+        let acceptor = pki.acceptor(false);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ep = Endpoint::new("127.0.0.1", l.local_addr().unwrap().port());
+        let seen = Arc::new(Mutex::new(String::new()));
+        let s2 = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let acceptor = acceptor.clone();
+                let s2 = s2.clone();
+                tokio::spawn(async move {
+                    let Ok(mut s) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    let mut buf = vec![0u8; 4096];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    *s2.lock().unwrap() = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        let pw = Secret::new("es-pw-T5");
+        let out = probe_with(&ep, Some(&pki.options()), Some("elastic"), &pw, D).await;
+        assert!(out.ok, "{out:?}");
+        assert!(
+            out.detail.starts_with("TLS, GET / answered HTTP 200"),
+            "{}",
+            out.detail
+        );
+        assert!(seen.lock().unwrap().contains("Authorization: Basic "));
+        let out = probe(&ep, true, Some("elastic"), &pw, D).await;
+        assert_eq!(out.reason, Some(FailureReason::Tls), "{out:?}");
+        assert!(!out.detail.contains("es-pw-T5"));
+        let out = probe(&ep, false, None, &pw, D).await;
+        assert_eq!(out.reason, Some(FailureReason::TlsRequired), "{out:?}");
     }
 }

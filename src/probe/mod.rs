@@ -18,7 +18,7 @@
 //!
 //! Every probe takes an overall deadline, enforced with [`tokio::time::timeout`] around the
 //! whole exchange (DNS, connect, handshake, query), and returns a [`ProbeOutcome`] whose
-//! `reason` is one of nine fixed [`FailureReason`]s (safe to use as a metric label) and
+//! `reason` is one of ten fixed [`FailureReason`]s (safe to use as a metric label) and
 //! whose `detail` is a short human-readable string that never contains a password.
 //! Passwords travel in a [`Secret`], whose `Debug` is redacted and which has no `Display`.
 
@@ -26,6 +26,8 @@ pub mod http;
 pub mod kafka;
 pub mod mongo;
 pub mod mysql;
+pub mod scram;
+pub mod tls;
 
 use std::fmt;
 use std::future::Future;
@@ -65,11 +67,15 @@ pub enum FailureReason {
     TooManyConnections,
     /// Logged in, but a privilege needed for the check is missing.
     Privilege,
+    /// The TLS handshake failed: the server's certificate is not trusted (unknown CA,
+    /// expired, wrong name), the client certificate was refused, or the peer does not
+    /// speak TLS where gravity's config says it does.
+    Tls,
 }
 
 impl FailureReason {
     /// Every reason, in a fixed order (handy to pre-create metric label values).
-    pub const ALL: [FailureReason; 9] = [
+    pub const ALL: [FailureReason; 10] = [
         FailureReason::Refused,
         FailureReason::Timeout,
         FailureReason::Auth,
@@ -79,10 +85,12 @@ impl FailureReason {
         FailureReason::AuthPluginUnsupported,
         FailureReason::TooManyConnections,
         FailureReason::Privilege,
+        FailureReason::Tls,
     ];
 
     /// The lowercase label value: `refused`, `timeout`, `auth`, `protocol`, `dns`,
-    /// `tls_required`, `auth_plugin_unsupported`, `too_many_connections` or `privilege`.
+    /// `tls_required`, `auth_plugin_unsupported`, `too_many_connections`, `privilege` or
+    /// `tls`.
     pub fn as_str(self) -> &'static str {
         match self {
             FailureReason::Refused => "refused",
@@ -94,6 +102,7 @@ impl FailureReason {
             FailureReason::AuthPluginUnsupported => "auth_plugin_unsupported",
             FailureReason::TooManyConnections => "too_many_connections",
             FailureReason::Privilege => "privilege",
+            FailureReason::Tls => "tls",
         }
     }
 }
@@ -429,7 +438,8 @@ mod tests {
                 "tls_required",
                 "auth_plugin_unsupported",
                 "too_many_connections",
-                "privilege"
+                "privilege",
+                "tls"
             ]
         );
         assert_eq!(FailureReason::Auth.to_string(), "auth");

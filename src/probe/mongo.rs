@@ -26,12 +26,13 @@ use std::io;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::scram::{self, ScramClient, ScramError, ScramHash};
+use super::tls::{self, TlsError, TlsOptions};
 use super::{
     connect_tcp, io_reason, run_probe, sanitize, ConnectError, Endpoint, FailureReason,
-    ProbeOutcome,
+    ProbeOutcome, Secret,
 };
 
 /// `OP_MSG` opcode.
@@ -62,6 +63,29 @@ pub struct HelloReply {
     pub is_mongos: bool,
     /// Whether the legacy `isMaster` command had to be used.
     pub legacy: bool,
+    /// `saslSupportedMechs`: the SCRAM mechanisms of the user named in the request (absent
+    /// when the user does not exist or was not asked about).
+    pub sasl_supported_mechs: Option<Vec<String>>,
+}
+
+/// The login gravity uses (`username`, `password`, the auth database).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MongoLogin {
+    /// User name.
+    pub user: String,
+    /// Password (never printed).
+    pub password: Secret,
+    /// The database holding the user (`admin` unless gravity's config names one).
+    pub auth_source: String,
+}
+
+/// How the probe connects: TLS and a SCRAM login when gravity's config has them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MongoSecurity {
+    /// TLS before anything else.
+    pub tls: Option<TlsOptions>,
+    /// SCRAM login after `hello`.
+    pub login: Option<MongoLogin>,
 }
 
 /// Errors of the MongoDB probe.
@@ -71,6 +95,12 @@ pub enum MongoError {
     /// The TCP connection could not be opened.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// TLS could not be set up or its handshake failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A plaintext request was answered with a TLS alert: the server wants TLS.
+    #[error("the server speaks TLS only, gravity's config has no TLS for it")]
+    TlsRequired,
     /// The deadline passed.
     #[error("no answer within {after_ms} ms")]
     Timeout {
@@ -80,6 +110,12 @@ pub enum MongoError {
     /// The connection failed mid-exchange (EOF, reset, ...).
     #[error("connection lost: {0}")]
     Io(io::ErrorKind),
+    /// The SCRAM exchange failed on the client's side.
+    #[error(transparent)]
+    Scram(#[from] ScramError),
+    /// The password cannot be prepared for SCRAM-SHA-256 (SASLprep, RFC 4013).
+    #[error("the password is not valid for SCRAM-SHA-256 (SASLprep refused it)")]
+    PasswordPrep,
     /// The reply is not a valid OP_MSG / BSON answer.
     #[error("protocol violation: {0}")]
     Protocol(String),
@@ -101,10 +137,21 @@ impl MongoError {
     pub fn reason(&self) -> FailureReason {
         match self {
             MongoError::Connect(e) => e.reason(),
+            MongoError::Tls(e) => e.reason(),
+            MongoError::TlsRequired => FailureReason::TlsRequired,
             MongoError::Timeout { .. } => FailureReason::Timeout,
             MongoError::Io(kind) => io_reason(*kind),
-            MongoError::Command { code: 13 | 18, .. } => FailureReason::Auth,
-            MongoError::Protocol(_) | MongoError::Command { .. } => FailureReason::Protocol,
+            MongoError::Command { code: 13 | 18, .. } | MongoError::PasswordPrep => {
+                FailureReason::Auth
+            }
+            MongoError::Scram(ScramError::BadServerSignature | ScramError::Server(_)) => {
+                FailureReason::Auth
+            }
+            // MechanismUnavailable (334): the account has no credentials for the mechanism.
+            MongoError::Command { code: 334, .. } => FailureReason::AuthPluginUnsupported,
+            MongoError::Scram(_) | MongoError::Protocol(_) | MongoError::Command { .. } => {
+                FailureReason::Protocol
+            }
         }
     }
 }
@@ -121,20 +168,77 @@ impl From<bson::BsonError> for MongoError {
     }
 }
 
-/// Runs `hello` (falling back to `isMaster`) against `endpoint` within `deadline`.
+/// Runs `hello` (falling back to `isMaster`) against `endpoint` within `deadline`
+/// (plaintext, no login).
 pub async fn hello(endpoint: &Endpoint, deadline: Duration) -> Result<HelloReply, MongoError> {
     let work = async {
         let mut stream = connect_tcp(endpoint, deadline).await?;
-        match command(&mut stream, "hello").await {
-            Err(MongoError::Command {
-                code: COMMAND_NOT_FOUND,
-                ..
-            }) => {
-                let mut reply = command(&mut stream, "isMaster").await?;
-                reply.legacy = true;
-                Ok(reply)
+        hello_on(&mut stream, None).await
+    };
+    match tokio::time::timeout(deadline, work).await {
+        Ok(result) => result,
+        Err(_) => Err(MongoError::Timeout {
+            after_ms: deadline.as_millis(),
+        }),
+    }
+}
+
+/// What a successful check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    /// The `hello` reply.
+    pub hello: HelloReply,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The SCRAM mechanism of the login, when there was one.
+    pub mechanism: Option<&'static str>,
+}
+
+/// Connects like gravity (TLS and login per `security`), runs `hello` and the SCRAM login,
+/// then `then` on the same connection, all within `deadline`.
+pub async fn check_then<T, F>(
+    endpoint: &Endpoint,
+    security: &MongoSecurity,
+    deadline: Duration,
+    then: F,
+) -> Result<(CheckReport, T), MongoError>
+where
+    F: for<'a> FnOnce(
+        &'a mut (dyn Duplex + 'a),
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<T, MongoError>> + Send + 'a>,
+    >,
+{
+    let work = async {
+        let tcp = connect_tcp(endpoint, deadline).await?;
+        match &security.tls {
+            Some(opts) => {
+                let config = tls::client_config_async(opts).await?;
+                let mut stream = tls::connect(tcp, &endpoint.host, config).await?;
+                let (hello, mechanism) = session(&mut stream, security.login.as_ref()).await?;
+                let extra = then(&mut stream).await?;
+                Ok((
+                    CheckReport {
+                        hello,
+                        tls: true,
+                        mechanism,
+                    },
+                    extra,
+                ))
             }
-            other => other,
+            None => {
+                let mut stream = tcp;
+                let (hello, mechanism) = session(&mut stream, security.login.as_ref()).await?;
+                let extra = then(&mut stream).await?;
+                Ok((
+                    CheckReport {
+                        hello,
+                        tls: false,
+                        mechanism,
+                    },
+                    extra,
+                ))
+            }
         }
     };
     match tokio::time::timeout(deadline, work).await {
@@ -145,16 +249,245 @@ pub async fn hello(endpoint: &Endpoint, deadline: Duration) -> Result<HelloReply
     }
 }
 
-/// Probes a MongoDB server with `hello` within `deadline`. Any `ok: 1` reply is a success;
-/// the role goes into `detail`.
+/// A byte stream the probe talks over (TCP or TLS).
+pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
+/// [`check_then`] with nothing after the login.
+pub async fn check(
+    endpoint: &Endpoint,
+    security: &MongoSecurity,
+    deadline: Duration,
+) -> Result<CheckReport, MongoError> {
+    check_then(endpoint, security, deadline, |_| Box::pin(async { Ok(()) }))
+        .await
+        .map(|(report, ())| report)
+}
+
+/// Probes a MongoDB server with `hello` within `deadline` (plaintext, no login). Any
+/// `ok: 1` reply is a success; the role goes into `detail`.
 pub async fn probe(endpoint: &Endpoint, deadline: Duration) -> ProbeOutcome {
+    probe_with(endpoint, &MongoSecurity::default(), deadline).await
+}
+
+/// Probes a MongoDB server as gravity connects (`security`): TLS, `hello`, SCRAM login.
+pub async fn probe_with(
+    endpoint: &Endpoint,
+    security: &MongoSecurity,
+    deadline: Duration,
+) -> ProbeOutcome {
     run_probe(deadline, async {
-        match hello(endpoint, deadline).await {
-            Ok(reply) => Ok(describe(&reply)),
+        match check(endpoint, security, deadline).await {
+            Ok(report) => Ok(describe_report(&report, security)),
             Err(e) => Err((e.reason(), e.to_string())),
         }
     })
     .await
+}
+
+fn describe_report(report: &CheckReport, security: &MongoSecurity) -> String {
+    let mut detail = describe(&report.hello);
+    if report.tls {
+        detail.push_str(", TLS");
+    }
+    if let (Some(m), Some(login)) = (report.mechanism, &security.login) {
+        detail.push_str(&format!(", {m} login of {} ok", sanitize(&login.user, 64)));
+    }
+    detail
+}
+
+/// `hello` (or `isMaster`), then the SCRAM login when configured.
+async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    stream: &mut S,
+    login: Option<&MongoLogin>,
+) -> Result<(HelloReply, Option<&'static str>), MongoError> {
+    let hello = hello_on(stream, login).await?;
+    let Some(login) = login else {
+        return Ok((hello, None));
+    };
+    // Drivers' rule (MongoDB auth spec): SCRAM-SHA-256 when the server lists it for the
+    // user, else SCRAM-SHA-1.
+    let hash = match &hello.sasl_supported_mechs {
+        Some(m) if m.iter().any(|m| m == "SCRAM-SHA-256") => ScramHash::Sha256,
+        _ => ScramHash::Sha1,
+    };
+    authenticate(stream, login, hash).await?;
+    Ok((hello, Some(hash.mechanism())))
+}
+
+async fn hello_on<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    login: Option<&MongoLogin>,
+) -> Result<HelloReply, MongoError> {
+    match command(stream, "hello", login).await {
+        Err(MongoError::Command {
+            code: COMMAND_NOT_FOUND,
+            ..
+        }) => {
+            let mut reply = command(stream, "isMaster", login).await?;
+            reply.legacy = true;
+            Ok(reply)
+        }
+        other => other,
+    }
+}
+
+/// The password bytes SCRAM uses: MongoDB's SCRAM-SHA-1 takes the hex MD5 of
+/// `user:mongo:password` (the legacy MONGODB-CR digest), SCRAM-SHA-256 the SASLprep'd
+/// password (RFC 4013).
+fn prepared_password(login: &MongoLogin, hash: ScramHash) -> Result<Vec<u8>, MongoError> {
+    match hash {
+        ScramHash::Sha1 => {
+            use md5::{Digest, Md5};
+            let mut h = Md5::new();
+            h.update(login.user.as_bytes());
+            h.update(b":mongo:");
+            h.update(login.password.expose().as_bytes());
+            let digest = h.finalize();
+            Ok(digest
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into_bytes())
+        }
+        _ => stringprep::saslprep(login.password.expose())
+            .map(|p| p.as_bytes().to_vec())
+            .map_err(|_| MongoError::PasswordPrep),
+    }
+}
+
+/// `saslStart` / `saslContinue` (MongoDB auth spec, SCRAM conversation).
+async fn authenticate<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    stream: &mut S,
+    login: &MongoLogin,
+    hash: ScramHash,
+) -> Result<(), MongoError> {
+    let password = prepared_password(login, hash)?;
+    let client = ScramClient::new(hash, &login.user, &password, &scram::new_nonce()?);
+    drop(password);
+    let mut options = bson::DocBuilder::new();
+    options.bool("skipEmptyExchange", true);
+    let mut start = bson::DocBuilder::new();
+    start
+        .int32("saslStart", 1)
+        .string("mechanism", hash.mechanism())
+        .binary("payload", 0, client.client_first().as_bytes())
+        .int32("autoAuthorize", 1)
+        .document("options", &options.finish())
+        .string("$db", &login.auth_source);
+    let reply = run_command(stream, &start.finish()).await?;
+    let (conversation_id, done, server_first) = sasl_reply(&reply)?;
+    if done {
+        return Err(MongoError::Protocol(
+            "saslStart ended the conversation early".to_string(),
+        ));
+    }
+    let (client_final, signature) =
+        tokio::task::spawn_blocking(move || client.client_final(&server_first))
+            .await
+            .map_err(|e| MongoError::Protocol(format!("SCRAM task failed: {e}")))??;
+    let mut cont = bson::DocBuilder::new();
+    cont.int32("saslContinue", 1)
+        .int32("conversationId", conversation_id)
+        .binary("payload", 0, client_final.as_bytes())
+        .string("$db", &login.auth_source);
+    let reply = run_command(stream, &cont.finish()).await?;
+    let (_, mut done, server_final) = sasl_reply(&reply)?;
+    scram::check_server_final(&server_final, &signature)?;
+    // A server that ignores skipEmptyExchange wants one more empty round.
+    if !done {
+        let mut last = bson::DocBuilder::new();
+        last.int32("saslContinue", 1)
+            .int32("conversationId", conversation_id)
+            .binary("payload", 0, b"")
+            .string("$db", &login.auth_source);
+        let reply = run_command(stream, &last.finish()).await?;
+        done = sasl_reply(&reply)?.1;
+    }
+    if !done {
+        return Err(MongoError::Protocol(
+            "SCRAM conversation did not end".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// `conversationId`, `done` and `payload` of a saslStart/saslContinue reply.
+fn sasl_reply(body: &[u8]) -> Result<(i32, bool, Vec<u8>), MongoError> {
+    use bson::Value;
+    let doc = bson::Document::parse(body)?;
+    command_ok(&doc)?;
+    let id = match doc.get("conversationId")? {
+        Some(Value::Int32(i)) => i,
+        Some(Value::Int64(i)) => i32::try_from(i)
+            .map_err(|_| MongoError::Protocol("conversationId out of range".to_string()))?,
+        _ => {
+            return Err(MongoError::Protocol(
+                "SASL reply without conversationId".to_string(),
+            ))
+        }
+    };
+    let done = matches!(doc.get("done")?, Some(Value::Bool(true)));
+    let payload = match doc.get("payload")? {
+        Some(Value::Binary(_, data)) => data.to_vec(),
+        Some(Value::String(s)) => s.to_vec(),
+        _ => {
+            return Err(MongoError::Protocol(
+                "SASL reply without payload".to_string(),
+            ))
+        }
+    };
+    Ok((id, done, payload))
+}
+
+/// `Err(Command)` unless the reply says `ok: 1`.
+fn command_ok(doc: &bson::Document<'_>) -> Result<(), MongoError> {
+    use bson::Value;
+    let ok = match doc.get("ok")? {
+        Some(Value::Double(d)) => d == 1.0,
+        Some(Value::Int32(i)) => i == 1,
+        Some(Value::Int64(i)) => i == 1,
+        Some(Value::Bool(b)) => b,
+        Some(_) => return Err(MongoError::Protocol("non-numeric ok field".to_string())),
+        None => return Err(MongoError::Protocol("reply without ok field".to_string())),
+    };
+    if ok {
+        return Ok(());
+    }
+    let text = |v: Option<Value<'_>>, max: usize| match v {
+        Some(Value::String(s)) => Some(sanitize(&String::from_utf8_lossy(s), max)),
+        _ => None,
+    };
+    let code = match doc.get("code")? {
+        Some(Value::Int32(c)) => c,
+        Some(Value::Int64(c)) => i32::try_from(c).unwrap_or(0),
+        Some(Value::Double(c)) if c.fract() == 0.0 && c.abs() < 1e9 => c as i32,
+        _ => 0,
+    };
+    Err(MongoError::Command {
+        code,
+        code_name: text(doc.get("codeName")?, 64).unwrap_or_default(),
+        message: text(doc.get("errmsg")?, 200).unwrap_or_default(),
+    })
+}
+
+/// Sends one command document and returns the reply's body document.
+pub(crate) async fn run_command<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    stream: &mut S,
+    doc: &[u8],
+) -> Result<Vec<u8>, MongoError> {
+    let request_id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
+    stream.write_all(&encode_op_msg(request_id, 0, doc)).await?;
+    stream.flush().await?;
+    let message = read_message(stream).await?;
+    let msg = parse_op_msg(&message)?;
+    if msg.response_to != request_id {
+        return Err(MongoError::Protocol(format!(
+            "responseTo {} does not match request {request_id}",
+            msg.response_to
+        )));
+    }
+    Ok(msg.body.to_vec())
 }
 
 fn describe(reply: &HelloReply) -> String {
@@ -177,10 +510,20 @@ fn describe(reply: &HelloReply) -> String {
     detail
 }
 
-/// Sends `{<name>: 1, $db: "admin"}` and decodes the reply.
-async fn command(stream: &mut TcpStream, name: &str) -> Result<HelloReply, MongoError> {
+/// Sends `{<name>: 1, [saslSupportedMechs: "db.user",] $db: "admin"}` and decodes the reply.
+async fn command<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    name: &str,
+    login: Option<&MongoLogin>,
+) -> Result<HelloReply, MongoError> {
     let mut doc = bson::DocBuilder::new();
     doc.int32(name, 1);
+    if let Some(login) = login {
+        doc.string(
+            "saslSupportedMechs",
+            &format!("{}.{}", login.auth_source, login.user),
+        );
+    }
     doc.string("$db", "admin");
     let request_id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
     stream
@@ -223,9 +566,14 @@ fn encode_op_msg(request_id: i32, response_to: i32, body: &[u8]) -> Vec<u8> {
 }
 
 /// Reads one whole message (header included), at most [`MAX_MESSAGE_BYTES`].
-async fn read_message<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, MongoError> {
+async fn read_message<R: AsyncRead + Unpin + ?Sized>(
+    reader: &mut R,
+) -> Result<Vec<u8>, MongoError> {
     let mut len = [0u8; 4];
     reader.read_exact(&mut len).await?;
+    if tls::looks_like_tls_alert(&len) {
+        return Err(MongoError::TlsRequired);
+    }
     let raw = i32::from_le_bytes(len);
     let total = usize::try_from(raw)
         .ok()
@@ -331,31 +679,11 @@ fn parse_op_msg(message: &[u8]) -> Result<OpMsg<'_>, MongoError> {
 fn parse_hello_reply(body: &[u8]) -> Result<HelloReply, MongoError> {
     use bson::Value;
     let doc = bson::Document::parse(body)?;
-    let ok = match doc.get("ok")? {
-        Some(Value::Double(d)) => d == 1.0,
-        Some(Value::Int32(i)) => i == 1,
-        Some(Value::Int64(i)) => i == 1,
-        Some(Value::Bool(b)) => b,
-        Some(_) => return Err(MongoError::Protocol("non-numeric ok field".to_string())),
-        None => return Err(MongoError::Protocol("reply without ok field".to_string())),
-    };
+    command_ok(&doc)?;
     let text = |v: Option<Value<'_>>, max: usize| match v {
         Some(Value::String(s)) => Some(sanitize(&String::from_utf8_lossy(s), max)),
         _ => None,
     };
-    if !ok {
-        let code = match doc.get("code")? {
-            Some(Value::Int32(c)) => c,
-            Some(Value::Int64(c)) => i32::try_from(c).unwrap_or(0),
-            Some(Value::Double(c)) if c.fract() == 0.0 && c.abs() < 1e9 => c as i32,
-            _ => 0,
-        };
-        return Err(MongoError::Command {
-            code,
-            code_name: text(doc.get("codeName")?, 64).unwrap_or_default(),
-            message: text(doc.get("errmsg")?, 200).unwrap_or_default(),
-        });
-    }
     let is_writable_primary = match (doc.get("isWritablePrimary")?, doc.get("ismaster")?) {
         (Some(Value::Bool(b)), _) | (None, Some(Value::Bool(b))) => b,
         _ => {
@@ -377,7 +705,25 @@ fn parse_hello_reply(body: &[u8]) -> Result<HelloReply, MongoError> {
         max_wire_version,
         is_mongos,
         legacy: false,
+        sasl_supported_mechs: match doc.get("saslSupportedMechs")? {
+            Some(Value::Array(raw)) => Some(string_array(raw)?),
+            _ => None,
+        },
     })
+}
+
+/// The strings of a BSON array (at most 16, others skipped).
+fn string_array(raw: &[u8]) -> Result<Vec<String>, MongoError> {
+    let doc = bson::Document::parse(raw)?;
+    Ok(doc
+        .values()?
+        .into_iter()
+        .filter_map(|v| match v {
+            bson::Value::String(s) => Some(sanitize(&String::from_utf8_lossy(s), 32)),
+            _ => None,
+        })
+        .take(16)
+        .collect())
 }
 
 /// A minimal BSON codec: builder for flat documents, bounds-checked top-level reader.
@@ -399,7 +745,11 @@ mod bson {
         Null,
         Int32(i32),
         Int64(i64),
-        /// Any other type (binary, ObjectId, dates, timestamps, ...), skipped.
+        /// Binary data: subtype and bytes.
+        Binary(u8, &'a [u8]),
+        /// A BSON timestamp: seconds in the high 32 bits, ordinal in the low 32.
+        Timestamp(u64),
+        /// Any other type (ObjectId, dates, ...), skipped.
         Other(u8),
     }
 
@@ -461,6 +811,17 @@ mod bson {
                 pos = next;
             }
             Ok(None)
+        }
+
+        /// Every top-level value, in order (array elements).
+        pub fn values(&self) -> Result<Vec<Value<'a>>, BsonError> {
+            let mut out = Vec::new();
+            let mut pos = 4;
+            while let Some((_, value, next)) = self.element_at(pos)? {
+                out.push(value);
+                pos = next;
+            }
+            Ok(out)
         }
 
         #[cfg_attr(not(any(test, feature = "test-servers")), allow(dead_code))] // used by the fake mongod
@@ -535,10 +896,10 @@ mod bson {
                 0x05 => {
                     let n =
                         usize::try_from(le4(b, v)?).map_err(|_| BsonError("negative length"))?;
-                    (
-                        Value::Other(tag),
-                        fixed(n.checked_add(5).ok_or(BsonError("length"))?)?,
-                    )
+                    let end = fixed(n.checked_add(5).ok_or(BsonError("length"))?)?;
+                    let subtype = *b.get(v + 4).ok_or(BsonError("truncated"))?;
+                    let data = b.get(v + 5..end).ok_or(BsonError("truncated"))?;
+                    (Value::Binary(subtype, data), end)
                 }
                 0x06 | 0x7F | 0xFF => (Value::Other(tag), v),
                 0x07 => (Value::Other(tag), fixed(12)?),
@@ -547,7 +908,8 @@ mod bson {
                     Some(1) => (Value::Bool(true), v + 1),
                     _ => return Err(BsonError("invalid boolean")),
                 },
-                0x09 | 0x11 => (Value::Other(tag), fixed(8)?),
+                0x09 => (Value::Other(tag), fixed(8)?),
+                0x11 => (Value::Timestamp(u64::from_le_bytes(le8(b, v)?)), v + 8),
                 0x0A => (Value::Null, v),
                 0x0B => (Value::Other(tag), cstring_end(cstring_end(v)?)?),
                 0x0C => {
@@ -636,6 +998,7 @@ mod bson {
             self
         }
 
+        #[allow(dead_code)] // the unit tests' documents
         pub fn null(&mut self, name: &str) -> &mut Self {
             self.key(0x0A, name);
             self
@@ -708,13 +1071,56 @@ pub mod testserver {
     use std::sync::atomic::{AtomicI32, Ordering};
     use std::sync::{Arc, Mutex};
 
-    use tokio::io::AsyncWriteExt;
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+    use tokio::net::TcpListener;
     use tokio::task::{JoinHandle, JoinSet};
+    use tokio_rustls::TlsAcceptor;
 
     use super::bson::{DocBuilder, Document, Value};
-    use super::{encode_op_msg, parse_op_msg, read_message};
-    use crate::probe::Endpoint;
+    use super::{encode_op_msg, parse_op_msg, prepared_password, read_message, MongoLogin};
+    use crate::probe::scram::server::ScramServer;
+    use crate::probe::scram::ScramHash;
+    use crate::probe::{Endpoint, Secret};
+
+    /// The one user of a fake mongod with authentication on.
+    #[derive(Clone)]
+    pub struct MongoUser {
+        /// User name.
+        pub user: String,
+        /// Password.
+        pub password: String,
+        /// The database holding the user.
+        pub db: String,
+        /// Mechanisms of its credentials (`createUser`'s `mechanisms`).
+        pub mechanisms: Vec<ScramHash>,
+    }
+
+    impl std::fmt::Debug for MongoUser {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("MongoUser")
+                .field("user", &self.user)
+                .field("db", &self.db)
+                .finish_non_exhaustive()
+        }
+    }
+
+    /// TLS (`net.tls.mode: requireTLS`) and authentication (`security.authorization`).
+    #[derive(Clone, Default)]
+    pub struct Security {
+        /// Listen with TLS only.
+        pub tls: Option<TlsAcceptor>,
+        /// Demand a SCRAM login.
+        pub user: Option<MongoUser>,
+    }
+
+    impl std::fmt::Debug for Security {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Security")
+                .field("tls", &self.tls.is_some())
+                .field("user", &self.user)
+                .finish()
+        }
+    }
 
     /// How the fake server answers.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -751,8 +1157,13 @@ pub mod testserver {
     }
 
     impl FakeMongod {
-        /// Binds 127.0.0.1:0 and starts serving in `mode`.
+        /// Binds 127.0.0.1:0 and starts serving in `mode` (plaintext, no authentication).
         pub async fn start(mode: Mode) -> io::Result<FakeMongod> {
+            Self::start_secure(mode, Security::default()).await
+        }
+
+        /// Binds 127.0.0.1:0 and starts serving in `mode` behind `security`.
+        pub async fn start_secure(mode: Mode, security: Security) -> io::Result<FakeMongod> {
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             let commands = Arc::new(Mutex::new(Vec::new()));
@@ -761,12 +1172,29 @@ pub mod testserver {
                 let mut connections = JoinSet::new();
                 let next_id = Arc::new(AtomicI32::new(1000));
                 while let Ok((stream, _)) = listener.accept().await {
-                    connections.spawn(serve(
-                        stream,
-                        mode.clone(),
-                        Arc::clone(&recorded),
-                        Arc::clone(&next_id),
-                    ));
+                    let mode = mode.clone();
+                    let security = security.clone();
+                    let recorded = Arc::clone(&recorded);
+                    let next_id = Arc::clone(&next_id);
+                    connections.spawn(async move {
+                        match &security.tls {
+                            Some(acceptor) => {
+                                if let Ok(tls) = acceptor.accept(stream).await {
+                                    serve(tls, mode, security.user, recorded, next_id).await;
+                                }
+                            }
+                            None => {
+                                // mongod without TLS closes a connection that starts with a
+                                // TLS handshake record ("SSL handshake received but server
+                                // is started without SSL support").
+                                let mut first = [0u8; 2];
+                                if matches!(stream.peek(&mut first).await, Ok(2) if first == [0x16, 0x03]) {
+                                    return;
+                                }
+                                serve(stream, mode, security.user, recorded, next_id).await
+                            }
+                        }
+                    });
                     while connections.try_join_next().is_some() {}
                 }
             });
@@ -799,12 +1227,15 @@ pub mod testserver {
         }
     }
 
-    async fn serve(
-        mut stream: TcpStream,
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        mut stream: S,
         mode: Mode,
+        user: Option<MongoUser>,
         recorded: Arc<Mutex<Vec<String>>>,
         next_id: Arc<AtomicI32>,
     ) {
+        let mut authenticated = user.is_none();
+        let mut conversation: Option<ScramServer> = None;
         loop {
             let Ok(message) = read_message(&mut stream).await else {
                 return;
@@ -830,33 +1261,69 @@ pub mod testserver {
             }
             let is_hello = command == "hello";
             let is_legacy = command.eq_ignore_ascii_case("ismaster");
-            let body = match &mode {
-                Mode::Garbage => {
-                    let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nIt looks like you are trying to access MongoDB over HTTP on the native driver port.\r\n").await;
-                    return;
+            let sasl = command == "saslStart" || command == "saslContinue";
+            let body = match (&mode, &user) {
+                (Mode::Primary | Mode::Secondary, Some(u)) if sasl => {
+                    let (reply, done) = sasl_step(&doc, &command, u, &mut conversation);
+                    if done {
+                        authenticated = true;
+                    }
+                    reply
                 }
-                Mode::Hang => {
-                    std::future::pending::<()>().await;
-                    return;
+                (Mode::Primary | Mode::Secondary, Some(u)) if is_hello || is_legacy => {
+                    let mechs = match doc.get("saslSupportedMechs") {
+                        Ok(Some(Value::String(n)))
+                            if n == format!("{}.{}", u.db, u.user).as_bytes() =>
+                        {
+                            Some(
+                                u.mechanisms
+                                    .iter()
+                                    .map(|m| m.mechanism())
+                                    .collect::<Vec<_>>(),
+                            )
+                        }
+                        _ => None,
+                    };
+                    hello_doc_with(is_hello, mode == Mode::Secondary, mechs.as_deref())
                 }
-                Mode::BadBson => {
-                    let mut b = DocBuilder::new();
-                    b.double("ok", 1.0);
-                    let mut raw = b.finish();
-                    raw[0] = 0x7F; // length far beyond the message
-                    raw
-                }
-                _ if !is_hello && !is_legacy => error_doc(
-                    59,
-                    &format!("no such command: '{command}'"),
-                    "CommandNotFound",
+                (Mode::Primary | Mode::Secondary, Some(_)) if !authenticated => error_doc(
+                    13,
+                    &format!("command {command} requires authentication"),
+                    "Unauthorized",
                 ),
-                Mode::CommandError { code, message } => error_doc(*code, message, "Error"),
-                Mode::LegacyOnly if is_hello => {
-                    error_doc(59, "no such command: 'hello'", "CommandNotFound")
+                _ => Vec::new(),
+            };
+            let body = if !body.is_empty() {
+                body
+            } else {
+                match &mode {
+                    Mode::Garbage => {
+                        let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nIt looks like you are trying to access MongoDB over HTTP on the native driver port.\r\n").await;
+                        return;
+                    }
+                    Mode::Hang => {
+                        std::future::pending::<()>().await;
+                        return;
+                    }
+                    Mode::BadBson => {
+                        let mut b = DocBuilder::new();
+                        b.double("ok", 1.0);
+                        let mut raw = b.finish();
+                        raw[0] = 0x7F; // length far beyond the message
+                        raw
+                    }
+                    _ if !is_hello && !is_legacy => error_doc(
+                        59,
+                        &format!("no such command: '{command}'"),
+                        "CommandNotFound",
+                    ),
+                    Mode::CommandError { code, message } => error_doc(*code, message, "Error"),
+                    Mode::LegacyOnly if is_hello => {
+                        error_doc(59, "no such command: 'hello'", "CommandNotFound")
+                    }
+                    Mode::Primary | Mode::LegacyOnly => hello_doc(is_hello, false),
+                    Mode::Secondary => hello_doc(is_hello, true),
                 }
-                Mode::Primary | Mode::LegacyOnly => hello_doc(is_hello, false),
-                Mode::Secondary => hello_doc(is_hello, true),
             };
             let id = next_id.fetch_add(1, Ordering::Relaxed);
             if stream
@@ -878,8 +1345,87 @@ pub mod testserver {
         b.finish()
     }
 
+    /// One step of mongod's SCRAM conversation: the reply, and whether the login is done.
+    fn sasl_step(
+        doc: &Document<'_>,
+        command: &str,
+        u: &MongoUser,
+        conversation: &mut Option<ScramServer>,
+    ) -> (Vec<u8>, bool) {
+        let failed = || {
+            (
+                error_doc(18, "Authentication failed.", "AuthenticationFailed"),
+                false,
+            )
+        };
+        let payload = match doc.get("payload") {
+            Ok(Some(Value::Binary(_, p))) => p.to_vec(),
+            _ => return failed(),
+        };
+        if command == "saslStart" {
+            let mechanism = match doc.get("mechanism") {
+                Ok(Some(Value::String(m))) => String::from_utf8_lossy(m).into_owned(),
+                _ => return failed(),
+            };
+            let Some(hash) = u
+                .mechanisms
+                .iter()
+                .copied()
+                .find(|h| h.mechanism() == mechanism)
+            else {
+                return (
+                    error_doc(334, &format!("Unable to use {mechanism} based authentication for user without any {mechanism} credentials registered"), "MechanismUnavailable"),
+                    false,
+                );
+            };
+            if !matches!(doc.get("$db"), Ok(Some(Value::String(d))) if d == u.db.as_bytes()) {
+                return failed();
+            }
+            let login = MongoLogin {
+                user: u.user.clone(),
+                password: Secret::new(u.password.clone()),
+                auth_source: u.db.clone(),
+            };
+            let Ok(password) = prepared_password(&login, hash) else {
+                return failed();
+            };
+            match ScramServer::start(hash, &password, b"fake-mongod-salt", 4096, &payload) {
+                Ok((server, first)) if server.user() == u.user => {
+                    *conversation = Some(server);
+                    let mut b = DocBuilder::new();
+                    b.int32("conversationId", 1)
+                        .bool("done", false)
+                        .binary("payload", 0, first.as_bytes())
+                        .double("ok", 1.0);
+                    (b.finish(), false)
+                }
+                _ => failed(),
+            }
+        } else {
+            let Some(server) = conversation.take() else {
+                return failed();
+            };
+            match server.finish(&payload) {
+                Ok(last) => {
+                    let mut b = DocBuilder::new();
+                    b.int32("conversationId", 1)
+                        .bool("done", true)
+                        .binary("payload", 0, last.as_bytes())
+                        .double("ok", 1.0);
+                    (b.finish(), true)
+                }
+                Err(_) => failed(),
+            }
+        }
+    }
+
     /// A reply shaped like mongod 6.0's.
     fn hello_doc(modern: bool, secondary: bool) -> Vec<u8> {
+        hello_doc_with(modern, secondary, None)
+    }
+
+    /// A `hello` reply, with `saslSupportedMechs` when the request asked about a known user.
+    fn hello_doc_with(modern: bool, secondary: bool, mechs: Option<&[&str]>) -> Vec<u8> {
         let mut topology = DocBuilder::new();
         topology
             .object_id(
@@ -925,8 +1471,10 @@ pub mod testserver {
             .int32("connectionId", 17)
             .int32("minWireVersion", 0)
             .int32("maxWireVersion", 17)
-            .bool("readOnly", false)
-            .null("saslSupportedMechs");
+            .bool("readOnly", false);
+        if let Some(m) = mechs {
+            b.string_array("saslSupportedMechs", m);
+        }
         if secondary {
             let mut signature = DocBuilder::new();
             signature.binary("hash", 0, &[0u8; 20]).int64("keyId", 0);
@@ -1020,6 +1568,7 @@ mod tests {
                 max_wire_version: Some(21),
                 is_mongos: false,
                 legacy: false,
+                sasl_supported_mechs: None,
             }
         );
     }
@@ -1229,6 +1778,121 @@ mod tests {
             "{took:?}"
         );
         assert_eq!(server.commands(), ["hello"]);
+    }
+
+    fn secure_user(mechanisms: Vec<crate::probe::scram::ScramHash>) -> testserver::MongoUser {
+        testserver::MongoUser {
+            user: "reader".into(),
+            password: "mongo-pw-Zq4".into(),
+            db: "admin".into(),
+            mechanisms,
+        }
+    }
+
+    fn login(user: &str, pw: &str) -> MongoLogin {
+        MongoLogin {
+            user: user.into(),
+            password: Secret::new(pw),
+            auth_source: "admin".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn scram_sha1_and_sha256_logins_are_verified() {
+        use crate::probe::scram::ScramHash;
+        for (mechs, want) in [
+            (vec![ScramHash::Sha1, ScramHash::Sha256], "SCRAM-SHA-256"),
+            (vec![ScramHash::Sha1], "SCRAM-SHA-1"),
+        ] {
+            let server = FakeMongod::start_secure(
+                Mode::Primary,
+                testserver::Security {
+                    tls: None,
+                    user: Some(secure_user(mechs)),
+                },
+            )
+            .await
+            .unwrap();
+            let sec = MongoSecurity {
+                tls: None,
+                login: Some(login("reader", "mongo-pw-Zq4")),
+            };
+            let out = probe_with(&server.endpoint(), &sec, D).await;
+            assert!(out.ok, "{out:?}");
+            assert!(
+                out.detail.contains(&format!("{want} login of reader ok")),
+                "{}",
+                out.detail
+            );
+            for (user, pw) in [("reader", "wrong-pw-K2"), ("nobody", "mongo-pw-Zq4")] {
+                let sec = MongoSecurity {
+                    tls: None,
+                    login: Some(login(user, pw)),
+                };
+                let out = probe_with(&server.endpoint(), &sec, D).await;
+                assert_eq!(out.reason, Some(FailureReason::Auth), "{user}: {out:?}");
+                assert!(out.detail.contains("18"), "{}", out.detail);
+                assert!(!out.detail.contains(pw), "{}", out.detail);
+            }
+            assert!(server.commands().iter().any(|c| c == "saslContinue"));
+        }
+    }
+
+    #[tokio::test]
+    async fn mongo_tls_success_and_each_failure_reason() {
+        use crate::probe::scram::ScramHash;
+        use crate::probe::tls::testpki::Pki;
+        let pki = Pki::new();
+        let server = FakeMongod::start_secure(
+            Mode::Secondary,
+            testserver::Security {
+                tls: Some(pki.acceptor(false)),
+                user: Some(secure_user(vec![ScramHash::Sha256])),
+            },
+        )
+        .await
+        .unwrap();
+        let good = MongoSecurity {
+            tls: Some(pki.options()),
+            login: Some(login("reader", "mongo-pw-Zq4")),
+        };
+        let out = probe_with(&server.endpoint(), &good, D).await;
+        assert!(out.ok, "{out:?}");
+        assert!(out.detail.contains("TLS"), "{}", out.detail);
+        let mut untrusted = good.clone();
+        untrusted.tls = Some(TlsOptions {
+            ca_file: Some(pki.other_ca_file.clone()),
+            ..Default::default()
+        });
+        let out = probe_with(&server.endpoint(), &untrusted, D).await;
+        assert_eq!(out.reason, Some(FailureReason::Tls), "{out:?}");
+        let plain = MongoSecurity {
+            tls: None,
+            login: good.login.clone(),
+        };
+        let out = probe_with(&server.endpoint(), &plain, D).await;
+        assert_eq!(out.reason, Some(FailureReason::TlsRequired), "{out:?}");
+        let plaintext_server = FakeMongod::start(Mode::Primary).await.unwrap();
+        let out = probe_with(&plaintext_server.endpoint(), &good, D).await;
+        assert_eq!(out.reason, Some(FailureReason::Tls), "{out:?}");
+    }
+
+    #[test]
+    fn scram_sha1_password_is_mongo_digest() {
+        // MongoDB's SCRAM-SHA-1 password: hex MD5 of "user:mongo:password".
+        let p = prepared_password(
+            &login("user", "pencil"),
+            crate::probe::scram::ScramHash::Sha1,
+        )
+        .unwrap();
+        assert_eq!(p, b"1c33006ec1ffd90f9cadcbcc0e118200");
+        // SASLprep maps non-ASCII space to ASCII space (RFC 4013 §2.1).
+        let p = prepared_password(
+            &login("u", "a\u{00A0}b"),
+            crate::probe::scram::ScramHash::Sha256,
+        )
+        .unwrap();
+        assert_eq!(p, b"a b");
     }
 
     #[tokio::test]

@@ -227,6 +227,7 @@ impl MySqlError {
             FailureReason::Timeout => "no answer in time: the server or the network is hung or overloaded",
             FailureReason::Dns => "the host name does not resolve",
             FailureReason::Protocol => "the server answered, but not as expected",
+            FailureReason::Tls => "the TLS handshake failed: check the server's certificate and the CA",
         }
     }
 
