@@ -253,6 +253,9 @@ pub struct Context {
     /// Shared MySQL connections: one per (endpoint, user), used by the connection probe
     /// and the source collector (`probe::mysql::Hub`).
     pub mysql: crate::probe::mysql::Hub,
+    /// The OpenTelemetry export and LogEntry writer, set once at start while one is on
+    /// (`crate::otlp`); unset, nothing of it runs.
+    pub telemetry: std::sync::OnceLock<Arc<crate::otlp::Telemetry>>,
 }
 
 impl Context {
@@ -273,6 +276,7 @@ impl Context {
             last_status: RwLock::new(None),
             recent: Default::default(),
             mysql: Default::default(),
+            telemetry: std::sync::OnceLock::new(),
         })
     }
 
@@ -468,6 +472,7 @@ impl Runner {
     /// [`Collector::budget`]): the source collectors concurrently, then the derived ones
     /// (which read what the others just stored).
     pub async fn run_once(&self, timeout: Duration) {
+        let started = Instant::now();
         let s = self.ctx.settings();
         // gravity's pass-through is withheld once it missed three collections.
         self.ctx
@@ -485,6 +490,7 @@ impl Runner {
         if let Ok(mut g) = self.ctx.last_cycle.write() {
             *g = Some(Instant::now());
         }
+        crate::otlp::trace::slow_operation("collector cycle", started.elapsed(), true);
     }
 
     async fn run_batch(&self, batch: &[Arc<dyn Collector>], default: Duration) {
