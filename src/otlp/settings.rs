@@ -28,58 +28,70 @@ pub struct OtlpFlags {
     /// OTLP endpoint (gRPC: http[s]://host:4317; http/protobuf: http[s]://host:4318, the
     /// signal paths /v1/metrics, /v1/logs, /v1/traces are added) [default: off, or
     /// OTEL_EXPORTER_OTLP_ENDPOINT].
-    #[arg(long = "otlp.endpoint", global = true)]
+    #[arg(id = "otlp.endpoint", long = "otlp.endpoint", global = true)]
     pub endpoint: Option<String>,
     /// OTLP protocol: grpc or http/protobuf [default: grpc, or OTEL_EXPORTER_OTLP_PROTOCOL].
-    #[arg(long = "otlp.protocol", global = true)]
+    #[arg(id = "otlp.protocol", long = "otlp.protocol", global = true)]
     pub protocol: Option<String>,
     /// Headers sent with every export, `key=value,key2=value2` (values are secrets: never
     /// logged) [default: OTEL_EXPORTER_OTLP_HEADERS].
-    #[arg(long = "otlp.headers", global = true)]
+    #[arg(id = "otlp.headers", long = "otlp.headers", global = true)]
     pub headers: Option<String>,
     /// File with more headers, one `key=value` per line (for tokens; re-read at SIGHUP).
-    #[arg(long = "otlp.headers-file", global = true)]
+    #[arg(id = "otlp.headers-file", long = "otlp.headers-file", global = true)]
     pub headers_file: Option<PathBuf>,
     /// How often metrics are exported [default: 10s, or OTEL_METRIC_EXPORT_INTERVAL].
-    #[arg(long = "otlp.interval", global = true)]
+    #[arg(id = "otlp.interval", long = "otlp.interval", global = true)]
     pub interval: Option<String>,
     /// Deadline of each export [default: 10s, or OTEL_EXPORTER_OTLP_TIMEOUT].
-    #[arg(long = "otlp.timeout", global = true)]
+    #[arg(id = "otlp.timeout", long = "otlp.timeout", global = true)]
     pub timeout: Option<String>,
     /// Compression of each export: gzip or none [default: none, or OTEL_EXPORTER_OTLP_COMPRESSION].
-    #[arg(long = "otlp.compression", global = true)]
+    #[arg(id = "otlp.compression", long = "otlp.compression", global = true)]
     pub compression: Option<String>,
     /// CA certificate (PEM) for an https endpoint [default: the webpki roots, or
     /// OTEL_EXPORTER_OTLP_CERTIFICATE].
-    #[arg(long = "otlp.tls.ca-file", global = true)]
+    #[arg(id = "otlp.tls.ca-file", long = "otlp.tls.ca-file", global = true)]
     pub ca_file: Option<PathBuf>,
     /// Client certificate (PEM) [default: none, or OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE].
-    #[arg(long = "otlp.tls.cert-file", global = true)]
+    #[arg(id = "otlp.tls.cert-file", long = "otlp.tls.cert-file", global = true)]
     pub cert_file: Option<PathBuf>,
     /// Client key (PEM) [default: none, or OTEL_EXPORTER_OTLP_CLIENT_KEY].
-    #[arg(long = "otlp.tls.key-file", global = true)]
+    #[arg(id = "otlp.tls.key-file", long = "otlp.tls.key-file", global = true)]
     pub key_file: Option<PathBuf>,
     /// Also export gravity's own (passed-through) /metrics families [default: false].
-    #[arg(long = "otlp.passthrough", global = true, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(id = "otlp.passthrough", long = "otlp.passthrough", global = true, num_args = 0..=1, default_missing_value = "true")]
     pub passthrough: Option<bool>,
     /// Export gravity's classified log records as OTLP logs [default: true when OTLP is on].
-    #[arg(long = "otlp.logs", global = true, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(id = "otlp.logs", long = "otlp.logs", global = true, num_args = 0..=1, default_missing_value = "true")]
     pub logs: Option<bool>,
     /// Most log records exported (and written to --log-entries.file) per second; the rest
     /// are dropped and counted [default: 100].
-    #[arg(long = "otlp.logs-rate-limit", global = true)]
+    #[arg(
+        id = "otlp.logs-rate-limit",
+        long = "otlp.logs-rate-limit",
+        global = true
+    )]
     pub logs_rate_limit: Option<u32>,
     /// Share of new traces sampled, 0 to 1 (parent-based) [default: 1, or OTEL_TRACES_SAMPLER
     /// and OTEL_TRACES_SAMPLER_ARG].
-    #[arg(long = "otlp.traces-sampler-ratio", global = true)]
+    #[arg(
+        id = "otlp.traces-sampler-ratio",
+        long = "otlp.traces-sampler-ratio",
+        global = true
+    )]
     pub traces_sampler_ratio: Option<f64>,
     /// A collector cycle, probe round or consistency pass that takes longer becomes a span
     /// [default: 1s].
-    #[arg(long = "otlp.slow-threshold", global = true)]
+    #[arg(
+        id = "otlp.slow-threshold",
+        long = "otlp.slow-threshold",
+        global = true
+    )]
     pub slow_threshold: Option<String>,
     /// Write every classified gravity log record as a JSON line (the LogEntry shape) to this
     /// file, or `-` for stdout; reopened when rotated away [default: none].
-    #[arg(long = "log-entries.file", global = true)]
+    #[arg(id = "log-entries.file", long = "log-entries.file", global = true)]
     pub log_entries_file: Option<PathBuf>,
 }
 
@@ -478,20 +490,21 @@ pub fn validate(
         (None, Some(p)) => Some(("OTEL_EXPORTER_OTLP_PROTOCOL", p)),
         (None, None) => None,
     };
-    let protocol =
-        match protocol {
-            None => Protocol::Grpc,
-            Some((key, p)) => match p.trim() {
-                "grpc" => Protocol::Grpc,
-                "http/protobuf" => Protocol::HttpProtobuf,
-                other => return Err(invalid(
+    let protocol = match protocol {
+        None => Protocol::Grpc,
+        Some((key, p)) => match p.trim() {
+            "grpc" => Protocol::Grpc,
+            "http/protobuf" => Protocol::HttpProtobuf,
+            other => {
+                return Err(invalid(
                     key,
                     format!(
                         "{other:?} is not one of grpc, http/protobuf (http/json is not supported)"
                     ),
-                )),
-            },
-        };
+                ))
+            }
+        },
+    };
     let mut headers = match (f.headers, env_nonempty("OTEL_EXPORTER_OTLP_HEADERS")) {
         (Some(h), _) => parse_headers("otlp.headers", &h)?,
         (None, Some(h)) => parse_headers("OTEL_EXPORTER_OTLP_HEADERS", &h)?,
