@@ -78,19 +78,24 @@ async fn global_tracer_and_slow_operations_are_exported_and_flushed_at_shutdown(
     }
     let t0 = Instant::now();
     loop {
-        assert!(t0.elapsed() < Duration::from_secs(60), "spans never arrived");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "spans never arrived"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
         let got = spans(&rx);
         let canary = got.iter().any(|(_, s)| s.name == "canary round trip");
         let cycle = got.iter().find(|(_, s)| s.name == "collector cycle");
         if let (true, Some((res, s))) = (canary, cycle) {
             assert_eq!(res.get("service.name").map(String::as_str), Some("gravity"));
-            let outcome = s.attributes.iter().find(|kv| kv.key == "outcome").and_then(|kv| {
-                match kv.value.as_ref()?.value.as_ref()? {
-                    any_value::Value::StringValue(v) => Some(v.clone()),
-                    _ => None,
-                }
-            });
+            let outcome =
+                s.attributes
+                    .iter()
+                    .find(|kv| kv.key == "outcome")
+                    .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                        any_value::Value::StringValue(v) => Some(v.clone()),
+                        _ => None,
+                    });
             assert_eq!(outcome.as_deref(), Some("success"));
             assert!(s.end_time_unix_nano >= s.start_time_unix_nano);
             assert_eq!(s.trace_id.len(), 16);

@@ -8,7 +8,7 @@
 #![warn(clippy::arithmetic_side_effects)]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -659,7 +659,7 @@ impl JsonLines {
         }
     }
 
-    fn write_file(&mut self, p: &PathBuf, buf: &[u8]) -> std::io::Result<()> {
+    fn write_file(&mut self, p: &Path, buf: &[u8]) -> std::io::Result<()> {
         let f = self.file(p)?;
         f.write_all(buf)
     }

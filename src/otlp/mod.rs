@@ -422,7 +422,7 @@ impl Telemetry {
         }
         if let Some(tp) = self.otlp.as_ref().and_then(|o| o.tracer.clone()) {
             trace::uninstall();
-            let half = budget / 2;
+            let half = budget.checked_div(2).unwrap_or(budget);
             let _ = tokio::task::spawn_blocking(move || tp.shutdown_with_timeout(half)).await;
         }
     }

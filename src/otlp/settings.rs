@@ -778,3 +778,49 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod file_tests {
+    use crate::config::{Cli, Settings};
+
+    #[test]
+    fn toml_keys_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("exporter.toml");
+        std::fs::write(
+            &cfg,
+            "[otlp]\nendpoint = \"http://collector:4318\"\nprotocol = \"http/protobuf\"\npassthrough = true\ninterval = \"30s\"\nslow-threshold = \"2s\"\n[log-entries]\nfile = \"-\"\n",
+        )
+        .unwrap();
+        let parse = |extra: &[&str]| {
+            let mut v = vec!["gravity-exporter", "--config.file", cfg.to_str().unwrap()];
+            v.extend_from_slice(extra);
+            let cli = <Cli as clap::Parser>::try_parse_from(v).unwrap();
+            Settings::from_flags(cli.flags).unwrap()
+        };
+        let s = parse(&[]);
+        let o = s.telemetry.otlp.clone().unwrap();
+        assert_eq!(o.endpoint, "http://collector:4318");
+        assert_eq!(o.protocol, super::Protocol::HttpProtobuf);
+        assert!(o.passthrough);
+        assert_eq!(o.interval, std::time::Duration::from_secs(30));
+        assert_eq!(o.slow_threshold, std::time::Duration::from_secs(2));
+        assert_eq!(
+            s.telemetry.log_entries,
+            Some(super::LogEntriesTarget::Stdout)
+        );
+        let s = parse(&["--otlp.protocol", "grpc", "--otlp.passthrough=false"]);
+        let o = s.telemetry.otlp.unwrap();
+        assert_eq!(o.protocol, super::Protocol::Grpc);
+        assert!(!o.passthrough);
+        std::fs::write(&cfg, "[otlp]\nendpont = \"x\"\n").unwrap();
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "gravity-exporter",
+            "--config.file",
+            cfg.to_str().unwrap(),
+        ])
+        .unwrap();
+        let e = Settings::from_flags(cli.flags).unwrap_err().to_string();
+        assert!(e.contains("endpont"), "{e}");
+    }
+}

@@ -136,7 +136,10 @@ type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes
 
 enum Kind {
     Grpc(tonic::transport::Channel),
-    Http { client: HttpClient, urls: [Uri; 3] },
+    Http {
+        client: Box<HttpClient>,
+        urls: Box<[Uri; 3]>,
+    },
 }
 
 /// Sends export requests to the configured endpoint.
@@ -290,12 +293,12 @@ impl Transport {
                     .pool_idle_timeout(Duration::from_secs(90))
                     .build(conn);
                 Kind::Http {
-                    client,
-                    urls: [
+                    client: Box::new(client),
+                    urls: Box::new([
                         signal_url(s, Signal::Metrics)?,
                         signal_url(s, Signal::Logs)?,
                         signal_url(s, Signal::Traces)?,
-                    ],
+                    ]),
                 }
             }
         };
