@@ -37,7 +37,7 @@ pub struct OtlpFlags {
     /// logged) [default: OTEL_EXPORTER_OTLP_HEADERS].
     #[arg(id = "otlp.headers", long = "otlp.headers", global = true)]
     pub headers: Option<String>,
-    /// File with more headers, one `key=value` per line (for tokens; re-read at SIGHUP).
+    /// File with more headers, one `key=value` per line (for tokens; read at start).
     #[arg(id = "otlp.headers-file", long = "otlp.headers-file", global = true)]
     pub headers_file: Option<PathBuf>,
     /// How often metrics are exported [default: 10s, or OTEL_METRIC_EXPORT_INTERVAL].
