@@ -67,6 +67,10 @@ impl Exporter {
         if tokio::time::timeout(drain, closed).await.is_err() {
             tracing::warn!("the log watcher's last poll did not end within the drain");
         }
+        // the last OTLP export and the LogEntry lines still queued, bounded by the drain
+        if let Some(t) = self.ctx.telemetry.get() {
+            t.flush(&self.ctx, drain).await;
+        }
         for shared in held {
             shared.close(std::time::Duration::from_secs(1)).await;
         }
@@ -121,6 +125,10 @@ pub fn start(settings: Settings) -> Exporter {
     // First look before the first collection, so it already knows the process.
     watcher.tick();
     let sup = Arc::new(Supervisor::new(&ctx.store));
+    // OpenTelemetry export and LogEntry lines: nothing starts while both are off.
+    if let Some(t) = crate::otlp::start(&ctx, &sup) {
+        let _ = ctx.telemetry.set(t);
+    }
     // The watcher and the log watcher keep their state across a restart after a panic.
     let watcher = Arc::new(std::sync::Mutex::new(watcher));
     sup.spawn("watcher", move || Watcher::run_shared(watcher.clone()));
@@ -184,6 +192,7 @@ pub fn reload(exp: &Exporter) {
             new.telemetry_path = cur.telemetry_path.clone();
             new.proc_root = cur.proc_root.clone();
             new.web_config_file = cur.web_config_file.clone();
+            new.telemetry = cur.telemetry.clone();
             let new = Arc::new(new);
             let _ = exp.settings_tx.send(new.clone());
             // Re-derive the target: the gravity URL, config or log given may have changed.

@@ -304,6 +304,9 @@ pub struct Flags {
     /// and basic auth on the exporter's port; re-read on change [default: none, plain HTTP].
     #[arg(long = "web.config.file", global = true)]
     pub web_config_file: Option<PathBuf>,
+    /// OpenTelemetry export (`--otlp.*`) and `--log-entries.file`.
+    #[command(flatten)]
+    pub otlp: crate::otlp::settings::OtlpFlags,
 }
 
 /// The `--config.file` contents: the same keys as the flags, dots making tables.
@@ -330,6 +333,10 @@ struct FileConfig {
     path: FilePath,
     #[serde(default)]
     log: FileLog,
+    #[serde(default)]
+    otlp: crate::otlp::settings::FileOtlp,
+    #[serde(default, rename = "log-entries")]
+    log_entries: crate::otlp::settings::FileLogEntries,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -480,6 +487,7 @@ impl FileConfig {
             log_level: self.log.level,
             log_fmt: self.log.format,
             web_config_file: self.web.config.file,
+            otlp: crate::otlp::settings::file_flags(self.otlp, self.log_entries),
         }
     }
 }
@@ -529,6 +537,7 @@ impl Flags {
             log_level: self.log_level.or(other.log_level),
             log_fmt: self.log_fmt.or(other.log_fmt),
             web_config_file: self.web_config_file.or(other.web_config_file),
+            otlp: self.otlp.or(other.otlp),
         }
     }
 }
@@ -759,6 +768,8 @@ pub struct Settings {
     /// `--web.config.file`: TLS and basic auth on the exporter's port (validated at start;
     /// the server watches it for changes).
     pub web_config_file: Option<PathBuf>,
+    /// OpenTelemetry export and the LogEntry JSON lines (`--otlp.*`, `--log-entries.file`).
+    pub telemetry: crate::otlp::settings::TelemetrySettings,
     /// The command-line flags these came from (kept so that a reload lets them win again).
     cli_flags: Flags,
 }
@@ -794,6 +805,9 @@ impl Settings {
         }
         if self.web_config_file != new.web_config_file {
             v.push("web.config.file");
+        }
+        if self.telemetry != new.telemetry {
+            v.push("otlp");
         }
         v
     }
@@ -1140,7 +1154,9 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
         crate::web_config::WebConfig::load(p)
             .map_err(|e| invalid("web.config.file", e.to_string()))?;
     }
+    let telemetry = crate::otlp::settings::validate(f.otlp, &|k| std::env::var(k).ok())?;
     Ok(Settings {
+        telemetry,
         web_config_file: f.web_config_file,
         config_file: f.config_file,
         log_state_dir: match f.log_state_file {

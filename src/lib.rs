@@ -22,6 +22,7 @@
 //! | [`app`] | wiring, signals, reloads |
 //! | [`supervise`] | the supervisor of the background tasks (producers): one task tracker and cancellation token, restart after a panic with a bounded back-off, `gravity_exporter_task_*` metrics, bounded drain at shutdown |
 //! | [`check`] | `gravity-exporter check`: every check once, Nagios status line and codes, or JSON |
+//! | [`otlp`] | OpenTelemetry export (off by default): the `/metrics` families as OTLP metrics, gravity's classified log records as OTLP logs and LogEntry JSON lines, a tracer provider for slow operations |
 //! | [`web_config`] | `--web.config.file` (exporter-toolkit format): TLS, client certificates, bcrypt basic auth, reloaded on change |
 //!
 //! [gravity]: https://github.com/moiot/gravity
@@ -38,6 +39,7 @@ pub mod gravity_config;
 pub mod health;
 pub mod log;
 pub mod metrics;
+pub mod otlp;
 pub mod page;
 pub mod probe;
 pub mod retry;

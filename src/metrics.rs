@@ -432,10 +432,10 @@ impl Store {
         drop(old);
     }
 
-    /// Renders the exposition: the exporter's own families, then gravity's pass-through
-    /// (unless it is stale, collides with an own name, or would exceed
-    /// [`MAX_EXPOSITION_BYTES`]).
-    pub fn render(&self) -> String {
+    /// The exporter's own families as `/metrics` serves them (registry, snapshots and the
+    /// bound-keeping families; sorted, empty ones left out), and whether the pass-through is
+    /// withheld as stale. `/metrics` and the OTLP export are both views of this.
+    fn own_families(&self) -> (Vec<MetricFamily>, bool, bool) {
         let mut mfs = self.registry.gather();
         {
             let snaps = lock(&self.snapshots);
@@ -454,6 +454,48 @@ impl Store {
         mfs.extend(self.bound_families(stale).into_vec());
         mfs.retain(|mf| !mf.get_metric().is_empty());
         mfs.sort_by(|a, b| a.name().cmp(b.name()));
+        (mfs, stale, pass_present)
+    }
+
+    /// The exporter's own families of this moment, exactly those `/metrics` renders (for
+    /// the OTLP export: one source of truth).
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        self.own_families().0
+    }
+
+    /// The pass-through text `/metrics` would append now (`None`: none, stale, or left out),
+    /// given the names of the own families.
+    fn passthrough_for(&self, own: &[MetricFamily], own_len: usize) -> Option<String> {
+        let pt = lock(&self.passthrough);
+        let own: HashSet<&str> = own.iter().map(|mf| mf.name()).collect();
+        let keep = |f: &&PassFamily| f.name.is_empty() || !own.contains(f.name.as_str());
+        let size: usize = pt.families.iter().filter(keep).map(|f| f.text.len()).sum();
+        if own_len.saturating_add(size) > MAX_EXPOSITION_BYTES {
+            return None;
+        }
+        let mut out = String::with_capacity(size);
+        for f in pt.families.iter().filter(keep) {
+            out.push_str(&f.text);
+        }
+        Some(out)
+    }
+
+    /// The own families and gravity's pass-through text of this moment (stale or oversized
+    /// pass-through left out, as in [`Store::render`]).
+    pub fn gather_with_passthrough(&self) -> (Vec<MetricFamily>, Option<String>) {
+        let (mfs, stale, present) = self.own_families();
+        if stale || !present {
+            return (mfs, None);
+        }
+        let text = self.passthrough_for(&mfs, 0);
+        (mfs, text)
+    }
+
+    /// Renders the exposition: the exporter's own families, then gravity's pass-through
+    /// (unless it is stale, collides with an own name, or would exceed
+    /// [`MAX_EXPOSITION_BYTES`]).
+    pub fn render(&self) -> String {
+        let (mfs, stale, pass_present) = self.own_families();
         let mut buf = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec only fails on inconsistent families (a summary without
         // quantiles, etc.), which this crate never builds; fall back to what was written.
@@ -463,17 +505,9 @@ impl Store {
         if stale || !pass_present {
             return out;
         }
-        let pt = lock(&self.passthrough);
-        let own: HashSet<&str> = mfs.iter().map(|mf| mf.name()).collect();
-        let keep = |f: &&PassFamily| f.name.is_empty() || !own.contains(f.name.as_str());
-        let size: usize = pt.families.iter().filter(keep).map(|f| f.text.len()).sum();
-        if out.len().saturating_add(size) > MAX_EXPOSITION_BYTES {
-            count_dropped(Dropped::ExpositionBytes, 1);
-            return out;
-        }
-        out.reserve(size);
-        for f in pt.families.iter().filter(keep) {
-            out.push_str(&f.text);
+        match self.passthrough_for(&mfs, out.len()) {
+            Some(text) => out.push_str(&text),
+            None => count_dropped(Dropped::ExpositionBytes, 1),
         }
         out
     }

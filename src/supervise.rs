@@ -132,6 +132,11 @@ impl TaskMetrics {
 
     /// Records one cycle of a task: how long it took and whether it succeeded.
     pub fn cycle(&self, task: &str, took: Duration, ok: bool) {
+        match task {
+            "connections" => crate::otlp::trace::slow_operation("probe round", took, ok),
+            "consistency" => crate::otlp::trace::slow_operation("consistency pass", took, ok),
+            _ => {}
+        }
         self.duration
             .with_label_values(&[task])
             .set(took.as_secs_f64());

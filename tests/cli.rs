@@ -219,3 +219,43 @@ fn demo_hands_over_to_the_double_next_to_it() {
     );
     assert!(demo_dir.join("gravity").exists(), "the double's link");
 }
+
+/// `gravity-exporter demo --otlp.endpoint …` hands the endpoint over too: the demo says
+/// where it exports, and the collector (the test receiver) gets the metrics (at the latest
+/// from the flush at the demo's end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_passes_the_otlp_endpoint_through() {
+    use gravity_double::otlp::{Mode, Receiver};
+    let rx = Receiver::grpc(Mode::Accept).await;
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("gravity-exporter");
+    std::fs::copy(BIN, &exe).unwrap();
+    std::os::unix::fs::symlink(
+        gravity_double::binary().unwrap(),
+        dir.path().join("gravity-double"),
+    )
+    .unwrap();
+    let demo_dir = dir.path().join("demo");
+    let endpoint = rx.endpoint();
+    let path = dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&exe)
+            .args(["--web.listen-address", "127.0.0.1:0", "demo"])
+            .arg("--demo.duration=2")
+            .arg(format!("--demo.dir={}", demo_dir.display()))
+            .args(["--otlp.endpoint", &endpoint, "--otlp.interval", "500ms"])
+            .env("PATH", &path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("OTLP export:        {}", rx.endpoint())),
+        "{stdout}\n{stderr}"
+    );
+    assert!(!rx.received().metrics.is_empty(), "{stdout}\n{stderr}");
+}

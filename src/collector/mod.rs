@@ -325,6 +325,9 @@ pub struct Context {
     /// gravity's per-stage latencies over the last `/metrics` window (typed, from the
     /// gravity_metrics collector; interval aggregates over all events).
     pub stages: RwLock<Option<Arc<gravity_metrics::StageWindow>>>,
+    /// The OpenTelemetry export and LogEntry writer, set once at start while one is on
+    /// (`crate::otlp`); unset, nothing of it runs.
+    pub telemetry: std::sync::OnceLock<Arc<crate::otlp::Telemetry>>,
 }
 
 impl Context {
@@ -348,6 +351,7 @@ impl Context {
             mysql: Default::default(),
             canary: Default::default(),
             stages: RwLock::new(None),
+            telemetry: std::sync::OnceLock::new(),
         })
     }
 
@@ -566,6 +570,7 @@ impl Runner {
     /// (which read what the others just stored).
     pub async fn run_once(&self, timeout: Duration) {
         // (the cadence follows the readers: see `Context::cadence`)
+        let started = Instant::now();
         // gravity's pass-through is withheld once it missed three collections.
         self.ctx.store.set_passthrough_max_age(Some(
             self.ctx.cadence().saturating_mul(3).saturating_add(timeout),
@@ -582,6 +587,7 @@ impl Runner {
         if let Ok(mut g) = self.ctx.last_cycle.write() {
             *g = Some(Instant::now());
         }
+        crate::otlp::trace::slow_operation("collector cycle", started.elapsed(), true);
     }
 
     async fn run_batch(&self, batch: &[Arc<dyn Collector>], default: Duration) {

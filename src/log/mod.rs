@@ -451,6 +451,11 @@ impl LogWatcher {
                         level: rec.level,
                         class: classify(&rec),
                     };
+                    if let Some(t) = self.ctx.telemetry.get().filter(|t| t.logs.is_on()) {
+                        t.logs.submit(crate::otlp::logs::LogEntry::new(
+                            &rec, ev.class, pipeline, &line, redactor,
+                        ));
+                    }
                     if let Some(e) = crate::collector::exit::evidence(rec.level, &rec.msg, ev.class)
                     {
                         let written = crate::collector::exit::record_time(rec.time);

@@ -147,6 +147,14 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
         ),
         format!("  exporter page:      http://{shown}/"),
     ];
+    if let Some(o) = &settings.telemetry.otlp {
+        lines.push(format!(
+            "  OTLP export:        {} ({}, every {:?}; docs/opentelemetry.md)",
+            o.endpoint,
+            o.protocol.as_str(),
+            o.interval
+        ));
+    }
     let am = start_alertmanager(&dir);
     let am_port = am.as_ref().map(|(_, p)| *p);
     if let Some((h, p)) = am {

@@ -32,6 +32,7 @@ pub mod expo;
 pub mod flags;
 pub mod gofmt;
 pub mod logw;
+pub mod otlp;
 pub mod server;
 pub mod sim;
 pub mod status;

@@ -1,0 +1,735 @@
+//! gravity's classified log records as [`LogEntry`] records: OTLP LogRecords and JSON lines
+//! (`--log-entries.file`, a path or `-` for stdout).
+//!
+//! The log watcher builds each entry (message redacted as on the status page) and hands it
+//! over with [`LogSink::submit`], which never waits: a token bucket (`--otlp.logs-rate-limit`
+//! per second, bursts of as many) and bounded channels (1024 entries each); what does not
+//! fit is dropped and counted in `gravity_exporter_otlp_dropped_total{signal="logs"}`.
+#![warn(clippy::arithmetic_side_effects)]
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::settings::{LogEntriesTarget, TelemetrySettings};
+use super::transport::{Payload, Signal, Transport};
+use super::Outcomes;
+use crate::collector::Context;
+use crate::log::classify::Classification;
+use crate::log::record::{Level, Record};
+use crate::metrics::lock;
+use crate::page::redact::Redactor;
+use crate::supervise::Supervisor;
+
+/// Entries queued per destination.
+const QUEUE: usize = 1024;
+/// Most entries per OTLP export or file write.
+const BATCH: usize = 512;
+/// Longest message kept (characters), after redaction.
+const MESSAGE_CHARS: usize = 2048;
+/// Longest extra field value kept (bytes).
+const FIELD_BYTES: usize = 256;
+
+/// The classified error of a record.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ErrorInfo {
+    /// The classified cause (`gravity_error_total`'s `error_type`).
+    pub error_type: &'static str,
+    /// The error text gravity gave (redacted), when the record has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+}
+
+/// Where the record came from.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Metadata {
+    /// Go source file (gravity's logrus hook).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Go source line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// The record reports a retry attempt.
+    pub retry: bool,
+    /// What wrote the record (`gravity`).
+    pub source: &'static str,
+}
+
+/// One log record in the unified LogEntry shape.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LogEntry {
+    /// RFC 3339 time (gravity's, else when it was read).
+    pub timestamp: String,
+    /// Unix nanoseconds of `timestamp`.
+    #[serde(skip)]
+    pub time_unix_nano: u64,
+    /// `debug`, `info`, `warning`, `error`, `fatal`, `panic`.
+    pub level: &'static str,
+    /// OpenTelemetry severity number (5 debug, 9 info, 13 warn, 17 error, 21 fatal, 24 panic).
+    pub severity_number: i32,
+    /// The pipeline.
+    pub pipeline: String,
+    /// The classified component.
+    pub component: &'static str,
+    /// Trace id (32 hex digits) when the record belongs to a trace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Span id (16 hex digits) when the record belongs to a trace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
+    /// The message, redacted as on the status page, one line.
+    pub message: String,
+    /// Schema the record is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// Table the record is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// Operation (insert, update, delete, ddl, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// Duration the record reports, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
+    /// The classified error (errors, fatals, panics, retries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    /// Source file and line, retry flag.
+    pub metadata: Metadata,
+}
+
+fn severity(l: Level) -> i32 {
+    match l {
+        Level::Debug => 5,
+        Level::Info => 9,
+        Level::Warning => 13,
+        Level::Error => 17,
+        Level::Fatal => 21,
+        Level::Panic => 24,
+    }
+}
+
+/// Fields of a record beyond those the parser keeps, read from the raw line: JSON keys, or
+/// `key=value` pairs of the text formats.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Extras {
+    trace_id: Option<String>,
+    span_id: Option<String>,
+    schema: Option<String>,
+    table: Option<String>,
+    operation: Option<String>,
+    duration_ms: Option<f64>,
+    error: Option<String>,
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl Extras {
+    fn set(&mut self, key: &str, value: &str) {
+        let v = || Some(crate::metrics::cut(value, FIELD_BYTES).to_string());
+        match key {
+            "trace_id" | "traceID" | "traceId" | "trace.id" if is_hex(value, 32) => {
+                self.trace_id = Some(value.to_ascii_lowercase())
+            }
+            "span_id" | "spanID" | "spanId" | "span.id" if is_hex(value, 16) => {
+                self.span_id = Some(value.to_ascii_lowercase())
+            }
+            "schema" | "db" | "database" => self.schema = v(),
+            "table" | "tbl" => self.table = v(),
+            "operation" | "op" | "dml" => self.operation = v(),
+            "duration_ms" => self.duration_ms = value.parse().ok().filter(|d: &f64| d.is_finite()),
+            "duration" => {
+                self.duration_ms = crate::config::parse_duration(value)
+                    .map(|d| d.as_secs_f64() * 1000.0)
+                    .or(self.duration_ms)
+            }
+            "error" | "err" => self.error = v(),
+            _ => {}
+        }
+    }
+
+    /// Reads the extra fields of `line`.
+    pub fn from_line(line: &str) -> Extras {
+        let mut x = Extras::default();
+        let t = line.trim_start();
+        if t.starts_with('{') {
+            if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(t) {
+                for (k, v) in m.iter().take(64) {
+                    match v {
+                        serde_json::Value::String(s) => x.set(k, s),
+                        serde_json::Value::Number(n) => x.set(k, &n.to_string()),
+                        _ => {}
+                    }
+                }
+            }
+            return x;
+        }
+        // text / console: key=value or key="quoted value"
+        let mut rest = t;
+        let mut n = 0u32;
+        while let Some(eq) = rest.find('=') {
+            n = n.saturating_add(1);
+            if n > 64 {
+                break;
+            }
+            let key = rest[..eq].rsplit(' ').next().unwrap_or("");
+            let after = &rest[eq.saturating_add(1)..];
+            let (value, next) = if let Some(q) = after.strip_prefix('"') {
+                match q.find('"') {
+                    Some(end) => (&q[..end], &q[end.saturating_add(1)..]),
+                    None => (q, ""),
+                }
+            } else {
+                let end = after.find(' ').unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            };
+            x.set(key, value);
+            rest = next;
+        }
+        x
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl LogEntry {
+    /// The entry of one classified record; `line` is the raw line (for the extra fields).
+    pub fn new(
+        rec: &Record<'_>,
+        class: Classification,
+        pipeline: &str,
+        line: &str,
+        redactor: &Redactor,
+    ) -> LogEntry {
+        let x = Extras::from_line(line);
+        let written = rec.time.and_then(|t| {
+            time::OffsetDateTime::parse(
+                t.trim_matches('"'),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .ok()
+        });
+        let (timestamp, nanos) = match written {
+            Some(dt) => (
+                dt.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+                u64::try_from(dt.unix_timestamp_nanos()).unwrap_or(0),
+            ),
+            None => {
+                let now = SystemTime::now();
+                (rfc3339(now), super::unix_nanos(now))
+            }
+        };
+        let message = crate::page::redact::clean(redactor, &rec.msg, MESSAGE_CHARS);
+        let is_error = class.counts_as_error || class.is_retry;
+        let clean = |s: &str| crate::page::redact::clean(redactor, s, FIELD_BYTES);
+        LogEntry {
+            timestamp,
+            time_unix_nano: nanos,
+            level: rec.level.as_str(),
+            severity_number: severity(rec.level),
+            pipeline: pipeline.to_string(),
+            component: class.component.as_str(),
+            trace_id: x.trace_id,
+            span_id: x.span_id,
+            message,
+            schema: x.schema.as_deref().map(clean),
+            table: x.table.as_deref().map(clean),
+            operation: x.operation.as_deref().map(clean),
+            duration_ms: x.duration_ms,
+            error: is_error.then(|| ErrorInfo {
+                error_type: class.error_type.as_str(),
+                cause: x.error.as_deref().map(clean),
+            }),
+            metadata: Metadata {
+                file: rec
+                    .file
+                    .map(|f| crate::metrics::cut(f, FIELD_BYTES).to_string()),
+                line: rec.line,
+                retry: class.is_retry,
+                source: "gravity",
+            },
+        }
+    }
+
+    /// The entry as an OTLP LogRecord (attribute names as the JSON keys; `error.type`,
+    /// `error.cause`, `metadata.file`, `metadata.line`, `metadata.retry`).
+    pub fn to_otlp(&self, observed_unix_nano: u64) -> LogRecord {
+        let s = |k: &str, v: &str| super::convert::kv(k, v);
+        let mut attributes = vec![
+            s("pipeline", &self.pipeline),
+            s("component", self.component),
+            s("level", self.level),
+        ];
+        for (k, v) in [
+            ("schema", &self.schema),
+            ("table", &self.table),
+            ("operation", &self.operation),
+        ] {
+            if let Some(v) = v {
+                attributes.push(s(k, v));
+            }
+        }
+        if let Some(d) = self.duration_ms {
+            attributes.push(KeyValue {
+                key: "duration_ms".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::DoubleValue(d)),
+                }),
+                ..Default::default()
+            });
+        }
+        if let Some(e) = &self.error {
+            attributes.push(s("error.type", e.error_type));
+            if let Some(c) = &e.cause {
+                attributes.push(s("error.cause", c));
+            }
+        }
+        if let Some(f) = &self.metadata.file {
+            attributes.push(s("metadata.file", f));
+        }
+        if let Some(l) = self.metadata.line {
+            attributes.push(KeyValue {
+                key: "metadata.line".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::IntValue(i64::from(l))),
+                }),
+                ..Default::default()
+            });
+        }
+        attributes.push(KeyValue {
+            key: "metadata.retry".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::BoolValue(self.metadata.retry)),
+            }),
+            ..Default::default()
+        });
+        let hex = |h: &Option<String>, len: usize| -> Vec<u8> {
+            h.as_deref()
+                .map(|h| {
+                    (0..len)
+                        .filter_map(|i| {
+                            let j = i.saturating_mul(2);
+                            h.get(j..j.saturating_add(2))
+                                .and_then(|b| u8::from_str_radix(b, 16).ok())
+                        })
+                        .collect::<Vec<u8>>()
+                })
+                .filter(|v| v.len() == len)
+                .unwrap_or_default()
+        };
+        LogRecord {
+            time_unix_nano: self.time_unix_nano,
+            observed_time_unix_nano: observed_unix_nano,
+            severity_number: self.severity_number,
+            severity_text: self.level.to_string(),
+            body: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(self.message.clone())),
+            }),
+            attributes,
+            trace_id: hex(&self.trace_id, 16),
+            span_id: hex(&self.span_id, 8),
+            ..Default::default()
+        }
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+struct Inner {
+    rate: f64,
+    bucket: Mutex<Bucket>,
+    otlp_tx: Option<mpsc::Sender<LogEntry>>,
+    file_tx: Option<mpsc::Sender<LogEntry>>,
+    otlp_rx: Option<Arc<tokio::sync::Mutex<mpsc::Receiver<LogEntry>>>>,
+    file_rx: Option<Arc<tokio::sync::Mutex<mpsc::Receiver<LogEntry>>>>,
+    transport: Option<Arc<Transport>>,
+    writer: Option<Arc<Mutex<JsonLines>>>,
+    outcomes: Arc<Outcomes>,
+    ctx: Arc<Context>,
+}
+
+/// Where the log watcher hands classified records over (no-op while nothing takes them).
+#[derive(Clone, Default)]
+pub struct LogSink {
+    inner: Option<Arc<Inner>>,
+}
+
+impl std::fmt::Debug for LogSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogSink")
+            .field("on", &self.inner.is_some())
+            .finish()
+    }
+}
+
+impl LogSink {
+    /// Whether anything takes log entries (else the watcher need not build them).
+    pub fn is_on(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Starts the OTLP log exporter (`otlp_logs`) and the JSON lines writer (`log_entries`)
+    /// as far as they are configured.
+    pub fn start(
+        ctx: &Arc<Context>,
+        sup: &Supervisor,
+        t: &TelemetrySettings,
+        otlp: Option<(Arc<Transport>, bool)>,
+        outcomes: Arc<Outcomes>,
+    ) -> LogSink {
+        let transport = otlp.and_then(|(tr, on)| on.then_some(tr));
+        if transport.is_none() && t.log_entries.is_none() {
+            return LogSink::default();
+        }
+        let (otlp_tx, otlp_rx) = match transport {
+            Some(_) => {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                (Some(tx), Some(Arc::new(tokio::sync::Mutex::new(rx))))
+            }
+            None => (None, None),
+        };
+        let (file_tx, file_rx) = match t.log_entries {
+            Some(_) => {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                (Some(tx), Some(Arc::new(tokio::sync::Mutex::new(rx))))
+            }
+            None => (None, None),
+        };
+        let rate = f64::from(t.logs_rate_limit);
+        let inner = Arc::new(Inner {
+            rate,
+            bucket: Mutex::new(Bucket {
+                tokens: rate,
+                at: Instant::now(),
+            }),
+            otlp_tx,
+            file_tx,
+            otlp_rx,
+            file_rx,
+            transport,
+            writer: t
+                .log_entries
+                .clone()
+                .map(|target| Arc::new(Mutex::new(JsonLines::new(target)))),
+            outcomes,
+            ctx: Arc::clone(ctx),
+        });
+        if inner.otlp_rx.is_some() {
+            let i = Arc::clone(&inner);
+            sup.spawn("otlp_logs", move || otlp_loop(Arc::clone(&i)));
+        }
+        if inner.file_rx.is_some() {
+            let i = Arc::clone(&inner);
+            sup.spawn("log_entries", move || file_loop(Arc::clone(&i)));
+        }
+        LogSink { inner: Some(inner) }
+    }
+
+    /// Hands one entry over without waiting; over the rate limit or with a full queue it is
+    /// dropped and counted.
+    pub fn submit(&self, e: LogEntry) {
+        let Some(i) = &self.inner else { return };
+        {
+            let mut b = lock(&i.bucket);
+            let now = Instant::now();
+            let add = now.duration_since(b.at).as_secs_f64() * i.rate;
+            b.tokens = (b.tokens + add).min(i.rate);
+            b.at = now;
+            if b.tokens < 1.0 {
+                drop(b);
+                i.outcomes.dropped(Signal::Logs, 1);
+                return;
+            }
+            b.tokens -= 1.0;
+        }
+        match (&i.otlp_tx, &i.file_tx) {
+            (Some(a), Some(b)) => {
+                if a.try_send(e.clone()).is_err() {
+                    i.outcomes.dropped(Signal::Logs, 1);
+                }
+                if b.try_send(e).is_err() {
+                    i.outcomes.dropped(Signal::Logs, 1);
+                }
+            }
+            (Some(tx), None) | (None, Some(tx)) => {
+                if tx.try_send(e).is_err() {
+                    i.outcomes.dropped(Signal::Logs, 1);
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// Sends and writes what is still queued (shutdown; the tasks are stopped already).
+    pub async fn flush(&self) {
+        let Some(i) = &self.inner else { return };
+        if let Some(rx) = &i.file_rx {
+            let mut buf = Vec::new();
+            {
+                let mut rx = rx.lock().await;
+                while let Ok(e) = rx.try_recv() {
+                    buf.push(e);
+                }
+            }
+            if !buf.is_empty() {
+                write_batch(i, buf).await;
+            }
+        }
+        if let Some(rx) = &i.otlp_rx {
+            loop {
+                let mut buf = Vec::new();
+                {
+                    let mut rx = rx.lock().await;
+                    while buf.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(e) => buf.push(e),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                if buf.is_empty() {
+                    break;
+                }
+                send_batch(i, buf).await;
+            }
+        }
+    }
+}
+
+async fn send_batch(i: &Inner, batch: Vec<LogEntry>) {
+    let Some(tr) = &i.transport else { return };
+    let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+    let observed = super::unix_nanos(SystemTime::now());
+    let req = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(super::current_resource(&i.ctx)),
+            scope_logs: vec![ScopeLogs {
+                scope: Some(super::scope()),
+                log_records: batch.iter().map(|e| e.to_otlp(observed)).collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let r = tr.send(Payload::Logs(req)).await;
+    i.outcomes.record(Signal::Logs, &r, n);
+}
+
+async fn otlp_loop(i: Arc<Inner>) {
+    let Some(rx) = i.otlp_rx.clone() else { return };
+    loop {
+        let mut buf = Vec::with_capacity(64);
+        {
+            let mut rx = rx.lock().await;
+            if rx.recv_many(&mut buf, BATCH).await == 0 {
+                return;
+            }
+        }
+        // gather what follows shortly into the same export
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        {
+            let mut rx = rx.lock().await;
+            while buf.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(e) => buf.push(e),
+                    Err(_) => break,
+                }
+            }
+        }
+        // one export at a time; meanwhile the queue fills and drops what does not fit
+        send_batch(&i, buf).await;
+    }
+}
+
+async fn write_batch(i: &Inner, batch: Vec<LogEntry>) {
+    let Some(w) = i.writer.clone() else { return };
+    let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+    let ok = tokio::task::spawn_blocking(move || lock(&w).write(&batch))
+        .await
+        .unwrap_or(false);
+    if !ok {
+        i.outcomes.dropped(Signal::Logs, n);
+    }
+}
+
+async fn file_loop(i: Arc<Inner>) {
+    let Some(rx) = i.file_rx.clone() else { return };
+    loop {
+        let mut buf = Vec::with_capacity(64);
+        {
+            let mut rx = rx.lock().await;
+            if rx.recv_many(&mut buf, BATCH).await == 0 {
+                return;
+            }
+        }
+        write_batch(&i, buf).await;
+    }
+}
+
+/// The JSON lines writer: appends, and reopens the path when the file was rotated away
+/// (renamed or deleted: the path's device and inode differ from the open file's).
+pub struct JsonLines {
+    target: LogEntriesTarget,
+    open: Option<(std::fs::File, (u64, u64))>,
+    failing: AtomicBool,
+}
+
+fn identity(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+impl JsonLines {
+    /// A writer to `target` (opened at the first write).
+    pub fn new(target: LogEntriesTarget) -> JsonLines {
+        JsonLines {
+            target,
+            open: None,
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    fn file(&mut self, path: &Path) -> std::io::Result<&mut std::fs::File> {
+        let current = std::fs::metadata(path).ok().map(|m| identity(&m));
+        let stale = match (&self.open, current) {
+            (Some((_, id)), Some(cur)) => *id != cur,
+            _ => true,
+        };
+        if stale {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            let id = identity(&f.metadata()?);
+            self.open = Some((f, id));
+        }
+        match &mut self.open {
+            Some((f, _)) => Ok(f),
+            None => Err(std::io::Error::other("not open")),
+        }
+    }
+
+    /// Writes the entries, one JSON object per line; false when they could not be written.
+    pub fn write(&mut self, batch: &[LogEntry]) -> bool {
+        let mut buf = Vec::with_capacity(batch.len().saturating_mul(256));
+        for e in batch {
+            if serde_json::to_writer(&mut buf, e).is_ok() {
+                buf.push(b'\n');
+            }
+        }
+        let res = match self.target.clone() {
+            LogEntriesTarget::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&buf).and_then(|()| out.flush())
+            }
+            LogEntriesTarget::File(p) => self.write_file(&p, &buf),
+        };
+        match res {
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("writing log entries works again");
+                }
+                true
+            }
+            Err(e) => {
+                self.open = None;
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "cannot write log entries; dropping and counting them until it works again");
+                }
+                false
+            }
+        }
+    }
+
+    fn write_file(&mut self, p: &Path, buf: &[u8]) -> std::io::Result<()> {
+        let f = self.file(p)?;
+        f.write_all(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::record::LogFormat;
+
+    fn entry(line: &str, format: LogFormat) -> LogEntry {
+        let rec = crate::log::record::parse_line(line, format).unwrap();
+        let class = crate::log::classify::classify(&rec);
+        let r = Redactor::new(["s3cretPassw0rd"]);
+        LogEntry::new(&rec, class, "p1", line, &r)
+    }
+
+    #[test]
+    fn a_json_record_becomes_a_log_entry_with_its_fields_and_a_redacted_message() {
+        let line = r#"{"file":"output.go","line":42,"level":"error","msg":"[output-mysql] exec failed: dsn root:s3cretPassw0rd@tcp(db:3306)/x password=s3cretPassw0rd","pipeline":"p1","time":"2026-12-05T10:00:00Z","schema":"shop","table":"orders","operation":"insert","duration_ms":12.5,"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7","error":"Error 1062: Duplicate entry"}"#;
+        let e = entry(line, LogFormat::Json);
+        assert_eq!(e.level, "error");
+        assert_eq!(e.severity_number, 17);
+        assert_eq!(e.pipeline, "p1");
+        assert_eq!(e.schema.as_deref(), Some("shop"));
+        assert_eq!(e.table.as_deref(), Some("orders"));
+        assert_eq!(e.operation.as_deref(), Some("insert"));
+        assert_eq!(e.duration_ms, Some(12.5));
+        assert_eq!(
+            e.trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(e.span_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(e.metadata.file.as_deref(), Some("output.go"));
+        assert_eq!(e.metadata.line, Some(42));
+        assert_eq!(e.timestamp, "2026-12-05T10:00:00Z");
+        assert!(e.error.is_some());
+        assert!(!e.message.contains("s3cretPassw0rd"), "{}", e.message);
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(!json.contains("s3cretPassw0rd"));
+        let rec = e.to_otlp(1);
+        assert_eq!(rec.trace_id.len(), 16);
+        assert_eq!(rec.span_id.len(), 8);
+        assert_eq!(rec.severity_number, 17);
+    }
+
+    #[test]
+    fn json_lines_are_reopened_after_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("entries.jsonl");
+        let mut w = JsonLines::new(LogEntriesTarget::File(p.clone()));
+        let line = r#"{"level":"warning","msg":"x","time":"2026-12-05T10:00:00Z"}"#;
+        let e = entry(line, LogFormat::Json);
+        assert!(w.write(std::slice::from_ref(&e)));
+        std::fs::rename(&p, dir.path().join("entries.jsonl.1")).unwrap();
+        assert!(w.write(std::slice::from_ref(&e)));
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(v["level"], "warning");
+        assert_eq!(v["metadata"]["source"], "gravity");
+    }
+
+    #[test]
+    fn text_key_values_are_read() {
+        let x = Extras::from_line(
+            r#"time="2026" level=info msg="done" schema=shop table="order items" duration=1.5s"#,
+        );
+        assert_eq!(x.schema.as_deref(), Some("shop"));
+        assert_eq!(x.table.as_deref(), Some("order items"));
+        assert_eq!(x.duration_ms, Some(1500.0));
+    }
+}

@@ -1,0 +1,442 @@
+//! Sending OTLP export requests: gRPC through tonic's generated clients (a lazily connected
+//! channel, rustls with the *ring* provider, gzip) or HTTP/protobuf through hyper (POST to
+//! `/v1/{metrics,logs,traces}`, `application/x-protobuf`, gzip). Every export has a deadline
+//! (`--otlp.timeout`); headers are sent as sensitive values and never appear in an error.
+#![warn(clippy::arithmetic_side_effects)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::Uri;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    logs_service_client::LogsServiceClient, ExportLogsServiceRequest,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    metrics_service_client::MetricsServiceClient, ExportMetricsServiceRequest,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    trace_service_client::TraceServiceClient, ExportTraceServiceRequest,
+};
+use prost::Message;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::settings::{OtlpSettings, Protocol, MAX_TLS_FILE};
+use crate::probe::Secret;
+
+/// Longest response body of an HTTP export read (the rest is dropped).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// The OTLP signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    /// Metrics.
+    Metrics,
+    /// Logs.
+    Logs,
+    /// Traces.
+    Traces,
+}
+
+impl Signal {
+    /// All of them, in label order.
+    pub const ALL: [Signal; 3] = [Signal::Logs, Signal::Metrics, Signal::Traces];
+
+    /// The `signal` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Metrics => "metrics",
+            Signal::Logs => "logs",
+            Signal::Traces => "traces",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Signal::Metrics => "/v1/metrics",
+            Signal::Logs => "/v1/logs",
+            Signal::Traces => "/v1/traces",
+        }
+    }
+}
+
+/// One export request.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// Metrics.
+    Metrics(ExportMetricsServiceRequest),
+    /// Logs.
+    Logs(ExportLogsServiceRequest),
+    /// Traces.
+    Traces(ExportTraceServiceRequest),
+}
+
+impl Payload {
+    /// Its signal.
+    pub fn signal(&self) -> Signal {
+        match self {
+            Payload::Metrics(_) => Signal::Metrics,
+            Payload::Logs(_) => Signal::Logs,
+            Payload::Traces(_) => Signal::Traces,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Payload::Metrics(r) => r.encode_to_vec(),
+            Payload::Logs(r) => r.encode_to_vec(),
+            Payload::Traces(r) => r.encode_to_vec(),
+        }
+    }
+}
+
+/// Why an export failed (never carries a header value).
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// No answer within `--otlp.timeout`.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The gRPC call failed.
+    #[error("gRPC status {code:?}: {message}")]
+    Grpc {
+        /// The status code.
+        code: tonic::Code,
+        /// Its message (cut to 200 bytes).
+        message: String,
+    },
+    /// The HTTP answer was not 2xx.
+    #[error("HTTP status {0}")]
+    Http(u16),
+    /// The connection or request failed.
+    #[error("{0}")]
+    Transport(String),
+}
+
+/// Why the transport cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A TLS file or setting cannot be used.
+    #[error("{key}: {reason}")]
+    Tls {
+        /// The setting.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The endpoint is not usable.
+    #[error("otlp.endpoint: {0}")]
+    Endpoint(String),
+}
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+enum Kind {
+    Grpc(tonic::transport::Channel),
+    Http {
+        client: Box<HttpClient>,
+        urls: Box<[Uri; 3]>,
+    },
+}
+
+/// Sends export requests to the configured endpoint.
+pub struct Transport {
+    kind: Kind,
+    headers: Vec<(String, Secret)>,
+    timeout: Duration,
+    gzip: bool,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("headers", &self.headers.len())
+            .field("timeout", &self.timeout)
+            .field("gzip", &self.gzip)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(key: &'static str, p: &std::path::Path) -> Result<Vec<u8>, SetupError> {
+    let tls = |reason: String| SetupError::Tls { key, reason };
+    let len = std::fs::metadata(p)
+        .map_err(|e| tls(format!("{}: {e}", p.display())))?
+        .len();
+    if len > MAX_TLS_FILE {
+        return Err(tls(format!(
+            "{} is larger than {MAX_TLS_FILE} bytes",
+            p.display()
+        )));
+    }
+    std::fs::read(p).map_err(|e| tls(format!("{}: {e}", p.display())))
+}
+
+fn rustls_config(s: &OtlpSettings) -> Result<rustls::ClientConfig, SetupError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SetupError::Tls {
+            key: "otlp.tls",
+            reason: e.to_string(),
+        })?;
+    let mut roots = rustls::RootCertStore::empty();
+    match &s.ca_file {
+        Some(p) => {
+            let pem = read("otlp.tls.ca-file", p)?;
+            for c in CertificateDer::pem_slice_iter(&pem) {
+                let c = c.map_err(|e| SetupError::Tls {
+                    key: "otlp.tls.ca-file",
+                    reason: format!("bad PEM: {e}"),
+                })?;
+                roots.add(c).map_err(|e| SetupError::Tls {
+                    key: "otlp.tls.ca-file",
+                    reason: e.to_string(),
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(SetupError::Tls {
+                    key: "otlp.tls.ca-file",
+                    reason: "no PEM CERTIFICATE block found".into(),
+                });
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let builder = builder.with_root_certificates(roots);
+    match (&s.cert_file, &s.key_file) {
+        (Some(c), Some(k)) => {
+            let cert_pem = read("otlp.tls.cert-file", c)?;
+            let key_pem = read("otlp.tls.key-file", k)?;
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| SetupError::Tls {
+                    key: "otlp.tls.cert-file",
+                    reason: format!("bad PEM: {e}"),
+                })?;
+            let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| SetupError::Tls {
+                key: "otlp.tls.key-file",
+                reason: "no usable PEM private key".into(),
+            })?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| SetupError::Tls {
+                    key: "otlp.tls.cert-file",
+                    reason: e.to_string(),
+                })
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+fn signal_url(s: &OtlpSettings, signal: Signal) -> Result<Uri, SetupError> {
+    let given = match signal {
+        Signal::Metrics => &s.metrics_endpoint,
+        Signal::Logs => &s.logs_endpoint,
+        Signal::Traces => &s.traces_endpoint,
+    };
+    let url = match given {
+        Some(u) => u.clone(),
+        None => format!("{}{}", s.endpoint.trim_end_matches('/'), signal.path()),
+    };
+    url.parse()
+        .map_err(|_| SetupError::Endpoint(format!("{url:?} is not a URL")))
+}
+
+impl Transport {
+    /// Sets the transport up; connects lazily (nothing is dialled here). Needs a tokio runtime.
+    pub fn new(s: &OtlpSettings) -> Result<Transport, SetupError> {
+        let kind = match s.protocol {
+            Protocol::Grpc => {
+                let mut ep = tonic::transport::Endpoint::from_shared(s.endpoint.clone())
+                    .map_err(|e| SetupError::Endpoint(e.to_string()))?
+                    .connect_timeout(s.timeout)
+                    .timeout(s.timeout);
+                if s.endpoint.starts_with("https://") {
+                    let mut tls = tonic::transport::ClientTlsConfig::new();
+                    match &s.ca_file {
+                        Some(p) => {
+                            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read(
+                                "otlp.tls.ca-file",
+                                p,
+                            )?))
+                        }
+                        None => tls = tls.with_webpki_roots(),
+                    }
+                    if let (Some(c), Some(k)) = (&s.cert_file, &s.key_file) {
+                        tls = tls.identity(tonic::transport::Identity::from_pem(
+                            read("otlp.tls.cert-file", c)?,
+                            read("otlp.tls.key-file", k)?,
+                        ));
+                    }
+                    ep = ep.tls_config(tls).map_err(|e| SetupError::Tls {
+                        key: "otlp.tls",
+                        reason: e.to_string(),
+                    })?;
+                }
+                Kind::Grpc(ep.connect_lazy())
+            }
+            Protocol::HttpProtobuf => {
+                let tls = rustls_config(s)?;
+                let mut http = HttpConnector::new();
+                http.enforce_http(false);
+                http.set_connect_timeout(Some(s.timeout));
+                let conn = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls)
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(http);
+                let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .pool_max_idle_per_host(1)
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .build(conn);
+                Kind::Http {
+                    client: Box::new(client),
+                    urls: Box::new([
+                        signal_url(s, Signal::Metrics)?,
+                        signal_url(s, Signal::Logs)?,
+                        signal_url(s, Signal::Traces)?,
+                    ]),
+                }
+            }
+        };
+        Ok(Transport {
+            kind,
+            headers: s.headers.clone(),
+            timeout: s.timeout,
+            gzip: s.gzip,
+        })
+    }
+
+    /// The deadline of one export.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends one request within the deadline.
+    pub async fn send(&self, payload: Payload) -> Result<(), ExportError> {
+        match tokio::time::timeout(self.timeout, self.send_inner(payload)).await {
+            Ok(r) => r,
+            Err(_) => Err(ExportError::Timeout(self.timeout)),
+        }
+    }
+
+    fn grpc_request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(self.timeout);
+        for (k, v) in &self.headers {
+            let (Ok(key), Ok(mut val)) = (
+                tonic::metadata::MetadataKey::from_bytes(k.as_bytes()),
+                tonic::metadata::MetadataValue::try_from(v.expose()),
+            ) else {
+                continue;
+            };
+            val.set_sensitive(true);
+            req.metadata_mut().insert(key, val);
+        }
+        req
+    }
+
+    async fn send_inner(&self, payload: Payload) -> Result<(), ExportError> {
+        match &self.kind {
+            Kind::Grpc(ch) => {
+                let gz = tonic::codec::CompressionEncoding::Gzip;
+                let res = match payload {
+                    Payload::Metrics(r) => {
+                        let mut c = MetricsServiceClient::new(ch.clone());
+                        if self.gzip {
+                            c = c.send_compressed(gz);
+                        }
+                        c.export(self.grpc_request(r)).await.map(|_| ())
+                    }
+                    Payload::Logs(r) => {
+                        let mut c = LogsServiceClient::new(ch.clone());
+                        if self.gzip {
+                            c = c.send_compressed(gz);
+                        }
+                        c.export(self.grpc_request(r)).await.map(|_| ())
+                    }
+                    Payload::Traces(r) => {
+                        let mut c = TraceServiceClient::new(ch.clone());
+                        if self.gzip {
+                            c = c.send_compressed(gz);
+                        }
+                        c.export(self.grpc_request(r)).await.map(|_| ())
+                    }
+                };
+                res.map_err(|st| ExportError::Grpc {
+                    code: st.code(),
+                    message: crate::metrics::cut(st.message(), 200).to_string(),
+                })
+            }
+            Kind::Http { client, urls } => {
+                let signal = payload.signal();
+                let url = match signal {
+                    Signal::Metrics => &urls[0],
+                    Signal::Logs => &urls[1],
+                    Signal::Traces => &urls[2],
+                };
+                // encoding and compressing is CPU work: off the runtime threads
+                let gzip = self.gzip;
+                let body = tokio::task::spawn_blocking(move || {
+                    let raw = payload.encode();
+                    if gzip {
+                        use std::io::Write;
+                        let mut enc = flate2::write::GzEncoder::new(
+                            Vec::with_capacity(raw.len() / 4),
+                            flate2::Compression::fast(),
+                        );
+                        enc.write_all(&raw).and_then(|()| enc.finish())
+                    } else {
+                        Ok(raw)
+                    }
+                })
+                .await
+                .map_err(|e| ExportError::Transport(e.to_string()))?
+                .map_err(|e| ExportError::Transport(e.to_string()))?;
+                let mut req = hyper::Request::post(url.clone())
+                    .header(hyper::header::CONTENT_TYPE, "application/x-protobuf");
+                if gzip {
+                    req = req.header(hyper::header::CONTENT_ENCODING, "gzip");
+                }
+                for (k, v) in &self.headers {
+                    if let Ok(mut val) = hyper::header::HeaderValue::from_str(v.expose()) {
+                        val.set_sensitive(true);
+                        req = req.header(k.as_str(), val);
+                    }
+                }
+                let req = req
+                    .body(Full::new(Bytes::from(body)))
+                    .map_err(|e| ExportError::Transport(e.to_string()))?;
+                let res = client
+                    .request(req)
+                    .await
+                    .map_err(|e| ExportError::Transport(describe(&e)))?;
+                let status = res.status();
+                // read (a bounded part of) the answer so the connection can be reused
+                let _ = Limited::new(res.into_body(), MAX_RESPONSE_BYTES)
+                    .collect()
+                    .await;
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(ExportError::Http(status.as_u16()))
+                }
+            }
+        }
+    }
+}
+
+/// An error with its sources, one line.
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    crate::metrics::cut(&s, 300).to_string()
+}
