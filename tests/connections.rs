@@ -445,7 +445,20 @@ async fn binlog_headroom_matches_hand_count_after_flush_and_purge() {
 async fn kafka_and_mongo_against_protocol_doubles() {
     let broker = FakeBroker::start(KafkaMode::Ok).await.unwrap();
     let bad_broker = FakeBroker::start(KafkaMode::Garbage).await.unwrap();
-    let mongo = FakeMongod::start(MongoMode::Secondary).await.unwrap();
+    let mongo = FakeMongod::start_secure(
+        MongoMode::Secondary,
+        gravity_double::mongo::Security {
+            tls: None,
+            user: Some(gravity_double::mongo::MongoUser {
+                user: "reader".into(),
+                password: "mongo-pw".into(),
+                db: "admin".into(),
+                mechanisms: vec![gravity_exporter::probe::scram::ScramHash::Sha256],
+            }),
+        },
+    )
+    .await
+    .unwrap();
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -498,7 +511,11 @@ async fn kafka_and_mongo_against_protocol_doubles() {
     .await;
     assert_eq!(val(&body, "gravity_connection_health", &[&c]), Some(0.0));
     assert!(
-        mongo.commands().iter().all(|c| c == "hello"),
+        // hello and gravity's SCRAM login, nothing else
+        mongo
+            .commands()
+            .iter()
+            .all(|c| ["hello", "saslStart", "saslContinue"].contains(&c.as_str())),
         "{:?}",
         mongo.commands()
     );
