@@ -38,6 +38,23 @@ async fn errors(addr: std::net::SocketAddr, needles: &[&str]) -> f64 {
         .sum()
 }
 
+/// An exporter following an empty log with a state file, once it has written that file.
+async fn following_an_empty_log(
+    dir: &Path,
+) -> (common::Running, std::path::PathBuf, std::path::PathBuf) {
+    let log = dir.join("gravity.log");
+    let state = dir.join("state.json");
+    std::fs::write(&log, "").unwrap();
+    let r = common::start(common::settings(&common::owned(&flags(&log, &state)))).await;
+    assert!(
+        wait_for(Duration::from_secs(30), || async { state.exists() })
+            .await
+            .is_some(),
+        "state file never written"
+    );
+    (r, log, state)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_log_counts_restart_midway_and_rotation() {
     let dir = tempfile::tempdir().unwrap();
@@ -172,15 +189,7 @@ async fn reference_log_counts_restart_midway_and_rotation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_of_lines_counted_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("gravity.log");
-    let state = dir.path().join("state.json");
-    std::fs::write(&log, "").unwrap();
-    let r = common::start(common::settings(&common::owned(&flags(&log, &state)))).await;
-    assert!(
-        wait_for(Duration::from_secs(30), || async { state.exists() })
-            .await
-            .is_some()
-    );
+    let (r, log, _state) = following_an_empty_log(dir.path()).await;
     let line = r#"{"file":"batch_table_scheduler.go","level":"warning","line":251,"msg":"error execute sync output, retry. Error 1213: Deadlock found when trying to get lock; try restarting transaction","pipeline":"mysql2mysqlDemo","time":"2026-11-22T14:05:33+08:00"}"#;
     const N: usize = 100_000;
     let mut chunk = String::with_capacity(line.len() * 1000);
@@ -211,16 +220,7 @@ async fn burst_of_lines_counted_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_read_after_shutdown_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("gravity.log");
-    let state = dir.path().join("state.json");
-    std::fs::write(&log, "").unwrap();
-    let r = common::start(common::settings(&common::owned(&flags(&log, &state)))).await;
-    assert!(
-        wait_for(Duration::from_secs(30), || async { state.exists() })
-            .await
-            .is_some(),
-        "state file never written"
-    );
+    let (r, log, state) = following_an_empty_log(dir.path()).await;
     let line = r#"{"file":"batch_table_scheduler.go","level":"warning","line":251,"msg":"error execute sync output, retry. Error 1213: Deadlock found when trying to get lock; try restarting transaction","pipeline":"mysql2mysqlDemo","time":"2026-11-22T14:05:33+08:00"}"#;
     let mut chunk = String::with_capacity(line.len() * 1000 + 1000);
     for _ in 0..1000 {
