@@ -28,7 +28,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// The tasks the exporter runs, each with its series present from the start.
-pub const TASKS: [&str; 5] = ["watcher", "log", "collectors", "connections", "consistency"];
+pub const TASKS: [&str; 6] = [
+    "watcher",
+    "log",
+    "collectors",
+    "connections",
+    "consistency",
+    "canary",
+];
 
 /// The tasks that work in cycles and report each one through [`TaskMetrics::cycle`].
 pub const CYCLIC_TASKS: [&str; 4] = ["watcher", "log", "connections", "consistency"];

@@ -284,6 +284,14 @@ async fn alerts_and_dashboards_on_a_real_stack() {
         "CREATE TABLE IF NOT EXISTS test_db.stack_orders (id INT PRIMARY KEY, v VARCHAR(20))"
             .to_string(),
         "INSERT IGNORE INTO test_db.stack_orders VALUES (1, 'a'), (2, 'b'), (3, NULL)".to_string(),
+        // the canary of stack-healthy: its own login and schema; source and target are the
+        // same server, so each canary is visible at the target as soon as it is written
+        "CREATE USER IF NOT EXISTS 'gx_canary'@'%' IDENTIFIED BY 'gx-canary-pw'".to_string(),
+        "CREATE USER IF NOT EXISTS 'gx_canary'@'localhost' IDENTIFIED BY 'gx-canary-pw'"
+            .to_string(),
+        "GRANT CREATE, INSERT, UPDATE, SELECT ON gravity_canary.* TO 'gx_canary'@'%'".to_string(),
+        "GRANT CREATE, INSERT, UPDATE, SELECT ON gravity_canary.* TO 'gx_canary'@'localhost'"
+            .to_string(),
     ];
     stmts.extend(std::iter::repeat_n("FLUSH BINARY LOGS".to_string(), 5));
     mariadb::exec(
@@ -348,12 +356,20 @@ async fn alerts_and_dashboards_on_a_real_stack() {
             ("GRAVITY_DOUBLE_BATCH_ROWS", "1000000000"),
         ],
     );
+    let canary_pw = w.join("canary.pw");
+    std::fs::write(&canary_pw, "gx-canary-pw\n").unwrap();
     let mut flags_h = exporter_flags(&cfg_h);
     flags_h.extend([
         "--consistency.tables".to_string(),
         "test_db.stack_orders".to_string(),
         "--consistency.interval".to_string(),
         "5s".to_string(),
+        "--canary.interval".to_string(),
+        "1s".to_string(),
+        "--canary.username".to_string(),
+        "gx_canary".to_string(),
+        "--canary.password-file".to_string(),
+        canary_pw.to_str().unwrap().to_string(),
     ]);
     let exp_h = common::start(common::settings(&common::owned(&flags_h))).await;
     let exp_f = common::start(common::settings(&common::owned(&exporter_flags(&cfg_f)))).await;
