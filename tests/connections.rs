@@ -445,20 +445,9 @@ async fn binlog_headroom_matches_hand_count_after_flush_and_purge() {
 async fn kafka_and_mongo_against_protocol_doubles() {
     let broker = FakeBroker::start(KafkaMode::Ok).await.unwrap();
     let bad_broker = FakeBroker::start(KafkaMode::Garbage).await.unwrap();
-    let mongo = FakeMongod::start_secure(
-        MongoMode::Secondary,
-        gravity_double::mongo::Security {
-            tls: None,
-            user: Some(gravity_double::mongo::MongoUser {
-                user: "reader".into(),
-                password: "mongo-pw".into(),
-                db: "admin".into(),
-                mechanisms: vec![gravity_exporter::probe::scram::ScramHash::Sha256],
-            }),
-        },
-    )
-    .await
-    .unwrap();
+    let mongo = FakeMongod::start_secure(MongoMode::Secondary, common::mongo_reader())
+        .await
+        .unwrap();
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

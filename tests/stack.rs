@@ -304,20 +304,9 @@ async fn alerts_and_dashboards_on_a_real_stack() {
         ("GRAVITY_DOUBLE_BINLOG_FIRST_INDEX", "3"),
         ("GRAVITY_DOUBLE_BINLOG_FILE_BYTES", "1000000000000"),
     ];
-    let mongod = FakeMongod::start_secure(
-        MongoMode::Primary,
-        gravity_double::mongo::Security {
-            tls: None,
-            user: Some(gravity_double::mongo::MongoUser {
-                user: "reader".into(),
-                password: "mongo-pw".into(),
-                db: "admin".into(),
-                mechanisms: vec![gravity_exporter::probe::scram::ScramHash::Sha256],
-            }),
-        },
-    )
-    .await
-    .unwrap();
+    let mongod = FakeMongod::start_secure(MongoMode::Primary, common::mongo_reader())
+        .await
+        .unwrap();
     let broker = FakeBroker::start(KafkaMode::Ok).await.unwrap();
 
     let work = tempfile::tempdir().unwrap();

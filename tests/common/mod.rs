@@ -345,3 +345,17 @@ pub async fn post(port: u16, path_and_query: &str) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
     String::from_utf8_lossy(&buf).into_owned()
 }
+
+/// The fake mongod's security for the test configs' Mongo source: gravity's user
+/// `reader`/`mongo-pw` in `admin`, SCRAM-SHA-256, no TLS.
+pub fn mongo_reader() -> gravity_double::mongo::Security {
+    gravity_double::mongo::Security {
+        tls: None,
+        user: Some(gravity_double::mongo::MongoUser {
+            user: "reader".into(),
+            password: "mongo-pw".into(),
+            db: "admin".into(),
+            mechanisms: vec![gravity_exporter::probe::scram::ScramHash::Sha256],
+        }),
+    }
+}
