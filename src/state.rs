@@ -118,6 +118,9 @@ pub struct PipelineState {
     pub established: Slot<Established>,
     /// The source collector's access.
     pub source: Slot<SourceAccess>,
+    /// gravity's per-stage latencies over the last `/metrics` window (from the
+    /// gravity_metrics collector; interval aggregates over all events).
+    pub stages: Slot<crate::collector::gravity_metrics::StageWindow>,
 }
 
 #[cfg(test)]

@@ -322,9 +322,6 @@ pub struct Context {
     /// The opt-in canary's counters, pending canaries and last results (kept across a
     /// restart of its task; read by the status page).
     pub canary: canary::Shared,
-    /// gravity's per-stage latencies over the last `/metrics` window (typed, from the
-    /// gravity_metrics collector; interval aggregates over all events).
-    pub stages: RwLock<Option<Arc<gravity_metrics::StageWindow>>>,
     /// The OpenTelemetry export and LogEntry writer, set once at start while one is on
     /// (`crate::otlp`); unset, nothing of it runs.
     pub telemetry: std::sync::OnceLock<Arc<crate::otlp::Telemetry>>,
@@ -350,22 +347,18 @@ impl Context {
             recent: Default::default(),
             mysql: Default::default(),
             canary: Default::default(),
-            stages: RwLock::new(None),
             telemetry: std::sync::OnceLock::new(),
         })
     }
 
     /// gravity's stage latencies over the last `/metrics` window, if known.
     pub fn stage_window(&self) -> Option<Arc<gravity_metrics::StageWindow>> {
-        self.stages
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.state.stages.get()
     }
 
     /// Stores the stage latencies of the last `/metrics` window.
     pub fn set_stage_window(&self, w: gravity_metrics::StageWindow) {
-        *self.stages.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(w));
+        self.state.stages.set(Some(w));
     }
 
     /// gravity's last parsed `/status`, if any.
