@@ -31,16 +31,16 @@ pub mod demo;
 pub mod expo;
 pub mod flags;
 pub mod gofmt;
+pub mod kafka;
 pub mod logw;
 pub mod otlp;
+pub mod scram;
 pub mod server;
 pub mod sim;
 pub mod status;
 pub mod supervisor;
+pub mod tls;
 
-/// The fake Kafka broker of the tests (it lives in the exporter's library behind the
-/// `test-servers` feature, which only this crate turns on).
-pub use gravity_exporter::probe::kafka::testserver as kafka;
 /// The fake `mongod` of the tests (same feature).
 pub use gravity_exporter::probe::mongo::testserver as mongo;
 
