@@ -664,7 +664,9 @@ mod tests {
         Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
 
-    fn record(offset: i64, value: &str) -> Record {
+    /// A record of a batch starting at `base` (the base sequence -1 of a producer without
+    /// idempotence; kafka-protocol puts records in one batch while offset − sequence stays).
+    fn record(base: i64, offset: i64, value: &str) -> Record {
         Record {
             transactional: false,
             control: false,
@@ -674,7 +676,7 @@ mod tests {
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset,
-            sequence: -1,
+            sequence: (offset - base) as i32 - 1,
             timestamp: 1_800_000_000_000 + offset,
             key: None,
             value: Some(Bytes::from(value.to_string())),
@@ -684,7 +686,7 @@ mod tests {
 
     /// One batch v2 of `n` records from `base`, with `codec`.
     fn batch(base: i64, n: i64, codec: Compression) -> Vec<u8> {
-        let recs: Vec<Record> = (base..base + n).map(|o| record(o, &format!("v{o}"))).collect();
+        let recs: Vec<Record> = (base..base + n).map(|o| record(base, o, &format!("v{o}"))).collect();
         let mut buf = BytesMut::new();
         RecordBatchEncoder::encode_with_custom_compression(
             &mut buf,
@@ -738,6 +740,27 @@ mod tests {
             assert_eq!(seen, [11, 12, 13, 14], "{codec:?}");
             assert_eq!(next, 15);
             assert_eq!(stats.skipped, 0);
+        }
+    }
+
+    #[test]
+    fn batches_of_the_crates_own_encoder_are_read() {
+        // kafka-protocol's own snappy/gzip (the tests turn its codecs on): xerial framing.
+        for codec in [Compression::None, Compression::Snappy, Compression::Gzip] {
+            let recs: Vec<Record> = (0..3).map(|o| record(0, o, &format!("v{o}"))).collect();
+            let mut buf = BytesMut::new();
+            RecordBatchEncoder::encode(
+                &mut buf,
+                &recs,
+                &RecordEncodeOptions {
+                    version: 2,
+                    compression: codec,
+                },
+            )
+            .unwrap();
+            assert_eq!(split_batches(&buf).len(), 1, "one batch");
+            let (seen, next, stats) = scan_all(&buf, 0, 100);
+            assert_eq!((seen, next, stats.skipped), (vec![0, 1, 2], 3, 0), "{codec:?}");
         }
     }
 

@@ -291,6 +291,69 @@ impl FakeBroker {
         }
     }
 
+    /// Appends one record batch v2 of `values` to `topic`/`partition` with `compression`
+    /// (what a Produce of them does); returns the base offset, `None` without the partition.
+    pub fn append(
+        &self,
+        topic: &str,
+        partition: i32,
+        values: &[&[u8]],
+        compression: kafka_protocol::records::Compression,
+    ) -> Option<i64> {
+        use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(0))
+            .unwrap_or(0);
+        let recs: Vec<Record> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i64::try_from(i).unwrap_or(0),
+                // offset − sequence constant: one batch (base sequence -1, no idempotence)
+                sequence: i32::try_from(i).unwrap_or(0) - 1,
+                timestamp: now,
+                key: None,
+                value: Some(Bytes::copy_from_slice(v)),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(&mut buf, &recs, &RecordEncodeOptions { version: 2, compression }).ok()?;
+        let req = ProduceRequest::default().with_acks(-1).with_topic_data(vec![
+            kafka_protocol::messages::produce_request::TopicProduceData::default()
+                .with_name(topic_name(topic))
+                .with_partition_data(vec![
+                    kafka_protocol::messages::produce_request::PartitionProduceData::default()
+                        .with_index(partition)
+                        .with_records(Some(buf.freeze())),
+                ]),
+        ]);
+        let resp = produce(&req, &self.shared);
+        let p = resp.responses.first()?.partition_responses.first()?;
+        (p.error_code == 0).then_some(p.base_offset)
+    }
+
+    /// Drops every record of `topic` (the log start moves to the end, as after retention).
+    pub fn truncate(&self, topic: &str) {
+        if let Ok(mut l) = self.shared.logs.lock() {
+            if let Some(ps) = l.topics.get_mut(topic) {
+                for p in ps.iter_mut() {
+                    p.batches.clear();
+                    p.bytes = 0;
+                    p.start = p.end;
+                }
+            }
+        }
+    }
+
     /// The high watermark of each partition of `topic`.
     pub fn end_offsets(&self, topic: &str) -> Vec<i64> {
         self.shared
@@ -732,16 +795,16 @@ fn list_offsets(req: &ListOffsetsRequest, shared: &Shared) -> ListOffsetsRespons
     ListOffsetsResponse::default().with_topics(topics)
 }
 
-/// Checks a produced batch and counts its records: the whole record set must decode as
-/// record batches v2 (CRC checked by the decoder).
-fn batch_records(bytes: &Bytes) -> Option<i64> {
+/// Checks a produced record set and counts its records: exactly one record batch v2 (what
+/// Kafka demands of Produce v3+), CRC checked by the decoder. `Err` is the error code:
+/// CORRUPT_MESSAGE (2), INVALID_RECORD (87) for more than one batch or none.
+fn batch_records(bytes: &Bytes) -> Result<i64, i16> {
     let mut b = bytes.clone();
-    let mut n = 0i64;
-    while b.has_remaining() {
-        let set = RecordBatchDecoder::decode(&mut b).ok()?;
-        n = n.checked_add(i64::try_from(set.records.len()).ok()?)?;
+    let set = RecordBatchDecoder::decode(&mut b).map_err(|_| 2i16)?;
+    if b.has_remaining() || set.records.is_empty() {
+        return Err(87);
     }
-    Some(n)
+    i64::try_from(set.records.len()).map_err(|_| 87)
 }
 
 fn produce(req: &ProduceRequest, shared: &Shared) -> ProduceResponse {
@@ -767,14 +830,13 @@ fn produce(req: &ProduceRequest, shared: &Shared) -> ProduceResponse {
                     let Some(records) = &p.records else {
                         return r.with_error_code(87).with_base_offset(-1);
                     };
-                    // CORRUPT_MESSAGE (2) for anything that is not a valid batch v2
-                    let Some(count) = batch_records(records).filter(|n| *n > 0) else {
-                        return r.with_error_code(2).with_base_offset(-1);
+                    let count = match batch_records(records) {
+                        Ok(n) => n,
+                        Err(code) => return r.with_error_code(code).with_base_offset(-1),
                     };
                     let base = pl.end;
                     let mut stored = BytesMut::from(&records[..]);
-                    // one batch per produce here (sarama sends one per partition); the base
-                    // offset is not covered by the CRC
+                    // the base offset is not covered by the CRC
                     stored[..8].copy_from_slice(&base.to_be_bytes());
                     pl.end = base.saturating_add(count);
                     pl.bytes = pl.bytes.saturating_add(stored.len());

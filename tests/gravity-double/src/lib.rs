@@ -32,6 +32,7 @@ pub mod expo;
 pub mod flags;
 pub mod gofmt;
 pub mod kafka;
+pub mod kafka_out;
 pub mod logw;
 pub mod otlp;
 pub mod scram;
