@@ -31,16 +31,27 @@ const TOPIC: &str = "gravity.canary.heartbeat";
 
 /// gravity's mysql2kafka config (tests/fixtures) pointed at the private source and the fake
 /// broker, with TLS files and SCRAM-SHA-256, and a route of the canary table to [`TOPIC`].
-fn gravity_config(dir: &Path, src: u16, broker: SocketAddr, pki: Option<&Pki>, sasl_pw: &str) -> PathBuf {
-    let mut text = std::fs::read_to_string(common::fixtures().join("configs/mysql2kafka-stream.toml"))
-        .unwrap()
-        .replace("host = \"mysql-primary.internal\"", "host = \"127.0.0.1\"")
-        .replace("port = 3306", &format!("port = {src}"))
-        .replace(
-            "broker-addrs = [\"kafka-1.internal:9092\", \"kafka-2.internal:9092\", \"127.0.0.1:9092\"]",
-            &format!("broker-addrs = [\"{broker}\"]"),
-        )
-        .replace("password = \"sasl-pw\"", &format!("password = \"{sasl_pw}\"\nmechanism = \"SCRAM-SHA-256\""));
+fn gravity_config(
+    dir: &Path,
+    src: u16,
+    broker: SocketAddr,
+    pki: Option<&Pki>,
+    sasl_pw: &str,
+) -> PathBuf {
+    let mut text = std::fs::read_to_string(
+        common::fixtures().join("configs/mysql2kafka-stream.toml"),
+    )
+    .unwrap()
+    .replace("host = \"mysql-primary.internal\"", "host = \"127.0.0.1\"")
+    .replace("port = 3306", &format!("port = {src}"))
+    .replace(
+        "broker-addrs = [\"kafka-1.internal:9092\", \"kafka-2.internal:9092\", \"127.0.0.1:9092\"]",
+        &format!("broker-addrs = [\"{broker}\"]"),
+    )
+    .replace(
+        "password = \"sasl-pw\"",
+        &format!("password = \"{sasl_pw}\"\nmechanism = \"SCRAM-SHA-256\""),
+    );
     if let Some(pki) = pki {
         text = text.replace(
             "mode = \"async\"",
@@ -55,7 +66,10 @@ fn gravity_config(dir: &Path, src: u16, broker: SocketAddr, pki: Option<&Pki>, s
     text.push_str(&format!(
         "\n[[output.config.routes]]\nmatch-schema = \"gravity_canary\"\nmatch-table = \"heartbeat\"\ndml-topic = \"{TOPIC}\"\n"
     ));
-    assert!(text.contains(&broker.to_string()) && text.contains("SCRAM-SHA-256"), "{text}");
+    assert!(
+        text.contains(&broker.to_string()) && text.contains("SCRAM-SHA-256"),
+        "{text}"
+    );
     let p = dir.join("config.toml");
     std::fs::write(&p, text).unwrap();
     p
@@ -146,14 +160,23 @@ async fn canaries_arrive_through_a_kafka_topic_over_sasl_ssl_and_loss_is_counted
     let exe = gravity_double::binary().unwrap();
     let link = gravity_double::install_gravity_link(&exe, dir.path()).unwrap();
     let port = common::free_port();
-    let mut cfg = gravity_double::SupervisorConfig::new(&link, dir.path(), &config, format!("127.0.0.1:{port}"));
+    let mut cfg = gravity_double::SupervisorConfig::new(
+        &link,
+        dir.path(),
+        &config,
+        format!("127.0.0.1:{port}"),
+    );
     cfg.log_file = Some(dir.path().join("gravity.log"));
-    cfg.env.push(("GRAVITY_DOUBLE_KAFKA_PRODUCE".into(), "1".into()));
+    cfg.env
+        .push(("GRAVITY_DOUBLE_KAFKA_PRODUCE".into(), "1".into()));
     let _sup = gravity_double::Supervisor::start(cfg).unwrap();
 
     let pw = dir.path().join("canary.pw");
     std::fs::write(&pw, format!("{CANARY_PW}\n")).unwrap();
-    let pattern = format!("/gravity --config={}( |$)", regex::escape(config.to_str().unwrap()));
+    let pattern = format!(
+        "/gravity --config={}( |$)",
+        regex::escape(config.to_str().unwrap())
+    );
     let mut flags = vec!["--gravity.process-pattern".to_string(), pattern];
     flags.extend(canary_flags(&pw));
     let run = common::start(common::settings(&common::owned(&flags))).await;
@@ -165,7 +188,10 @@ async fn canaries_arrive_through_a_kafka_topic_over_sasl_ssl_and_loss_is_counted
         v(b, "gravity_canary_arrived_total", &[]) >= 5.0
     })
     .await;
-    assert_eq!(v(&body, "gravity_canary_writer_state", &["reason=\"ok\""]), 1.0);
+    assert_eq!(
+        v(&body, "gravity_canary_writer_state", &["reason=\"ok\""]),
+        1.0
+    );
     let lag = v(&body, "gravity_canary_e2e_lag_seconds", &[]);
     assert!(lag > 0.0, "e2e lag {lag}");
     let hist = v(
@@ -202,9 +228,15 @@ async fn canaries_arrive_through_a_kafka_topic_over_sasl_ssl_and_loss_is_counted
     assert_eq!(status["canary"]["target_error"], "", "{api}");
     // Both ends logged in like gravity: SCRAM-SHA-256 over mutual TLS.
     let logins = broker.logins();
-    assert!(logins.len() >= 2 && logins.iter().all(|l| l == "SCRAM-SHA-256:gravity"), "{logins:?}");
+    assert!(
+        logins.len() >= 2 && logins.iter().all(|l| l == "SCRAM-SHA-256:gravity"),
+        "{logins:?}"
+    );
     // Reading is bounded: the exporter's fetches come in well under the frame bound.
-    assert!(broker.requests().iter().any(|r| r.api_key == 1 && r.client_id.as_deref() == Some("gravity-exporter")));
+    assert!(broker
+        .requests()
+        .iter()
+        .any(|r| r.api_key == 1 && r.client_id.as_deref() == Some("gravity-exporter")));
 
     // 2. Silent loss: the double drops its messages but acknowledges them (its watermark
     //    goes on, /healthz says healthy); canaries are lost.
@@ -216,21 +248,34 @@ async fn canaries_arrive_through_a_kafka_topic_over_sasl_ssl_and_loss_is_counted
     })
     .await;
     let healthz: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert_eq!(common::get(healthz, "/healthz").await.0, 200, "the double still looks healthy");
-    assert_eq!(v(&body, "gravity_canary_writer_state", &["reason=\"ok\""]), 1.0, "the writer itself is fine");
+    assert_eq!(
+        common::get(healthz, "/healthz").await.0,
+        200,
+        "the double still looks healthy"
+    );
+    assert_eq!(
+        v(&body, "gravity_canary_writer_state", &["reason=\"ok\""]),
+        1.0,
+        "the writer itself is fine"
+    );
 
     // 3. Recovery.
     let arrived1 = v(&body, "gravity_canary_arrived_total", &[]);
     common::post(port, "/_double/kafka?produce=on").await;
-    wait(addr, "canaries did not arrive again with the producer on", |b| {
-        v(b, "gravity_canary_arrived_total", &[]) >= arrived1 + 3.0
-    })
+    wait(
+        addr,
+        "canaries did not arrive again with the producer on",
+        |b| v(b, "gravity_canary_arrived_total", &[]) >= arrived1 + 3.0,
+    )
     .await;
 
     // No secret anywhere the exporter serves.
     for path in ["/metrics", "/", "/api/status"] {
         let (_, body) = common::get(addr, path).await;
-        assert!(!body.contains(CANARY_PW) && !body.contains(SASL_PW), "{path} shows a password");
+        assert!(
+            !body.contains(CANARY_PW) && !body.contains(SASL_PW),
+            "{path} shows a password"
+        );
     }
     let report = run.shutdown().await;
     assert!(report.still_running.is_empty(), "{report:?}");
@@ -272,7 +317,10 @@ async fn a_wrong_sasl_password_is_named_as_the_reason() {
     flags.extend(canary_flags(&pw));
     let run = common::start(common::settings(&common::owned(&flags))).await;
     let addr = run.addr;
-    wait(addr, "canaries were written", |b| v(b, "gravity_canary_sent_total", &[]) >= 1.0).await;
+    wait(addr, "canaries were written", |b| {
+        v(b, "gravity_canary_sent_total", &[]) >= 1.0
+    })
+    .await;
     let t0 = std::time::Instant::now();
     let api = loop {
         let api = common::get(addr, "/api/status").await.1;
@@ -284,12 +332,20 @@ async fn a_wrong_sasl_password_is_named_as_the_reason() {
     };
     let status: serde_json::Value = serde_json::from_str(&api).unwrap();
     let e = status["canary"]["target_error"].as_str().unwrap();
-    assert!(e.starts_with(&format!("kafka topic {TOPIC}: SASL SCRAM-SHA-256 login of user gravity failed")), "{e}");
+    assert!(
+        e.starts_with(&format!(
+            "kafka topic {TOPIC}: SASL SCRAM-SHA-256 login of user gravity failed"
+        )),
+        "{e}"
+    );
     let (_, page) = common::get(addr, "/").await;
     assert!(page.contains("target not readable"), "the page shows it");
     for path in ["/metrics", "/", "/api/status"] {
         let (_, body) = common::get(addr, path).await;
-        assert!(!body.contains(wrong) && !body.contains(CANARY_PW), "{path} shows a password");
+        assert!(
+            !body.contains(wrong) && !body.contains(CANARY_PW),
+            "{path} shows a password"
+        );
     }
     assert!(broker.logins().is_empty());
     let report = run.shutdown().await;

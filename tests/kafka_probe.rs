@@ -185,7 +185,7 @@ async fn sasl_mechanism_not_enabled_is_auth_plugin_unsupported() {
 
 #[tokio::test]
 async fn tls_listener_success_and_each_failure_reason() {
-        let pki = Pki::new().unwrap();
+    let pki = Pki::new().unwrap();
     let sasl_ssl = FakeBroker::start_secure(
         Mode::Ok,
         Security {
@@ -236,7 +236,7 @@ async fn tls_listener_success_and_each_failure_reason() {
 
 #[tokio::test]
 async fn mutual_tls_needs_the_client_certificate() {
-        let pki = Pki::new().unwrap();
+    let pki = Pki::new().unwrap();
     let broker = FakeBroker::start_secure(
         Mode::Ok,
         Security {
@@ -265,7 +265,6 @@ async fn mutual_tls_needs_the_client_certificate() {
     let out = probe_with(&broker.endpoint(), &sec, D).await;
     assert!(out.ok, "{out:?}");
 }
-
 
 // ---------------------------------------------------------------------------------------
 // The canary's topic reader (`probe::kafka_topic`) against the fake broker
@@ -302,7 +301,10 @@ async fn topic_reader_reads_what_came_after_the_mark_over_sasl_ssl() {
     .unwrap();
     broker.create_topic("canary", 3);
     // Old messages, before the mark: never read.
-    assert_eq!(broker.append("canary", 0, &[b"old-0", b"old-1"], Compression::None), Some(0));
+    assert_eq!(
+        broker.append("canary", 0, &[b"old-0", b"old-1"], Compression::None),
+        Some(0)
+    );
     let sec = KafkaSecurity {
         tls: Some(pki.options()),
         sasl: Some(sasl(SaslMechanism::ScramSha256, "gravity", "sasl-pw-Xy9")),
@@ -323,13 +325,19 @@ async fn topic_reader_reads_what_came_after_the_mark_over_sasl_ssl() {
     // Read once: the next poll (the broker waits FETCH_WAIT_MS for data) finds nothing.
     assert!(poll_values(&mut r).await.unwrap().is_empty());
     broker.append("canary", 1, &[b"d"], Compression::Snappy);
-    assert_eq!(poll_values(&mut r).await.unwrap(), [(1, 0, "d".to_string())]);
+    assert_eq!(
+        poll_values(&mut r).await.unwrap(),
+        [(1, 0, "d".to_string())]
+    );
     // The log truncated under the reader (retention): it starts again at the end.
     broker.truncate("canary");
     assert!(poll_values(&mut r).await.unwrap().is_empty());
     assert!(poll_values(&mut r).await.unwrap().is_empty());
     broker.append("canary", 0, &[b"e"], Compression::None);
-    assert_eq!(poll_values(&mut r).await.unwrap(), [(0, 4, "e".to_string())]);
+    assert_eq!(
+        poll_values(&mut r).await.unwrap(),
+        [(0, 4, "e".to_string())]
+    );
     // Every connection logged in with SCRAM over TLS.
     assert!(broker.logins().iter().all(|l| l == "SCRAM-SHA-256:gravity"));
     assert!(broker.logins().len() >= 2, "{:?}", broker.logins());
@@ -342,7 +350,10 @@ async fn topic_reader_reads_what_came_after_the_mark_over_sasl_ssl() {
     bad.sasl = Some(sasl(SaslMechanism::ScramSha256, "gravity", "wrong-pw-Q7"));
     let mut wrong = TopicReader::new(vec![broker.endpoint()], bad, "canary".into());
     let e = poll_values(&mut wrong).await.unwrap_err().to_string();
-    assert!(e.contains("SASL SCRAM-SHA-256 login of user gravity failed"), "{e}");
+    assert!(
+        e.contains("SASL SCRAM-SHA-256 login of user gravity failed"),
+        "{e}"
+    );
     assert!(e.contains("SASL_AUTHENTICATION_FAILED"), "{e}");
     assert!(!e.contains("wrong-pw-Q7"), "{e}");
 }

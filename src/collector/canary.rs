@@ -49,8 +49,8 @@ use super::{unix_now, Context};
 use crate::config::{CanarySettings, Settings};
 use crate::gravity_config::{EndpointRole, GravityConfig, Protocol};
 use crate::metrics::{lock, Families};
-use crate::probe::mysql::{Login, MySqlConn, MySqlError, ResultSet};
 use crate::probe::kafka_topic::TopicReader;
+use crate::probe::mysql::{Login, MySqlConn, MySqlError, ResultSet};
 use crate::probe::FailureReason;
 
 /// Name of the snapshot in the store.
@@ -704,7 +704,11 @@ fn route(s: &Settings, c: &CanarySettings, cfg: &GravityConfig) -> Result<Route,
 /// The topic gravity's `async-kafka` output sends `schema.table` to: the `dml-topic` of
 /// the first route that matches it (gravity's `AsyncKafka.Execute`); without a matching
 /// route gravity drops the table's events, without a `dml-topic` it cannot send them.
-pub fn kafka_topic(routes: &[crate::gravity_config::Route], schema: &str, table: &str) -> Result<String, String> {
+pub fn kafka_topic(
+    routes: &[crate::gravity_config::Route],
+    schema: &str,
+    table: &str,
+) -> Result<String, String> {
     match routes.iter().find(|r| r.matches(schema, table)) {
         None => Err(format!("no route of gravity's Kafka output matches {schema}.{table}: gravity drops its events (add [[output.config.routes]] match-schema = \"{schema}\", match-table = \"{table}\", dml-topic = \"...\")")),
         Some(r) => r.dml_topic.clone().filter(|t| !t.is_empty()).ok_or_else(|| format!("the route of gravity's Kafka output for {schema}.{table} has no dml-topic")),
@@ -843,10 +847,7 @@ impl Canary {
     }
 
     /// The reader of the route's topic (a new one when the route changed).
-    fn reader<'a>(
-        slot: &'a mut Option<TopicReader>,
-        r: &Route,
-    ) -> Option<&'a mut TopicReader> {
+    fn reader<'a>(slot: &'a mut Option<TopicReader>, r: &Route) -> Option<&'a mut TopicReader> {
         let Arrival::Kafka {
             brokers,
             security,
@@ -1439,20 +1440,42 @@ mod tests {
             trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
         });
         for m in [MSG_01, MSG_20] {
-            assert_eq!(kafka_canary(m.as_bytes(), "gravity_canary", "heartbeat", "p1"), want, "{m}");
+            assert_eq!(
+                kafka_canary(m.as_bytes(), "gravity_canary", "heartbeat", "p1"),
+                want,
+                "{m}"
+            );
             // another pipeline's row, another table, another schema
-            assert_eq!(kafka_canary(m.as_bytes(), "gravity_canary", "heartbeat", "p2"), None);
-            assert_eq!(kafka_canary(m.as_bytes(), "gravity_canary", "other", "p1"), None);
+            assert_eq!(
+                kafka_canary(m.as_bytes(), "gravity_canary", "heartbeat", "p2"),
+                None
+            );
+            assert_eq!(
+                kafka_canary(m.as_bytes(), "gravity_canary", "other", "p1"),
+                None
+            );
             assert_eq!(kafka_canary(m.as_bytes(), "shop", "heartbeat", "p1"), None);
         }
         let delete = MSG_01.replace("\"update\"", "\"delete\"");
-        assert_eq!(kafka_canary(delete.as_bytes(), "gravity_canary", "heartbeat", "p1"), None);
+        assert_eq!(
+            kafka_canary(delete.as_bytes(), "gravity_canary", "heartbeat", "p1"),
+            None
+        );
         let bad_trace = MSG_01.replace("0af7651916cd43dd8448eb211c80319c", "nothex");
-        assert_eq!(kafka_canary(bad_trace.as_bytes(), "gravity_canary", "heartbeat", "p1"), None);
+        assert_eq!(
+            kafka_canary(bad_trace.as_bytes(), "gravity_canary", "heartbeat", "p1"),
+            None
+        );
         let ddl = r#"{"version":"0.1","database":"gravity_canary","table":"heartbeat","type":"ddl","ts":1,"time_zone":"Asia/Shanghai","host":"h","sql":"ALTER TABLE x"}"#;
-        assert_eq!(kafka_canary(ddl.as_bytes(), "gravity_canary", "heartbeat", "p1"), None);
+        assert_eq!(
+            kafka_canary(ddl.as_bytes(), "gravity_canary", "heartbeat", "p1"),
+            None
+        );
         for junk in [&b""[..], b"{", b"null", b"[1,2]", &[0xff, 0xfe]] {
-            assert_eq!(kafka_canary(junk, "gravity_canary", "heartbeat", "p1"), None);
+            assert_eq!(
+                kafka_canary(junk, "gravity_canary", "heartbeat", "p1"),
+                None
+            );
         }
     }
 
@@ -1463,8 +1486,14 @@ mod tests {
             false,
         )
         .unwrap();
-        assert_eq!(kafka_topic(&cfg.routes, "gravity_canary", "heartbeat").unwrap(), "canary");
-        assert_eq!(kafka_topic(&cfg.routes, "shop", "heartbeat").unwrap(), "shop");
+        assert_eq!(
+            kafka_topic(&cfg.routes, "gravity_canary", "heartbeat").unwrap(),
+            "canary"
+        );
+        assert_eq!(
+            kafka_topic(&cfg.routes, "shop", "heartbeat").unwrap(),
+            "shop"
+        );
         let e = kafka_topic(&cfg.routes, "other", "heartbeat").unwrap_err();
         assert!(e.contains("no route") && e.contains("dml-topic"), "{e}");
         let e = kafka_topic(&cfg.routes, "nodest", "t").unwrap_err();

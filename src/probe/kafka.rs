@@ -332,7 +332,11 @@ pub async fn connect(
         Ok(Connection {
             stream,
             api_keys,
-            detail: if tls { format!("TLS, {detail}") } else { detail },
+            detail: if tls {
+                format!("TLS, {detail}")
+            } else {
+                detail
+            },
         })
     };
     match tokio::time::timeout(deadline, work).await {
@@ -350,7 +354,9 @@ pub async fn check(
     security: &KafkaSecurity,
     deadline: Duration,
 ) -> Result<String, KafkaError> {
-    connect(endpoint, security, deadline).await.map(|c| c.detail)
+    connect(endpoint, security, deadline)
+        .await
+        .map(|c| c.detail)
 }
 
 /// Probes a Kafka broker (plaintext, no SASL) with ApiVersions v0 within `deadline`.

@@ -21,9 +21,8 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    fetch_request, list_offsets_request, metadata_request, BrokerId, FetchRequest,
-    FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    TopicName,
+    fetch_request, list_offsets_request, metadata_request, BrokerId, FetchRequest, FetchResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{Compression, RecordBatchDecoder};
@@ -191,7 +190,9 @@ pub fn decompress(data: &[u8], codec: Compression) -> Result<Bytes, BatchError> 
                         .map(|b| u32::from_be_bytes(b.try_into().unwrap_or_default()))
                         .ok_or(BatchError::Truncated)?;
                     let len = usize::try_from(len).map_err(|_| BatchError::Truncated)?;
-                    let block = rest.get(4..4usize.saturating_add(len)).ok_or(BatchError::Truncated)?;
+                    let block = rest
+                        .get(4..4usize.saturating_add(len))
+                        .ok_or(BatchError::Truncated)?;
                     raw(block, &mut out)?;
                     rest = &rest[4 + len..];
                 }
@@ -203,7 +204,11 @@ pub fn decompress(data: &[u8], codec: Compression) -> Result<Bytes, BatchError> 
         Compression::Gzip => {
             let mut out = Vec::new();
             flate2::read::MultiGzDecoder::new(data)
-                .take(u64::try_from(MAX_DECOMPRESSED).unwrap_or(u64::MAX).saturating_add(1))
+                .take(
+                    u64::try_from(MAX_DECOMPRESSED)
+                        .unwrap_or(u64::MAX)
+                        .saturating_add(1),
+                )
                 .read_to_end(&mut out)
                 .map_err(|e| BatchError::Decompress(e.to_string()))?;
             if out.len() > MAX_DECOMPRESSED {
@@ -315,10 +320,11 @@ fn topic_name(s: &str) -> TopicName {
 
 fn encode<T: Encodable>(msg: &T, version: i16, api: &'static str) -> Result<Vec<u8>, TopicError> {
     let mut b = BytesMut::new();
-    msg.encode(&mut b, version).map_err(|e| TopicError::Decode {
-        api,
-        detail: format!("encoding: {e}"),
-    })?;
+    msg.encode(&mut b, version)
+        .map_err(|e| TopicError::Decode {
+            api,
+            detail: format!("encoding: {e}"),
+        })?;
     Ok(b.to_vec())
 }
 
@@ -428,9 +434,9 @@ impl TopicReader {
             ours: "v1..=8",
         })?;
         let req = MetadataRequest::default()
-            .with_topics(Some(vec![
-                metadata_request::MetadataRequestTopic::default().with_name(Some(topic_name(&self.topic)))
-            ]))
+            .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+            )
+            .with_name(Some(topic_name(&self.topic)))]))
             .with_allow_auto_topic_creation(false);
         let frame = conn
             .call(METADATA, v, &encode(&req, v, "Metadata")?, MAX_SMALL_FRAME)
@@ -474,7 +480,11 @@ impl TopicReader {
         Ok(())
     }
 
-    async fn leader(&mut self, node: i32, deadline: Duration) -> Result<&mut Connection, TopicError> {
+    async fn leader(
+        &mut self,
+        node: i32,
+        deadline: Duration,
+    ) -> Result<&mut Connection, TopicError> {
         if !self.conns.contains_key(&node) {
             let ep = self.nodes.get(&node).cloned().ok_or(TopicError::Topic {
                 topic: self.topic.clone(),
@@ -514,10 +524,12 @@ impl TopicReader {
         for (node, parts) in self.by_leader(|p| all || !cursors.contains_key(&p)) {
             let topic = self.topic.clone();
             let conn = self.leader(node, deadline).await?;
-            let v = conn.version(LIST_OFFSETS, 1..=5).ok_or(TopicError::Version {
-                api: "ListOffsets",
-                ours: "v1..=5",
-            })?;
+            let v = conn
+                .version(LIST_OFFSETS, 1..=5)
+                .ok_or(TopicError::Version {
+                    api: "ListOffsets",
+                    ours: "v1..=5",
+                })?;
             let req = ListOffsetsRequest::default()
                 .with_replica_id(BrokerId(-1))
                 .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
@@ -534,7 +546,12 @@ impl TopicReader {
                             .collect(),
                     )]);
             let frame = conn
-                .call(LIST_OFFSETS, v, &encode(&req, v, "ListOffsets")?, MAX_SMALL_FRAME)
+                .call(
+                    LIST_OFFSETS,
+                    v,
+                    &encode(&req, v, "ListOffsets")?,
+                    MAX_SMALL_FRAME,
+                )
                 .await?;
             let resp: ListOffsetsResponse = decode(frame, v, "ListOffsets")?;
             for t in resp.topics.iter().filter(|t| t.name.0.as_str() == topic) {
@@ -622,7 +639,11 @@ impl TopicReader {
                     code: resp.error_code,
                 });
             }
-            for t in resp.responses.iter().filter(|t| t.topic.0.as_str() == topic) {
+            for t in resp
+                .responses
+                .iter()
+                .filter(|t| t.topic.0.as_str() == topic)
+            {
                 for p in &t.partitions {
                     let Some(cursor) = self.cursors.get(&p.partition_index).copied() else {
                         continue;
@@ -660,9 +681,7 @@ impl TopicReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::records::{
-        Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
     /// A record of a batch starting at `base` (the base sequence -1 of a producer without
     /// idempotence; kafka-protocol puts records in one batch while offset − sequence stays).
@@ -686,7 +705,9 @@ mod tests {
 
     /// One batch v2 of `n` records from `base`, with `codec`.
     fn batch(base: i64, n: i64, codec: Compression) -> Vec<u8> {
-        let recs: Vec<Record> = (base..base + n).map(|o| record(base, o, &format!("v{o}"))).collect();
+        let recs: Vec<Record> = (base..base + n)
+            .map(|o| record(base, o, &format!("v{o}")))
+            .collect();
         let mut buf = BytesMut::new();
         RecordBatchEncoder::encode_with_custom_compression(
             &mut buf,
@@ -695,26 +716,33 @@ mod tests {
                 version: 2,
                 compression: codec,
             },
-            Some(|b: &mut BytesMut, out: &mut BytesMut, c: Compression| -> anyhow::Result<()> {
-                match c {
-                    Compression::None => out.extend_from_slice(b),
-                    Compression::Snappy => {
-                        // xerial framing, as Sarama and the Java client write it
-                        out.extend_from_slice(b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01");
-                        let z = snap::raw::Encoder::new().compress_vec(b)?;
-                        out.extend_from_slice(&(z.len() as u32).to_be_bytes());
-                        out.extend_from_slice(&z);
+            Some(
+                |b: &mut BytesMut, out: &mut BytesMut, c: Compression| -> anyhow::Result<()> {
+                    match c {
+                        Compression::None => out.extend_from_slice(b),
+                        Compression::Snappy => {
+                            // xerial framing, as Sarama and the Java client write it
+                            out.extend_from_slice(
+                                b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01",
+                            );
+                            let z = snap::raw::Encoder::new().compress_vec(b)?;
+                            out.extend_from_slice(&(z.len() as u32).to_be_bytes());
+                            out.extend_from_slice(&z);
+                        }
+                        Compression::Gzip => {
+                            use std::io::Write as _;
+                            let mut e = flate2::write::GzEncoder::new(
+                                Vec::new(),
+                                flate2::Compression::fast(),
+                            );
+                            e.write_all(b)?;
+                            out.extend_from_slice(&e.finish()?);
+                        }
+                        _ => anyhow::bail!("no"),
                     }
-                    Compression::Gzip => {
-                        use std::io::Write as _;
-                        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                        e.write_all(b)?;
-                        out.extend_from_slice(&e.finish()?);
-                    }
-                    _ => anyhow::bail!("no"),
-                }
-                Ok(())
-            }),
+                    Ok(())
+                },
+            ),
         )
         .unwrap();
         buf.to_vec()
@@ -725,7 +753,10 @@ mod tests {
         let mut stats = PollStats::default();
         let next = scan_partition(2, bytes, cursor, budget, &mut stats, &mut |r| {
             assert_eq!(r.partition, 2);
-            assert_eq!(r.value.as_deref(), Some(format!("v{}", r.offset).as_bytes()));
+            assert_eq!(
+                r.value.as_deref(),
+                Some(format!("v{}", r.offset).as_bytes())
+            );
             seen.push(r.offset)
         });
         (seen, next, stats)
@@ -760,7 +791,11 @@ mod tests {
             .unwrap();
             assert_eq!(split_batches(&buf).len(), 1, "one batch");
             let (seen, next, stats) = scan_all(&buf, 0, 100);
-            assert_eq!((seen, next, stats.skipped), (vec![0, 1, 2], 3, 0), "{codec:?}");
+            assert_eq!(
+                (seen, next, stats.skipped),
+                (vec![0, 1, 2], 3, 0),
+                "{codec:?}"
+            );
         }
     }
 

@@ -285,9 +285,11 @@ impl FakeBroker {
     /// Creates `topic` with `partitions` empty partitions (kept when it exists).
     pub fn create_topic(&self, topic: &str, partitions: usize) {
         if let Ok(mut l) = self.shared.logs.lock() {
-            l.topics
-                .entry(topic.to_string())
-                .or_insert_with(|| (0..partitions.max(1)).map(|_| PartitionLog::default()).collect());
+            l.topics.entry(topic.to_string()).or_insert_with(|| {
+                (0..partitions.max(1))
+                    .map(|_| PartitionLog::default())
+                    .collect()
+            });
         }
     }
 
@@ -300,7 +302,9 @@ impl FakeBroker {
         values: &[&[u8]],
         compression: kafka_protocol::records::Compression,
     ) -> Option<i64> {
-        use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+        use kafka_protocol::records::{
+            Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(0))
@@ -326,16 +330,26 @@ impl FakeBroker {
             })
             .collect();
         let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(&mut buf, &recs, &RecordEncodeOptions { version: 2, compression }).ok()?;
-        let req = ProduceRequest::default().with_acks(-1).with_topic_data(vec![
-            kafka_protocol::messages::produce_request::TopicProduceData::default()
-                .with_name(topic_name(topic))
-                .with_partition_data(vec![
-                    kafka_protocol::messages::produce_request::PartitionProduceData::default()
-                        .with_index(partition)
-                        .with_records(Some(buf.freeze())),
-                ]),
-        ]);
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &recs,
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )
+        .ok()?;
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_topic_data(vec![
+                kafka_protocol::messages::produce_request::TopicProduceData::default()
+                    .with_name(topic_name(topic))
+                    .with_partition_data(vec![
+                        kafka_protocol::messages::produce_request::PartitionProduceData::default()
+                            .with_index(partition)
+                            .with_records(Some(buf.freeze())),
+                    ]),
+            ]);
         let resp = produce(&req, &self.shared);
         let p = resp.responses.first()?.partition_responses.first()?;
         (p.error_code == 0).then_some(p.base_offset)
@@ -360,7 +374,11 @@ impl FakeBroker {
             .logs
             .lock()
             .ok()
-            .and_then(|l| l.topics.get(topic).map(|ps| ps.iter().map(|p| p.end).collect()))
+            .and_then(|l| {
+                l.topics
+                    .get(topic)
+                    .map(|ps| ps.iter().map(|p| p.end).collect())
+            })
             .unwrap_or_default()
     }
 
@@ -374,9 +392,9 @@ impl FakeBroker {
                     ps.iter()
                         .enumerate()
                         .flat_map(|(i, p)| {
-                            p.batches
-                                .iter()
-                                .map(move |b| (i32::try_from(i).unwrap_or(i32::MAX), b.bytes.clone()))
+                            p.batches.iter().map(move |b| {
+                                (i32::try_from(i).unwrap_or(i32::MAX), b.bytes.clone())
+                            })
                         })
                         .collect()
                 })
@@ -520,7 +538,11 @@ fn decode_header(mut frame: Bytes) -> Option<(RequestHeader, Bytes)> {
 }
 
 /// Size + response header (version per API) + body.
-fn respond<R: Encodable + HeaderVersion>(correlation_id: i32, version: i16, body: &R) -> Option<Vec<u8>> {
+fn respond<R: Encodable + HeaderVersion>(
+    correlation_id: i32,
+    version: i16,
+    body: &R,
+) -> Option<Vec<u8>> {
     let mut buf = BytesMut::new();
     buf.put_i32(0);
     ResponseHeader::default()
@@ -549,7 +571,9 @@ fn api_versions(request: &ReceivedRequest, mode: Mode) -> Vec<u8> {
         Mode::WrongCorrelationId => (request.correlation_id.wrapping_add(1), 0, keys(&ADVERTISED)),
         // KIP-511: an unsupported version gets UNSUPPORTED_VERSION in the v0 format,
         // listing the supported ApiVersions range.
-        _ if !(0..=3).contains(&request.api_version) => (request.correlation_id, 35, keys(&ADVERTISED[5..6])),
+        _ if !(0..=3).contains(&request.api_version) => {
+            (request.correlation_id, 35, keys(&ADVERTISED[5..6]))
+        }
         _ => (request.correlation_id, 0, keys(&ADVERTISED)),
     };
     let body = ApiVersionsResponse::default()
@@ -616,7 +640,9 @@ fn sasl_step(
                 // authzid NUL authcid NUL passwd (RFC 4616)
                 let parts: Vec<&[u8]> = token.split(|b| *b == 0).collect();
                 return match parts.as_slice() {
-                    [_, user, pw] if *user == users.user.as_bytes() && *pw == users.password.as_bytes() => {
+                    [_, user, pw]
+                        if *user == users.user.as_bytes() && *pw == users.password.as_bytes() =>
+                    {
                         record(logins, format!("{mechanism}:{}", users.user));
                         (auth_response(0, None, &[]), Auth::Done, false)
                     }
@@ -701,7 +727,8 @@ async fn data_api(
         }
         ApiKey::Fetch => {
             let req = FetchRequest::decode(&mut body, v).ok()?;
-            let wait = Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0)).min(MAX_FETCH_WAIT);
+            let wait = Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0))
+                .min(MAX_FETCH_WAIT);
             let until = Instant::now() + wait;
             loop {
                 let (resp, any) = fetch(&req, shared);
@@ -734,10 +761,9 @@ fn metadata(req: &MetadataRequest, addr: SocketAddr, shared: &Shared) -> Metadat
     let topics = names
         .iter()
         .map(|name| {
-            let parts = logs
-                .as_ref()
-                .and_then(|l| l.topics.get(name).map(Vec::len));
-            let t = metadata_response::MetadataResponseTopic::default().with_name(Some(topic_name(name)));
+            let parts = logs.as_ref().and_then(|l| l.topics.get(name).map(Vec::len));
+            let t = metadata_response::MetadataResponseTopic::default()
+                .with_name(Some(topic_name(name)));
             match parts {
                 // UNKNOWN_TOPIC_OR_PARTITION
                 None => t.with_error_code(3),
@@ -781,7 +807,11 @@ fn list_offsets(req: &ListOffsetsRequest, shared: &Shared) -> ListOffsetsRespons
                             let r = list_offsets_response::ListOffsetsPartitionResponse::default()
                                 .with_partition_index(p.partition_index)
                                 .with_timestamp(-1);
-                            match log.and_then(|l| usize::try_from(p.partition_index).ok().and_then(|i| l.get(i))) {
+                            match log.and_then(|l| {
+                                usize::try_from(p.partition_index)
+                                    .ok()
+                                    .and_then(|i| l.get(i))
+                            }) {
                                 None => r.with_error_code(3).with_offset(-1),
                                 // -2 earliest, -1 latest (anything else: latest too here)
                                 Some(pl) if p.timestamp == -2 => r.with_offset(pl.start),
@@ -875,8 +905,11 @@ fn fetch(req: &FetchRequest, shared: &Shared) -> (FetchResponse, bool) {
                 .partitions
                 .iter()
                 .map(|p| {
-                    let r = fetch_response::PartitionData::default().with_partition_index(p.partition);
-                    let Some(pl) = log.and_then(|l| usize::try_from(p.partition).ok().and_then(|i| l.get(i))) else {
+                    let r =
+                        fetch_response::PartitionData::default().with_partition_index(p.partition);
+                    let Some(pl) =
+                        log.and_then(|l| usize::try_from(p.partition).ok().and_then(|i| l.get(i)))
+                    else {
                         return r.with_error_code(3).with_high_watermark(-1);
                     };
                     let r = r
@@ -891,7 +924,9 @@ fn fetch(req: &FetchRequest, shared: &Shared) -> (FetchResponse, bool) {
                     let mut out = BytesMut::new();
                     for b in pl.batches.iter().filter(|b| b.next > p.fetch_offset) {
                         // at least one whole batch, then only what fits
-                        if !out.is_empty() && (out.len() + b.bytes.len() > max || b.bytes.len() > left) {
+                        if !out.is_empty()
+                            && (out.len() + b.bytes.len() > max || b.bytes.len() > left)
+                        {
                             break;
                         }
                         out.extend_from_slice(&b.bytes);

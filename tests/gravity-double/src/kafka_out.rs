@@ -210,7 +210,9 @@ impl Producer {
                 return Err(last);
             }
         }
-        self.conn.as_mut().ok_or_else(|| "no connection".to_string())
+        self.conn
+            .as_mut()
+            .ok_or_else(|| "no connection".to_string())
     }
 
     async fn partitions(&mut self, topic: &str) -> Result<usize, String> {
@@ -219,14 +221,18 @@ impl Producer {
         }
         let conn = self.conn().await?;
         let v = conn.version(3, 1..=8).ok_or("no Metadata version")?;
-        let req = MetadataRequest::default().with_topics(Some(vec![
-            metadata_request::MetadataRequestTopic::default()
-                .with_name(Some(TopicName(StrBytes::from_string(topic.to_string())))),
-        ]));
+        let req = MetadataRequest::default()
+            .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+            )
+            .with_name(Some(TopicName(StrBytes::from_string(topic.to_string()))))]));
         let mut body = BytesMut::new();
         req.encode(&mut body, v).map_err(|e| e.to_string())?;
-        let frame = conn.call(3, v, &body, 1 << 20).await.map_err(|e| e.to_string())?;
-        let resp = MetadataResponse::decode(&mut Bytes::from(frame), v).map_err(|e| e.to_string())?;
+        let frame = conn
+            .call(3, v, &body, 1 << 20)
+            .await
+            .map_err(|e| e.to_string())?;
+        let resp =
+            MetadataResponse::decode(&mut Bytes::from(frame), v).map_err(|e| e.to_string())?;
         let t = resp
             .topics
             .iter()
@@ -235,7 +241,8 @@ impl Producer {
         if t.error_code != 0 || t.partitions.is_empty() {
             return Err(format!("kafka: topic {topic}: error code {}", t.error_code));
         }
-        self.partitions.insert(topic.to_string(), t.partitions.len());
+        self.partitions
+            .insert(topic.to_string(), t.partitions.len());
         Ok(t.partitions.len())
     }
 
@@ -296,12 +303,19 @@ impl Producer {
         let v = conn.version(0, 3..=8).ok_or("no Produce version")?;
         let mut body = BytesMut::new();
         req.encode(&mut body, v).map_err(|e| e.to_string())?;
-        let frame = conn.call(0, v, &body, 1 << 20).await.map_err(|e| e.to_string())?;
-        let resp = ProduceResponse::decode(&mut Bytes::from(frame), v).map_err(|e| e.to_string())?;
+        let frame = conn
+            .call(0, v, &body, 1 << 20)
+            .await
+            .map_err(|e| e.to_string())?;
+        let resp =
+            ProduceResponse::decode(&mut Bytes::from(frame), v).map_err(|e| e.to_string())?;
         for t in &resp.responses {
             for p in &t.partition_responses {
                 if p.error_code != 0 {
-                    return Err(format!("kafka: produce to {topic}/{}: error code {}", p.index, p.error_code));
+                    return Err(format!(
+                        "kafka: produce to {topic}/{}: error code {}",
+                        p.index, p.error_code
+                    ));
                 }
             }
         }
@@ -343,7 +357,11 @@ async fn tables(conn: &mut MySqlConn, cfg: &GravityConfig) -> Result<Vec<Followe
             ))
             .await
             .map_err(|e| e.to_string())?;
-        let pk: Vec<String> = pk.rows.iter().filter_map(|r| r.first().cloned().flatten()).collect();
+        let pk: Vec<String> = pk
+            .rows
+            .iter()
+            .filter_map(|r| r.first().cloned().flatten())
+            .collect();
         if pk.is_empty() {
             continue;
         }
@@ -375,11 +393,10 @@ async fn read_rows(conn: &mut MySqlConn, f: &Followed) -> Result<BTreeMap<String
     let mut out = BTreeMap::new();
     for r in rs.rows {
         let row: Row = rs.columns.iter().cloned().zip(r).collect();
-        let key: Vec<String> = f
-            .pk
-            .iter()
-            .map(|k| row.get(k).cloned().flatten().unwrap_or_default())
-            .collect();
+        let key: Vec<String> =
+            f.pk.iter()
+                .map(|k| row.get(k).cloned().flatten().unwrap_or_default())
+                .collect();
         out.insert(key.join("\u{1}"), row);
     }
     Ok(out)
@@ -409,19 +426,28 @@ pub async fn run(
             }
         }
         let Some(c) = cfg.as_ref() else { continue };
-        let Some(src) = c.endpoint(EndpointRole::Source).filter(|e| e.protocol == Protocol::Mysql) else {
+        let Some(src) = c
+            .endpoint(EndpointRole::Source)
+            .filter(|e| e.protocol == Protocol::Mysql)
+        else {
             state.error("no MySQL source in gravity's config".into());
             continue;
         };
         if producer.is_none() {
-            let brokers: Vec<&gravity_config::Endpoint> =
-                c.endpoints.iter().filter(|e| e.role == EndpointRole::Kafka).collect();
+            let brokers: Vec<&gravity_config::Endpoint> = c
+                .endpoints
+                .iter()
+                .filter(|e| e.role == EndpointRole::Kafka)
+                .collect();
             let Some(first) = brokers.first() else {
                 state.error("no Kafka brokers in gravity's config".into());
                 continue;
             };
             producer = Some(Producer {
-                brokers: brokers.iter().map(|e| Endpoint::new(e.host.clone(), e.port)).collect(),
+                brokers: brokers
+                    .iter()
+                    .map(|e| Endpoint::new(e.host.clone(), e.port))
+                    .collect(),
                 security: gravity_exporter::collector::connections::kafka_security(first),
                 conn: None,
                 partitions: HashMap::new(),
@@ -429,7 +455,14 @@ pub async fn run(
         }
         if source.is_none() {
             let ep = Endpoint::new(src.host.clone(), src.port);
-            match MySqlConn::connect(&ep, src.user.as_deref().unwrap_or("root"), &src.password, TIMEOUT).await {
+            match MySqlConn::connect(
+                &ep,
+                src.user.as_deref().unwrap_or("root"),
+                &src.password,
+                TIMEOUT,
+            )
+            .await
+            {
                 Ok(conn) => source = Some(conn),
                 Err(e) => {
                     state.error(format!("source: {e}"));
@@ -437,7 +470,9 @@ pub async fn run(
                 }
             }
         }
-        let Some(conn) = source.as_mut() else { continue };
+        let Some(conn) = source.as_mut() else {
+            continue;
+        };
         let now = SystemTime::now();
         // New tables are looked for every 2 s.
         if now.duration_since(last_tables).unwrap_or_default() >= Duration::from_secs(2) {
@@ -445,7 +480,10 @@ pub async fn run(
             match tables(conn, c).await {
                 Ok(list) => {
                     for t in list {
-                        if !followed.iter().any(|f| f.schema == t.schema && f.table == t.table) {
+                        if !followed
+                            .iter()
+                            .any(|f| f.schema == t.schema && f.table == t.table)
+                        {
                             followed.push(t);
                         }
                     }
@@ -495,13 +533,19 @@ pub async fn run(
         }
         if state.paused.load(Ordering::Relaxed) {
             // Silent loss: acknowledged as if sent, never in the topic.
-            state.dropped.fetch_add(queue.len() as u64, Ordering::Relaxed);
+            state
+                .dropped
+                .fetch_add(queue.len() as u64, Ordering::Relaxed);
             queue.clear();
         }
         let Some(p) = producer.as_mut() else { continue };
         let mut ok = true;
         while let Some(topic) = queue.front().map(|c| c.topic.clone()) {
-            let n = queue.iter().take_while(|c| c.topic == topic).count().min(500);
+            let n = queue
+                .iter()
+                .take_while(|c| c.topic == topic)
+                .count()
+                .min(500);
             let batch: Vec<Change> = queue.iter().take(n).cloned().collect();
             match p.send(&topic, &batch).await {
                 Ok(()) => {
@@ -537,15 +581,36 @@ mod tests {
 
     #[test]
     fn messages_have_gravitys_0_1_shape() {
-        let before: BTreeMap<String, Row> = [("p1".to_string(), row(&[("pipeline", Some("p1")), ("seq", Some("41"))]))].into();
+        let before: BTreeMap<String, Row> = [(
+            "p1".to_string(),
+            row(&[("pipeline", Some("p1")), ("seq", Some("41"))]),
+        )]
+        .into();
         let after: BTreeMap<String, Row> = [
-            ("p1".to_string(), row(&[("pipeline", Some("p1")), ("seq", Some("42"))])),
-            ("p2".to_string(), row(&[("pipeline", Some("p2")), ("seq", None)])),
+            (
+                "p1".to_string(),
+                row(&[("pipeline", Some("p1")), ("seq", Some("42"))]),
+            ),
+            (
+                "p2".to_string(),
+                row(&[("pipeline", Some("p2")), ("seq", None)]),
+            ),
         ]
         .into();
         let pk = vec!["pipeline".to_string()];
-        let m = changes("gravity_canary", "heartbeat", "db1", &pk, &before, &after, 1_796_450_401);
-        let json: Vec<String> = m.iter().map(|(_, m)| serde_json::to_string(m).unwrap()).collect();
+        let m = changes(
+            "gravity_canary",
+            "heartbeat",
+            "db1",
+            &pk,
+            &before,
+            &after,
+            1_796_450_401,
+        );
+        let json: Vec<String> = m
+            .iter()
+            .map(|(_, m)| serde_json::to_string(m).unwrap())
+            .collect();
         assert_eq!(
             json,
             [

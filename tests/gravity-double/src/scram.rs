@@ -142,7 +142,10 @@ impl ScramServer {
             self.client_first_bare, self.server_first
         );
         let (mac, _, dig) = algorithms(self.hash);
-        let signature = hmac::sign(&hmac::Key::new(mac, &self.stored_key), auth_message.as_bytes());
+        let signature = hmac::sign(
+            &hmac::Key::new(mac, &self.stored_key),
+            auth_message.as_bytes(),
+        );
         if proof.len() != signature.as_ref().len() {
             return Err(Reject::BadProof);
         }
@@ -155,7 +158,10 @@ impl ScramServer {
         if digest::digest(dig, &client_key).as_ref() != self.stored_key.as_slice() {
             return Err(Reject::BadProof);
         }
-        let sig = hmac::sign(&hmac::Key::new(mac, &self.server_key), auth_message.as_bytes());
+        let sig = hmac::sign(
+            &hmac::Key::new(mac, &self.server_key),
+            auth_message.as_bytes(),
+        );
         Ok(format!("v={}", B64.encode(sig.as_ref())))
     }
 }
@@ -170,9 +176,14 @@ mod tests {
         for hash in [ScramHash::Sha1, ScramHash::Sha256, ScramHash::Sha512] {
             for (pw, ok) in [(&b"pencil"[..], true), (&b"pencil2"[..], false)] {
                 let client = ScramClient::new(hash, "user,=x", pw, "fyko+d2lbbFgONRv9qkxdawL");
-                let (server, first) =
-                    ScramServer::start(hash, b"pencil", b"salt-x", 4096, client.client_first().as_bytes())
-                        .unwrap();
+                let (server, first) = ScramServer::start(
+                    hash,
+                    b"pencil",
+                    b"salt-x",
+                    4096,
+                    client.client_first().as_bytes(),
+                )
+                .unwrap();
                 assert_eq!(server.user(), "user,=x");
                 let (last, sig) = client.client_final(first.as_bytes()).unwrap();
                 match server.finish(last.as_bytes()) {

@@ -25,10 +25,12 @@ pub fn acceptor(
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             roots.add(ca).map_err(|e| e.to_string())?;
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .map_err(|e| e.to_string())?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| e.to_string())?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
