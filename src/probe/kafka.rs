@@ -34,9 +34,10 @@
 //! ```
 //!
 //! Every response is checked strictly: matching correlation id, bounded sizes, fields that
-//! fill the frame exactly. These few fixed messages are encoded here rather than with the
-//! `kafka-protocol` crate, whose generated code for every API would add megabytes of code
-//! for three message types (docs/architecture.md).
+//! fill the frame exactly. These few fixed handshake messages stay encoded here (checked
+//! byte for byte, fuzzed through [`decode_response`]); the canary's reads of a topic
+//! (Metadata, ListOffsets, Fetch, record batches) use the `kafka-protocol` crate over a
+//! [`Connection`] that went through this handshake ([`super::kafka_topic`]).
 
 use std::io;
 use std::sync::atomic::{AtomicI32, Ordering};

@@ -21,7 +21,12 @@
 //! (mean lag, 0.8), `GRAVITY_DOUBLE_DDL_EVERY` (s), `GRAVITY_DOUBLE_RETRY_EVERY` (s),
 //! `GRAVITY_DOUBLE_NO_POSITION=1`, `GRAVITY_DOUBLE_TZ_OFFSET` (+08:00), `GRAVITY_DOUBLE_LOG_MAX_BYTES`,
 //! `GRAVITY_DOUBLE_FAULT` (initial mode), `GRAVITY_DOUBLE_BINLOG_FILE_BYTES` (1 MiB),
-//! `GRAVITY_DOUBLE_BATCH_ROWS` (12000), `GRAVITY_DOUBLE_POSITION_DELAY_MS` (300).
+//! `GRAVITY_DOUBLE_BATCH_ROWS` (12000), `GRAVITY_DOUBLE_POSITION_DELAY_MS` (300),
+//! `GRAVITY_DOUBLE_KAFKA_PRODUCE=1` (an `async-kafka` config: be gravity's data path to the
+//! brokers, [`kafka_out`]).
+//!
+//! The fake servers of the tests live here too: the Kafka broker ([`kafka`], with [`tls`] and
+//! [`scram`]) and, re-exported, the fake mongod.
 
 #![forbid(unsafe_code)]
 
