@@ -329,6 +329,11 @@ async fn topic_reader_reads_what_came_after_the_mark_over_sasl_ssl() {
         poll_values(&mut r).await.unwrap(),
         [(1, 0, "d".to_string())]
     );
+    // The broker closed the kept connections (idle timeout): the next poll reconnects at
+    // once, without an error.
+    broker.close_connections();
+    broker.append("canary", 2, &[b"f"], Compression::Snappy);
+    assert_eq!(poll_values(&mut r).await.unwrap(), [(2, 1, "f".to_string())]);
     // The log truncated under the reader (retention): it starts again at the end.
     broker.truncate("canary");
     assert!(poll_values(&mut r).await.unwrap().is_empty());

@@ -511,9 +511,18 @@ impl TopicReader {
     /// Marks the end of the topic: each partition's cursor becomes its latest offset
     /// (`all`), or only those of partitions without a cursor. Metadata is refreshed first.
     pub async fn mark_end(&mut self, all: bool, deadline: Duration) -> Result<(), TopicError> {
-        let r = within(deadline, self.mark_end_inner(all, deadline)).await;
+        let reused = self.bootstrap.is_some();
+        let mut r = within(deadline, self.mark_end_inner(all, deadline)).await;
         if r.is_err() {
             self.disconnect();
+            // A kept connection the broker closed meanwhile (connections.max.idle.ms): once
+            // more on fresh ones.
+            if reused && matches!(r, Err(TopicError::Kafka(KafkaError::Io(_)))) {
+                r = within(deadline, self.mark_end_inner(all, deadline)).await;
+                if r.is_err() {
+                    self.disconnect();
+                }
+            }
         }
         r
     }
@@ -578,9 +587,18 @@ impl TopicReader {
         deadline: Duration,
         f: &mut (dyn FnMut(&TopicRecord) + Send),
     ) -> Result<PollStats, TopicError> {
-        let r = within(deadline, self.poll_inner(deadline, f)).await;
+        let reused = !self.conns.is_empty();
+        let mut r = within(deadline, self.poll_inner(deadline, &mut *f)).await;
         if r.is_err() {
             self.disconnect();
+            // A kept connection the broker closed meanwhile: once more on fresh ones (the
+            // cursors only move past what was handed to `f`).
+            if reused && matches!(r, Err(TopicError::Kafka(KafkaError::Io(_)))) {
+                r = within(deadline, self.poll_inner(deadline, f)).await;
+                if r.is_err() {
+                    self.disconnect();
+                }
+            }
         }
         r
     }

@@ -205,6 +205,9 @@ pub struct StoredRecord {
 
 #[derive(Debug, Default)]
 struct Shared {
+    /// Bumped by [`FakeBroker::close_connections`]: older connections close at their next
+    /// request without answering it.
+    generation: std::sync::atomic::AtomicU64,
     requests: Mutex<Vec<ReceivedRequest>>,
     logins: Mutex<Vec<String>>,
     logs: Mutex<Logs>,
@@ -355,6 +358,14 @@ impl FakeBroker {
         (p.error_code == 0).then_some(p.base_offset)
     }
 
+    /// Closes every open connection at its next request, unanswered (what a broker's
+    /// `connections.max.idle.ms` or a restart does to a kept connection).
+    pub fn close_connections(&self) {
+        self.shared
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Drops every record of `topic` (the log start moves to the end, as after retention).
     pub fn truncate(&self, topic: &str) {
         if let Ok(mut l) = self.shared.logs.lock() {
@@ -460,8 +471,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     } else {
         Auth::Done
     };
+    let generation = shared.generation.load(std::sync::atomic::Ordering::SeqCst);
     // A broker serves any number of requests on one connection.
     while let Some(frame) = read_frame(&mut stream).await {
+        if shared.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+            return;
+        }
         let Some((header, body)) = decode_header(frame) else {
             return;
         };
