@@ -333,7 +333,10 @@ async fn topic_reader_reads_what_came_after_the_mark_over_sasl_ssl() {
     // once, without an error.
     broker.close_connections();
     broker.append("canary", 2, &[b"f"], Compression::Snappy);
-    assert_eq!(poll_values(&mut r).await.unwrap(), [(2, 1, "f".to_string())]);
+    assert_eq!(
+        poll_values(&mut r).await.unwrap(),
+        [(2, 1, "f".to_string())]
+    );
     // The log truncated under the reader (retention): it starts again at the end.
     broker.truncate("canary");
     assert!(poll_values(&mut r).await.unwrap().is_empty());
