@@ -1,6 +1,7 @@
 //! The opt-in end-to-end canary: one marked row per `--canary.interval` written into
 //! gravity's MySQL source, followed through gravity's `/status` watermarks and looked for
-//! in the target table of the matching gravity route (docs/canary.md).
+//! in the target table of the matching gravity route, or, for an `async-kafka` output, as
+//! gravity's message in the topic of that route (docs/canary.md).
 //!
 //! - **Write.** With its own login (`--canary.username`), the canary upserts one row per
 //!   pipeline into `--canary.table` (default `gravity_canary.heartbeat`, created on first
@@ -14,7 +15,13 @@
 //!   once the oldest watermark's EventTime reaches the canary's write second (binlog event
 //!   times have whole seconds), gravity has taken it in; that watermark's ProcessTime is
 //!   gravity's own time for it.
-//! - **Arrival.** While canaries are pending, every [`POLL`] one primary-key `SELECT` of
+//! - **Arrival (Kafka).** Before each write the end of every partition of the route's topic
+//!   is marked (`ListOffsets`); while canaries are pending, every [`POLL`] one bounded
+//!   `Fetch` per leader from there ([`TopicReader`], gravity's TLS/SASL login); a message
+//!   of gravity's for the canary table whose row carries a pending canary's trace id
+//!   ([`kafka_canary`]) means it arrived. Why the target cannot be read is kept in
+//!   [`View::target_error`] (MySQL too).
+//! - **Arrival (MySQL).** While canaries are pending, every [`POLL`] one primary-key `SELECT` of
 //!   the canary row in the target table (gravity's route for the canary table, else the
 //!   same name), over the shared target connection with gravity's target login (or
 //!   `--target.username`). A row whose sequence number reached a pending canary's means
