@@ -9,11 +9,15 @@
 //! Canaries written by the exporter must arrive with a measured lag; with the replica's SQL
 //! thread stopped (the input still reads, so the double still looks healthy: silent loss)
 //! `gravity_canary_lost_total` grows; started again, canaries arrive again. A read-only
-//! source and a revoked grant stop the writer with their reasons.
+//! source and a revoked grant stop the writer with their reasons. A real Prometheus with the
+//! shipped rules (only `for:` shortened) scrapes the exporter: the silent loss fires the P0
+//! `GravityCanaryLost` while nothing says gravity is down or stalled.
 
 mod common;
 #[path = "common/mariadb.rs"]
 mod mariadb;
+#[path = "common/rules.rs"]
+mod rules;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,6 +44,82 @@ fn gravity_config(dir: &Path, src: u16, dst: u16) -> PathBuf {
     let p = dir.join("config.toml");
     std::fs::write(&p, text).unwrap();
     p
+}
+
+/// Kills the child on drop.
+struct Proc(std::process::Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real Prometheus scraping `exporter` every second with the shipped recording and alert
+/// rules (`for:` shortened to 3 s; the expressions, their `[5m]` windows included, as shipped).
+fn prometheus(dir: &Path, exporter: SocketAddr) -> Option<(Proc, SocketAddr)> {
+    let bin = PathBuf::from("/usr/bin/prometheus");
+    if !bin.exists() {
+        if std::env::var("GX_SKIP_PROMTOOL").as_deref() == Ok("1") {
+            eprintln!("SKIP: prometheus missing and GX_SKIP_PROMTOOL=1");
+            return None;
+        }
+        panic!("/usr/bin/prometheus not found: run scripts/test.sh (installs prometheus)");
+    }
+    let rec = dir.join("recording.yml");
+    let alerts = dir.join("alerts.yml");
+    std::fs::write(&rec, rules::read(rules::RECORDING_RULES)).unwrap();
+    std::fs::write(
+        &alerts,
+        rules::shorten_for(&rules::read(rules::ALERT_RULES), "3s"),
+    )
+    .unwrap();
+    let port = common::free_port();
+    let yml = dir.join("prometheus.yml");
+    std::fs::write(
+        &yml,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n  - {}\nscrape_configs:\n  - job_name: gravity-exporter\n    static_configs:\n      - targets: ['{exporter}']\n",
+            rec.display(),
+            alerts.display()
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(bin)
+        .arg(format!("--config.file={}", yml.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("prom-data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap();
+    Some((Proc(child), format!("127.0.0.1:{port}").parse().unwrap()))
+}
+
+/// The alerts in `state` whose name is `name`, from Prometheus' `ALERTS` series.
+async fn alerts(prom: SocketAddr, name: &str, state: &str) -> usize {
+    let q = format!("ALERTS{{alertname=\"{name}\",alertstate=\"{state}\"}}");
+    series(prom, &q).await
+}
+
+/// How many series Prometheus answers for the instant query `q`.
+async fn series(prom: SocketAddr, q: &str) -> usize {
+    let enc: String = q
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (code, body) = common::get(prom, &format!("/api/v1/query?query={enc}")).await;
+    if code != 200 {
+        return 0;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["data"]["result"].as_array().map_or(0, Vec::len)
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -227,6 +307,7 @@ async fn canaries_arrive_through_a_replica_and_loss_is_counted() {
     ];
     let run = common::start(common::settings(&flags)).await;
     let addr = run.addr;
+    let prom = prometheus(dir.path(), addr);
 
     // 1. Canaries flow: the table is created on first use, rows arrive, lag is measured.
     let body = wait(addr, "five canaries never arrived", |b| {
@@ -279,8 +360,20 @@ async fn canaries_arrive_through_a_replica_and_loss_is_counted() {
 
     // 2. Silent loss: the replica's SQL thread stops, its I/O thread still reads (the
     //    double's watermark stays fresh and /healthz says healthy); canaries are lost.
+    // Prometheus has seen canaries arrive (so the P0 below has to wait out the rule's
+    // 5-minute window, as it would in production, and does not fire on a short history).
+    if let Some((_proc, prom)) = &prom {
+        let seen = common::wait_for(Duration::from_secs(120), || async {
+            series(*prom, "increase(gravity_canary_arrived_total[5m]) > 0").await > 0
+        })
+        .await;
+        assert!(seen.is_some(), "Prometheus never saw a canary arrive");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let body = common::get(addr, "/metrics").await.1;
     let lost0 = v(&body, "gravity_canary_lost_total", &[]);
     exec(&mut r, &["STOP SLAVE SQL_THREAD"]).await;
+    let stopped = Instant::now();
     let body = wait(
         addr,
         "no canary counted lost with the SQL thread stopped",
@@ -298,6 +391,27 @@ async fn canaries_arrive_through_a_replica_and_loss_is_counted() {
         1.0,
         "the writer itself is fine"
     );
+    // ... and on a live Prometheus with the shipped rules the P0 fires: canaries lost and
+    // none arrived for the rule's 5 minutes, while gravity is up and its watermarks move
+    // (so neither GravityDown nor GravityPipelineStalled is firing).
+    if let Some((_proc, prom)) = &prom {
+        let fired = common::wait_for(Duration::from_secs(600), || async {
+            alerts(*prom, "GravityCanaryLost", "firing").await > 0
+        })
+        .await;
+        assert!(
+            fired.is_some(),
+            "GravityCanaryLost never fired; see {}",
+            dir.path().join("prometheus.log").display()
+        );
+        for quiet in ["GravityDown", "GravityPipelineStalled"] {
+            assert_eq!(alerts(*prom, quiet, "firing").await, 0, "{quiet} fires");
+        }
+        eprintln!(
+            "MEASURED: GravityCanaryLost fired {:.0} s after the SQL thread stopped",
+            stopped.elapsed().as_secs_f64()
+        );
+    }
 
     // 3. Recovery: the SQL thread runs again, canaries arrive again.
     let arrived1 = v(&body, "gravity_canary_arrived_total", &[]);
