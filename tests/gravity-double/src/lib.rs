@@ -32,6 +32,7 @@ pub mod expo;
 pub mod flags;
 pub mod gofmt;
 pub mod logw;
+pub mod mongo;
 pub mod otlp;
 pub mod server;
 pub mod sim;
@@ -41,8 +42,6 @@ pub mod supervisor;
 /// The fake Kafka broker of the tests (it lives in the exporter's library behind the
 /// `test-servers` feature, which only this crate turns on).
 pub use gravity_exporter::probe::kafka::testserver as kafka;
-/// The fake `mongod` of the tests (same feature).
-pub use gravity_exporter::probe::mongo::testserver as mongo;
 
 pub use app::ErrorKind;
 pub use sim::Mode;
