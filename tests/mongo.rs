@@ -339,7 +339,7 @@ async fn oplog_bounds_are_read_with_two_finds() {
     let server = FakeMongod::start_secure(Mode::Primary, reader_and_writer())
         .await
         .unwrap();
-    let (_, got) = check_then(&server.endpoint(), &sec("reader", "mongo-pw"), D, |s| {
+    let (_, got) = check_then(&server.endpoint(), &sec("reader", "mongo-pw"), D, |_, s| {
         Box::pin(async move { oplog_bounds(s).await })
     })
     .await
@@ -368,7 +368,7 @@ async fn upsert_by_id_keeps_one_document_and_reports_refusals() {
             ("pipeline", FieldValue::String("p1".into())),
             ("seq", FieldValue::Int64(seq)),
         ];
-        check_then(&server.endpoint(), &sec("canary", "canary-pw"), D, |s| {
+        check_then(&server.endpoint(), &sec("canary", "canary-pw"), D, |_, s| {
             Box::pin(
                 async move { upsert_by_id(s, "gravity_canary", "heartbeat", "p1", &fields).await },
             )
@@ -380,7 +380,7 @@ async fn upsert_by_id_keeps_one_document_and_reports_refusals() {
     assert_eq!(docs.len(), 1, "{docs:?}");
     assert_eq!(docs[0].get_i64("seq").unwrap(), 3);
     assert_eq!(docs[0].get_str("_id").unwrap(), "p1");
-    let (_, seq) = check_then(&server.endpoint(), &sec("reader", "mongo-pw"), D, |s| {
+    let (_, seq) = check_then(&server.endpoint(), &sec("reader", "mongo-pw"), D, |_, s| {
         Box::pin(async move { find_i64_by_id(s, "gravity_canary", "heartbeat", "p1", "seq").await })
     })
     .await
@@ -396,7 +396,7 @@ async fn upsert_by_id_keeps_one_document_and_reports_refusals() {
     assert_eq!(ops, ["i", "u", "u"]);
 
     let fields = vec![("seq", FieldValue::Int64(9))];
-    let e = check_then(&server.endpoint(), &sec("reader", "mongo-pw"), D, |s| {
+    let e = check_then(&server.endpoint(), &sec("reader", "mongo-pw"), D, |_, s| {
         Box::pin(async move { upsert_by_id(s, "gravity_canary", "heartbeat", "p1", &fields).await })
     })
     .await
@@ -406,7 +406,7 @@ async fn upsert_by_id_keeps_one_document_and_reports_refusals() {
 
     server.set_writable(false);
     let fields = vec![("seq", FieldValue::Int64(9))];
-    let e = check_then(&server.endpoint(), &sec("canary", "canary-pw"), D, |s| {
+    let e = check_then(&server.endpoint(), &sec("canary", "canary-pw"), D, |_, s| {
         Box::pin(async move { upsert_by_id(s, "gravity_canary", "heartbeat", "p1", &fields).await })
     })
     .await

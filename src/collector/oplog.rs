@@ -75,7 +75,7 @@ pub async fn read_bounds(
 ) -> Result<Option<OplogBounds>, MongoError> {
     let endpoint = crate::probe::Endpoint::new(src.host.clone(), src.port);
     let security = super::connections::mongo_security(src);
-    mongo::check_then(&endpoint, &security, timeout, |stream| {
+    mongo::check_then(&endpoint, &security, timeout, |_, stream| {
         Box::pin(async move { mongo::oplog_bounds(stream).await })
     })
     .await

@@ -195,7 +195,7 @@ pub struct CheckReport {
 }
 
 /// Connects like gravity (TLS and login per `security`), runs `hello` and the SCRAM login,
-/// then `then` on the same connection, all within `deadline`.
+/// then `then` on the same connection (with the `hello` reply), all within `deadline`.
 pub async fn check_then<T, F>(
     endpoint: &Endpoint,
     security: &MongoSecurity,
@@ -204,6 +204,7 @@ pub async fn check_then<T, F>(
 ) -> Result<(CheckReport, T), MongoError>
 where
     F: for<'a> FnOnce(
+        HelloReply,
         &'a mut (dyn Duplex + 'a),
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<T, MongoError>> + Send + 'a>,
@@ -216,7 +217,7 @@ where
                 let config = tls::client_config_async(opts).await?;
                 let mut stream = tls::connect(tcp, &endpoint.host, config).await?;
                 let (hello, mechanism) = session(&mut stream, security.login.as_ref()).await?;
-                let extra = then(&mut stream).await?;
+                let extra = then(hello.clone(), &mut stream).await?;
                 Ok((
                     CheckReport {
                         hello,
@@ -229,7 +230,7 @@ where
             None => {
                 let mut stream = tcp;
                 let (hello, mechanism) = session(&mut stream, security.login.as_ref()).await?;
-                let extra = then(&mut stream).await?;
+                let extra = then(hello.clone(), &mut stream).await?;
                 Ok((
                     CheckReport {
                         hello,
@@ -259,7 +260,7 @@ pub async fn check(
     security: &MongoSecurity,
     deadline: Duration,
 ) -> Result<CheckReport, MongoError> {
-    check_then(endpoint, security, deadline, |_| Box::pin(async { Ok(()) }))
+    check_then(endpoint, security, deadline, |_, _| Box::pin(async { Ok(()) }))
         .await
         .map(|(report, ())| report)
 }
