@@ -368,11 +368,16 @@ async fn upsert_by_id_keeps_one_document_and_reports_refusals() {
             ("pipeline", FieldValue::String("p1".into())),
             ("seq", FieldValue::Int64(seq)),
         ];
-        check_then(&server.endpoint(), &sec("canary", "canary-pw"), D, |_, s| {
-            Box::pin(
-                async move { upsert_by_id(s, "gravity_canary", "heartbeat", "p1", &fields).await },
-            )
-        })
+        check_then(
+            &server.endpoint(),
+            &sec("canary", "canary-pw"),
+            D,
+            |_, s| {
+                Box::pin(async move {
+                    upsert_by_id(s, "gravity_canary", "heartbeat", "p1", &fields).await
+                })
+            },
+        )
         .await
         .unwrap();
     }
@@ -406,9 +411,16 @@ async fn upsert_by_id_keeps_one_document_and_reports_refusals() {
 
     server.set_writable(false);
     let fields = vec![("seq", FieldValue::Int64(9))];
-    let e = check_then(&server.endpoint(), &sec("canary", "canary-pw"), D, |_, s| {
-        Box::pin(async move { upsert_by_id(s, "gravity_canary", "heartbeat", "p1", &fields).await })
-    })
+    let e = check_then(
+        &server.endpoint(),
+        &sec("canary", "canary-pw"),
+        D,
+        |_, s| {
+            Box::pin(
+                async move { upsert_by_id(s, "gravity_canary", "heartbeat", "p1", &fields).await },
+            )
+        },
+    )
     .await
     .unwrap_err();
     assert!(

@@ -750,7 +750,10 @@ pub fn mongo_fields(key: &str, c: &CanaryRow) -> Vec<(&'static str, FieldValue)>
     let micros = i64::try_from(c.written_at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
     vec![
         ("pipeline", FieldValue::String(key.to_string())),
-        ("seq", FieldValue::Int64(i64::try_from(c.seq).unwrap_or(i64::MAX))),
+        (
+            "seq",
+            FieldValue::Int64(i64::try_from(c.seq).unwrap_or(i64::MAX)),
+        ),
         ("trace_id", FieldValue::String(c.trace_id.clone())),
         ("span_id", FieldValue::String(c.span_id.clone())),
         ("written_us", FieldValue::Int64(micros)),

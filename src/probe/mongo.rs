@@ -260,9 +260,11 @@ pub async fn check(
     security: &MongoSecurity,
     deadline: Duration,
 ) -> Result<CheckReport, MongoError> {
-    check_then(endpoint, security, deadline, |_, _| Box::pin(async { Ok(()) }))
-        .await
-        .map(|(report, ())| report)
+    check_then(endpoint, security, deadline, |_, _| {
+        Box::pin(async { Ok(()) })
+    })
+    .await
+    .map(|(report, ())| report)
 }
 
 /// Probes a MongoDB server with `hello` within `deadline` (plaintext, no login). Any

@@ -211,6 +211,8 @@ struct World {
     last: Timestamp,
     collections: BTreeMap<String, Vec<Document>>,
     writable: bool,
+    /// Users whose write role was revoked (`revokeRolesFromUser`).
+    revoked: std::collections::BTreeSet<String>,
 }
 
 impl World {
@@ -224,6 +226,7 @@ impl World {
             },
             collections: BTreeMap::new(),
             writable: true,
+            revoked: std::collections::BTreeSet::new(),
         };
         let span = u32::try_from(spec.seed_span.as_secs()).unwrap_or(u32::MAX);
         let mut t = now.saturating_sub(span);
@@ -416,6 +419,17 @@ impl FakeMongod {
         world(&self.world).writable = writable;
     }
 
+    /// Revokes (`false`) or grants again the write role of `user`, for connections that log
+    /// in from now on and those already logged in.
+    pub fn set_can_write(&self, user: &str, can: bool) {
+        let mut w = world(&self.world);
+        if can {
+            w.revoked.remove(user);
+        } else {
+            w.revoked.insert(user.to_string());
+        }
+    }
+
     /// The documents of collection `ns` (`db.collection`).
     pub fn documents(&self, ns: &str) -> Vec<Document> {
         world(&self.world)
@@ -431,6 +445,178 @@ impl Drop for FakeMongod {
         self.task.abort();
         self.ticker.abort();
     }
+}
+
+/// gravity's data path for a Mongo source and a MySQL target, for the canary tests: it tails
+/// the fake's oplog like gravity's `mongostream` input (from the newest entry at start, in
+/// timestamp order), writes each inserted or updated document of collection `ns` into the
+/// target table as gravity's MySQL output does (every top-level field into the column of
+/// that name, `REPLACE` by primary key; `_id` included), and pins the gravity double's
+/// `/status` watermark to its progress (`/_double/watermark`: EventTime = the seconds of
+/// the last oplog entry taken in, ProcessTime = now), every 100 ms.
+///
+/// [`DataPath::pause`] stops the output only: the input goes on reading the oplog and the
+/// watermark stays fresh, so gravity looks healthy while nothing arrives (silent loss).
+/// A failed write leaves the entry to the next round.
+#[derive(Debug)]
+pub struct DataPath {
+    paused: Arc<std::sync::atomic::AtomicBool>,
+    written: Arc<std::sync::atomic::AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+/// Where [`DataPath`] writes.
+#[derive(Debug, Clone)]
+pub struct MysqlTarget {
+    /// The target server.
+    pub endpoint: Endpoint,
+    /// A user allowed to write the target table.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// Target schema and table (gravity's route for `ns`).
+    pub schema: String,
+    /// Target table.
+    pub table: String,
+}
+
+impl DataPath {
+    /// Starts tailing `mongod`'s oplog for `ns` into `target`, pinning the watermark of the
+    /// gravity double listening on 127.0.0.1:`double_port`.
+    pub fn start(mongod: &FakeMongod, ns: &str, target: MysqlTarget, double_port: u16) -> DataPath {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        let paused = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(0));
+        let state = Arc::clone(&mongod.world);
+        let ns = ns.to_string();
+        let (p, w) = (Arc::clone(&paused), Arc::clone(&written));
+        let task = tokio::spawn(async move {
+            let mut after = world(&state).last;
+            let mut conn = None;
+            loop {
+                let entries: Vec<(OplogEntry, Option<Document>)> = {
+                    let w = world(&state);
+                    w.oplog
+                        .iter()
+                        .filter(|e| e.ts > after)
+                        .map(|e| {
+                            let id = match &e.o2 {
+                                Some(o2) => o2.get("_id").cloned(),
+                                None => e.o.get("_id").cloned(),
+                            };
+                            let doc = (e.ns == ns).then_some(()).and(id).and_then(|id| {
+                                w.collections
+                                    .get(&ns)
+                                    .and_then(|l| l.iter().find(|d| d.get("_id") == Some(&id)))
+                                    .cloned()
+                            });
+                            (e.clone(), doc)
+                        })
+                        .collect()
+                };
+                for (entry, doc) in entries {
+                    if let (Some(doc), false) = (doc, p.load(Ordering::Relaxed)) {
+                        if conn.is_none() {
+                            conn = gravity_exporter::probe::mysql::MySqlConn::connect(
+                                &target.endpoint,
+                                &target.user,
+                                &gravity_exporter::probe::Secret::new(target.password.clone()),
+                                Duration::from_secs(5),
+                            )
+                            .await
+                            .ok();
+                        }
+                        let Some(c) = conn.as_mut() else { break };
+                        if c.query(&replace_sql(&target.schema, &target.table, &doc))
+                            .await
+                            .is_err()
+                        {
+                            conn = None;
+                            break;
+                        }
+                        w.fetch_add(1, Ordering::Relaxed);
+                    }
+                    after = entry.ts;
+                }
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                post(
+                    double_port,
+                    &format!(
+                        "/_double/watermark?event={}&process={now}",
+                        f64::from(after.time)
+                    ),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        DataPath {
+            paused,
+            written,
+            task,
+        }
+    }
+
+    /// Stops (`true`) or resumes the output; the input and the watermark go on.
+    pub fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// Rows written into the target so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for DataPath {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// gravity's MySQL output of one Mongo document: `REPLACE INTO` with a column per top-level
+/// field (strings and ObjectIds as text, numbers as numbers, booleans as 0/1).
+pub fn replace_sql(schema: &str, table: &str, doc: &Document) -> String {
+    use gravity_exporter::collector::consistency::{quote_ident, quote_literal};
+    let cols: Vec<String> = doc.keys().map(|k| quote_ident(k)).collect();
+    let vals: Vec<String> = doc
+        .values()
+        .map(|v| match v {
+            Bson::Int32(i) => i.to_string(),
+            Bson::Int64(i) => i.to_string(),
+            Bson::Double(d) => d.to_string(),
+            Bson::Boolean(b) => u8::from(*b).to_string(),
+            Bson::Null => "NULL".into(),
+            Bson::String(s) => quote_literal(s),
+            Bson::ObjectId(o) => quote_literal(&o.to_hex()),
+            other => quote_literal(&other.to_string()),
+        })
+        .collect();
+    format!(
+        "REPLACE INTO {}.{} ({}) VALUES ({})",
+        quote_ident(schema),
+        quote_ident(table),
+        cols.join(", "),
+        vals.join(", ")
+    )
+}
+
+/// One `POST` to the gravity double's control API (errors ignored: the next round retries).
+async fn post(port: u16, path_and_query: &str) {
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let req = format!(
+            "POST {path_and_query} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), work).await;
 }
 
 /// A parsed OP_MSG request: request id and body, with document sequences (kind 1) added to
@@ -659,8 +845,10 @@ impl Conn {
         match command {
             "find" => self.find(db, body),
             "insert" | "update" => {
-                let user_may =
-                    self.users.is_empty() || s.user.as_ref().is_some_and(|u| u.can_write);
+                let user_may = self.users.is_empty()
+                    || s.user.as_ref().is_some_and(|u| {
+                        u.can_write && !world(&self.world).revoked.contains(&u.user)
+                    });
                 if !user_may {
                     return error_doc(
                         UNAUTHORIZED,
@@ -1047,6 +1235,15 @@ mod tests {
                     increment: 1
                 }
             ]
+        );
+    }
+
+    #[test]
+    fn a_document_becomes_a_replace_of_its_fields() {
+        let d = doc! {"_id": "p1", "pipeline": "p1", "seq": 7_i64, "trace_id": "ab'c", "ok": true};
+        assert_eq!(
+            replace_sql("gravity_canary", "heartbeat", &d),
+            "REPLACE INTO `gravity_canary`.`heartbeat` (`_id`, `pipeline`, `seq`, `trace_id`, `ok`) VALUES ('p1', 'p1', 7, 'ab''c', 1)"
         );
     }
 
