@@ -1203,6 +1203,43 @@ mod tests {
     use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 
     #[test]
+    fn mongo_refusals_and_document() {
+        let cmd = |code: i32| MongoError::Command {
+            code,
+            code_name: String::new(),
+            message: String::new(),
+        };
+        assert_eq!(classify_mongo(&cmd(13)), WriterState::Privilege);
+        assert_eq!(classify_mongo(&cmd(18)), WriterState::Privilege);
+        assert_eq!(classify_mongo(&cmd(10107)), WriterState::ReadOnly);
+        assert_eq!(classify_mongo(&cmd(189)), WriterState::ReadOnly);
+        assert_eq!(classify_mongo(&cmd(2)), WriterState::Unreachable);
+        assert_eq!(
+            classify_mongo(&MongoError::Timeout { after_ms: 5 }),
+            WriterState::Unreachable
+        );
+        let row = CanaryRow {
+            seq: 7,
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+            span_id: "b7ad6b7169203331".into(),
+            written_at: time::macros::datetime!(2026-12-05 10:00:01.000042 UTC),
+        };
+        assert_eq!(
+            mongo_fields("p1", &row),
+            vec![
+                ("pipeline", FieldValue::String("p1".into())),
+                ("seq", FieldValue::Int64(7)),
+                (
+                    "trace_id",
+                    FieldValue::String("0af7651916cd43dd8448eb211c80319c".into())
+                ),
+                ("span_id", FieldValue::String("b7ad6b7169203331".into())),
+                ("written_us", FieldValue::Int64(1_796_464_801_000_042)),
+            ]
+        );
+    }
+
+    #[test]
     fn sql_builders() {
         let row = CanaryRow {
             seq: 7,
