@@ -1,6 +1,7 @@
 //! Scrapes a /metrics URL N times over one keep-alive connection and prints latency
-//! percentiles: `cargo bench --bench scrape -- http://127.0.0.1:9810/metrics 1000`.
-//! Used by scripts/bench-vs-peers.sh; not a timed test.
+//! percentiles: `cargo bench --bench scrape -- http://127.0.0.1:9810/metrics 1000 [pause_ms]`
+//! (an optional pause between scrapes, as a scraper on an interval would leave).
+//! Used by scripts/bench-vs-peers.sh and scripts/hostile.py; not a timed test.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ fn main() {
         println!("scrape: no URL given (scripts/bench-vs-peers.sh passes one); nothing to measure");
         return;
     };
+    let pause = Duration::from_millis(args.get(2).and_then(|p| p.parse().ok()).unwrap_or(0));
     let Ok(uri) = url.parse::<hyper::Uri>() else {
         eprintln!("bad URL {url}");
         std::process::exit(2);
@@ -61,6 +63,9 @@ fn main() {
                 }
             }
             lat.push(t.elapsed());
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
         }
         lat.sort();
         let pct =

@@ -7,7 +7,12 @@ attack, and prints what the exporter did: /metrics size and latency while the at
 the exporter's RSS after it, and the counters that record what was cut or dropped.
 
     cargo build --release
-    python3 scripts/hostile.py target/release/gravity-exporter
+    cargo bench --bench scrape --no-run          # the Rust scraper (optional)
+    python3 scripts/hostile.py target/release/gravity-exporter [target/release/deps/scrape-<hash>]
+
+With the second argument, the 1e6-series attack is also measured by that Rust client in a
+process of its own (one keep-alive connection, a scrape every 50 ms), so the p99 is the
+exporter's and not the Python client's.
 
 Not part of the test suite (it measures; tests/hostile.rs asserts).
 """
@@ -150,7 +155,15 @@ def main():
         print("    truncated label values:", sample(body, "gravity_exporter_truncated_total", 'label_value'))
         body = attack("version 15 MB", status=json.dumps(dict(json.loads(STATUS), version="v" * 15_000_000)).encode())
         print("    truncated label values:", sample(body, "gravity_exporter_truncated_total", 'label_value'))
+        rust = None
+        if len(sys.argv) > 2:
+            # 240 scrapes with 50 ms pauses: about the 12 s of the attack
+            rust = subprocess.Popen([sys.argv[2], "http://%s/metrics" % eaddr, "240", "50"],
+                                    stdout=subprocess.PIPE, text=True)
         body = attack("metrics 1e6 series", seconds=12, metrics=million_series())
+        if rust is not None:
+            out, _ = rust.communicate(timeout=120)
+            print("    Rust client during the attack:", out.strip())
         print("    passthrough series:", sample(body, "gravity_exporter_passthrough_series"),
               "dropped by cap:", sample(body, "gravity_exporter_passthrough_dropped_series_total"))
         body = attack("metrics 30 MB long lines", seconds=12, metrics=long_lines(6000, 5000))

@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use hyper::Uri;
 use regex::Regex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::collector::consistency::{parse_tables, TableSpec, MAX_CHUNK_SIZE};
 
@@ -169,7 +169,8 @@ pub struct DemoArgs {
 }
 
 /// Every flag, all optional so that the config file can supply what the command line does not.
-#[derive(Debug, Args, Clone, Default)]
+/// (serde: the field-by-field merge of the command line over the file, [`Flags::or`].)
+#[derive(Debug, Args, Clone, Default, Serialize, Deserialize)]
 pub struct Flags {
     /// TOML file with any of these flags as keys (flags given on the command line win).
     #[arg(long = "config.file", global = true)]
@@ -310,236 +311,51 @@ pub struct Flags {
     pub otlp: crate::otlp::settings::OtlpFlags,
 }
 
-/// The `--config.file` contents: the same keys as the flags, dots making tables.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    #[serde(default)]
-    web: FileWeb,
-    #[serde(default)]
-    gravity: FileGravity,
-    #[serde(default)]
-    collector: FileCollector,
-    #[serde(default)]
-    probe: FileProbe,
-    #[serde(default)]
-    consistency: FileConsistency,
-    #[serde(default)]
-    canary: FileCanary,
-    #[serde(default)]
-    source: FileLogin,
-    #[serde(default)]
-    target: FileLogin,
-    #[serde(default)]
-    path: FilePath,
-    #[serde(default)]
-    log: FileLog,
-    #[serde(default)]
-    otlp: crate::otlp::settings::FileOtlp,
-    #[serde(default, rename = "log-entries")]
-    log_entries: crate::otlp::settings::FileLogEntries,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileWeb {
-    listen_address: Option<String>,
-    telemetry_path: Option<String>,
-    #[serde(default)]
-    config: FileWebConfig,
-}
-
-/// `web.config.file` in the TOML file (`[web.config]` / `file = "..."`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileWebConfig {
-    file: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileGravity {
-    url: Option<String>,
-    pid_file: Option<PathBuf>,
-    pid: Option<i64>,
-    process_pattern: Option<String>,
-    config: Option<PathBuf>,
-    log_file: Option<PathBuf>,
-    log_state_file: Option<PathBuf>,
-    log_start: Option<String>,
-    log_format: Option<String>,
-    timeout: Option<String>,
-    metrics_passthrough: Option<bool>,
-    metrics_passthrough_max_series: Option<usize>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileCollector {
-    interval: Option<String>,
-    idle_interval: Option<String>,
-    process_watch_interval: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileProbe {
-    interval: Option<String>,
-    timeout: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConsistency {
-    tables: Option<StringOrList>,
-    interval: Option<String>,
-    chunk_size: Option<usize>,
-    timeout: Option<String>,
-    recheck_delay: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileCanary {
-    interval: Option<String>,
-    table: Option<String>,
-    create: Option<bool>,
-    username: Option<String>,
-    password_file: Option<PathBuf>,
-    timeout: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileLogin {
-    username: Option<String>,
-    password_file: Option<PathBuf>,
-}
-
-/// A list key that takes a TOML array or the flag's comma-separated string.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum StringOrList {
-    One(String),
-    List(Vec<String>),
-}
-
-impl StringOrList {
-    fn joined(self) -> String {
-        match self {
-            StringOrList::One(s) => s,
-            StringOrList::List(v) => v.join(","),
-        }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FilePath {
-    procfs: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileLog {
-    level: Option<String>,
-    format: Option<String>,
-}
-
-impl FileConfig {
-    fn into_flags(self) -> Flags {
-        Flags {
-            config_file: None,
-            listen_address: self.web.listen_address,
-            telemetry_path: self.web.telemetry_path,
-            gravity_url: self.gravity.url,
-            pid_file: self.gravity.pid_file,
-            pid: self.gravity.pid,
-            process_pattern: self.gravity.process_pattern,
-            gravity_config: self.gravity.config,
-            log_file: self.gravity.log_file,
-            log_state_file: self.gravity.log_state_file,
-            log_start: self.gravity.log_start,
-            log_format: self.gravity.log_format,
-            gravity_timeout: self.gravity.timeout,
-            passthrough: self.gravity.metrics_passthrough,
-            passthrough_max_series: self.gravity.metrics_passthrough_max_series,
-            interval: self.collector.interval,
-            idle_interval: self.collector.idle_interval,
-            watch_interval: self.collector.process_watch_interval,
-            probe_interval: self.probe.interval,
-            probe_timeout: self.probe.timeout,
-            consistency_tables: self.consistency.tables.map(StringOrList::joined),
-            consistency_interval: self.consistency.interval,
-            consistency_chunk_size: self.consistency.chunk_size,
-            consistency_timeout: self.consistency.timeout,
-            consistency_recheck_delay: self.consistency.recheck_delay,
-            canary_interval: self.canary.interval,
-            canary_table: self.canary.table,
-            canary_create: self.canary.create,
-            canary_username: self.canary.username,
-            canary_password_file: self.canary.password_file,
-            canary_timeout: self.canary.timeout,
-            source_username: self.source.username,
-            source_password_file: self.source.password_file,
-            target_username: self.target.username,
-            target_password_file: self.target.password_file,
-            proc_root: self.path.procfs,
-            log_level: self.log.level,
-            log_fmt: self.log.format,
-            web_config_file: self.web.config.file,
-            otlp: crate::otlp::settings::file_flags(self.otlp, self.log_entries),
-        }
-    }
+/// The `--config.file` TOML read by the same clap definitions as the command line: every
+/// key is a flag's long name (dots make tables, so `[gravity] url = ...` is
+/// `--gravity.url`), turned into `--key=value`. One declaration per setting (the field of
+/// [`Flags`]), whichever way it is given.
+#[derive(Debug, Parser)]
+#[command(
+    name = "config.file",
+    no_binary_name = true,
+    disable_help_flag = true,
+    disable_version_flag = true
+)]
+struct FileArgs {
+    #[command(flatten)]
+    flags: Flags,
 }
 
 impl Flags {
-    /// Fills every flag not given here from `other` (command-line flags win over the file).
-    fn or(self, other: Flags) -> Flags {
-        Flags {
-            config_file: self.config_file.or(other.config_file),
-            listen_address: self.listen_address.or(other.listen_address),
-            telemetry_path: self.telemetry_path.or(other.telemetry_path),
-            gravity_url: self.gravity_url.or(other.gravity_url),
-            pid_file: self.pid_file.or(other.pid_file),
-            pid: self.pid.or(other.pid),
-            process_pattern: self.process_pattern.or(other.process_pattern),
-            gravity_config: self.gravity_config.or(other.gravity_config),
-            log_file: self.log_file.or(other.log_file),
-            log_state_file: self.log_state_file.or(other.log_state_file),
-            log_start: self.log_start.or(other.log_start),
-            log_format: self.log_format.or(other.log_format),
-            gravity_timeout: self.gravity_timeout.or(other.gravity_timeout),
-            passthrough: self.passthrough.or(other.passthrough),
-            passthrough_max_series: self.passthrough_max_series.or(other.passthrough_max_series),
-            interval: self.interval.or(other.interval),
-            idle_interval: self.idle_interval.or(other.idle_interval),
-            watch_interval: self.watch_interval.or(other.watch_interval),
-            probe_interval: self.probe_interval.or(other.probe_interval),
-            probe_timeout: self.probe_timeout.or(other.probe_timeout),
-            consistency_tables: self.consistency_tables.or(other.consistency_tables),
-            consistency_interval: self.consistency_interval.or(other.consistency_interval),
-            consistency_chunk_size: self.consistency_chunk_size.or(other.consistency_chunk_size),
-            consistency_timeout: self.consistency_timeout.or(other.consistency_timeout),
-            consistency_recheck_delay: self
-                .consistency_recheck_delay
-                .or(other.consistency_recheck_delay),
-            canary_interval: self.canary_interval.or(other.canary_interval),
-            canary_table: self.canary_table.or(other.canary_table),
-            canary_create: self.canary_create.or(other.canary_create),
-            canary_username: self.canary_username.or(other.canary_username),
-            canary_password_file: self.canary_password_file.or(other.canary_password_file),
-            canary_timeout: self.canary_timeout.or(other.canary_timeout),
-            source_username: self.source_username.or(other.source_username),
-            source_password_file: self.source_password_file.or(other.source_password_file),
-            target_username: self.target_username.or(other.target_username),
-            target_password_file: self.target_password_file.or(other.target_password_file),
-            proc_root: self.proc_root.or(other.proc_root),
-            log_level: self.log_level.or(other.log_level),
-            log_fmt: self.log_fmt.or(other.log_fmt),
-            web_config_file: self.web_config_file.or(other.web_config_file),
-            otlp: self.otlp.or(other.otlp),
+    /// Fills every flag not given here from `other` (command-line flags win over the file),
+    /// field by field through the flags' serde form, so no setting is listed twice.
+    fn or(self, other: Flags) -> Result<Flags, ConfigError> {
+        fn merge(a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
+            use serde_json::Value;
+            match (a, b) {
+                (Value::Object(mut a), Value::Object(b)) => {
+                    for (k, bv) in b {
+                        let av = a.remove(&k).unwrap_or(Value::Null);
+                        a.insert(k, merge(av, bv));
+                    }
+                    Value::Object(a)
+                }
+                (Value::Null, b) => b,
+                (a, _) => a,
+            }
         }
+        let form = |f: &Flags| {
+            serde_json::to_value(f).map_err(|e| ConfigError::Invalid {
+                key: "config.file".into(),
+                reason: format!("a flag cannot be merged with the file: {e}"),
+            })
+        };
+        let merged = merge(form(&self)?, form(&other)?);
+        serde_json::from_value(merged).map_err(|e| ConfigError::Invalid {
+            key: "config.file".into(),
+            reason: format!("a flag cannot be merged with the file: {e}"),
+        })
     }
 }
 
@@ -785,7 +601,7 @@ impl Settings {
             Some(path) => read_file(path)?,
             None => Flags::default(),
         };
-        let mut s = validate(cli.clone().or(file_flags))?;
+        let mut s = validate(cli.clone().or(file_flags)?)?;
         s.cli_flags = cli;
         Ok(s)
     }
@@ -822,11 +638,87 @@ fn read_file(path: &Path) -> Result<Flags, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let fc: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+    let syntax = |reason: String| ConfigError::Syntax {
         path: path.to_path_buf(),
-        reason: toml_error_line(&text, &e),
-    })?;
-    Ok(fc.into_flags())
+        reason,
+    };
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| syntax(toml_error_line(&text, &e)))?;
+    let mut keys = Vec::new();
+    flatten_keys("", &table, &mut keys);
+    let mut argv = Vec::with_capacity(keys.len());
+    for (key, value) in keys {
+        let at = |msg: &str| match line_of_key(&text, &key) {
+            Some(line) => format!("line {line}, key {key}: {msg}"),
+            None => format!("key {key}: {msg}"),
+        };
+        let value = value.map_err(|m| syntax(at(m)))?;
+        if key == "config.file" {
+            return Err(syntax(at("a config file cannot name another one")));
+        }
+        let arg = format!("--{key}={value}");
+        // Each key alone first, so an error names its key and line.
+        if let Err(e) = FileArgs::try_parse_from([&arg]) {
+            let msg = match e.kind() {
+                clap::error::ErrorKind::UnknownArgument => "unknown key".to_string(),
+                _ => clap_message(&e),
+            };
+            return Err(syntax(at(&msg)));
+        }
+        argv.push(arg);
+    }
+    FileArgs::try_parse_from(argv)
+        .map(|a| a.flags)
+        .map_err(|e| syntax(clap_message(&e)))
+}
+
+/// A clap error on one line, without its "error: " prefix and usage tips.
+fn clap_message(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.trim_start_matches("error: ").trim().to_string()
+}
+
+/// The file's keys as flag names (`a.b.c`) with their values as a flag takes them: strings
+/// as they are, numbers and booleans printed, lists joined with commas.
+fn flatten_keys(
+    prefix: &str,
+    table: &toml::Table,
+    out: &mut Vec<(String, Result<String, &'static str>)>,
+) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => flatten_keys(&key, t, out),
+            toml::Value::Array(items) => {
+                let parts: Result<Vec<String>, &'static str> = items.iter().map(scalar).collect();
+                out.push((key, parts.map(|p| p.join(","))));
+            }
+            v => out.push((key, scalar(v))),
+        }
+    }
+}
+
+fn scalar(v: &toml::Value) -> Result<String, &'static str> {
+    match v {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        toml::Value::Datetime(d) => Ok(d.to_string()),
+        toml::Value::Array(_) | toml::Value::Table(_) => {
+            Err("takes a string, a number, a boolean or a list of them")
+        }
+    }
+}
+
+/// The 1-based line that sets the dotted `key` (under its table header), if written plainly.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    (1..=text.lines().count()).find(|&l| key_at_line(text, l).as_deref() == Some(key))
 }
 
 /// One line out of a toml error: "line N, key K: message".
@@ -1520,6 +1412,67 @@ mod tests {
         assert_eq!(s.gravity_url.unwrap().port_u16(), Some(8081));
         assert_eq!(s.log_format, Some(GravityLogFormat::Text));
         assert_eq!(s.interval, Duration::from_secs(3), "flag wins over file");
+    }
+
+    /// Every flag is a key of the file, by the same declaration (no second list of keys to
+    /// forget a new flag in), and the file's values go through the flags' own parsers.
+    #[test]
+    fn every_flag_is_a_file_key_and_file_values_parse_like_flags() {
+        use clap::CommandFactory;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let cmd = FileArgs::command();
+        let longs: Vec<String> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .collect();
+        assert!(longs.len() > 40, "{longs:?}");
+        for long in longs.iter().filter(|l| *l != "config.file") {
+            std::fs::write(&p, format!("{long} = \"x\"\n")).unwrap();
+            let r = read_file(&p);
+            if let Err(e) = r {
+                let e = e.to_string();
+                assert!(!e.contains("unknown key"), "{long}: {e}");
+                assert!(e.contains(long.as_str()) && e.contains("line 1"), "{e}");
+            }
+        }
+        std::fs::write(&p, "[config]\nfile = \"/x\"\n").unwrap();
+        let e = read_file(&p).unwrap_err().to_string();
+        assert!(e.contains("line 2, key config.file"), "{e}");
+        // a list joins like the flag's comma-separated form; numbers and booleans print
+        std::fs::write(
+            &p,
+            "[consistency]\ntables = [\"a.b\", \"c.d=e.f\"]\nchunk-size = 50\n[gravity]\nmetrics-passthrough = false\n",
+        )
+        .unwrap();
+        let f = read_file(&p).unwrap();
+        assert_eq!(f.consistency_tables.as_deref(), Some("a.b,c.d=e.f"));
+        assert_eq!(f.consistency_chunk_size, Some(50));
+        assert_eq!(f.passthrough, Some(false));
+        // a value the flag refuses is refused in the file, naming key and line
+        std::fs::write(&p, "\n[otlp]\ntraces-sampler-ratio = nan\n").unwrap();
+        let e = read_file(&p).unwrap_err().to_string();
+        assert!(e.contains("line 3, key otlp.traces-sampler-ratio"), "{e}");
+        std::fs::write(&p, "[canary]\ncreate = \"maybe\"\n").unwrap();
+        let e = read_file(&p).unwrap_err().to_string();
+        assert!(e.contains("line 2, key canary.create"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    /// The command line wins field by field, nested (`--otlp.*`) flags included.
+    #[test]
+    fn merge_is_field_by_field() {
+        let cli = flags(&["--otlp.endpoint=http://a:4317", "--gravity.pid=7"]);
+        let mut file = Flags::default();
+        file.otlp.endpoint = Some("http://b:4317".into());
+        file.otlp.compression = Some("gzip".into());
+        file.pid = Some(9);
+        file.log_level = Some("debug".into());
+        let m = cli.or(file).unwrap();
+        assert_eq!(m.otlp.endpoint.as_deref(), Some("http://a:4317"));
+        assert_eq!(m.otlp.compression.as_deref(), Some("gzip"));
+        assert_eq!(m.pid, Some(7));
+        assert_eq!(m.log_level.as_deref(), Some("debug"));
     }
 
     #[test]

@@ -109,15 +109,16 @@ pub struct GravityConfig {
     pub internal_db_name: String,
     /// Endpoints, in config order.
     pub endpoints: Vec<Endpoint>,
-    /// `[[output.config.routes]]` of a MySQL output, in order (at most [`MAX_ROUTES`]).
+    /// `[[output.config.routes]]` of a MySQL or Kafka output, in order (at most [`MAX_ROUTES`]).
     pub routes: Vec<Route>,
 }
 
 /// Most routes read from gravity's config.
 pub const MAX_ROUTES: usize = 1024;
 
-/// One `[[output.config.routes]]` entry of a MySQL output: which source tables it takes
-/// (glob patterns, `*` and `?`) and where it writes them (unset: the same name).
+/// One `[[output.config.routes]]` entry of a MySQL or Kafka output: which source tables it
+/// takes (glob patterns, `*` and `?`) and where it writes them (MySQL: target schema and
+/// table, unset: the same name; Kafka: the `dml-topic`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Route {
     /// `match-schema`.
@@ -128,6 +129,8 @@ pub struct Route {
     pub target_schema: Option<String>,
     /// `target-table`, if set.
     pub target_table: Option<String>,
+    /// `dml-topic` of an `async-kafka` output (gravity's `KafkaRoute.DMLTargetTopic`), if set.
+    pub dml_topic: Option<String>,
 }
 
 impl Route {
@@ -518,6 +521,7 @@ fn routes(root: &Value) -> Vec<Route> {
                 match_table: field(r, "match-table").unwrap_or_else(|| "*".into()),
                 target_schema: field(r, "target-schema"),
                 target_table: field(r, "target-table"),
+                dml_topic: field(r, "dml-topic"),
             })
         })
         .collect()
@@ -611,6 +615,9 @@ mod tests {
                 "127.0.0.1:9092"
             ]
         );
+        assert_eq!(c.routes.len(), 1);
+        assert!(c.routes[0].matches("shop", "orders_2026"));
+        assert_eq!(c.routes[0].dml_topic.as_deref(), Some("binlog.shop.orders"));
     }
 
     #[test]

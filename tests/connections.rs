@@ -1015,3 +1015,78 @@ async fn monitoring_login_replaces_gravitys_user() {
     r.stop().await;
     root.close().await.unwrap();
 }
+
+/// (Moved from the prober's unit tests with the fake broker.) Kafka and Mongo doubles, a
+/// hanging broker and a closed port, probed concurrently, each with its reason.
+#[tokio::test]
+async fn probes_run_concurrently_with_reasons() {
+    use gravity_exporter::collector::connections::{probe_all, probe_targets};
+    use gravity_exporter::probe::FailureReason;
+    use std::time::Instant;
+    // Kafka and Mongo doubles (built from the protocol specs), a hanging broker, and a
+    // closed port.
+    let kafka = FakeBroker::start(KafkaMode::Ok).await.unwrap();
+    let hang = FakeBroker::start(KafkaMode::Hang).await.unwrap();
+    // gravity's Mongo login (user u) is checked with SCRAM, as mongod does.
+    let mongo = FakeMongod::start_secure(
+        MongoMode::Primary,
+        gravity_double::mongo::Security::users(vec![gravity_double::mongo::MongoUser {
+            user: "u".into(),
+            password: "mongo-secret".into(),
+            db: "admin".into(),
+            mechanisms: vec![gravity_exporter::probe::scram::ScramHash::Sha256],
+            can_write: false,
+        }]),
+    )
+    .await
+    .unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = format!(
+        r#"name = "k"
+[input]
+type = "mongo"
+[input.config.source]
+host = "127.0.0.1"
+port = {mongo}
+username = "u"
+password = "mongo-secret"
+[output]
+type = "async-kafka"
+[output.config.kafka-global-config]
+broker-addrs = ["{kafka}", "{hang}", "127.0.0.1:{closed}"]
+"#,
+        mongo = mongo.addr().port(),
+        kafka = kafka.addr(),
+        hang = hang.addr(),
+    );
+    let c = gravity_exporter::gravity_config::parse(&text, false).unwrap();
+    let eps = probe_targets(&c);
+    let t0 = Instant::now();
+    let timeout = Duration::from_millis(400);
+    let r = probe_all(&eps, timeout).await;
+    // concurrently: the hanging broker costs one timeout, not one per endpoint
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
+    let got: Vec<(&str, bool, Option<FailureReason>)> = r
+        .iter()
+        .map(|r| (r.component, r.outcome.ok, r.outcome.reason))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("source", true, None),
+            ("kafka", true, None),
+            ("kafka", false, Some(FailureReason::Timeout)),
+            ("kafka", false, Some(FailureReason::Refused)),
+        ]
+    );
+    assert_eq!(kafka.requests().len(), 1);
+    assert_eq!(mongo.commands(), ["hello", "saslStart", "saslContinue"]);
+}

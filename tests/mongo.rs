@@ -1,6 +1,8 @@
 //! The exporter's MongoDB client against the fake mongod of `gravity_double::mongo` (no
 //! MongoDB server can be installed here): `hello`/`isMaster`, SCRAM-SHA-1/256, TLS and every
-//! failure reason of the probe, and the connection prober over a Mongo source.
+//! failure reason of the probe; the oplog bounds, the canary's upsert by `_id`, and the oplog
+//! window and headroom through `/metrics`. (The prober over a Mongo source and Kafka brokers
+//! is `tests/connections.rs::probes_run_concurrently_with_reasons`.)
 //!
 //! These tests were the unit tests of `src/probe/mongo.rs` while the fake lived in the
 //! exporter's crate; the shipped crate holds the exporter only (docs/architecture.md).
@@ -9,7 +11,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use gravity_double::kafka::{FakeBroker, Mode as KafkaMode};
 use gravity_double::mongo::{bson, FakeMongod, Mode, MongoUser, OplogSpec, Security};
 use gravity_exporter::probe::mongo::{check_then, oplog_bounds, FieldValue, MongoError};
 use gravity_exporter::probe::mongo::{hello, probe, probe_with, MongoLogin, MongoSecurity};
@@ -18,64 +19,6 @@ use gravity_exporter::probe::tls::TlsOptions;
 use gravity_exporter::probe::{FailureReason, Secret};
 
 const D: Duration = Duration::from_secs(3);
-
-/// A CA, a server certificate for 127.0.0.1 signed by it, and another CA, as PEM files.
-struct Pki {
-    _dir: tempfile::TempDir,
-    ca_file: std::path::PathBuf,
-    other_ca_file: std::path::PathBuf,
-    server_der: Vec<u8>,
-    server_key: Vec<u8>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-        let new_ca = || {
-            let key = KeyPair::generate().unwrap();
-            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            (p.self_signed(&key).unwrap(), key)
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let (ca, ca_key) = new_ca();
-        let (other, _) = new_ca();
-        let server_key = KeyPair::generate().unwrap();
-        let server = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
-            .unwrap()
-            .signed_by(&server_key, &ca, &ca_key)
-            .unwrap();
-        let write = |name: &str, text: String| {
-            let p = dir.path().join(name);
-            std::fs::write(&p, text).unwrap();
-            p
-        };
-        Pki {
-            ca_file: write("ca.pem", ca.pem()),
-            other_ca_file: write("other-ca.pem", other.pem()),
-            server_der: server.der().to_vec(),
-            server_key: server_key.serialize_der(),
-            _dir: dir,
-        }
-    }
-
-    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-        gravity_exporter::probe::tls::testserver::acceptor(
-            vec![CertificateDer::from(self.server_der.clone())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key.clone())),
-            None,
-        )
-        .unwrap()
-    }
-
-    fn options(&self) -> TlsOptions {
-        TlsOptions {
-            ca_file: Some(self.ca_file.clone()),
-            ..Default::default()
-        }
-    }
-}
 
 #[tokio::test]
 async fn probe_primary_and_secondary() {
@@ -208,11 +151,11 @@ async fn scram_sha1_and_sha256_logins_are_verified() {
 
 #[tokio::test]
 async fn mongo_tls_success_and_each_failure_reason() {
-    let pki = Pki::new();
+    let pki = gravity_double::tls::Pki::new().unwrap();
     let server = FakeMongod::start_secure(
         Mode::Secondary,
         Security {
-            tls: Some(pki.acceptor()),
+            tls: Some(pki.acceptor(false).unwrap()),
             users: vec![secure_user(vec![ScramHash::Sha256])],
         },
     )
@@ -241,82 +184,6 @@ async fn mongo_tls_success_and_each_failure_reason() {
     let plaintext_server = FakeMongod::start(Mode::Primary).await.unwrap();
     let out = probe_with(&plaintext_server.endpoint(), &good, D).await;
     assert_eq!(out.reason, Some(FailureReason::Tls), "{out:?}");
-}
-
-/// The connection prober over a Mongo source and Kafka brokers (moved from the unit tests
-/// of `src/collector/connections.rs` with the fake mongod).
-#[tokio::test]
-async fn probes_run_concurrently_with_reasons() {
-    use gravity_exporter::collector::connections::{probe_all, probe_targets};
-    // Kafka and Mongo doubles (built from the protocol specs), a hanging broker, and a
-    // closed port.
-    let kafka = FakeBroker::start(KafkaMode::Ok).await.unwrap();
-    let hang = FakeBroker::start(KafkaMode::Hang).await.unwrap();
-    // gravity's Mongo login (user u) is checked with SCRAM, as mongod does.
-    let mongo = FakeMongod::start_secure(
-        Mode::Primary,
-        Security {
-            tls: None,
-            users: vec![MongoUser {
-                user: "u".into(),
-                password: "mongo-secret".into(),
-                db: "admin".into(),
-                mechanisms: vec![ScramHash::Sha256],
-                can_write: false,
-            }],
-        },
-    )
-    .await
-    .unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let text = format!(
-        r#"name = "k"
-[input]
-type = "mongo"
-[input.config.source]
-host = "127.0.0.1"
-port = {mongo}
-username = "u"
-password = "mongo-secret"
-[output]
-type = "async-kafka"
-[output.config.kafka-global-config]
-broker-addrs = ["{kafka}", "{hang}", "127.0.0.1:{closed}"]
-"#,
-        mongo = mongo.addr().port(),
-        kafka = kafka.addr(),
-        hang = hang.addr(),
-    );
-    let c = gravity_exporter::gravity_config::parse(&text, false).unwrap();
-    let eps = probe_targets(&c);
-    let t0 = Instant::now();
-    let timeout = Duration::from_millis(400);
-    let r = probe_all(&eps, timeout).await;
-    // concurrently: the hanging broker costs one timeout, not one per endpoint
-    assert!(
-        t0.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        t0.elapsed()
-    );
-    let got: Vec<(&str, bool, Option<FailureReason>)> = r
-        .iter()
-        .map(|r| (r.component, r.outcome.ok, r.outcome.reason))
-        .collect();
-    assert_eq!(
-        got,
-        [
-            ("source", true, None),
-            ("kafka", true, None),
-            ("kafka", false, Some(FailureReason::Timeout)),
-            ("kafka", false, Some(FailureReason::Refused)),
-        ]
-    );
-    assert_eq!(kafka.requests().len(), 1);
-    assert_eq!(mongo.commands(), ["hello", "saslStart", "saslContinue"]);
 }
 
 fn reader_and_writer() -> Security {

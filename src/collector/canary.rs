@@ -1,7 +1,8 @@
 //! The opt-in end-to-end canary: one marked row per `--canary.interval` written into
 //! gravity's MySQL source (or one document into its Mongo source), followed through
 //! gravity's `/status` watermarks and looked for in the target table of the matching
-//! gravity route (docs/canary.md).
+//! gravity route, or, for an `async-kafka` output, as gravity's message in the topic of
+//! that route (docs/canary.md).
 //!
 //! - **Mongo source.** `--canary.table` names `db.collection`. The write is one `update`
 //!   with `upsert: true` and `$set` of the document `_id` = the pipeline's row key (one
@@ -13,7 +14,8 @@
 //!   its kin → `read_only`. gravity writes each top-level field of a Mongo document into the
 //!   column of that name of the MySQL target row, so the target is read by the same
 //!   `SELECT seq, trace_id … WHERE pipeline = key` as for a MySQL source. Following and
-//!   arrival are the same code for both sources.
+//!   arrival are the same code for both sources (a Mongo source is followed to a MySQL
+//!   target only).
 //!
 //! - **Write.** With its own login (`--canary.username`), the canary upserts one row per
 //!   pipeline into `--canary.table` (default `gravity_canary.heartbeat`, created on first
@@ -27,7 +29,13 @@
 //!   once the oldest watermark's EventTime reaches the canary's write second (binlog event
 //!   times have whole seconds), gravity has taken it in; that watermark's ProcessTime is
 //!   gravity's own time for it.
-//! - **Arrival.** While canaries are pending, every [`POLL`] one primary-key `SELECT` of
+//! - **Arrival (Kafka).** Before each write the end of every partition of the route's topic
+//!   is marked (`ListOffsets`); while canaries are pending, every [`POLL`] one bounded
+//!   `Fetch` per leader from there ([`TopicReader`], gravity's TLS/SASL login); a message
+//!   of gravity's for the canary table whose row carries a pending canary's trace id
+//!   ([`kafka_canary`]) means it arrived. Why the target cannot be read is kept in
+//!   [`View::target_error`] (MySQL too).
+//! - **Arrival (MySQL).** While canaries are pending, every [`POLL`] one primary-key `SELECT` of
 //!   the canary row in the target table (gravity's route for the canary table, else the
 //!   same name), over the shared target connection with gravity's target login (or
 //!   `--target.username`). A row whose sequence number reached a pending canary's means
@@ -62,6 +70,7 @@ use super::{unix_now, Context};
 use crate::config::{CanarySettings, Settings};
 use crate::gravity_config::{EndpointRole, GravityConfig, Protocol};
 use crate::metrics::{lock, Families};
+use crate::probe::kafka_topic::TopicReader;
 use crate::probe::mongo::{self, FieldValue, MongoError, MongoLogin, MongoSecurity};
 use crate::probe::mysql::{Login, MySqlConn, MySqlError, ResultSet};
 use crate::probe::FailureReason;
@@ -92,7 +101,8 @@ pub enum WriterState {
     Privilege,
     /// The source does not answer (refused, timeout, connection lost).
     Unreachable,
-    /// gravity's config names no MySQL or Mongo source and MySQL target (or is not known yet).
+    /// gravity's config names no MySQL or Mongo source and MySQL (or, for a MySQL source,
+    /// Kafka) target (or is not known yet).
     Unsupported,
     /// The canary table is missing and `--canary.create=false`.
     MissingTable,
@@ -484,6 +494,7 @@ struct Inner {
     last_lag: Option<f64>,
     last_arrival: Option<f64>,
     next_seq: Option<u64>,
+    target_error: String,
 }
 
 /// The canary's state, shared by the task (across restarts) and the status page.
@@ -512,6 +523,9 @@ pub struct View {
     pub pending: usize,
     /// Last end-to-end lag.
     pub last_lag: Option<f64>,
+    /// Why the target (the MySQL table or the Kafka topic) could not be read at the last
+    /// look (masked); empty when it could.
+    pub target_error: String,
     /// The last canaries, newest first.
     pub recent: Vec<Finished>,
 }
@@ -532,6 +546,7 @@ impl Shared {
             lost: self.lost.load(Ordering::Relaxed),
             pending: i.pending.len(),
             last_lag: i.last_lag,
+            target_error: i.target_error.clone(),
             recent: i.recent.iter().rev().cloned().collect(),
         })
     }
@@ -648,10 +663,34 @@ impl Source {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Route {
     source: Source,
-    target: Login,
-    target_schema: String,
-    target_table: String,
+    arrival: Arrival,
     internal_db: String,
+}
+
+/// Where the canary is looked for: gravity's MySQL target table, or the Kafka topic of
+/// gravity's `async-kafka` route for the canary table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Arrival {
+    Mysql {
+        target: Login,
+        schema: String,
+        table: String,
+    },
+    Kafka {
+        brokers: Vec<crate::probe::Endpoint>,
+        security: crate::probe::kafka::KafkaSecurity,
+        topic: String,
+    },
+}
+
+impl Arrival {
+    /// `schema.table` at the target, or `kafka topic NAME`.
+    fn describe(&self) -> String {
+        match self {
+            Arrival::Mysql { schema, table, .. } => format!("{schema}.{table}"),
+            Arrival::Kafka { topic, .. } => format!("kafka topic {topic}"),
+        }
+    }
 }
 
 fn route(s: &Settings, c: &CanarySettings, cfg: &GravityConfig) -> Result<Route, String> {
@@ -659,17 +698,51 @@ fn route(s: &Settings, c: &CanarySettings, cfg: &GravityConfig) -> Result<Route,
         .endpoint(EndpointRole::Source)
         .filter(|e| matches!(e.protocol, Protocol::Mysql | Protocol::Mongo))
         .ok_or("gravity's config names no MySQL or Mongo source")?;
-    let dst = cfg
-        .endpoint(EndpointRole::Target)
-        .filter(|e| e.protocol == Protocol::Mysql)
-        .ok_or("gravity's config names no MySQL target (Kafka and Elasticsearch targets are not followed yet)")?;
     let login = c.login.as_ref().ok_or("no canary.username")?;
-    let spec = TableSpec {
-        schema: c.schema.clone(),
-        table: c.table.clone(),
-        target: None,
+    if src.protocol == Protocol::Mongo
+        && cfg
+            .endpoint(EndpointRole::Target)
+            .is_none_or(|d| d.protocol != Protocol::Mysql)
+    {
+        return Err(
+            "a Mongo source is followed to a MySQL target only (gravity's config names none)"
+                .into(),
+        );
+    }
+    let arrival = match cfg.endpoint(EndpointRole::Target) {
+        Some(dst) if dst.protocol == Protocol::Mysql => {
+            let spec = TableSpec {
+                schema: c.schema.clone(),
+                table: c.table.clone(),
+                target: None,
+            };
+            let (ts, tt) = spec.target_in(&cfg.routes);
+            Arrival::Mysql {
+                target: super::connections::mysql_login(s, dst),
+                schema: ts,
+                table: tt,
+            }
+        }
+        _ => {
+            let brokers: Vec<_> = cfg
+                .endpoints
+                .iter()
+                .filter(|e| e.role == EndpointRole::Kafka)
+                .collect();
+            let Some(first) = brokers.first() else {
+                return Err("gravity's config names neither a MySQL target nor Kafka brokers (Mongo and Elasticsearch targets are not followed)".into());
+            };
+            let topic = kafka_topic(&cfg.routes, &c.schema, &c.table)?;
+            Arrival::Kafka {
+                brokers: brokers
+                    .iter()
+                    .map(|e| crate::probe::Endpoint::new(e.host.clone(), e.port))
+                    .collect(),
+                security: super::connections::kafka_security(first),
+                topic,
+            }
+        }
     };
-    let (ts, tt) = spec.target_in(&cfg.routes);
     let endpoint = crate::probe::Endpoint::new(src.host.clone(), src.port);
     let source = match src.protocol {
         Protocol::Mongo => {
@@ -692,10 +765,63 @@ fn route(s: &Settings, c: &CanarySettings, cfg: &GravityConfig) -> Result<Route,
     };
     Ok(Route {
         source,
-        target: super::connections::mysql_login(s, dst),
-        target_schema: ts,
-        target_table: tt,
+        arrival,
         internal_db: cfg.internal_db_name.clone(),
+    })
+}
+
+/// The topic gravity's `async-kafka` output sends `schema.table` to: the `dml-topic` of
+/// the first route that matches it (gravity's `AsyncKafka.Execute`); without a matching
+/// route gravity drops the table's events, without a `dml-topic` it cannot send them.
+pub fn kafka_topic(
+    routes: &[crate::gravity_config::Route],
+    schema: &str,
+    table: &str,
+) -> Result<String, String> {
+    match routes.iter().find(|r| r.matches(schema, table)) {
+        None => Err(format!("no route of gravity's Kafka output matches {schema}.{table}: gravity drops its events (add [[output.config.routes]] match-schema = \"{schema}\", match-table = \"{table}\", dml-topic = \"...\")")),
+        Some(r) => r.dml_topic.clone().filter(|t| !t.is_empty()).ok_or_else(|| format!("the route of gravity's Kafka output for {schema}.{table} has no dml-topic")),
+    }
+}
+
+/// A canary found in a Kafka message of gravity's: its sequence number and trace id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaCanary {
+    /// `seq` of the row.
+    pub seq: u64,
+    /// `trace_id` of the row.
+    pub trace_id: String,
+}
+
+/// Reads one message of gravity's Kafka output (`pkg/core/encoding`, JSON): an insert or
+/// update of the canary table (`database`, `table`) whose row (`data` in schema version
+/// 0.1, where every value is a string; `Data` in 2.0.alpha, typed) is the row of `key`.
+/// Anything else (another table, a delete, a DDL, not JSON) is `None`.
+pub fn kafka_canary(value: &[u8], schema: &str, table: &str, key: &str) -> Option<KafkaCanary> {
+    let v: serde_json::Value = serde_json::from_slice(value).ok()?;
+    let text = |k: &str| v.get(k).and_then(serde_json::Value::as_str);
+    if text("database")? != schema || text("table")? != table {
+        return None;
+    }
+    if !matches!(text("type")?, "insert" | "update") {
+        return None;
+    }
+    let data = v.get("data").or_else(|| v.get("Data"))?;
+    let field = |k: &str| match data.get(k)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    if field("pipeline")? != key {
+        return None;
+    }
+    let trace_id = field("trace_id")?;
+    if trace_id.len() != 32 || !trace_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(KafkaCanary {
+        seq: field("seq")?.trim().parse().ok()?,
+        trace_id,
     })
 }
 
@@ -774,16 +900,41 @@ async fn write_once(conn: &mut MySqlConn, sql: String) -> Result<WriteOutcome, M
     Ok(WriteOutcome::Written)
 }
 
+/// What the last look at the target found.
+enum Seen {
+    /// MySQL: the sequence number of the canary row at the target (a later update carries
+    /// the earlier ones with it: gravity applies them in order).
+    UpTo(Option<u64>),
+    /// Kafka: the trace ids of the canary messages read from the topic (every canary is its
+    /// own message).
+    Traces(std::collections::HashSet<String>),
+}
+
+impl Seen {
+    fn has(&self, row: &CanaryRow) -> bool {
+        match self {
+            Seen::UpTo(s) => s.is_some_and(|s| s >= row.seq),
+            Seen::Traces(t) => t.contains(&row.trace_id),
+        }
+    }
+}
+
 /// The background task (idle while `--canary.interval` is off).
 pub struct Canary {
     ctx: Arc<Context>,
     status: Option<Arc<StatusCollector>>,
+    /// The reader of the canary's Kafka topic (Kafka target only).
+    kafka: tokio::sync::Mutex<Option<TopicReader>>,
 }
 
 impl Canary {
     /// A canary for this context; `status` owns `gravity_data_lag_seconds`.
     pub fn new(ctx: Arc<Context>, status: Option<Arc<StatusCollector>>) -> Canary {
-        Canary { ctx, status }
+        Canary {
+            ctx,
+            status,
+            kafka: tokio::sync::Mutex::new(None),
+        }
     }
 
     fn shared(&self) -> &Shared {
@@ -808,6 +959,98 @@ impl Canary {
         self.ctx
             .store
             .set_snapshot(SNAPSHOT, self.shared().families(&pipeline));
+    }
+
+    fn set_target_error(&self, error: Option<String>) {
+        let text = error
+            .map(|e| crate::page::redact::redact_known(&e))
+            .unwrap_or_default();
+        let mut i = lock(&self.shared().inner);
+        if i.target_error != text {
+            if text.is_empty() {
+                tracing::info!("canary: reading the target works again");
+            } else {
+                tracing::warn!(error = %text, "canary: cannot read the target");
+            }
+        }
+        i.target_error = text;
+    }
+
+    /// The reader of the route's topic (a new one when the route changed).
+    fn reader<'a>(slot: &'a mut Option<TopicReader>, r: &Route) -> Option<&'a mut TopicReader> {
+        let Arrival::Kafka {
+            brokers,
+            security,
+            topic,
+        } = &r.arrival
+        else {
+            return None;
+        };
+        if !slot
+            .as_ref()
+            .is_some_and(|k| k.same(brokers, security, topic))
+        {
+            *slot = Some(TopicReader::new(
+                brokers.clone(),
+                security.clone(),
+                topic.clone(),
+            ));
+        }
+        slot.as_mut()
+    }
+
+    /// Kafka target, before a write: the end of each partition of the topic becomes where
+    /// the reader starts (all partitions while nothing is pending; otherwise it goes on
+    /// from where it is, so that no pending canary is skipped).
+    async fn mark_topic(&self, r: &Route, timeout: Duration) {
+        let mut slot = self.kafka.lock().await;
+        let Some(reader) = Self::reader(&mut slot, r) else {
+            return;
+        };
+        let idle = lock(&self.shared().inner).pending.is_empty();
+        match reader.mark_end(idle, timeout).await {
+            Ok(()) => self.set_target_error(None),
+            Err(e) => self.set_target_error(Some(format!("kafka topic {}: {e}", reader.topic()))),
+        }
+    }
+
+    /// Kafka target: one bounded poll of the topic; the trace ids of the canaries of this
+    /// pipeline found in gravity's messages.
+    async fn read_topic(
+        &self,
+        c: &CanarySettings,
+        r: &Route,
+        key: &str,
+        timeout: Duration,
+    ) -> std::collections::HashSet<String> {
+        let mut found = std::collections::HashSet::new();
+        let mut slot = self.kafka.lock().await;
+        let Some(reader) = Self::reader(&mut slot, r) else {
+            return found;
+        };
+        let got = reader
+            .poll(timeout, &mut |rec| {
+                if let Some(k) = rec
+                    .value
+                    .as_deref()
+                    .and_then(|v| kafka_canary(v, &c.schema, &c.table, key))
+                {
+                    if found.len() < MAX_PENDING {
+                        found.insert(k.trace_id);
+                    }
+                }
+            })
+            .await;
+        match got {
+            Ok(stats) => {
+                if let Some(skip) = stats.last_skip {
+                    tracing::warn!(skipped = stats.skipped, reason = %skip, topic = %reader.topic(), "canary: batches of the topic skipped");
+                }
+                self.set_target_error(None);
+            }
+            Err(e) => self.set_target_error(Some(format!("kafka topic {}: {e}", reader.topic()))),
+        }
+        found
     }
 
     /// The sequence number of the first write: the one already in the source's row (or
@@ -971,6 +1214,8 @@ impl Canary {
                 None => return false,
             },
         };
+        // Kafka: where the topic ends now; the canary's message comes after it.
+        self.mark_topic(r, timeout).await;
         let pipeline = self.ctx.target().pipeline.clone();
         let tracer = opentelemetry::global::tracer(TRACER);
         let start = SystemTime::now();
@@ -982,10 +1227,7 @@ impl Canary {
                 KeyValue::new("gravity.pipeline", pipeline.clone()),
                 KeyValue::new("canary.seq", i64::try_from(seq).unwrap_or(i64::MAX)),
                 KeyValue::new("canary.table", format!("{}.{}", c.schema, c.table)),
-                KeyValue::new(
-                    "canary.target_table",
-                    format!("{}.{}", r.target_schema, r.target_table),
-                ),
+                KeyValue::new("canary.target", r.arrival.describe()),
             ],
         );
         let row = CanaryRow {
@@ -1061,22 +1303,34 @@ impl Canary {
             }
         }
         let key = row_key(&self.ctx.target().pipeline);
-        let sql = read_sql(&r.target_schema, &r.target_table, &key);
-        let conn = self.ctx.mysql.get(r.target.clone());
-        let got = conn
-            .with(timeout, RETRY_AFTER, |cn| {
-                let sql = sql.clone();
-                Box::pin(async move { cn.query(&sql).await })
-            })
-            .await;
-        let now = SystemTime::now();
-        let at_target = match got {
-            Ok(rs) => parse_seq(&rs),
-            Err(e) => {
-                tracing::debug!(error = %e, "canary: target read failed");
-                None
+        let seen = match &r.arrival {
+            Arrival::Mysql {
+                target,
+                schema,
+                table,
+            } => {
+                let sql = read_sql(schema, table, &key);
+                let conn = self.ctx.mysql.get(target.clone());
+                let got = conn
+                    .with(timeout, RETRY_AFTER, |cn| {
+                        let sql = sql.clone();
+                        Box::pin(async move { cn.query(&sql).await })
+                    })
+                    .await;
+                match got {
+                    Ok(rs) => {
+                        self.set_target_error(None);
+                        Seen::UpTo(parse_seq(&rs))
+                    }
+                    Err(e) => {
+                        self.set_target_error(Some(format!("{schema}.{table}: {e}")));
+                        Seen::UpTo(None)
+                    }
+                }
             }
+            Arrival::Kafka { .. } => Seen::Traces(self.read_topic(c, r, &key, timeout).await),
         };
+        let now = SystemTime::now();
         let tracer = opentelemetry::global::tracer(TRACER);
         let pipeline = self.ctx.target().pipeline.clone();
         let mut done = Vec::new();
@@ -1084,7 +1338,7 @@ impl Canary {
             let mut i = lock(&self.shared().inner);
             let mut keep = VecDeque::with_capacity(i.pending.len());
             while let Some(p) = i.pending.pop_front() {
-                if at_target.is_some_and(|s| s >= p.row.seq) {
+                if seen.has(&p.row) {
                     done.push((p, true));
                 } else if p.written.elapsed() > c.timeout {
                     done.push((p, false));
@@ -1129,7 +1383,7 @@ impl Canary {
             } else {
                 lost_trace(&p.cx, now, c.timeout);
                 self.shared().lost.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(seq = p.row.seq, trace_id = %p.row.trace_id, timeout = ?c.timeout, target = %format!("{}.{}", r.target_schema, r.target_table), "canary lost: not seen at the target in time");
+                tracing::warn!(seq = p.row.seq, trace_id = %p.row.trace_id, timeout = ?c.timeout, target = %r.arrival.describe(), "canary lost: not seen at the target in time");
             }
             self.shared().remember(Finished {
                 seq: p.row.seq,
@@ -1434,6 +1688,80 @@ mod tests {
         assert!(attrs
             .iter()
             .any(|kv| kv.key.as_str() == "gravity.stage.input.mean_seconds"));
+    }
+
+    /// A message of gravity's Kafka output for the canary row, schema version 0.1 (every
+    /// value a string, keys sorted as Go's encoding/json writes a map), as
+    /// `tests/fixtures/kafka/canary-0.1.json` holds it.
+    const MSG_01: &str = include_str!("../../tests/fixtures/kafka/canary-0.1.json");
+    /// The same in schema version 2.0.alpha (typed values, `Data`).
+    const MSG_20: &str = include_str!("../../tests/fixtures/kafka/canary-2.0.alpha.json");
+
+    #[test]
+    fn gravity_kafka_messages_of_the_canary_are_recognised() {
+        let want = Some(KafkaCanary {
+            seq: 42,
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+        });
+        for m in [MSG_01, MSG_20] {
+            assert_eq!(
+                kafka_canary(m.as_bytes(), "gravity_canary", "heartbeat", "p1"),
+                want,
+                "{m}"
+            );
+            // another pipeline's row, another table, another schema
+            assert_eq!(
+                kafka_canary(m.as_bytes(), "gravity_canary", "heartbeat", "p2"),
+                None
+            );
+            assert_eq!(
+                kafka_canary(m.as_bytes(), "gravity_canary", "other", "p1"),
+                None
+            );
+            assert_eq!(kafka_canary(m.as_bytes(), "shop", "heartbeat", "p1"), None);
+        }
+        let delete = MSG_01.replace("\"update\"", "\"delete\"");
+        assert_eq!(
+            kafka_canary(delete.as_bytes(), "gravity_canary", "heartbeat", "p1"),
+            None
+        );
+        let bad_trace = MSG_01.replace("0af7651916cd43dd8448eb211c80319c", "nothex");
+        assert_eq!(
+            kafka_canary(bad_trace.as_bytes(), "gravity_canary", "heartbeat", "p1"),
+            None
+        );
+        let ddl = r#"{"version":"0.1","database":"gravity_canary","table":"heartbeat","type":"ddl","ts":1,"time_zone":"Asia/Shanghai","host":"h","sql":"ALTER TABLE x"}"#;
+        assert_eq!(
+            kafka_canary(ddl.as_bytes(), "gravity_canary", "heartbeat", "p1"),
+            None
+        );
+        for junk in [&b""[..], b"{", b"null", b"[1,2]", &[0xff, 0xfe]] {
+            assert_eq!(
+                kafka_canary(junk, "gravity_canary", "heartbeat", "p1"),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn the_kafka_route_of_the_canary_table() {
+        let cfg = crate::gravity_config::parse(
+            "[output]\ntype = \"async-kafka\"\n[output.config.kafka-global-config]\nbroker-addrs = [\"k:9092\"]\n[[output.config.routes]]\nmatch-schema = \"shop\"\nmatch-table = \"*\"\ndml-topic = \"shop\"\n[[output.config.routes]]\nmatch-schema = \"gravity_canary\"\nmatch-table = \"heart*\"\ndml-topic = \"canary\"\n[[output.config.routes]]\nmatch-schema = \"nodest\"\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            kafka_topic(&cfg.routes, "gravity_canary", "heartbeat").unwrap(),
+            "canary"
+        );
+        assert_eq!(
+            kafka_topic(&cfg.routes, "shop", "heartbeat").unwrap(),
+            "shop"
+        );
+        let e = kafka_topic(&cfg.routes, "other", "heartbeat").unwrap_err();
+        assert!(e.contains("no route") && e.contains("dml-topic"), "{e}");
+        let e = kafka_topic(&cfg.routes, "nodest", "t").unwrap_err();
+        assert!(e.contains("no dml-topic"), "{e}");
     }
 
     #[test]

@@ -794,12 +794,14 @@ mod tests {
                 match_table: "order*".into(),
                 target_schema: Some("shop_copy".into()),
                 target_table: None,
+                dml_topic: None,
             },
             Route {
                 match_schema: "shop".into(),
                 match_table: "*".into(),
                 target_schema: None,
                 target_table: None,
+                dml_topic: None,
             },
         ];
         assert_eq!(

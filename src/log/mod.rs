@@ -312,10 +312,10 @@ impl LogWatcher {
             .started
             .checked_sub(Duration::from_secs(1))
             .unwrap_or(self.started);
-        let born_later = std::fs::metadata(path)
-            .and_then(|m| m.created())
-            .is_ok_and(|t| t >= since);
-        cfg.start_at_end = settings.log_start_at_end && saved.is_none() && !born_later;
+        // Decided by the tailer when it opens the file: the file may appear between now and
+        // the first poll.
+        cfg.new_if_born_after = Some(since);
+        cfg.start_at_end = settings.log_start_at_end && saved.is_none();
         tracing::info!(path = %path.display(), resume = saved.is_some(), "following gravity's log");
         let (main, draining) = match saved {
             Some(s) => (s.main, s.draining),

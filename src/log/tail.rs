@@ -38,7 +38,9 @@
 //!   the new file is read from 0.
 //! * **First start without state**: `start_at_end` begins at the current end (old history is
 //!   not re-counted); otherwise at 0. A file that does not exist yet is read from 0 when it
-//!   appears.
+//!   appears, and so is a file born after the exporter started (`new_if_born_after`, checked
+//!   on the open file: one that appears between the tailer's creation and its first poll
+//!   holds only new lines too).
 //!
 //! Every poll reads at most `max_read_per_poll` bytes, so one call never runs away on a huge
 //! backlog; the rest is read by the next polls.
@@ -49,7 +51,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Size of the read buffer.
 const READ_CHUNK: usize = 64 * 1024;
@@ -75,6 +77,11 @@ pub struct TailConfig {
     pub max_read_per_poll: usize,
     /// How long a rotated or deleted file is kept open after it last grew.
     pub drain_grace: Duration,
+    /// With `start_at_end`: a file created (birth time) at or after this instant holds only
+    /// lines written since the exporter started, and is read from its start. Decided when
+    /// the file is first opened, so a log that appears between the tailer's creation and its
+    /// first poll is not skipped.
+    pub new_if_born_after: Option<SystemTime>,
 }
 
 impl TailConfig {
@@ -93,6 +100,7 @@ impl TailConfig {
             max_line_bytes: Self::DEFAULT_MAX_LINE_BYTES,
             max_read_per_poll: Self::DEFAULT_MAX_READ_PER_POLL,
             drain_grace: Self::DEFAULT_DRAIN_GRACE,
+            new_if_born_after: None,
         }
     }
 }
@@ -609,6 +617,7 @@ impl Tailer {
                     None => Ok(()),
                 }
             }
+            (Initial::End, Some(cur)) if self.born_after_start(&cur) => self.switch_to(cur, 0),
             (Initial::End, Some(mut cur)) => {
                 let len = cur.file.metadata().map_err(|e| self.read_err(e))?.len();
                 // Begin at the start of the last, unfinished line (if any), so that it is
@@ -624,6 +633,17 @@ impl Tailer {
             (Initial::Start, Some(cur)) => self.switch_to(cur, 0),
             (_, None) => Ok(()), // appears later: read from 0 then
         }
+    }
+
+    /// The file was created at or after `new_if_born_after` (it holds only new lines).
+    fn born_after_start(&self, cur: &Current) -> bool {
+        let Some(since) = self.cfg.new_if_born_after else {
+            return false;
+        };
+        cur.file
+            .metadata()
+            .and_then(|m| m.created())
+            .is_ok_and(|t| t >= since)
     }
 
     fn switch_to(&mut self, mut cur: Current, offset: u64) -> Result<(), TailError> {
@@ -795,6 +815,7 @@ mod tests {
             max_line_bytes: TailConfig::DEFAULT_MAX_LINE_BYTES,
             max_read_per_poll: TailConfig::DEFAULT_MAX_READ_PER_POLL,
             drain_grace: Duration::ZERO,
+            new_if_born_after: None,
         }
     }
 
@@ -840,6 +861,42 @@ mod tests {
         assert_eq!(seen, expected(0, 5));
         let st = t.state().unwrap();
         assert_eq!(st.offset, fs::metadata(&p).unwrap().len());
+    }
+
+    /// The decision "a file born after the exporter started holds only new lines" is taken
+    /// when the file is opened, not before: a log created between the tailer's creation and
+    /// its first poll was read from its end, and its first lines were lost for good.
+    #[test]
+    fn a_log_born_after_the_start_is_read_from_its_start_even_when_it_appears_late() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        let mut c = cfg(&p);
+        c.start_at_end = true;
+        c.new_if_born_after = Some(std::time::SystemTime::now() - Duration::from_secs(1));
+        // the tailer is made while the log does not exist yet ...
+        let mut t = Tailer::new(c, None);
+        // ... and the log appears (with lines) before the first poll
+        append_lines(&p, 0, 3);
+        let mut seen = Vec::new();
+        assert_eq!(poll(&mut t, &mut seen).lines, 3);
+        assert_eq!(seen, expected(0, 3));
+    }
+
+    /// A log that existed before the exporter started is still read from its end.
+    #[test]
+    fn a_log_born_before_the_start_is_read_from_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gravity.log");
+        append_lines(&p, 0, 3);
+        let mut c = cfg(&p);
+        c.start_at_end = true;
+        c.new_if_born_after = Some(std::time::SystemTime::now() + Duration::from_secs(3600));
+        let mut t = Tailer::new(c, None);
+        let mut seen = Vec::new();
+        assert_eq!(poll(&mut t, &mut seen).lines, 0);
+        append_lines(&p, 3, 4);
+        assert_eq!(poll(&mut t, &mut seen).lines, 1);
+        assert_eq!(seen, expected(3, 4));
     }
 
     #[test]

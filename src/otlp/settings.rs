@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{parse_duration, ConfigError};
 use crate::probe::Secret;
@@ -23,7 +23,7 @@ pub const MAX_TLS_FILE: u64 = 1 << 20;
 
 /// The `--otlp.*` and `--log-entries.*` flags (all optional: the file and the environment
 /// supply what the command line does not).
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone, Default, Serialize, Deserialize)]
 pub struct OtlpFlags {
     /// OTLP endpoint (gRPC: http[s]://host:4317; http/protobuf: http[s]://host:4318, the
     /// signal paths /v1/metrics, /v1/logs, /v1/traces are added) [default: off, or
@@ -78,7 +78,8 @@ pub struct OtlpFlags {
     #[arg(
         id = "otlp.traces-sampler-ratio",
         long = "otlp.traces-sampler-ratio",
-        global = true
+        global = true,
+        value_parser = parse_ratio
     )]
     pub traces_sampler_ratio: Option<f64>,
     /// A collector cycle, probe round or consistency pass that takes longer becomes a span
@@ -95,85 +96,11 @@ pub struct OtlpFlags {
     pub log_entries_file: Option<PathBuf>,
 }
 
-impl OtlpFlags {
-    /// Fills every flag not given here from `other`.
-    pub fn or(self, o: OtlpFlags) -> OtlpFlags {
-        OtlpFlags {
-            endpoint: self.endpoint.or(o.endpoint),
-            protocol: self.protocol.or(o.protocol),
-            headers: self.headers.or(o.headers),
-            headers_file: self.headers_file.or(o.headers_file),
-            interval: self.interval.or(o.interval),
-            timeout: self.timeout.or(o.timeout),
-            compression: self.compression.or(o.compression),
-            ca_file: self.ca_file.or(o.ca_file),
-            cert_file: self.cert_file.or(o.cert_file),
-            key_file: self.key_file.or(o.key_file),
-            passthrough: self.passthrough.or(o.passthrough),
-            logs: self.logs.or(o.logs),
-            logs_rate_limit: self.logs_rate_limit.or(o.logs_rate_limit),
-            traces_sampler_ratio: self.traces_sampler_ratio.or(o.traces_sampler_ratio),
-            slow_threshold: self.slow_threshold.or(o.slow_threshold),
-            log_entries_file: self.log_entries_file.or(o.log_entries_file),
-        }
-    }
-}
-
-/// `[otlp]` in the config file (same keys as the flags).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileOtlp {
-    endpoint: Option<String>,
-    protocol: Option<String>,
-    headers: Option<String>,
-    headers_file: Option<PathBuf>,
-    interval: Option<String>,
-    timeout: Option<String>,
-    compression: Option<String>,
-    #[serde(default)]
-    tls: FileOtlpTls,
-    passthrough: Option<bool>,
-    logs: Option<bool>,
-    logs_rate_limit: Option<u32>,
-    traces_sampler_ratio: Option<f64>,
-    slow_threshold: Option<String>,
-}
-
-/// `[otlp.tls]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileOtlpTls {
-    ca_file: Option<PathBuf>,
-    cert_file: Option<PathBuf>,
-    key_file: Option<PathBuf>,
-}
-
-/// `[log-entries]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileLogEntries {
-    file: Option<PathBuf>,
-}
-
-/// The flags of the file's `[otlp]` and `[log-entries]` tables.
-pub fn file_flags(o: FileOtlp, l: FileLogEntries) -> OtlpFlags {
-    OtlpFlags {
-        endpoint: o.endpoint,
-        protocol: o.protocol,
-        headers: o.headers,
-        headers_file: o.headers_file,
-        interval: o.interval,
-        timeout: o.timeout,
-        compression: o.compression,
-        ca_file: o.tls.ca_file,
-        cert_file: o.tls.cert_file,
-        key_file: o.tls.key_file,
-        passthrough: o.passthrough,
-        logs: o.logs,
-        logs_rate_limit: o.logs_rate_limit,
-        traces_sampler_ratio: o.traces_sampler_ratio,
-        slow_threshold: o.slow_threshold,
-        log_entries_file: l.file,
+/// A sampler ratio: a finite number (range-checked with the other settings).
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() => Ok(r),
+        _ => Err(format!("{s:?} is not a number between 0 and 1")),
     }
 }
 

@@ -463,6 +463,13 @@ pub fn render(v: &StatusView) -> String {
         if !c.detail.is_empty() {
             let _ = write!(o, "<p class=\"bad\">{}</p>", esc(&c.detail));
         }
+        if !c.target_error.is_empty() {
+            let _ = write!(
+                o,
+                "<p class=\"bad\">target not readable: {}</p>",
+                esc(&c.target_error)
+            );
+        }
         o.push_str("<div class=\"tw\"><table class=\"stack\"><thead><tr><th class=\"num\">seq</th><th>written</th><th>outcome</th><th class=\"num\">e2e lag</th><th class=\"num\">gravity.input</th><th class=\"num\">gravity.output</th><th>trace id</th></tr></thead><tbody>");
         if c.recent.is_empty() {
             o.push_str("<tr><td colspan=\"7\" class=\"muted\">no canary finished yet</td></tr>");
@@ -620,6 +627,7 @@ mod tests {
             canary: Some(CanaryView {
                 state: "ok",
                 detail: String::new(),
+                target_error: String::new(),
                 sent: 12,
                 arrived: 10,
                 lost: 1,

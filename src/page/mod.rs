@@ -86,6 +86,9 @@ pub struct CanaryView {
     pub state: &'static str,
     /// Why, when not ok (masked).
     pub detail: String,
+    /// Why the target (MySQL table or Kafka topic) could not be read at the last look
+    /// (masked); empty when it could.
+    pub target_error: String,
     /// Canaries written.
     pub sent: u64,
     /// Canaries seen at the target.
@@ -139,6 +142,7 @@ fn canary_view(ctx: &Context, red: &Redactor) -> Option<CanaryView> {
     Some(CanaryView {
         state: v.state.as_str(),
         detail: clean(red, &v.detail, 300),
+        target_error: clean(red, &v.target_error, 300),
         sent: v.sent,
         arrived: v.arrived,
         lost: v.lost,

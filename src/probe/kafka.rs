@@ -34,9 +34,10 @@
 //! ```
 //!
 //! Every response is checked strictly: matching correlation id, bounded sizes, fields that
-//! fill the frame exactly. These few fixed messages are encoded here rather than with the
-//! `kafka-protocol` crate, whose generated code for every API would add megabytes of code
-//! for three message types (docs/architecture.md).
+//! fill the frame exactly. These few fixed handshake messages stay encoded here (checked
+//! byte for byte, fuzzed through [`decode_response`]); the canary's reads of a topic
+//! (Metadata, ListOffsets, Fetch, record batches) use the `kafka-protocol` crate over a
+//! [`Connection`] that went through this handshake ([`super::kafka_topic`]).
 
 use std::io;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -255,28 +256,89 @@ pub async fn api_versions(
     }
 }
 
+/// A byte stream to a broker: TCP, or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A connection to a broker that went through gravity's handshake: TLS and the SASL login
+/// as gravity's config says, and `ApiVersions`. Further requests go through [`Self::call`]
+/// (the canary's topic reader, `collector::canary`).
+pub struct Connection {
+    stream: Box<dyn Io>,
+    api_keys: Vec<ApiKeyRange>,
+    detail: String,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("detail", &self.detail)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// What the handshake found (`TLS, ApiVersions ok, N api keys, SASL ... login ok`).
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
+    /// The broker's supported API ranges.
+    pub fn api_keys(&self) -> &[ApiKeyRange] {
+        &self.api_keys
+    }
+
+    /// The highest version of `api_key` in `ours` that the broker supports.
+    pub fn version(&self, api_key: i16, ours: std::ops::RangeInclusive<i16>) -> Option<i16> {
+        let k = self.api_keys.iter().find(|k| k.api_key == api_key)?;
+        let hi = (*ours.end()).min(k.max_version);
+        let lo = (*ours.start()).max(k.min_version);
+        (lo <= hi).then_some(hi)
+    }
+
+    /// Sends one request (request header v1: only non-flexible versions) and returns the
+    /// response body after the header v0, at most `max_frame` bytes; no deadline of its
+    /// own (the caller's).
+    pub async fn call(
+        &mut self,
+        api_key: i16,
+        api_version: i16,
+        body: &[u8],
+        max_frame: usize,
+    ) -> Result<Vec<u8>, KafkaError> {
+        round_trip_max(&mut self.stream, api_key, api_version, body, max_frame).await
+    }
+}
+
 /// Connects like gravity (TLS, SASL per `security`), runs ApiVersions and the SASL login,
-/// and describes the success, all within `deadline`.
-pub async fn check(
+/// all within `deadline`, and keeps the connection.
+pub async fn connect(
     endpoint: &Endpoint,
     security: &KafkaSecurity,
     deadline: Duration,
-) -> Result<String, KafkaError> {
+) -> Result<Connection, KafkaError> {
     let work = async {
         let tcp = connect_tcp(endpoint, deadline).await?;
-        match &security.tls {
+        let (mut stream, tls): (Box<dyn Io>, bool) = match &security.tls {
             Some(opts) => {
                 let config = tls::client_config_async(opts).await?;
-                let mut stream = tls::connect(tcp, &endpoint.host, config).await?;
-                session(&mut stream, security.sasl.as_ref())
-                    .await
-                    .map(|d| format!("TLS, {d}"))
+                (
+                    Box::new(tls::connect(tcp, &endpoint.host, config).await?),
+                    true,
+                )
             }
-            None => {
-                let mut stream = tcp;
-                session(&mut stream, security.sasl.as_ref()).await
-            }
-        }
+            None => (Box::new(tcp), false),
+        };
+        let (api_keys, detail) = session(&mut stream, security.sasl.as_ref()).await?;
+        Ok(Connection {
+            stream,
+            api_keys,
+            detail: if tls {
+                format!("TLS, {detail}")
+            } else {
+                detail
+            },
+        })
     };
     match tokio::time::timeout(deadline, work).await {
         Ok(result) => result,
@@ -284,6 +346,18 @@ pub async fn check(
             after_ms: deadline.as_millis(),
         }),
     }
+}
+
+/// Connects like gravity (TLS, SASL per `security`), runs ApiVersions and the SASL login,
+/// and describes the success, all within `deadline`.
+pub async fn check(
+    endpoint: &Endpoint,
+    security: &KafkaSecurity,
+    deadline: Duration,
+) -> Result<String, KafkaError> {
+    connect(endpoint, security, deadline)
+        .await
+        .map(|c| c.detail)
 }
 
 /// Probes a Kafka broker (plaintext, no SASL) with ApiVersions v0 within `deadline`.
@@ -309,10 +383,11 @@ pub async fn probe_with(
 async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     sasl: Option<&Sasl>,
-) -> Result<String, KafkaError> {
+) -> Result<(Vec<ApiKeyRange>, String), KafkaError> {
     let keys = request_api_versions(stream).await?;
     let Some(sasl) = sasl else {
-        return Ok(format!("ApiVersions ok, {} api keys", keys.len()));
+        let detail = format!("ApiVersions ok, {} api keys", keys.len());
+        return Ok((keys, detail));
     };
     let supports = |key: i16, version: i16| {
         keys.iter()
@@ -372,10 +447,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             scram::check_server_final(&server_final, &signature)?;
         }
     }
-    Ok(format!(
+    let detail = format!(
         "ApiVersions ok, {} api keys, SASL {mechanism} login ok",
         keys.len()
-    ))
+    );
+    Ok((keys, detail))
 }
 
 /// A SaslAuthenticate failure: a broker error (turned into [`KafkaError::SaslFailed`] by
@@ -421,12 +497,23 @@ async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
     api_version: i16,
     body: &[u8],
 ) -> Result<Vec<u8>, KafkaError> {
+    round_trip_max(stream, api_key, api_version, body, MAX_RESPONSE_BYTES).await
+}
+
+/// [`round_trip`] with a frame of at most `max_frame` bytes.
+async fn round_trip_max<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    api_key: i16,
+    api_version: i16,
+    body: &[u8],
+    max_frame: usize,
+) -> Result<Vec<u8>, KafkaError> {
     let correlation_id = NEXT_CORRELATION_ID.fetch_add(1, Ordering::Relaxed);
     stream
         .write_all(&encode(api_key, api_version, correlation_id, body))
         .await?;
     stream.flush().await?;
-    let mut frame = read_frame(stream).await?;
+    let mut frame = read_frame_bounded(stream, 4, max_frame).await?;
     let got = frame
         .get(..4)
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
@@ -484,6 +571,15 @@ fn encode_request(correlation_id: i32) -> Vec<u8> {
 /// Reads one size-prefixed frame of at most [`MAX_RESPONSE_BYTES`]. A TLS alert record
 /// where the size should be means a TLS-only listener.
 async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, KafkaError> {
+    read_frame_bounded(reader, 10, MAX_RESPONSE_BYTES).await
+}
+
+/// Reads one size-prefixed frame of `min..=max` bytes.
+async fn read_frame_bounded<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    min: usize,
+    max: usize,
+) -> Result<Vec<u8>, KafkaError> {
     let mut size = [0u8; 4];
     reader.read_exact(&mut size).await?;
     if tls::looks_like_tls_alert(&size) {
@@ -492,7 +588,7 @@ async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, Kaf
     let size = i32::from_be_bytes(size);
     let size = usize::try_from(size)
         .ok()
-        .filter(|&s| (10..=MAX_RESPONSE_BYTES).contains(&s))
+        .filter(|&s| (min..=max).contains(&s))
         .ok_or_else(|| KafkaError::Protocol(format!("implausible response size {size}")))?;
     let mut frame = Vec::with_capacity(size.min(4096));
     let got = reader.take(size as u64).read_to_end(&mut frame).await?;
@@ -671,523 +767,9 @@ impl Reader<'_> {
     }
 }
 
-/// A fake Kafka broker for tests: answers ApiVersions (v0..=v3 requests get a v0-format
-/// body, as brokers do for v0) exactly as the protocol guide describes, or misbehaves on
-/// request. With [`Security`] it listens with real TLS (rustls) and/or demands a real SASL
-/// login (PLAIN checked against its user and password, SCRAM verified from the stored keys
-/// as Kafka's `ScramSaslServer` does), following Kafka's `SaslServerAuthenticator`: before
-/// the login only ApiVersions, SaslHandshake and SaslAuthenticate are served, any other
-/// request closes the connection, and a failed login is answered with
-/// SASL_AUTHENTICATION_FAILED (58) and then closed. Not part of the exporter's runtime;
-/// public so integration tests can use it.
-#[doc(hidden)]
-#[cfg(any(test, feature = "test-servers"))]
-pub mod testserver {
-    use std::io;
-    use std::net::SocketAddr;
-    use std::sync::{Arc, Mutex};
-
-    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-    use tokio::net::TcpListener;
-    use tokio::task::{JoinHandle, JoinSet};
-    use tokio_rustls::TlsAcceptor;
-
-    use super::{ApiKeyRange, API_VERSIONS_KEY, SASL_AUTHENTICATE_KEY, SASL_HANDSHAKE_KEY};
-    use crate::probe::scram::server::ScramServer;
-    use crate::probe::scram::ScramHash;
-    use crate::probe::Endpoint;
-
-    /// How the fake broker answers.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Mode {
-        /// A correct ApiVersions v0 response.
-        Ok,
-        /// A well-formed response carrying this error code and no api keys.
-        ErrorCode(i16),
-        /// Reads the request, answers with HTTP text, closes.
-        Garbage,
-        /// Reads the request, never answers, keeps the connection open.
-        Hang,
-        /// A correct response with the wrong correlation id.
-        WrongCorrelationId,
-        /// Accepts and closes immediately.
-        Close,
-    }
-
-    /// The SASL users of a broker with `sasl.enabled.mechanisms`.
-    #[derive(Clone)]
-    pub struct SaslUsers {
-        /// Enabled mechanisms (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`).
-        pub mechanisms: Vec<&'static str>,
-        /// The one user.
-        pub user: String,
-        /// Its password.
-        pub password: String,
-        /// SCRAM iteration count of the stored credentials (Kafka's default: 4096).
-        pub iterations: u32,
-    }
-
-    impl std::fmt::Debug for SaslUsers {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("SaslUsers")
-                .field("mechanisms", &self.mechanisms)
-                .field("user", &self.user)
-                .finish_non_exhaustive()
-        }
-    }
-
-    /// TLS and SASL of the fake broker's listener (`SASL_SSL`, `SSL`, `SASL_PLAINTEXT`).
-    #[derive(Clone, Default)]
-    pub struct Security {
-        /// Listen with TLS.
-        pub tls: Option<TlsAcceptor>,
-        /// Demand a SASL login.
-        pub sasl: Option<SaslUsers>,
-    }
-
-    impl std::fmt::Debug for Security {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("Security")
-                .field("tls", &self.tls.is_some())
-                .field("sasl", &self.sasl)
-                .finish()
-        }
-    }
-
-    /// A request header as the broker decoded it.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub struct ReceivedRequest {
-        /// `request_api_key`.
-        pub api_key: i16,
-        /// `request_api_version`.
-        pub api_version: i16,
-        /// `correlation_id`.
-        pub correlation_id: i32,
-        /// `client_id` (`None` for a null string).
-        pub client_id: Option<String>,
-    }
-
-    /// The api keys the fake advertises (a Kafka 2.8 subset).
-    pub const ADVERTISED: [ApiKeyRange; 8] = [
-        ApiKeyRange {
-            api_key: 0,
-            min_version: 0,
-            max_version: 9,
-        },
-        ApiKeyRange {
-            api_key: 1,
-            min_version: 0,
-            max_version: 12,
-        },
-        ApiKeyRange {
-            api_key: 2,
-            min_version: 0,
-            max_version: 6,
-        },
-        ApiKeyRange {
-            api_key: 3,
-            min_version: 0,
-            max_version: 11,
-        },
-        ApiKeyRange {
-            api_key: 17,
-            min_version: 0,
-            max_version: 1,
-        },
-        ApiKeyRange {
-            api_key: 18,
-            min_version: 0,
-            max_version: 3,
-        },
-        ApiKeyRange {
-            api_key: 19,
-            min_version: 0,
-            max_version: 7,
-        },
-        ApiKeyRange {
-            api_key: 36,
-            min_version: 0,
-            max_version: 2,
-        },
-    ];
-
-    const MAX_REQUEST_BYTES: usize = 64 * 1024;
-    const MAX_RECORDED: usize = 1000;
-
-    /// A running fake broker on 127.0.0.1; stops (closing all connections) when dropped.
-    #[derive(Debug)]
-    pub struct FakeBroker {
-        addr: SocketAddr,
-        requests: Arc<Mutex<Vec<ReceivedRequest>>>,
-        logins: Arc<Mutex<Vec<String>>>,
-        task: JoinHandle<()>,
-    }
-
-    impl FakeBroker {
-        /// Binds 127.0.0.1:0 and starts serving in `mode` (plaintext, no SASL).
-        pub async fn start(mode: Mode) -> io::Result<FakeBroker> {
-            Self::start_secure(mode, Security::default()).await
-        }
-
-        /// Binds 127.0.0.1:0 and starts serving in `mode` behind `security`.
-        pub async fn start_secure(mode: Mode, security: Security) -> io::Result<FakeBroker> {
-            let listener = TcpListener::bind("127.0.0.1:0").await?;
-            let addr = listener.local_addr()?;
-            let requests = Arc::new(Mutex::new(Vec::new()));
-            let logins = Arc::new(Mutex::new(Vec::new()));
-            let recorded = Arc::clone(&requests);
-            let logged = Arc::clone(&logins);
-            let task = tokio::spawn(async move {
-                // Dropping the JoinSet (when this task is aborted) aborts every connection.
-                let mut connections = JoinSet::new();
-                while let Ok((stream, _)) = listener.accept().await {
-                    let security = security.clone();
-                    let recorded = Arc::clone(&recorded);
-                    let logged = Arc::clone(&logged);
-                    connections.spawn(async move {
-                        let _ = stream.set_nodelay(true);
-                        match &security.tls {
-                            Some(acceptor) => {
-                                // A failed handshake gets rustls's alert, then the close.
-                                if let Ok(tls) = acceptor.accept(stream).await {
-                                    serve(tls, mode, security.sasl, recorded, logged).await;
-                                }
-                            }
-                            None => serve(stream, mode, security.sasl, recorded, logged).await,
-                        }
-                    });
-                    while connections.try_join_next().is_some() {}
-                }
-            });
-            Ok(FakeBroker {
-                addr,
-                requests,
-                logins,
-                task,
-            })
-        }
-
-        /// The listening address.
-        pub fn addr(&self) -> SocketAddr {
-            self.addr
-        }
-
-        /// The listening address as an [`Endpoint`].
-        pub fn endpoint(&self) -> Endpoint {
-            Endpoint::new(self.addr.ip().to_string(), self.addr.port())
-        }
-
-        /// Request headers received so far.
-        pub fn requests(&self) -> Vec<ReceivedRequest> {
-            self.requests.lock().map(|r| r.clone()).unwrap_or_default()
-        }
-
-        /// Successful SASL logins so far, as `MECHANISM:user`.
-        pub fn logins(&self) -> Vec<String> {
-            self.logins.lock().map(|r| r.clone()).unwrap_or_default()
-        }
-    }
-
-    impl Drop for FakeBroker {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
-    }
-
-    /// Where a connection's SASL login stands.
-    enum Auth {
-        /// No SASL on this listener, or logged in.
-        Done,
-        /// Waiting for SaslHandshake.
-        Handshake,
-        /// Mechanism chosen, waiting for the first SaslAuthenticate.
-        Mechanism(&'static str),
-        /// SCRAM: the server-first message was sent.
-        ScramFinal(Box<ScramServer>, &'static str),
-    }
-
-    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-        mut stream: S,
-        mode: Mode,
-        sasl: Option<SaslUsers>,
-        recorded: Arc<Mutex<Vec<ReceivedRequest>>>,
-        logins: Arc<Mutex<Vec<String>>>,
-    ) {
-        if mode == Mode::Close {
-            return;
-        }
-        let mut auth = if sasl.is_some() {
-            Auth::Handshake
-        } else {
-            Auth::Done
-        };
-        // A broker serves any number of requests on one connection.
-        while let Some((request, body)) = read_request(&mut stream).await {
-            if let Ok(mut r) = recorded.lock() {
-                if r.len() < MAX_RECORDED {
-                    r.push(request.clone());
-                }
-            }
-            let id = request.correlation_id;
-            let response = match mode {
-                Mode::Garbage => {
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
-                        .await;
-                    return;
-                }
-                Mode::Hang => {
-                    std::future::pending::<()>().await;
-                    return;
-                }
-                Mode::Close => return,
-                _ if request.api_key == API_VERSIONS_KEY => match mode {
-                    Mode::ErrorCode(code) => response(id, code, &[]),
-                    Mode::WrongCorrelationId => response(id.wrapping_add(1), 0, &ADVERTISED),
-                    // KIP-511: an unsupported version gets UNSUPPORTED_VERSION in the v0
-                    // format, listing the supported ApiVersions range.
-                    _ if !(0..=3).contains(&request.api_version) => {
-                        response(id, 35, &ADVERTISED[5..6])
-                    }
-                    _ => response(id, 0, &ADVERTISED),
-                },
-                _ => {
-                    let Some(users) = &sasl else {
-                        // A real broker closes the connection on an API it does not serve.
-                        return;
-                    };
-                    let (answer, next, close) = sasl_step(&request, &body, auth, users, &logins);
-                    auth = next;
-                    let Some(answer) = answer else { return };
-                    if stream.write_all(&answer).await.is_err() || close {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if stream.write_all(&response).await.is_err() {
-                return;
-            }
-        }
-    }
-
-    /// One SASL request: the answer (`None`: close at once), the next state, and whether to
-    /// close after answering.
-    fn sasl_step(
-        request: &ReceivedRequest,
-        body: &[u8],
-        auth: Auth,
-        users: &SaslUsers,
-        logins: &Mutex<Vec<String>>,
-    ) -> (Option<Vec<u8>>, Auth, bool) {
-        let id = request.correlation_id;
-        let fail = |message: &str| {
-            (
-                Some(authenticate_response(id, 58, Some(message), &[])),
-                Auth::Done,
-                true,
-            )
-        };
-        match (request.api_key, auth) {
-            (SASL_HANDSHAKE_KEY, Auth::Handshake) if (0..=1).contains(&request.api_version) => {
-                let wanted = kafka_string(body).unwrap_or_default();
-                match users.mechanisms.iter().find(|m| **m == wanted) {
-                    Some(m) => (
-                        Some(handshake_response(id, 0, &users.mechanisms)),
-                        Auth::Mechanism(m),
-                        false,
-                    ),
-                    None => (
-                        Some(handshake_response(id, 33, &users.mechanisms)),
-                        Auth::Handshake,
-                        true,
-                    ),
-                }
-            }
-            (SASL_AUTHENTICATE_KEY, Auth::Mechanism(mechanism)) => {
-                let Some(token) = kafka_bytes(body) else {
-                    return (None, Auth::Done, true);
-                };
-                if mechanism == "PLAIN" {
-                    // authzid NUL authcid NUL passwd (RFC 4616)
-                    let parts: Vec<&[u8]> = token.split(|b| *b == 0).collect();
-                    return match parts.as_slice() {
-                        [_, user, pw]
-                            if *user == users.user.as_bytes()
-                                && *pw == users.password.as_bytes() =>
-                        {
-                            record(logins, mechanism, &users.user);
-                            (
-                                Some(authenticate_response(id, 0, None, &[])),
-                                Auth::Done,
-                                false,
-                            )
-                        }
-                        _ => fail("Authentication failed: Invalid username or password"),
-                    };
-                }
-                let hash = if mechanism == "SCRAM-SHA-512" {
-                    ScramHash::Sha512
-                } else {
-                    ScramHash::Sha256
-                };
-                let invalid = format!("Authentication failed during authentication due to invalid credentials with SASL mechanism {mechanism}");
-                match ScramServer::start(
-                    hash,
-                    users.password.as_bytes(),
-                    b"fake-broker-salt",
-                    users.iterations,
-                    token,
-                ) {
-                    Ok((server, first)) if server.user() == users.user => (
-                        Some(authenticate_response(id, 0, None, first.as_bytes())),
-                        Auth::ScramFinal(Box::new(server), mechanism),
-                        false,
-                    ),
-                    _ => fail(&invalid),
-                }
-            }
-            (SASL_AUTHENTICATE_KEY, Auth::ScramFinal(server, mechanism)) => {
-                let invalid = format!("Authentication failed during authentication due to invalid credentials with SASL mechanism {mechanism}");
-                match kafka_bytes(body).map(|t| server.finish(t)) {
-                    Some(Ok(last)) => {
-                        record(logins, mechanism, server.user());
-                        (
-                            Some(authenticate_response(id, 0, None, last.as_bytes())),
-                            Auth::Done,
-                            false,
-                        )
-                    }
-                    _ => fail(&invalid),
-                }
-            }
-            // Anything else before the login ends (Kafka: "Unexpected Kafka request of
-            // type ... during SASL handshake") closes the connection.
-            (_, Auth::Done) if request.api_key != SASL_HANDSHAKE_KEY => (None, Auth::Done, true),
-            _ => (None, Auth::Done, true),
-        }
-    }
-
-    fn record(logins: &Mutex<Vec<String>>, mechanism: &str, user: &str) {
-        if let Ok(mut l) = logins.lock() {
-            if l.len() < MAX_RECORDED {
-                l.push(format!("{mechanism}:{user}"));
-            }
-        }
-    }
-
-    fn kafka_string(body: &[u8]) -> Option<String> {
-        let len = usize::try_from(i16::from_be_bytes([*body.first()?, *body.get(1)?])).ok()?;
-        Some(String::from_utf8_lossy(body.get(2..2 + len)?).into_owned())
-    }
-
-    fn kafka_bytes(body: &[u8]) -> Option<&[u8]> {
-        let len = usize::try_from(i32::from_be_bytes([
-            *body.first()?,
-            *body.get(1)?,
-            *body.get(2)?,
-            *body.get(3)?,
-        ]))
-        .ok()?;
-        body.get(4..4 + len)
-    }
-
-    async fn read_request<S: AsyncRead + Unpin>(
-        stream: &mut S,
-    ) -> Option<(ReceivedRequest, Vec<u8>)> {
-        let size = usize::try_from(stream.read_i32().await.ok()?).ok()?;
-        if !(10..=MAX_REQUEST_BYTES).contains(&size) {
-            return None;
-        }
-        let mut body = vec![0u8; size];
-        stream.read_exact(&mut body).await.ok()?;
-        let api_key = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
-        let api_version = i16::from_be_bytes([*body.get(2)?, *body.get(3)?]);
-        let correlation_id =
-            i32::from_be_bytes([*body.get(4)?, *body.get(5)?, *body.get(6)?, *body.get(7)?]);
-        let id_len = i16::from_be_bytes([*body.get(8)?, *body.get(9)?]);
-        let (client_id, rest) = match usize::try_from(id_len) {
-            Ok(n) => (
-                Some(String::from_utf8_lossy(body.get(10..10 + n)?).into_owned()),
-                10 + n,
-            ),
-            Err(_) if id_len == -1 => (None, 10),
-            Err(_) => return None,
-        };
-        let payload = body.get(rest..)?.to_vec();
-        Some((
-            ReceivedRequest {
-                api_key,
-                api_version,
-                correlation_id,
-                client_id,
-            },
-            payload,
-        ))
-    }
-
-    fn frame(body: Vec<u8>) -> Vec<u8> {
-        let mut out = (body.len() as i32).to_be_bytes().to_vec();
-        out.extend_from_slice(&body);
-        out
-    }
-
-    /// Size + ResponseHeader v0 + ApiVersionsResponse v0.
-    fn response(correlation_id: i32, error_code: i16, keys: &[ApiKeyRange]) -> Vec<u8> {
-        let mut body = Vec::new();
-        body.extend_from_slice(&correlation_id.to_be_bytes());
-        body.extend_from_slice(&error_code.to_be_bytes());
-        // At most ADVERTISED.len() entries.
-        body.extend_from_slice(&(keys.len() as i32).to_be_bytes());
-        for k in keys {
-            body.extend_from_slice(&k.api_key.to_be_bytes());
-            body.extend_from_slice(&k.min_version.to_be_bytes());
-            body.extend_from_slice(&k.max_version.to_be_bytes());
-        }
-        frame(body)
-    }
-
-    /// Size + ResponseHeader v0 + SaslHandshakeResponse v1.
-    fn handshake_response(correlation_id: i32, error_code: i16, mechanisms: &[&str]) -> Vec<u8> {
-        let mut body = correlation_id.to_be_bytes().to_vec();
-        body.extend_from_slice(&error_code.to_be_bytes());
-        body.extend_from_slice(&(mechanisms.len() as i32).to_be_bytes());
-        for m in mechanisms {
-            body.extend_from_slice(&(m.len() as i16).to_be_bytes());
-            body.extend_from_slice(m.as_bytes());
-        }
-        frame(body)
-    }
-
-    /// Size + ResponseHeader v0 + SaslAuthenticateResponse v0.
-    fn authenticate_response(
-        correlation_id: i32,
-        error_code: i16,
-        message: Option<&str>,
-        bytes: &[u8],
-    ) -> Vec<u8> {
-        let mut body = correlation_id.to_be_bytes().to_vec();
-        body.extend_from_slice(&error_code.to_be_bytes());
-        match message {
-            Some(m) => {
-                body.extend_from_slice(&(m.len() as i16).to_be_bytes());
-                body.extend_from_slice(m.as_bytes());
-            }
-            None => body.extend_from_slice(&(-1i16).to_be_bytes()),
-        }
-        body.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
-        body.extend_from_slice(bytes);
-        frame(body)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::testserver::{self, FakeBroker, Mode, ADVERTISED};
     use super::*;
-    use std::time::Instant;
-
-    const D: Duration = Duration::from_secs(3);
 
     #[test]
     fn request_bytes_match_the_spec() {
@@ -1268,259 +850,6 @@ mod tests {
         let mut short = &[0, 0, 0, 20, 1, 2][..];
         let e = read_frame(&mut short).await.unwrap_err();
         assert_eq!(e.reason(), FailureReason::Protocol);
-    }
-
-    #[tokio::test]
-    async fn probe_ok_against_fake_broker() {
-        let broker = FakeBroker::start(Mode::Ok).await.unwrap();
-        let out = probe(&broker.endpoint(), D).await;
-        assert!(out.ok, "{out:?}");
-        assert!(out.latency > Duration::ZERO);
-        assert_eq!(
-            out.detail,
-            format!("ApiVersions ok, {} api keys", ADVERTISED.len())
-        );
-        let keys = api_versions(&broker.endpoint(), D).await.unwrap();
-        assert_eq!(keys, ADVERTISED);
-        let seen = broker.requests();
-        assert_eq!(seen.len(), 2);
-        assert_eq!(seen[0].api_key, 18);
-        assert_eq!(seen[0].api_version, 0);
-        assert_eq!(seen[0].client_id.as_deref(), Some("gravity-exporter"));
-        assert_ne!(seen[0].correlation_id, seen[1].correlation_id);
-    }
-
-    #[tokio::test]
-    async fn probe_error_codes() {
-        let broker = FakeBroker::start(Mode::ErrorCode(35)).await.unwrap();
-        let out = probe(&broker.endpoint(), D).await;
-        assert_eq!(out.reason, Some(FailureReason::Protocol), "{out:?}");
-        assert!(out.detail.contains("35"), "{}", out.detail);
-        let broker = FakeBroker::start(Mode::ErrorCode(58)).await.unwrap();
-        let out = probe(&broker.endpoint(), D).await;
-        assert_eq!(out.reason, Some(FailureReason::Auth), "{out:?}");
-    }
-
-    #[tokio::test]
-    async fn probe_garbage_wrong_id_and_close_are_protocol() {
-        for mode in [Mode::Garbage, Mode::WrongCorrelationId, Mode::Close] {
-            let broker = FakeBroker::start(mode).await.unwrap();
-            let out = probe(&broker.endpoint(), D).await;
-            assert_eq!(
-                out.reason,
-                Some(FailureReason::Protocol),
-                "{mode:?}: {out:?}"
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn probe_hang_times_out_within_deadline() {
-        let broker = FakeBroker::start(Mode::Hang).await.unwrap();
-        let deadline = Duration::from_millis(300);
-        let start = Instant::now();
-        let out = probe(&broker.endpoint(), deadline).await;
-        let took = start.elapsed();
-        assert_eq!(out.reason, Some(FailureReason::Timeout), "{out:?}");
-        assert!(
-            took >= deadline && took < deadline + Duration::from_millis(100),
-            "{took:?}"
-        );
-        // The broker did get the request: the hang is in the answer, not the connect.
-        assert_eq!(broker.requests().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn probe_closed_port_is_refused() {
-        let broker = FakeBroker::start(Mode::Ok).await.unwrap();
-        let endpoint = broker.endpoint();
-        drop(broker);
-        tokio::task::yield_now().await;
-        let out = probe(&endpoint, D).await;
-        assert_eq!(out.reason, Some(FailureReason::Refused), "{out:?}");
-    }
-
-    fn sasl(mechanism: SaslMechanism, user: &str, pw: &str) -> Sasl {
-        Sasl {
-            mechanism,
-            user: user.into(),
-            password: Secret::new(pw),
-        }
-    }
-
-    fn users(mechanisms: Vec<&'static str>) -> testserver::SaslUsers {
-        testserver::SaslUsers {
-            mechanisms,
-            user: "gravity".into(),
-            password: "sasl-pw-Xy9".into(),
-            iterations: 4096,
-        }
-    }
-
-    #[tokio::test]
-    async fn sasl_plain_and_scram_logins_are_verified() {
-        use testserver::Security;
-        let broker = FakeBroker::start_secure(
-            Mode::Ok,
-            Security {
-                tls: None,
-                sasl: Some(users(vec!["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])),
-            },
-        )
-        .await
-        .unwrap();
-        for m in [
-            SaslMechanism::Plain,
-            SaslMechanism::ScramSha256,
-            SaslMechanism::ScramSha512,
-        ] {
-            let ok = KafkaSecurity {
-                tls: None,
-                sasl: Some(sasl(m, "gravity", "sasl-pw-Xy9")),
-            };
-            let out = probe_with(&broker.endpoint(), &ok, D).await;
-            assert!(out.ok, "{m:?}: {out:?}");
-            assert!(out.detail.contains(m.name()), "{}", out.detail);
-            for (user, pw) in [("gravity", "wrong-pw-Q7"), ("nobody", "sasl-pw-Xy9")] {
-                let bad = KafkaSecurity {
-                    tls: None,
-                    sasl: Some(sasl(m, user, pw)),
-                };
-                let out = probe_with(&broker.endpoint(), &bad, D).await;
-                assert_eq!(
-                    out.reason,
-                    Some(FailureReason::Auth),
-                    "{m:?} {user}: {out:?}"
-                );
-                assert!(out.detail.contains("58"), "{}", out.detail);
-                assert!(!out.detail.contains(pw), "{}", out.detail);
-            }
-        }
-        assert_eq!(
-            broker.logins(),
-            [
-                "PLAIN:gravity",
-                "SCRAM-SHA-256:gravity",
-                "SCRAM-SHA-512:gravity"
-            ]
-        );
-        // Without SASL the broker closes the connection on anything but the login APIs;
-        // ApiVersions alone still answers.
-        let out = probe(&broker.endpoint(), D).await;
-        assert!(out.ok, "{out:?}");
-    }
-
-    #[tokio::test]
-    async fn sasl_mechanism_not_enabled_is_auth_plugin_unsupported() {
-        let broker = FakeBroker::start_secure(
-            Mode::Ok,
-            testserver::Security {
-                tls: None,
-                sasl: Some(users(vec!["SCRAM-SHA-512"])),
-            },
-        )
-        .await
-        .unwrap();
-        let sec = KafkaSecurity {
-            tls: None,
-            sasl: Some(sasl(SaslMechanism::Plain, "gravity", "sasl-pw-Xy9")),
-        };
-        let out = probe_with(&broker.endpoint(), &sec, D).await;
-        assert_eq!(
-            out.reason,
-            Some(FailureReason::AuthPluginUnsupported),
-            "{out:?}"
-        );
-        assert!(out.detail.contains("SCRAM-SHA-512"), "{}", out.detail);
-        // A broker without SASL on that listener: the handshake closes the connection.
-        let plain = FakeBroker::start(Mode::Ok).await.unwrap();
-        let out = probe_with(&plain.endpoint(), &sec, D).await;
-        assert_eq!(out.reason, Some(FailureReason::Protocol), "{out:?}");
-    }
-
-    #[tokio::test]
-    async fn tls_listener_success_and_each_failure_reason() {
-        use crate::probe::tls::testpki::Pki;
-        let pki = Pki::new();
-        let sasl_ssl = FakeBroker::start_secure(
-            Mode::Ok,
-            testserver::Security {
-                tls: Some(pki.acceptor(false)),
-                sasl: Some(users(vec!["SCRAM-SHA-256"])),
-            },
-        )
-        .await
-        .unwrap();
-        let scram = Some(sasl(SaslMechanism::ScramSha256, "gravity", "sasl-pw-Xy9"));
-        let good = KafkaSecurity {
-            tls: Some(pki.options()),
-            sasl: scram.clone(),
-        };
-        let out = probe_with(&sasl_ssl.endpoint(), &good, D).await;
-        assert!(out.ok, "{out:?}");
-        assert!(out.detail.starts_with("TLS, "), "{}", out.detail);
-        // Untrusted certificate.
-        let mut other = good.clone();
-        other.tls = Some(TlsOptions {
-            ca_file: Some(pki.other_ca_file.clone()),
-            ..Default::default()
-        });
-        let out = probe_with(&sasl_ssl.endpoint(), &other, D).await;
-        assert_eq!(out.reason, Some(FailureReason::Tls), "{out:?}");
-        assert!(out.detail.contains("certificate"), "{}", out.detail);
-        // gravity's verify-ssl = true (verification off) accepts it.
-        other.tls.as_mut().unwrap().insecure_skip_verify = true;
-        assert!(probe_with(&sasl_ssl.endpoint(), &other, D).await.ok);
-        // Plaintext client on the TLS listener: the broker's alert says TLS is required.
-        let plain = KafkaSecurity {
-            tls: None,
-            sasl: scram.clone(),
-        };
-        let out = probe_with(&sasl_ssl.endpoint(), &plain, D).await;
-        assert_eq!(out.reason, Some(FailureReason::TlsRequired), "{out:?}");
-        // TLS client on a plaintext listener.
-        let plaintext = FakeBroker::start(Mode::Ok).await.unwrap();
-        let out = probe_with(&plaintext.endpoint(), &good, D).await;
-        assert_eq!(out.reason, Some(FailureReason::Tls), "{out:?}");
-        // A CA file that does not exist is a TLS setup failure, named in the detail.
-        let mut missing = good.clone();
-        missing.tls.as_mut().unwrap().ca_file = Some(pki.dir.path().join("nope.pem"));
-        let out = probe_with(&sasl_ssl.endpoint(), &missing, D).await;
-        assert_eq!(out.reason, Some(FailureReason::Tls), "{out:?}");
-        assert!(out.detail.contains("nope.pem"), "{}", out.detail);
-    }
-
-    #[tokio::test]
-    async fn mutual_tls_needs_the_client_certificate() {
-        use crate::probe::tls::testpki::Pki;
-        let pki = Pki::new();
-        let broker = FakeBroker::start_secure(
-            Mode::Ok,
-            testserver::Security {
-                tls: Some(pki.acceptor(true)),
-                sasl: None,
-            },
-        )
-        .await
-        .unwrap();
-        let mut sec = KafkaSecurity {
-            tls: Some(pki.options()),
-            sasl: None,
-        };
-        let out = probe_with(&broker.endpoint(), &sec, D).await;
-        assert!(!out.ok, "{out:?}");
-        assert!(
-            matches!(
-                out.reason,
-                Some(FailureReason::Tls | FailureReason::Protocol)
-            ),
-            "{out:?}"
-        );
-        let tls = sec.tls.as_mut().unwrap();
-        tls.cert_file = Some(pki.client_cert_file.clone());
-        tls.key_file = Some(pki.client_key_file.clone());
-        let out = probe_with(&broker.endpoint(), &sec, D).await;
-        assert!(out.ok, "{out:?}");
     }
 
     #[test]

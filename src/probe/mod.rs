@@ -24,6 +24,7 @@
 
 pub mod http;
 pub mod kafka;
+pub mod kafka_topic;
 pub mod mongo;
 pub mod mysql;
 pub mod scram;

@@ -168,6 +168,8 @@ pub struct App {
     marker_dir: PathBuf,
     config_path: String,
     config_hash: String,
+    /// The Kafka data path (`GRAVITY_DOUBLE_KAFKA_PRODUCE=1`, [`super::kafka_out`]).
+    pub kafka_out: Arc<super::kafka_out::State>,
 }
 
 impl std::fmt::Debug for App {
@@ -462,6 +464,7 @@ impl App {
             "input_mode": match sim.spec.mode { InputMode::Stream => "stream", InputMode::Batch => "batch" },
             "output": match sim.spec.output { OutputType::Mysql => "mysql", OutputType::Kafka => "async-kafka", OutputType::Elasticsearch => "elasticsearch" },
             "uptime_seconds": sim.uptime(now),
+            "kafka_out": self.kafka_out.json(),
             "rows_per_second_setting": sim.rate(),
             "rows_per_second": if flowing { sim.rate() } else { 0.0 },
             "flowing": flowing,
@@ -855,7 +858,18 @@ pub async fn run(flags: Flags, spec: PipelineSpec, settings: Settings) -> i32 {
         marker_dir,
         config_path: flags.config.clone(),
         config_hash,
+        kafka_out: Arc::default(),
     });
+    if spec.output == OutputType::Kafka
+        && std::env::var("GRAVITY_DOUBLE_KAFKA_PRODUCE").is_ok_and(|v| v == "1")
+    {
+        let a = Arc::clone(&app);
+        tokio::spawn(super::kafka_out::run(
+            flags.config.clone(),
+            Arc::clone(&app.kafka_out),
+            move |event, process| a.set_watermark(Some((event, process))),
+        ));
+    }
     tokio::spawn(ticker(Arc::clone(&app), settings));
     tokio::spawn(signals(Arc::clone(&app)));
     tokio::spawn(serve(Arc::clone(&app), listener));

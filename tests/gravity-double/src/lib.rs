@@ -21,7 +21,12 @@
 //! (mean lag, 0.8), `GRAVITY_DOUBLE_DDL_EVERY` (s), `GRAVITY_DOUBLE_RETRY_EVERY` (s),
 //! `GRAVITY_DOUBLE_NO_POSITION=1`, `GRAVITY_DOUBLE_TZ_OFFSET` (+08:00), `GRAVITY_DOUBLE_LOG_MAX_BYTES`,
 //! `GRAVITY_DOUBLE_FAULT` (initial mode), `GRAVITY_DOUBLE_BINLOG_FILE_BYTES` (1 MiB),
-//! `GRAVITY_DOUBLE_BATCH_ROWS` (12000), `GRAVITY_DOUBLE_POSITION_DELAY_MS` (300).
+//! `GRAVITY_DOUBLE_BATCH_ROWS` (12000), `GRAVITY_DOUBLE_POSITION_DELAY_MS` (300),
+//! `GRAVITY_DOUBLE_KAFKA_PRODUCE=1` (an `async-kafka` config: be gravity's data path to the
+//! brokers, [`kafka_out`]).
+//!
+//! The fake servers of the tests live here too: the Kafka broker ([`kafka`], with [`tls`] and
+//! [`scram`]) and, re-exported, the fake mongod.
 
 #![forbid(unsafe_code)]
 
@@ -31,17 +36,17 @@ pub mod demo;
 pub mod expo;
 pub mod flags;
 pub mod gofmt;
+pub mod kafka;
+pub mod kafka_out;
 pub mod logw;
 pub mod mongo;
 pub mod otlp;
+pub mod scram;
 pub mod server;
 pub mod sim;
 pub mod status;
 pub mod supervisor;
-
-/// The fake Kafka broker of the tests (it lives in the exporter's library behind the
-/// `test-servers` feature, which only this crate turns on).
-pub use gravity_exporter::probe::kafka::testserver as kafka;
+pub mod tls;
 
 pub use app::ErrorKind;
 pub use sim::Mode;

@@ -8,8 +8,8 @@
 //!
 //! BSON is MongoDB's own `bson` crate: an implementation independent of the exporter's
 //! hand-written codec, so a shared misreading of the spec cannot hide. TLS uses the acceptor
-//! and SCRAM the verifying server side of the exporter's test servers (`test-servers`
-//! feature, never built into the shipped exporter).
+//! of [`crate::tls`] and SCRAM the verifying server side of [`crate::scram`], both written
+//! independently of the exporter's client.
 //!
 //! The oplog is a capped, growing list of entries with real BSON timestamps (seconds since
 //! the epoch, ordinal within the second): seeded over [`OplogSpec::seed_span`], a no-op
@@ -39,8 +39,7 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
-use gravity_exporter::probe::scram::server::ScramServer;
-use gravity_exporter::probe::scram::ScramHash;
+use crate::scram::{ScramHash, ScramServer};
 use gravity_exporter::probe::Endpoint;
 
 /// `OP_MSG` opcode.

@@ -350,6 +350,25 @@ fn control(
                 _ => bad("seconds must be a non-negative number".into()),
             }
         }
+        "kafka" => {
+            if post_only(method) {
+                return json(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &serde_json::json!({"error": "use POST"}),
+                );
+            }
+            // The Kafka data path: produce=off drops messages silently, produce=on sends.
+            match param(q, "produce") {
+                Some("on") | Some("off") => {
+                    let off = param(q, "produce") == Some("off");
+                    app.kafka_out
+                        .paused
+                        .store(off, std::sync::atomic::Ordering::Relaxed);
+                    json(StatusCode::OK, &app.kafka_out.json())
+                }
+                _ => bad("produce must be on or off".into()),
+            }
+        }
         "watermark" => {
             if post_only(method) {
                 return json(
@@ -384,7 +403,7 @@ fn control(
         }
         _ => json(
             StatusCode::NOT_FOUND,
-            &serde_json::json!({"error": "unknown control endpoint", "endpoints": ["GET /_double/state", "POST /_double/fault?mode=", "POST /_double/errors?n=&kind=", "POST /_double/rate?rows_per_sec=", "POST /_double/lag?seconds=", "POST /_double/watermark?event=&process= (Unix seconds) or ?clear=1"]}),
+            &serde_json::json!({"error": "unknown control endpoint", "endpoints": ["GET /_double/state", "POST /_double/fault?mode=", "POST /_double/errors?n=&kind=", "POST /_double/rate?rows_per_sec=", "POST /_double/lag?seconds=", "POST /_double/watermark?event=&process= (Unix seconds) or ?clear=1", "POST /_double/kafka?produce=on|off"]}),
         ),
     }
 }
