@@ -38,6 +38,7 @@ CRASHLOOP = ("gravity:crashloop_restarts_threshold", 3, "GravityCrashLooping")
 SLOWLOOP = ("gravity:slow_crashloop_restarts_threshold", 3, "GravitySlowCrashLoop")
 MEMLIMIT = ("gravity:memory_limit_threshold_ratio", 0.9, "GravityMemoryPressure")
 FILEGAP = ("gravity:binlog_files_behind_threshold_files", 5, "GravityBinlogFileGapGrowing")
+OPLOG = ("gravity:oplog_headroom_threshold_seconds", 3600, "GravityOplogHeadroomLow")
 CANARY_LAG = ("gravity:canary_lag_threshold_seconds", 300, "GravityCanaryLagHigh")
 # A pipeline is (cluster, namespace, job, pipeline), never instance: aggregations keep it, so
 # two environments with the same pipeline name are never summed together.
@@ -567,7 +568,7 @@ def errors():
 def source():
     return dashboard("gravity-source", "Gravity / Source and binlog retention",
                      "Connections to source and target, how far gravity is behind in the binlog, and how "
-                     "close the binlog purge is to its position.", [
+                     "close the binlog purge (or the Mongo oplog's roll-over) is to its position.", [
         row("Connections"),
         state_timeline("Connection health", targets(
             (f"gravity_connection_health{{{S}}}", "{{pipeline}} {{component}} {{endpoint}}")),
@@ -624,6 +625,17 @@ def source():
         timeseries("Oplog position age (MongoDB)", targets(
             (f"time() - gravity_oplog_position_timestamp_seconds{{{S}}}", "{{pipeline}}")), "s",
             "How old the oplog entry at gravity's position is."),
+        timeseries("Oplog headroom (MongoDB)", [
+            target(f"gravity_source_oplog_headroom_seconds{{{S}}}", "{{pipeline}}"),
+            threshold_series(OPLOG, "B")], "s",
+            "Seconds of oplog between the oldest entry the Mongo source keeps and gravity's position: the twin of "
+            "the binlog purge headroom. Below the threshold the oplog can roll over the position soon; at 0 or "
+            "below it has, and the pipeline must be re-initialised (GravityOplogPositionLost).",
+            thresholds=[OPLOG], above=False),
+        timeseries("Oplog window (MongoDB)", targets(
+            (f"gravity_source_oplog_window_seconds{{{S}}}", "{{pipeline}}")), "s",
+            "Seconds between the oldest and the newest entry of the Mongo source's oplog: how long gravity may "
+            "stop before its position can fall out of it."),
         row("Full dump"),
         bargauge("Full dump progress by table", targets(
             (f"gravity_full_dump_progress_ratio{{{S}}}", "{{pipeline}} {{schema}}.{{table}}")), "percentunit",

@@ -261,15 +261,16 @@ pub struct Flags {
     /// it to the target (docs/canary.md); 0s turns it off [default: 0s, off].
     #[arg(long = "canary.interval", global = true)]
     pub canary_interval: Option<String>,
-    /// The canary table on gravity's source, `schema.table`, in a schema of its own
-    /// [default: gravity_canary.heartbeat].
+    /// The canary table on gravity's source, `schema.table` (`db.collection` for a Mongo
+    /// source), in a schema of its own [default: gravity_canary.heartbeat].
     #[arg(long = "canary.table", global = true)]
     pub canary_table: Option<String>,
     /// Create the canary schema and table on first use when they are missing [default: true].
     #[arg(long = "canary.create", global = true, num_args = 0..=1, default_missing_value = "true")]
     pub canary_create: Option<bool>,
     /// MySQL user the canary writes with (needs INSERT, UPDATE, SELECT on the canary table;
-    /// CREATE for --canary.create); required when the canary is on.
+    /// CREATE for --canary.create), or MongoDB user (readWrite on the canary database, in
+    /// gravity's auth database); required when the canary is on.
     #[arg(long = "canary.username", global = true)]
     pub canary_username: Option<String>,
     /// File holding the password of `--canary.username` (one line) [default: empty].
@@ -445,14 +446,17 @@ impl CanarySettings {
 }
 
 /// Schemas the canary never writes into: gravity's own (`_gravity`, and its
-/// `internal-db-name` is checked at run time), and the server's.
-pub const CANARY_FORBIDDEN_SCHEMAS: [&str; 6] = [
+/// `internal-db-name` is checked at run time), and the server's (MySQL's, MongoDB's).
+pub const CANARY_FORBIDDEN_SCHEMAS: [&str; 9] = [
     "_gravity",
     "mysql",
     "information_schema",
     "performance_schema",
     "sys",
     "drc",
+    "admin",
+    "local",
+    "config",
 ];
 
 /// Default canary table.

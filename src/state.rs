@@ -95,6 +95,45 @@ impl SourceAccess {
     }
 }
 
+/// A Mongo source's oplog (`local.oplog.rs`) against gravity's position, as the source
+/// collector last read it. Timestamps are BSON timestamps (`seconds << 32 | ordinal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OplogWindow {
+    /// `ts` of the oldest entry still in the capped oplog.
+    pub oldest: u64,
+    /// `ts` of the newest entry.
+    pub newest: u64,
+    /// gravity's position from its last `/status` (`None`: not known or too old).
+    pub gravity: Option<u64>,
+}
+
+impl OplogWindow {
+    /// Seconds between the oldest and the newest entry (`gravity_source_oplog_window_seconds`).
+    pub fn window_seconds(&self) -> f64 {
+        (self.newest >> 32).saturating_sub(self.oldest >> 32) as f64
+    }
+
+    /// Seconds between the oldest entry and gravity's position
+    /// (`gravity_source_oplog_headroom_seconds`): how much longer the oplog may roll over
+    /// before gravity's position falls out of it. Negative when it already has (gravity's
+    /// position is older than the oldest entry; at least −1 even within the same second):
+    /// gravity cannot resume.
+    pub fn headroom_seconds(&self) -> Option<f64> {
+        let g = self.gravity?;
+        let (gs, os) = (g >> 32, self.oldest >> 32);
+        Some(if g >= self.oldest {
+            gs.saturating_sub(os) as f64
+        } else {
+            -(os.saturating_sub(gs).max(1) as f64)
+        })
+    }
+
+    /// Whether gravity's position is out of the window (older than the oldest entry).
+    pub fn position_lost(&self) -> bool {
+        self.gravity.is_some_and(|g| g < self.oldest)
+    }
+}
+
 /// gravity's own established connections per (component, endpoint).
 pub type Established = BTreeMap<(String, String), u64>;
 
@@ -118,6 +157,9 @@ pub struct PipelineState {
     pub established: Slot<Established>,
     /// The source collector's access.
     pub source: Slot<SourceAccess>,
+    /// A Mongo source's oplog window against gravity's position (`None`: not a Mongo
+    /// source, no oplog, or not read yet).
+    pub oplog: Slot<OplogWindow>,
     /// gravity's per-stage latencies over the last `/metrics` window (from the
     /// gravity_metrics collector; interval aggregates over all events).
     pub stages: Slot<crate::collector::gravity_metrics::StageWindow>,
@@ -135,5 +177,37 @@ mod tests {
         assert_eq!(s.get().as_deref(), Some(&3));
         s.set(None);
         assert_eq!(s.get(), None);
+    }
+
+    #[test]
+    fn oplog_window_and_headroom() {
+        let ts = |secs: u64, ord: u64| (secs << 32) | ord;
+        let mut w = OplogWindow {
+            oldest: ts(1000, 3),
+            newest: ts(4600, 1),
+            gravity: Some(ts(4000, 7)),
+        };
+        assert_eq!(w.window_seconds(), 3600.0);
+        assert_eq!(w.headroom_seconds(), Some(3000.0));
+        assert!(!w.position_lost());
+        // at the oldest entry: still resumable, no headroom left
+        w.gravity = Some(ts(1000, 3));
+        assert_eq!(w.headroom_seconds(), Some(0.0));
+        assert!(!w.position_lost());
+        // same second, an earlier ordinal: out of the window
+        w.gravity = Some(ts(1000, 2));
+        assert_eq!(w.headroom_seconds(), Some(-1.0));
+        assert!(w.position_lost());
+        w.gravity = Some(ts(400, 1));
+        assert_eq!(w.headroom_seconds(), Some(-600.0));
+        w.gravity = None;
+        assert_eq!(w.headroom_seconds(), None);
+        // a reset clock never underflows
+        let odd = OplogWindow {
+            oldest: ts(10, 0),
+            newest: ts(5, 0),
+            gravity: None,
+        };
+        assert_eq!(odd.window_seconds(), 0.0);
     }
 }

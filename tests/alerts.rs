@@ -351,6 +351,12 @@ const INHIBIT_CASES: &[InhibitCase] = &[
         kept: &["GravityBinlogRetentionRunningOut"],
     },
     InhibitCase {
+        rule: "1 cause first: oplog position lost",
+        sources: &["GravityOplogPositionLost"],
+        muted: &["GravityCrashLooping", "GravityPipelineStalled"],
+        kept: &["GravityOplogHeadroomLow"],
+    },
+    InhibitCase {
         rule: "2 crash loop replaces GravityDown",
         sources: &["GravityCrashLooping"],
         muted: &["GravityDown"],

@@ -500,11 +500,12 @@ async fn kafka_and_mongo_against_protocol_doubles() {
     .await;
     assert_eq!(val(&body, "gravity_connection_health", &[&c]), Some(0.0));
     assert!(
-        // hello and gravity's SCRAM login, nothing else
+        // hello and gravity's SCRAM login, and the oplog window's reads (`find` on
+        // local.oplog.rs by the source collector); never a write
         mongo
             .commands()
             .iter()
-            .all(|c| ["hello", "saslStart", "saslContinue"].contains(&c.as_str())),
+            .all(|c| ["hello", "saslStart", "saslContinue", "find"].contains(&c.as_str())),
         "{:?}",
         mongo.commands()
     );
@@ -512,9 +513,18 @@ async fn kafka_and_mongo_against_protocol_doubles() {
         broker.requests().iter().all(|q| q.api_key == 18),
         "ApiVersions only"
     );
-    // Mongo source: no binlog checks.
+    // Mongo source: no binlog checks; the oplog window instead (no gravity position from
+    // the stub API, so no headroom).
     assert_eq!(
         val(&body, "gravity_source_binlog_retention_seconds", &[]),
+        None
+    );
+    let body = common::wait_metrics(r.addr, WAIT, "oplog window", |b| {
+        val(b, "gravity_source_oplog_window_seconds", &[]).is_some()
+    })
+    .await;
+    assert_eq!(
+        val(&body, "gravity_source_oplog_headroom_seconds", &[]),
         None
     );
     r.stop().await;
@@ -1020,15 +1030,13 @@ async fn probes_run_concurrently_with_reasons() {
     // gravity's Mongo login (user u) is checked with SCRAM, as mongod does.
     let mongo = FakeMongod::start_secure(
         MongoMode::Primary,
-        gravity_double::mongo::Security {
-            tls: None,
-            user: Some(gravity_double::mongo::MongoUser {
-                user: "u".into(),
-                password: "mongo-secret".into(),
-                db: "admin".into(),
-                mechanisms: vec![gravity_exporter::probe::scram::ScramHash::Sha256],
-            }),
-        },
+        gravity_double::mongo::Security::users(vec![gravity_double::mongo::MongoUser {
+            user: "u".into(),
+            password: "mongo-secret".into(),
+            db: "admin".into(),
+            mechanisms: vec![gravity_exporter::probe::scram::ScramHash::Sha256],
+            can_write: false,
+        }]),
     )
     .await
     .unwrap();

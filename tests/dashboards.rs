@@ -396,6 +396,7 @@ fn thresholds_equal_the_alert_thresholds() {
         "gravity:log_disk_free_threshold_ratio",
         "gravity:binlog_purge_headroom_threshold_files",
         "gravity:binlog_purge_eta_threshold_seconds",
+        "gravity:oplog_headroom_threshold_seconds",
         "gravity:heartbeat_lag_threshold_seconds",
         "gravity:crashloop_restarts_threshold",
     ] {
@@ -561,6 +562,8 @@ fn dashboards_show_what_the_new_alerts_check() {
     for needle in [
         "gravity_source_binlog_enabled",
         "gravity_source_binlog_purge_headroom_files",
+        "gravity_source_oplog_headroom_seconds",
+        "gravity_source_oplog_window_seconds",
         "gravity_process_last_exit_info",
         "increase(gravity_process_restarts_total{",
         "gravity:slow_crashloop_restarts_threshold",

@@ -123,3 +123,80 @@ async fn golden_metrics_output() {
     }
     r.stop().await;
 }
+
+/// The families only a Mongo source gives (the oplog window and gravity's headroom in it),
+/// against the fake mongod of `gravity_double::mongo` with a still oplog and a stub
+/// `/status` whose position lies 1800 s after the oldest entry: the output of the source
+/// collector's families for it, compared with tests/golden/source-mongo.prom and linted by
+/// `promtool check metrics`.
+#[tokio::test]
+async fn golden_mongo_source_families() {
+    use gravity_double::mongo::{FakeMongod, Mode, OplogSpec};
+    let server = FakeMongod::start_with(
+        Mode::Primary,
+        common::mongo_reader(),
+        OplogSpec {
+            tick: Duration::from_secs(3600),
+            ..OplogSpec::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (oldest, _) = server.oplog_bounds().unwrap();
+    let position = (u64::from(oldest.time + 1800) << 32) | 1;
+    let status = format!(
+        "{{\"name\":\"golden-mongo\",\"configHash\":\"x\",\"position\":\"{{\\\"start_position\\\":null,\\\"current_position\\\":{position}}}\",\"watermarks\":null,\"stage\":\"Incremental\",\"version\":\"v0.9.54\"}}"
+    );
+    let api = common::stub_routes(vec![("/status", 200, status)], 404).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gravity.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"golden-mongo\"\n[input]\ntype = \"mongo\"\nmode = \"stream\"\n[input.config.source]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"reader\"\npassword = \"mongo-pw\"\n[output]\ntype = \"async-kafka\"\n[output.config.kafka-global-config]\nbroker-addrs = [\"127.0.0.1:9\"]\n",
+            server.addr().port()
+        ),
+    )
+    .unwrap();
+    let r = common::start(common::settings(&[
+        "--gravity.config",
+        cfg.to_str().unwrap(),
+        "--gravity.process-pattern",
+        "^no-such-gravity-process-for-tests$",
+        "--gravity.url",
+        &format!("http://{api}"),
+        "--collector.interval",
+        "200ms",
+        "--probe.interval",
+        "200ms",
+        "--gravity.log-state-file",
+        "none",
+    ]))
+    .await;
+    let body = common::wait_metrics(r.addr, Duration::from_secs(20), "oplog families", |b| {
+        common::sample(b, "gravity_source_oplog_headroom_seconds", &[]).is_some()
+    })
+    .await;
+    let got: String = body
+        .lines()
+        .filter(|l| l.contains("gravity_source_oplog_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let path = common::fixtures().join("../golden/source-mongo.prom");
+    if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
+        std::fs::write(&path, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).expect("golden file (UPDATE_GOLDEN=1 to create)");
+    assert_eq!(
+        got, want,
+        "/metrics differs from tests/golden/source-mongo.prom"
+    );
+    if let Some(promtool) = common::require_promtool() {
+        let (code, complaints) = common::promtool_check_metrics(&promtool, &got);
+        assert!(
+            code == Some(0) && complaints.trim().is_empty(),
+            "promtool check metrics: {complaints}"
+        );
+    }
+    r.stop().await;
+}

@@ -1,7 +1,21 @@
 //! The opt-in end-to-end canary: one marked row per `--canary.interval` written into
-//! gravity's MySQL source, followed through gravity's `/status` watermarks and looked for
-//! in the target table of the matching gravity route, or, for an `async-kafka` output, as
-//! gravity's message in the topic of that route (docs/canary.md).
+//! gravity's MySQL source (or one document into its Mongo source), followed through
+//! gravity's `/status` watermarks and looked for in the target table of the matching
+//! gravity route, or, for an `async-kafka` output, as gravity's message in the topic of
+//! that route (docs/canary.md).
+//!
+//! - **Mongo source.** `--canary.table` names `db.collection`. The write is one `update`
+//!   with `upsert: true` and `$set` of the document `_id` = the pipeline's row key (one
+//!   document per pipeline, never more), fields `pipeline` (the key again), `seq`,
+//!   `trace_id`, `span_id`, `written_us` (µs since the epoch), with the canary's own login
+//!   (in gravity's auth database, over gravity's TLS settings), on a new connection per
+//!   interval, after `hello` says the node is a writable primary (else `read_only`);
+//!   `Unauthorized` (13) or a failed login → `privilege`, `NotWritablePrimary` (10107) and
+//!   its kin → `read_only`. gravity writes each top-level field of a Mongo document into the
+//!   column of that name of the MySQL target row, so the target is read by the same
+//!   `SELECT seq, trace_id … WHERE pipeline = key` as for a MySQL source. Following and
+//!   arrival are the same code for both sources (a Mongo source is followed to a MySQL
+//!   target only).
 //!
 //! - **Write.** With its own login (`--canary.username`), the canary upserts one row per
 //!   pipeline into `--canary.table` (default `gravity_canary.heartbeat`, created on first
@@ -57,6 +71,7 @@ use crate::config::{CanarySettings, Settings};
 use crate::gravity_config::{EndpointRole, GravityConfig, Protocol};
 use crate::metrics::{lock, Families};
 use crate::probe::kafka_topic::TopicReader;
+use crate::probe::mongo::{self, FieldValue, MongoError, MongoLogin, MongoSecurity};
 use crate::probe::mysql::{Login, MySqlConn, MySqlError, ResultSet};
 use crate::probe::FailureReason;
 
@@ -86,7 +101,8 @@ pub enum WriterState {
     Privilege,
     /// The source does not answer (refused, timeout, connection lost).
     Unreachable,
-    /// gravity's config names no MySQL source and MySQL target (or is not known yet).
+    /// gravity's config names no MySQL or Mongo source and MySQL (or, for a MySQL source,
+    /// Kafka) target (or is not known yet).
     Unsupported,
     /// The canary table is missing and `--canary.create=false`.
     MissingTable,
@@ -623,10 +639,30 @@ pub fn committed_past(event_time: OffsetDateTime, written: OffsetDateTime) -> bo
 // The task
 // ---------------------------------------------------------------------------------------
 
+/// Where the canary is written: gravity's MySQL source (with the canary's login), or its
+/// Mongo source (gravity's TLS settings, the canary's login in gravity's auth database).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Mysql(Login),
+    Mongo {
+        endpoint: crate::probe::Endpoint,
+        security: MongoSecurity,
+    },
+}
+
+impl Source {
+    fn address(&self) -> String {
+        match self {
+            Source::Mysql(l) => l.endpoint.to_string(),
+            Source::Mongo { endpoint, .. } => endpoint.to_string(),
+        }
+    }
+}
+
 /// Where the canary goes, from gravity's config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Route {
-    source: Login,
+    source: Source,
     arrival: Arrival,
     internal_db: String,
 }
@@ -660,9 +696,19 @@ impl Arrival {
 fn route(s: &Settings, c: &CanarySettings, cfg: &GravityConfig) -> Result<Route, String> {
     let src = cfg
         .endpoint(EndpointRole::Source)
-        .filter(|e| e.protocol == Protocol::Mysql)
-        .ok_or("gravity's config names no MySQL source")?;
+        .filter(|e| matches!(e.protocol, Protocol::Mysql | Protocol::Mongo))
+        .ok_or("gravity's config names no MySQL or Mongo source")?;
     let login = c.login.as_ref().ok_or("no canary.username")?;
+    if src.protocol == Protocol::Mongo
+        && cfg
+            .endpoint(EndpointRole::Target)
+            .is_none_or(|d| d.protocol != Protocol::Mysql)
+    {
+        return Err(
+            "a Mongo source is followed to a MySQL target only (gravity's config names none)"
+                .into(),
+        );
+    }
     let arrival = match cfg.endpoint(EndpointRole::Target) {
         Some(dst) if dst.protocol == Protocol::Mysql => {
             let spec = TableSpec {
@@ -697,12 +743,28 @@ fn route(s: &Settings, c: &CanarySettings, cfg: &GravityConfig) -> Result<Route,
             }
         }
     };
-    Ok(Route {
-        source: Login {
-            endpoint: crate::probe::Endpoint::new(src.host.clone(), src.port),
+    let endpoint = crate::probe::Endpoint::new(src.host.clone(), src.port);
+    let source = match src.protocol {
+        Protocol::Mongo => {
+            let mut security = super::connections::mongo_security(src);
+            security.login = Some(MongoLogin {
+                user: login.user.clone(),
+                password: login.password.clone(),
+                auth_source: src
+                    .auth_source
+                    .clone()
+                    .unwrap_or_else(|| "admin".to_string()),
+            });
+            Source::Mongo { endpoint, security }
+        }
+        _ => Source::Mysql(Login {
+            endpoint,
             user: login.user.clone(),
             password: login.password.clone(),
-        },
+        }),
+    };
+    Ok(Route {
+        source,
         arrival,
         internal_db: cfg.internal_db_name.clone(),
     })
@@ -761,6 +823,67 @@ pub fn kafka_canary(value: &[u8], schema: &str, table: &str, key: &str) -> Optio
         seq: field("seq")?.trim().parse().ok()?,
         trace_id,
     })
+}
+
+/// Why a write did not happen: the writer state, its detail, the error of the write span,
+/// and whether the sequence number must be read again (the table was dropped meanwhile).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal {
+    state: WriterState,
+    detail: String,
+    span_error: String,
+    reread_seq: bool,
+}
+
+impl Refusal {
+    fn of(state: WriterState, detail: String) -> Refusal {
+        Refusal {
+            state,
+            span_error: detail.clone(),
+            detail,
+            reread_seq: false,
+        }
+    }
+}
+
+/// Mongo errors that mean the node takes no writes: NotWritablePrimary (10107, NotMaster
+/// before 4.4), NotPrimaryNoSecondaryOk (13435), NotPrimaryOrSecondary (13436),
+/// PrimarySteppedDown (189), InterruptedDueToReplStateChange (11602).
+const MONGO_NOT_WRITABLE: [i32; 5] = [10107, 13435, 13436, 189, 11602];
+
+/// The writer state a Mongo error of the canary means: `Unauthorized` (13), a failed login
+/// → `privilege`; a node that takes no writes → `read_only`; the rest → `unreachable`.
+pub fn classify_mongo(e: &MongoError) -> WriterState {
+    match e {
+        MongoError::Command { code, .. } if MONGO_NOT_WRITABLE.contains(code) => {
+            WriterState::ReadOnly
+        }
+        _ => match e.reason() {
+            FailureReason::Auth
+            | FailureReason::Privilege
+            | FailureReason::AuthPluginUnsupported => WriterState::Privilege,
+            _ => WriterState::Unreachable,
+        },
+    }
+}
+
+/// The fields of the canary document in a Mongo source: `_id` is the pipeline's row key
+/// (one document per pipeline), `pipeline` the same key again (the column the target row is
+/// read by: gravity maps each top-level field of a document to the column of that name),
+/// the sequence number, the trace and span id and the write time in microseconds since
+/// the Unix epoch (UTC, the exporter's clock).
+pub fn mongo_fields(key: &str, c: &CanaryRow) -> Vec<(&'static str, FieldValue)> {
+    let micros = i64::try_from(c.written_at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
+    vec![
+        ("pipeline", FieldValue::String(key.to_string())),
+        (
+            "seq",
+            FieldValue::Int64(i64::try_from(c.seq).unwrap_or(i64::MAX)),
+        ),
+        ("trace_id", FieldValue::String(c.trace_id.clone())),
+        ("span_id", FieldValue::String(c.span_id.clone())),
+        ("written_us", FieldValue::Int64(micros)),
+    ]
 }
 
 enum WriteOutcome {
@@ -930,6 +1053,149 @@ impl Canary {
         found
     }
 
+    /// The sequence number of the first write: the one already in the source's row (or
+    /// document) plus one, creating the MySQL table when missing and allowed. `None`: the
+    /// writer state is set and nothing is written this interval.
+    async fn first_seq(
+        &self,
+        c: &CanarySettings,
+        r: &Route,
+        key: &str,
+        timeout: Duration,
+    ) -> Option<u64> {
+        let login = match &r.source {
+            Source::Mysql(login) => login,
+            Source::Mongo { endpoint, security } => {
+                // A Mongo collection is created by the first upsert: nothing to create.
+                let (db, coll, id) = (c.schema.clone(), c.table.clone(), key.to_string());
+                let got = mongo::check_then(endpoint, security, timeout, |_, s| {
+                    Box::pin(async move { mongo::find_i64_by_id(s, &db, &coll, &id, "seq").await })
+                })
+                .await;
+                return match got {
+                    Ok((_, seq)) => Some(
+                        seq.and_then(|v| u64::try_from(v).ok())
+                            .unwrap_or(0)
+                            .saturating_add(1),
+                    ),
+                    Err(e) => {
+                        self.set_state(classify_mongo(&e), e.to_string());
+                        None
+                    }
+                };
+            }
+        };
+        let conn = self.ctx.mysql.get(login.clone());
+        let sql = read_sql(&c.schema, &c.table, key);
+        let got = conn
+            .with(timeout, RETRY_AFTER, |cn| {
+                let sql = sql.clone();
+                Box::pin(async move { cn.query(&sql).await })
+            })
+            .await;
+        match got {
+            Ok(rs) => Some(parse_seq(&rs).unwrap_or(0).saturating_add(1)),
+            Err(e) if classify(&e) == WriterState::MissingTable => {
+                if !c.create {
+                    self.set_state(WriterState::MissingTable, e.to_string());
+                    return None;
+                }
+                let stmts = [
+                    create_schema_sql(&c.schema),
+                    create_table_sql(&c.schema, &c.table),
+                ];
+                let made = conn
+                    .with(timeout, RETRY_AFTER, |cn| {
+                        let stmts = stmts.clone();
+                        Box::pin(async move {
+                            for s in &stmts {
+                                cn.query(s).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .await;
+                if let Err(e) = made {
+                    self.set_state(classify(&e), format!("creating the canary table: {e}"));
+                    return None;
+                }
+                tracing::info!(schema = %c.schema, table = %c.table, "canary table created");
+                Some(1)
+            }
+            Err(e) => {
+                self.set_state(classify(&e), e.to_string());
+                None
+            }
+        }
+    }
+
+    /// The write itself: the MySQL upsert after checking `@@GLOBAL.read_only`, or the Mongo
+    /// upsert by `_id` after checking that `hello` names a writable primary.
+    async fn write_row(
+        &self,
+        c: &CanarySettings,
+        r: &Route,
+        key: &str,
+        row: &CanaryRow,
+        timeout: Duration,
+    ) -> Result<(), Refusal> {
+        match &r.source {
+            Source::Mysql(login) => {
+                let conn = self.ctx.mysql.get(login.clone());
+                let sql = write_sql(&c.schema, &c.table, key, row);
+                match conn
+                    .with(timeout, RETRY_AFTER, |cn| {
+                        Box::pin(write_once(cn, sql.clone()))
+                    })
+                    .await
+                {
+                    Ok(WriteOutcome::Written) => Ok(()),
+                    Ok(WriteOutcome::ReadOnly) => Err(Refusal {
+                        state: WriterState::ReadOnly,
+                        detail: "@@GLOBAL.read_only is on".into(),
+                        span_error: "read_only".into(),
+                        reread_seq: false,
+                    }),
+                    Err(e) => Err(Refusal {
+                        reread_seq: classify(&e) == WriterState::MissingTable,
+                        ..Refusal::of(classify(&e), e.to_string())
+                    }),
+                }
+            }
+            Source::Mongo { endpoint, security } => {
+                let (db, coll, id) = (c.schema.clone(), c.table.clone(), key.to_string());
+                let fields = mongo_fields(key, row);
+                let res = mongo::check_then(endpoint, security, timeout, |hello, s| {
+                    Box::pin(async move {
+                        if !hello.is_writable_primary {
+                            return Ok(false);
+                        }
+                        mongo::upsert_by_id(s, &db, &coll, &id, &fields).await?;
+                        Ok(true)
+                    })
+                })
+                .await;
+                match res {
+                    Ok((_, true)) => Ok(()),
+                    Ok((report, false)) => Err(Refusal {
+                        state: WriterState::ReadOnly,
+                        detail: format!(
+                            "the Mongo source is not a writable primary ({})",
+                            if report.hello.secondary {
+                                "a secondary"
+                            } else {
+                                "hello: not writable"
+                            }
+                        ),
+                        span_error: "read_only".into(),
+                        reread_seq: false,
+                    }),
+                    Err(e) => Err(Refusal::of(classify_mongo(&e), e.to_string())),
+                }
+            }
+        }
+    }
+
     /// Writes one canary (when the source lets it); true when written.
     async fn write(&self, c: &CanarySettings, r: &Route, timeout: Duration) -> bool {
         let key = row_key(&self.ctx.target().pipeline);
@@ -940,54 +1206,13 @@ impl Canary {
             );
             return false;
         }
-        let conn = self.ctx.mysql.get(r.source.clone());
         let next = lock(&self.shared().inner).next_seq;
         let seq = match next {
             Some(s) => s,
-            None => {
-                // First write: go on from the sequence number already in the row.
-                let sql = read_sql(&c.schema, &c.table, &key);
-                let got = conn
-                    .with(timeout, RETRY_AFTER, |cn| {
-                        let sql = sql.clone();
-                        Box::pin(async move { cn.query(&sql).await })
-                    })
-                    .await;
-                match got {
-                    Ok(rs) => parse_seq(&rs).unwrap_or(0).saturating_add(1),
-                    Err(e) if classify(&e) == WriterState::MissingTable => {
-                        if !c.create {
-                            self.set_state(WriterState::MissingTable, e.to_string());
-                            return false;
-                        }
-                        let stmts = [
-                            create_schema_sql(&c.schema),
-                            create_table_sql(&c.schema, &c.table),
-                        ];
-                        let made = conn
-                            .with(timeout, RETRY_AFTER, |cn| {
-                                let stmts = stmts.clone();
-                                Box::pin(async move {
-                                    for s in &stmts {
-                                        cn.query(s).await?;
-                                    }
-                                    Ok(())
-                                })
-                            })
-                            .await;
-                        if let Err(e) = made {
-                            self.set_state(classify(&e), format!("creating the canary table: {e}"));
-                            return false;
-                        }
-                        tracing::info!(schema = %c.schema, table = %c.table, "canary table created");
-                        1
-                    }
-                    Err(e) => {
-                        self.set_state(classify(&e), e.to_string());
-                        return false;
-                    }
-                }
-            }
+            None => match self.first_seq(c, r, &key, timeout).await {
+                Some(s) => s,
+                None => return false,
+            },
         };
         // Kafka: where the topic ends now; the canary's message comes after it.
         self.mark_topic(r, timeout).await;
@@ -1011,21 +1236,22 @@ impl Canary {
             span_id,
             written_at,
         };
-        let sql = write_sql(&c.schema, &c.table, &key, &row);
-        let res = conn
-            .with(timeout, RETRY_AFTER, |cn| {
-                Box::pin(write_once(cn, sql.clone()))
-            })
-            .await;
+        let res = self.write_row(c, r, &key, &row, timeout).await;
         let end = SystemTime::now();
         let attrs = vec![
-            KeyValue::new("db.system.name", "mysql"),
+            KeyValue::new(
+                "db.system.name",
+                match r.source {
+                    Source::Mysql(_) => "mysql",
+                    Source::Mongo { .. } => "mongodb",
+                },
+            ),
             KeyValue::new("db.namespace", c.schema.clone()),
             KeyValue::new("db.collection.name", c.table.clone()),
-            KeyValue::new("server.address", r.source.endpoint.to_string()),
+            KeyValue::new("server.address", r.source.address()),
         ];
         match res {
-            Ok(WriteOutcome::Written) => {
+            Ok(()) => {
                 write_span(&tracer, &cx, start, end, attrs, None);
                 self.shared().sent.fetch_add(1, Ordering::Relaxed);
                 let mut i = lock(&self.shared().inner);
@@ -1048,20 +1274,14 @@ impl Canary {
                 self.set_state(WriterState::Ok, String::new());
                 true
             }
-            Ok(WriteOutcome::ReadOnly) => {
-                write_span(&tracer, &cx, start, end, attrs, Some("read_only".into()));
+            Err(refusal) => {
+                write_span(&tracer, &cx, start, end, attrs, Some(refusal.span_error));
                 lost_trace(&cx, end, Duration::ZERO);
-                self.set_state(WriterState::ReadOnly, "@@GLOBAL.read_only is on".into());
-                false
-            }
-            Err(e) => {
-                write_span(&tracer, &cx, start, end, attrs, Some(e.to_string()));
-                lost_trace(&cx, end, Duration::ZERO);
-                if classify(&e) == WriterState::MissingTable {
+                if refusal.reread_seq {
                     // Dropped meanwhile: look again (and create) at the next interval.
                     lock(&self.shared().inner).next_seq = None;
                 }
-                self.set_state(classify(&e), e.to_string());
+                self.set_state(refusal.state, refusal.detail);
                 false
             }
         }
@@ -1235,6 +1455,43 @@ mod tests {
     use super::*;
     use opentelemetry::trace::TracerProvider as _;
     use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+
+    #[test]
+    fn mongo_refusals_and_document() {
+        let cmd = |code: i32| MongoError::Command {
+            code,
+            code_name: String::new(),
+            message: String::new(),
+        };
+        assert_eq!(classify_mongo(&cmd(13)), WriterState::Privilege);
+        assert_eq!(classify_mongo(&cmd(18)), WriterState::Privilege);
+        assert_eq!(classify_mongo(&cmd(10107)), WriterState::ReadOnly);
+        assert_eq!(classify_mongo(&cmd(189)), WriterState::ReadOnly);
+        assert_eq!(classify_mongo(&cmd(2)), WriterState::Unreachable);
+        assert_eq!(
+            classify_mongo(&MongoError::Timeout { after_ms: 5 }),
+            WriterState::Unreachable
+        );
+        let row = CanaryRow {
+            seq: 7,
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+            span_id: "b7ad6b7169203331".into(),
+            written_at: time::macros::datetime!(2026-12-05 10:00:01.000042 UTC),
+        };
+        assert_eq!(
+            mongo_fields("p1", &row),
+            vec![
+                ("pipeline", FieldValue::String("p1".into())),
+                ("seq", FieldValue::Int64(7)),
+                (
+                    "trace_id",
+                    FieldValue::String("0af7651916cd43dd8448eb211c80319c".into())
+                ),
+                ("span_id", FieldValue::String("b7ad6b7169203331".into())),
+                ("written_us", FieldValue::Int64(1_796_464_801_000_042)),
+            ]
+        );
+    }
 
     #[test]
     fn sql_builders() {

@@ -16,6 +16,7 @@ pub mod exit;
 pub mod gravity_metrics;
 pub mod healthz;
 pub mod logfs;
+pub mod oplog;
 pub mod process;
 pub mod sockets;
 pub mod source;

@@ -486,6 +486,64 @@ async fn read_view(
     }))
 }
 
+impl SourceCollector {
+    /// A Mongo source: its oplog window and gravity's headroom in it ([`super::oplog`]).
+    async fn collect_mongo(
+        &self,
+        ctx: &Context,
+        src: &crate::gravity_config::Endpoint,
+        pipeline: &str,
+    ) -> Result<Families, CollectError> {
+        let s = ctx.settings();
+        let address = src.address();
+        let bounds = match super::oplog::read_bounds(src, s.probe_timeout).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                if self.first(format!("nooplog:{address}")) {
+                    tracing::warn!(endpoint = %address, "gravity's Mongo source has no oplog (local.oplog.rs is empty or missing: not a replica set member?): the oplog window cannot be read");
+                }
+                ctx.state.oplog.set(None);
+                return Ok(Families::new());
+            }
+            Err(e) => {
+                if e.reason() == crate::probe::FailureReason::Auth
+                    && self.first(format!("oplog-grant:{address}"))
+                {
+                    tracing::warn!(endpoint = %address, error = %e, "gravity's Mongo user cannot read local.oplog.rs (needs the read role on local): the oplog window cannot be read");
+                }
+                return Err(CollectError::Unavailable(format!("source {address}: {e}")));
+            }
+        };
+        self.forget(&format!("nooplog:{address}"));
+        self.forget(&format!("oplog-grant:{address}"));
+        let max_age = ctx
+            .cadence()
+            .saturating_mul(3)
+            .saturating_add(s.gravity_timeout)
+            .max(Duration::from_secs(15));
+        let gravity = ctx
+            .last_status()
+            .filter(|st| st.at.elapsed() <= max_age)
+            .and_then(|st| super::oplog::gravity_position(&st));
+        let w = super::oplog::window(bounds, gravity);
+        if w.position_lost() {
+            if self.first(format!("oplog-lost:{address}")) {
+                tracing::warn!(
+                    endpoint = %address,
+                    gravity_position = w.gravity.unwrap_or(0),
+                    oldest = w.oldest,
+                    "gravity's Mongo position is older than the oldest oplog entry: gravity cannot resume from it; the pipeline must be re-initialised"
+                );
+            }
+        } else {
+            self.forget("oplog-lost:");
+        }
+        ctx.state.oplog.set(Some(w));
+        // rendered from the typed value just published
+        Ok(super::oplog::oplog_families(&w, pipeline))
+    }
+}
+
 impl Collector for SourceCollector {
     fn name(&self) -> &'static str {
         "source"
@@ -506,11 +564,19 @@ impl Collector for SourceCollector {
         Box::pin(async move {
             let s = ctx.settings();
             let target = ctx.target();
-            let src = target
+            let any_src = target
                 .config
                 .as_ref()
-                .and_then(|c| c.endpoint(EndpointRole::Source))
-                .filter(|e| e.protocol == Protocol::Mysql);
+                .and_then(|c| c.endpoint(EndpointRole::Source));
+            if let (Some(_), Some(m)) = (
+                s.probe_interval,
+                any_src.filter(|e| e.protocol == Protocol::Mongo),
+            ) {
+                *lock(&self.shared) = None;
+                return self.collect_mongo(&ctx, m, &target.pipeline).await;
+            }
+            ctx.state.oplog.set(None);
+            let src = any_src.filter(|e| e.protocol == Protocol::Mysql);
             let (Some(_), Some(src)) = (s.probe_interval, src) else {
                 // Probes off, or no MySQL source: nothing to say; drop a held connection.
                 *lock(&self.shared) = None;

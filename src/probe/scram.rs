@@ -314,10 +314,11 @@ impl Keys {
     }
 }
 
-/// The server side, for the fake Kafka broker and fake mongod: it verifies the client's
-/// proof exactly as RFC 5802 §3 prescribes, from the stored credentials alone.
+/// The server side, for this module's unit tests: it verifies the client's proof exactly as
+/// RFC 5802 §3 prescribes, from the stored credentials alone. (The fake servers of the
+/// integration tests have their own, `gravity_double::scram`.)
 #[doc(hidden)]
-#[cfg(any(test, feature = "test-servers"))]
+#[cfg(test)]
 pub mod server {
     use super::*;
 

@@ -235,9 +235,10 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
     }
 }
 
-/// A TLS acceptor for the fake servers (Kafka broker, mongod) of the tests.
+/// A TLS acceptor for the unit tests' servers. (The fake servers of the integration tests
+/// use `gravity_double::tls`.)
 #[doc(hidden)]
-#[cfg(any(test, feature = "test-servers"))]
+#[cfg(test)]
 pub mod testserver {
     use std::sync::Arc;
 

@@ -349,13 +349,7 @@ pub async fn post(port: u16, path_and_query: &str) -> String {
 /// The fake mongod's security for the test configs' Mongo source: gravity's user
 /// `reader`/`mongo-pw` in `admin`, SCRAM-SHA-256, no TLS.
 pub fn mongo_reader() -> gravity_double::mongo::Security {
-    gravity_double::mongo::Security {
-        tls: None,
-        user: Some(gravity_double::mongo::MongoUser {
-            user: "reader".into(),
-            password: "mongo-pw".into(),
-            db: "admin".into(),
-            mechanisms: vec![gravity_exporter::probe::scram::ScramHash::Sha256],
-        }),
-    }
+    gravity_double::mongo::Security::users(vec![gravity_double::mongo::MongoUser::reader(
+        "reader", "mongo-pw",
+    )])
 }

@@ -39,6 +39,7 @@ pub mod gofmt;
 pub mod kafka;
 pub mod kafka_out;
 pub mod logw;
+pub mod mongo;
 pub mod otlp;
 pub mod scram;
 pub mod server;
@@ -46,9 +47,6 @@ pub mod sim;
 pub mod status;
 pub mod supervisor;
 pub mod tls;
-
-/// The fake `mongod` of the tests (same feature).
-pub use gravity_exporter::probe::mongo::testserver as mongo;
 
 pub use app::ErrorKind;
 pub use sim::Mode;
