@@ -67,8 +67,10 @@ async fn probe_hang_times_out_within_deadline() {
     let out = probe(&broker.endpoint(), deadline).await;
     let took = start.elapsed();
     assert_eq!(out.reason, Some(FailureReason::Timeout), "{out:?}");
+    // the deadline is kept (never answered early), and a hang is cut: a bound that catches
+    // a hang, not a timing target (those are in the benches)
     assert!(
-        took >= deadline && took < deadline + Duration::from_millis(100),
+        took >= deadline && took < deadline + Duration::from_secs(10),
         "{took:?}"
     );
     // The broker did get the request: the hang is in the answer, not the connect.
