@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use gravity_exporter::config::{DemoArgs, ProcessSelector, Settings};
+use gravity_exporter::config::{DemoArgs, MonitorLogin, ProcessSelector, Settings};
 
 use crate::supervisor::{install_gravity_link, Restart, Supervisor, SupervisorConfig};
 
@@ -90,7 +90,21 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
     let exe = std::env::current_exe().map_err(io("finding this executable"))?;
     let link = install_gravity_link(&exe, &dir).map_err(io("linking the simulated gravity"))?;
     let config = dir.join("config.toml");
-    std::fs::write(&config, DEMO_CONFIG).map_err(io("writing the gravity config"))?;
+    // The canary (docs/canary.md) needs a real MySQL server: a private MariaDB when
+    // Debian's mariadb-server is installed, else the demo runs without one.
+    let canary = if settings.canary.enabled() {
+        Err("configured by your --canary.* flags".to_string())
+    } else {
+        match crate::mariadb::PrivateMariaDb::start(&dir) {
+            Ok(db) => prepare_canary(db).await,
+            Err(e) => Err(e),
+        }
+    };
+    let config_text = match &canary {
+        Ok((db, _)) => demo_config_with_database(db.port),
+        Err(_) => DEMO_CONFIG.to_string(),
+    };
+    std::fs::write(&config, config_text).map_err(io("writing the gravity config"))?;
     let log = dir.join("gravity.log");
     let gport = if args.gravity_port == 0 {
         free_port()?
@@ -121,6 +135,19 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
         Ok(re) => ProcessSelector::Pattern(re),
         Err(_) => ProcessSelector::Default,
     };
+    let canary_line = match &canary {
+        Ok((db, login)) => {
+            settings.canary.interval = Some(Duration::from_secs(2));
+            settings.canary.timeout = Duration::from_secs(20);
+            settings.canary.login = Some(login.clone());
+            format!(
+                "  canary:             one row every 2 s into gravity_canary.heartbeat on a private MariaDB (127.0.0.1:{}); source and target are that one server here, so the lag shown is the exporter's own round trip (docs/canary.md)",
+                db.port
+            )
+        }
+        Err(why) => format!("  canary:             off ({why})"),
+    };
+    let _db = canary.ok().map(|(db, _)| db);
     let listener = gravity_exporter::app::bind(&settings).await?;
     let local = listener
         .local_addr()
@@ -146,6 +173,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
             settings.telemetry_path
         ),
         format!("  exporter page:      http://{shown}/"),
+        canary_line,
     ];
     if let Some(o) = &settings.telemetry.otlp {
         lines.push(format!(
@@ -246,5 +274,46 @@ fn start_prometheus(
     Some((
         Helper(child),
         format!("  Prometheus:         http://127.0.0.1:{port}/"),
+    ))
+}
+
+/// The demo's gravity config with its source and target on the private server (one server
+/// for both), and a route for the canary table.
+fn demo_config_with_database(port: u16) -> String {
+    DEMO_CONFIG
+        .replace("port = 3306", &format!("port = {port}"))
+        .replace("port = 3307", &format!("port = {port}"))
+        + "\n[[output.config.routes]]\nmatch-schema = \"gravity_canary\"\nmatch-table = \"heartbeat\"\n"
+}
+
+/// Makes the logins the canary needs on the private server: the canary's own writer and
+/// gravity's target user of the demo config (the exporter reads the target as gravity).
+async fn prepare_canary(
+    db: crate::mariadb::PrivateMariaDb,
+) -> Result<(crate::mariadb::PrivateMariaDb, MonitorLogin), String> {
+    use gravity_exporter::probe::mysql::MySqlConn;
+    use gravity_exporter::probe::{Endpoint, Secret};
+    let ep = Endpoint::new("127.0.0.1", db.port);
+    let mut root = MySqlConn::connect(&ep, "root", &Secret::default(), Duration::from_secs(10))
+        .await
+        .map_err(|e| format!("private MariaDB: {e}"))?;
+    // a password of this run only, handed to the exporter in memory
+    let pw = format!("demo-canary-{:x}", std::process::id() ^ u32::from(db.port));
+    for stmt in [
+        format!("CREATE USER IF NOT EXISTS 'gx_canary'@'%' IDENTIFIED BY '{pw}'"),
+        "GRANT CREATE, INSERT, UPDATE, SELECT ON gravity_canary.* TO 'gx_canary'@'%'".to_string(),
+        "CREATE USER IF NOT EXISTS 'writer'@'%' IDENTIFIED BY 's3cret-target-pw'".to_string(),
+        "GRANT SELECT ON gravity_canary.* TO 'writer'@'%'".to_string(),
+    ] {
+        root.query(&stmt)
+            .await
+            .map_err(|e| format!("private MariaDB: {e}"))?;
+    }
+    Ok((
+        db,
+        MonitorLogin {
+            user: "gx_canary".into(),
+            password: Secret::new(pw),
+        },
     ))
 }

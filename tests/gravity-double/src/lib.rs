@@ -39,6 +39,7 @@ pub mod gofmt;
 pub mod kafka;
 pub mod kafka_out;
 pub mod logw;
+pub mod mariadb;
 pub mod mongo;
 pub mod otlp;
 pub mod scram;
