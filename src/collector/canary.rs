@@ -412,6 +412,38 @@ pub fn stage_attributes(w: &super::gravity_metrics::StageWindow) -> Vec<KeyValue
     if let Some(s) = w.slowest() {
         v.push(KeyValue::new("gravity.stage.slowest", s.stage));
     }
+    v.extend(queue_attributes(&w.queues));
+    v
+}
+
+/// Root-span attributes from gravity's queue gauges at the end of that window:
+/// `gravity.queue.<type>` (Σ over the type's tables or workers) and `.max`, the
+/// scheduler's batch sizes and worker count.
+pub fn queue_attributes(q: &super::gravity_metrics::Queues) -> Vec<KeyValue> {
+    let mut v = Vec::new();
+    if q.is_empty() {
+        return v;
+    }
+    v.push(KeyValue::new(
+        "gravity.queues.aggregation",
+        "gravity_queue_length gauges at the last /metrics collection: sum per type over its tables or workers, and the longest one",
+    ));
+    for l in &q.lengths {
+        v.push(KeyValue::new(format!("gravity.queue.{}", l.kind), l.total));
+        v.push(KeyValue::new(
+            format!("gravity.queue.{}.max", l.kind),
+            l.max,
+        ));
+    }
+    if let Some(b) = q.batch_size_mean {
+        v.push(KeyValue::new("gravity.scheduler.batch_size.mean", b));
+    }
+    if let Some(b) = q.batch_size_max {
+        v.push(KeyValue::new("gravity.scheduler.batch_size.max", b));
+    }
+    if let Some(n) = q.workers {
+        v.push(KeyValue::new("gravity.scheduler.workers", n));
+    }
     v
 }
 
@@ -1181,6 +1213,7 @@ mod tests {
             at: Instant::now(),
             window_seconds: 5.0,
             stages,
+            queues: Default::default(),
         };
         let attrs = stage_attributes(&w);
         assert!(attrs
