@@ -292,16 +292,54 @@ where
         &OtelContext::new(),
     );
     let sc = span.span_context().clone();
-    let cx = OtelContext::new().with_span(span);
     if sc.is_valid() {
+        let cx = OtelContext::new().with_span(span);
         (
             cx,
             format!("{}", sc.trace_id()),
             format!("{}", sc.span_id()),
         )
     } else {
-        (cx, random_hex(16), random_hex(8))
+        // Nothing recorded: the context carries the row's random ids all the same, so the
+        // exporter's records made inside it (LogEntry) carry the ids of the row.
+        let (t, s) = (random_hex(16), random_hex(8));
+        let ids = opentelemetry::trace::TraceId::from_hex(&t)
+            .ok()
+            .zip(opentelemetry::trace::SpanId::from_hex(&s).ok());
+        let cx = match ids {
+            Some((ti, si)) => {
+                OtelContext::new().with_remote_span_context(opentelemetry::trace::SpanContext::new(
+                    ti,
+                    si,
+                    opentelemetry::trace::TraceFlags::default(),
+                    false,
+                    Default::default(),
+                ))
+            }
+            None => OtelContext::new().with_span(span),
+        };
+        (cx, t, s)
     }
+}
+
+/// A record of the exporter's own about a canary, made inside its root span's context:
+/// the exporter's log line (with the trace and span id) and, while LogEntry output is on,
+/// a LogEntry carrying the same ids.
+fn note(
+    ctx: &Context,
+    cx: &OtelContext,
+    level: crate::log::record::Level,
+    msg: &str,
+    f: crate::otlp::logs::OwnFields,
+) {
+    let _in_span = cx.clone().attach();
+    let (trace_id, span_id) = crate::otlp::trace::current_ids().unwrap_or_default();
+    match level {
+        crate::log::record::Level::Debug => tracing::debug!(%trace_id, %span_id, "{msg}"),
+        crate::log::record::Level::Info => tracing::info!(%trace_id, %span_id, "{msg}"),
+        _ => tracing::warn!(%trace_id, %span_id, "{msg}"),
+    }
+    crate::otlp::logs::submit_own(ctx, level, "canary", msg, f);
 }
 
 fn child<T: Tracer>(
@@ -829,6 +867,7 @@ impl Canary {
         match res {
             Ok(WriteOutcome::Written) => {
                 write_span(&tracer, &cx, start, end, attrs, None);
+                let cx_note = cx.clone();
                 self.shared().sent.fetch_add(1, Ordering::Relaxed);
                 let mut i = lock(&self.shared().inner);
                 i.next_seq = Some(seq.saturating_add(1));
@@ -846,7 +885,21 @@ impl Canary {
                     cx,
                 });
                 drop(i);
-                tracing::debug!(seq, trace_id = %trace_id, "canary written");
+                note(
+                    &self.ctx,
+                    &cx_note,
+                    crate::log::record::Level::Debug,
+                    &format!("canary written: seq {seq}"),
+                    crate::otlp::logs::OwnFields {
+                        schema: Some(c.schema.clone()),
+                        table: Some(c.table.clone()),
+                        operation: Some("write".into()),
+                        duration_ms: end
+                            .duration_since(start)
+                            .ok()
+                            .map(|d| d.as_secs_f64() * 1000.0),
+                    },
+                );
                 self.set_state(WriterState::Ok, String::new());
                 true
             }
@@ -949,11 +1002,36 @@ impl Canary {
                 if let Some(st) = &self.status {
                     st.observe_table(&pipeline, &c.schema, &c.table, wall);
                 }
-                tracing::debug!(seq = p.row.seq, trace_id = %p.row.trace_id, lag_seconds = wall, "canary arrived");
+                note(
+                    &self.ctx,
+                    &p.cx,
+                    crate::log::record::Level::Debug,
+                    &format!("canary arrived: seq {}, e2e lag {wall:.6} s", p.row.seq),
+                    crate::otlp::logs::OwnFields {
+                        schema: Some(r.target_schema.clone()),
+                        table: Some(r.target_table.clone()),
+                        operation: Some("arrival".into()),
+                        duration_ms: Some(wall * 1000.0),
+                    },
+                );
             } else {
                 lost_trace(&p.cx, now, c.timeout);
                 self.shared().lost.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(seq = p.row.seq, trace_id = %p.row.trace_id, timeout = ?c.timeout, target = %format!("{}.{}", r.target_schema, r.target_table), "canary lost: not seen at the target in time");
+                note(
+                    &self.ctx,
+                    &p.cx,
+                    crate::log::record::Level::Warning,
+                    &format!(
+                        "canary lost: seq {} not seen at the target {}.{} within {:?}",
+                        p.row.seq, r.target_schema, r.target_table, c.timeout
+                    ),
+                    crate::otlp::logs::OwnFields {
+                        schema: Some(r.target_schema.clone()),
+                        table: Some(r.target_table.clone()),
+                        operation: Some("lost".into()),
+                        duration_ms: None,
+                    },
+                );
             }
             self.shared().remember(Finished {
                 seq: p.row.seq,
@@ -1227,8 +1305,11 @@ mod tests {
     #[test]
     fn without_a_provider_the_row_still_gets_ids() {
         let tracer = opentelemetry::trace::noop::NoopTracer::new();
-        let (_, t, s) = start_trace(&tracer, SystemTime::now(), vec![]);
+        let (cx, t, s) = start_trace(&tracer, SystemTime::now(), vec![]);
         assert_eq!((t.len(), s.len()), (32, 16));
         assert_ne!(t, "0".repeat(32));
+        // the records made inside the canary's context carry the row's ids
+        let _g = cx.attach();
+        assert_eq!(crate::otlp::trace::current_ids(), Some((t, s)));
     }
 }

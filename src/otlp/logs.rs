@@ -59,7 +59,8 @@ pub struct Metadata {
     pub line: Option<u32>,
     /// The record reports a retry attempt.
     pub retry: bool,
-    /// What wrote the record (`gravity`).
+    /// What wrote the record: `gravity` (its log), or `gravity-exporter` (the exporter's
+    /// own records about what it traces, e.g. a canary).
     pub source: &'static str,
 }
 
@@ -266,6 +267,51 @@ impl LogEntry {
         }
     }
 
+    /// A record of the exporter's own (not gravity's): `metadata.source` is
+    /// `gravity-exporter`, the time is now, and the trace and span id are those of the
+    /// OpenTelemetry span current on this thread (`opentelemetry::Context::current()`: the
+    /// caller attaches the span's context around the call), none outside a span. The
+    /// message and fields are masked like gravity's.
+    pub fn own(
+        level: Level,
+        component: &'static str,
+        pipeline: &str,
+        message: &str,
+        fields: OwnFields,
+    ) -> LogEntry {
+        let now = SystemTime::now();
+        let (trace_id, span_id) = match super::trace::current_ids() {
+            Some((t, s)) => (Some(t), Some(s)),
+            None => (None, None),
+        };
+        let clean = |s: &str| {
+            crate::metrics::cut(&crate::page::redact::redact_known(s), FIELD_BYTES).to_string()
+        };
+        let message = crate::page::redact::redact_known(message);
+        LogEntry {
+            timestamp: rfc3339(now),
+            time_unix_nano: super::unix_nanos(now),
+            level: level.as_str(),
+            severity_number: severity(level),
+            pipeline: pipeline.to_string(),
+            component,
+            trace_id,
+            span_id,
+            message: crate::metrics::cut(&message, MESSAGE_CHARS).to_string(),
+            schema: fields.schema.as_deref().map(clean),
+            table: fields.table.as_deref().map(clean),
+            operation: fields.operation.as_deref().map(clean),
+            duration_ms: fields.duration_ms.filter(|d| d.is_finite()),
+            error: None,
+            metadata: Metadata {
+                file: None,
+                line: None,
+                retry: false,
+                source: "gravity-exporter",
+            },
+        }
+    }
+
     /// The entry as an OTLP LogRecord (attribute names as the JSON keys; `error.type`,
     /// `error.cause`, `metadata.file`, `metadata.line`, `metadata.retry`).
     pub fn to_otlp(&self, observed_unix_nano: u64) -> LogRecord {
@@ -345,6 +391,36 @@ impl LogEntry {
             span_id: hex(&self.span_id, 8),
             ..Default::default()
         }
+    }
+}
+
+/// What a record of the exporter's own says beyond its message (see [`LogEntry::own`]).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct OwnFields {
+    /// Schema the record is about.
+    pub schema: Option<String>,
+    /// Table the record is about.
+    pub table: Option<String>,
+    /// Operation.
+    pub operation: Option<String>,
+    /// A duration the record reports, in milliseconds.
+    pub duration_ms: Option<f64>,
+}
+
+/// Hands a record of the exporter's own to the LogEntry outputs (OTLP logs,
+/// `--log-entries.file`) while one of them is on; a no-op otherwise. Its trace and span id
+/// are those of the OpenTelemetry span current on this thread ([`LogEntry::own`]).
+pub fn submit_own(
+    ctx: &Context,
+    level: Level,
+    component: &'static str,
+    message: &str,
+    fields: OwnFields,
+) {
+    if let Some(t) = ctx.telemetry.get().filter(|t| t.logs.is_on()) {
+        let pipeline = ctx.target().pipeline.clone();
+        t.logs
+            .submit(LogEntry::own(level, component, &pipeline, message, fields));
     }
 }
 
@@ -704,6 +780,41 @@ mod tests {
         assert_eq!(rec.trace_id.len(), 16);
         assert_eq!(rec.span_id.len(), 8);
         assert_eq!(rec.severity_number, 17);
+    }
+
+    #[test]
+    fn own_records_carry_the_ids_of_the_current_span() {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
+        let f = || OwnFields {
+            table: Some("heartbeat".into()),
+            duration_ms: Some(4.5),
+            ..Default::default()
+        };
+        let outside = LogEntry::own(Level::Debug, "canary", "p1", "canary written", f());
+        assert_eq!((outside.trace_id, outside.span_id), (None, None));
+        let sc = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            Default::default(),
+        );
+        let cx = opentelemetry::Context::new().with_remote_span_context(sc);
+        let e = {
+            let _g = cx.attach();
+            LogEntry::own(Level::Warning, "canary", "p1", "canary lost", f())
+        };
+        assert_eq!(
+            e.trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(e.span_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(e.metadata.source, "gravity-exporter");
+        assert_eq!((e.level, e.severity_number), ("warning", 13));
+        assert_eq!(e.component, "canary");
+        let rec = e.to_otlp(1);
+        assert_eq!(rec.trace_id.len(), 16);
+        assert_eq!(rec.span_id.len(), 8);
     }
 
     #[test]
