@@ -357,6 +357,7 @@ impl LogEntry {
                 ..Default::default()
             });
         }
+        attributes.push(s("metadata.source", self.metadata.source));
         attributes.push(KeyValue {
             key: "metadata.retry".into(),
             value: Some(AnyValue {
@@ -435,6 +436,10 @@ struct Inner {
     otlp_tx: Option<mpsc::Sender<LogEntry>>,
     file_tx: Option<mpsc::Sender<LogEntry>>,
     otlp_rx: Option<Arc<tokio::sync::Mutex<mpsc::Receiver<LogEntry>>>>,
+    /// Entries the OTLP task took from its queue and has not had accepted or refused yet
+    /// (at most 2 × [`BATCH`]): a shutdown that stops the task while it gathers or sends
+    /// leaves them here for [`LogSink::flush`], instead of losing them uncounted.
+    otlp_batch: Mutex<Vec<LogEntry>>,
     file_rx: Option<Arc<tokio::sync::Mutex<mpsc::Receiver<LogEntry>>>>,
     transport: Option<Arc<Transport>>,
     writer: Option<Arc<Mutex<JsonLines>>>,
@@ -499,6 +504,7 @@ impl LogSink {
             otlp_tx,
             file_tx,
             otlp_rx,
+            otlp_batch: Mutex::new(Vec::new()),
             file_rx,
             transport,
             writer: t
@@ -570,6 +576,12 @@ impl LogSink {
             }
         }
         if let Some(rx) = &i.otlp_rx {
+            // what the stopped task had taken from the queue (sent again if its export was
+            // cut off: at least once)
+            let held = std::mem::take(&mut *lock(&i.otlp_batch));
+            if !held.is_empty() {
+                send_batch(i, &held).await;
+            }
             loop {
                 let mut buf = Vec::new();
                 {
@@ -584,13 +596,13 @@ impl LogSink {
                 if buf.is_empty() {
                     break;
                 }
-                send_batch(i, buf).await;
+                send_batch(i, &buf).await;
             }
         }
     }
 }
 
-async fn send_batch(i: &Inner, batch: Vec<LogEntry>) {
+async fn send_batch(i: &Inner, batch: &[LogEntry]) {
     let Some(tr) = &i.transport else { return };
     let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
     let observed = super::unix_nanos(SystemTime::now());
@@ -612,26 +624,34 @@ async fn send_batch(i: &Inner, batch: Vec<LogEntry>) {
 async fn otlp_loop(i: Arc<Inner>) {
     let Some(rx) = i.otlp_rx.clone() else { return };
     loop {
-        let mut buf = Vec::with_capacity(64);
-        {
-            let mut rx = rx.lock().await;
-            if rx.recv_many(&mut buf, BATCH).await == 0 {
-                return;
+        // entries move from the queue into `otlp_batch` and leave it only once the export
+        // ended: the task may be stopped (shutdown) at any await below
+        if lock(&i.otlp_batch).is_empty() {
+            let mut buf = Vec::with_capacity(64);
+            {
+                let mut rx = rx.lock().await;
+                if rx.recv_many(&mut buf, BATCH).await == 0 {
+                    return;
+                }
             }
-        }
-        // gather what follows shortly into the same export
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        {
-            let mut rx = rx.lock().await;
-            while buf.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(e) => buf.push(e),
-                    Err(_) => break,
+            lock(&i.otlp_batch).extend(buf);
+            // gather what follows shortly into the same export
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            {
+                let mut rx = rx.lock().await;
+                let mut held = lock(&i.otlp_batch);
+                while held.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(e) => held.push(e),
+                        Err(_) => break,
+                    }
                 }
             }
         }
         // one export at a time; meanwhile the queue fills and drops what does not fit
-        send_batch(&i, buf).await;
+        let batch = lock(&i.otlp_batch).clone();
+        send_batch(&i, &batch).await;
+        lock(&i.otlp_batch).clear();
     }
 }
 
