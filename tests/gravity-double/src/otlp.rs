@@ -179,6 +179,12 @@ impl Receiver {
         self.state.lock().clone()
     }
 
+    /// Everything received so far, which is forgotten (a long-running receiver keeps its
+    /// memory bounded this way).
+    pub fn take(&self) -> Received {
+        std::mem::take(&mut *self.state.lock())
+    }
+
     /// Changes how it answers from now on.
     pub fn set_mode(&self, m: Mode) {
         *self
@@ -205,10 +211,24 @@ impl Receiver {
         Self::grpc_with(mode, Some(tls)).await
     }
 
+    /// An OTLP/gRPC receiver (no TLS) on `bind` (`host:port`), for the standalone receiver.
+    pub async fn grpc_on(bind: &str, mode: Mode) -> std::io::Result<Receiver> {
+        let listener = tokio::net::TcpListener::bind(bind).await?;
+        Ok(Self::grpc_listening(listener, mode, None))
+    }
+
     async fn grpc_with(mode: Mode, tls: Option<&ServerTls>) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
+        Self::grpc_listening(listener, mode, tls)
+    }
+
+    fn grpc_listening(
+        listener: tokio::net::TcpListener,
+        mode: Mode,
+        tls: Option<&ServerTls>,
+    ) -> Receiver {
         let addr = listener.local_addr().expect("local addr");
         let state = Self::new_state(mode);
         let svc = Grpc(Arc::clone(&state));
@@ -258,11 +278,25 @@ impl Receiver {
         Self::http_with(mode, Some(tls)).await
     }
 
+    /// An OTLP/HTTP receiver (no TLS) on `bind` (`host:port`), for the standalone receiver.
+    pub async fn http_on(bind: &str, mode: Mode) -> std::io::Result<Receiver> {
+        let listener = tokio::net::TcpListener::bind(bind).await?;
+        Ok(Self::http_listening(listener, mode, None))
+    }
+
     async fn http_with(mode: Mode, tls: Option<&ServerTls>) -> Receiver {
-        let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.rustls(&[b"http/1.1"])));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
+        Self::http_listening(listener, mode, tls)
+    }
+
+    fn http_listening(
+        listener: tokio::net::TcpListener,
+        mode: Mode,
+        tls: Option<&ServerTls>,
+    ) -> Receiver {
+        let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.rustls(&[b"http/1.1"])));
         let addr = listener.local_addr().expect("local addr");
         let state = Self::new_state(mode);
         let (tx, mut rx) = oneshot::channel::<()>();
