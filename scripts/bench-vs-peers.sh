@@ -12,6 +12,11 @@
 #   IDLE_WARMUP=130                     seconds without scrapes before the idle window: the exporter
 #                                       collects every --collector.interval for two idle intervals
 #                                       (2 x 60 s) after its start or its last scrape, then at rest
+#   OTLP_CASE=1                         only OpenTelemetry off vs on: two release exporters on the same
+#                                       double in the same run, one exporting over OTLP/gRPC every 10 s
+#                                       to the tests' receiver (`gravity-double otlp-receiver`): CPU per
+#                                       hour and RSS without scrapes (IDLE_SECONDS, after IDLE_WARMUP) and
+#                                       scraped every 15 s (RATE_SECONDS)
 # Results go to stdout and target/bench/results.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,13 +25,18 @@ IDLE_SECONDS=${IDLE_SECONDS:-300}
 IDLE_WARMUP=${IDLE_WARMUP:-130}
 RATE_SECONDS=${RATE_SECONDS:-600}
 ONLY_RATE=${ONLY_RATE:-0}
-OUT=target/bench; mkdir -p "$OUT"; : > "$OUT/results.txt"
+OTLP_CASE=${OTLP_CASE:-0}
+# the build directory: CARGO_TARGET_DIR when set, else ./target
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+OUT=$TARGET/bench; mkdir -p "$OUT"; : > "$OUT/results.txt"
 say() { echo "$*" | tee -a "$OUT/results.txt"; }
 
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 need=()
-command -v prometheus-process-exporter >/dev/null || need+=(prometheus-process-exporter)
-command -v mtail >/dev/null || need+=(mtail)
+if [ "$OTLP_CASE" != 1 ]; then
+  command -v prometheus-process-exporter >/dev/null || need+=(prometheus-process-exporter)
+  command -v mtail >/dev/null || need+=(mtail)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
@@ -35,12 +45,12 @@ fi
 cargo build --release --quiet -p gravity-exporter --bin gravity-exporter
 # the gravity double (workspace member tests/gravity-double); its own speed does not matter
 cargo build --quiet -p gravity-double --bin gravity-double
-if [ "$ONLY_RATE" != 1 ]; then
+if [ "$ONLY_RATE" != 1 ] && [ "$OTLP_CASE" != 1 ]; then
   cargo bench --no-run --quiet 2>/dev/null
-  SCRAPE=$(ls -t target/release/deps/scrape-* | grep -v '\.d$' | head -1)
+  SCRAPE=$(ls -t "$TARGET"/release/deps/scrape-* | grep -v '\.d$' | head -1)
 fi
-BIN=$PWD/target/release/gravity-exporter
-DOUBLE=$PWD/target/debug/gravity-double
+BIN=$TARGET/release/gravity-exporter
+DOUBLE=$TARGET/debug/gravity-double
 TCK=$(getconf CLK_TCK)
 
 work=$(mktemp -d)
@@ -62,6 +72,48 @@ GRAVITY_DOUBLE_RATE=500 "$work/gravity" --config="$work/config.toml" --http-addr
 pids+=($!)
 sleep 1
 
+cpu() { awk -v t="$TCK" '{print ($14+$15)/t}' "/proc/$1/stat"; }
+rss() { awk '/VmRSS/ {print $2*1024}' "/proc/$1/status"; }
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+per_hour() { echo "$1 $2 $TCK $3" | awk '{printf "%.2f", ($1-$2)/$3*3600/$4}'; }
+
+if [ "$OTLP_CASE" = 1 ]; then
+  # OpenTelemetry off and on, side by side: the same release binary and flags, one of them
+  # also exporting metrics (and gravity's classified log records) over OTLP/gRPC every 10 s
+  "$DOUBLE" otlp-receiver grpc 127.0.0.1:0 >"$work/rx.out" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 50); do grep -q '^listening' "$work/rx.out" 2>/dev/null && break; sleep 0.1; done
+  EP=$(awk '/^listening/ {print $2; exit}' "$work/rx.out")
+  OPORT2=$(port)
+  common=(--gravity.process-pattern "gravity --config=$work/config.toml" --probe.interval 0s --log.level warn)
+  "$BIN" --web.listen-address=127.0.0.1:$OPORT "${common[@]}" >"$work/off.log" 2>&1 &
+  OFF=$!; pids+=($OFF)
+  "$BIN" --web.listen-address=127.0.0.1:$OPORT2 "${common[@]}" \
+    --otlp.endpoint "$EP" --otlp.protocol grpc --otlp.interval 10s >"$work/on.log" 2>&1 &
+  ON=$!; pids+=($ON)
+  say "== OpenTelemetry off vs on ($(date -u +%F), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); receiver $EP)"
+  sleep "$IDLE_WARMUP"
+  f0=$(ticks $OFF); n0=$(ticks $ON); t0=$(date +%s.%N)
+  sleep "$IDLE_SECONDS"
+  f1=$(ticks $OFF); n1=$(ticks $ON); t1=$(date +%s.%N)
+  el=$(echo "$t1 $t0" | awk '{print $1-$2}')
+  say "no scrapes, ${IDLE_SECONDS}s:        OTLP off $(per_hour "$f1" "$f0" "$el") CPU-s/h rss_bytes=$(rss $OFF)   OTLP on $(per_hour "$n1" "$n0" "$el") CPU-s/h rss_bytes=$(rss $ON)"
+  f0=$(ticks $OFF); n0=$(ticks $ON); t0=$(date +%s.%N)
+  end=$(( $(date +%s) + RATE_SECONDS ))
+  while [ "$(date +%s)" -lt "$end" ]; do
+    curl -s -o /dev/null "http://127.0.0.1:$OPORT/metrics" & c1=$!
+    curl -s -o /dev/null "http://127.0.0.1:$OPORT2/metrics" & c2=$!
+    wait "$c1" "$c2"
+    sleep 15
+  done
+  f1=$(ticks $OFF); n1=$(ticks $ON); t1=$(date +%s.%N)
+  el=$(echo "$t1 $t0" | awk '{print $1-$2}')
+  say "scraped every 15 s, ${RATE_SECONDS}s: OTLP off $(per_hour "$f1" "$f0" "$el") CPU-s/h rss_bytes=$(rss $OFF)   OTLP on $(per_hour "$n1" "$n0" "$el") CPU-s/h rss_bytes=$(rss $ON)"
+  say "threads: OTLP off $(awk '/Threads/ {print $2}' /proc/$OFF/status), on $(awk '/Threads/ {print $2}' /proc/$ON/status); receiver: $(tail -1 "$work/rx.out")"
+  say "exports (OTLP on): $(curl -s "http://127.0.0.1:$OPORT2/metrics" | grep '^gravity_exporter_otlp_export' | tr '\n' ' ')"
+  exit 0
+fi
+
 "$BIN" --web.listen-address=127.0.0.1:$OPORT --gravity.process-pattern "gravity --config=$work/config.toml" \
   --probe.interval 0s --log.level warn >"$work/ours.log" 2>&1 &
 OURS=$!; pids+=($OURS)
@@ -69,11 +121,7 @@ prometheus-process-exporter -web.listen-address=127.0.0.1:$PPORT -procnames grav
 PEER=$!; pids+=($PEER)
 sleep 3
 
-cpu() { awk -v t="$TCK" '{print ($14+$15)/t}' "/proc/$1/stat"; }
-rss() { awk '/VmRSS/ {print $2*1024}' "/proc/$1/status"; }
 series() { curl -s "$1" | grep -vc '^#'; }
-
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 
 # At rest, same run, same double: CPU with no scrapes at all, then CPU per hour and RSS with
 # both exporters scraped every 15 s (as Prometheus would), like the idle figures of issue 9.

@@ -316,16 +316,54 @@ where
         &OtelContext::new(),
     );
     let sc = span.span_context().clone();
-    let cx = OtelContext::new().with_span(span);
     if sc.is_valid() {
+        let cx = OtelContext::new().with_span(span);
         (
             cx,
             format!("{}", sc.trace_id()),
             format!("{}", sc.span_id()),
         )
     } else {
-        (cx, random_hex(16), random_hex(8))
+        // Nothing recorded: the context carries the row's random ids all the same, so the
+        // exporter's records made inside it (LogEntry) carry the ids of the row.
+        let (t, s) = (random_hex(16), random_hex(8));
+        let ids = opentelemetry::trace::TraceId::from_hex(&t)
+            .ok()
+            .zip(opentelemetry::trace::SpanId::from_hex(&s).ok());
+        let cx = match ids {
+            Some((ti, si)) => {
+                OtelContext::new().with_remote_span_context(opentelemetry::trace::SpanContext::new(
+                    ti,
+                    si,
+                    opentelemetry::trace::TraceFlags::default(),
+                    false,
+                    Default::default(),
+                ))
+            }
+            None => OtelContext::new().with_span(span),
+        };
+        (cx, t, s)
     }
+}
+
+/// A record of the exporter's own about a canary, made inside its root span's context:
+/// the exporter's log line (with the trace and span id) and, while LogEntry output is on,
+/// a LogEntry carrying the same ids.
+fn note(
+    ctx: &Context,
+    cx: &OtelContext,
+    level: crate::log::record::Level,
+    msg: &str,
+    f: crate::otlp::logs::OwnFields,
+) {
+    let _in_span = cx.clone().attach();
+    let (trace_id, span_id) = crate::otlp::trace::current_ids().unwrap_or_default();
+    match level {
+        crate::log::record::Level::Debug => tracing::debug!(%trace_id, %span_id, "{msg}"),
+        crate::log::record::Level::Info => tracing::info!(%trace_id, %span_id, "{msg}"),
+        _ => tracing::warn!(%trace_id, %span_id, "{msg}"),
+    }
+    crate::otlp::logs::submit_own(ctx, level, "canary", msg, f);
 }
 
 fn child<T: Tracer>(
@@ -435,6 +473,38 @@ pub fn stage_attributes(w: &super::gravity_metrics::StageWindow) -> Vec<KeyValue
     }
     if let Some(s) = w.slowest() {
         v.push(KeyValue::new("gravity.stage.slowest", s.stage));
+    }
+    v.extend(queue_attributes(&w.queues));
+    v
+}
+
+/// Root-span attributes from gravity's queue gauges at the end of that window:
+/// `gravity.queue.<type>` (Σ over the type's tables or workers) and `.max`, the
+/// scheduler's batch sizes and worker count.
+pub fn queue_attributes(q: &super::gravity_metrics::Queues) -> Vec<KeyValue> {
+    let mut v = Vec::new();
+    if q.is_empty() {
+        return v;
+    }
+    v.push(KeyValue::new(
+        "gravity.queues.aggregation",
+        "gravity_queue_length gauges at the last /metrics collection: sum per type over its tables or workers, and the longest one",
+    ));
+    for l in &q.lengths {
+        v.push(KeyValue::new(format!("gravity.queue.{}", l.kind), l.total));
+        v.push(KeyValue::new(
+            format!("gravity.queue.{}.max", l.kind),
+            l.max,
+        ));
+    }
+    if let Some(b) = q.batch_size_mean {
+        v.push(KeyValue::new("gravity.scheduler.batch_size.mean", b));
+    }
+    if let Some(b) = q.batch_size_max {
+        v.push(KeyValue::new("gravity.scheduler.batch_size.max", b));
+    }
+    if let Some(n) = q.workers {
+        v.push(KeyValue::new("gravity.scheduler.workers", n));
     }
     v
 }
@@ -684,6 +754,22 @@ enum Arrival {
 }
 
 impl Arrival {
+    /// The target schema (a MySQL target).
+    fn schema(&self) -> Option<&str> {
+        match self {
+            Arrival::Mysql { schema, .. } => Some(schema),
+            Arrival::Kafka { .. } => None,
+        }
+    }
+
+    /// The target table (a MySQL target).
+    fn table(&self) -> Option<&str> {
+        match self {
+            Arrival::Mysql { table, .. } => Some(table),
+            Arrival::Kafka { .. } => None,
+        }
+    }
+
     /// `schema.table` at the target, or `kafka topic NAME`.
     fn describe(&self) -> String {
         match self {
@@ -1253,6 +1339,7 @@ impl Canary {
         match res {
             Ok(()) => {
                 write_span(&tracer, &cx, start, end, attrs, None);
+                let cx_note = cx.clone();
                 self.shared().sent.fetch_add(1, Ordering::Relaxed);
                 let mut i = lock(&self.shared().inner);
                 i.next_seq = Some(seq.saturating_add(1));
@@ -1270,7 +1357,21 @@ impl Canary {
                     cx,
                 });
                 drop(i);
-                tracing::debug!(seq, trace_id = %trace_id, "canary written");
+                note(
+                    &self.ctx,
+                    &cx_note,
+                    crate::log::record::Level::Debug,
+                    &format!("canary written: seq {seq}"),
+                    crate::otlp::logs::OwnFields {
+                        schema: Some(c.schema.clone()),
+                        table: Some(c.table.clone()),
+                        operation: Some("write".into()),
+                        duration_ms: end
+                            .duration_since(start)
+                            .ok()
+                            .map(|d| d.as_secs_f64() * 1000.0),
+                    },
+                );
                 self.set_state(WriterState::Ok, String::new());
                 true
             }
@@ -1379,11 +1480,38 @@ impl Canary {
                 if let Some(st) = &self.status {
                     st.observe_table(&pipeline, &c.schema, &c.table, wall);
                 }
-                tracing::debug!(seq = p.row.seq, trace_id = %p.row.trace_id, lag_seconds = wall, "canary arrived");
+                note(
+                    &self.ctx,
+                    &p.cx,
+                    crate::log::record::Level::Debug,
+                    &format!("canary arrived: seq {}, e2e lag {wall:.6} s", p.row.seq),
+                    crate::otlp::logs::OwnFields {
+                        schema: r.arrival.schema().map(str::to_string),
+                        table: r.arrival.table().map(str::to_string),
+                        operation: Some("arrival".into()),
+                        duration_ms: Some(wall * 1000.0),
+                    },
+                );
             } else {
                 lost_trace(&p.cx, now, c.timeout);
                 self.shared().lost.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(seq = p.row.seq, trace_id = %p.row.trace_id, timeout = ?c.timeout, target = %r.arrival.describe(), "canary lost: not seen at the target in time");
+                note(
+                    &self.ctx,
+                    &p.cx,
+                    crate::log::record::Level::Warning,
+                    &format!(
+                        "canary lost: seq {} not seen at the target {} within {:?}",
+                        p.row.seq,
+                        r.arrival.describe(),
+                        c.timeout
+                    ),
+                    crate::otlp::logs::OwnFields {
+                        schema: r.arrival.schema().map(str::to_string),
+                        table: r.arrival.table().map(str::to_string),
+                        operation: Some("lost".into()),
+                        duration_ms: None,
+                    },
+                );
             }
             self.shared().remember(Finished {
                 seq: p.row.seq,
@@ -1680,6 +1808,7 @@ mod tests {
             at: Instant::now(),
             window_seconds: 5.0,
             stages,
+            queues: Default::default(),
         };
         let attrs = stage_attributes(&w);
         assert!(attrs
@@ -1767,8 +1896,11 @@ mod tests {
     #[test]
     fn without_a_provider_the_row_still_gets_ids() {
         let tracer = opentelemetry::trace::noop::NoopTracer::new();
-        let (_, t, s) = start_trace(&tracer, SystemTime::now(), vec![]);
+        let (cx, t, s) = start_trace(&tracer, SystemTime::now(), vec![]);
         assert_eq!((t.len(), s.len()), (32, 16));
         assert_ne!(t, "0".repeat(32));
+        // the records made inside the canary's context carry the row's ids
+        let _g = cx.attach();
+        assert_eq!(crate::otlp::trace::current_ids(), Some((t, s)));
     }
 }

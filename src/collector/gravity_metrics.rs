@@ -457,15 +457,129 @@ pub struct StageLatency {
 }
 
 /// gravity's stage latencies over the last collection window: aggregates over every event
-/// of the pipeline in that window, not of one event.
+/// of the pipeline in that window, not of one event; and its queue lengths at the end of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageWindow {
     /// When the window ended.
     pub at: Instant,
-    /// Its length.
+    /// Its length (0 for the first reading).
     pub window_seconds: f64,
     /// Stages with events in the window, in path order.
     pub stages: Vec<StageLatency>,
+    /// gravity's queue lengths and batch sizes as read at the end of the window.
+    pub queues: Queues,
+}
+
+/// One type of gravity's queues (`gravity_queue_length{type}`), at one reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueLength {
+    /// gravity's `type` label with `-` as `_` (`input_buffer`, `table_buffer`,
+    /// `table_latch`, `table_latch_ack`, `table_queue`, `worker`); only `[a-z0-9_]`.
+    pub kind: String,
+    /// Σ of the queues of that type (over `subtype`: tables, workers).
+    pub total: f64,
+    /// The longest single queue of that type.
+    pub max: f64,
+    /// How many queues of that type gravity reported.
+    pub queues: u32,
+}
+
+/// gravity's queue gauges at one reading of its `/metrics`: `gravity_queue_length`
+/// summed per type, `gravity_scheduler_batch_size` (per worker) and
+/// `gravity_scheduler_nr_worker`. Gauges: a moment, not a window aggregate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Queues {
+    /// Per queue type, in gravity's order of first appearance; at most [`MAX_QUEUE_KINDS`].
+    pub lengths: Vec<QueueLength>,
+    /// Mean of the scheduler's per-worker batch sizes.
+    pub batch_size_mean: Option<f64>,
+    /// Largest of the scheduler's per-worker batch sizes.
+    pub batch_size_max: Option<f64>,
+    /// The scheduler's worker count.
+    pub workers: Option<f64>,
+}
+
+impl Queues {
+    /// Whether gravity served none of the queue families.
+    pub fn is_empty(&self) -> bool {
+        self.lengths.is_empty() && self.batch_size_max.is_none() && self.workers.is_none()
+    }
+}
+
+/// Most queue types kept (gravity has six; the rest of an odd exposition is left out).
+pub const MAX_QUEUE_KINDS: usize = 16;
+/// gravity's queue gauge families, read into [`Queues`].
+const QUEUE_FAMILIES: [&str; 3] = [
+    "gravity_queue_length",
+    "gravity_scheduler_batch_size",
+    "gravity_scheduler_nr_worker",
+];
+
+fn plausible_gauge(v: f64) -> bool {
+    v.is_finite() && (0.0..=1e15).contains(&v)
+}
+
+/// gravity's queue gauges of one exposition (pure): `gravity_queue_length` per `type`
+/// (Σ and max over `subtype`; a type label reduced to `[a-z0-9_]`, at most 32 bytes,
+/// [`MAX_QUEUE_KINDS`] types), the batch sizes' mean and max, the worker count. Values
+/// that are not finite or negative are left out.
+pub fn queue_lengths(exp: &Exposition<'_>) -> Queues {
+    let mut q = Queues::default();
+    if let Some(f) = exp.family("gravity_queue_length") {
+        for s in &f.samples {
+            if !plausible_gauge(s.value) {
+                continue;
+            }
+            let raw = s.label("type").unwrap_or("");
+            let kind: String = raw
+                .chars()
+                .take(32)
+                .map(|c| match c {
+                    'a'..='z' | '0'..='9' => c,
+                    'A'..='Z' => c.to_ascii_lowercase(),
+                    _ => '_',
+                })
+                .collect();
+            let kind = if kind.is_empty() {
+                "unknown".into()
+            } else {
+                kind
+            };
+            let room = q.lengths.len() < MAX_QUEUE_KINDS;
+            match q.lengths.iter_mut().find(|l| l.kind == kind) {
+                Some(l) => {
+                    l.total += s.value;
+                    l.max = l.max.max(s.value);
+                    l.queues = l.queues.saturating_add(1);
+                }
+                None if room => q.lengths.push(QueueLength {
+                    kind,
+                    total: s.value,
+                    max: s.value,
+                    queues: 1,
+                }),
+                None => {}
+            }
+        }
+    }
+    if let Some(f) = exp.family("gravity_scheduler_batch_size") {
+        let v: Vec<f64> = f
+            .samples
+            .iter()
+            .map(|s| s.value)
+            .filter(|v| plausible_gauge(*v))
+            .collect();
+        if !v.is_empty() {
+            q.batch_size_mean = Some(v.iter().sum::<f64>() / v.len() as f64);
+            q.batch_size_max = v.iter().copied().reduce(f64::max);
+        }
+    }
+    q.workers = exp
+        .family("gravity_scheduler_nr_worker")
+        .and_then(|f| f.samples.first())
+        .map(|s| s.value)
+        .filter(|v| plausible_gauge(*v));
+    q
 }
 
 impl StageWindow {
@@ -742,6 +856,7 @@ impl GravityMetricsCollector {
                         | "go_threads"
                 ) || n.starts_with("process_")
                     || STAGES.iter().any(|(f, _)| *f == n)
+                    || QUEUE_FAMILIES.contains(&n)
             },
             wanted_per_family: MAX_WANTED_SERIES,
             others: settings.passthrough_max_series,
@@ -763,17 +878,23 @@ impl GravityMetricsCollector {
         // gravity's stage latencies over this window, typed, for the canary's traces and the
         // status page (never read back from rendered text).
         let totals = stage_totals(&exp);
+        let queues = queue_lengths(&exp);
         {
             let mut sp = lock(&self.stage_prev);
-            if let Some((at, prev)) = sp.as_ref() {
-                let stages = stage_window(prev, &totals);
-                if !stages.is_empty() {
-                    ctx.set_stage_window(StageWindow {
-                        at: now,
-                        window_seconds: now.saturating_duration_since(*at).as_secs_f64(),
-                        stages,
-                    });
-                }
+            let (window_seconds, stages) = match sp.as_ref() {
+                Some((at, prev)) => (
+                    now.saturating_duration_since(*at).as_secs_f64(),
+                    stage_window(prev, &totals),
+                ),
+                None => (0.0, Vec::new()),
+            };
+            if !stages.is_empty() || !queues.is_empty() {
+                ctx.set_stage_window(StageWindow {
+                    at: now,
+                    window_seconds,
+                    stages,
+                    queues,
+                });
             }
             *sp = Some((now, totals));
         }
@@ -890,6 +1011,51 @@ mod tests {
             table: t.into(),
             op: op.into(),
         }
+    }
+
+    #[test]
+    fn queue_lengths_from_the_reference_exposition() {
+        let exp = expfmt::parse(M).unwrap();
+        let q = queue_lengths(&exp);
+        let kinds: Vec<&str> = q.lengths.iter().map(|l| l.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "input_buffer",
+                "table_buffer",
+                "table_latch",
+                "table_latch_ack",
+                "table_queue",
+                "worker"
+            ]
+        );
+        let get = |k: &str| q.lengths.iter().find(|l| l.kind == k).unwrap();
+        // the reference metrics.prom: table-buffer 7 + 7 + 7, table-latch 1024 + 7 + 0
+        assert_eq!(
+            (get("table_buffer").total, get("table_buffer").max),
+            (21.0, 7.0)
+        );
+        assert_eq!(
+            (get("table_latch").total, get("table_latch").max),
+            (1031.0, 1024.0)
+        );
+        assert_eq!(get("table_latch").queues, 3);
+        assert_eq!((get("worker").total, get("worker").queues), (3.0, 3));
+        assert_eq!(get("input_buffer").total, 0.0);
+        assert_eq!(q.batch_size_mean, Some(7.0));
+        assert_eq!(q.batch_size_max, Some(10.0));
+        assert_eq!(q.workers, Some(20.0));
+        // bounded and sanitised: odd types, NaN and negative values
+        let odd = "# TYPE gravity_queue_length gauge\ngravity_queue_length{type=\"A b\"} 2\ngravity_queue_length{type=\"x\"} NaN\ngravity_queue_length{type=\"y\"} -1\n";
+        let q = queue_lengths(&expfmt::parse(odd).unwrap());
+        assert_eq!(q.lengths.len(), 1);
+        assert_eq!(q.lengths[0].kind, "a_b");
+        let many: String = (0..40)
+            .map(|i| format!("gravity_queue_length{{type=\"t{i}\"}} 1\n"))
+            .collect();
+        let q = queue_lengths(&expfmt::parse(&many).unwrap());
+        assert_eq!(q.lengths.len(), MAX_QUEUE_KINDS);
+        assert!(queue_lengths(&expfmt::parse("up 1\n").unwrap()).is_empty());
     }
 
     #[test]

@@ -59,7 +59,8 @@ pub struct Metadata {
     pub line: Option<u32>,
     /// The record reports a retry attempt.
     pub retry: bool,
-    /// What wrote the record (`gravity`).
+    /// What wrote the record: `gravity` (its log), or `gravity-exporter` (the exporter's
+    /// own records about what it traces, e.g. a canary).
     pub source: &'static str,
 }
 
@@ -266,6 +267,51 @@ impl LogEntry {
         }
     }
 
+    /// A record of the exporter's own (not gravity's): `metadata.source` is
+    /// `gravity-exporter`, the time is now, and the trace and span id are those of the
+    /// OpenTelemetry span current on this thread (`opentelemetry::Context::current()`: the
+    /// caller attaches the span's context around the call), none outside a span. The
+    /// message and fields are masked like gravity's.
+    pub fn own(
+        level: Level,
+        component: &'static str,
+        pipeline: &str,
+        message: &str,
+        fields: OwnFields,
+    ) -> LogEntry {
+        let now = SystemTime::now();
+        let (trace_id, span_id) = match super::trace::current_ids() {
+            Some((t, s)) => (Some(t), Some(s)),
+            None => (None, None),
+        };
+        let clean = |s: &str| {
+            crate::metrics::cut(&crate::page::redact::redact_known(s), FIELD_BYTES).to_string()
+        };
+        let message = crate::page::redact::redact_known(message);
+        LogEntry {
+            timestamp: rfc3339(now),
+            time_unix_nano: super::unix_nanos(now),
+            level: level.as_str(),
+            severity_number: severity(level),
+            pipeline: pipeline.to_string(),
+            component,
+            trace_id,
+            span_id,
+            message: crate::metrics::cut(&message, MESSAGE_CHARS).to_string(),
+            schema: fields.schema.as_deref().map(clean),
+            table: fields.table.as_deref().map(clean),
+            operation: fields.operation.as_deref().map(clean),
+            duration_ms: fields.duration_ms.filter(|d| d.is_finite()),
+            error: None,
+            metadata: Metadata {
+                file: None,
+                line: None,
+                retry: false,
+                source: "gravity-exporter",
+            },
+        }
+    }
+
     /// The entry as an OTLP LogRecord (attribute names as the JSON keys; `error.type`,
     /// `error.cause`, `metadata.file`, `metadata.line`, `metadata.retry`).
     pub fn to_otlp(&self, observed_unix_nano: u64) -> LogRecord {
@@ -311,6 +357,7 @@ impl LogEntry {
                 ..Default::default()
             });
         }
+        attributes.push(s("metadata.source", self.metadata.source));
         attributes.push(KeyValue {
             key: "metadata.retry".into(),
             value: Some(AnyValue {
@@ -348,6 +395,36 @@ impl LogEntry {
     }
 }
 
+/// What a record of the exporter's own says beyond its message (see [`LogEntry::own`]).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct OwnFields {
+    /// Schema the record is about.
+    pub schema: Option<String>,
+    /// Table the record is about.
+    pub table: Option<String>,
+    /// Operation.
+    pub operation: Option<String>,
+    /// A duration the record reports, in milliseconds.
+    pub duration_ms: Option<f64>,
+}
+
+/// Hands a record of the exporter's own to the LogEntry outputs (OTLP logs,
+/// `--log-entries.file`) while one of them is on; a no-op otherwise. Its trace and span id
+/// are those of the OpenTelemetry span current on this thread ([`LogEntry::own`]).
+pub fn submit_own(
+    ctx: &Context,
+    level: Level,
+    component: &'static str,
+    message: &str,
+    fields: OwnFields,
+) {
+    if let Some(t) = ctx.telemetry.get().filter(|t| t.logs.is_on()) {
+        let pipeline = ctx.target().pipeline.clone();
+        t.logs
+            .submit(LogEntry::own(level, component, &pipeline, message, fields));
+    }
+}
+
 struct Bucket {
     tokens: f64,
     at: Instant,
@@ -359,6 +436,10 @@ struct Inner {
     otlp_tx: Option<mpsc::Sender<LogEntry>>,
     file_tx: Option<mpsc::Sender<LogEntry>>,
     otlp_rx: Option<Arc<tokio::sync::Mutex<mpsc::Receiver<LogEntry>>>>,
+    /// Entries the OTLP task took from its queue and has not had accepted or refused yet
+    /// (at most 2 × [`BATCH`]): a shutdown that stops the task while it gathers or sends
+    /// leaves them here for [`LogSink::flush`], instead of losing them uncounted.
+    otlp_batch: Mutex<Vec<LogEntry>>,
     file_rx: Option<Arc<tokio::sync::Mutex<mpsc::Receiver<LogEntry>>>>,
     transport: Option<Arc<Transport>>,
     writer: Option<Arc<Mutex<JsonLines>>>,
@@ -423,6 +504,7 @@ impl LogSink {
             otlp_tx,
             file_tx,
             otlp_rx,
+            otlp_batch: Mutex::new(Vec::new()),
             file_rx,
             transport,
             writer: t
@@ -494,6 +576,12 @@ impl LogSink {
             }
         }
         if let Some(rx) = &i.otlp_rx {
+            // what the stopped task had taken from the queue (sent again if its export was
+            // cut off: at least once)
+            let held = std::mem::take(&mut *lock(&i.otlp_batch));
+            if !held.is_empty() {
+                send_batch(i, &held).await;
+            }
             loop {
                 let mut buf = Vec::new();
                 {
@@ -508,13 +596,13 @@ impl LogSink {
                 if buf.is_empty() {
                     break;
                 }
-                send_batch(i, buf).await;
+                send_batch(i, &buf).await;
             }
         }
     }
 }
 
-async fn send_batch(i: &Inner, batch: Vec<LogEntry>) {
+async fn send_batch(i: &Inner, batch: &[LogEntry]) {
     let Some(tr) = &i.transport else { return };
     let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
     let observed = super::unix_nanos(SystemTime::now());
@@ -536,26 +624,34 @@ async fn send_batch(i: &Inner, batch: Vec<LogEntry>) {
 async fn otlp_loop(i: Arc<Inner>) {
     let Some(rx) = i.otlp_rx.clone() else { return };
     loop {
-        let mut buf = Vec::with_capacity(64);
-        {
-            let mut rx = rx.lock().await;
-            if rx.recv_many(&mut buf, BATCH).await == 0 {
-                return;
+        // entries move from the queue into `otlp_batch` and leave it only once the export
+        // ended: the task may be stopped (shutdown) at any await below
+        if lock(&i.otlp_batch).is_empty() {
+            let mut buf = Vec::with_capacity(64);
+            {
+                let mut rx = rx.lock().await;
+                if rx.recv_many(&mut buf, BATCH).await == 0 {
+                    return;
+                }
             }
-        }
-        // gather what follows shortly into the same export
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        {
-            let mut rx = rx.lock().await;
-            while buf.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(e) => buf.push(e),
-                    Err(_) => break,
+            lock(&i.otlp_batch).extend(buf);
+            // gather what follows shortly into the same export
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            {
+                let mut rx = rx.lock().await;
+                let mut held = lock(&i.otlp_batch);
+                while held.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(e) => held.push(e),
+                        Err(_) => break,
+                    }
                 }
             }
         }
         // one export at a time; meanwhile the queue fills and drops what does not fit
-        send_batch(&i, buf).await;
+        let batch = lock(&i.otlp_batch).clone();
+        send_batch(&i, &batch).await;
+        lock(&i.otlp_batch).clear();
     }
 }
 
@@ -704,6 +800,41 @@ mod tests {
         assert_eq!(rec.trace_id.len(), 16);
         assert_eq!(rec.span_id.len(), 8);
         assert_eq!(rec.severity_number, 17);
+    }
+
+    #[test]
+    fn own_records_carry_the_ids_of_the_current_span() {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
+        let f = || OwnFields {
+            table: Some("heartbeat".into()),
+            duration_ms: Some(4.5),
+            ..Default::default()
+        };
+        let outside = LogEntry::own(Level::Debug, "canary", "p1", "canary written", f());
+        assert_eq!((outside.trace_id, outside.span_id), (None, None));
+        let sc = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            Default::default(),
+        );
+        let cx = opentelemetry::Context::new().with_remote_span_context(sc);
+        let e = {
+            let _g = cx.attach();
+            LogEntry::own(Level::Warning, "canary", "p1", "canary lost", f())
+        };
+        assert_eq!(
+            e.trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(e.span_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(e.metadata.source, "gravity-exporter");
+        assert_eq!((e.level, e.severity_number), ("warning", 13));
+        assert_eq!(e.component, "canary");
+        let rec = e.to_otlp(1);
+        assert_eq!(rec.trace_id.len(), 16);
+        assert_eq!(rec.span_id.len(), 8);
     }
 
     #[test]

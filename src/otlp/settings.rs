@@ -518,25 +518,32 @@ pub fn validate(
             MAX_INTERVAL,
         )?,
     };
+    let otlp = OtlpSettings {
+        endpoint,
+        metrics_endpoint: signal_endpoint("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")?,
+        logs_endpoint: signal_endpoint("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")?,
+        traces_endpoint: signal_endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")?,
+        protocol,
+        headers,
+        interval,
+        timeout,
+        gzip,
+        ca_file,
+        cert_file,
+        key_file,
+        passthrough: f.passthrough.unwrap_or(false),
+        logs: f.logs.unwrap_or(true),
+        sampler,
+        slow_threshold,
+    };
+    // The TLS files must be usable now (PEM with a certificate, a private key), else the
+    // transport could not be set up at start and OTLP would stay off with nothing counted.
+    super::transport::check_tls(&otlp).map_err(|e| match e {
+        super::transport::SetupError::Tls { key, reason } => invalid(key, reason),
+        super::transport::SetupError::Endpoint(r) => invalid("otlp.endpoint", r),
+    })?;
     Ok(TelemetrySettings {
-        otlp: Some(OtlpSettings {
-            endpoint,
-            metrics_endpoint: signal_endpoint("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")?,
-            logs_endpoint: signal_endpoint("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")?,
-            traces_endpoint: signal_endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")?,
-            protocol,
-            headers,
-            interval,
-            timeout,
-            gzip,
-            ca_file,
-            cert_file,
-            key_file,
-            passthrough: f.passthrough.unwrap_or(false),
-            logs: f.logs.unwrap_or(true),
-            sampler,
-            slow_threshold,
-        }),
+        otlp: Some(otlp),
         log_entries,
         logs_rate_limit,
     })

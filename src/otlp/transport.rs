@@ -231,6 +231,13 @@ fn rustls_config(s: &OtlpSettings) -> Result<rustls::ClientConfig, SetupError> {
     }
 }
 
+/// Checks that the TLS files of the settings can be used (a CA bundle with a certificate, a
+/// client certificate with its private key): the same parsing [`Transport::new`] does, so
+/// that a file that is not what its key says is refused at start.
+pub fn check_tls(s: &OtlpSettings) -> Result<(), SetupError> {
+    rustls_config(s).map(|_| ())
+}
+
 fn signal_url(s: &OtlpSettings, signal: Signal) -> Result<Uri, SetupError> {
     let given = match signal {
         Signal::Metrics => &s.metrics_endpoint,

@@ -3,6 +3,10 @@
 //! * `gravity-double demo [exporter flags] [--demo.* flags]`: the demo (README's first
 //!   command): the double under a supervisor, the exporter watching it in this process,
 //!   Prometheus and Alertmanager when installed.
+//! * `gravity-double otlp-receiver [grpc|http/protobuf] [HOST:PORT]`: the tests' OTLP
+//!   receiver on its own (default `grpc` on `127.0.0.1:0`), for `scripts/bench-vs-peers.sh`:
+//!   prints `listening http://HOST:PORT`, then every 10 s the requests received (which it
+//!   then forgets, so its memory stays bounded).
 //! * anything else: the gravity double itself, with gravity's command line. Tests and the
 //!   demo start it through a symlink named `gravity`, so `comm` and argv look like gravity's.
 #![forbid(unsafe_code)]
@@ -17,8 +21,60 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == "demo") {
         return demo(args);
     }
+    if args.get(1).is_some_and(|a| a == "otlp-receiver") {
+        return otlp_receiver(args);
+    }
     let code = gravity_double::main_from_args(args);
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// `gravity-double otlp-receiver [grpc|http/protobuf] [HOST:PORT]`.
+fn otlp_receiver(args: Vec<OsString>) -> ExitCode {
+    use gravity_double::otlp::{Mode, Receiver};
+    let arg = |i: usize| args.get(i).and_then(|a| a.to_str()).map(str::to_string);
+    let proto = arg(2).unwrap_or_else(|| "grpc".into());
+    let bind = arg(3).unwrap_or_else(|| "127.0.0.1:0".into());
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gravity-double otlp-receiver: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let rx = match proto.as_str() {
+            "grpc" => Receiver::grpc_on(&bind, Mode::Accept).await,
+            "http/protobuf" => Receiver::http_on(&bind, Mode::Accept).await,
+            other => {
+                eprintln!("gravity-double otlp-receiver: unknown protocol {other:?} (grpc, http/protobuf)");
+                return ExitCode::from(2);
+            }
+        };
+        let rx = match rx {
+            Ok(rx) => rx,
+            Err(e) => {
+                eprintln!("gravity-double otlp-receiver: bind {bind}: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        println!("listening {}", rx.endpoint());
+        let (mut m, mut l, mut t) = (0usize, 0usize, 0usize);
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+            }
+            let got = rx.take();
+            m += got.metrics.len();
+            l += got.logs.len();
+            t += got.traces.len();
+            println!("received metrics={m} logs={l} traces={t}");
+        }
+    })
 }
 
 /// `gravity-double demo …`: parsed exactly like `gravity-exporter demo …`.

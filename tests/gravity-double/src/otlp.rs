@@ -3,7 +3,9 @@
 //! OTLP/HTTP with binary protobuf bodies (`POST /v1/{metrics,logs,traces}`), both accepting
 //! gzip. It stands in for an OpenTelemetry Collector, which cannot be installed here: it
 //! decodes and keeps what it receives, and can be switched to answer errors or to answer
-//! slowly, as a failing or overloaded collector would.
+//! slowly, as a failing or overloaded collector would. Both can serve TLS (rustls, the
+//! *ring* provider) with a certificate the test makes, and require a client certificate
+//! (mutual TLS), as a Collector's `tls` settings (`cert_file`, `key_file`, `client_ca_file`) do.
 //!
 //! [`prometheus_name`] is the name translation of Prometheus' OTLP receiver and the
 //! Collector's Prometheus exporters (`otlptranslator`, `UnderscoreEscapingWithSuffixes`), so
@@ -57,6 +59,58 @@ pub struct Received {
     pub gzipped: u64,
     /// Requests answered with an error.
     pub refused: u64,
+    /// TLS handshakes that failed (HTTP receiver only; tonic's server drops them unseen).
+    pub tls_failures: u64,
+}
+
+/// TLS of a receiver: its certificate chain and key (PEM) and, for mutual TLS, the CA
+/// (PEM) its clients' certificates must chain to (a client without one is refused).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// Certificate chain (PEM).
+    pub cert_pem: String,
+    /// Private key (PEM).
+    pub key_pem: String,
+    /// CA of the client certificates; `None`: no client certificate asked for.
+    pub client_ca_pem: Option<String>,
+}
+
+impl ServerTls {
+    /// The rustls server configuration (ring provider, TLS 1.2 and 1.3, ALPN `alpn`).
+    fn rustls(&self, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default versions");
+        let builder = match &self.client_ca_pem {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                    roots.add(c.expect("client CA PEM")).expect("client CA");
+                }
+                let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .expect("client verifier");
+                builder.with_client_cert_verifier(v)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("server certificate PEM");
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("server key PEM");
+        let mut cfg = builder
+            .with_single_cert(certs, key)
+            .expect("server certificate and key");
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(cfg)
+    }
 }
 
 /// State shared with the servers.
@@ -100,6 +154,7 @@ impl State {
 pub struct Receiver {
     /// Where it listens.
     pub addr: SocketAddr,
+    tls: bool,
     state: Arc<State>,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -113,14 +168,21 @@ impl Drop for Receiver {
 }
 
 impl Receiver {
-    /// The endpoint to give the exporter (`http://127.0.0.1:port`).
+    /// The endpoint to give the exporter (`http://127.0.0.1:port`, `https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// A copy of everything received so far.
     pub fn received(&self) -> Received {
         self.state.lock().clone()
+    }
+
+    /// Everything received so far, which is forgotten (a long-running receiver keeps its
+    /// memory bounded this way).
+    pub fn take(&self) -> Received {
+        std::mem::take(&mut *self.state.lock())
     }
 
     /// Changes how it answers from now on.
@@ -141,16 +203,51 @@ impl Receiver {
 
     /// An OTLP/gRPC receiver on 127.0.0.1 (a free port).
     pub async fn grpc(mode: Mode) -> Receiver {
+        Self::grpc_with(mode, None).await
+    }
+
+    /// An OTLP/gRPC receiver over TLS (tonic's rustls server; with `client_ca_pem`, mutual TLS).
+    pub async fn grpc_tls(mode: Mode, tls: &ServerTls) -> Receiver {
+        Self::grpc_with(mode, Some(tls)).await
+    }
+
+    /// An OTLP/gRPC receiver (no TLS) on `bind` (`host:port`), for the standalone receiver.
+    pub async fn grpc_on(bind: &str, mode: Mode) -> std::io::Result<Receiver> {
+        let listener = tokio::net::TcpListener::bind(bind).await?;
+        Ok(Self::grpc_listening(listener, mode, None))
+    }
+
+    async fn grpc_with(mode: Mode, tls: Option<&ServerTls>) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
+        Self::grpc_listening(listener, mode, tls)
+    }
+
+    fn grpc_listening(
+        listener: tokio::net::TcpListener,
+        mode: Mode,
+        tls: Option<&ServerTls>,
+    ) -> Receiver {
         let addr = listener.local_addr().expect("local addr");
         let state = Self::new_state(mode);
         let svc = Grpc(Arc::clone(&state));
         let gz = tonic::codec::CompressionEncoding::Gzip;
         let (tx, rx) = oneshot::channel::<()>();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(t) = tls {
+            let mut cfg = tonic::transport::ServerTlsConfig::new().identity(
+                tonic::transport::Identity::from_pem(&t.cert_pem, &t.key_pem),
+            );
+            if let Some(ca) = &t.client_ca_pem {
+                cfg = cfg
+                    .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+                    .client_auth_optional(false);
+            }
+            builder = builder.tls_config(cfg).expect("receiver TLS config");
+        }
         tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
+            let _ = builder
                 .add_service(MetricsServiceServer::new(svc.clone()).accept_compressed(gz))
                 .add_service(LogsServiceServer::new(svc.clone()).accept_compressed(gz))
                 .add_service(TraceServiceServer::new(svc).accept_compressed(gz))
@@ -164,6 +261,7 @@ impl Receiver {
         });
         Receiver {
             addr,
+            tls: tls.is_some(),
             state,
             stop: Some(tx),
         }
@@ -171,9 +269,34 @@ impl Receiver {
 
     /// An OTLP/HTTP (binary protobuf) receiver on 127.0.0.1 (a free port).
     pub async fn http(mode: Mode) -> Receiver {
+        Self::http_with(mode, None).await
+    }
+
+    /// An OTLP/HTTP receiver over TLS (tokio-rustls; with `client_ca_pem`, mutual TLS).
+    /// Failed handshakes are counted in [`Received::tls_failures`].
+    pub async fn http_tls(mode: Mode, tls: &ServerTls) -> Receiver {
+        Self::http_with(mode, Some(tls)).await
+    }
+
+    /// An OTLP/HTTP receiver (no TLS) on `bind` (`host:port`), for the standalone receiver.
+    pub async fn http_on(bind: &str, mode: Mode) -> std::io::Result<Receiver> {
+        let listener = tokio::net::TcpListener::bind(bind).await?;
+        Ok(Self::http_listening(listener, mode, None))
+    }
+
+    async fn http_with(mode: Mode, tls: Option<&ServerTls>) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
+        Self::http_listening(listener, mode, tls)
+    }
+
+    fn http_listening(
+        listener: tokio::net::TcpListener,
+        mode: Mode,
+        tls: Option<&ServerTls>,
+    ) -> Receiver {
+        let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.rustls(&[b"http/1.1"])));
         let addr = listener.local_addr().expect("local addr");
         let state = Self::new_state(mode);
         let (tx, mut rx) = oneshot::channel::<()>();
@@ -186,23 +309,42 @@ impl Receiver {
                 };
                 let Ok((stream, _)) = conn else { continue };
                 let st = Arc::clone(&st);
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let st = Arc::clone(&st);
-                        async move { Ok::<_, Infallible>(http_answer(&st, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
+                    match acceptor {
+                        None => serve_http(stream, st).await,
+                        Some(a) => {
+                            let hs =
+                                tokio::time::timeout(Duration::from_secs(10), a.accept(stream));
+                            match hs.await {
+                                Ok(Ok(tls)) => serve_http(tls, st).await,
+                                _ => st.lock().tls_failures += 1,
+                            }
+                        }
+                    }
                 });
             }
         });
         Receiver {
             addr,
+            tls: tls.is_some(),
             state,
             stop: Some(tx),
         }
     }
+}
+
+async fn serve_http<IO>(io: IO, st: Arc<State>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let st = Arc::clone(&st);
+        async move { Ok::<_, Infallible>(http_answer(&st, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .await;
 }
 
 fn headers_of(h: &hyper::HeaderMap) -> Vec<(String, String)> {
