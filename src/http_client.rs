@@ -522,3 +522,198 @@ impl AsyncWrite for Sniff {
         self.io.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    const T: Duration = Duration::from_secs(5);
+
+    fn get(url: &str) -> Request<Full<Bytes>> {
+        Request::get(url).body(Full::new(Bytes::new())).unwrap()
+    }
+
+    /// A server that answers every request head on a connection with `answer` (keeping
+    /// the connection open unless `close`), counting the connections it accepted.
+    async fn server(answer: &'static [u8], close: bool) -> (String, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let a2 = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                a2.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                        while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            got.drain(..end + 4);
+                            if s.write_all(answer).await.is_err() || close {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}"), accepted)
+    }
+
+    #[tokio::test]
+    async fn body_is_capped_and_read_as_asked() {
+        let (url, _) = server(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789",
+            false,
+        )
+        .await;
+        let c = HttpClient::new(Options::default());
+        let r = c.send(get(&url), T, Body::UpTo(10)).await.unwrap();
+        assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"0123456789"[..]));
+        let e = c.send(get(&url), T, Body::UpTo(9)).await.unwrap_err();
+        assert_eq!(e, HttpError::TooLarge(9));
+        let r = c.send(get(&url), T, Body::Drain(4)).await.unwrap();
+        assert!(r.body.is_empty() && r.status.is_success());
+        let r = c.send(get(&url), T, Body::Discard).await.unwrap();
+        assert!(r.body.is_empty() && r.status.is_success());
+    }
+
+    /// Sequential requests reuse one pooled connection; with no idle pool each has its own.
+    #[tokio::test]
+    async fn pool_is_bounded() {
+        let (url, accepted) = server(b"HTTP/1.1 204 No Content\r\n\r\n", false).await;
+        let c = HttpClient::new(Options::default());
+        for _ in 0..5 {
+            c.send(get(&url), T, Body::UpTo(0)).await.unwrap();
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let (url, accepted) = server(b"HTTP/1.1 204 No Content\r\n\r\n", false).await;
+        let c = HttpClient::new(Options {
+            max_idle_per_host: 0,
+            ..Options::default()
+        });
+        for _ in 0..3 {
+            c.send(get(&url), T, Body::UpTo(0)).await.unwrap();
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn failures_are_typed() {
+        let c = HttpClient::new(Options::default());
+        // a TLS alert record answering plain HTTP
+        let (url, _) = server(b"\x15\x03\x03\x00\x02\x02\x46", true).await;
+        let e = c.send(get(&url), T, Body::Discard).await.unwrap_err();
+        assert_eq!(e, HttpError::TlsRequired);
+        // not HTTP, not TLS
+        let (url, _) = server(b"SSH-2.0-OpenSSH_9\r\n", true).await;
+        let e = c.send(get(&url), T, Body::Discard).await.unwrap_err();
+        assert!(matches!(e, HttpError::Exchange { kind: None, .. }), "{e:?}");
+        // nothing listening
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = c
+            .send(get(&format!("http://127.0.0.1:{port}/")), T, Body::Discard)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                HttpError::Connect {
+                    kind: io::ErrorKind::ConnectionRefused,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        // a name that cannot resolve (RFC 6761 .invalid)
+        let e = c
+            .send(get("http://no-such-host.invalid/"), T, Body::Discard)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HttpError::Dns(_)), "{e:?}");
+        // https without TLS set up: refused before connecting
+        let e = c
+            .send(get("https://127.0.0.1:1/"), T, Body::Discard)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HttpError::Request(_)), "{e:?}");
+        // a server that never answers: the total timeout
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", l.local_addr().unwrap());
+        let e = c
+            .send(get(&url), Duration::from_millis(200), Body::Discard)
+            .await
+            .unwrap_err();
+        assert_eq!(e, HttpError::Timeout(Duration::from_millis(200)));
+    }
+
+    /// HTTPS with the caller's rustls configuration: trusted CA → answer; another CA →
+    /// `Tls` with rustls's words; plain http to the TLS port → `TlsRequired`.
+    #[tokio::test]
+    async fn https_uses_the_callers_trust() {
+        use crate::probe::tls::{client_config, testpki::Pki, TlsOptions};
+        let pki = Pki::new();
+        let acceptor = pki.acceptor(false);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut s) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    let mut buf = vec![0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        let trusted = HttpClient::new(Options {
+            tls: Some(client_config(&pki.options()).unwrap()),
+            ..Options::default()
+        });
+        let r = trusted
+            .send(get(&format!("https://{addr}/")), T, Body::UpTo(2))
+            .await
+            .unwrap();
+        assert_eq!(&r.body[..], b"ok");
+        let other = HttpClient::new(Options {
+            tls: Some(
+                client_config(&TlsOptions {
+                    ca_file: Some(pki.other_ca_file.clone()),
+                    ..Default::default()
+                })
+                .unwrap(),
+            ),
+            ..Options::default()
+        });
+        let e = other
+            .send(get(&format!("https://{addr}/")), T, Body::Discard)
+            .await
+            .unwrap_err();
+        match e {
+            HttpError::Tls(words) => assert!(words.contains("certificate"), "{words}"),
+            other => panic!("{other:?}"),
+        }
+        let e = trusted
+            .send(get(&format!("http://{addr}/")), T, Body::Discard)
+            .await
+            .unwrap_err();
+        assert_eq!(e, HttpError::TlsRequired);
+    }
+}
