@@ -555,7 +555,7 @@ mod tests {
                             Ok(n) => got.extend_from_slice(&buf[..n]),
                         }
                         while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                            got.drain(..end + 4);
+                            got.drain(..end.saturating_add(4));
                             if s.write_all(answer).await.is_err() || close {
                                 return;
                             }
