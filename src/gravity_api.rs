@@ -1,19 +1,20 @@
-//! A small HTTP client for gravity's API (`/status`, `/healthz`, `/metrics`).
+//! The client for gravity's API (`/status`, `/healthz`, `/metrics`): a thin wrapper over
+//! the exporter's one HTTP client ([`crate::http_client`]), plain HTTP.
 //!
 //! Every request has a total timeout (connect, headers and body) and a cap on the body
 //! size, so a gravity that hangs or answers 100 MB costs the exporter a bounded amount of
-//! time and memory. It only ever issues `GET`s to the paths the collectors name; in
-//! particular it never calls gravity's destructive `/reset`.
+//! time and memory. It only ever issues `GET`s to the paths the collectors name, and it
+//! refuses gravity's destructive `/reset` outright.
 #![warn(clippy::arithmetic_side_effects)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::{StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
+use hyper::Uri;
+
+pub use crate::http_client::Response;
+use crate::http_client::{Body, HttpClient, HttpError, Options};
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,12 @@ pub enum ApiError {
         /// The cap.
         limit: usize,
     },
+    /// gravity's destructive `/reset`, which the exporter never calls.
+    #[error("{path}: the exporter never calls gravity's /reset")]
+    Refused {
+        /// Path requested.
+        path: String,
+    },
     /// The URL cannot be built.
     #[error("bad URL for {path}")]
     BadUrl {
@@ -50,21 +57,10 @@ pub enum ApiError {
     },
 }
 
-/// A response: status, body and how long it took.
-#[derive(Debug)]
-pub struct Response {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Body (at most the cap).
-    pub body: Bytes,
-    /// Time to the end of the body.
-    pub elapsed: Duration,
-}
-
 /// Client for gravity's API.
 #[derive(Debug, Clone)]
 pub struct GravityClient {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    http: HttpClient,
 }
 
 impl Default for GravityClient {
@@ -85,20 +81,24 @@ pub fn join(base: &Uri, path: &str) -> Option<Uri> {
     Uri::from_parts(parts).ok()
 }
 
+/// Whether `path` is gravity's destructive `/reset` (in any spelling of the path).
+fn is_reset(path: &str) -> bool {
+    let p = path.split(['?', '#']).next().unwrap_or_default();
+    p.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .is_some_and(|last| last.eq_ignore_ascii_case("reset"))
+}
+
 impl GravityClient {
-    /// A client with a small keep-alive pool.
+    /// A client with a small keep-alive pool (2 idle connections, 30 s).
     pub fn new() -> GravityClient {
-        let mut conn = HttpConnector::new();
-        conn.set_connect_timeout(Some(Duration::from_secs(2)));
-        conn.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(2)
-            .build(conn);
-        GravityClient { client }
+        GravityClient {
+            http: HttpClient::new(Options::default()),
+        }
     }
 
-    /// `GET base+path` with a total timeout and a body cap.
+    /// `GET base+path` with a total timeout and a body cap. `/reset` is never sent.
     pub async fn get(
         &self,
         base: &Uri,
@@ -106,62 +106,38 @@ impl GravityClient {
         timeout: Duration,
         limit: usize,
     ) -> Result<Response, ApiError> {
-        debug_assert!(path != "/reset", "the exporter never calls /reset");
-        let uri = join(base, path).ok_or_else(|| ApiError::BadUrl { path: path.into() })?;
-        let start = Instant::now();
-        let fut = async {
-            let resp = self.client.get(uri).await.map_err(|e| ApiError::Connect {
-                path: path.into(),
-                reason: short_error(&e),
-            })?;
-            let status = resp.status();
-            let body = Limited::new(resp.into_body(), limit)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some()
-                    {
-                        ApiError::TooLarge {
-                            path: path.into(),
-                            limit,
-                        }
-                    } else {
-                        ApiError::Connect {
-                            path: path.into(),
-                            reason: format!("reading body: {e}"),
-                        }
-                    }
-                })?
-                .to_bytes();
-            Ok(Response {
-                status,
-                body,
-                elapsed: start.elapsed(),
-            })
-        };
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(ApiError::Timeout {
-                path: path.into(),
-                timeout,
-            }),
+        if is_reset(path) {
+            return Err(ApiError::Refused { path: path.into() });
         }
+        let uri = join(base, path).ok_or_else(|| ApiError::BadUrl { path: path.into() })?;
+        let req = hyper::Request::get(uri)
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| ApiError::BadUrl { path: path.into() })?;
+        self.http
+            .send(req, timeout, Body::UpTo(limit))
+            .await
+            .map_err(|e| match e {
+                HttpError::Timeout(timeout) => ApiError::Timeout {
+                    path: path.into(),
+                    timeout,
+                },
+                HttpError::TooLarge(limit) => ApiError::TooLarge {
+                    path: path.into(),
+                    limit,
+                },
+                HttpError::Request(_) => ApiError::BadUrl { path: path.into() },
+                other => ApiError::Connect {
+                    path: path.into(),
+                    reason: other.to_string(),
+                },
+            })
     }
-}
-
-/// The innermost cause of an error, on one line.
-fn short_error(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur: &dyn std::error::Error = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string().replace('\n', " ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn join_paths() {
@@ -197,5 +173,25 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, ApiError::Connect { .. }), "{e}");
+    }
+
+    /// `/reset` (in any spelling) is refused before anything is sent: a listener that
+    /// records connections sees none.
+    #[tokio::test]
+    async fn reset_is_never_sent() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let c = GravityClient::new();
+        let base: Uri = format!("http://{addr}").parse().unwrap();
+        for path in ["/reset", "/reset/", "/RESET", "/reset?now=1", "/api/reset"] {
+            let e = c
+                .get(&base, path, Duration::from_millis(200), 1024)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, ApiError::Refused { .. }), "{path}: {e}");
+        }
+        let accepted = tokio::time::timeout(Duration::from_millis(100), l.accept()).await;
+        assert!(accepted.is_err(), "a connection was made");
+        assert!(!is_reset("/status") && !is_reset("/metrics") && !is_reset("/healthz"));
     }
 }

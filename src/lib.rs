@@ -12,7 +12,8 @@
 //! | [`health`] | the health verdict: seven checks as `gravity_health_check{check}`, their sum `gravity_health_score`, Nagios codes for `check` |
 //! | [`watch`] | background process watcher: exits through a pidfd, at once; restarts and exits counted |
 //! | [`collector`] | the collector runner (timed, isolated, snapshot per collector), one collector per source, and the background probers (connections, the opt-in consistency checker) |
-//! | [`gravity_api`] | HTTP client for gravity's API with timeouts and body caps (never calls `/reset`) |
+//! | [`http_client`] | the one HTTP client (hyper-util + hyper-rustls): total timeout, body cap, small pool, typed failures; used by `gravity_api`, the Elasticsearch probe and OTLP http/protobuf |
+//! | [`gravity_api`] | gravity's API through `http_client`, with timeouts and body caps (never calls `/reset`) |
 //! | [`expfmt`] | a fast, panic-free parser of the Prometheus text format as client_golang writes it |
 //! | [`retry`] | `gravity_retry_total`, fed by gravity's scheduler retry counter and by retry lines in its log |
 //! | [`metrics`] | the metric store: registry for stateful metrics, const snapshots, text rendering |
@@ -37,6 +38,7 @@ pub mod expfmt;
 pub mod gravity_api;
 pub mod gravity_config;
 pub mod health;
+pub mod http_client;
 pub mod log;
 pub mod metrics;
 pub mod otlp;

@@ -1,5 +1,6 @@
 //! Sending OTLP export requests: gRPC through tonic's generated clients (a lazily connected
-//! channel, rustls with the *ring* provider, gzip) or HTTP/protobuf through hyper (POST to
+//! channel, rustls with the *ring* provider, gzip) or HTTP/protobuf through the exporter's one
+//! HTTP client ([`crate::http_client`], with the `--otlp.tls.*` rustls configuration; POST to
 //! `/v1/{metrics,logs,traces}`, `application/x-protobuf`, gzip). Every export has a deadline
 //! (`--otlp.timeout`); headers are sent as sensitive values and never appear in an error.
 #![warn(clippy::arithmetic_side_effects)]
@@ -8,10 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::Uri;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     logs_service_client::LogsServiceClient, ExportLogsServiceRequest,
 };
@@ -26,6 +25,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::settings::{OtlpSettings, Protocol, MAX_TLS_FILE};
+use crate::http_client::{self, HttpClient, HttpError};
 use crate::probe::Secret;
 
 /// Longest response body of an HTTP export read (the rest is dropped).
@@ -131,8 +131,6 @@ pub enum SetupError {
     #[error("otlp.endpoint: {0}")]
     Endpoint(String),
 }
-
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 enum Kind {
     Grpc(tonic::transport::Channel),
@@ -286,19 +284,13 @@ impl Transport {
                 Kind::Grpc(ep.connect_lazy())
             }
             Protocol::HttpProtobuf => {
-                let tls = rustls_config(s)?;
-                let mut http = HttpConnector::new();
-                http.enforce_http(false);
-                http.set_connect_timeout(Some(s.timeout));
-                let conn = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls)
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(http);
-                let client = Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .pool_max_idle_per_host(1)
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .build(conn);
+                // the exporter's one HTTP client, with the --otlp.tls.* configuration
+                let client = HttpClient::new(http_client::Options {
+                    tls: Some(Arc::new(rustls_config(s)?)),
+                    max_idle_per_host: 1,
+                    idle_timeout: Duration::from_secs(90),
+                    connect_timeout: s.timeout,
+                });
                 Kind::Http {
                     client: Box::new(client),
                     urls: Box::new([
@@ -417,15 +409,19 @@ impl Transport {
                 let req = req
                     .body(Full::new(Bytes::from(body)))
                     .map_err(|e| ExportError::Transport(e.to_string()))?;
-                let res = client
-                    .request(req)
-                    .await
-                    .map_err(|e| ExportError::Transport(describe(&e)))?;
-                let status = res.status();
                 // read (a bounded part of) the answer so the connection can be reused
-                let _ = Limited::new(res.into_body(), MAX_RESPONSE_BYTES)
-                    .collect()
-                    .await;
+                let res = client
+                    .send(
+                        req,
+                        self.timeout,
+                        http_client::Body::Drain(MAX_RESPONSE_BYTES),
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        HttpError::Timeout(t) => ExportError::Timeout(t),
+                        other => ExportError::Transport(other.to_string()),
+                    })?;
+                let status = res.status;
                 if status.is_success() {
                     Ok(())
                 } else {
@@ -434,16 +430,4 @@ impl Transport {
             }
         }
     }
-}
-
-/// An error with its sources, one line.
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    crate::metrics::cut(&s, 300).to_string()
 }

@@ -1,4 +1,5 @@
-//! Elasticsearch (HTTP) probe: one `GET /` and its status line.
+//! Elasticsearch (HTTP) probe: one `GET /` through the exporter's HTTP client
+//! ([`crate::http_client`]), its status and nothing else.
 //!
 //! Elasticsearch answers `GET /` with its name, cluster and version (HTTP 200) to any
 //! client it lets in, and with 401 when security is on and the credentials are missing or
@@ -8,24 +9,30 @@
 //!
 //! * 2xx: healthy;
 //! * 401 or 403: the server is reachable but rejects gravity's credentials: reason `auth`;
-//! * any other status, or something that is not HTTP/1.x: reason `protocol`.
+//! * any other status, or something that is not HTTP/1.x: reason `protocol`;
+//! * nothing accepts the connection: `refused`; no answer within the deadline: `timeout`;
+//!   the host does not resolve: `dns`;
+//! * a plain `http://` request answered with a TLS alert (a TLS-only server):
+//!   `tls_required`.
 //!
-//! The exchange is HTTP/1.1 with `Connection: close`; only the status line is read (at most
-//! [`MAX_HEAD_BYTES`]), the body never. For an `https://` URL the exchange runs over TLS
-//! (rustls, [`super::tls`]; the system's trust store, like gravity's Go client): an
-//! untrusted, expired or wrongly named certificate is reason `tls`, never healthy.
+//! The request says `Connection: close`; the response head is parsed by hyper (at most its
+//! default header buffer), the body is never read. For an `https://` URL the exchange runs
+//! over TLS (rustls, the configuration of [`super::tls`]: the system's trust store like
+//! gravity's Go client, or gravity's CA/client certificate files): an untrusted, expired or
+//! wrongly named certificate is reason `tls`, never healthy. The probe's deadline bounds the
+//! whole exchange (TLS setup, connect, handshake, request, response head).
 
+use std::io;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONNECTION, USER_AGENT};
 
 use super::tls::{self, TlsOptions};
-use super::{
-    connect_tcp, io_reason, run_probe, sanitize, Endpoint, FailureReason, ProbeOutcome, Secret,
-};
-
-/// Most bytes read while looking for the status line.
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+use super::{run_probe, ConnectError, Endpoint, FailureReason, ProbeOutcome, Secret};
+use crate::http_client::{Body, HttpClient, HttpError, Options};
 
 /// Probes an HTTP endpoint with `GET /` (basic auth when `user` is given), within `deadline`;
 /// over TLS with `tls` (the system's trust store).
@@ -49,114 +56,120 @@ pub async fn probe_with(
     deadline: Duration,
 ) -> ProbeOutcome {
     run_probe(deadline, async {
-        let stream = connect_tcp(endpoint, deadline)
+        let config = match tls_options {
+            Some(opts) => Some(
+                tls::client_config_async(opts)
+                    .await
+                    .map_err(|e| (e.reason(), e.to_string()))?,
+            ),
+            None => None,
+        };
+        let https = config.is_some();
+        // a client per probe, no idle connection kept: the request says Connection: close
+        let client = HttpClient::new(Options {
+            tls: config,
+            max_idle_per_host: 0,
+            idle_timeout: Duration::ZERO,
+            connect_timeout: deadline,
+        });
+        let request = build_request(endpoint, https, user, password)?;
+        let response = client
+            .send(request, deadline, Body::Discard)
             .await
-            .map_err(|e| (e.reason(), e.to_string()))?;
-        match tls_options {
-            Some(opts) => {
-                let config = tls::client_config_async(opts)
-                    .await
-                    .map_err(|e| (e.reason(), e.to_string()))?;
-                let mut stream = tls::connect(stream, &endpoint.host, config)
-                    .await
-                    .map_err(|e| (e.reason(), e.to_string()))?;
-                exchange(&mut stream, endpoint, user, password)
-                    .await
-                    .map(|d| format!("TLS, {d}"))
-            }
-            None => {
-                let mut stream = stream;
-                exchange(&mut stream, endpoint, user, password).await
-            }
-        }
+            .map_err(|e| failure(endpoint, deadline, e))?;
+        let detail = classify(response.status.as_u16())?;
+        Ok(if https {
+            format!("TLS, {detail}")
+        } else {
+            detail
+        })
     })
     .await
 }
 
-/// `GET /` and its status line over `stream`.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
+/// The request. The password only ever lives in the (sensitive) header value.
+fn build_request(
     endpoint: &Endpoint,
+    https: bool,
     user: Option<&str>,
     password: &Secret,
-) -> Result<String, (FailureReason, String)> {
-    {
-        let request = build_request(&endpoint.to_string(), user, password);
-        stream.write_all(&request).await.map_err(|e| {
-            (
-                io_reason(e.kind()),
-                format!("sending the request: {}", e.kind()),
-            )
-        })?;
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 1024];
-        let line = loop {
-            if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
-                break buf.get(..end).unwrap_or_default().to_vec();
-            }
-            if buf.len() >= MAX_HEAD_BYTES {
-                return Err((
-                    FailureReason::Protocol,
-                    format!("no HTTP status line in the first {MAX_HEAD_BYTES} bytes"),
-                ));
-            }
-            let n = stream.read(&mut chunk).await.map_err(|e| {
-                (
-                    io_reason(e.kind()),
-                    format!("reading the answer: {}", e.kind()),
-                )
-            })?;
-            if n == 0 && tls::looks_like_tls_alert(&buf) {
-                return Err((
-                    FailureReason::TlsRequired,
-                    "the server speaks https only, gravity's URL says http://".to_string(),
-                ));
-            }
-            if n == 0 {
-                return Err((
-                    FailureReason::Protocol,
-                    "connection closed before an HTTP status line".to_string(),
-                ));
-            }
-            buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-        };
-        let code = parse_status_line(&line).map_err(|e| (FailureReason::Protocol, e))?;
-        classify(code)
-    }
-}
-
-/// The request bytes. The password only ever lives in this buffer and on the wire.
-fn build_request(host: &str, user: Option<&str>, password: &Secret) -> Vec<u8> {
-    let mut req = format!(
-        "GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gravity-exporter/{}\r\nAccept: application/json\r\nConnection: close\r\n",
-        env!("CARGO_PKG_VERSION")
-    )
-    .into_bytes();
+) -> Result<hyper::Request<Full<Bytes>>, (FailureReason, String)> {
+    let scheme = if https { "https" } else { "http" };
+    let uri: hyper::Uri = format!("{scheme}://{endpoint}/").parse().map_err(|_| {
+        (
+            FailureReason::Dns,
+            format!(
+                "{} is not a usable host name",
+                super::sanitize(&endpoint.host, 100)
+            ),
+        )
+    })?;
+    let mut req = hyper::Request::get(uri)
+        .header(
+            USER_AGENT,
+            concat!("gravity-exporter/", env!("CARGO_PKG_VERSION")),
+        )
+        .header(ACCEPT, "application/json")
+        .header(CONNECTION, "close");
     if let Some(u) = user {
         let mut cred = Vec::with_capacity(u.len() + 1 + password.expose().len());
         cred.extend_from_slice(u.as_bytes());
         cred.push(b':');
         cred.extend_from_slice(password.expose().as_bytes());
-        req.extend_from_slice(b"Authorization: Basic ");
-        req.extend_from_slice(base64(&cred).as_bytes());
-        req.extend_from_slice(b"\r\n");
+        let mut value =
+            HeaderValue::from_str(&format!("Basic {}", base64(&cred))).map_err(|_| {
+                (
+                    FailureReason::Protocol,
+                    "the credentials cannot be sent in an HTTP header".to_string(),
+                )
+            })?;
+        value.set_sensitive(true);
+        req = req.header(AUTHORIZATION, value);
     }
-    req.extend_from_slice(b"\r\n");
-    req
+    req.body(Full::new(Bytes::new()))
+        .map_err(|_| (FailureReason::Protocol, "cannot build GET /".to_string()))
 }
 
-/// Parses `HTTP/1.x NNN reason` into the status code.
-pub fn parse_status_line(line: &[u8]) -> Result<u16, String> {
-    let text = String::from_utf8_lossy(line);
-    let mut parts = text.split(' ');
-    let version = parts.next().unwrap_or("");
-    if !matches!(version, "HTTP/1.0" | "HTTP/1.1") {
-        return Err(format!("not an HTTP/1.x answer: {:?}", sanitize(&text, 40)));
-    }
-    let code = parts.next().unwrap_or("");
-    match code.parse::<u16>() {
-        Ok(c) if code.len() == 3 && (100..=599).contains(&c) => Ok(c),
-        _ => Err(format!("bad HTTP status code {:?}", sanitize(code, 10))),
+/// The probe's reason and words for a failed exchange.
+fn failure(endpoint: &Endpoint, deadline: Duration, e: HttpError) -> (FailureReason, String) {
+    match e {
+        HttpError::Timeout(_) => (
+            FailureReason::Timeout,
+            format!("no complete answer within {} ms", deadline.as_millis()),
+        ),
+        HttpError::Dns(message) => {
+            let e = ConnectError::Dns {
+                host: super::sanitize(&endpoint.host, 100),
+                message: super::sanitize(&message, 100),
+            };
+            (e.reason(), e.to_string())
+        }
+        HttpError::Connect { kind, .. } => {
+            let e = ConnectError::from_io(endpoint, &io::Error::from(kind), deadline);
+            (e.reason(), e.to_string())
+        }
+        HttpError::Tls(words) => {
+            let e = tls::TlsError::Handshake(words);
+            (e.reason(), e.to_string())
+        }
+        HttpError::TlsRequired => (
+            FailureReason::TlsRequired,
+            "the server speaks https only, gravity's URL says http://".to_string(),
+        ),
+        HttpError::Exchange {
+            kind: Some(kind),
+            detail,
+        } => (
+            super::io_reason(kind),
+            format!("during GET /: {}", super::sanitize(&detail, 160)),
+        ),
+        HttpError::Exchange { kind: None, detail } => {
+            (FailureReason::Protocol, super::sanitize(&detail, 160))
+        }
+        HttpError::TooLarge(_) | HttpError::Request(_) => (
+            FailureReason::Protocol,
+            super::sanitize(&e.to_string(), 160),
+        ),
     }
 }
 
@@ -176,25 +189,15 @@ pub fn classify(code: u16) -> Result<String, (FailureReason, String)> {
 }
 
 /// Standard base64 with padding (RFC 4648), for the basic auth header.
-pub fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let sym = |i: u32| char::from(ALPHABET[(i & 63) as usize]);
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
-        let n = (b(0) << 16) | (b(1) << 8) | b(2);
-        out.push(sym(n >> 18));
-        out.push(sym(n >> 12));
-        out.push(if chunk.len() > 1 { sym(n >> 6) } else { '=' });
-        out.push(if chunk.len() > 2 { sym(n) } else { '=' });
-    }
-    out
+fn base64(input: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(input)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     const D: Duration = Duration::from_secs(2);
@@ -216,14 +219,31 @@ mod tests {
         assert_eq!(base64(&[0xff, 0xfe]), "//4=");
     }
 
-    #[test]
-    fn status_lines() {
-        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK"), Ok(200));
-        assert_eq!(parse_status_line(b"HTTP/1.0 401 Unauthorized"), Ok(401));
-        assert!(parse_status_line(b"SSH-2.0-OpenSSH_9").is_err());
-        assert!(parse_status_line(b"HTTP/1.1 2000 x").is_err());
-        assert!(parse_status_line(b"HTTP/1.1 abc").is_err());
-        assert!(parse_status_line(b"").is_err());
+    /// Status lines as hyper parses them (the hand-written parser is gone): a server answering
+    /// each line, and the probe's verdict.
+    #[tokio::test]
+    async fn status_lines() {
+        let verdict = |line: &'static [u8]| async move {
+            let (ep, _) = server(line, false).await;
+            probe(&ep, false, None, &Secret::default(), D).await
+        };
+        assert!(verdict(b"HTTP/1.1 200 OK\r\n\r\n").await.ok);
+        let out = verdict(b"HTTP/1.0 401 Unauthorized\r\n\r\n").await;
+        assert_eq!(out.reason, Some(FailureReason::Auth), "{out:?}");
+        for bad in [
+            &b"SSH-2.0-OpenSSH_9\r\n"[..],
+            b"HTTP/1.1 2000 x\r\n\r\n",
+            b"HTTP/1.1 abc\r\n\r\n",
+            b"",
+        ] {
+            let out = verdict(bad).await;
+            assert_eq!(
+                out.reason,
+                Some(FailureReason::Protocol),
+                "{:?}: {out:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
         assert!(classify(204).is_ok());
         assert_eq!(classify(401).unwrap_err().0, FailureReason::Auth);
         assert_eq!(classify(403).unwrap_err().0, FailureReason::Auth);

@@ -165,12 +165,7 @@ pub fn describe_io(e: &std::io::Error) -> String {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     {
-        Some(rustls::Error::InvalidCertificate(c)) => format!("server certificate rejected: {c:?}"),
-        Some(rustls::Error::InvalidMessage(_))
-        | Some(rustls::Error::InappropriateMessage { .. }) => {
-            "the server does not speak TLS on this port".to_string()
-        }
-        Some(other) => other.to_string(),
+        Some(err) => describe_rustls(err),
         None if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             "the server closed the connection during the handshake".to_string()
         }
@@ -179,8 +174,20 @@ pub fn describe_io(e: &std::io::Error) -> String {
     sanitize(&text, 160)
 }
 
+/// Words for rustls's error of a failed handshake (also used by [`crate::http_client`]).
+pub fn describe_rustls(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InvalidCertificate(c) => format!("server certificate rejected: {c:?}"),
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            "the server does not speak TLS on this port".to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Whether `first_bytes` of an answer to a plaintext request are a TLS alert record
-/// (content type 21, version 3.x): a TLS-only listener refusing a plaintext client.
+/// (content type 21, version 3.x): a TLS-only listener refusing a plaintext client. Used by
+/// the Kafka and Mongo probes and by [`crate::http_client`].
 pub fn looks_like_tls_alert(first_bytes: &[u8]) -> bool {
     matches!(first_bytes, [0x15, 0x03, 0x00..=0x04, ..])
 }
