@@ -16,36 +16,20 @@
 mod common;
 #[path = "common/mariadb.rs"]
 mod mariadb;
+#[path = "common/replica.rs"]
+mod replica;
 #[path = "common/rules.rs"]
 mod rules;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use gravity_exporter::probe::mysql::MySqlConn;
-use mariadb::{exec, MariaDb};
+use mariadb::exec;
+use replica::{CANARY_PW, CANARY_USER, PIPELINE};
 
 const WAIT: Duration = Duration::from_secs(60);
-const CANARY_USER: &str = "gx_canary";
-const CANARY_PW: &str = "Canary-Pw-5d2e";
-const READ_USER: &str = "gx_read";
-const READ_PW: &str = "Read-Pw-9a1f";
-const PIPELINE: &str = "mysql2mysqlDemo";
-
-fn gravity_config(dir: &Path, src: u16, dst: u16) -> PathBuf {
-    let text = std::fs::read_to_string(common::fixtures().join("configs/mysql2mysql-stream.toml"))
-        .unwrap()
-        .replace("port = 3306", &format!("port = {src}"))
-        .replace("port = 3307", &format!("port = {dst}"))
-        + "\n[[output.config.routes]]\nmatch-schema = \"gravity_canary\"\nmatch-table = \"heartbeat\"\n";
-    let p = dir.join("config.toml");
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
 /// Kills the child on drop.
 struct Proc(std::process::Child);
 impl Drop for Proc {
@@ -122,67 +106,6 @@ async fn series(prom: SocketAddr, q: &str) -> usize {
     v["data"]["result"].as_array().map_or(0, Vec::len)
 }
 
-fn unix(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
-}
-
-/// (file, position) from `SHOW MASTER STATUS` / the replica's read position.
-async fn source_pos(c: &mut MySqlConn) -> Option<(String, u64)> {
-    let rs = c.query("SHOW MASTER STATUS").await.ok()?;
-    Some((
-        rs.value(0, "File")?.to_string(),
-        rs.value(0, "Position")?.parse().ok()?,
-    ))
-}
-
-async fn replica_read_pos(c: &mut MySqlConn) -> Option<(String, u64)> {
-    let rs = c.query("SHOW SLAVE STATUS").await.ok()?;
-    if rs.value(0, "Slave_IO_Running") != Some("Yes") {
-        return None;
-    }
-    Some((
-        rs.value(0, "Master_Log_File")?.to_string(),
-        rs.value(0, "Read_Master_Log_Pos")?.parse().ok()?,
-    ))
-}
-
-/// Pins the double's watermark to the replica's input progress every 100 ms until `stop`.
-fn feeder(src: u16, replica: u16, double_port: u16, stop: Arc<AtomicBool>) {
-    tokio::spawn(async move {
-        let ep = |p| gravity_exporter::probe::Endpoint::new("127.0.0.1", p);
-        let login = |p| async move {
-            MySqlConn::connect(&ep(p), "root", &Default::default(), Duration::from_secs(10))
-                .await
-                .unwrap()
-        };
-        let mut s = login(src).await;
-        let mut r = login(replica).await;
-        let mut event = SystemTime::now();
-        let mut process = SystemTime::now();
-        while !stop.load(Ordering::Relaxed) {
-            let t = SystemTime::now();
-            if let (Some(sp), Some(rp)) = (source_pos(&mut s).await, replica_read_pos(&mut r).await)
-            {
-                // Everything the source had written at `t` has been read by the replica.
-                if rp >= sp {
-                    event = t;
-                }
-                process = SystemTime::now();
-            }
-            common::post(
-                double_port,
-                &format!(
-                    "/_double/watermark?event={}&process={}",
-                    unix(event),
-                    unix(process)
-                ),
-            )
-            .await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-}
-
 fn v(body: &str, name: &str, extra: &[&str]) -> f64 {
     let p = format!("pipeline=\"{PIPELINE}\"");
     let mut needles = vec![p.as_str()];
@@ -229,82 +152,23 @@ async fn canaries_arrive_through_a_replica_and_loss_is_counted() {
     if !mariadb::require() {
         return;
     }
-    let src = MariaDb::start();
-    let replica = MariaDb::start_with(&["--server-id=2".into()]);
-    let mut s = src.root().await;
+    // Two MariaDB servers in replication, the double as gravity with the canary table
+    // routed, and the feeder pinning its watermark (tests/common/replica.rs).
+    let path = replica::DataPath::start().await;
+    let mut s = path.src.root().await;
     exec(
         &mut s,
         &[
-            "CREATE USER 'repl'@'%' IDENTIFIED BY 'Repl-Pw-1'",
-            "GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%'",
-            &format!("CREATE USER '{CANARY_USER}'@'%' IDENTIFIED BY '{CANARY_PW}'"),
-            &format!(
-                "GRANT SELECT, INSERT, UPDATE, CREATE ON gravity_canary.* TO '{CANARY_USER}'@'%'"
-            ),
-            &format!("CREATE USER '{READ_USER}'@'%' IDENTIFIED BY '{READ_PW}'"),
-            &format!("GRANT SELECT ON gravity_canary.* TO '{READ_USER}'@'%'"),
             "CREATE DATABASE lagprobe",
             "CREATE TABLE lagprobe.t (id INT PRIMARY KEY)",
         ],
     )
     .await;
-    let mut r = replica.root().await;
-    exec(
-        &mut r,
-        &[
-            &format!("CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='repl', MASTER_PASSWORD='Repl-Pw-1', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1", src.port),
-            "START SLAVE",
-        ],
-    )
-    .await;
-
-    // The double as gravity, with this config (source → replica, the canary table routed).
-    let dir = tempfile::tempdir().unwrap();
-    let config = gravity_config(dir.path(), src.port, replica.port);
-    let exe = gravity_double::binary().unwrap();
-    let link = gravity_double::install_gravity_link(&exe, dir.path()).unwrap();
-    let port = common::free_port();
-    let mut cfg = gravity_double::SupervisorConfig::new(
-        &link,
-        dir.path(),
-        &config,
-        format!("127.0.0.1:{port}"),
-    );
-    cfg.log_file = Some(dir.path().join("gravity.log"));
-    let _sup = gravity_double::Supervisor::start(cfg).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    feeder(src.port, replica.port, port, stop.clone());
-
-    let pw = dir.path().join("canary.pw");
-    std::fs::write(&pw, format!("{CANARY_PW}\n")).unwrap();
-    let rpw = dir.path().join("read.pw");
-    std::fs::write(&rpw, READ_PW).unwrap();
-    let pattern = format!(
-        "/gravity --config={}( |$)",
-        regex::escape(config.to_str().unwrap())
-    );
-    let flags = [
-        "--gravity.process-pattern",
-        &pattern,
-        "--collector.interval",
-        "200ms",
-        "--gravity.timeout",
-        "1s",
-        "--probe.interval",
-        "0s",
-        "--canary.interval",
-        "1s",
-        "--canary.timeout",
-        "6s",
-        "--canary.username",
-        CANARY_USER,
-        "--canary.password-file",
-        pw.to_str().unwrap(),
-        "--target.username",
-        READ_USER,
-        "--target.password-file",
-        rpw.to_str().unwrap(),
-    ];
+    let mut r = path.replica.root().await;
+    let dir = &path.dir;
+    let port = path.gravity_port;
+    let owned = path.exporter_flags("1s", "6s");
+    let flags = common::owned(&owned);
     let run = common::start(common::settings(&flags)).await;
     let addr = run.addr;
     let prom = prometheus(dir.path(), addr);
@@ -478,7 +342,7 @@ async fn canaries_arrive_through_a_replica_and_loss_is_counted() {
         "status JSON has the canary section"
     );
 
-    stop.store(true, Ordering::Relaxed);
     let report = run.shutdown().await;
+    path.stop().await;
     assert!(report.still_running.is_empty(), "{report:?}");
 }
