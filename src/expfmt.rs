@@ -1280,6 +1280,219 @@ impl<'a> Builder<'a> {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Streaming pre-filter
+// ---------------------------------------------------------------------------------------
+
+/// Longest line a [`Sieve`] reads; a longer one is dropped as it streams by (counted).
+pub const SIEVE_MAX_LINE: usize = 64 * 1024;
+
+/// Most wanted families a [`Sieve`] counts separately; the samples of more are treated as
+/// the others' (so a hostile answer cannot grow the table).
+pub const SIEVE_MAX_WANTED_FAMILIES: usize = 1024;
+
+/// What a [`Sieve`] kept of an answer, and what it left out.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Sieved {
+    /// The lines kept, in the order they came, each ending in `\n`.
+    pub text: String,
+    /// Sample lines left out by the caps of [`Keep`].
+    pub not_kept: usize,
+    /// Lines left out for their length: over [`SIEVE_MAX_LINE`], or over the line limit for
+    /// families that are not wanted.
+    pub long_lines: usize,
+    /// Sample lines left out because the kept text reached its byte budget.
+    pub over_bytes: usize,
+    /// A line was not UTF-8: the answer as a whole is unusable.
+    pub not_utf8: bool,
+}
+
+/// A line-by-line pre-filter over an exposition that arrives in pieces: it keeps what
+/// [`parse_lossy_capped`] with the same [`Keep`] keeps (and the HELP and TYPE lines of those
+/// families), within a byte budget, so that a 1e6-series or 30 MB answer is never held
+/// whole; the kept text is then parsed as usual. It looks at names only: a line it keeps
+/// may still be malformed (the parser skips it then), a malformed sample line counts
+/// against the caps like a good one.
+#[derive(Debug)]
+pub struct Sieve {
+    keep: Keep,
+    other_line_max: usize,
+    budget: usize,
+    out: Sieved,
+    /// The start of a line whose end has not arrived yet.
+    carry: Vec<u8>,
+    /// Inside a line over [`SIEVE_MAX_LINE`]: bytes are dropped up to its end.
+    skipping: bool,
+    wanted_seen: HashMap<String, usize>,
+    others_kept: usize,
+}
+
+impl Sieve {
+    /// A sieve keeping what `keep` allows; lines of families that are not wanted are kept
+    /// only up to `other_line_max` bytes, and at most `budget` bytes are kept in all.
+    pub fn new(keep: Keep, other_line_max: usize, budget: usize) -> Sieve {
+        Sieve {
+            keep,
+            other_line_max,
+            budget,
+            out: Sieved::default(),
+            carry: Vec::new(),
+            skipping: false,
+            wanted_seen: HashMap::new(),
+            others_kept: 0,
+        }
+    }
+
+    /// Takes the next piece of the answer (cut anywhere, even inside a character).
+    pub fn push(&mut self, piece: &[u8]) {
+        let mut from = 0usize;
+        while from < piece.len() {
+            let nl = find_newline(piece, from);
+            let part = piece.get(from..nl).unwrap_or_default();
+            if nl >= piece.len() {
+                // no line end in the rest: keep it for the next piece
+                if !self.skipping {
+                    if self.carry.len().saturating_add(part.len()) > SIEVE_MAX_LINE {
+                        self.carry.clear();
+                        self.skipping = true;
+                    } else {
+                        self.carry.extend_from_slice(part);
+                    }
+                }
+                return;
+            }
+            from = nl.saturating_add(1);
+            if self.skipping {
+                self.skipping = false;
+                self.out.long_lines = self.out.long_lines.saturating_add(1);
+            } else if self.carry.is_empty() {
+                self.line(part);
+            } else if self.carry.len().saturating_add(part.len()) > SIEVE_MAX_LINE {
+                self.carry.clear();
+                self.out.long_lines = self.out.long_lines.saturating_add(1);
+            } else {
+                let mut whole = std::mem::take(&mut self.carry);
+                whole.extend_from_slice(part);
+                self.line(&whole);
+                whole.clear();
+                self.carry = whole;
+            }
+        }
+    }
+
+    /// The end of the answer: what was kept and what was left out.
+    pub fn finish(mut self) -> Sieved {
+        if self.skipping {
+            self.out.long_lines = self.out.long_lines.saturating_add(1);
+        } else if !self.carry.is_empty() {
+            let last = std::mem::take(&mut self.carry);
+            self.line(&last);
+        }
+        self.out
+    }
+
+    /// The family a sample named `name` is counted under when it is wanted.
+    fn wanted_family<'n>(&self, name: &'n str) -> Option<&'n str> {
+        if (self.keep.wanted)(name) {
+            return Some(name);
+        }
+        ["_bucket", "_sum", "_count"]
+            .into_iter()
+            .filter_map(|s| name.strip_suffix(s))
+            .find(|base| (self.keep.wanted)(base))
+    }
+
+    /// Counts a kept sample of wanted family `family`; `false` when its cap is reached (or
+    /// the family table is full: the sample is then one of the others).
+    fn take_wanted(&mut self, family: &str) -> Option<bool> {
+        if let Some(n) = self.wanted_seen.get_mut(family) {
+            if *n >= self.keep.wanted_per_family {
+                return Some(false);
+            }
+            *n = n.saturating_add(1);
+            return Some(true);
+        }
+        if self.wanted_seen.len() >= SIEVE_MAX_WANTED_FAMILIES {
+            return None;
+        }
+        if self.keep.wanted_per_family == 0 {
+            return Some(false);
+        }
+        self.wanted_seen.insert(family.to_string(), 1);
+        Some(true)
+    }
+
+    fn fits(&self, line: &str) -> bool {
+        self.out
+            .text
+            .len()
+            .saturating_add(line.len())
+            .saturating_add(1)
+            <= self.budget
+    }
+
+    fn keep_line(&mut self, line: &str) {
+        self.out.text.push_str(line);
+        self.out.text.push('\n');
+    }
+
+    fn line(&mut self, raw: &[u8]) {
+        if raw.len() > SIEVE_MAX_LINE {
+            self.out.long_lines = self.out.long_lines.saturating_add(1);
+            return;
+        }
+        let Ok(line) = std::str::from_utf8(raw) else {
+            self.out.not_utf8 = true;
+            return;
+        };
+        let t = line.trim_start_matches([' ', '\t']);
+        if t.is_empty() || t == "\r" {
+            return;
+        }
+        if let Some(comment) = t.strip_prefix('#') {
+            // HELP and TYPE name a family; other comments mean nothing to the parser
+            let mut words = comment.split_ascii_whitespace();
+            let (Some("HELP" | "TYPE"), Some(name)) = (words.next(), words.next()) else {
+                return;
+            };
+            let wanted = self.wanted_family(name).is_some();
+            if !wanted && line.len() > self.other_line_max {
+                self.out.long_lines = self.out.long_lines.saturating_add(1);
+            } else if (wanted || self.others_kept < self.keep.others) && self.fits(line) {
+                self.keep_line(line);
+            }
+            return;
+        }
+        let end = t.find(['{', ' ', '\t']).unwrap_or(t.len());
+        let name = t.get(..end).unwrap_or_default();
+        let wanted = match self.wanted_family(name) {
+            Some(family) => self.take_wanted(family),
+            None => None,
+        };
+        let take = match wanted {
+            Some(taken) => taken,
+            None => {
+                if line.len() > self.other_line_max {
+                    self.out.long_lines = self.out.long_lines.saturating_add(1);
+                    return;
+                }
+                let room = self.others_kept < self.keep.others;
+                if room {
+                    self.others_kept = self.others_kept.saturating_add(1);
+                }
+                room
+            }
+        };
+        if !take {
+            self.out.not_kept = self.out.not_kept.saturating_add(1);
+        } else if !self.fits(line) {
+            self.out.over_bytes = self.out.over_bytes.saturating_add(1);
+        } else {
+            self.keep_line(line);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2265,5 +2478,141 @@ h_count 1
         assert_eq!(exp.family("noise").unwrap().samples.len(), 100);
         assert_eq!(exp.family("wanted_total").unwrap().samples.len(), 40);
         assert_eq!(skipped, 900 + 10);
+    }
+
+    /// The kept families and samples (name, raw line) of a capped parse.
+    fn kept(input: &str, keep: Keep) -> (Vec<(String, Vec<String>)>, usize) {
+        let (exp, _, skipped) = parse_lossy_capped(input, keep);
+        let fams = exp
+            .families
+            .iter()
+            .map(|f| {
+                (
+                    f.name.to_string(),
+                    f.samples.iter().map(|s| s.raw.to_string()).collect(),
+                )
+            })
+            .collect();
+        (fams, skipped)
+    }
+
+    fn sieve_in_pieces(input: &[u8], keep: Keep, piece: usize, budget: usize) -> Sieved {
+        let mut s = Sieve::new(keep, 4096, budget);
+        for p in input.chunks(piece.max(1)) {
+            s.push(p);
+        }
+        s.finish()
+    }
+
+    fn wanted_gravity(n: &str) -> bool {
+        n == "gravity_input_counter"
+            || n.starts_with("process_")
+            || n.ends_with("_duration_seconds")
+    }
+
+    #[test]
+    fn sieve_then_parse_keeps_what_the_capped_parse_keeps() {
+        for input in [METRICS, METRICS_40, METRICS_10K] {
+            for (per_family, others) in [
+                (0, 0),
+                (1, 5),
+                (3, 100),
+                (usize::MAX, 1000),
+                (usize::MAX, usize::MAX),
+            ] {
+                let keep = Keep {
+                    wanted: wanted_gravity,
+                    wanted_per_family: per_family,
+                    others,
+                };
+                let (want, skipped) = kept(input, keep);
+                for piece in [1, 7, 4096, input.len()] {
+                    let sieved = sieve_in_pieces(input.as_bytes(), keep, piece, usize::MAX);
+                    assert!(!sieved.not_utf8 && sieved.long_lines == 0 && sieved.over_bytes == 0);
+                    let (got, skipped_after) = kept(&sieved.text, keep);
+                    // families left with no sample may differ (their HELP/TYPE lines are
+                    // dropped once the cap is reached); everything with samples is the same
+                    let nonempty = |v: Vec<(String, Vec<String>)>| {
+                        v.into_iter()
+                            .filter(|f| !f.1.is_empty())
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(
+                        nonempty(got),
+                        nonempty(want.clone()),
+                        "{per_family} {others} {piece}"
+                    );
+                    assert_eq!(
+                        sieved.not_kept + skipped_after,
+                        skipped,
+                        "{per_family} {others} {piece}"
+                    );
+                    assert!(sieved.text.len() <= input.len() + 1);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sieve_drops_long_lines_as_they_stream_by() {
+        let keep = Keep {
+            wanted: |n| n == "w",
+            wanted_per_family: usize::MAX,
+            others: usize::MAX,
+        };
+        let huge = "x".repeat(SIEVE_MAX_LINE + 10);
+        let mid = "y".repeat(5000);
+        let input = format!(
+            "# TYPE a gauge\na 1\nb{{v=\"{huge}\"}} 1\nc{{v=\"{mid}\"}} 1\nw{{v=\"{mid}\"}} 2\n# HELP d {mid}\nd 3\ne{{v=\"{huge}\"}} 1"
+        );
+        for piece in [1, 100, 70_000, input.len()] {
+            let s = sieve_in_pieces(input.as_bytes(), keep, piece, usize::MAX);
+            // the 64 KiB lines (one unterminated), the 5000-byte line of another family and
+            // the 5000-byte HELP line; the wanted family's long line is kept
+            assert_eq!(s.long_lines, 4, "{piece}");
+            assert_eq!(
+                s.text,
+                format!("# TYPE a gauge\na 1\nw{{v=\"{mid}\"}} 2\nd 3\n"),
+                "{piece}"
+            );
+        }
+    }
+
+    #[test]
+    fn sieve_keeps_within_its_byte_budget_and_flags_bytes_that_are_not_utf8() {
+        let keep = Keep {
+            wanted: |_| false,
+            wanted_per_family: 0,
+            others: usize::MAX,
+        };
+        let s = sieve_in_pieces(b"a 1\nb 2\nc 3\n", keep, 5, 8);
+        assert_eq!((s.text.as_str(), s.over_bytes), ("a 1\nb 2\n", 1));
+        let s = sieve_in_pieces(b"a 1\nb\xff 2\nc 3", keep, 3, usize::MAX);
+        assert!(s.not_utf8);
+        assert_eq!(s.text, "a 1\nc 3\n");
+        // a character cut between two pieces is whole again
+        let s = sieve_in_pieces("a{x=\"é€\"} 1\n".as_bytes(), keep, 1, usize::MAX);
+        assert!(!s.not_utf8);
+        assert_eq!(s.text, "a{x=\"é€\"} 1\n");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// However an answer is cut into pieces, the sieve keeps the same lines, and never
+        /// more than its budget.
+        #[test]
+        fn sieve_result_does_not_depend_on_the_pieces(
+            body in proptest::collection::vec(
+                prop_oneof![Just(b'\n'), Just(b'#'), Just(b' '), Just(b'a'), Just(b'{'), any::<u8>()], 0..400),
+            piece in 1usize..64,
+            budget in 0usize..200,
+            others in 0usize..8,
+        ) {
+            let keep = Keep { wanted: |n| n == "a", wanted_per_family: 3, others };
+            let whole = sieve_in_pieces(&body, keep, body.len(), budget);
+            let cut = sieve_in_pieces(&body, keep, piece, budget);
+            prop_assert_eq!(&whole, &cut);
+            prop_assert!(whole.text.len() <= budget);
+        }
     }
 }

@@ -116,21 +116,79 @@ impl GravityClient {
         self.http
             .send(req, timeout, Body::UpTo(limit))
             .await
-            .map_err(|e| match e {
-                HttpError::Timeout(timeout) => ApiError::Timeout {
-                    path: path.into(),
-                    timeout,
-                },
-                HttpError::TooLarge(limit) => ApiError::TooLarge {
-                    path: path.into(),
-                    limit,
-                },
-                HttpError::Request(_) => ApiError::BadUrl { path: path.into() },
-                other => ApiError::Connect {
-                    path: path.into(),
-                    reason: other.to_string(),
-                },
-            })
+            .map_err(|e| api_error(path, e))
+    }
+
+    /// `GET base+path` whose body is read piece by piece ([`Answer::chunk`]), never held
+    /// whole: at most `limit` bytes, all within `timeout`. `/reset` is never sent.
+    pub async fn open(
+        &self,
+        base: &Uri,
+        path: &str,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Answer, ApiError> {
+        if is_reset(path) {
+            return Err(ApiError::Refused { path: path.into() });
+        }
+        let uri = join(base, path).ok_or_else(|| ApiError::BadUrl { path: path.into() })?;
+        let req = hyper::Request::get(uri)
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| ApiError::BadUrl { path: path.into() })?;
+        let inner = self
+            .http
+            .open(req, timeout, limit)
+            .await
+            .map_err(|e| api_error(path, e))?;
+        Ok(Answer {
+            path: path.into(),
+            inner,
+        })
+    }
+}
+
+/// An answer from gravity read piece by piece ([`GravityClient::open`]).
+#[derive(Debug)]
+pub struct Answer {
+    path: String,
+    inner: crate::http_client::Streaming,
+}
+
+impl Answer {
+    /// HTTP status.
+    pub fn status(&self) -> hyper::StatusCode {
+        self.inner.status
+    }
+
+    /// The next piece of the body, `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, ApiError> {
+        self.inner
+            .chunk()
+            .await
+            .map_err(|e| api_error(&self.path, e))
+    }
+
+    /// Time since the request was sent.
+    pub fn elapsed(&self) -> Duration {
+        self.inner.elapsed()
+    }
+}
+
+fn api_error(path: &str, e: HttpError) -> ApiError {
+    match e {
+        HttpError::Timeout(timeout) => ApiError::Timeout {
+            path: path.into(),
+            timeout,
+        },
+        HttpError::TooLarge(limit) => ApiError::TooLarge {
+            path: path.into(),
+            limit,
+        },
+        HttpError::Request(_) => ApiError::BadUrl { path: path.into() },
+        other => ApiError::Connect {
+            path: path.into(),
+            reason: other.to_string(),
+        },
     }
 }
 

@@ -221,6 +221,63 @@ impl HttpClient {
         HttpClient { client, tls }
     }
 
+    /// Whether `req` goes over plain HTTP (`false`: TLS); an error for a scheme this client
+    /// cannot serve.
+    fn plain(&self, req: &Request<Full<Bytes>>) -> Result<bool, HttpError> {
+        match req.uri().scheme() {
+            Some(s) if *s == Scheme::HTTP => Ok(true),
+            Some(s) if *s == Scheme::HTTPS => {
+                if self.tls {
+                    Ok(false)
+                } else {
+                    Err(HttpError::Request(
+                        "https:// is not set up for this client".into(),
+                    ))
+                }
+            }
+            _ => Err(HttpError::Request(
+                "the URL must be http:// or https://".into(),
+            )),
+        }
+    }
+
+    /// Sends `req` and returns the answer's head; its body is then read piece by piece
+    /// ([`Streaming::chunk`]) and never held whole, at most `limit` bytes, everything within
+    /// `timeout` of now. An answer that announces a longer body is refused at once.
+    pub async fn open(
+        &self,
+        req: Request<Full<Bytes>>,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Streaming, HttpError> {
+        let plain = self.plain(&req)?;
+        let start = Instant::now();
+        // timeouts are validated (at most a day): the sum always fits
+        let now = tokio::time::Instant::now();
+        let deadline = now.checked_add(timeout).unwrap_or(now);
+        let resp = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
+            Ok(r) => r.map_err(|e| classify(&e, plain))?,
+            Err(_) => return Err(HttpError::Timeout(timeout)),
+        };
+        let status = resp.status();
+        let body = resp.into_body();
+        if hyper::body::Body::size_hint(&body)
+            .exact()
+            .is_some_and(|n| n > limit as u64)
+        {
+            return Err(HttpError::TooLarge(limit));
+        }
+        Ok(Streaming {
+            status,
+            body,
+            deadline,
+            timeout,
+            limit,
+            read: 0,
+            start,
+        })
+    }
+
     /// Sends `req` and reads the answer as `body` says, all within `timeout`.
     pub async fn send(
         &self,
@@ -228,23 +285,7 @@ impl HttpClient {
         timeout: Duration,
         body: Body,
     ) -> Result<Response, HttpError> {
-        let scheme = req.uri().scheme().cloned();
-        let plain = match scheme {
-            Some(s) if s == Scheme::HTTP => true,
-            Some(s) if s == Scheme::HTTPS => {
-                if !self.tls {
-                    return Err(HttpError::Request(
-                        "https:// is not set up for this client".into(),
-                    ));
-                }
-                false
-            }
-            _ => {
-                return Err(HttpError::Request(
-                    "the URL must be http:// or https://".into(),
-                ))
-            }
-        };
+        let plain = self.plain(&req)?;
         let start = Instant::now();
         let exchange = async {
             let resp = self
@@ -286,6 +327,61 @@ impl HttpClient {
             Ok(r) => r,
             Err(_) => Err(HttpError::Timeout(timeout)),
         }
+    }
+}
+
+/// An answer whose body is read piece by piece ([`HttpClient::open`]).
+#[derive(Debug)]
+pub struct Streaming {
+    /// HTTP status.
+    pub status: StatusCode,
+    body: hyper::body::Incoming,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    limit: usize,
+    read: usize,
+    start: Instant,
+}
+
+impl Streaming {
+    /// The next piece of the body as it arrived (hyper's frames, not bigger than its read
+    /// buffer), `None` at the end. [`HttpError::TooLarge`] once more than the cap has
+    /// arrived, [`HttpError::Timeout`] past the request's deadline.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, HttpError> {
+        loop {
+            let frame = match tokio::time::timeout_at(self.deadline, self.body.frame()).await {
+                Err(_) => return Err(HttpError::Timeout(self.timeout)),
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(e))) => {
+                    return Err(HttpError::Exchange {
+                        kind: find::<io::Error>(&e).map(io::Error::kind),
+                        detail: format!("reading the body: {}", innermost(&e)),
+                    })
+                }
+                Ok(Some(Ok(f))) => f,
+            };
+            // trailers carry nothing the exporter reads
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            self.read = self.read.saturating_add(data.len());
+            if self.read > self.limit {
+                return Err(HttpError::TooLarge(self.limit));
+            }
+            if !data.is_empty() {
+                return Ok(Some(data));
+            }
+        }
+    }
+
+    /// Bytes of the body read so far.
+    pub fn read(&self) -> usize {
+        self.read
+    }
+
+    /// Time since the request was sent.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
     }
 }
 

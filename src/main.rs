@@ -22,6 +22,38 @@ fn init_logging(s: &Settings) {
     }
 }
 
+/// glibc malloc settings of the exporter (docs/architecture.md, "Memory"): a fixed mmap
+/// threshold of 128 KiB, so that every block over it is returned to the system when freed
+/// (glibc otherwise raises the threshold up to 32 MB after a big block is freed, and the
+/// buffers of one hostile answer stay resident for good), and two arenas instead of one
+/// per thread.
+const TUNABLES: &str = "glibc.malloc.mmap_threshold=131072:glibc.malloc.arena_max=2";
+
+/// glibc reads its tunables at process start only, and setting them from inside the
+/// process needs `unsafe` FFI (`mallopt`), which this crate forbids. So the exporter
+/// re-executes itself once (same pid, same arguments, before any thread is started) with
+/// [`TUNABLES`] in `GLIBC_TUNABLES`. Nothing happens when `GLIBC_TUNABLES` is already set
+/// (by the first run, or by the user, whose settings then apply as given: set it empty to
+/// keep glibc's defaults), on other C libraries, or when `/proc/self/exe` cannot be
+/// executed (the exporter then runs with glibc's defaults).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::unix::process::CommandExt;
+        if std::env::var_os("GLIBC_TUNABLES").is_some() {
+            return;
+        }
+        let mut args = std::env::args_os();
+        let argv0 = args.next().unwrap_or_default();
+        // `exec` returns only when it failed: go on with glibc's defaults
+        let _failed = std::process::Command::new("/proc/self/exe")
+            .arg0(argv0)
+            .args(args)
+            .env("GLIBC_TUNABLES", TUNABLES)
+            .exec();
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Some(Command::Demo(_))) {
@@ -62,7 +94,11 @@ fn main() -> ExitCode {
         }
         return ExitCode::from(u8::try_from(v.code()).unwrap_or(3));
     }
+    tune_allocator();
     init_logging(&settings);
+    if let Some(t) = std::env::var_os("GLIBC_TUNABLES") {
+        tracing::debug!(tunables = %t.to_string_lossy(), "glibc malloc tunables");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

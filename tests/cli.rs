@@ -259,3 +259,58 @@ async fn demo_passes_the_otlp_endpoint_through() {
     );
     assert!(!rx.received().metrics.is_empty(), "{stdout}\n{stderr}");
 }
+
+/// The exporter sets its glibc malloc tunables by re-executing itself once, as the same
+/// process with the same arguments; a `GLIBC_TUNABLES` the user set is left as it is.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_exporter_runs_with_its_malloc_tunables_unless_the_user_set_them() {
+    let ours = "glibc.malloc.mmap_threshold=131072:glibc.malloc.arena_max=2";
+    for (user, want) in [
+        (None, ours),
+        (Some("glibc.malloc.arena_max=1"), "glibc.malloc.arena_max=1"),
+    ] {
+        let port = common::free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "--web.listen-address",
+            &listen,
+            "--gravity.url",
+            "http://127.0.0.1:1111",
+            "--gravity.pid-file",
+            "/nonexistent/gravity.pid",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .env_remove("GLIBC_TUNABLES");
+        if let Some(u) = user {
+            cmd.env("GLIBC_TUNABLES", u);
+        }
+        let mut child = cmd.spawn().unwrap();
+        assert!(
+            wait_landing(port, "127.0.0.1:1111"),
+            "exporter did not come up"
+        );
+        let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+        let tunables = environ
+            .split(|b| *b == 0)
+            .find_map(|e| e.strip_prefix(b"GLIBC_TUNABLES="))
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        // glibc 2.36 cuts the string at the first `:` in place while it parses it (the
+        // process's own copy, seen in /proc/<pid>/environ); later versions leave it whole
+        let seen = tunables.unwrap_or_default();
+        assert!(
+            !seen.is_empty() && want.starts_with(&seen) && want.split(':').next() <= Some(&seen),
+            "GLIBC_TUNABLES={seen:?}, want {want:?}"
+        );
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
+        assert!(
+            cmdline.split(|b| *b == 0).any(|a| a == listen.as_bytes()),
+            "the arguments are kept"
+        );
+        signal(child.id(), "-TERM");
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+}

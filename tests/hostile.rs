@@ -321,6 +321,55 @@ async fn a_million_series_answer_keeps_only_the_series_cap() {
     r.stop().await;
 }
 
+/// An answer that announces a body over the cap is refused on its head: not read, not
+/// waited for (the double announces 40 MB, sends none of it and keeps the connection open,
+/// under a 30 s request timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_announcing_more_than_the_cap_is_refused_on_its_head() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut n = 0;
+                while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") && n < buf.len() {
+                    match s.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => n += k,
+                    }
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-length: 41943040\r\n\r\n";
+                let _ = s.write_all(head.as_bytes()).await;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            });
+        }
+    });
+    let g = Gravity {
+        addr,
+        hang: Arc::new(AtomicBool::new(false)),
+    };
+    let proc_root = tempfile::tempdir().unwrap();
+    let mut flags = remote_flags(&g, proc_root.path());
+    let i = flags.iter().position(|f| f == "--gravity.timeout").unwrap();
+    flags[i + 1] = "30s".into();
+    let started = Instant::now();
+    let r = start(settings(&owned(&flags))).await;
+    wait_metrics(
+        r.addr,
+        Duration::from_secs(20),
+        "both answers refused",
+        |b| {
+            sample(b, "gravity_exporter_dropped_total", &["what=\"api_body\""])
+                .is_some_and(|v| v >= 2.0)
+        },
+    )
+    .await;
+    // not the request timeout: the refusal came on the head
+    assert!(started.elapsed() < Duration::from_secs(30));
+    r.stop().await;
+}
+
 /// Soft limit on open files of this process.
 fn nofile_soft() -> u64 {
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();

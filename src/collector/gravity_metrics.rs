@@ -806,62 +806,83 @@ impl Collector for GravityMetricsCollector {
                     "gravity process not running".into(),
                 ));
             }
-            let r = ctx
-                .gravity
-                .get(
-                    &target.url,
-                    "/metrics",
-                    settings.gravity_timeout,
-                    BODY_LIMIT,
-                )
-                .await
-                .map_err(|e| {
-                    if matches!(e, crate::gravity_api::ApiError::TooLarge { .. }) {
-                        crate::metrics::count_dropped(crate::metrics::Dropped::ApiBody, 1);
-                    }
-                    CollectError::Unavailable(e.to_string())
-                })?;
-            if !r.status.is_success() {
+            // The answer is sieved as it arrives (never held whole): only what the parse
+            // below keeps, bounded in bytes, on the parse thread.
+            let sieve =
+                expfmt::Sieve::new(keep(&settings), MAX_PASSTHROUGH_LINE_BYTES, SIEVE_BUDGET);
+            let (status, sieve, _) =
+                super::feed(&ctx, "/metrics", BODY_LIMIT, sieve, expfmt::Sieve::push).await?;
+            if !status.is_success() {
                 return Err(CollectError::Invalid(format!(
                     "/metrics answered HTTP {}",
-                    r.status.as_u16()
+                    status.as_u16()
                 )));
             }
-            // Parsing a big answer (1e6 series) takes a while: never on the runtime's thread,
-            // where /metrics is served.
             let me = self.clone();
-            super::offload(super::Worker::Parse, move || me.digest(&ctx, &r.body))
-                .await
-                .ok_or(CollectError::Panicked)?
+            super::offload(super::Worker::Parse, move || {
+                me.digest_sieved(&ctx, sieve.finish())
+            })
+            .await
+            .ok_or(CollectError::Panicked)?
         })
+    }
+}
+
+/// Bytes of gravity's `/metrics` kept for parsing (the rest is counted and dropped as it
+/// arrives): the pass-through's byte cap plus as much again for the families read here.
+pub const SIEVE_BUDGET: usize = 2 * crate::metrics::MAX_PASSTHROUGH_BYTES;
+
+/// What of gravity's `/metrics` is parsed: the families read here in full (bounded), of the
+/// rest no more than the pass-through passes on.
+fn keep(settings: &crate::config::Settings) -> expfmt::Keep {
+    expfmt::Keep {
+        wanted: |n| {
+            matches!(
+                n,
+                "gravity_input_counter"
+                    | "gravity_output_counter"
+                    | "gravity_scheduler_retry_counter"
+                    | "go_threads"
+            ) || n.starts_with("process_")
+                || STAGES.iter().any(|(f, _)| *f == n)
+                || QUEUE_FAMILIES.contains(&n)
+        },
+        wanted_per_family: MAX_WANTED_SERIES,
+        // nothing of the rest is needed when nothing is passed through
+        others: if settings.passthrough {
+            settings.passthrough_max_series
+        } else {
+            0
+        },
     }
 }
 
 impl GravityMetricsCollector {
     /// Everything after the request: parse, rates, retries, process fallback, pass-through.
+    #[cfg(test)]
     fn digest(&self, ctx: &Context, body: &[u8]) -> Result<Families, CollectError> {
+        let mut sieve = expfmt::Sieve::new(
+            keep(&ctx.settings()),
+            MAX_PASSTHROUGH_LINE_BYTES,
+            SIEVE_BUDGET,
+        );
+        sieve.push(body);
+        self.digest_sieved(ctx, sieve.finish())
+    }
+
+    /// [`Self::digest`] of what the sieve kept of the answer.
+    fn digest_sieved(
+        &self,
+        ctx: &Context,
+        sieved: expfmt::Sieved,
+    ) -> Result<Families, CollectError> {
         let target = ctx.target();
         let settings = ctx.settings();
-        let text = std::str::from_utf8(body)
-            .map_err(|_| CollectError::Invalid("/metrics is not UTF-8".into()))?;
-        // Only the families read here are kept in full (bounded); of the rest no more than
-        // the pass-through passes on.
-        let keep = expfmt::Keep {
-            wanted: |n| {
-                matches!(
-                    n,
-                    "gravity_input_counter"
-                        | "gravity_output_counter"
-                        | "gravity_scheduler_retry_counter"
-                        | "go_threads"
-                ) || n.starts_with("process_")
-                    || STAGES.iter().any(|(f, _)| *f == n)
-                    || QUEUE_FAMILIES.contains(&n)
-            },
-            wanted_per_family: MAX_WANTED_SERIES,
-            others: settings.passthrough_max_series,
-        };
-        let (exp, errors, not_kept) = expfmt::parse_lossy_capped(text, keep);
+        if sieved.not_utf8 {
+            return Err(CollectError::Invalid("/metrics is not UTF-8".into()));
+        }
+        let (exp, errors, not_kept) = expfmt::parse_lossy_capped(&sieved.text, keep(&settings));
+        let not_kept = not_kept.saturating_add(sieved.not_kept);
         if exp.families.is_empty() {
             let why = errors
                 .first()
@@ -936,8 +957,14 @@ impl GravityMetricsCollector {
             self.dropped
                 .inc_by((c.capped as u64).saturating_add(not_kept as u64));
             use crate::metrics::{count_dropped, Dropped};
-            count_dropped(Dropped::PassthroughLine, c.long_lines as u64);
-            count_dropped(Dropped::PassthroughBytes, c.over_bytes as u64);
+            count_dropped(
+                Dropped::PassthroughLine,
+                (c.long_lines as u64).saturating_add(sieved.long_lines as u64),
+            );
+            count_dropped(
+                Dropped::PassthroughBytes,
+                (c.over_bytes as u64).saturating_add(sieved.over_bytes as u64),
+            );
             count_dropped(
                 Dropped::PassthroughFamilyCollision,
                 c.skipped_families as u64,

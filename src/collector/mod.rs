@@ -484,6 +484,65 @@ pub async fn offload<T: Send + 'static>(
     rx.await.ok()
 }
 
+/// Bytes of an answer handed to the parse thread at once by [`feed`].
+pub const FEED_BATCH: usize = 256 * 1024;
+
+/// Opens `GET path` on gravity and reads the answer's body into `state` with `push`, on the
+/// parse thread, in batches of about [`FEED_BATCH`] bytes as they arrive: the body is
+/// never held whole (a 30 MB answer needs no 30 MB buffer, which the allocator would keep
+/// afterwards), nothing is parsed on the runtime's thread, and each batch is a short job,
+/// so a slow answer does not hold other parsing up. A body over `limit` is counted in
+/// `gravity_exporter_dropped_total{what="api_body"}`. Returns the HTTP status, the state
+/// and the time the answer took.
+pub async fn feed<S: Send + 'static>(
+    ctx: &Context,
+    path: &str,
+    limit: usize,
+    state: S,
+    push: fn(&mut S, &[u8]),
+) -> Result<(hyper::StatusCode, S, Duration), CollectError> {
+    let unavailable = |e: crate::gravity_api::ApiError| {
+        if matches!(e, crate::gravity_api::ApiError::TooLarge { .. }) {
+            crate::metrics::count_dropped(crate::metrics::Dropped::ApiBody, 1);
+        }
+        CollectError::Unavailable(e.to_string())
+    };
+    let target = ctx.target();
+    let timeout = ctx.settings().gravity_timeout;
+    let mut answer = ctx
+        .gravity
+        .open(&target.url, path, timeout, limit)
+        .await
+        .map_err(unavailable)?;
+    let mut state = state;
+    let mut batch: Vec<bytes::Bytes> = Vec::new();
+    let mut size = 0usize;
+    loop {
+        let chunk = answer.chunk().await.map_err(unavailable)?;
+        let end = chunk.is_none();
+        if let Some(c) = chunk {
+            size = size.saturating_add(c.len());
+            batch.push(c);
+        }
+        if size >= FEED_BATCH || (end && !batch.is_empty()) {
+            let pieces = std::mem::take(&mut batch);
+            size = 0;
+            let mut s = state;
+            state = offload(Worker::Parse, move || {
+                for p in &pieces {
+                    push(&mut s, p);
+                }
+                s
+            })
+            .await
+            .ok_or(CollectError::Panicked)?;
+        }
+        if end {
+            return Ok((answer.status(), state, answer.elapsed()));
+        }
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> f64 {
     SystemTime::now()

@@ -170,6 +170,198 @@ pub fn bound_status(st: &mut Status) {
     }
 }
 
+/// Longest object key a [`Shortener`] keeps whole (stream, table and collection names are
+/// far shorter; the exporter cuts label values to 256 bytes anyway).
+pub const JSON_MAX_KEY: usize = 1024;
+
+/// Longest string value a [`Shortener`] keeps whole (gravity's `position` is a JSON document
+/// in a string, with GTID sets).
+pub const JSON_MAX_STRING: usize = 64 * 1024;
+
+/// Deepest nesting a [`Shortener`] tracks (serde_json refuses deeper documents anyway).
+const JSON_MAX_DEPTH: usize = 256;
+
+/// Where a [`Shortener`] is inside a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Escape {
+    /// Not in an escape sequence.
+    None,
+    /// Just after a backslash.
+    Start,
+    /// In the hex digits of `\uXXXX`: digits still to come and the value so far.
+    Hex(u8, u16),
+}
+
+/// A byte-level pass over a JSON answer arriving in pieces that cuts every string longer
+/// than its limit ([`JSON_MAX_KEY`] for object keys, [`JSON_MAX_STRING`] for values) at a
+/// character boundary, never inside an escape sequence or between the halves of a
+/// surrogate pair: a hostile `/status` (a 15 MB version string, 1,000 stream names of
+/// 10 KB) never becomes big strings in memory, and the output is valid JSON whenever the
+/// input is. Anything else passes unchanged.
+#[derive(Debug)]
+pub struct Shortener {
+    out: Vec<u8>,
+    blank: bool,
+    in_string: bool,
+    key: bool,
+    kept: usize,
+    escape: Escape,
+    high_surrogate: bool,
+    cutting: bool,
+    /// Open containers: `true` for an object.
+    stack: Vec<bool>,
+    /// Containers opened beyond [`JSON_MAX_DEPTH`].
+    deeper: usize,
+    expect_key: bool,
+    cut: usize,
+}
+
+impl Default for Shortener {
+    fn default() -> Self {
+        Shortener::new()
+    }
+}
+
+impl Shortener {
+    /// A shortener at the start of an answer.
+    pub fn new() -> Shortener {
+        Shortener {
+            out: Vec::new(),
+            blank: true,
+            in_string: false,
+            key: false,
+            kept: 0,
+            escape: Escape::None,
+            high_surrogate: false,
+            cutting: false,
+            stack: Vec::new(),
+            deeper: 0,
+            expect_key: false,
+            cut: 0,
+        }
+    }
+
+    /// Takes the next piece of the answer (cut anywhere).
+    pub fn push(&mut self, piece: &[u8]) {
+        self.out.reserve(piece.len().min(64 * 1024));
+        for &b in piece {
+            if !b.is_ascii_whitespace() {
+                self.blank = false;
+            }
+            if self.in_string {
+                self.string_byte(b);
+            } else {
+                self.structure_byte(b);
+                self.out.push(b);
+            }
+        }
+    }
+
+    fn structure_byte(&mut self, b: u8) {
+        match b {
+            b'{' | b'[' => {
+                if self.stack.len() < JSON_MAX_DEPTH {
+                    self.stack.push(b == b'{');
+                } else {
+                    self.deeper = self.deeper.saturating_add(1);
+                }
+                self.expect_key = b == b'{';
+            }
+            b'}' | b']' => {
+                if self.deeper > 0 {
+                    self.deeper = self.deeper.saturating_sub(1);
+                } else {
+                    self.stack.pop();
+                }
+                self.expect_key = false;
+            }
+            b':' => self.expect_key = false,
+            b',' => self.expect_key = self.deeper == 0 && self.stack.last() == Some(&true),
+            b'"' => {
+                self.in_string = true;
+                self.key = self.expect_key;
+                self.kept = 0;
+                self.escape = Escape::None;
+                self.high_surrogate = false;
+                self.cutting = false;
+            }
+            _ => {}
+        }
+    }
+
+    fn string_byte(&mut self, b: u8) {
+        match self.escape {
+            Escape::Start => {
+                self.escape = if b == b'u' {
+                    Escape::Hex(4, 0)
+                } else {
+                    self.high_surrogate = false;
+                    Escape::None
+                };
+                self.keep(b);
+                return;
+            }
+            Escape::Hex(left, value) => {
+                let digit = (b as char).to_digit(16).unwrap_or(0) as u16;
+                let value = value.wrapping_mul(16).wrapping_add(digit);
+                let left = left.saturating_sub(1);
+                self.escape = if left == 0 {
+                    self.high_surrogate = (0xD800..=0xDBFF).contains(&value);
+                    Escape::None
+                } else {
+                    Escape::Hex(left, value)
+                };
+                self.keep(b);
+                return;
+            }
+            Escape::None => {}
+        }
+        if b == b'"' {
+            self.in_string = false;
+            self.out.push(b);
+            return;
+        }
+        let max = if self.key {
+            JSON_MAX_KEY
+        } else {
+            JSON_MAX_STRING
+        };
+        // a cut only where a character (or an escape, or a surrogate pair) begins
+        if !self.cutting && self.kept >= max && !(0x80..0xC0).contains(&b) && !self.high_surrogate {
+            self.cutting = true;
+            self.cut = self.cut.saturating_add(1);
+        }
+        if b == b'\\' {
+            self.escape = Escape::Start;
+        } else {
+            self.high_surrogate = false;
+        }
+        self.keep(b);
+    }
+
+    fn keep(&mut self, b: u8) {
+        if !self.cutting {
+            self.out.push(b);
+            self.kept = self.kept.saturating_add(1);
+        }
+    }
+
+    /// Whether the answer so far is empty or only white space.
+    pub fn blank(&self) -> bool {
+        self.blank
+    }
+
+    /// Strings cut so far.
+    pub fn cut(&self) -> usize {
+        self.cut
+    }
+
+    /// The answer with its long strings cut.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.out
+    }
+}
+
 /// Parses the inner position JSON.
 pub fn parse_position(text: &str) -> Position {
     let Ok(v) = serde_json::from_str::<Value>(text) else {
@@ -571,19 +763,17 @@ impl Collector for StatusCollector {
                     "gravity process not running".into(),
                 ));
             }
-            let timeout = ctx.settings().gravity_timeout;
-            let r = ctx
-                .gravity
-                .get(&target.url, "/status", timeout, BODY_LIMIT)
-                .await
-                .map_err(|e| {
-                    if matches!(e, crate::gravity_api::ApiError::TooLarge { .. }) {
-                        crate::metrics::count_dropped(crate::metrics::Dropped::ApiBody, 1);
-                    }
-                    CollectError::Unavailable(e.to_string())
-                })?;
+            // Strings are cut as the answer arrives (never held whole), on the parse thread.
+            let (code, json, elapsed) = super::feed(
+                &ctx,
+                "/status",
+                BODY_LIMIT,
+                Shortener::new(),
+                Shortener::push,
+            )
+            .await?;
             let pipeline = target.pipeline.as_str();
-            if r.status.as_u16() == 500 && r.body.iter().all(u8::is_ascii_whitespace) {
+            if code.as_u16() == 500 && json.blank() {
                 ctx.set_last_status(None);
                 ctx.state
                     .status_answered
@@ -591,17 +781,17 @@ impl Collector for StatusCollector {
                 ctx.recent.record_lag([]);
                 return Ok(no_position_families(pipeline));
             }
-            if !r.status.is_success() {
+            if !code.is_success() {
                 return Err(CollectError::Invalid(format!(
                     "/status answered HTTP {}",
-                    r.status.as_u16()
+                    code.as_u16()
                 )));
             }
-            // A big answer is parsed on the parse thread, not where /metrics is served.
-            let body = r.body.clone();
-            let mut st = super::offload(super::Worker::Parse, move || parse_status(&body))
-                .await
-                .ok_or(CollectError::Panicked)??;
+            let mut st = super::offload(super::Worker::Parse, move || {
+                parse_status(&json.into_bytes())
+            })
+            .await
+            .ok_or(CollectError::Panicked)??;
             bound_status(&mut st);
             let at = std::time::Instant::now();
             ctx.set_last_status(Some(StatusSeen {
@@ -621,7 +811,7 @@ impl Collector for StatusCollector {
                 "gravity_status_request_duration_seconds",
                 "How long gravity's /status took to answer on the last collection.",
                 &[("pipeline", pipeline)],
-                r.elapsed.as_secs_f64(),
+                elapsed.as_secs_f64(),
             );
             Ok(f)
         })
@@ -864,5 +1054,129 @@ mod tests {
             st.watermarks[0].key.len(),
             crate::metrics::MAX_LABEL_VALUE_BYTES
         );
+    }
+
+    fn shorten(body: &[u8], piece: usize) -> Shortener {
+        let mut sh = Shortener::new();
+        for p in body.chunks(piece.max(1)) {
+            sh.push(p);
+        }
+        sh
+    }
+
+    #[test]
+    fn the_shortener_leaves_gravitys_answers_as_they_are() {
+        for body in [INCR, FULL, MONGO, NOSW] {
+            for piece in [1, 3, 1000, body.len()] {
+                let sh = shorten(body.as_bytes(), piece);
+                assert_eq!((sh.cut(), sh.blank()), (0, false));
+                assert_eq!(sh.into_bytes(), body.as_bytes());
+            }
+        }
+        assert!(shorten(b" \r\n\t ", 2).blank());
+        assert!(shorten(b"", 2).blank());
+    }
+
+    #[test]
+    fn the_shortener_cuts_a_huge_version_and_long_stream_names() {
+        let mut st: Value = serde_json::from_str(INCR).unwrap();
+        st["version"] = Value::String("v".repeat(15_000_000));
+        let wm = st["watermarks"]["mysqlstream"].clone();
+        let names: serde_json::Map<String, Value> = (0..1000)
+            .map(|i| (format!("w{i:04}{}", "x".repeat(10_000)), wm.clone()))
+            .collect();
+        st["watermarks"] = Value::Object(names);
+        let body = serde_json::to_vec(&st).unwrap();
+        let sh = shorten(&body, 65_536);
+        assert_eq!(sh.cut(), 1001);
+        let out = sh.into_bytes();
+        assert!(
+            out.len() < 1000 * (JSON_MAX_KEY + 200) + JSON_MAX_STRING + 2000,
+            "{}",
+            out.len()
+        );
+        let parsed = parse_status(&out).unwrap();
+        assert_eq!(parsed.version.len(), JSON_MAX_STRING);
+        assert_eq!(parsed.watermarks.len(), 1000);
+        assert!(parsed
+            .watermarks
+            .iter()
+            .all(|w| w.key.len() == JSON_MAX_KEY));
+        assert!(matches!(
+            parsed.position,
+            Position::MysqlStream {
+                current: Some(_),
+                ..
+            }
+        ));
+    }
+
+    /// Cuts land on character boundaries, never inside an escape or between the halves
+    /// of a surrogate pair, wherever the limit falls and however the answer is split.
+    #[test]
+    fn a_cut_string_is_still_valid_json_and_a_prefix_of_the_original() {
+        let units = [
+            "a",
+            "é",
+            "€",
+            "😀",
+            "\\u00e9",
+            "\\\"",
+            "\\\\",
+            "\\n",
+            "\\ud83d\\ude00",
+        ];
+        for (i, unit) in units.iter().enumerate() {
+            for lead in 0..7 {
+                let value = format!("{}{}", "b".repeat(lead), unit.repeat(JSON_MAX_STRING + 1));
+                let key = format!("{}{}", "k".repeat(lead), unit.repeat(JSON_MAX_KEY + 1));
+                let body = format!("{{\"{key}\":[\"{value}\",1],\"s\":\"{unit}\"}}");
+                for piece in [1, 7, body.len()] {
+                    let sh = shorten(body.as_bytes(), piece);
+                    assert_eq!(sh.cut(), 2, "{i} {lead} {piece}");
+                    let out: Value = serde_json::from_slice(&sh.into_bytes())
+                        .unwrap_or_else(|e| panic!("{i} {lead} {piece}: {e}"));
+                    let orig: Value = serde_json::from_str(&body).unwrap();
+                    let first = |v: &Value| {
+                        let (k, v) = v
+                            .as_object()
+                            .unwrap()
+                            .iter()
+                            .find(|(k, _)| *k != "s")
+                            .unwrap();
+                        (k.clone(), v.clone())
+                    };
+                    let ((ok, ov), (rk, rv)) = (first(&out), first(&orig));
+                    assert!(
+                        rk.starts_with(ok.as_str()) && ok.len() < rk.len(),
+                        "{i} {lead}"
+                    );
+                    let (os, rs) = (ov[0].as_str().unwrap(), rv[0].as_str().unwrap());
+                    assert!(
+                        rs.starts_with(os)
+                            && os.len() < rs.len()
+                            && os.len() >= JSON_MAX_STRING / 6
+                    );
+                    assert_eq!(out["s"], orig["s"]);
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// The output does not depend on how the answer is split, and valid JSON stays
+        /// valid JSON.
+        #[test]
+        fn the_shortener_does_not_depend_on_the_pieces(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            piece in 1usize..40,
+        ) {
+            let whole = shorten(&body, body.len()).into_bytes();
+            proptest::prop_assert_eq!(&whole, &shorten(&body, piece).into_bytes());
+            if serde_json::from_slice::<Value>(&body).is_ok() {
+                proptest::prop_assert!(serde_json::from_slice::<Value>(&whole).is_ok());
+            }
+        }
     }
 }
