@@ -106,13 +106,7 @@ impl GravityClient {
         timeout: Duration,
         limit: usize,
     ) -> Result<Response, ApiError> {
-        if is_reset(path) {
-            return Err(ApiError::Refused { path: path.into() });
-        }
-        let uri = join(base, path).ok_or_else(|| ApiError::BadUrl { path: path.into() })?;
-        let req = hyper::Request::get(uri)
-            .body(Full::new(Bytes::new()))
-            .map_err(|_| ApiError::BadUrl { path: path.into() })?;
+        let req = request(base, path)?;
         self.http
             .send(req, timeout, Body::UpTo(limit))
             .await
@@ -128,13 +122,7 @@ impl GravityClient {
         timeout: Duration,
         limit: usize,
     ) -> Result<Answer, ApiError> {
-        if is_reset(path) {
-            return Err(ApiError::Refused { path: path.into() });
-        }
-        let uri = join(base, path).ok_or_else(|| ApiError::BadUrl { path: path.into() })?;
-        let req = hyper::Request::get(uri)
-            .body(Full::new(Bytes::new()))
-            .map_err(|_| ApiError::BadUrl { path: path.into() })?;
+        let req = request(base, path)?;
         let inner = self
             .http
             .open(req, timeout, limit)
@@ -172,6 +160,17 @@ impl Answer {
     pub fn elapsed(&self) -> Duration {
         self.inner.elapsed()
     }
+}
+
+/// `GET base+path`; `/reset` in any spelling is refused here, before anything is sent.
+fn request(base: &Uri, path: &str) -> Result<hyper::Request<Full<Bytes>>, ApiError> {
+    if is_reset(path) {
+        return Err(ApiError::Refused { path: path.into() });
+    }
+    let uri = join(base, path).ok_or_else(|| ApiError::BadUrl { path: path.into() })?;
+    hyper::Request::get(uri)
+        .body(Full::new(Bytes::new()))
+        .map_err(|_| ApiError::BadUrl { path: path.into() })
 }
 
 fn api_error(path: &str, e: HttpError) -> ApiError {
@@ -244,6 +243,11 @@ mod tests {
         for path in ["/reset", "/reset/", "/RESET", "/reset?now=1", "/api/reset"] {
             let e = c
                 .get(&base, path, Duration::from_millis(200), 1024)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, ApiError::Refused { .. }), "{path}: {e}");
+            let e = c
+                .open(&base, path, Duration::from_millis(200), 1024)
                 .await
                 .unwrap_err();
             assert!(matches!(e, ApiError::Refused { .. }), "{path}: {e}");

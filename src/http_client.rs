@@ -682,6 +682,48 @@ mod tests {
     }
 
     /// Sequential requests reuse one pooled connection; with no idle pool each has its own.
+    /// Read piece by piece: the pieces make the body; more than the cap (chunked, so not
+    /// announced) is `TooLarge`; an announced body over the cap is refused on the head; a
+    /// body that stops coming is a `Timeout` at the request's deadline.
+    #[tokio::test]
+    async fn streaming_bodies_are_capped_and_timed() {
+        let c = HttpClient::new(Options::default());
+        let all = |mut s: Streaming| async move {
+            let mut body = Vec::new();
+            loop {
+                match s.chunk().await {
+                    Ok(Some(b)) => body.extend_from_slice(&b),
+                    Ok(None) => return Ok(body),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let (url, _) = server(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            false,
+        )
+        .await;
+        let s = c.open(get(&url), T, 11).await.unwrap();
+        assert_eq!(s.status, StatusCode::OK);
+        assert_eq!(all(s).await.unwrap(), b"hello world");
+        let s = c.open(get(&url), T, 10).await.unwrap();
+        assert_eq!(all(s).await.unwrap_err(), HttpError::TooLarge(10));
+        let (url, _) = server(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nhello world",
+            false,
+        )
+        .await;
+        let e = c.open(get(&url), T, 10).await.unwrap_err();
+        assert_eq!(e, HttpError::TooLarge(10));
+        // announces 11 bytes, sends 5 and stops
+        let (url, _) = server(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nhello", false).await;
+        let short = Duration::from_millis(300);
+        let started = Instant::now();
+        let s = c.open(get(&url), short, 100).await.unwrap();
+        assert_eq!(all(s).await.unwrap_err(), HttpError::Timeout(short));
+        assert!(started.elapsed() < T);
+    }
+
     #[tokio::test]
     async fn pool_is_bounded() {
         let (url, accepted) = server(b"HTTP/1.1 204 No Content\r\n\r\n", false).await;

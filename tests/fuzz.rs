@@ -522,6 +522,25 @@ fn fuzz_expfmt() {
         assert!(kept <= 1000);
         let fb = gravity_metrics::process_fallback(&exp, "p");
         assert!(fb.len() <= 16);
+        // the streaming sieve in front of the parse: the same whatever the pieces, within
+        // its budget, and what it keeps parses within the caps
+        let keep = expfmt::Keep {
+            wanted: |n| n.starts_with("gravity_") || n.starts_with('h'),
+            wanted_per_family: 50,
+            others: 100,
+        };
+        let sieve = |piece: usize| {
+            let mut s = expfmt::Sieve::new(keep, 4096, 64 * 1024);
+            for p in b.chunks(piece) {
+                s.push(p);
+            }
+            s.finish()
+        };
+        let whole = sieve(b.len().max(1));
+        assert_eq!(whole, sieve(1 + b.len() % 97));
+        assert!(whole.text.len() <= 64 * 1024);
+        let (exp, _, _) = expfmt::parse_lossy_capped(&whole.text, keep);
+        assert!(exp.series_count() <= 100 + 50 * exp.families.len());
     });
 }
 
@@ -565,6 +584,21 @@ fn fuzz_status_json() {
     );
     let now = time::OffsetDateTime::now_utc();
     run("status", &corpus, 2000, |b| {
+        // the streaming shortener in front of the parse: the same whatever the pieces, and
+        // valid JSON stays valid
+        let shorten = |piece: usize| {
+            let mut sh = status::Shortener::new();
+            for p in b.chunks(piece) {
+                sh.push(p);
+            }
+            sh.into_bytes()
+        };
+        let short = shorten(b.len().max(1));
+        assert_eq!(short, shorten(1 + b.len() % 89));
+        assert!(short.len() <= b.len());
+        if serde_json::from_slice::<serde_json::Value>(b).is_ok() {
+            assert!(serde_json::from_slice::<serde_json::Value>(&short).is_ok());
+        }
         let input = text(b);
         let _ = status::parse_position(&input);
         match status::parse_status(b) {
