@@ -287,7 +287,16 @@ fn the_exporter_runs_with_its_malloc_tunables_unless_the_user_set_them() {
         if let Some(u) = user {
             cmd.env("GLIBC_TUNABLES", u);
         }
-        let mut child = cmd.spawn().unwrap();
+        // killed if an assertion fails before the SIGTERM below
+        struct Guard(std::process::Child);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut guard = Guard(cmd.spawn().unwrap());
+        let child = &mut guard.0;
         assert!(
             wait_landing(port, "127.0.0.1:1111"),
             "exporter did not come up"

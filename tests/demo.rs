@@ -10,10 +10,21 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// Kills the child on drop.
+/// Stops the demo on drop: SIGTERM, so that it stops what it started (Prometheus,
+/// Alertmanager, its MariaDB), then SIGKILL if it is still there after 20 s.
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -35,7 +46,7 @@ async fn the_demo_watches_its_pipeline_and_canaries_flow() {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let exe = gravity_double::binary().unwrap();
-    let _demo = Proc(
+    let demo = Proc(
         Command::new(exe)
             .arg("demo")
             .arg("--demo.duration=180")
@@ -75,4 +86,20 @@ async fn the_demo_watches_its_pipeline_and_canaries_flow() {
     );
     let (_, page) = common::get(addr, "/").await;
     assert!(page.contains("anary"), "the status page shows the canaries");
+    // Stopped with SIGTERM, the demo stops what it started: Prometheus and Alertmanager
+    // (when installed) no longer answer.
+    let helpers: Vec<String> = out
+        .lines()
+        .filter(|l| l.contains("Prometheus:") || l.contains("Alertmanager:"))
+        .filter_map(|l| l.split("http://").nth(1))
+        .filter_map(|u| u.split('/').next())
+        .map(str::to_string)
+        .collect();
+    drop(demo);
+    for h in &helpers {
+        assert!(
+            std::net::TcpStream::connect(h.as_str()).is_err(),
+            "{h} still answers after the demo stopped"
+        );
+    }
 }

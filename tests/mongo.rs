@@ -396,4 +396,49 @@ async fn oplog_window_and_headroom_through_metrics() {
         common::sample(&body, "gravity_source_oplog_window_seconds", &[]),
         Some(f64::from(newest.time - new_oldest.time))
     );
+    let missing = |b: &str| {
+        common::sample(
+            b,
+            "gravity_source_privilege_missing",
+            &["pipeline=\"oplogtest\"", "privilege=\"read on local\""],
+        )
+    };
+    assert_eq!(missing(&body), Some(0.0));
+    // The read role on local is taken: a finding (the metric, the page), not a failing
+    // collector; the oplog figures are gone rather than stale.
+    server.set_can_read_local("reader", false);
+    let body = common::wait_metrics(
+        r.addr,
+        Duration::from_secs(20),
+        "read on local missing",
+        |b| missing(b) == Some(1.0),
+    )
+    .await;
+    assert_eq!(
+        common::sample(&body, "gravity_source_oplog_window_seconds", &[]),
+        None
+    );
+    assert_eq!(
+        common::sample(
+            &body,
+            "gravity_exporter_collector_success",
+            &["collector=\"source\""]
+        ),
+        Some(1.0)
+    );
+    let (code, api) = common::get(r.addr, "/api/status").await;
+    assert_eq!(code, 200);
+    assert!(api.contains("read on local"), "{api}");
+    // given back: the window returns
+    server.set_can_read_local("reader", true);
+    common::wait_metrics(
+        r.addr,
+        Duration::from_secs(20),
+        "read on local given back",
+        |b| {
+            missing(b) == Some(0.0)
+                && common::sample(b, "gravity_source_oplog_window_seconds", &[]).is_some()
+        },
+    )
+    .await;
 }

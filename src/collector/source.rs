@@ -415,11 +415,22 @@ pub fn binlog_privilege(version: &str) -> &'static str {
     }
 }
 
+/// The grant the exporter's Mongo login needs for the oplog window: the `read` role on the
+/// `local` database (where `oplog.rs` lives).
+pub const MONGO_OPLOG_PRIVILEGE: &str = "read on local";
+
+/// Whether a failed oplog read is the missing `read` role on `local`: `Unauthorized` (13)
+/// after a successful login ("not authorized on local …"), not a failed login or a command
+/// run without one ("… requires authentication").
+fn lacks_local_read(e: &crate::probe::mongo::MongoError) -> bool {
+    matches!(e, crate::probe::mongo::MongoError::Command { code: 13, message, .. } if message.contains("not authorized"))
+}
+
 /// Adds `gravity_source_privilege_missing{privilege}`.
 pub fn privilege_family(f: &mut Families, pipeline: &str, privilege: &str, missing: bool) {
     f.gauge(
         "gravity_source_privilege_missing",
-        "1 when the user the exporter logs in to gravity's MySQL source with lacks the privilege (REPLICATION CLIENT, BINLOG MONITOR on MariaDB 10.5+): binlog lag and purge headroom cannot be read; 0 when it has it.",
+        "1 when the user the exporter logs in to gravity's source with lacks the privilege (MySQL: REPLICATION CLIENT, BINLOG MONITOR on MariaDB 10.5+: binlog lag and purge headroom cannot be read; MongoDB: read on local: the oplog window cannot be read); 0 when it has it.",
         &[("pipeline", pipeline), ("privilege", privilege)],
         if missing { 1.0 } else { 0.0 },
     );
@@ -505,17 +516,27 @@ impl SourceCollector {
                 ctx.state.oplog.set(None);
                 return Ok(Families::new());
             }
-            Err(e) => {
-                if e.reason() == crate::probe::FailureReason::Auth
-                    && self.first(format!("oplog-grant:{address}"))
-                {
+            Err(e) if lacks_local_read(&e) => {
+                // A finding, not a failure (the login worked, the grant is missing):
+                // published for the status page, `check` and the alerts, like MySQL's.
+                if self.first(format!("oplog-grant:{address}")) {
                     tracing::warn!(endpoint = %address, error = %e, "gravity's Mongo user cannot read local.oplog.rs (needs the read role on local): the oplog window cannot be read");
                 }
-                return Err(CollectError::Unavailable(format!("source {address}: {e}")));
+                ctx.state.oplog.set(None);
+                let mut f = Families::new();
+                privilege_family(&mut f, pipeline, MONGO_OPLOG_PRIVILEGE, true);
+                ctx.state.source.set(Some(crate::state::SourceAccess {
+                    privileges: vec![(MONGO_OPLOG_PRIVILEGE.to_string(), true)],
+                }));
+                return Ok(f);
             }
+            Err(e) => return Err(CollectError::Unavailable(format!("source {address}: {e}"))),
         };
         self.forget(&format!("nooplog:{address}"));
         self.forget(&format!("oplog-grant:{address}"));
+        ctx.state.source.set(Some(crate::state::SourceAccess {
+            privileges: vec![(MONGO_OPLOG_PRIVILEGE.to_string(), false)],
+        }));
         let max_age = ctx
             .cadence()
             .saturating_mul(3)
@@ -540,7 +561,9 @@ impl SourceCollector {
         }
         ctx.state.oplog.set(Some(w));
         // rendered from the typed value just published
-        Ok(super::oplog::oplog_families(&w, pipeline))
+        let mut f = super::oplog::oplog_families(&w, pipeline);
+        privilege_family(&mut f, pipeline, MONGO_OPLOG_PRIVILEGE, false);
+        Ok(f)
     }
 }
 

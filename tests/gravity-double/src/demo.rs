@@ -7,7 +7,7 @@
 //! library) watching it, then prints where to look. When
 //! Debian's `prometheus` and `prometheus-alertmanager` are installed, it also starts them,
 //! scraping the exporter with the shipped alert rules loaded.
-//! Ctrl-C (or `--demo.duration`) stops everything it started.
+//! Ctrl-C, SIGTERM or the end of `--demo.duration` stops everything it started.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -201,12 +201,27 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
     lines.push("Ctrl-C stops everything.".into());
     println!("{}", lines.join("\n"));
 
+    // Ctrl-C, SIGTERM (a service manager, a test) or the duration: everything the demo
+    // started is stopped on the way out.
     let stop = async {
-        match args.duration {
-            Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
-            None => {
-                let _ = tokio::signal::ctrl_c().await;
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
+        };
+        let timer = async {
+            match args.duration {
+                Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+            _ = timer => {}
         }
     };
     gravity_exporter::server::serve(listener, exp.ctx.clone(), stop).await;

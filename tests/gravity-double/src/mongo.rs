@@ -20,7 +20,8 @@
 //!
 //! Authorization, as far as the tests need it: with users configured every command but
 //! `hello`/`isMaster`/`saslStart`/`saslContinue` needs a login (`Unauthorized`, code 13);
-//! reads are allowed to every user; writes only to a user with [`MongoUser::can_write`]
+//! reads are allowed to every user (but those of `local` to a user whose read role there was
+//! taken with [`FakeMongod::set_can_read_local`]); writes only to a user with [`MongoUser::can_write`]
 //! (else code 13, `not authorized on <db> to execute command`). A secondary (or a node made
 //! unwritable with [`FakeMongod::set_writable`]) refuses writes with `NotWritablePrimary`
 //! (code 10107).
@@ -212,6 +213,8 @@ struct World {
     writable: bool,
     /// Users whose write role was revoked (`revokeRolesFromUser`).
     revoked: std::collections::BTreeSet<String>,
+    /// Users without the read role on `local` (the oplog).
+    no_local_read: std::collections::BTreeSet<String>,
 }
 
 impl World {
@@ -226,6 +229,7 @@ impl World {
             collections: BTreeMap::new(),
             writable: true,
             revoked: std::collections::BTreeSet::new(),
+            no_local_read: std::collections::BTreeSet::new(),
         };
         let span = u32::try_from(spec.seed_span.as_secs()).unwrap_or(u32::MAX);
         let mut t = now.saturating_sub(span);
@@ -426,6 +430,17 @@ impl FakeMongod {
             w.revoked.remove(user);
         } else {
             w.revoked.insert(user.to_string());
+        }
+    }
+
+    /// Takes (`false`) or gives back the read role on `local` of `user`: without it, a
+    /// `find` on `local` (the oplog) is refused with `Unauthorized`, as mongod does.
+    pub fn set_can_read_local(&self, user: &str, can: bool) {
+        let mut w = world(&self.world);
+        if can {
+            w.no_local_read.remove(user);
+        } else {
+            w.no_local_read.insert(user.to_string());
         }
     }
 
@@ -842,6 +857,21 @@ impl Conn {
             );
         }
         match command {
+            "find"
+                if db == "local"
+                    && s.user
+                        .as_ref()
+                        .is_some_and(|u| world(&self.world).no_local_read.contains(&u.user)) =>
+            {
+                error_doc(
+                    UNAUTHORIZED,
+                    &format!(
+                        "not authorized on local to execute command {{ find: \"{}\" }}",
+                        body.get_str("find").unwrap_or("")
+                    ),
+                    "Unauthorized",
+                )
+            }
             "find" => self.find(db, body),
             "insert" | "update" => {
                 let user_may = self.users.is_empty()
