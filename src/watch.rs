@@ -3,9 +3,10 @@
 //! scrapes.
 //!
 //! While gravity runs, its exit is awaited through a pidfd (`pidfd_open(2)`, readable when
-//! the process exits) registered with the runtime's reactor: no polling. A slow look every
-//! [`PIDFD_RECHECK`] (one read of `/proc/<pid>/stat`) still notices a pid file that points
-//! elsewhere or a reload that selects another process. Where no pidfd can be had (kernel
+//! the process exits) registered with the runtime's reactor: no polling. A slow look once a
+//! collection interval (one read of `/proc/<pid>/stat`, see [`PIDFD_RECHECK`]; once a minute
+//! while nobody reads) still notices a pid file that points elsewhere, and a reload wakes it
+//! at once for a reload that selects another process. Where no pidfd can be had (kernel
 //! before 5.3, seccomp, or a `--path.procfs` other than `/proc`, whose pids may belong to
 //! another pid namespace) the watcher falls back to that one read every
 //! `--collector.process-watch-interval` (100 ms).
@@ -61,8 +62,10 @@ pub const DOWN_SCAN_MAX: Duration = Duration::from_millis(100);
 pub const FULL_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest time between two full scans while gravity is not running.
 pub const FULL_SCAN_MAX: Duration = Duration::from_secs(30);
-/// While gravity's exit is awaited through a pidfd: the time between two looks at its
-/// `/proc/<pid>/stat` (pid file changes, reloads).
+/// While gravity's exit is awaited through a pidfd: the shortest time between two looks at
+/// its `/proc/<pid>/stat` (a pid file that points elsewhere while the old process lives on).
+/// The recheck follows the collection cadence ([`Context::cadence`]: the interval, or the idle
+/// interval while nobody reads), at least this; a reload wakes the watcher at once.
 pub const PIDFD_RECHECK: Duration = Duration::from_secs(1);
 
 /// How long to wait before the next look when gravity went down `down_for` ago: a twentieth
@@ -254,6 +257,7 @@ impl Watcher {
         let mut exit_fd: Option<ExitFd> = None;
         // An incarnation whose pidfd fired while /proc still showed it alive: poll it instead.
         let mut no_pidfd_for: Option<ProcIdentity> = None;
+        let mut settings_rx = ctx.settings.clone();
         loop {
             let w = shared.clone();
             let started = Instant::now();
@@ -286,9 +290,12 @@ impl Watcher {
                 exit_fd = ExitFd::open(&s.proc_root, id);
             }
             let fired = match exit_fd.as_ref().filter(|e| e.id == id) {
+                // At rest an idle exporter wakes once a collection interval for this, not
+                // once a second (issue 9: idle CPU).
                 Some(e) => tokio::select! {
                     r = e.fd.readable() => r.is_ok(),
-                    _ = tokio::time::sleep(PIDFD_RECHECK.max(poll)) => false,
+                    _ = tokio::time::sleep(ctx.cadence().max(PIDFD_RECHECK).max(poll)) => false,
+                    _ = settings_rx.changed() => false,
                 },
                 None => {
                     tokio::time::sleep(poll).await;

@@ -43,8 +43,6 @@ pub const MAX_ENDPOINTS: usize = 64;
 pub const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
-/// How often the prober looks for a changed endpoint list between rounds.
-const RECHECK: Duration = Duration::from_millis(250);
 
 /// The endpoints to probe, in config order: duplicates of (component, address) dropped,
 /// at most [`MAX_ENDPOINTS`].
@@ -447,8 +445,23 @@ impl ConnectionProber {
             self.probe_once(s.probe_timeout).await;
             // A round that ran is a success of the task; the endpoints' health is its result.
             tasks.cycle("connections", start.elapsed(), true);
-            while start.elapsed() < interval {
-                tokio::time::sleep(RECHECK.min(interval)).await;
+            // Until the next round: woken early only by a new target or new settings (no
+            // polling: an idle exporter wakes once a probe interval for this).
+            let next = tokio::time::Instant::from_std(start)
+                .checked_add(interval)
+                .unwrap_or_else(tokio::time::Instant::now);
+            let mut settings = self.ctx.settings.clone();
+            settings.mark_unchanged();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => break,
+                    _ = self.ctx.target_changed.notified() => {}
+                    r = settings.changed() => {
+                        if r.is_err() {
+                            return; // the exporter is stopping
+                        }
+                    }
+                }
                 let (_, now) = self.endpoints();
                 if now != probed || self.ctx.settings().probe_interval != Some(interval) {
                     break;
@@ -474,6 +487,46 @@ mod tests {
                 "x",
             ),
         }
+    }
+
+    /// A new target (gravity found again with another config, a reload) wakes the prober at
+    /// once, with an hour to the next round: no polling in between.
+    #[tokio::test]
+    async fn a_new_endpoint_list_is_probed_at_once() {
+        let mut flags = crate::config::Flags::default();
+        flags.probe_interval = Some("1h".into());
+        flags.probe_timeout = Some("200ms".into());
+        let settings = crate::config::Settings::from_flags(flags).unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(settings.clone()));
+        let ctx = Context::new(rx, Arc::new(crate::metrics::Store::new()));
+        let with = |text: &str| {
+            let mut t = crate::discovery::Target::from_settings(&settings);
+            t.config = Some(gravity_config::parse(text, false).unwrap());
+            t
+        };
+        ctx.set_target(with(M2K));
+        let prober = Arc::new(ConnectionProber::new(ctx.clone()));
+        let task = tokio::spawn(prober.run());
+        let probed = |host: &'static str| {
+            let ctx = ctx.clone();
+            async move {
+                for _ in 0..200 {
+                    let seen = ctx.state.endpoints.get().unwrap_or_default();
+                    if seen.iter().any(|e| e.endpoint.starts_with(host)) {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                false
+            }
+        };
+        assert!(probed("mysql-primary.internal").await);
+        ctx.set_target(with(&M2K.replace("mysql-primary.internal", "127.0.0.2")));
+        assert!(
+            probed("127.0.0.2").await,
+            "the new endpoint list was not probed"
+        );
+        task.abort();
     }
 
     #[test]

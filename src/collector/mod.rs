@@ -301,6 +301,9 @@ pub struct Context {
     pub up: Up,
     /// Wakes the runner for an immediate collection.
     pub kick: Notify,
+    /// Notified when the target is replaced (gravity found again, config reloaded): wakes the
+    /// connection prober, whose endpoint list follows it, instead of a polling loop.
+    pub target_changed: Notify,
     /// HTTP client for gravity's API.
     pub gravity: GravityClient,
     /// `gravity_retry_total`, fed by the /metrics and log collectors.
@@ -342,6 +345,7 @@ impl Context {
             target: RwLock::new(Arc::new(target)),
             store,
             kick: Notify::new(),
+            target_changed: Notify::new(),
             last_cycle: RwLock::new(None),
             state: Default::default(),
             reads: Reads::default(),
@@ -412,6 +416,7 @@ impl Context {
             Ok(mut g) => *g = Arc::new(t),
             Err(p) => *p.into_inner() = Arc::new(t),
         }
+        self.target_changed.notify_one();
         self.publish_up();
     }
 
