@@ -493,9 +493,11 @@ mod tests {
     /// once, with an hour to the next round: no polling in between.
     #[tokio::test]
     async fn a_new_endpoint_list_is_probed_at_once() {
-        let mut flags = crate::config::Flags::default();
-        flags.probe_interval = Some("1h".into());
-        flags.probe_timeout = Some("200ms".into());
+        let flags = crate::config::Flags {
+            probe_interval: Some("1h".into()),
+            probe_timeout: Some("200ms".into()),
+            ..Default::default()
+        };
         let settings = crate::config::Settings::from_flags(flags).unwrap();
         let (_tx, rx) = tokio::sync::watch::channel(Arc::new(settings.clone()));
         let ctx = Context::new(rx, Arc::new(crate::metrics::Store::new()));
