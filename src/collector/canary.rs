@@ -79,6 +79,27 @@ use crate::probe::FailureReason;
 pub const SNAPSHOT: &str = "canary";
 /// How often a pending canary is looked for at the target (one primary-key read).
 pub const POLL: Duration = Duration::from_millis(200);
+
+/// Longest wait of an unsupported canary (no route, gravity's config not known yet) for a
+/// new target or new settings before it looks again.
+pub const UNSUPPORTED_RECHECK: Duration = Duration::from_secs(30);
+
+/// Waits until gravity's target is replaced, the settings change, or
+/// [`UNSUPPORTED_RECHECK`] passes: no timer a second while the canary cannot run.
+async fn wait_for_change(
+    target: &mut tokio::sync::watch::Receiver<u64>,
+    settings: &mut tokio::sync::watch::Receiver<Arc<crate::config::Settings>>,
+) {
+    let closed = tokio::select! {
+        r = target.changed() => r.is_err(),
+        r = settings.changed() => r.is_err(),
+        _ = tokio::time::sleep(UNSUPPORTED_RECHECK) => false,
+    };
+    if closed {
+        // the exporter is stopping: no busy loop until the task is cancelled
+        tokio::time::sleep(UNSUPPORTED_RECHECK).await;
+    }
+}
 /// Most canaries pending at once (older ones count as lost when this is exceeded).
 pub const MAX_PENDING: usize = 256;
 /// Canaries kept for the status page.
@@ -1532,10 +1553,19 @@ impl Canary {
         loop {
             let s = self.ctx.settings();
             let c = s.canary.clone();
+            // subscribed before the target is read: a change from here on ends a wait below
+            let mut target_seq = self.ctx.target_seq.subscribe();
+            let mut settings = self.ctx.settings.clone();
+            settings.mark_unchanged();
             let Some(interval) = c.interval else {
                 self.set_state(WriterState::Disabled, String::new());
                 self.ctx.store.set_snapshot(SNAPSHOT, Families::new());
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Off: nothing to do until the settings change (SIGHUP); no timer.
+                if self.ctx.settings().canary.interval.is_none()
+                    && settings.changed().await.is_err()
+                {
+                    return; // the exporter is stopping
+                }
                 continue;
             };
             let timeout = s.probe_timeout;
@@ -1545,7 +1575,7 @@ impl Canary {
                 Some(Err(e)) => {
                     self.set_state(WriterState::Unsupported, e);
                     self.publish();
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    wait_for_change(&mut target_seq, &mut settings).await;
                     continue;
                 }
                 None => {
@@ -1554,7 +1584,7 @@ impl Canary {
                         "gravity's config is not known yet".into(),
                     );
                     self.publish();
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    wait_for_change(&mut target_seq, &mut settings).await;
                     continue;
                 }
             };

@@ -440,6 +440,8 @@ impl ConnectionProber {
                 }
                 continue;
             };
+            // subscribed before the list is read: a change from here on wakes the wait below
+            let mut target = self.ctx.target_seq.subscribe();
             let (_, probed) = self.endpoints();
             let start = Instant::now();
             self.probe_once(s.probe_timeout).await;
@@ -455,7 +457,11 @@ impl ConnectionProber {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(next) => break,
-                    _ = self.ctx.target_changed.notified() => {}
+                    r = target.changed() => {
+                        if r.is_err() {
+                            return; // the exporter is stopping
+                        }
+                    }
                     r = settings.changed() => {
                         if r.is_err() {
                             return; // the exporter is stopping

@@ -301,9 +301,9 @@ pub struct Context {
     pub up: Up,
     /// Wakes the runner for an immediate collection.
     pub kick: Notify,
-    /// Notified when the target is replaced (gravity found again, config reloaded): wakes the
-    /// connection prober, whose endpoint list follows it, instead of a polling loop.
-    pub target_changed: Notify,
+    /// Counts target replacements (gravity found again, config reloaded): the connection
+    /// prober and the canary wait on it ([`watch::Sender::subscribe`]) instead of polling.
+    pub target_seq: watch::Sender<u64>,
     /// HTTP client for gravity's API.
     pub gravity: GravityClient,
     /// `gravity_retry_total`, fed by the /metrics and log collectors.
@@ -345,7 +345,7 @@ impl Context {
             target: RwLock::new(Arc::new(target)),
             store,
             kick: Notify::new(),
-            target_changed: Notify::new(),
+            target_seq: watch::Sender::new(0),
             last_cycle: RwLock::new(None),
             state: Default::default(),
             reads: Reads::default(),
@@ -416,7 +416,7 @@ impl Context {
             Ok(mut g) => *g = Arc::new(t),
             Err(p) => *p.into_inner() = Arc::new(t),
         }
-        self.target_changed.notify_one();
+        self.target_seq.send_modify(|n| *n = n.wrapping_add(1));
         self.publish_up();
     }
 
