@@ -48,7 +48,7 @@ pub struct Exporter {
     /// The supervisor of the background tasks (watcher, log, collectors, connections, consistency).
     pub supervisor: Arc<Supervisor>,
     /// The log watcher (shared with its task), closed at shutdown.
-    log: Arc<std::sync::Mutex<crate::log::LogWatcher>>,
+    log: Arc<std::sync::Mutex<crate::follow::LogWatcher>>,
 }
 
 impl Exporter {
@@ -63,7 +63,7 @@ impl Exporter {
         // waited for it) finishes and saves its position before this returns; none reads
         // after it. Bounded like the drain.
         let log = Arc::clone(&self.log);
-        let closed = tokio::task::spawn_blocking(move || crate::log::LogWatcher::close(&log));
+        let closed = tokio::task::spawn_blocking(move || crate::follow::LogWatcher::close(&log));
         if tokio::time::timeout(drain, closed).await.is_err() {
             tracing::warn!("the log watcher's last poll did not end within the drain");
         }
@@ -116,7 +116,7 @@ pub fn collectors_with(store: &Store, status: Arc<StatusCollector>) -> Vec<Arc<d
 
 /// Starts the watcher and runner tasks and returns the handle; the server is started by [`serve`].
 pub fn start(settings: Settings) -> Exporter {
-    crate::page::redact::register_settings(&settings);
+    crate::config::register_secrets(&settings);
     let store = Arc::new(Store::new());
     build_info(&store);
     let (tx, rx) = watch::channel(Arc::new(settings));
@@ -132,12 +132,12 @@ pub fn start(settings: Settings) -> Exporter {
     // The watcher and the log watcher keep their state across a restart after a panic.
     let watcher = Arc::new(std::sync::Mutex::new(watcher));
     sup.spawn("watcher", move || Watcher::run_shared(watcher.clone()));
-    let log = Arc::new(std::sync::Mutex::new(crate::log::LogWatcher::new(
+    let log = Arc::new(std::sync::Mutex::new(crate::follow::LogWatcher::new(
         ctx.clone(),
     )));
     let log_task = Arc::clone(&log);
     sup.spawn("log", move || {
-        crate::log::LogWatcher::run_shared(log_task.clone())
+        crate::follow::LogWatcher::run_shared(log_task.clone())
     });
     let status = Arc::new(StatusCollector::new(&ctx.store));
     let runner = Arc::new(Runner::new(
@@ -186,7 +186,7 @@ pub fn reload(exp: &Exporter) {
                 tracing::warn!(key, "changed in the config file but needs a restart of the exporter; keeping the old value");
             }
             // A password file may hold a new password: mask it by value from now on.
-            crate::page::redact::register_settings(&new);
+            crate::config::register_secrets(&new);
             let mut new = new;
             new.listen = cur.listen;
             new.telemetry_path = cur.telemetry_path.clone();

@@ -270,7 +270,7 @@ pub async fn run(settings: Settings) -> Verdict {
         .map(|p| {
             recent_errors(
                 &p,
-                target.log_format.map(crate::log::parser_format),
+                target.log_format.map(crate::follow::parser_format),
                 OffsetDateTime::now_utc(),
                 ERROR_WINDOW,
             )

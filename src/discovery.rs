@@ -379,6 +379,17 @@ pub struct Target {
 }
 
 impl Target {
+    /// A redactor for the passwords of gravity's config, as far as it is known (registered
+    /// process-wide), and the process-wide ones.
+    pub fn redactor(&self) -> crate::redact::Redactor {
+        crate::redact::Redactor::for_passwords(
+            self.config
+                .iter()
+                .flat_map(|c| c.endpoints.iter())
+                .map(|e| &e.password),
+        )
+    }
+
     /// What is known before any process is found: only what the flags say.
     pub fn from_settings(s: &Settings) -> Target {
         let (url, url_origin) = match &s.gravity_url {

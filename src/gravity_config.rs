@@ -10,9 +10,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-pub use crate::probe::kafka::SaslMechanism;
-pub use crate::probe::tls::TlsOptions;
-pub use crate::probe::Secret;
+pub use crate::redact::Secret;
+pub use crate::tls::TlsOptions;
 
 /// What an endpoint is, as the `component` label of connection metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -525,6 +524,38 @@ fn routes(root: &Value) -> Vec<Route> {
             })
         })
         .collect()
+}
+
+/// A SASL mechanism gravity's Kafka client can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SaslMechanism {
+    /// SASL/PLAIN (RFC 4616): user and password in the clear, so normally over TLS.
+    Plain,
+    /// SCRAM-SHA-256 (RFC 7677).
+    ScramSha256,
+    /// SCRAM-SHA-512.
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The mechanism's name on the wire (and in gravity's config).
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+
+    /// Parses a mechanism name (case-insensitive).
+    pub fn parse(name: &str) -> Option<SaslMechanism> {
+        match name.trim().to_ascii_uppercase().as_str() {
+            "PLAIN" => Some(SaslMechanism::Plain),
+            "SCRAM-SHA-256" => Some(SaslMechanism::ScramSha256),
+            "SCRAM-SHA-512" => Some(SaslMechanism::ScramSha512),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]

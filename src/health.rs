@@ -317,7 +317,7 @@ impl Collector for HealthCollector {
         Box::pin(async move {
             let recent = ctx
                 .recent
-                .errors_within(ERROR_WINDOW, crate::collector::unix_now());
+                .errors_within(ERROR_WINDOW, crate::base::unix_now());
             let checks = evaluate(&inputs(&ctx, recent));
             Ok(families(&checks, &ctx.target().pipeline))
         })

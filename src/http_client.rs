@@ -45,7 +45,7 @@ use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::probe::tls::{describe_rustls, looks_like_tls_alert};
+use crate::tls::{describe_rustls, looks_like_tls_alert};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -800,7 +800,7 @@ mod tests {
     /// `Tls` with rustls's words; plain http to the TLS port → `TlsRequired`.
     #[tokio::test]
     async fn https_uses_the_callers_trust() {
-        use crate::probe::tls::{client_config, testpki::Pki, TlsOptions};
+        use crate::tls::{client_config, testpki::Pki, TlsOptions};
         let pki = Pki::new();
         let acceptor = pki.acceptor(false);
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -30,11 +30,13 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod base;
 pub mod check;
 pub mod collector;
 pub mod config;
 pub mod discovery;
 pub mod expfmt;
+pub mod follow;
 pub mod gravity_api;
 pub mod gravity_config;
 pub mod health;
@@ -44,9 +46,11 @@ pub mod metrics;
 pub mod otlp;
 pub mod page;
 pub mod probe;
+pub mod redact;
 pub mod retry;
 pub mod server;
 pub mod state;
 pub mod supervise;
+pub mod tls;
 pub mod watch;
 pub mod web_config;

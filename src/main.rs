@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gravity_exporter::config::{Cli, Command, OwnLogFormat, Settings};
-use gravity_exporter::page::redact;
+use gravity_exporter::redact;
 
 fn init_logging(s: &Settings) {
     let builder = tracing_subscriber::fmt()
@@ -74,7 +74,7 @@ fn main() -> ExitCode {
     };
     // The exporter's own secrets (the password in --gravity.url) are masked by value in
     // every output from here on.
-    redact::register_settings(&settings);
+    gravity_exporter::config::register_secrets(&settings);
     if let Some(Command::Check(args)) = &cli.command {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()

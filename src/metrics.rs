@@ -16,7 +16,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
+
+use crate::base::{cut, lock};
 use std::time::{Duration, Instant};
 
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
@@ -101,24 +103,6 @@ pub fn count_dropped(what: Dropped, n: u64) {
         Dropped::ExpositionBytes => 4,
     };
     add(&DROPPED_COUNT[i], n);
-}
-
-/// `s` cut to at most `max` bytes at a character boundary.
-pub fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while end > 0 && !s.is_char_boundary(end) {
-        end = end.saturating_sub(1);
-    }
-    &s[..end]
-}
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it (a collector
-/// panic must not take `/metrics` down with it).
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A set of const metric families built by one collector run.

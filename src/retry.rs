@@ -16,7 +16,8 @@ use std::sync::Mutex;
 
 use prometheus::{IntCounterVec, Opts};
 
-use crate::metrics::{lock, Store};
+use crate::base::lock;
+use crate::metrics::Store;
 
 /// Most pending reasons kept (a log read far ahead of the API cannot grow memory).
 pub const MAX_PENDING: usize = 10_000;

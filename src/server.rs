@@ -41,8 +41,9 @@ use prometheus::{IntCounter, IntGauge};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
+use crate::base::lock;
 use crate::collector::Context;
-use crate::metrics::{lock, TEXT_CONTENT_TYPE};
+use crate::metrics::TEXT_CONTENT_TYPE;
 use crate::web_config::{WebHandle, WebIo};
 
 /// Most connections served at once (see [`Limits`]).

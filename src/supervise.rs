@@ -153,7 +153,7 @@ impl TaskMetrics {
         if ok {
             self.last_success
                 .with_label_values(&[task])
-                .set(crate::collector::unix_now());
+                .set(crate::base::unix_now());
         }
     }
 }
@@ -198,10 +198,7 @@ impl Supervisor {
 
     /// The tasks whose supervising loop has not ended yet.
     pub fn running(&self) -> Vec<&'static str> {
-        crate::metrics::lock(&self.running)
-            .keys()
-            .copied()
-            .collect()
+        crate::base::lock(&self.running).keys().copied().collect()
     }
 
     /// Runs `make()` as task `name` until it returns or the token is cancelled; a run that
@@ -219,13 +216,13 @@ impl Supervisor {
         let token = self.token.clone();
         let running = Arc::clone(&self.running);
         {
-            let mut r = crate::metrics::lock(&running);
+            let mut r = crate::base::lock(&running);
             let n = r.entry(name).or_insert(0);
             *n = n.saturating_add(1);
         }
         #[cfg(test)]
         let hook = Arc::clone(
-            crate::metrics::lock(&self.hooks)
+            crate::base::lock(&self.hooks)
                 .entry(name)
                 .or_insert_with(|| Arc::new(tokio::sync::Notify::new())),
         );
@@ -286,7 +283,7 @@ impl Supervisor {
                 }
             }
             up.set(0);
-            let mut r = crate::metrics::lock(&running);
+            let mut r = crate::base::lock(&running);
             if let Some(n) = r.get_mut(name) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
@@ -294,7 +291,7 @@ impl Supervisor {
                 }
             }
         });
-        crate::metrics::lock(&self.handles).push(handle.abort_handle());
+        crate::base::lock(&self.handles).push(handle.abort_handle());
     }
 
     /// Cancels every task and waits at most `drain` for all of them to end; what is left
@@ -310,7 +307,7 @@ impl Supervisor {
         }
         let still_running = self.running();
         tracing::warn!(tasks = ?still_running, drain_ms = u64::try_from(drain.as_millis()).unwrap_or(u64::MAX), "background tasks did not stop within the drain; aborting them");
-        for h in crate::metrics::lock(&self.handles).iter() {
+        for h in crate::base::lock(&self.handles).iter() {
             h.abort();
         }
         ShutdownReport { still_running }
@@ -319,7 +316,7 @@ impl Supervisor {
     /// Test hook: makes the current run of task `name` panic at its next await point.
     #[cfg(test)]
     pub fn inject_panic(&self, name: &'static str) {
-        if let Some(h) = crate::metrics::lock(&self.hooks).get(name) {
+        if let Some(h) = crate::base::lock(&self.hooks).get(name) {
             h.notify_one();
         }
     }

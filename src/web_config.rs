@@ -665,7 +665,7 @@ fn load_text(
         Some(r) => {
             let interval = match r.interval.as_deref() {
                 None | Some("0" | "0s" | "") => Duration::ZERO,
-                Some(s) => crate::config::parse_duration(s).ok_or_else(|| {
+                Some(s) => crate::base::parse_duration(s).ok_or_else(|| {
                     invalid(
                         path,
                         "rate_limit.interval",

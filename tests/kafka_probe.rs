@@ -10,8 +10,8 @@ use gravity_double::tls::Pki;
 use gravity_exporter::probe::kafka::{
     api_versions, probe, probe_with, KafkaSecurity, Sasl, SaslMechanism,
 };
-use gravity_exporter::probe::tls::TlsOptions;
 use gravity_exporter::probe::{FailureReason, Secret};
+use gravity_exporter::tls::TlsOptions;
 
 const D: Duration = Duration::from_secs(3);
 

@@ -25,7 +25,7 @@ fn expected(texts: &[String]) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     for t in texts {
         for l in t.lines() {
-            let level = match gravity_exporter::log::ingest(l, LogFormat::Json) {
+            let level = match gravity_exporter::follow::ingest(l, LogFormat::Json) {
                 Ok(ev) => ev.level.as_str().to_string(),
                 Err(true) => continue,
                 Err(false) => "unknown".to_string(),

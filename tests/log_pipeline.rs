@@ -92,7 +92,7 @@ async fn reference_log_counts_restart_midway_and_rotation() {
         wait_for(Duration::from_secs(30), || async {
             std::fs::read_to_string(&state)
                 .ok()
-                .and_then(|s| gravity_exporter::log::LogState::from_json(&s))
+                .and_then(|s| gravity_exporter::follow::LogState::from_json(&s))
                 .and_then(|s| s.main)
                 .is_some_and(|m| m.offset == len)
         })
@@ -136,7 +136,7 @@ async fn reference_log_counts_restart_midway_and_rotation() {
     let all: f64 = reference
         .lines()
         .filter_map(|l| {
-            gravity_exporter::log::ingest(l, gravity_exporter::log::record::LogFormat::Json).ok()
+            gravity_exporter::follow::ingest(l, gravity_exporter::log::record::LogFormat::Json).ok()
         })
         .filter(|e| e.class.counts_as_error)
         .count() as f64;

@@ -15,8 +15,8 @@ use gravity_double::mongo::{bson, FakeMongod, Mode, MongoUser, OplogSpec, Securi
 use gravity_exporter::probe::mongo::{check_then, oplog_bounds, FieldValue, MongoError};
 use gravity_exporter::probe::mongo::{hello, probe, probe_with, MongoLogin, MongoSecurity};
 use gravity_exporter::probe::scram::ScramHash;
-use gravity_exporter::probe::tls::TlsOptions;
 use gravity_exporter::probe::{FailureReason, Secret};
+use gravity_exporter::tls::TlsOptions;
 
 const D: Duration = Duration::from_secs(3);
 

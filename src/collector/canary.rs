@@ -66,10 +66,12 @@ use time::OffsetDateTime;
 
 use super::consistency::{quote_ident, quote_literal, TableSpec};
 use super::status::{StatusCollector, StatusSeen};
-use super::{unix_now, Context};
+use super::Context;
+use crate::base::lock;
+use crate::base::unix_now;
 use crate::config::{CanarySettings, Settings};
 use crate::gravity_config::{EndpointRole, GravityConfig, Protocol};
-use crate::metrics::{lock, Families};
+use crate::metrics::Families;
 use crate::probe::kafka_topic::TopicReader;
 use crate::probe::mongo::{self, FieldValue, MongoError, MongoLogin, MongoSecurity};
 use crate::probe::mysql::{Login, MySqlConn, MySqlError, ResultSet};
@@ -1054,11 +1056,11 @@ impl Canary {
             if state == WriterState::Ok || state == WriterState::Disabled {
                 tracing::info!(state = state.as_str(), "canary writer");
             } else {
-                tracing::warn!(state = state.as_str(), detail = %crate::page::redact::redact_known(&detail), "canary writer stopped");
+                tracing::warn!(state = state.as_str(), detail = %crate::redact::redact_known(&detail), "canary writer stopped");
             }
         }
         i.state = Some(state);
-        i.detail = crate::page::redact::redact_known(&detail);
+        i.detail = crate::redact::redact_known(&detail);
     }
 
     fn publish(&self) {
@@ -1070,7 +1072,7 @@ impl Canary {
 
     fn set_target_error(&self, error: Option<String>) {
         let text = error
-            .map(|e| crate::page::redact::redact_known(&e))
+            .map(|e| crate::redact::redact_known(&e))
             .unwrap_or_default();
         let mut i = lock(&self.shared().inner);
         if i.target_error != text {

@@ -19,7 +19,7 @@
 //!
 //! Label cardinality: at most [`MAX_ENDPOINTS`] endpoints; label sets of endpoints that
 //! leave the config are removed from the stateful metrics. Passwords are read from the
-//! [`Secret`](crate::probe::Secret) only by the probes themselves and never reach a label,
+//! [`Secret`](crate::redact::Secret) only by the probes themselves and never reach a label,
 //! log line or detail string.
 
 use std::collections::{HashMap, HashSet};
@@ -29,9 +29,10 @@ use std::time::{Duration, Instant};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 
 use super::Context;
+use crate::base::lock;
 use crate::config::Settings;
 use crate::gravity_config::{Endpoint, EndpointRole, GravityConfig, Protocol};
-use crate::metrics::{lock, Families};
+use crate::metrics::Families;
 use crate::probe::mysql::{Login, SharedConn};
 use crate::probe::{self, FailureReason, ProbeOutcome};
 

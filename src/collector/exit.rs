@@ -22,9 +22,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::Context;
+use crate::base::lock;
 use crate::log::classify::{Classification, ErrorType};
 use crate::log::record::Level;
-use crate::metrics::{lock, Families};
+use crate::metrics::Families;
 
 /// How long an exit waits for the log lines its incarnation wrote last.
 pub const SETTLE: Duration = Duration::from_millis(2000);
@@ -234,7 +235,7 @@ impl ExitLedger {
 
     /// The watcher saw a new incarnation: what was logged before belongs to no exit of it.
     pub fn started(&self) {
-        self.started_at(super::unix_now());
+        self.started_at(crate::base::unix_now());
     }
 
     /// [`ExitLedger::started`] at a given Unix time.

@@ -29,8 +29,9 @@ use std::time::Instant;
 use prometheus::IntCounter;
 
 use super::{BoxFuture, CollectError, Collector, Context};
+use crate::base::lock;
 use crate::expfmt::{self, Exposition};
-use crate::metrics::{lock, Families};
+use crate::metrics::Families;
 
 /// Largest gravity `/metrics` body read.
 pub const BODY_LIMIT: usize = 32 * 1024 * 1024;

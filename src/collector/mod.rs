@@ -26,11 +26,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use prometheus::{GaugeVec, IntCounterVec, Opts};
 use tokio::sync::{watch, Notify};
 
+use crate::base::unix_now;
 use crate::config::Settings;
 use crate::discovery::Target;
 use crate::gravity_api::GravityClient;
@@ -123,7 +124,7 @@ impl Default for Reads {
 impl Reads {
     /// How long since the last read.
     pub fn since_last(&self) -> Duration {
-        crate::metrics::lock(&self.last).elapsed()
+        crate::base::lock(&self.last).elapsed()
     }
 
     /// Whether the runner is waiting at the idle interval.
@@ -379,7 +380,7 @@ impl Context {
     /// A view was read (a scrape of /metrics, the status page, /api/status, an OTLP
     /// export): wakes the runner at once if it was idle.
     pub fn mark_read(&self) {
-        *crate::metrics::lock(&self.reads.last) = tokio::time::Instant::now();
+        *crate::base::lock(&self.reads.last) = tokio::time::Instant::now();
         if self.reads.idle.swap(false, Ordering::SeqCst) {
             self.kick.notify_one();
         }
@@ -478,7 +479,7 @@ pub async fn offload<T: Send + 'static>(
     });
     let unsent = match w {
         Some(w) => {
-            let sent = crate::metrics::lock(w).send(job);
+            let sent = crate::base::lock(w).send(job);
             sent.err().map(|std::sync::mpsc::SendError(job)| job)
         }
         None => Some(job),
@@ -546,14 +547,6 @@ pub async fn feed<S: Send + 'static>(
             return Ok((answer.status(), state, answer.elapsed()));
         }
     }
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// Runs collectors.
@@ -692,13 +685,13 @@ impl Runner {
                 self.ctx.store.set_snapshot(name, f);
                 self.success.with_label_values(&[name]).set(1.0);
                 self.last_success.with_label_values(&[name]).set(unix_now());
-                if let Some(was) = crate::metrics::lock(&self.failing).remove(name) {
+                if let Some(was) = crate::base::lock(&self.failing).remove(name) {
                     tracing::info!(collector = name, last_error = %was, "collector recovered");
                 }
             }
             Err(e) => {
                 let msg = e.to_string();
-                let first = crate::metrics::lock(&self.failing)
+                let first = crate::base::lock(&self.failing)
                     .insert(name, msg.clone())
                     .is_none();
                 if first {
@@ -760,7 +753,7 @@ mod tests {
 
     impl std::io::Write for Buf {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            crate::metrics::lock(&self.0).extend_from_slice(b);
+            crate::base::lock(&self.0).extend_from_slice(b);
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -792,7 +785,7 @@ mod tests {
                 runner.record("status", Err(CollectError::Timeout(Duration::from_secs(1))));
             }
         });
-        let text = String::from_utf8(crate::metrics::lock(&buf.0).clone()).unwrap();
+        let text = String::from_utf8(crate::base::lock(&buf.0).clone()).unwrap();
         let warns = text.lines().filter(|l| l.contains("WARN")).count();
         let recovered = text
             .lines()

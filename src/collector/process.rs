@@ -327,7 +327,7 @@ impl Collector for ProcessCollector {
                 if let Some(space) = log_path.as_deref().and_then(super::logfs::statvfs) {
                     extra.extend(super::logfs::families(space, &pipeline));
                 }
-                let mut remembered = crate::metrics::lock(&me.cgroup);
+                let mut remembered = crate::base::lock(&me.cgroup);
                 if let Some(l) = look {
                     if let Some(c) = super::cgroup::locate(&root, l.id.pid) {
                         *remembered = Some(c);

@@ -40,7 +40,8 @@ use std::time::{Duration, Instant};
 
 use super::connections::probe_targets;
 use super::{BoxFuture, CollectError, Collector, Context};
-use crate::metrics::{lock, Families};
+use crate::base::lock;
+use crate::metrics::Families;
 
 /// Largest `net/tcp` or `net/tcp6` file read.
 pub const MAX_NET_TCP_BYTES: u64 = 64 * 1024 * 1024;

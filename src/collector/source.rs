@@ -36,8 +36,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{BoxFuture, CollectError, Collector, Context};
+use crate::base::lock;
 use crate::gravity_config::{EndpointRole, Protocol};
-use crate::metrics::{lock, Families};
+use crate::metrics::Families;
 use crate::probe::mysql::{MySqlConn, MySqlError, ResultSet, SharedConn};
 
 /// Default stall window.

@@ -25,7 +25,8 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::{BoxFuture, CollectError, Collector, Context};
-use crate::metrics::{lock, Families};
+use crate::base::lock;
+use crate::metrics::Families;
 
 /// Largest `/status` body read (a batch pipeline with many tables carries a stats entry per table).
 pub const BODY_LIMIT: usize = 16 * 1024 * 1024;
@@ -154,7 +155,7 @@ fn parse_binlog(v: Option<&Value>) -> Option<BinlogPos> {
 pub fn bound_status(st: &mut Status) {
     let max = crate::metrics::MAX_LABEL_VALUE_BYTES;
     let cut = |s: &mut String| {
-        let keep = crate::metrics::cut(s, max).len();
+        let keep = crate::base::cut(s, max).len();
         if keep < s.len() {
             s.truncate(keep);
             s.shrink_to_fit();

@@ -19,14 +19,14 @@ use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::settings::{LogEntriesTarget, TelemetrySettings};
 use super::transport::{Payload, Signal, Transport};
 use super::Outcomes;
+use crate::base::lock;
 use crate::collector::Context;
+use crate::config::otlp::{LogEntriesTarget, TelemetrySettings};
 use crate::log::classify::Classification;
 use crate::log::record::{Level, Record};
-use crate::metrics::lock;
-use crate::page::redact::Redactor;
+use crate::redact::Redactor;
 use crate::supervise::Supervisor;
 
 /// Entries queued per destination.
@@ -137,7 +137,7 @@ fn is_hex(s: &str, len: usize) -> bool {
 
 impl Extras {
     fn set(&mut self, key: &str, value: &str) {
-        let v = || Some(crate::metrics::cut(value, FIELD_BYTES).to_string());
+        let v = || Some(crate::base::cut(value, FIELD_BYTES).to_string());
         match key {
             "trace_id" | "traceID" | "traceId" | "trace.id" if is_hex(value, 32) => {
                 self.trace_id = Some(value.to_ascii_lowercase())
@@ -150,7 +150,7 @@ impl Extras {
             "operation" | "op" | "dml" => self.operation = v(),
             "duration_ms" => self.duration_ms = value.parse().ok().filter(|d: &f64| d.is_finite()),
             "duration" => {
-                self.duration_ms = crate::config::parse_duration(value)
+                self.duration_ms = crate::base::parse_duration(value)
                     .map(|d| d.as_secs_f64() * 1000.0)
                     .or(self.duration_ms)
             }
@@ -235,9 +235,9 @@ impl LogEntry {
                 (rfc3339(now), super::unix_nanos(now))
             }
         };
-        let message = crate::page::redact::clean(redactor, &rec.msg, MESSAGE_CHARS);
+        let message = crate::redact::clean(redactor, &rec.msg, MESSAGE_CHARS);
         let is_error = class.counts_as_error || class.is_retry;
-        let clean = |s: &str| crate::page::redact::clean(redactor, s, FIELD_BYTES);
+        let clean = |s: &str| crate::redact::clean(redactor, s, FIELD_BYTES);
         LogEntry {
             timestamp,
             time_unix_nano: nanos,
@@ -259,7 +259,7 @@ impl LogEntry {
             metadata: Metadata {
                 file: rec
                     .file
-                    .map(|f| crate::metrics::cut(f, FIELD_BYTES).to_string()),
+                    .map(|f| crate::base::cut(f, FIELD_BYTES).to_string()),
                 line: rec.line,
                 retry: class.is_retry,
                 source: "gravity",
@@ -284,10 +284,9 @@ impl LogEntry {
             Some((t, s)) => (Some(t), Some(s)),
             None => (None, None),
         };
-        let clean = |s: &str| {
-            crate::metrics::cut(&crate::page::redact::redact_known(s), FIELD_BYTES).to_string()
-        };
-        let message = crate::page::redact::redact_known(message);
+        let clean =
+            |s: &str| crate::base::cut(&crate::redact::redact_known(s), FIELD_BYTES).to_string();
+        let message = crate::redact::redact_known(message);
         LogEntry {
             timestamp: rfc3339(now),
             time_unix_nano: super::unix_nanos(now),
@@ -297,7 +296,7 @@ impl LogEntry {
             component,
             trace_id,
             span_id,
-            message: crate::metrics::cut(&message, MESSAGE_CHARS).to_string(),
+            message: crate::base::cut(&message, MESSAGE_CHARS).to_string(),
             schema: fields.schema.as_deref().map(clean),
             table: fields.table.as_deref().map(clean),
             operation: fields.operation.as_deref().map(clean),

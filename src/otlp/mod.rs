@@ -18,7 +18,7 @@
 
 pub mod convert;
 pub mod logs;
-pub mod settings;
+pub use crate::config::otlp as settings;
 pub mod trace;
 pub mod transport;
 
@@ -174,7 +174,7 @@ pub fn host_name() -> String {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|s| crate::metrics::cut(&s, 255).to_string())
+        .map(|s| crate::base::cut(&s, 255).to_string())
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -216,7 +216,7 @@ pub fn resource_attributes(
             .find_map(|k| env(k))
             .filter(|v| !v.trim().is_empty())
         {
-            let v = crate::metrics::cut(v.trim(), 255).to_string();
+            let v = crate::base::cut(v.trim(), 255).to_string();
             if key == "k8s.pod.name" {
                 pod = Some(v.clone());
             }
@@ -236,7 +236,7 @@ pub fn resource_attributes(
         // key=value pairs, values percent-encoded; at most 64, each cut to 255 bytes
         if let Ok(pairs) = settings::parse_headers("OTEL_RESOURCE_ATTRIBUTES", &raw) {
             for (k, v) in pairs.into_iter().take(64) {
-                let v = crate::metrics::cut(v.expose(), 255).to_string();
+                let v = crate::base::cut(v.expose(), 255).to_string();
                 set(&mut attrs, k, v);
             }
         } else {
@@ -247,7 +247,7 @@ pub fn resource_attributes(
         set(
             &mut attrs,
             "service.name".into(),
-            crate::metrics::cut(name.trim(), 255).to_string(),
+            crate::base::cut(name.trim(), 255).to_string(),
         );
     }
     attrs
@@ -331,7 +331,7 @@ pub fn start(ctx: &Arc<Context>, sup: &Supervisor) -> Option<Arc<Telemetry>> {
         tracing::debug!(header = %k, "OTLP header configured (value not logged)");
     }
     for (_, v) in t.otlp.iter().flat_map(|o| o.headers.iter()) {
-        crate::page::redact::register_secret(v.expose());
+        crate::redact::register_secret(v.expose());
     }
     let otlp = match &t.otlp {
         None => None,

@@ -21,10 +21,10 @@ use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_sc
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 
-use super::settings::{OtlpSettings, ParentRoot, SamplerSetting};
 use super::transport::{Payload, Signal, Transport};
 use super::Outcomes;
 use crate::collector::Context;
+use crate::config::otlp::{OtlpSettings, ParentRoot, SamplerSetting};
 
 /// Operations longer than this (nanoseconds) become spans; `u64::MAX`: tracing off.
 static SLOW_NANOS: AtomicU64 = AtomicU64::new(u64::MAX);

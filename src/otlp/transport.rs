@@ -21,12 +21,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     trace_service_client::TraceServiceClient, ExportTraceServiceRequest,
 };
 use prost::Message;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::settings::{OtlpSettings, Protocol, MAX_TLS_FILE};
+use crate::config::otlp::read_tls_file as read;
+pub use crate::config::otlp::{check_tls, SetupError};
+use crate::config::otlp::{rustls_config, OtlpSettings, Protocol};
 use crate::http_client::{self, HttpClient, HttpError};
-use crate::probe::Secret;
+use crate::redact::Secret;
 
 /// Longest response body of an HTTP export read (the rest is dropped).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -116,22 +116,6 @@ pub enum ExportError {
     Transport(String),
 }
 
-/// Why the transport cannot be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    /// A TLS file or setting cannot be used.
-    #[error("{key}: {reason}")]
-    Tls {
-        /// The setting.
-        key: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The endpoint is not usable.
-    #[error("otlp.endpoint: {0}")]
-    Endpoint(String),
-}
-
 enum Kind {
     Grpc(tonic::transport::Channel),
     Http {
@@ -156,84 +140,6 @@ impl std::fmt::Debug for Transport {
             .field("gzip", &self.gzip)
             .finish_non_exhaustive()
     }
-}
-
-fn read(key: &'static str, p: &std::path::Path) -> Result<Vec<u8>, SetupError> {
-    let tls = |reason: String| SetupError::Tls { key, reason };
-    let len = std::fs::metadata(p)
-        .map_err(|e| tls(format!("{}: {e}", p.display())))?
-        .len();
-    if len > MAX_TLS_FILE {
-        return Err(tls(format!(
-            "{} is larger than {MAX_TLS_FILE} bytes",
-            p.display()
-        )));
-    }
-    std::fs::read(p).map_err(|e| tls(format!("{}: {e}", p.display())))
-}
-
-fn rustls_config(s: &OtlpSettings) -> Result<rustls::ClientConfig, SetupError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| SetupError::Tls {
-            key: "otlp.tls",
-            reason: e.to_string(),
-        })?;
-    let mut roots = rustls::RootCertStore::empty();
-    match &s.ca_file {
-        Some(p) => {
-            let pem = read("otlp.tls.ca-file", p)?;
-            for c in CertificateDer::pem_slice_iter(&pem) {
-                let c = c.map_err(|e| SetupError::Tls {
-                    key: "otlp.tls.ca-file",
-                    reason: format!("bad PEM: {e}"),
-                })?;
-                roots.add(c).map_err(|e| SetupError::Tls {
-                    key: "otlp.tls.ca-file",
-                    reason: e.to_string(),
-                })?;
-            }
-            if roots.is_empty() {
-                return Err(SetupError::Tls {
-                    key: "otlp.tls.ca-file",
-                    reason: "no PEM CERTIFICATE block found".into(),
-                });
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let builder = builder.with_root_certificates(roots);
-    match (&s.cert_file, &s.key_file) {
-        (Some(c), Some(k)) => {
-            let cert_pem = read("otlp.tls.cert-file", c)?;
-            let key_pem = read("otlp.tls.key-file", k)?;
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-                .collect::<Result<_, _>>()
-                .map_err(|e| SetupError::Tls {
-                    key: "otlp.tls.cert-file",
-                    reason: format!("bad PEM: {e}"),
-                })?;
-            let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| SetupError::Tls {
-                key: "otlp.tls.key-file",
-                reason: "no usable PEM private key".into(),
-            })?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| SetupError::Tls {
-                    key: "otlp.tls.cert-file",
-                    reason: e.to_string(),
-                })
-        }
-        _ => Ok(builder.with_no_client_auth()),
-    }
-}
-
-/// Checks that the TLS files of the settings can be used (a CA bundle with a certificate, a
-/// client certificate with its private key): the same parsing [`Transport::new`] does, so
-/// that a file that is not what its key says is refused at start.
-pub fn check_tls(s: &OtlpSettings) -> Result<(), SetupError> {
-    rustls_config(s).map(|_| ())
 }
 
 fn signal_url(s: &OtlpSettings, signal: Signal) -> Result<Uri, SetupError> {
@@ -367,7 +273,7 @@ impl Transport {
                 };
                 res.map_err(|st| ExportError::Grpc {
                     code: st.code(),
-                    message: crate::metrics::cut(st.message(), 200).to_string(),
+                    message: crate::base::cut(st.message(), 200).to_string(),
                 })
             }
             Kind::Http { client, urls } => {

@@ -494,7 +494,7 @@ pub fn render(v: &StatusView) -> String {
 
     // Errors
     let e = &v.errors;
-    let now_unix = crate::collector::unix_now();
+    let now_unix = crate::base::unix_now();
     let _ = write!(
         o,
         "<section id=\"errors\"><h2>Last errors<small>{} in the last 5 minutes · {} since the exporter started · newest first</small></h2>",

@@ -9,14 +9,13 @@
 //! inline CSS (no external assets, no script: it refreshes itself with a meta refresh).
 //!
 //! Secrets never reach the page: endpoints are `host:port`, every free text from outside
-//! (log messages, probe details, config errors, URLs) goes through [`redact::Redactor`], and
+//! (log messages, probe details, config errors, URLs) goes through [`crate::redact::Redactor`], and
 //! everything is HTML-escaped. Rendering is cheap and bounded: it reads snapshots and rings of
 //! fixed size ([`MAX_STREAM_ROWS`] lag rows, [`recent::ERROR_EVENTS`] error lines, at most
 //! [`crate::collector::connections::MAX_ENDPOINTS`] connections).
 
 pub mod html;
 pub mod recent;
-pub mod redact;
 pub mod svg;
 
 use std::collections::BTreeMap;
@@ -28,10 +27,11 @@ use time::OffsetDateTime;
 
 pub use html::esc;
 
-use crate::collector::{unix_now, Context};
+use crate::base::unix_now;
+use crate::collector::Context;
 use crate::health;
+use crate::redact::{clean, Redactor};
 use recent::{ErrorEvent, ProbeView};
-use redact::{clean, Redactor};
 
 /// Most watermark streams listed (the rest are counted; the largest lags come first).
 pub const MAX_STREAM_ROWS: usize = 50;
@@ -345,7 +345,7 @@ fn position_text(st: &crate::collector::status::Status) -> String {
 pub fn view(ctx: &Context) -> StatusView {
     let settings = ctx.settings();
     let target = ctx.target();
-    let red = Redactor::from_target(&target);
+    let red = target.redactor();
     let now_unix = unix_now();
     let now = OffsetDateTime::now_utc();
     let recent = &ctx.recent;
@@ -653,7 +653,7 @@ mod tests {
             .record_lag([("mysqlstream", 1.0), ("mysqlstream", 2.0)]);
         let line = r#"{"level":"error","msg":"[output-mysql] dial writer:s3cret-target-pw@tcp(127.0.0.1:3307)/ and s3cret-source-pw","time":"2026-11-22T14:05:33+08:00"}"#;
         let rec = parse_line(line, LogFormat::Json).unwrap();
-        let red = Redactor::from_target(&ctx.target());
+        let red = ctx.target().redactor();
         ctx.recent.record_error(ErrorEvent::from_record(
             &rec,
             crate::log::classify::classify(&rec),

@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::redact::{clean, Redactor};
+use crate::base::lock;
 use crate::log::classify::Classification;
 use crate::log::record::Record;
-use crate::metrics::lock;
+use crate::redact::{clean, Redactor};
 
 /// Lag (and throughput) samples kept per stream: one per collection.
 pub const LAG_SAMPLES: usize = 120;

@@ -17,7 +17,7 @@
 //!
 //! The request says `Connection: close`; the response head is parsed by hyper (at most its
 //! default header buffer), the body is never read. For an `https://` URL the exchange runs
-//! over TLS (rustls, the configuration of [`super::tls`]: the system's trust store like
+//! over TLS (rustls, the configuration of [`crate::tls`]: the system's trust store like
 //! gravity's Go client, or gravity's CA/client certificate files): an untrusted, expired or
 //! wrongly named certificate is reason `tls`, never healthy. The probe's deadline bounds the
 //! whole exchange (TLS setup, connect, handshake, request, response head).
@@ -30,9 +30,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONNECTION, USER_AGENT};
 
-use super::tls::{self, TlsOptions};
 use super::{run_probe, ConnectError, Endpoint, FailureReason, ProbeOutcome, Secret};
 use crate::http_client::{Body, HttpClient, HttpError, Options};
+use crate::tls::{self, TlsOptions};
 
 /// Probes an HTTP endpoint with `GET /` (basic auth when `user` is given), within `deadline`;
 /// over TLS with `tls` (the system's trust store).
@@ -60,7 +60,7 @@ pub async fn probe_with(
             Some(opts) => Some(
                 tls::client_config_async(opts)
                     .await
-                    .map_err(|e| (e.reason(), e.to_string()))?,
+                    .map_err(|e| (FailureReason::Tls, e.to_string()))?,
             ),
             None => None,
         };
@@ -142,15 +142,15 @@ fn failure(endpoint: &Endpoint, deadline: Duration, e: HttpError) -> (FailureRea
                 host: super::sanitize(&endpoint.host, 100),
                 message: super::sanitize(&message, 100),
             };
-            (e.reason(), e.to_string())
+            (FailureReason::Tls, e.to_string())
         }
         HttpError::Connect { kind, .. } => {
             let e = ConnectError::from_io(endpoint, &io::Error::from(kind), deadline);
-            (e.reason(), e.to_string())
+            (FailureReason::Tls, e.to_string())
         }
         HttpError::Tls(words) => {
             let e = tls::TlsError::Handshake(words);
-            (e.reason(), e.to_string())
+            (FailureReason::Tls, e.to_string())
         }
         HttpError::TlsRequired => (
             FailureReason::TlsRequired,
@@ -356,7 +356,7 @@ mod tests {
     /// plain http to it → `tls_required`.
     #[tokio::test]
     async fn https_certificate_is_verified() {
-        use crate::probe::tls::testpki::Pki;
+        use crate::tls::testpki::Pki;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let pki = Pki::new();
         let acceptor = pki.acceptor(false);

@@ -46,11 +46,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::scram::{self, ScramClient, ScramError, ScramHash};
-use super::tls::{self, TlsError, TlsOptions};
 use super::{
     connect_tcp, io_reason, run_probe, sanitize, ConnectError, Endpoint, FailureReason,
     ProbeOutcome, Secret,
 };
+use crate::tls::{self, TlsError, TlsOptions};
 
 /// API key of `ApiVersions`.
 pub const API_VERSIONS_KEY: i16 = 18;
@@ -80,37 +80,7 @@ pub struct ApiKeyRange {
     pub max_version: i16,
 }
 
-/// A SASL mechanism gravity's Kafka client can use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SaslMechanism {
-    /// SASL/PLAIN (RFC 4616): user and password in the clear, so normally over TLS.
-    Plain,
-    /// SCRAM-SHA-256 (RFC 7677).
-    ScramSha256,
-    /// SCRAM-SHA-512.
-    ScramSha512,
-}
-
-impl SaslMechanism {
-    /// The mechanism's name on the wire (and in gravity's config).
-    pub fn name(self) -> &'static str {
-        match self {
-            SaslMechanism::Plain => "PLAIN",
-            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
-            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
-        }
-    }
-
-    /// Parses a mechanism name (case-insensitive).
-    pub fn parse(name: &str) -> Option<SaslMechanism> {
-        match name.trim().to_ascii_uppercase().as_str() {
-            "PLAIN" => Some(SaslMechanism::Plain),
-            "SCRAM-SHA-256" => Some(SaslMechanism::ScramSha256),
-            "SCRAM-SHA-512" => Some(SaslMechanism::ScramSha512),
-            _ => None,
-        }
-    }
-}
+pub use crate::gravity_config::SaslMechanism;
 
 /// SASL login of the probe (gravity's `net.sasl`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,7 +166,7 @@ impl KafkaError {
     pub fn reason(&self) -> FailureReason {
         match self {
             KafkaError::Connect(e) => e.reason(),
-            KafkaError::Tls(e) => e.reason(),
+            KafkaError::Tls(_) => FailureReason::Tls,
             KafkaError::TlsRequired => FailureReason::TlsRequired,
             KafkaError::Timeout { .. } => FailureReason::Timeout,
             KafkaError::Io(kind) => io_reason(*kind),

@@ -28,7 +28,7 @@ pub mod kafka_topic;
 pub mod mongo;
 pub mod mysql;
 pub mod scram;
-pub mod tls;
+pub use crate::tls;
 
 use std::fmt;
 use std::future::Future;
@@ -228,46 +228,7 @@ impl FromStr for Endpoint {
     }
 }
 
-/// A password or other secret. `Debug` prints a placeholder; there is no `Display`, so it
-/// cannot end up in a log line or an error message by accident. Read it with
-/// [`Secret::expose`] only where the protocol needs the bytes.
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret value. Only for feeding it to an authentication algorithm.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether the secret is the empty string (an account without password).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Secret(value)
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(value: &str) -> Self {
-        Secret(value.to_string())
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
+pub use crate::redact::Secret;
 
 /// Failure to open a TCP connection. Messages name the endpoint, never credentials.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -407,19 +368,7 @@ where
     }
 }
 
-/// Makes outside text safe to show: control characters become spaces and the result is
-/// cut to `max_chars` characters (with a trailing `...` when cut).
-pub(crate) fn sanitize(text: &str, max_chars: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max_chars.saturating_mul(4)));
-    for (n, c) in text.chars().enumerate() {
-        if n >= max_chars {
-            out.push_str("...");
-            break;
-        }
-        out.push(if c.is_control() { ' ' } else { c });
-    }
-    out
-}
+pub(crate) use crate::base::sanitize;
 
 #[cfg(test)]
 mod tests {

@@ -29,11 +29,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::scram::{self, ScramClient, ScramError, ScramHash};
-use super::tls::{self, TlsError, TlsOptions};
 use super::{
     connect_tcp, io_reason, run_probe, sanitize, ConnectError, Endpoint, FailureReason,
     ProbeOutcome, Secret,
 };
+use crate::tls::{self, TlsError, TlsOptions};
 
 /// `OP_MSG` opcode.
 pub const OP_MSG: i32 = 2013;
@@ -137,7 +137,7 @@ impl MongoError {
     pub fn reason(&self) -> FailureReason {
         match self {
             MongoError::Connect(e) => e.reason(),
-            MongoError::Tls(e) => e.reason(),
+            MongoError::Tls(_) => FailureReason::Tls,
             MongoError::TlsRequired => FailureReason::TlsRequired,
             MongoError::Timeout { .. } => FailureReason::Timeout,
             MongoError::Io(kind) => io_reason(*kind),

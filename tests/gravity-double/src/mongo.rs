@@ -534,7 +534,7 @@ impl DataPath {
                             conn = gravity_exporter::probe::mysql::MySqlConn::connect(
                                 &target.endpoint,
                                 &target.user,
-                                &gravity_exporter::probe::Secret::new(target.password.clone()),
+                                &gravity_exporter::redact::Secret::new(target.password.clone()),
                                 Duration::from_secs(5),
                             )
                             .await

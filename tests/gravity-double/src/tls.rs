@@ -109,8 +109,8 @@ impl Pki {
     }
 
     /// Client options trusting this CA (no client certificate).
-    pub fn options(&self) -> gravity_exporter::probe::tls::TlsOptions {
-        gravity_exporter::probe::tls::TlsOptions {
+    pub fn options(&self) -> gravity_exporter::tls::TlsOptions {
+        gravity_exporter::tls::TlsOptions {
             ca_file: Some(self.ca_file.clone()),
             ..Default::default()
         }
@@ -118,8 +118,8 @@ impl Pki {
 
     /// Client options trusting this CA and presenting the client certificate (what gravity
     /// does with cert-file, key-file and ca-file).
-    pub fn mutual_options(&self) -> gravity_exporter::probe::tls::TlsOptions {
-        gravity_exporter::probe::tls::TlsOptions {
+    pub fn mutual_options(&self) -> gravity_exporter::tls::TlsOptions {
+        gravity_exporter::tls::TlsOptions {
             ca_file: Some(self.ca_file.clone()),
             cert_file: Some(self.client_cert_file.clone()),
             key_file: Some(self.client_key_file.clone()),

@@ -21,7 +21,10 @@ use hyper::Uri;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::collector::consistency::{parse_tables, TableSpec, MAX_CHUNK_SIZE};
+pub mod consistency;
+pub mod otlp;
+
+use consistency::{parse_tables, TableSpec, MAX_CHUNK_SIZE};
 
 /// Default listen address, from the Prometheus port allocation wiki range.
 pub const DEFAULT_LISTEN: &str = ":9810";
@@ -63,7 +66,7 @@ pub struct MonitorLogin {
     /// User name.
     pub user: String,
     /// Password (redacted `Debug`).
-    pub password: crate::probe::Secret,
+    pub password: crate::redact::Secret,
 }
 
 /// Longest password file read, in bytes.
@@ -106,7 +109,7 @@ fn monitor_login(
     };
     Ok(Some(MonitorLogin {
         user: user.to_string(),
-        password: crate::probe::Secret::new(password),
+        password: crate::redact::Secret::new(password),
     }))
 }
 
@@ -308,7 +311,7 @@ pub struct Flags {
     pub web_config_file: Option<PathBuf>,
     /// OpenTelemetry export (`--otlp.*`) and `--log-entries.file`.
     #[command(flatten)]
-    pub otlp: crate::otlp::settings::OtlpFlags,
+    pub otlp: crate::config::otlp::OtlpFlags,
 }
 
 /// The `--config.file` TOML read by the same clap definitions as the command line: every
@@ -589,7 +592,7 @@ pub struct Settings {
     /// the server watches it for changes).
     pub web_config_file: Option<PathBuf>,
     /// OpenTelemetry export and the LogEntry JSON lines (`--otlp.*`, `--log-entries.file`).
-    pub telemetry: crate::otlp::settings::TelemetrySettings,
+    pub telemetry: crate::config::otlp::TelemetrySettings,
     /// The command-line flags these came from (kept so that a reload lets them win again).
     cli_flags: Flags,
 }
@@ -760,39 +763,32 @@ fn key_at_line(text: &str, line: usize) -> Option<String> {
     None
 }
 
-/// Parses a Prometheus-style duration: `500ms`, `5s`, `1m`, `1h`, or combinations like `1m30s`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if s.is_empty() {
-        return None;
+pub use crate::base::parse_duration;
+
+/// Registers the exporter's own secrets: the user info of `--gravity.url` (its password, and
+/// user:password as written) and the passwords of the monitoring logins
+/// (`--source.password-file`, `--target.password-file`, `--canary.password-file`).
+pub fn register_secrets(s: &Settings) {
+    for login in [&s.source_login, &s.target_login, &s.canary.login]
+        .into_iter()
+        .flatten()
+    {
+        crate::redact::register_secret(login.password.expose());
     }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return None;
+    if let Some(u) = &s.gravity_url {
+        if let Some(info) = u
+            .authority()
+            .and_then(|a| a.as_str().rsplit_once('@'))
+            .map(|(i, _)| i)
+        {
+            if let Some((_, pw)) = info.split_once(':') {
+                crate::redact::register_secret(pw);
+            }
+            if info.contains(':') {
+                crate::redact::register_secret(info);
+            }
         }
-        let (num, tail) = rest.split_at(digits);
-        let n: f64 = num.parse().ok()?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(tail.len());
-        let (unit, next) = tail.split_at(unit_len);
-        let secs = match unit {
-            "ms" => n / 1000.0,
-            "s" => n,
-            "m" => n * 60.0,
-            "h" => n * 3600.0,
-            "d" => n * 86400.0,
-            _ => return None,
-        };
-        total = total.checked_add(Duration::try_from_secs_f64(secs).ok()?)?;
-        rest = next;
     }
-    Some(total)
 }
 
 /// Parses a listen address the way Go and the exporter-toolkit accept it: `:9810`, `host:port`, `[::1]:9810`.
@@ -1050,7 +1046,7 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
         crate::web_config::WebConfig::load(p)
             .map_err(|e| invalid("web.config.file", e.to_string()))?;
     }
-    let telemetry = crate::otlp::settings::validate(f.otlp, &|k| std::env::var(k).ok())?;
+    let telemetry = crate::config::otlp::validate(f.otlp, &|k| std::env::var(k).ok())?;
     Ok(Settings {
         telemetry,
         web_config_file: f.web_config_file,

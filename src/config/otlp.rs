@@ -10,9 +10,13 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{parse_duration, ConfigError};
-use crate::probe::Secret;
+use crate::redact::Secret;
 
 /// Longest headers file read, in bytes.
 const MAX_HEADERS_FILE: u64 = 64 * 1024;
@@ -538,15 +542,109 @@ pub fn validate(
     };
     // The TLS files must be usable now (PEM with a certificate, a private key), else the
     // transport could not be set up at start and OTLP would stay off with nothing counted.
-    super::transport::check_tls(&otlp).map_err(|e| match e {
-        super::transport::SetupError::Tls { key, reason } => invalid(key, reason),
-        super::transport::SetupError::Endpoint(r) => invalid("otlp.endpoint", r),
+    check_tls(&otlp).map_err(|e| match e {
+        SetupError::Tls { key, reason } => invalid(key, reason),
+        SetupError::Endpoint(r) => invalid("otlp.endpoint", r),
     })?;
     Ok(TelemetrySettings {
         otlp: Some(otlp),
         log_entries,
         logs_rate_limit,
     })
+}
+
+/// Why the transport cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A TLS file or setting cannot be used.
+    #[error("{key}: {reason}")]
+    Tls {
+        /// The setting.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The endpoint is not usable.
+    #[error("otlp.endpoint: {0}")]
+    Endpoint(String),
+}
+
+pub(crate) fn read_tls_file(key: &'static str, p: &std::path::Path) -> Result<Vec<u8>, SetupError> {
+    let tls = |reason: String| SetupError::Tls { key, reason };
+    let len = std::fs::metadata(p)
+        .map_err(|e| tls(format!("{}: {e}", p.display())))?
+        .len();
+    if len > MAX_TLS_FILE {
+        return Err(tls(format!(
+            "{} is larger than {MAX_TLS_FILE} bytes",
+            p.display()
+        )));
+    }
+    std::fs::read(p).map_err(|e| tls(format!("{}: {e}", p.display())))
+}
+
+pub(crate) fn rustls_config(s: &OtlpSettings) -> Result<rustls::ClientConfig, SetupError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SetupError::Tls {
+            key: "otlp.tls",
+            reason: e.to_string(),
+        })?;
+    let mut roots = rustls::RootCertStore::empty();
+    match &s.ca_file {
+        Some(p) => {
+            let pem = read_tls_file("otlp.tls.ca-file", p)?;
+            for c in CertificateDer::pem_slice_iter(&pem) {
+                let c = c.map_err(|e| SetupError::Tls {
+                    key: "otlp.tls.ca-file",
+                    reason: format!("bad PEM: {e}"),
+                })?;
+                roots.add(c).map_err(|e| SetupError::Tls {
+                    key: "otlp.tls.ca-file",
+                    reason: e.to_string(),
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(SetupError::Tls {
+                    key: "otlp.tls.ca-file",
+                    reason: "no PEM CERTIFICATE block found".into(),
+                });
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let builder = builder.with_root_certificates(roots);
+    match (&s.cert_file, &s.key_file) {
+        (Some(c), Some(k)) => {
+            let cert_pem = read_tls_file("otlp.tls.cert-file", c)?;
+            let key_pem = read_tls_file("otlp.tls.key-file", k)?;
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| SetupError::Tls {
+                    key: "otlp.tls.cert-file",
+                    reason: format!("bad PEM: {e}"),
+                })?;
+            let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| SetupError::Tls {
+                key: "otlp.tls.key-file",
+                reason: "no usable PEM private key".into(),
+            })?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| SetupError::Tls {
+                    key: "otlp.tls.cert-file",
+                    reason: e.to_string(),
+                })
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// Checks that the TLS files of the settings can be used (a CA bundle with a certificate, a
+/// client certificate with its private key): the same parsing [`Transport::new`] does, so
+/// that a file that is not what its key says is refused at start.
+pub fn check_tls(s: &OtlpSettings) -> Result<(), SetupError> {
+    rustls_config(s).map(|_| ())
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //! failures turned into precise reasons:
 //!
 //! * a handshake or certificate failure (untrusted or expired certificate, wrong host name,
-//!   the peer does not speak TLS) is [`FailureReason::Tls`] with what rustls reported;
-//! * a plaintext client answered with a TLS alert record is [`FailureReason::TlsRequired`]
+//!   the peer does not speak TLS) is `FailureReason::Tls` with what rustls reported;
+//! * a plaintext client answered with a TLS alert record is `FailureReason::TlsRequired`
 //!   (see [`looks_like_tls_alert`]).
 //!
 //! Building a configuration reads files: [`client_config`] runs on a blocking thread.
@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::{sanitize, FailureReason};
+use crate::base::sanitize;
 
 /// How to set up TLS to an endpoint (from gravity's config).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
@@ -44,13 +44,6 @@ pub enum TlsError {
     /// The handshake failed (certificate, protocol, alert from the server).
     #[error("TLS handshake failed: {0}")]
     Handshake(String),
-}
-
-impl TlsError {
-    /// [`FailureReason::Tls`] for both: either way TLS is what is broken.
-    pub fn reason(&self) -> FailureReason {
-        FailureReason::Tls
-    }
 }
 
 /// Builds a rustls client configuration (ring provider, TLS 1.2 and 1.3). Reads the files:

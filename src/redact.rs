@@ -28,8 +28,7 @@ use std::io::{self, Write};
 use std::sync::{LazyLock, RwLock};
 
 use regex::{Captures, Regex};
-
-use crate::discovery::Target;
+use std::fmt;
 
 /// What a masked secret reads as.
 pub const MASK: &str = "***";
@@ -155,36 +154,10 @@ pub fn register_secret(secret: &str) {
     }
 }
 
-/// Registers the exporter's own secrets: the user info of `--gravity.url` (its password, and
-/// user:password as written) and the passwords of the monitoring logins
-/// (`--source.password-file`, `--target.password-file`, `--canary.password-file`).
-pub fn register_settings(s: &crate::config::Settings) {
-    for login in [&s.source_login, &s.target_login, &s.canary.login]
-        .into_iter()
-        .flatten()
-    {
-        register_secret(login.password.expose());
-    }
-    if let Some(u) = &s.gravity_url {
-        if let Some(info) = u
-            .authority()
-            .and_then(|a| a.as_str().rsplit_once('@'))
-            .map(|(i, _)| i)
-        {
-            if let Some((_, pw)) = info.split_once(':') {
-                register_secret(pw);
-            }
-            if info.contains(':') {
-                register_secret(info);
-            }
-        }
-    }
-}
-
-/// Registers the passwords of gravity's config.
-pub fn register_target(t: &Target) {
-    for e in t.config.iter().flat_map(|c| c.endpoints.iter()) {
-        let pw = e.password.expose();
+/// Registers passwords (gravity's config's) unless already known.
+pub fn register_passwords<'a>(passwords: impl IntoIterator<Item = &'a Secret>) {
+    for p in passwords {
+        let pw = p.expose();
         let known = KNOWN
             .read()
             .map(|k| k.iter().any(|s| s == pw))
@@ -261,16 +234,11 @@ impl Redactor {
         Redactor { secrets }
     }
 
-    /// A redactor for the passwords of gravity's config, as far as it is known, and the
-    /// process-wide ones.
-    pub fn from_target(t: &Target) -> Redactor {
-        register_target(t);
-        Redactor::new(
-            t.config
-                .iter()
-                .flat_map(|c| c.endpoints.iter())
-                .map(|e| e.password.expose().to_string()),
-        )
+    /// A redactor for these passwords (gravity's config's, as far as it is known; registered
+    /// process-wide) and the process-wide ones.
+    pub fn for_passwords<'a>(passwords: impl IntoIterator<Item = &'a Secret> + Clone) -> Redactor {
+        register_passwords(passwords.clone());
+        Redactor::new(passwords.into_iter().map(|p| p.expose().to_string()))
     }
 
     /// The text with every secret masked.
@@ -476,7 +444,7 @@ mod tests {
     /// `tests/secrets.rs`): none of their fragments survives the redactor.
     #[test]
     fn every_secret_form_of_the_table_is_masked() {
-        let table = include_str!("../../tests/fixtures/secret-forms.txt");
+        let table = include_str!("../tests/fixtures/secret-forms.txt");
         let r = Redactor::new(["cfg Pw, with comma Zq35", "urlflag-Zq36"]);
         let mut n = 0;
         for line in table
@@ -550,7 +518,7 @@ mod tests {
         let s = crate::config::Settings::from_flags(cli.flags).unwrap();
         let leak = "login failed for monitor with mon1tor Sec,ret-Qx7 at db:3306";
         assert!(redact_known(leak).contains("Sec,ret-Qx7"), "not yet known");
-        register_settings(&s);
+        crate::config::register_secrets(&s);
         let out = redact_known(leak);
         assert!(
             !out.contains("Sec,ret-Qx7") && !out.contains("mon1tor"),
@@ -569,5 +537,46 @@ mod tests {
             assert_eq!(r().redact(text), text);
         }
         assert_eq!(r().redact("secret_key=abc"), "secret_key=***");
+    }
+}
+
+/// A password or other secret. `Debug` prints a placeholder; there is no `Display`, so it
+/// cannot end up in a log line or an error message by accident. Read it with
+/// [`Secret::expose`] only where the protocol needs the bytes.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret value. Only for feeding it to an authentication algorithm.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the secret is the empty string (an account without password).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret(value.to_string())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
     }
 }
