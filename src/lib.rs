@@ -31,6 +31,7 @@
 
 pub mod app;
 pub mod base;
+pub mod bounds;
 pub mod check;
 pub mod collector;
 pub mod config;

@@ -18,7 +18,7 @@
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
-use super::exit::OomWatch;
+use crate::collector::exit::OomWatch;
 use crate::metrics::Families;
 
 /// Largest cgroup or `/proc/<pid>/cgroup` file read.

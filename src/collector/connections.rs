@@ -388,7 +388,7 @@ impl ConnectionProber {
         self.ctx.recent.record_probes(
             results
                 .iter()
-                .map(|r| crate::page::recent::ProbeView {
+                .map(|r| crate::state::recent::ProbeView {
                     component: r.component,
                     endpoint: r.endpoint.clone(),
                     ok: r.outcome.ok,

@@ -57,6 +57,12 @@ pub enum CollectError {
     Panicked,
 }
 
+impl From<crate::gravity_api::status::StatusError> for CollectError {
+    fn from(e: crate::gravity_api::status::StatusError) -> Self {
+        CollectError::Invalid(e.0)
+    }
+}
+
 /// A source of metrics.
 pub trait Collector: Send + Sync + 'static {
     /// Name used in the `collector` label.
@@ -320,7 +326,7 @@ pub struct Context {
     pub reads: Reads,
     /// Bounded recent history for the status page: lag and throughput per collection, the
     /// last error lines of gravity's log (redacted), the last connection probes.
-    pub recent: crate::page::recent::Recent,
+    pub recent: crate::state::recent::Recent,
     /// Shared MySQL connections: one per (endpoint, user), used by the connection probe
     /// and the source collector (`probe::mysql::Hub`).
     pub mysql: crate::probe::mysql::Hub,
@@ -509,7 +515,7 @@ pub async fn feed<S: Send + 'static>(
 ) -> Result<(hyper::StatusCode, S, Duration), CollectError> {
     let unavailable = |e: crate::gravity_api::ApiError| {
         if matches!(e, crate::gravity_api::ApiError::TooLarge { .. }) {
-            crate::metrics::count_dropped(crate::metrics::Dropped::ApiBody, 1);
+            crate::bounds::count_dropped(crate::bounds::Dropped::ApiBody, 1);
         }
         CollectError::Unavailable(e.to_string())
     };

@@ -10,7 +10,7 @@
 //! The same blocking task reads gravity's memory cgroup ([`super::cgroup`]: limit and OOM
 //! kills, remembered while gravity is down), the filesystem of its log
 //! ([`super::logfs`]: also while gravity is down, a full disk is a reason it stays down),
-//! and decides a pending exit ([`super::exit::tick`]).
+//! and decides a pending exit ([`crate::collector::exit::tick`]).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -107,31 +107,7 @@ pub const STATES: [(char, &str); 7] = [
     ('I', "idle"),
 ];
 
-/// gravity's process figures, as read from `/proc/<pid>`: the typed state the process
-/// collector publishes ([`crate::state`]) and renders as families.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ProcessFigures {
-    /// User + system CPU seconds.
-    pub cpu_seconds: f64,
-    /// Resident memory in bytes.
-    pub resident_bytes: f64,
-    /// Virtual memory in bytes.
-    pub virtual_bytes: f64,
-    /// OS threads.
-    pub threads: f64,
-    /// Start time, Unix seconds.
-    pub start_time_seconds: f64,
-    /// The state letter of `stat` (`R`, `S`, ...).
-    pub state: char,
-    /// Open file descriptors, when `fd/` could be listed.
-    pub open_fds: Option<f64>,
-    /// The soft limit on open files, when `limits` has it.
-    pub max_fds: Option<f64>,
-    /// Bytes read from and written to storage, when `io` could be read.
-    pub io_bytes: Option<(f64, f64)>,
-    /// Voluntary and involuntary context switches, each when `status` has it.
-    pub context_switches: [Option<f64>; 2],
-}
+pub use crate::state::ProcessFigures;
 
 /// Reads the process figures from the files (pure).
 pub fn read_figures(files: &ProcFiles, host: &HostInfo) -> Result<ProcessFigures, CollectError> {
@@ -322,7 +298,7 @@ impl Collector for ProcessCollector {
             let me = self.clone();
             let ctx2 = ctx.clone();
             let (extra, res) = tokio::task::spawn_blocking(move || {
-                super::exit::tick(&ctx2);
+                crate::collector::exit::tick(&ctx2);
                 let mut extra = Families::new();
                 if let Some(space) = log_path.as_deref().and_then(super::logfs::statvfs) {
                     extra.extend(super::logfs::families(space, &pipeline));

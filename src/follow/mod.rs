@@ -12,7 +12,7 @@
 //! - `gravity_last_fatal_info{pipeline,component,error_type}` and its time: why the last
 //!   crash happened, so a crash loop shows why it dies;
 //! - for the status page, the last classified error lines, passwords masked, in
-//!   [`crate::page::recent::Recent`].
+//!   [`crate::state::recent::Recent`].
 //!
 //! Labels come only from closed enums, so cardinality is bounded whatever the log holds.
 //! The read position ([`LogState`]) is saved after each poll that moved it (atomically) to
@@ -460,14 +460,14 @@ impl LogWatcher {
                     }
                     if ev.class.counts_as_error {
                         // For the status page: redacted and shortened before it is kept.
-                        self.ctx
-                            .recent
-                            .record_error(crate::page::recent::ErrorEvent::from_record(
+                        self.ctx.recent.record_error(
+                            crate::state::recent::ErrorEvent::from_record(
                                 &rec,
                                 ev.class,
                                 redactor,
                                 unix_now(),
-                            ));
+                            ),
+                        );
                     }
                     self.event(pipeline, ev)
                 }

@@ -541,9 +541,9 @@ pub fn render(v: &StatusView) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::recent::ErrorEvent;
     use super::super::*;
     use super::*;
+    use crate::state::recent::ErrorEvent;
 
     pub(crate) fn sample_view() -> StatusView {
         StatusView {

@@ -15,7 +15,6 @@
 //! [`crate::collector::connections::MAX_ENDPOINTS`] connections).
 
 pub mod html;
-pub mod recent;
 pub mod svg;
 
 use std::collections::BTreeMap;
@@ -31,7 +30,7 @@ use crate::base::unix_now;
 use crate::collector::Context;
 use crate::health;
 use crate::redact::{clean, Redactor};
-use recent::{ErrorEvent, ProbeView};
+use crate::state::recent::{ErrorEvent, ProbeView};
 
 /// Most watermark streams listed (the rest are counted; the largest lags come first).
 pub const MAX_STREAM_ROWS: usize = 50;

@@ -15,8 +15,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use crate::collector::process::ProcessFigures;
-use crate::collector::status::StatusSeen;
+use time::OffsetDateTime;
+
+use crate::gravity_api::status::{secs_between, BinlogPos, Position, Status};
+
+pub mod recent;
+pub mod stages;
 
 /// One producer's last value.
 #[derive(Debug)]
@@ -137,6 +141,79 @@ impl OplogWindow {
 /// gravity's own established connections per (component, endpoint).
 pub type Established = BTreeMap<(String, String), u64>;
 
+/// gravity's process figures, as read from `/proc/<pid>`: the typed state the process
+/// collector publishes ([`crate::state`]) and renders as families.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProcessFigures {
+    /// User + system CPU seconds.
+    pub cpu_seconds: f64,
+    /// Resident memory in bytes.
+    pub resident_bytes: f64,
+    /// Virtual memory in bytes.
+    pub virtual_bytes: f64,
+    /// OS threads.
+    pub threads: f64,
+    /// Start time, Unix seconds.
+    pub start_time_seconds: f64,
+    /// The state letter of `stat` (`R`, `S`, ...).
+    pub state: char,
+    /// Open file descriptors, when `fd/` could be listed.
+    pub open_fds: Option<f64>,
+    /// The soft limit on open files, when `limits` has it.
+    pub max_fds: Option<f64>,
+    /// Bytes read from and written to storage, when `io` could be read.
+    pub io_bytes: Option<(f64, f64)>,
+    /// Voluntary and involuntary context switches, each when `status` has it.
+    pub context_switches: [Option<f64>; 2],
+}
+
+/// A parsed `/status` and when it was read, kept in the state for collectors that
+/// compare gravity's position with the source's.
+#[derive(Debug, Clone)]
+pub struct StatusSeen {
+    /// When the answer arrived.
+    pub at: std::time::Instant,
+    /// What it said.
+    pub status: Status,
+}
+
+impl StatusSeen {
+    /// The largest stall of the watermarks as of `now` (`now − ProcessTime`: it keeps
+    /// growing while gravity does not answer); `None` without watermarks.
+    pub fn max_stall_seconds(&self, now: OffsetDateTime) -> Option<f64> {
+        self.status
+            .watermarks
+            .iter()
+            .map(|w| secs_between(now, w.process_time))
+            .reduce(f64::max)
+    }
+
+    /// The largest lag of the watermarks as of `now` (`now − EventTime`).
+    pub fn max_lag_seconds(&self, now: OffsetDateTime) -> Option<f64> {
+        self.status
+            .watermarks
+            .iter()
+            .map(|w| secs_between(now, w.event_time))
+            .reduce(f64::max)
+    }
+
+    /// gravity's binlog position to compare with the source: the current position of a
+    /// binlog stream, or the start position of a full dump (where streaming resumes, so it
+    /// must stay retained until the dump is done).
+    pub fn binlog_position(&self) -> Option<&BinlogPos> {
+        match &self.status.position {
+            Position::MysqlStream { current, .. } => current.as_ref(),
+            Position::MysqlBatch { start_binlog, .. } => start_binlog.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Whether gravity is streaming the binlog (its position is expected to move).
+    pub fn is_streaming(&self) -> bool {
+        matches!(self.status.position, Position::MysqlStream { .. })
+    }
+}
+
 /// The typed state of the pipeline (see the module doc).
 #[derive(Debug, Default)]
 pub struct PipelineState {
@@ -162,7 +239,7 @@ pub struct PipelineState {
     pub oplog: Slot<OplogWindow>,
     /// gravity's per-stage latencies over the last `/metrics` window (from the
     /// gravity_metrics collector; interval aggregates over all events).
-    pub stages: Slot<crate::collector::gravity_metrics::StageWindow>,
+    pub stages: Slot<stages::StageWindow>,
 }
 
 #[cfg(test)]

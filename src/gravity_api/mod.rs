@@ -7,6 +7,8 @@
 //! refuses gravity's destructive `/reset` outright.
 #![warn(clippy::arithmetic_side_effects)]
 
+pub mod status;
+
 use std::time::Duration;
 
 use bytes::Bytes;
