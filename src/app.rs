@@ -49,6 +49,8 @@ pub struct Exporter {
     pub supervisor: Arc<Supervisor>,
     /// The log watcher (shared with its task), closed at shutdown.
     log: Arc<std::sync::Mutex<crate::follow::LogWatcher>>,
+    /// The OpenTelemetry export and LogEntry writer while one is on, flushed at shutdown.
+    telemetry: Option<Arc<crate::otlp::Telemetry>>,
 }
 
 impl Exporter {
@@ -68,7 +70,7 @@ impl Exporter {
             tracing::warn!("the log watcher's last poll did not end within the drain");
         }
         // the last OTLP export and the LogEntry lines still queued, bounded by the drain
-        if let Some(t) = self.ctx.telemetry.get() {
+        if let Some(t) = &self.telemetry {
             t.flush(&self.ctx, drain).await;
         }
         for shared in held {
@@ -126,8 +128,15 @@ pub fn start(settings: Settings) -> Exporter {
     watcher.tick();
     let sup = Arc::new(Supervisor::new(&ctx.store));
     // OpenTelemetry export and LogEntry lines: nothing starts while both are off.
-    if let Some(t) = crate::otlp::start(&ctx, &sup) {
-        let _ = ctx.telemetry.set(t);
+    let telemetry = crate::otlp::start(&ctx).map(|(t, tasks)| {
+        for (name, make) in tasks {
+            sup.spawn(name, make);
+        }
+        t
+    });
+    if let Some(t) = &telemetry {
+        let sink: Arc<dyn crate::log::entry::EntrySink> = Arc::new(t.logs.clone());
+        let _ = ctx.entries.set(sink);
     }
     // The watcher and the log watcher keep their state across a restart after a panic.
     let watcher = Arc::new(std::sync::Mutex::new(watcher));
@@ -164,6 +173,7 @@ pub fn start(settings: Settings) -> Exporter {
         settings_tx: tx,
         supervisor: sup,
         log,
+        telemetry,
     }
 }
 

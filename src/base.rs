@@ -78,3 +78,19 @@ pub fn sanitize(text: &str, max_chars: usize) -> String {
     }
     out
 }
+
+/// Unix nanoseconds of `t` (0 before the epoch).
+pub fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A boxed future that can move between threads.
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
+/// Makes a task's future; called again when the task is restarted after a panic.
+pub type TaskFactory = Box<dyn FnMut() -> BoxFuture<()> + Send + 'static>;
+
+/// Tasks a module asks the application to run under its supervisor, by name.
+pub type Tasks = Vec<(&'static str, TaskFactory)>;

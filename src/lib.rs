@@ -50,6 +50,7 @@ pub mod probe;
 pub mod redact;
 pub mod retry;
 pub mod server;
+pub mod spans;
 pub mod state;
 pub mod supervise;
 pub mod tls;

@@ -22,7 +22,7 @@ use crate::base::{cut, lock};
 use std::time::{Duration, Instant};
 
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// Content type of the text exposition format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -200,8 +200,8 @@ pub struct Store {
     /// When each source was last read successfully (its snapshot set).
     fresh: Mutex<BTreeMap<&'static str, Instant>>,
     created: Instant,
-    /// The supervisor's metric families, registered once (`crate::supervise::TaskMetrics`).
-    tasks: std::sync::OnceLock<crate::supervise::TaskMetrics>,
+    /// The supervisor's metric families, registered once (`TaskMetrics`).
+    tasks: std::sync::OnceLock<TaskMetrics>,
 }
 
 /// Snapshot names that are not a source read (the watcher's state, published on change
@@ -243,9 +243,9 @@ impl Store {
     }
 
     /// The background tasks' metrics (`gravity_exporter_task_*`), registered on first use.
-    pub fn tasks(&self) -> &crate::supervise::TaskMetrics {
+    pub fn tasks(&self) -> &TaskMetrics {
         self.tasks
-            .get_or_init(|| crate::supervise::TaskMetrics::register(&self.registry))
+            .get_or_init(|| TaskMetrics::register(&self.registry))
     }
 
     /// The registry for stateful metrics.
@@ -459,6 +459,123 @@ impl Store {
             if stale { 1.0 } else { 0.0 },
         );
         f
+    }
+}
+
+/// The tasks the exporter runs, each with its series present from the start.
+pub const TASKS: [&str; 6] = [
+    "watcher",
+    "log",
+    "collectors",
+    "connections",
+    "consistency",
+    "canary",
+];
+
+/// The tasks that work in cycles and report each one through [`TaskMetrics::cycle`].
+pub const CYCLIC_TASKS: [&str; 4] = ["watcher", "log", "connections", "consistency"];
+
+/// The `gravity_exporter_task_*` families, registered once per store
+/// ([`crate::metrics::Store::tasks`]).
+#[derive(Clone)]
+pub struct TaskMetrics {
+    /// `gravity_exporter_task_restarts_total{task}`.
+    pub restarts: IntCounterVec,
+    /// `gravity_exporter_task_up{task}`.
+    pub up: IntGaugeVec,
+    /// `gravity_exporter_task_cycle_duration_seconds{task}`.
+    pub duration: GaugeVec,
+    /// `gravity_exporter_task_success{task}`.
+    pub success: GaugeVec,
+    /// `gravity_exporter_task_last_success_timestamp_seconds{task}`.
+    pub last_success: GaugeVec,
+}
+
+impl std::fmt::Debug for TaskMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskMetrics").finish_non_exhaustive()
+    }
+}
+
+impl TaskMetrics {
+    /// Registers the families with every known task at 0.
+    pub fn register(reg: &Registry) -> TaskMetrics {
+        let restarts = IntCounterVec::new(
+            Opts::new(
+                "gravity_exporter_task_restarts_total",
+                "Background tasks of the exporter restarted after a panic, by task.",
+            ),
+            &["task"],
+        )
+        .expect("metric names in this crate are valid");
+        let up = IntGaugeVec::new(
+            Opts::new(
+                "gravity_exporter_task_up",
+                "1 while the exporter's background task runs; 0 while it waits to be restarted after a panic, or after shutdown.",
+            ),
+            &["task"],
+        )
+        .expect("metric names in this crate are valid");
+        let duration = GaugeVec::new(
+            Opts::new(
+                "gravity_exporter_task_cycle_duration_seconds",
+                "How long the background task's last cycle took (watcher: a look at /proc; log: a poll; connections: a probe round; consistency: a check run).",
+            ),
+            &["task"],
+        )
+        .expect("metric names in this crate are valid");
+        let success = GaugeVec::new(
+            Opts::new(
+                "gravity_exporter_task_success",
+                "1 if the background task's last cycle succeeded, 0 if it failed or none finished yet.",
+            ),
+            &["task"],
+        )
+        .expect("metric names in this crate are valid");
+        let last_success = GaugeVec::new(
+            Opts::new(
+                "gravity_exporter_task_last_success_timestamp_seconds",
+                "When the background task's last successful cycle ended (Unix time; 0: none yet).",
+            ),
+            &["task"],
+        )
+        .expect("metric names in this crate are valid");
+        for t in TASKS {
+            restarts.with_label_values(&[t]).inc_by(0);
+            up.with_label_values(&[t]).set(0);
+        }
+        for t in CYCLIC_TASKS {
+            duration.with_label_values(&[t]).set(0.0);
+            success.with_label_values(&[t]).set(0.0);
+            last_success.with_label_values(&[t]).set(0.0);
+        }
+        let _ = reg.register(Box::new(restarts.clone()));
+        let _ = reg.register(Box::new(up.clone()));
+        let _ = reg.register(Box::new(duration.clone()));
+        let _ = reg.register(Box::new(success.clone()));
+        let _ = reg.register(Box::new(last_success.clone()));
+        TaskMetrics {
+            restarts,
+            up,
+            duration,
+            success,
+            last_success,
+        }
+    }
+
+    /// Records one cycle of a task: how long it took and whether it succeeded.
+    pub fn cycle(&self, task: &str, took: Duration, ok: bool) {
+        self.duration
+            .with_label_values(&[task])
+            .set(took.as_secs_f64());
+        self.success
+            .with_label_values(&[task])
+            .set(if ok { 1.0 } else { 0.0 });
+        if ok {
+            self.last_success
+                .with_label_values(&[task])
+                .set(crate::base::unix_now());
+        }
     }
 }
 

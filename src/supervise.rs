@@ -22,23 +22,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// The tasks the exporter runs, each with its series present from the start.
-pub const TASKS: [&str; 6] = [
-    "watcher",
-    "log",
-    "collectors",
-    "connections",
-    "consistency",
-    "canary",
-];
-
-/// The tasks that work in cycles and report each one through [`TaskMetrics::cycle`].
-pub const CYCLIC_TASKS: [&str; 4] = ["watcher", "log", "connections", "consistency"];
 
 /// First wait before a panicked task is started again.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -49,114 +35,7 @@ const BACKOFF_RESET: Duration = Duration::from_secs(60);
 /// How long [`Supervisor::shutdown`] waits by default before aborting what is left.
 pub const DRAIN: Duration = Duration::from_secs(5);
 
-/// The `gravity_exporter_task_*` families, registered once per store
-/// ([`crate::metrics::Store::tasks`]).
-#[derive(Clone)]
-pub struct TaskMetrics {
-    /// `gravity_exporter_task_restarts_total{task}`.
-    pub restarts: IntCounterVec,
-    /// `gravity_exporter_task_up{task}`.
-    pub up: IntGaugeVec,
-    /// `gravity_exporter_task_cycle_duration_seconds{task}`.
-    pub duration: GaugeVec,
-    /// `gravity_exporter_task_success{task}`.
-    pub success: GaugeVec,
-    /// `gravity_exporter_task_last_success_timestamp_seconds{task}`.
-    pub last_success: GaugeVec,
-}
-
-impl std::fmt::Debug for TaskMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskMetrics").finish_non_exhaustive()
-    }
-}
-
-impl TaskMetrics {
-    /// Registers the families with every known task at 0.
-    pub fn register(reg: &Registry) -> TaskMetrics {
-        let restarts = IntCounterVec::new(
-            Opts::new(
-                "gravity_exporter_task_restarts_total",
-                "Background tasks of the exporter restarted after a panic, by task.",
-            ),
-            &["task"],
-        )
-        .expect("metric names in this crate are valid");
-        let up = IntGaugeVec::new(
-            Opts::new(
-                "gravity_exporter_task_up",
-                "1 while the exporter's background task runs; 0 while it waits to be restarted after a panic, or after shutdown.",
-            ),
-            &["task"],
-        )
-        .expect("metric names in this crate are valid");
-        let duration = GaugeVec::new(
-            Opts::new(
-                "gravity_exporter_task_cycle_duration_seconds",
-                "How long the background task's last cycle took (watcher: a look at /proc; log: a poll; connections: a probe round; consistency: a check run).",
-            ),
-            &["task"],
-        )
-        .expect("metric names in this crate are valid");
-        let success = GaugeVec::new(
-            Opts::new(
-                "gravity_exporter_task_success",
-                "1 if the background task's last cycle succeeded, 0 if it failed or none finished yet.",
-            ),
-            &["task"],
-        )
-        .expect("metric names in this crate are valid");
-        let last_success = GaugeVec::new(
-            Opts::new(
-                "gravity_exporter_task_last_success_timestamp_seconds",
-                "When the background task's last successful cycle ended (Unix time; 0: none yet).",
-            ),
-            &["task"],
-        )
-        .expect("metric names in this crate are valid");
-        for t in TASKS {
-            restarts.with_label_values(&[t]).inc_by(0);
-            up.with_label_values(&[t]).set(0);
-        }
-        for t in CYCLIC_TASKS {
-            duration.with_label_values(&[t]).set(0.0);
-            success.with_label_values(&[t]).set(0.0);
-            last_success.with_label_values(&[t]).set(0.0);
-        }
-        let _ = reg.register(Box::new(restarts.clone()));
-        let _ = reg.register(Box::new(up.clone()));
-        let _ = reg.register(Box::new(duration.clone()));
-        let _ = reg.register(Box::new(success.clone()));
-        let _ = reg.register(Box::new(last_success.clone()));
-        TaskMetrics {
-            restarts,
-            up,
-            duration,
-            success,
-            last_success,
-        }
-    }
-
-    /// Records one cycle of a task: how long it took and whether it succeeded.
-    pub fn cycle(&self, task: &str, took: Duration, ok: bool) {
-        match task {
-            "connections" => crate::otlp::trace::slow_operation("probe round", took, ok),
-            "consistency" => crate::otlp::trace::slow_operation("consistency pass", took, ok),
-            _ => {}
-        }
-        self.duration
-            .with_label_values(&[task])
-            .set(took.as_secs_f64());
-        self.success
-            .with_label_values(&[task])
-            .set(if ok { 1.0 } else { 0.0 });
-        if ok {
-            self.last_success
-                .with_label_values(&[task])
-                .set(crate::base::unix_now());
-        }
-    }
-}
+pub use crate::metrics::{TaskMetrics, CYCLIC_TASKS, TASKS};
 
 /// What [`Supervisor::shutdown`] found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

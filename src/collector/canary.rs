@@ -377,16 +377,22 @@ fn note(
     cx: &OtelContext,
     level: crate::log::record::Level,
     msg: &str,
-    f: crate::otlp::logs::OwnFields,
+    f: crate::log::entry::OwnFields,
 ) {
     let _in_span = cx.clone().attach();
-    let (trace_id, span_id) = crate::otlp::trace::current_ids().unwrap_or_default();
+    let (trace_id, span_id) = crate::spans::current_ids().unwrap_or_default();
     match level {
         crate::log::record::Level::Debug => tracing::debug!(%trace_id, %span_id, "{msg}"),
         crate::log::record::Level::Info => tracing::info!(%trace_id, %span_id, "{msg}"),
         _ => tracing::warn!(%trace_id, %span_id, "{msg}"),
     }
-    crate::otlp::logs::submit_own(ctx, level, "canary", msg, f);
+    // to the LogEntry outputs while one is on; the trace and span ids are the current span's
+    if let Some(t) = ctx.entries.get().filter(|t| t.is_on()) {
+        let pipeline = ctx.target().pipeline.clone();
+        t.submit(crate::log::entry::LogEntry::own(
+            level, "canary", &pipeline, msg, f,
+        ));
+    }
 }
 
 fn child<T: Tracer>(
@@ -1385,7 +1391,7 @@ impl Canary {
                     &cx_note,
                     crate::log::record::Level::Debug,
                     &format!("canary written: seq {seq}"),
-                    crate::otlp::logs::OwnFields {
+                    crate::log::entry::OwnFields {
                         schema: Some(c.schema.clone()),
                         table: Some(c.table.clone()),
                         operation: Some("write".into()),
@@ -1508,7 +1514,7 @@ impl Canary {
                     &p.cx,
                     crate::log::record::Level::Debug,
                     &format!("canary arrived: seq {}, e2e lag {wall:.6} s", p.row.seq),
-                    crate::otlp::logs::OwnFields {
+                    crate::log::entry::OwnFields {
                         schema: r.arrival.schema().map(str::to_string),
                         table: r.arrival.table().map(str::to_string),
                         operation: Some("arrival".into()),
@@ -1528,7 +1534,7 @@ impl Canary {
                         r.arrival.describe(),
                         c.timeout
                     ),
-                    crate::otlp::logs::OwnFields {
+                    crate::log::entry::OwnFields {
                         schema: r.arrival.schema().map(str::to_string),
                         table: r.arrival.table().map(str::to_string),
                         operation: Some("lost".into()),
@@ -1933,6 +1939,6 @@ mod tests {
         assert_ne!(t, "0".repeat(32));
         // the records made inside the canary's context carry the row's ids
         let _g = cx.attach();
-        assert_eq!(crate::otlp::trace::current_ids(), Some((t, s)));
+        assert_eq!(crate::spans::current_ids(), Some((t, s)));
     }
 }

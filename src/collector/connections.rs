@@ -448,6 +448,7 @@ impl ConnectionProber {
             self.probe_once(s.probe_timeout).await;
             // A round that ran is a success of the task; the endpoints' health is its result.
             tasks.cycle("connections", start.elapsed(), true);
+            crate::spans::slow_operation("probe round", start.elapsed(), true);
             // Until the next round: woken early only by a new target or new settings (no
             // polling: an idle exporter wakes once a probe interval for this).
             let next = tokio::time::Instant::from_std(start)

@@ -673,6 +673,7 @@ impl ConsistencyChecker {
             let start = Instant::now();
             let ok = self.run_once().await;
             tasks.cycle("consistency", start.elapsed(), ok);
+            crate::spans::slow_operation("consistency pass", start.elapsed(), ok);
             while start.elapsed() < c.interval {
                 tokio::time::sleep(Duration::from_millis(250).min(c.interval)).await;
                 if self.ctx.settings().consistency != c {

@@ -22,8 +22,6 @@ pub mod sockets;
 pub mod source;
 pub mod status;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -38,7 +36,7 @@ use crate::gravity_api::GravityClient;
 use crate::metrics::{Families, Store};
 
 /// A boxed future, for object-safe async collectors.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+pub use crate::base::BoxFuture;
 
 /// Why a collector run failed.
 #[derive(Debug, thiserror::Error)]
@@ -333,9 +331,9 @@ pub struct Context {
     /// The opt-in canary's counters, pending canaries and last results (kept across a
     /// restart of its task; read by the status page).
     pub canary: canary::Shared,
-    /// The OpenTelemetry export and LogEntry writer, set once at start while one is on
-    /// (`crate::otlp`); unset, nothing of it runs.
-    pub telemetry: std::sync::OnceLock<Arc<crate::otlp::Telemetry>>,
+    /// Where LogEntry records go (the OTLP logs export and the LogEntry file), set once at
+    /// start while one is on; unset, no entry is built.
+    pub entries: std::sync::OnceLock<Arc<dyn crate::log::entry::EntrySink>>,
 }
 
 impl Context {
@@ -359,7 +357,7 @@ impl Context {
             recent: Default::default(),
             mysql: Default::default(),
             canary: Default::default(),
-            telemetry: std::sync::OnceLock::new(),
+            entries: std::sync::OnceLock::new(),
         })
     }
 
@@ -644,7 +642,7 @@ impl Runner {
         if let Ok(mut g) = self.ctx.last_cycle.write() {
             *g = Some(Instant::now());
         }
-        crate::otlp::trace::slow_operation("collector cycle", started.elapsed(), true);
+        crate::spans::slow_operation("collector cycle", started.elapsed(), true);
     }
 
     async fn run_batch(&self, batch: &[Arc<dyn Collector>], default: Duration) {

@@ -22,6 +22,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 pub mod consistency;
+mod error;
 pub mod otlp;
 
 use consistency::{parse_tables, TableSpec, MAX_CHUNK_SIZE};
@@ -29,34 +30,7 @@ use consistency::{parse_tables, TableSpec, MAX_CHUNK_SIZE};
 /// Default listen address, from the Prometheus port allocation wiki range.
 pub const DEFAULT_LISTEN: &str = ":9810";
 
-/// A configuration error: the key (flag name without `--`) and what is wrong with it.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A value does not validate.
-    #[error("invalid value for {key}: {reason}")]
-    Invalid {
-        /// The key, e.g. `web.listen-address`.
-        key: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The config file cannot be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The config file is not valid TOML or has an unknown key.
-    #[error("config file {path}: {reason}")]
-    Syntax {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message, with the line number and key.
-        reason: String,
-    },
-}
+pub use error::ConfigError;
 
 /// A MySQL login the exporter uses instead of gravity's own (`--source.username`,
 /// `--source.password-file`, same for target). The password is read when the settings are

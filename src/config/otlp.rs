@@ -15,7 +15,8 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{parse_duration, ConfigError};
+use super::error::ConfigError;
+use crate::base::parse_duration;
 use crate::redact::Secret;
 
 /// Longest headers file read, in bytes.

@@ -445,8 +445,8 @@ impl LogWatcher {
                         level: rec.level,
                         class: classify(&rec),
                     };
-                    if let Some(t) = self.ctx.telemetry.get().filter(|t| t.logs.is_on()) {
-                        t.logs.submit(crate::otlp::logs::LogEntry::new(
+                    if let Some(t) = self.ctx.entries.get().filter(|t| t.is_on()) {
+                        t.submit(crate::log::entry::LogEntry::new(
                             &rec, ev.class, pipeline, &line, redactor,
                         ));
                     }

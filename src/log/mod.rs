@@ -3,4 +3,5 @@
 //! the file is [`crate::follow`].
 
 pub mod classify;
+pub mod entry;
 pub mod record;

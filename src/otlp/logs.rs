@@ -16,411 +16,101 @@ use std::time::{Duration, Instant, SystemTime};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::transport::{Payload, Signal, Transport};
 use super::Outcomes;
 use crate::base::lock;
+use crate::base::{BoxFuture, Tasks};
 use crate::collector::Context;
 use crate::config::otlp::{LogEntriesTarget, TelemetrySettings};
-use crate::log::classify::Classification;
-use crate::log::record::{Level, Record};
-use crate::redact::Redactor;
-use crate::supervise::Supervisor;
 
 /// Entries queued per destination.
 const QUEUE: usize = 1024;
 /// Most entries per OTLP export or file write.
 const BATCH: usize = 512;
-/// Longest message kept (characters), after redaction.
-const MESSAGE_CHARS: usize = 2048;
-/// Longest extra field value kept (bytes).
-const FIELD_BYTES: usize = 256;
 
-/// The classified error of a record.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ErrorInfo {
-    /// The classified cause (`gravity_error_total`'s `error_type`).
-    pub error_type: &'static str,
-    /// The error text gravity gave (redacted), when the record has one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cause: Option<String>,
-}
+pub use crate::log::entry::{ErrorInfo, Extras, LogEntry, Metadata, OwnFields};
 
-/// Where the record came from.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Metadata {
-    /// Go source file (gravity's logrus hook).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-    /// Go source line.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub line: Option<u32>,
-    /// The record reports a retry attempt.
-    pub retry: bool,
-    /// What wrote the record: `gravity` (its log), or `gravity-exporter` (the exporter's
-    /// own records about what it traces, e.g. a canary).
-    pub source: &'static str,
-}
-
-/// One log record in the unified LogEntry shape.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct LogEntry {
-    /// RFC 3339 time (gravity's, else when it was read).
-    pub timestamp: String,
-    /// Unix nanoseconds of `timestamp`.
-    #[serde(skip)]
-    pub time_unix_nano: u64,
-    /// `debug`, `info`, `warning`, `error`, `fatal`, `panic`.
-    pub level: &'static str,
-    /// OpenTelemetry severity number (5 debug, 9 info, 13 warn, 17 error, 21 fatal, 24 panic).
-    pub severity_number: i32,
-    /// The pipeline.
-    pub pipeline: String,
-    /// The classified component.
-    pub component: &'static str,
-    /// Trace id (32 hex digits) when the record belongs to a trace.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub trace_id: Option<String>,
-    /// Span id (16 hex digits) when the record belongs to a trace.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub span_id: Option<String>,
-    /// The message, redacted as on the status page, one line.
-    pub message: String,
-    /// Schema the record is about.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub schema: Option<String>,
-    /// Table the record is about.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub table: Option<String>,
-    /// Operation (insert, update, delete, ddl, ...).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub operation: Option<String>,
-    /// Duration the record reports, in milliseconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<f64>,
-    /// The classified error (errors, fatals, panics, retries).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<ErrorInfo>,
-    /// Source file and line, retry flag.
-    pub metadata: Metadata,
-}
-
-fn severity(l: Level) -> i32 {
-    match l {
-        Level::Debug => 5,
-        Level::Info => 9,
-        Level::Warning => 13,
-        Level::Error => 17,
-        Level::Fatal => 21,
-        Level::Panic => 24,
-    }
-}
-
-/// Fields of a record beyond those the parser keeps, read from the raw line: JSON keys, or
-/// `key=value` pairs of the text formats.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Extras {
-    trace_id: Option<String>,
-    span_id: Option<String>,
-    schema: Option<String>,
-    table: Option<String>,
-    operation: Option<String>,
-    duration_ms: Option<f64>,
-    error: Option<String>,
-}
-
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-impl Extras {
-    fn set(&mut self, key: &str, value: &str) {
-        let v = || Some(crate::base::cut(value, FIELD_BYTES).to_string());
-        match key {
-            "trace_id" | "traceID" | "traceId" | "trace.id" if is_hex(value, 32) => {
-                self.trace_id = Some(value.to_ascii_lowercase())
-            }
-            "span_id" | "spanID" | "spanId" | "span.id" if is_hex(value, 16) => {
-                self.span_id = Some(value.to_ascii_lowercase())
-            }
-            "schema" | "db" | "database" => self.schema = v(),
-            "table" | "tbl" => self.table = v(),
-            "operation" | "op" | "dml" => self.operation = v(),
-            "duration_ms" => self.duration_ms = value.parse().ok().filter(|d: &f64| d.is_finite()),
-            "duration" => {
-                self.duration_ms = crate::base::parse_duration(value)
-                    .map(|d| d.as_secs_f64() * 1000.0)
-                    .or(self.duration_ms)
-            }
-            "error" | "err" => self.error = v(),
-            _ => {}
+/// The entry as an OTLP LogRecord (attribute names as the JSON keys; `error.type`,
+/// `error.cause`, `metadata.file`, `metadata.line`, `metadata.retry`).
+pub fn to_otlp(e: &LogEntry, observed_unix_nano: u64) -> LogRecord {
+    let s = |k: &str, v: &str| super::convert::kv(k, v);
+    let mut attributes = vec![
+        s("pipeline", &e.pipeline),
+        s("component", e.component),
+        s("level", e.level),
+    ];
+    for (k, v) in [
+        ("schema", &e.schema),
+        ("table", &e.table),
+        ("operation", &e.operation),
+    ] {
+        if let Some(v) = v {
+            attributes.push(s(k, v));
         }
     }
-
-    /// Reads the extra fields of `line`.
-    pub fn from_line(line: &str) -> Extras {
-        let mut x = Extras::default();
-        let t = line.trim_start();
-        if t.starts_with('{') {
-            if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(t) {
-                for (k, v) in m.iter().take(64) {
-                    match v {
-                        serde_json::Value::String(s) => x.set(k, s),
-                        serde_json::Value::Number(n) => x.set(k, &n.to_string()),
-                        _ => {}
-                    }
-                }
-            }
-            return x;
-        }
-        // text / console: key=value or key="quoted value"
-        let mut rest = t;
-        let mut n = 0u32;
-        while let Some(eq) = rest.find('=') {
-            n = n.saturating_add(1);
-            if n > 64 {
-                break;
-            }
-            let key = rest[..eq].rsplit(' ').next().unwrap_or("");
-            let after = &rest[eq.saturating_add(1)..];
-            let (value, next) = if let Some(q) = after.strip_prefix('"') {
-                match q.find('"') {
-                    Some(end) => (&q[..end], &q[end.saturating_add(1)..]),
-                    None => (q, ""),
-                }
-            } else {
-                let end = after.find(' ').unwrap_or(after.len());
-                (&after[..end], &after[end..])
-            };
-            x.set(key, value);
-            rest = next;
-        }
-        x
-    }
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
-impl LogEntry {
-    /// The entry of one classified record; `line` is the raw line (for the extra fields).
-    pub fn new(
-        rec: &Record<'_>,
-        class: Classification,
-        pipeline: &str,
-        line: &str,
-        redactor: &Redactor,
-    ) -> LogEntry {
-        let x = Extras::from_line(line);
-        let written = rec.time.and_then(|t| {
-            time::OffsetDateTime::parse(
-                t.trim_matches('"'),
-                &time::format_description::well_known::Rfc3339,
-            )
-            .ok()
-        });
-        let (timestamp, nanos) = match written {
-            Some(dt) => (
-                dt.format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
-                u64::try_from(dt.unix_timestamp_nanos()).unwrap_or(0),
-            ),
-            None => {
-                let now = SystemTime::now();
-                (rfc3339(now), super::unix_nanos(now))
-            }
-        };
-        let message = crate::redact::clean(redactor, &rec.msg, MESSAGE_CHARS);
-        let is_error = class.counts_as_error || class.is_retry;
-        let clean = |s: &str| crate::redact::clean(redactor, s, FIELD_BYTES);
-        LogEntry {
-            timestamp,
-            time_unix_nano: nanos,
-            level: rec.level.as_str(),
-            severity_number: severity(rec.level),
-            pipeline: pipeline.to_string(),
-            component: class.component.as_str(),
-            trace_id: x.trace_id,
-            span_id: x.span_id,
-            message,
-            schema: x.schema.as_deref().map(clean),
-            table: x.table.as_deref().map(clean),
-            operation: x.operation.as_deref().map(clean),
-            duration_ms: x.duration_ms,
-            error: is_error.then(|| ErrorInfo {
-                error_type: class.error_type.as_str(),
-                cause: x.error.as_deref().map(clean),
-            }),
-            metadata: Metadata {
-                file: rec
-                    .file
-                    .map(|f| crate::base::cut(f, FIELD_BYTES).to_string()),
-                line: rec.line,
-                retry: class.is_retry,
-                source: "gravity",
-            },
-        }
-    }
-
-    /// A record of the exporter's own (not gravity's): `metadata.source` is
-    /// `gravity-exporter`, the time is now, and the trace and span id are those of the
-    /// OpenTelemetry span current on this thread (`opentelemetry::Context::current()`: the
-    /// caller attaches the span's context around the call), none outside a span. The
-    /// message and fields are masked like gravity's.
-    pub fn own(
-        level: Level,
-        component: &'static str,
-        pipeline: &str,
-        message: &str,
-        fields: OwnFields,
-    ) -> LogEntry {
-        let now = SystemTime::now();
-        let (trace_id, span_id) = match super::trace::current_ids() {
-            Some((t, s)) => (Some(t), Some(s)),
-            None => (None, None),
-        };
-        let clean =
-            |s: &str| crate::base::cut(&crate::redact::redact_known(s), FIELD_BYTES).to_string();
-        let message = crate::redact::redact_known(message);
-        LogEntry {
-            timestamp: rfc3339(now),
-            time_unix_nano: super::unix_nanos(now),
-            level: level.as_str(),
-            severity_number: severity(level),
-            pipeline: pipeline.to_string(),
-            component,
-            trace_id,
-            span_id,
-            message: crate::base::cut(&message, MESSAGE_CHARS).to_string(),
-            schema: fields.schema.as_deref().map(clean),
-            table: fields.table.as_deref().map(clean),
-            operation: fields.operation.as_deref().map(clean),
-            duration_ms: fields.duration_ms.filter(|d| d.is_finite()),
-            error: None,
-            metadata: Metadata {
-                file: None,
-                line: None,
-                retry: false,
-                source: "gravity-exporter",
-            },
-        }
-    }
-
-    /// The entry as an OTLP LogRecord (attribute names as the JSON keys; `error.type`,
-    /// `error.cause`, `metadata.file`, `metadata.line`, `metadata.retry`).
-    pub fn to_otlp(&self, observed_unix_nano: u64) -> LogRecord {
-        let s = |k: &str, v: &str| super::convert::kv(k, v);
-        let mut attributes = vec![
-            s("pipeline", &self.pipeline),
-            s("component", self.component),
-            s("level", self.level),
-        ];
-        for (k, v) in [
-            ("schema", &self.schema),
-            ("table", &self.table),
-            ("operation", &self.operation),
-        ] {
-            if let Some(v) = v {
-                attributes.push(s(k, v));
-            }
-        }
-        if let Some(d) = self.duration_ms {
-            attributes.push(KeyValue {
-                key: "duration_ms".into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::DoubleValue(d)),
-                }),
-                ..Default::default()
-            });
-        }
-        if let Some(e) = &self.error {
-            attributes.push(s("error.type", e.error_type));
-            if let Some(c) = &e.cause {
-                attributes.push(s("error.cause", c));
-            }
-        }
-        if let Some(f) = &self.metadata.file {
-            attributes.push(s("metadata.file", f));
-        }
-        if let Some(l) = self.metadata.line {
-            attributes.push(KeyValue {
-                key: "metadata.line".into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::IntValue(i64::from(l))),
-                }),
-                ..Default::default()
-            });
-        }
-        attributes.push(s("metadata.source", self.metadata.source));
+    if let Some(d) = e.duration_ms {
         attributes.push(KeyValue {
-            key: "metadata.retry".into(),
+            key: "duration_ms".into(),
             value: Some(AnyValue {
-                value: Some(any_value::Value::BoolValue(self.metadata.retry)),
+                value: Some(any_value::Value::DoubleValue(d)),
             }),
             ..Default::default()
         });
-        let hex = |h: &Option<String>, len: usize| -> Vec<u8> {
-            h.as_deref()
-                .map(|h| {
-                    (0..len)
-                        .filter_map(|i| {
-                            let j = i.saturating_mul(2);
-                            h.get(j..j.saturating_add(2))
-                                .and_then(|b| u8::from_str_radix(b, 16).ok())
-                        })
-                        .collect::<Vec<u8>>()
-                })
-                .filter(|v| v.len() == len)
-                .unwrap_or_default()
-        };
-        LogRecord {
-            time_unix_nano: self.time_unix_nano,
-            observed_time_unix_nano: observed_unix_nano,
-            severity_number: self.severity_number,
-            severity_text: self.level.to_string(),
-            body: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(self.message.clone())),
-            }),
-            attributes,
-            trace_id: hex(&self.trace_id, 16),
-            span_id: hex(&self.span_id, 8),
-            ..Default::default()
+    }
+    if let Some(e) = &e.error {
+        attributes.push(s("error.type", e.error_type));
+        if let Some(c) = &e.cause {
+            attributes.push(s("error.cause", c));
         }
     }
-}
-
-/// What a record of the exporter's own says beyond its message (see [`LogEntry::own`]).
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct OwnFields {
-    /// Schema the record is about.
-    pub schema: Option<String>,
-    /// Table the record is about.
-    pub table: Option<String>,
-    /// Operation.
-    pub operation: Option<String>,
-    /// A duration the record reports, in milliseconds.
-    pub duration_ms: Option<f64>,
-}
-
-/// Hands a record of the exporter's own to the LogEntry outputs (OTLP logs,
-/// `--log-entries.file`) while one of them is on; a no-op otherwise. Its trace and span id
-/// are those of the OpenTelemetry span current on this thread ([`LogEntry::own`]).
-pub fn submit_own(
-    ctx: &Context,
-    level: Level,
-    component: &'static str,
-    message: &str,
-    fields: OwnFields,
-) {
-    if let Some(t) = ctx.telemetry.get().filter(|t| t.logs.is_on()) {
-        let pipeline = ctx.target().pipeline.clone();
-        t.logs
-            .submit(LogEntry::own(level, component, &pipeline, message, fields));
+    if let Some(f) = &e.metadata.file {
+        attributes.push(s("metadata.file", f));
+    }
+    if let Some(l) = e.metadata.line {
+        attributes.push(KeyValue {
+            key: "metadata.line".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::IntValue(i64::from(l))),
+            }),
+            ..Default::default()
+        });
+    }
+    attributes.push(s("metadata.source", e.metadata.source));
+    attributes.push(KeyValue {
+        key: "metadata.retry".into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::BoolValue(e.metadata.retry)),
+        }),
+        ..Default::default()
+    });
+    let hex = |h: &Option<String>, len: usize| -> Vec<u8> {
+        h.as_deref()
+            .map(|h| {
+                (0..len)
+                    .filter_map(|i| {
+                        let j = i.saturating_mul(2);
+                        h.get(j..j.saturating_add(2))
+                            .and_then(|b| u8::from_str_radix(b, 16).ok())
+                    })
+                    .collect::<Vec<u8>>()
+            })
+            .filter(|v| v.len() == len)
+            .unwrap_or_default()
+    };
+    LogRecord {
+        time_unix_nano: e.time_unix_nano,
+        observed_time_unix_nano: observed_unix_nano,
+        severity_number: e.severity_number,
+        severity_text: e.level.to_string(),
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(e.message.clone())),
+        }),
+        attributes,
+        trace_id: hex(&e.trace_id, 16),
+        span_id: hex(&e.span_id, 8),
+        ..Default::default()
     }
 }
 
@@ -460,6 +150,16 @@ impl std::fmt::Debug for LogSink {
     }
 }
 
+impl crate::log::entry::EntrySink for LogSink {
+    fn is_on(&self) -> bool {
+        LogSink::is_on(self)
+    }
+
+    fn submit(&self, e: LogEntry) {
+        LogSink::submit(self, e)
+    }
+}
+
 impl LogSink {
     /// Whether anything takes log entries (else the watcher need not build them).
     pub fn is_on(&self) -> bool {
@@ -470,7 +170,7 @@ impl LogSink {
     /// as far as they are configured.
     pub fn start(
         ctx: &Arc<Context>,
-        sup: &Supervisor,
+        tasks: &mut Tasks,
         t: &TelemetrySettings,
         otlp: Option<(Arc<Transport>, bool)>,
         outcomes: Arc<Outcomes>,
@@ -515,11 +215,17 @@ impl LogSink {
         });
         if inner.otlp_rx.is_some() {
             let i = Arc::clone(&inner);
-            sup.spawn("otlp_logs", move || otlp_loop(Arc::clone(&i)));
+            tasks.push((
+                "otlp_logs",
+                Box::new(move || Box::pin(otlp_loop(Arc::clone(&i))) as BoxFuture<()>),
+            ));
         }
         if inner.file_rx.is_some() {
             let i = Arc::clone(&inner);
-            sup.spawn("log_entries", move || file_loop(Arc::clone(&i)));
+            tasks.push((
+                "log_entries",
+                Box::new(move || Box::pin(file_loop(Arc::clone(&i))) as BoxFuture<()>),
+            ));
         }
         LogSink { inner: Some(inner) }
     }
@@ -610,7 +316,7 @@ async fn send_batch(i: &Inner, batch: &[LogEntry]) {
             resource: Some(super::current_resource(&i.ctx)),
             scope_logs: vec![ScopeLogs {
                 scope: Some(super::scope()),
-                log_records: batch.iter().map(|e| e.to_otlp(observed)).collect(),
+                log_records: batch.iter().map(|e| to_otlp(e, observed)).collect(),
                 ..Default::default()
             }],
             ..Default::default()
@@ -763,7 +469,9 @@ impl JsonLines {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::record::Level;
     use crate::log::record::LogFormat;
+    use crate::redact::Redactor;
 
     fn entry(line: &str, format: LogFormat) -> LogEntry {
         let rec = crate::log::record::parse_line(line, format).unwrap();
@@ -795,7 +503,7 @@ mod tests {
         assert!(!e.message.contains("s3cretPassw0rd"), "{}", e.message);
         let json = serde_json::to_string(&e).unwrap();
         assert!(!json.contains("s3cretPassw0rd"));
-        let rec = e.to_otlp(1);
+        let rec = to_otlp(&e, 1);
         assert_eq!(rec.trace_id.len(), 16);
         assert_eq!(rec.span_id.len(), 8);
         assert_eq!(rec.severity_number, 17);
@@ -831,7 +539,7 @@ mod tests {
         assert_eq!(e.metadata.source, "gravity-exporter");
         assert_eq!((e.level, e.severity_number), ("warning", 13));
         assert_eq!(e.component, "canary");
-        let rec = e.to_otlp(1);
+        let rec = to_otlp(&e, 1);
         assert_eq!(rec.trace_id.len(), 16);
         assert_eq!(rec.span_id.len(), 8);
     }

@@ -8,7 +8,7 @@
 //!   log exporter and to the `--log-entries.file` writer.
 //! - **Traces**: a tracer provider on the same settings, installed as the global one, so
 //!   `opentelemetry::global::tracer("gravity-exporter")` spans are exported; the
-//!   exporter's own slow operations become spans ([`trace::slow_operation`]).
+//!   exporter's own slow operations become spans ([`crate::spans::slow_operation`]).
 //!
 //! Nothing of it runs while OTLP and `--log-entries.file` are off: no task, no thread, no
 //! metric. An unreachable or slow collector costs each export its `--otlp.timeout`, never a
@@ -24,7 +24,7 @@ pub mod transport;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
@@ -32,20 +32,15 @@ use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prometheus::{IntCounterVec, Opts};
 
+use crate::base::{BoxFuture, Tasks};
 use crate::collector::Context;
-use crate::supervise::Supervisor;
 use settings::OtlpSettings;
 use transport::{ExportError, Payload, Signal, Transport};
 
 /// The instrumentation scope of everything the exporter sends.
-pub const SCOPE: &str = "gravity-exporter";
+pub use crate::spans::SCOPE;
 
-/// Unix nanoseconds of `t` (0 before the epoch).
-pub fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub use crate::base::unix_nanos;
 
 /// The `gravity_exporter_otlp_*` families (registered only while OTLP or the LogEntry file is on).
 #[derive(Clone)]
@@ -314,10 +309,10 @@ pub fn metrics_request(
     }
 }
 
-/// Starts the telemetry export when `--otlp.*` or `--log-entries.file` asks for it: its
-/// tasks run under `sup` (`otlp_metrics`, `otlp_logs`, `log_entries`). `None` (nothing
-/// started, nothing registered) while both are off.
-pub fn start(ctx: &Arc<Context>, sup: &Supervisor) -> Option<Arc<Telemetry>> {
+/// Sets the telemetry export up when `--otlp.*` or `--log-entries.file` asks for it, with
+/// the tasks the application runs under its supervisor (`otlp_metrics`, `otlp_logs`,
+/// `log_entries`). `None` (nothing set up, nothing registered) while both are off.
+pub fn start(ctx: &Arc<Context>) -> Option<(Arc<Telemetry>, Tasks)> {
     let s = ctx.settings();
     let t = &s.telemetry;
     if t.otlp.is_none() && t.log_entries.is_none() {
@@ -353,9 +348,10 @@ pub fn start(ctx: &Arc<Context>, sup: &Supervisor) -> Option<Arc<Telemetry>> {
             }
         },
     };
+    let mut tasks = Tasks::new();
     let logs = logs::LogSink::start(
         ctx,
-        sup,
+        &mut tasks,
         t,
         otlp.as_ref()
             .map(|o| (Arc::clone(&o.transport), o.settings.logs)),
@@ -366,15 +362,23 @@ pub fn start(ctx: &Arc<Context>, sup: &Supervisor) -> Option<Arc<Telemetry>> {
         let o = Arc::clone(o);
         let ctx = Arc::clone(ctx);
         let out = Arc::clone(&outcomes);
-        sup.spawn("otlp_metrics", move || {
-            metrics_loop(Arc::clone(&ctx), Arc::clone(&o), Arc::clone(&out))
-        });
+        tasks.push((
+            "otlp_metrics",
+            Box::new(move || {
+                Box::pin(metrics_loop(
+                    Arc::clone(&ctx),
+                    Arc::clone(&o),
+                    Arc::clone(&out),
+                )) as BoxFuture<()>
+            }),
+        ));
     }
-    Some(Arc::new(Telemetry {
+    let telemetry = Arc::new(Telemetry {
         outcomes,
         otlp,
         logs,
-    }))
+    });
+    Some((telemetry, tasks))
 }
 
 async fn export_metrics(ctx: &Arc<Context>, o: &OtlpSide, out: &Outcomes) {

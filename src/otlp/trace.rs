@@ -9,11 +9,8 @@
 //! ([`slow_operation`]); with OTLP off that is one atomic load.
 #![warn(clippy::arithmetic_side_effects)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
-use opentelemetry::trace::{Span, Status, TraceContextExt, Tracer, TracerProvider};
 use opentelemetry::KeyValue;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
@@ -25,9 +22,6 @@ use super::transport::{Payload, Signal, Transport};
 use super::Outcomes;
 use crate::collector::Context;
 use crate::config::otlp::{OtlpSettings, ParentRoot, SamplerSetting};
-
-/// Operations longer than this (nanoseconds) become spans; `u64::MAX`: tracing off.
-static SLOW_NANOS: AtomicU64 = AtomicU64::new(u64::MAX);
 
 struct Exporter {
     transport: Arc<Transport>,
@@ -117,53 +111,14 @@ pub fn install(
         .with_resource(resource)
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
-    SLOW_NANOS.store(
-        u64::try_from(o.slow_threshold.as_nanos()).unwrap_or(u64::MAX.saturating_sub(1)),
-        Ordering::Relaxed,
-    );
+    crate::spans::set_slow_threshold(Some(o.slow_threshold));
     provider
 }
 
 /// Stops the slow-operation spans and puts a no-op provider in place of the global one.
 pub fn uninstall() {
-    SLOW_NANOS.store(u64::MAX, Ordering::Relaxed);
+    crate::spans::set_slow_threshold(None);
     opentelemetry::global::set_tracer_provider(
         opentelemetry::trace::noop::NoopTracerProvider::new(),
     );
-}
-
-/// Records an operation of the exporter that took `took` and ended now as a span, when it
-/// was longer than `--otlp.slow-threshold` (and OTLP is on): name `op`, attributes
-/// `outcome` (success / failure) and `duration_ms`, status error on failure.
-pub fn slow_operation(op: &'static str, took: Duration, ok: bool) {
-    let threshold = SLOW_NANOS.load(Ordering::Relaxed);
-    if threshold == u64::MAX || took.as_nanos() < u128::from(threshold) {
-        return;
-    }
-    let end = SystemTime::now();
-    let start = end.checked_sub(took).unwrap_or(end);
-    let tracer = opentelemetry::global::tracer_provider().tracer(super::SCOPE);
-    let ms = i64::try_from(took.as_millis()).unwrap_or(i64::MAX);
-    let mut span = tracer
-        .span_builder(op)
-        .with_start_time(start)
-        .with_attributes([
-            KeyValue::new("outcome", if ok { "success" } else { "failure" }),
-            KeyValue::new("duration_ms", ms),
-        ])
-        .start(&tracer);
-    span.set_status(if ok {
-        Status::Ok
-    } else {
-        Status::error("the operation failed")
-    });
-    span.end_with_timestamp(end);
-}
-
-/// Trace and span id of the current span context, if one is active and valid (hex).
-pub fn current_ids() -> Option<(String, String)> {
-    let cx = opentelemetry::Context::current();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid()
-        .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
 }
