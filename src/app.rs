@@ -99,16 +99,10 @@ fn build_info(store: &Store) {
 
 /// The collectors, in run order.
 pub fn collectors(store: &Store) -> Vec<Arc<dyn Collector>> {
-    collectors_with(store, Arc::new(StatusCollector::new(store)))
-}
-
-/// The collectors, in run order, with this status collector (which owns
-/// `gravity_data_lag_seconds`, also observed by the canary).
-pub fn collectors_with(store: &Store, status: Arc<StatusCollector>) -> Vec<Arc<dyn Collector>> {
     vec![
         Arc::new(ProcessCollector::default()),
         Arc::new(HealthzCollector),
-        status,
+        Arc::new(StatusCollector),
         Arc::new(GravityMetricsCollector::new(store)),
         Arc::new(crate::health::HealthCollector),
         Arc::new(SocketsCollector::default()),
@@ -148,11 +142,7 @@ pub fn start(settings: Settings) -> Exporter {
     sup.spawn("log", move || {
         crate::follow::LogWatcher::run_shared(log_task.clone())
     });
-    let status = Arc::new(StatusCollector::new(&ctx.store));
-    let runner = Arc::new(Runner::new(
-        ctx.clone(),
-        collectors_with(&ctx.store, status.clone()),
-    ));
+    let runner = Arc::new(Runner::new(ctx.clone(), collectors(&ctx.store)));
     sup.spawn("collectors", move || runner.clone().run());
     // Connection probes run on their own schedule (--probe.interval).
     let prober = Arc::new(ConnectionProber::new(ctx.clone()));
@@ -166,7 +156,7 @@ pub fn start(settings: Settings) -> Exporter {
     // pending canaries live in the context, so a restart after a panic keeps them.
     let c = ctx.clone();
     sup.spawn("canary", move || {
-        crate::collector::canary::Canary::new(c.clone(), Some(status.clone())).run()
+        crate::collector::canary::Canary::new(c.clone()).run()
     });
     Exporter {
         ctx,

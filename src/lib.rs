@@ -1,30 +1,45 @@
 //! gravity-exporter: a Prometheus exporter sidecar for [gravity] replication pipelines.
 //!
 //! One binary runs beside one gravity process and turns what can be known about that
-//! pipeline into metrics. The modules:
+//! pipeline into metrics, a status page, a health verdict and OpenTelemetry.
 //!
-//! | module | what it does |
-//! | --- | --- |
-//! | [`config`] | flags and the `--config.file` TOML, validated into `Settings`; SIGHUP reloads |
-//! | [`discovery`] | finds the gravity process (pid, pid file, regex, default) and reads its command line (Go flag spellings) |
-//! | [`gravity_config`] | reads gravity's own config: pipeline name and endpoints; passwords held as `Secret` |
-//! | [`log`] | gravity's log: tailing (rotation, truncation, state file), parsing (json/text/console), classification → errors, retries, last fatal cause |
-//! | [`health`] | the health verdict: seven checks as `gravity_health_check{check}`, their sum `gravity_health_score`, Nagios codes for `check` |
-//! | [`watch`] | background process watcher: exits through a pidfd, at once; restarts and exits counted |
-//! | [`collector`] | the collector runner (timed, isolated, snapshot per collector), one collector per source, and the background probers (connections, the opt-in consistency checker) |
-//! | [`http_client`] | the one HTTP client (hyper-util + hyper-rustls): total timeout, body cap, small pool, typed failures; used by `gravity_api`, the Elasticsearch probe and OTLP http/protobuf |
-//! | [`gravity_api`] | gravity's API through `http_client`, with timeouts and body caps (never calls `/reset`) |
-//! | [`expfmt`] | a fast, panic-free parser of the Prometheus text format as client_golang writes it |
-//! | [`retry`] | `gravity_retry_total`, fed by gravity's scheduler retry counter and by retry lines in its log |
-//! | [`metrics`] | the metric store: registry for stateful metrics, const snapshots, text rendering |
-//! | [`server`] | hyper 1 server: `/metrics`, `/`, `/api/status`, `/healthz`, `/-/ready`; bound listener; graceful drain |
-//! | [`page`] | the status page (verdict, lag, checks, connections, last errors; passwords masked) and its JSON |
-//! | [`probe`] | protocol-level probes: MySQL handshake + login + `SELECT 1`, Kafka ApiVersions, Mongo `hello` |
-//! | [`app`] | wiring, signals, reloads |
-//! | [`supervise`] | the supervisor of the background tasks (producers): one task tracker and cancellation token, restart after a panic with a bounded back-off, `gravity_exporter_task_*` metrics, bounded drain at shutdown |
-//! | [`check`] | `gravity-exporter check`: every check once, Nagios status line and codes, or JSON |
-//! | [`otlp`] | OpenTelemetry export (off by default): the `/metrics` families as OTLP metrics, gravity's classified log records as OTLP logs and LogEntry JSON lines, a tracer provider for slow operations |
-//! | [`web_config`] | `--web.config.file` (exporter-toolkit format): TLS, client certificates, bcrypt basic auth, reloaded on change |
+//! ## Layers
+//!
+//! The modules form six layers. A module imports only from the layers above it in this
+//! table and from the modules listed before it in its own layer: producers write the typed
+//! state, views read it, the application wires them. `tests/layers.rs` checks every
+//! `crate::` path of `src/` against this table (test code excepted), and
+//! `docs/architecture.md` draws it from here.
+//!
+//! | layer | module | what it does |
+//! | --- | --- | --- |
+//! | foundations | [`base`] | the clock, poison-proof locks, byte-bounded cuts, durations, boxed tasks |
+//! | foundations | [`bounds`] | byte and count bounds, and the counters of what they cut or dropped |
+//! | foundations | [`redact`] | secrets (`Secret`) and masking by value and by pattern |
+//! | foundations | [`spans`] | the exporter's own spans through the OpenTelemetry API (no-op until OTLP is on) |
+//! | foundations | [`tls`] | TLS client options and rustls configurations, handshake failures in words |
+//! | foundations | [`expfmt`] | a fast, panic-free parser of the Prometheus text format as client_golang writes it |
+//! | foundations | [`log`] | gravity's log lines: parsing (json/text/console), classification, the LogEntry record |
+//! | foundations | [`web_config`] | `--web.config.file` (exporter-toolkit format): TLS, client certificates, bcrypt basic auth |
+//! | foundations | [`gravity_config`] | gravity's own config: pipeline name, endpoints, scheduler settings; passwords as `Secret` |
+//! | foundations | [`config`] | flags and the `--config.file` TOML, validated into `Settings` |
+//! | clients | [`http_client`] | the one HTTP client (hyper-util + hyper-rustls): total timeout, body cap, typed failures |
+//! | clients | [`probe`] | protocol-level probes: MySQL, Kafka, Mongo, Elasticsearch |
+//! | clients | [`gravity_api`] | gravity's API (never `/reset`) and its `/status` model |
+//! | clients | [`discovery`] | finds the gravity process and reads its command line and config |
+//! | state | [`metrics`] | the metric store: registry, producers' snapshots, text rendering |
+//! | state | [`retry`] | `gravity_retry_total`, fed by gravity's retry counter and its log |
+//! | state | [`state`] | the typed pipeline state, the one definition of lag and stall, recent history |
+//! | producers | [`collector`] | the collector runner, one collector per source, the probers, the canary |
+//! | producers | [`watch`] | the process watcher: exits through a pidfd, restarts and exits counted |
+//! | producers | [`follow`] | follows gravity's log (rotation, truncation, state file) into errors and retries |
+//! | views | [`health`] | the health verdict: checks, score, Nagios codes |
+//! | views | [`page`] | the status page and `/api/status` JSON (passwords masked) |
+//! | views | [`otlp`] | OpenTelemetry export: metrics, logs, the tracer provider |
+//! | app | [`supervise`] | the supervisor: one tracker and token, restarts with back-off, bounded drain |
+//! | app | [`server`] | hyper 1 server: `/metrics`, `/`, `/api/*`, `/healthz`; bound listener; graceful drain |
+//! | app | [`app`] | wiring, signals, reloads |
+//! | app | [`check`] | `gravity-exporter check`: every check once, Nagios status line and codes, or JSON |
 //!
 //! [gravity]: https://github.com/moiot/gravity
 #![forbid(unsafe_code)]

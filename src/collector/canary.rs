@@ -65,7 +65,7 @@ use opentelemetry::{Context as OtelContext, KeyValue};
 use time::OffsetDateTime;
 
 use super::consistency::{quote_ident, quote_literal, TableSpec};
-use super::status::{StatusCollector, StatusSeen};
+use super::status::StatusSeen;
 use super::Context;
 use crate::base::lock;
 use crate::base::unix_now;
@@ -1037,17 +1037,15 @@ impl Seen {
 /// The background task (idle while `--canary.interval` is off).
 pub struct Canary {
     ctx: Arc<Context>,
-    status: Option<Arc<StatusCollector>>,
     /// The reader of the canary's Kafka topic (Kafka target only).
     kafka: tokio::sync::Mutex<Option<TopicReader>>,
 }
 
 impl Canary {
-    /// A canary for this context; `status` owns `gravity_data_lag_seconds`.
-    pub fn new(ctx: Arc<Context>, status: Option<Arc<StatusCollector>>) -> Canary {
+    /// A canary for this context (its lags go to the state's `gravity_data_lag_seconds`).
+    pub fn new(ctx: Arc<Context>) -> Canary {
         Canary {
             ctx,
-            status,
             kafka: tokio::sync::Mutex::new(None),
         }
     }
@@ -1506,8 +1504,10 @@ impl Canary {
                     i.last_lag = Some(wall);
                     i.last_arrival = Some(unix_now());
                 }
-                if let Some(st) = &self.status {
-                    st.observe_table(&pipeline, &c.schema, &c.table, wall);
+                {
+                    self.ctx
+                        .lag
+                        .observe_table(&pipeline, &c.schema, &c.table, wall);
                 }
                 note(
                     &self.ctx,

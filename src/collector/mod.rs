@@ -311,6 +311,8 @@ pub struct Context {
     pub target_seq: watch::Sender<u64>,
     /// HTTP client for gravity's API.
     pub gravity: GravityClient,
+    /// `gravity_data_lag_seconds`, observed by the status collector and the canary.
+    pub lag: crate::state::lag::LagHistogram,
     /// `gravity_retry_total`, fed by the /metrics and log collectors.
     pub retries: crate::retry::RetryLedger,
     /// Error lines the log watcher has counted (for the health verdict's error window).
@@ -345,6 +347,7 @@ impl Context {
             up: Up::default(),
             gravity: GravityClient::new(),
             retries: crate::retry::RetryLedger::new(&store),
+            lag: crate::state::lag::LagHistogram::new(&store),
             log_errors: AtomicU64::new(0),
             settings,
             target: RwLock::new(Arc::new(target)),

@@ -16,14 +16,11 @@
 //! how to tell that apart from real lag.
 #![warn(clippy::arithmetic_side_effects)]
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use prometheus::{HistogramOpts, HistogramVec};
 use time::OffsetDateTime;
 
 use super::{BoxFuture, CollectError, Collector, Context};
-use crate::base::lock;
 use crate::metrics::Families;
 
 pub use crate::gravity_api::status::*;
@@ -69,13 +66,13 @@ pub fn status_families(st: &Status, now: OffsetDateTime, pipeline: &str) -> Fami
             "gravity_watermark_lag_seconds",
             "now − EventTime of the stream's watermark: how far the output is behind the source, in event time.",
             &l,
-            secs_between(now, w.event_time),
+            crate::state::lag_seconds(w, now),
         );
         f.gauge(
             "gravity_watermark_stall_seconds",
             "now − ProcessTime of the stream's watermark: how long since the pipeline last moved it.",
             &l,
-            secs_between(now, w.process_time),
+            crate::state::stall_seconds(w, now),
         );
         f.gauge(
             "gravity_watermark_event_timestamp_seconds",
@@ -194,71 +191,9 @@ pub fn no_position_families(pipeline: &str) -> Families {
     f
 }
 
-/// The collector; owns the `gravity_data_lag_seconds` histogram.
-pub struct StatusCollector {
-    lag: HistogramVec,
-    lag_series: Mutex<HashSet<(String, String)>>,
-}
-
-impl StatusCollector {
-    /// Registers the histogram in the store's registry.
-    pub fn new(store: &crate::metrics::Store) -> StatusCollector {
-        let buckets = prometheus::exponential_buckets(0.1, 2.0, 15).unwrap_or_default();
-        let lag = HistogramVec::new(
-            HistogramOpts::new(
-                "gravity_data_lag_seconds",
-                "How far gravity's output is behind its source (now − watermark EventTime), observed at each collection; per table in batch mode, schema=\"\" table=\"\" for the stream.",
-            )
-            .buckets(buckets),
-            &["pipeline", "schema", "table"],
-        )
-        .expect("metric names in this crate are valid");
-        let _ = store.registry().register(Box::new(lag.clone()));
-        StatusCollector {
-            lag,
-            lag_series: Mutex::new(HashSet::new()),
-        }
-    }
-
-    /// Observes the lag of every watermark (bounded to [`MAX_LAG_SERIES`] label sets).
-    pub fn observe(&self, st: &Status, now: OffsetDateTime, pipeline: &str) {
-        let mut seen = lock(&self.lag_series);
-        for w in &st.watermarks {
-            let (mut schema, mut table) = lag_labels(&st.stage, &w.key);
-            let key = (schema.clone(), table.clone());
-            if !seen.contains(&key) {
-                if seen.len() >= MAX_LAG_SERIES {
-                    schema = "_other".into();
-                    table = "_other".into();
-                } else {
-                    seen.insert(key);
-                }
-            }
-            let lag = secs_between(now, w.event_time).max(0.0);
-            self.lag
-                .with_label_values(&[pipeline, &schema, &table])
-                .observe(lag);
-        }
-    }
-}
-
-impl StatusCollector {
-    /// Observes one measured lag of a table (the canary's end-to-end lag for its table),
-    /// under the same cap of label sets as the watermarks.
-    pub fn observe_table(&self, pipeline: &str, schema: &str, table: &str, lag: f64) {
-        let mut seen = lock(&self.lag_series);
-        let key = (schema.to_string(), table.to_string());
-        let (schema, table) = if seen.contains(&key) || seen.len() < MAX_LAG_SERIES {
-            seen.insert(key);
-            (schema, table)
-        } else {
-            ("_other", "_other")
-        };
-        self.lag
-            .with_label_values(&[pipeline, schema, table])
-            .observe(lag.max(0.0));
-    }
-}
+/// The collector of gravity's `/status`.
+#[derive(Debug, Default)]
+pub struct StatusCollector;
 
 impl Collector for StatusCollector {
     fn name(&self) -> &'static str {
@@ -310,11 +245,11 @@ impl Collector for StatusCollector {
             }));
             ctx.state.status_answered.set(Some(at));
             let now = OffsetDateTime::now_utc();
-            self.observe(&st, now, pipeline);
+            ctx.lag.observe_status(&st, now, pipeline);
             ctx.recent.record_lag(
                 st.watermarks
                     .iter()
-                    .map(|w| (w.key.as_str(), secs_between(now, w.event_time))),
+                    .map(|w| (w.key.as_str(), crate::state::lag_seconds(w, now))),
             );
             let mut f = status_families(&st, now, pipeline);
             f.gauge(
@@ -516,9 +451,9 @@ mod tests {
     #[test]
     fn histogram_observes_and_caps_series() {
         let store = crate::metrics::Store::new();
-        let c = StatusCollector::new(&store);
+        let c = crate::state::lag::LagHistogram::new(&store);
         let st = parse_status(FULL.as_bytes()).unwrap();
-        c.observe(&st, datetime!(2026-11-22 06:30:00 UTC), "p");
+        c.observe_status(&st, datetime!(2026-11-22 06:30:00 UTC), "p");
         let text = store.render();
         assert!(text.contains("gravity_data_lag_seconds_bucket{pipeline=\"p\",schema=\"shop\",table=\"orders\",le=\"0.1\"} 0"), "{text}");
         assert!(text.contains("gravity_data_lag_seconds_bucket{pipeline=\"p\",schema=\"shop\",table=\"orders\",le=\"1638.4\"} 0"));
@@ -526,13 +461,14 @@ mod tests {
             "gravity_data_lag_seconds_count{pipeline=\"p\",schema=\"shop\",table=\"orders\"} 1"
         ));
         let st = parse_status(INCR.as_bytes()).unwrap();
-        c.observe(&st, datetime!(2026-11-22 06:21:16 UTC), "p");
+        c.observe_status(&st, datetime!(2026-11-22 06:21:16 UTC), "p");
         let text = store.render();
         assert!(text.contains("gravity_data_lag_seconds_bucket{pipeline=\"p\",schema=\"\",table=\"\",le=\"12.8\"} 1"), "{text}");
         assert!(text.contains(
             "gravity_data_lag_seconds_bucket{pipeline=\"p\",schema=\"\",table=\"\",le=\"6.4\"} 0"
         ));
         // cap
+        use crate::state::lag::MAX_LAG_SERIES;
         let many: Vec<Watermark> = (0..MAX_LAG_SERIES + 5)
             .map(|i| Watermark {
                 key: format!("db.t{i}"),
@@ -548,8 +484,8 @@ mod tests {
             position: Position::Unknown,
             watermarks: many,
         };
-        c.observe(&st, datetime!(2026-11-22 06:30:00 UTC), "p");
-        assert!(lock(&c.lag_series).len() <= MAX_LAG_SERIES);
+        c.observe_status(&st, datetime!(2026-11-22 06:30:00 UTC), "p");
+        assert!(c.series() <= MAX_LAG_SERIES);
         assert!(store.render().contains("table=\"_other\""));
     }
 

@@ -15,8 +15,6 @@ pub struct StatusError(pub String);
 pub const BODY_LIMIT: usize = 16 * 1024 * 1024;
 /// Most watermark streams / full-dump tables exported; the rest are counted as dropped.
 pub const MAX_STREAMS: usize = 1000;
-/// Most `{schema,table}` series of `gravity_data_lag_seconds`.
-pub const MAX_LAG_SERIES: usize = 1000;
 
 /// A binlog position.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -400,8 +400,8 @@ pub fn view(ctx: &Context) -> StatusView {
                 .map(|w| {
                     let v = StreamView {
                         stream: clean(&red, &w.key, 120),
-                        lag_seconds: (now - w.event_time).as_seconds_f64(),
-                        stall_seconds: (now - w.process_time).as_seconds_f64(),
+                        lag_seconds: crate::state::lag_seconds(w, now),
+                        stall_seconds: crate::state::stall_seconds(w, now),
                         history: Vec::new(),
                     };
                     (w.key.as_str(), v)

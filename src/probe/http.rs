@@ -142,11 +142,11 @@ fn failure(endpoint: &Endpoint, deadline: Duration, e: HttpError) -> (FailureRea
                 host: super::sanitize(&endpoint.host, 100),
                 message: super::sanitize(&message, 100),
             };
-            (FailureReason::Tls, e.to_string())
+            (e.reason(), e.to_string())
         }
         HttpError::Connect { kind, .. } => {
             let e = ConnectError::from_io(endpoint, &io::Error::from(kind), deadline);
-            (FailureReason::Tls, e.to_string())
+            (e.reason(), e.to_string())
         }
         HttpError::Tls(words) => {
             let e = tls::TlsError::Handshake(words);

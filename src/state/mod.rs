@@ -17,8 +17,9 @@ use std::sync::{Arc, RwLock};
 
 use time::OffsetDateTime;
 
-use crate::gravity_api::status::{secs_between, BinlogPos, Position, Status};
+use crate::gravity_api::status::{secs_between, BinlogPos, Position, Status, Watermark};
 
+pub mod lag;
 pub mod recent;
 pub mod stages;
 
@@ -167,6 +168,22 @@ pub struct ProcessFigures {
     pub context_switches: [Option<f64>; 2],
 }
 
+/// The replication lag of one watermark as of `now`: `now − EventTime`, in seconds (how far
+/// the output is behind the source, in event time). The one definition: `/metrics`
+/// (`gravity_watermark_lag_seconds`, `gravity_data_lag_seconds`), the status page and its
+/// history, `/api/status`, `check` and OTLP all evaluate this, each at its own `now` (the
+/// page at render time, so lag keeps growing while gravity is silent).
+pub fn lag_seconds(w: &Watermark, now: OffsetDateTime) -> f64 {
+    secs_between(now, w.event_time)
+}
+
+/// How long a watermark has not moved as of `now`: `now − ProcessTime`, in seconds (the
+/// stall; gravity's heartbeat moves it every few seconds while the pipeline runs). The one
+/// definition, like [`lag_seconds`].
+pub fn stall_seconds(w: &Watermark, now: OffsetDateTime) -> f64 {
+    secs_between(now, w.process_time)
+}
+
 /// A parsed `/status` and when it was read, kept in the state for collectors that
 /// compare gravity's position with the source's.
 #[derive(Debug, Clone)]
@@ -184,7 +201,7 @@ impl StatusSeen {
         self.status
             .watermarks
             .iter()
-            .map(|w| secs_between(now, w.process_time))
+            .map(|w| stall_seconds(w, now))
             .reduce(f64::max)
     }
 
@@ -193,7 +210,7 @@ impl StatusSeen {
         self.status
             .watermarks
             .iter()
-            .map(|w| secs_between(now, w.event_time))
+            .map(|w| lag_seconds(w, now))
             .reduce(f64::max)
     }
 
