@@ -60,7 +60,12 @@ impl Exporter {
     /// server counts no aborted client although the tasks that held them are gone.
     pub async fn shutdown(&self, drain: std::time::Duration) -> ShutdownReport {
         let held = self.ctx.mysql.live();
-        let report = self.supervisor.shutdown(drain).await;
+        let mut report = self.supervisor.shutdown(drain).await;
+        // the tasks are gone: the parse and render threads get no more work
+        report.threads_running = self
+            .supervisor
+            .join_threads(self.ctx.workers.stop(), drain)
+            .await;
         // A log poll still running on the blocking pool (its task was cancelled while it
         // waited for it) finishes and saves its position before this returns; none reads
         // after it. Bounded like the drain.
@@ -121,6 +126,10 @@ pub fn start(settings: Settings) -> Exporter {
     // First look before the first collection, so it already knows the process.
     watcher.tick();
     let sup = Arc::new(Supervisor::new(&ctx.store));
+    // The parse and render threads, joined by the supervisor at shutdown.
+    if let Err(e) = ctx.workers.start() {
+        tracing::warn!(error = %e, "cannot start the worker threads; the blocking pool does their work");
+    }
     // OpenTelemetry export and LogEntry lines: nothing starts while both are off.
     let telemetry = crate::otlp::start(&ctx).map(|(t, tasks)| {
         for (name, make) in tasks {
@@ -215,8 +224,9 @@ pub fn reload(exp: &Exporter) {
     }
 }
 
-/// Waits for SIGTERM or SIGINT, handling SIGHUP reloads meanwhile.
-pub async fn signals(exp: &Exporter) {
+/// Waits for SIGTERM or SIGINT, handling SIGHUP reloads meanwhile (the settings, and the
+/// web config's files when there is one): the exporter's one signal listener.
+pub async fn signals(exp: &Exporter, web: Option<&Arc<crate::web_config::WebHandle>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -231,7 +241,13 @@ pub async fn signals(exp: &Exporter) {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return; }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return; }
-            _ = hup.recv() => reload(exp),
+            _ = hup.recv() => {
+                reload(exp);
+                if let Some(w) = web {
+                    let w = Arc::clone(w);
+                    let _ = tokio::task::spawn_blocking(move || w.check(true)).await;
+                }
+            }
         }
     }
 }
@@ -256,10 +272,15 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     // One signal cancels the token: the server drains and every background task stops.
     let token = exp.supervisor.token().clone();
     tokio::join!(
-        crate::server::serve_web(listener, ctx.clone(), web, token.clone().cancelled_owned()),
+        crate::server::serve_web(
+            listener,
+            ctx.clone(),
+            web.clone(),
+            token.clone().cancelled_owned()
+        ),
         async {
             tokio::select! {
-                _ = signals(&exp) => token.cancel(),
+                _ = signals(&exp, web.as_ref()) => token.cancel(),
                 _ = token.cancelled() => {}
             }
         },

@@ -271,7 +271,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: impl Futu
 }
 
 /// [`serve`] with an already loaded web config (TLS, basic auth), watched for changes
-/// while the server runs.
+/// while the server runs (every `web_config::POLL_INTERVAL`).
 pub async fn serve_web(
     listener: TcpListener,
     ctx: Arc<Context>,
@@ -289,13 +289,15 @@ pub async fn serve_with(
     web: Option<Arc<WebHandle>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    if let Some(w) = &web {
-        w.register(ctx.store.registry());
-        w.spawn_watch();
-    }
     let conns = Arc::new(Conns::new(&ctx, limits));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    // The web config is watched for changes by a task of this server (joined by its drain);
+    // SIGHUP reaches it through the application's one signal listener ([`WebHandle::check`]).
+    if let Some(w) = &web {
+        w.register(ctx.store.registry());
+        tasks.spawn(Arc::clone(w).watch(stop_rx.clone()));
+    }
     tokio::pin!(shutdown);
     loop {
         while tasks.try_join_next().is_some() {}
@@ -412,7 +414,10 @@ async fn respond(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Full<Byt
         return route(&ctx, req);
     }
     let store = ctx.store.clone();
-    match crate::collector::offload(crate::collector::Worker::Render, move || store.render()).await
+    match ctx
+        .workers
+        .run(crate::collector::Worker::Render, move || store.render())
+        .await
     {
         Some(body) => text(StatusCode::OK, TEXT_CONTENT_TYPE, body),
         None => text(

@@ -42,6 +42,8 @@ pub use crate::metrics::{TaskMetrics, CYCLIC_TASKS, TASKS};
 pub struct ShutdownReport {
     /// Tasks still running when the drain ended (aborted then); empty after a clean stop.
     pub still_running: Vec<&'static str>,
+    /// Threads that had not ended when the drain ended (left to end with the process).
+    pub threads_running: Vec<&'static str>,
 }
 
 /// Spawns, restarts and stops the background tasks.
@@ -189,7 +191,29 @@ impl Supervisor {
         for h in crate::base::lock(&self.handles).iter() {
             h.abort();
         }
-        ShutdownReport { still_running }
+        ShutdownReport {
+            still_running,
+            threads_running: Vec::new(),
+        }
+    }
+
+    /// Joins the exporter's own threads (the parse and render workers, their queues already
+    /// closed) on the blocking pool, waiting at most `within`; names those still running.
+    pub async fn join_threads(
+        &self,
+        threads: Vec<(&'static str, std::thread::JoinHandle<()>)>,
+        within: Duration,
+    ) -> Vec<&'static str> {
+        let mut left = Vec::new();
+        let deadline = tokio::time::Instant::now() + within;
+        for (name, h) in threads {
+            let joined = tokio::task::spawn_blocking(move || h.join());
+            if tokio::time::timeout_at(deadline, joined).await.is_err() {
+                tracing::warn!(thread = name, "thread did not end within the drain");
+                left.push(name);
+            }
+        }
+        left
     }
 
     /// Test hook: makes the current run of task `name` panic at its next await point.

@@ -41,7 +41,7 @@ use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
@@ -1760,24 +1760,25 @@ impl WebHandle {
         let _ = registry.register(Box::new(m.cert_not_after.clone()));
     }
 
-    /// Watches for changes every [`POLL_INTERVAL`] and on SIGHUP, on the blocking pool, for
-    /// as long as the handle lives.
-    pub fn spawn_watch(self: &Arc<Self>) {
-        let weak: Weak<WebHandle> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut hup =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-            let mut tick = tokio::time::interval(POLL_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                let force = tokio::select! {
-                    _ = tick.tick() => false,
-                    Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
-                };
-                let Some(h) = weak.upgrade() else { return };
-                let _ = tokio::task::spawn_blocking(move || h.check(force)).await;
+    /// Watches the files for changes every [`POLL_INTERVAL`] (on the blocking pool) until
+    /// `stop` turns true or its sender is gone. SIGHUP is handled by the application's
+    /// signal listener, which calls [`WebHandle::check`] with `force`.
+    pub async fn watch(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                r = stop.changed() => {
+                    if r.is_err() || *stop.borrow() {
+                        return;
+                    }
+                    continue;
+                }
             }
-        });
+            let h = Arc::clone(&self);
+            let _ = tokio::task::spawn_blocking(move || h.check(false)).await;
+        }
     }
 }
 

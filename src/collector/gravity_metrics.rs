@@ -752,11 +752,13 @@ impl Collector for GravityMetricsCollector {
                 )));
             }
             let me = self.clone();
-            super::offload(super::Worker::Parse, move || {
-                me.digest_sieved(&ctx, sieve.finish())
-            })
-            .await
-            .ok_or(CollectError::Panicked)?
+            let c = Arc::clone(&ctx);
+            ctx.workers
+                .run(super::Worker::Parse, move || {
+                    me.digest_sieved(&c, sieve.finish())
+                })
+                .await
+                .ok_or(CollectError::Panicked)?
         })
     }
 }

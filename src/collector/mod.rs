@@ -311,6 +311,8 @@ pub struct Context {
     pub target_seq: watch::Sender<u64>,
     /// HTTP client for gravity's API.
     pub gravity: GravityClient,
+    /// The parse and render threads.
+    pub workers: Workers,
     /// `gravity_data_lag_seconds`, observed by the status collector and the canary.
     pub lag: crate::state::lag::LagHistogram,
     /// `gravity_retry_total`, fed by the /metrics and log collectors.
@@ -348,6 +350,7 @@ impl Context {
             gravity: GravityClient::new(),
             retries: crate::retry::RetryLedger::new(&store),
             lag: crate::state::lag::LagHistogram::new(&store),
+            workers: Workers::default(),
             log_errors: AtomicU64::new(0),
             settings,
             target: RwLock::new(Arc::new(target)),
@@ -447,54 +450,96 @@ pub enum Worker {
     Render,
 }
 
-/// Runs `f` on one of the exporter's worker threads and waits for it without blocking the
-/// runtime. Big answers from gravity are parsed, and `/metrics` is rendered, there: never on
-/// the runtime's worker thread, and always on the same thread for the same kind of work, so
-/// the memory a big answer needed is reused by the next one instead of staying resident in
-/// one allocator arena per blocking-pool thread (measured: 69–188 MB left resident after a
-/// 1e6-series answer on the blocking pool, 3 MB over the baseline on one thread). Falls back
-/// to the blocking pool if the thread cannot be started. `None` if `f` panicked.
-pub async fn offload<T: Send + 'static>(
-    worker: Worker,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
-    use std::sync::mpsc::{channel, Sender};
-    use std::sync::{Mutex, OnceLock};
-    type Slot = OnceLock<Option<Mutex<Sender<Job>>>>;
-    static PARSE: Slot = OnceLock::new();
-    static RENDER: Slot = OnceLock::new();
-    let (slot, name) = match worker {
-        Worker::Parse => (&PARSE, "gx-parse"),
-        Worker::Render => (&RENDER, "gx-render"),
-    };
-    let w = slot.get_or_init(|| {
-        let (tx, rx) = channel::<Job>();
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    // a panicking job drops its result sender: the caller sees None
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                }
-            })
-            .ok()
-            .map(|_| Mutex::new(tx))
-    });
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move || {
-        let _ = tx.send(f());
-    });
-    let unsent = match w {
-        Some(w) => {
-            let sent = crate::base::lock(w).send(job);
-            sent.err().map(|std::sync::mpsc::SendError(job)| job)
+/// One worker thread: its queue and its handle (joined at shutdown).
+#[derive(Debug)]
+struct WorkerThread {
+    tx: std::sync::mpsc::Sender<Job>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+/// The exporter's two worker threads ([`Worker`]), started by the application at start
+/// ([`Workers::start`]) and stopped and joined by its supervisor at shutdown
+/// ([`Workers::stop`], `Supervisor::join_threads`).
+///
+/// Big answers from gravity are parsed, and `/metrics` is rendered, there: never on the
+/// runtime's worker thread, and always on the same thread for the same kind of work, so the
+/// memory a big answer needed is reused by the next one instead of staying resident in one
+/// allocator arena per blocking-pool thread (measured: 69–188 MB left resident after a
+/// 1e6-series answer on the blocking pool, 3 MB over the baseline on one thread). While the
+/// threads are not running (before start, after stop, in unit tests), work goes to the
+/// blocking pool.
+#[derive(Debug, Default)]
+pub struct Workers {
+    parse: std::sync::Mutex<Option<WorkerThread>>,
+    render: std::sync::Mutex<Option<WorkerThread>>,
+}
+
+impl Workers {
+    fn slot(&self, w: Worker) -> &std::sync::Mutex<Option<WorkerThread>> {
+        match w {
+            Worker::Parse => &self.parse,
+            Worker::Render => &self.render,
         }
-        None => Some(job),
-    };
-    if let Some(job) = unsent {
-        tokio::task::spawn_blocking(job).await.ok()?;
     }
-    rx.await.ok()
+
+    /// Starts the threads that are not running.
+    pub fn start(&self) -> std::io::Result<()> {
+        for (w, name) in [(Worker::Parse, "gx-parse"), (Worker::Render, "gx-render")] {
+            let mut slot = crate::base::lock(self.slot(w));
+            if slot.is_some() {
+                continue;
+            }
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            let handle = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    // ends when the queue closes (stop); a panicking job is contained
+                    while let Ok(job) = rx.recv() {
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                })?;
+            *slot = Some(WorkerThread { tx, handle });
+        }
+        Ok(())
+    }
+
+    /// Closes the threads' queues: each ends after the job it runs. Returns their handles
+    /// to join.
+    pub fn stop(&self) -> Vec<(&'static str, std::thread::JoinHandle<()>)> {
+        let mut out = Vec::new();
+        for (w, name) in [(Worker::Parse, "gx-parse"), (Worker::Render, "gx-render")] {
+            if let Some(t) = crate::base::lock(self.slot(w)).take() {
+                drop(t.tx);
+                out.push((name, t.handle));
+            }
+        }
+        out
+    }
+
+    /// Runs `f` on the worker thread and waits for it without blocking the runtime (on the
+    /// blocking pool while the thread is not running). `None` if `f` panicked.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        worker: Worker,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        let unsent = match crate::base::lock(self.slot(worker)).as_ref() {
+            Some(t) => {
+                t.tx.send(job)
+                    .err()
+                    .map(|std::sync::mpsc::SendError(job)| job)
+            }
+            None => Some(job),
+        };
+        if let Some(job) = unsent {
+            tokio::task::spawn_blocking(job).await.ok()?;
+        }
+        rx.await.ok()
+    }
 }
 
 /// Bytes of an answer handed to the parse thread at once by [`feed`].
@@ -541,14 +586,16 @@ pub async fn feed<S: Send + 'static>(
             let pieces = std::mem::take(&mut batch);
             size = 0;
             let mut s = state;
-            state = offload(Worker::Parse, move || {
-                for p in &pieces {
-                    push(&mut s, p);
-                }
-                s
-            })
-            .await
-            .ok_or(CollectError::Panicked)?;
+            state = ctx
+                .workers
+                .run(Worker::Parse, move || {
+                    for p in &pieces {
+                        push(&mut s, p);
+                    }
+                    s
+                })
+                .await
+                .ok_or(CollectError::Panicked)?;
         }
         if end {
             return Ok((answer.status(), state, answer.elapsed()));

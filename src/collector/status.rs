@@ -232,11 +232,13 @@ impl Collector for StatusCollector {
                     code.as_u16()
                 )));
             }
-            let mut st = super::offload(super::Worker::Parse, move || {
-                parse_status(&json.into_bytes())
-            })
-            .await
-            .ok_or(CollectError::Panicked)??;
+            let mut st = ctx
+                .workers
+                .run(super::Worker::Parse, move || {
+                    parse_status(&json.into_bytes())
+                })
+                .await
+                .ok_or(CollectError::Panicked)??;
             bound_status(&mut st);
             let at = std::time::Instant::now();
             ctx.set_last_status(Some(StatusSeen {
