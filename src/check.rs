@@ -276,10 +276,18 @@ pub async fn run(settings: Settings) -> Verdict {
             )
         })
         .unwrap_or(0);
-    let checks = health::evaluate(&health::inputs(&ctx, recent));
+    let verdict = verdict_at(&ctx, recent, OffsetDateTime::now_utc());
+    // COM_QUIT on the MySQL connections this run opened.
+    ctx.mysql.close_all(settings.probe_timeout).await;
+    verdict
+}
+
+/// The verdict of what the context holds, as of `now` (pure: reads the state).
+pub fn verdict_at(ctx: &Context, recent: u64, now: OffsetDateTime) -> Verdict {
+    let target = ctx.target();
+    let checks = health::evaluate(&health::inputs_at(ctx, recent, now));
     let mut perf = Vec::new();
     if let Some(seen) = ctx.state.status.get() {
-        let now = OffsetDateTime::now_utc();
         if let Some(v) = seen.max_lag_seconds(now) {
             perf.push((
                 "lag_seconds".to_string(),
@@ -303,8 +311,6 @@ pub async fn run(settings: Settings) -> Verdict {
             perf.push((format!("source_missing_{privilege}"), v, ""));
         }
     }
-    // COM_QUIT on the MySQL connections this run opened.
-    ctx.mysql.close_all(settings.probe_timeout).await;
     perf.push(("up".to_string(), if ctx.up.is_up() { 1.0 } else { 0.0 }, ""));
     perf.push(("recent_errors".to_string(), recent as f64, ""));
     Verdict {
@@ -318,6 +324,83 @@ pub async fn run(settings: Settings) -> Verdict {
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    /// One definition per value: lag, stall, up and the verdict read the same from
+    /// `/metrics` (and OTLP, converted from the same families), the status page and
+    /// `/api/status`, and `check`, when each is evaluated at the same moment.
+    #[test]
+    fn every_view_reads_the_same_lag_stall_up_and_verdict() {
+        use crate::gravity_api::status::parse_status;
+        use crate::otlp::convert::{metric, Times};
+        use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value};
+        let settings =
+            crate::config::Settings::from_flags(crate::config::Flags::default()).unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(settings));
+        let ctx = Context::new(rx, Arc::new(Store::new()));
+        let st = parse_status(include_bytes!("../tests/fixtures/status-incremental.json")).unwrap();
+        ctx.set_last_status(Some(crate::state::StatusSeen {
+            at: std::time::Instant::now(),
+            status: st.clone(),
+        }));
+        let now = datetime!(2026-11-22 06:25:00 UTC);
+        let pipeline = ctx.target().pipeline.clone();
+        // /metrics
+        let fams = crate::collector::status::status_families(&st, now, &pipeline);
+        let m_lag = fams.value("gravity_watermark_lag_seconds", &[]).unwrap();
+        let m_stall = fams.value("gravity_watermark_stall_seconds", &[]).unwrap();
+        // OTLP: the same families, converted
+        let gauge = |name: &str| {
+            let mf = fams
+                .clone()
+                .into_vec()
+                .into_iter()
+                .find(|f| f.name() == name)
+                .unwrap();
+            let t = Times {
+                start_unix_nano: 0,
+                now_unix_nano: 1,
+            };
+            match metric(&mf, t).unwrap().data.unwrap() {
+                Data::Gauge(g) => match g.data_points[0].value.unwrap() {
+                    Value::AsDouble(v) => v,
+                    Value::AsInt(v) => v as f64,
+                },
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(gauge("gravity_watermark_lag_seconds"), m_lag);
+        assert_eq!(gauge("gravity_watermark_stall_seconds"), m_stall);
+        // the page and /api/status (its JSON is the page's view)
+        let v = crate::page::view_at(&ctx, now);
+        assert_eq!(v.lag[0].lag_seconds, m_lag);
+        assert_eq!(v.lag[0].stall_seconds, m_stall);
+        let json: serde_json::Value = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["lag"][0]["lag_seconds"].as_f64(), Some(m_lag));
+        // check (perfdata rounded to the millisecond)
+        let c = verdict_at(&ctx, 0, now);
+        let perf = |k: &str| c.perf.iter().find(|(n, _, _)| n == k).map(|(_, v, _)| *v);
+        assert_eq!(perf("lag_seconds"), Some((m_lag * 1000.0).round() / 1000.0));
+        assert_eq!(
+            perf("stall_seconds"),
+            Some((m_stall * 1000.0).round() / 1000.0)
+        );
+        // the health verdict's stall input
+        let i = health::inputs_at(&ctx, 0, now);
+        assert_eq!(i.stall_seconds, Some(Some(m_stall)));
+        // up and the verdict
+        let up = ctx.up.families(&pipeline).value("gravity_up", &[]).unwrap();
+        assert_eq!(perf("up"), Some(up));
+        assert_eq!(v.gravity_up, up == 1.0);
+        assert_eq!(v.nagios_code, c.code());
+        assert_eq!(v.checks.len(), c.checks.len());
+        for (a, b) in v.checks.iter().zip(&c.checks) {
+            assert_eq!((a.name, a.ok), (b.name, b.ok));
+        }
+        let score = crate::health::families(&c.checks, &pipeline)
+            .value("gravity_health_score", &[])
+            .unwrap();
+        assert_eq!(score, c.checks.iter().filter(|k| k.ok).count() as f64);
+    }
 
     #[test]
     fn recent_errors_counts_the_window_only() {

@@ -172,6 +172,7 @@ impl<'a> Exposition<'a> {
     }
 
     /// Number of series (sample lines) across all families.
+    #[cfg(test)]
     pub fn series_count(&self) -> usize {
         self.families.iter().map(|f| f.samples.len()).sum()
     }

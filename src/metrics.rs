@@ -130,6 +130,7 @@ impl Families {
     }
 
     /// Every sample of a gauge or counter family: its labels and value.
+    #[cfg(test)]
     pub fn samples(&self, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
         let Some(mf) = self.by_name.get(name) else {
             return Vec::new();
@@ -152,7 +153,8 @@ impl Families {
             .collect()
     }
 
-    /// Value of the first sample of a family whose labels include all of `labels` (for tests and the status page).
+    /// Value of the first sample of a family whose labels include all of `labels` (tests).
+    #[cfg(test)]
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let mf = self.by_name.get(name)?;
         mf.get_metric().iter().find_map(|m| {
@@ -314,6 +316,7 @@ impl Store {
     }
 
     /// A copy of one collector's last snapshot.
+    #[cfg(test)]
     pub fn snapshot(&self, collector: &'static str) -> Option<Families> {
         lock(&self.snapshots).get(collector).cloned()
     }

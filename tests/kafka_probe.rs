@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 
 use gravity_double::kafka::{FakeBroker, Mode, SaslUsers, Security, ADVERTISED};
 use gravity_double::tls::Pki;
-use gravity_exporter::probe::kafka::{
-    api_versions, probe, probe_with, KafkaSecurity, Sasl, SaslMechanism,
-};
+use gravity_exporter::probe::kafka::{probe, probe_with, KafkaSecurity, Sasl, SaslMechanism};
 use gravity_exporter::probe::{FailureReason, Secret};
 use gravity_exporter::tls::TlsOptions;
 
@@ -25,14 +23,11 @@ async fn probe_ok_against_fake_broker() {
         out.detail,
         format!("ApiVersions ok, {} api keys", ADVERTISED.len())
     );
-    let keys = api_versions(&broker.endpoint(), D).await.unwrap();
-    assert_eq!(keys, ADVERTISED);
     let seen = broker.requests();
-    assert_eq!(seen.len(), 2);
+    assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].api_key, 18);
     assert_eq!(seen[0].api_version, 0);
     assert_eq!(seen[0].client_id.as_deref(), Some("gravity-exporter"));
-    assert_ne!(seen[0].correlation_id, seen[1].correlation_id);
 }
 
 #[tokio::test]

@@ -217,6 +217,7 @@ pub fn read_tcp_tables(
 }
 
 /// Reads gravity's ESTABLISHED TCP sockets and its socket inodes (blocking).
+#[cfg(test)]
 pub fn read_sockets(
     proc_root: &Path,
     pid: i32,

@@ -340,13 +340,17 @@ fn position_text(st: &crate::collector::status::Status) -> String {
     }
 }
 
-/// Gathers the view (reads snapshots and rings; no I/O).
+/// Gathers the view (reads snapshots and rings; no I/O), as of now.
 pub fn view(ctx: &Context) -> StatusView {
+    view_at(ctx, OffsetDateTime::now_utc())
+}
+
+/// Gathers the view as of `now`: lag and stall are evaluated at it ([`crate::state::lag_seconds`]).
+pub fn view_at(ctx: &Context, now: OffsetDateTime) -> StatusView {
     let settings = ctx.settings();
     let target = ctx.target();
     let red = target.redactor();
     let now_unix = unix_now();
-    let now = OffsetDateTime::now_utc();
     let recent = &ctx.recent;
 
     let errors_recent = recent.errors_within(health::ERROR_WINDOW, now_unix);

@@ -210,6 +210,7 @@ fn error_name(code: i16) -> &'static str {
 
 /// Sends ApiVersions v0 to `endpoint` (plaintext, no SASL) and returns the broker's
 /// supported API ranges, all within `deadline`.
+#[cfg(test)]
 pub async fn api_versions(
     endpoint: &Endpoint,
     deadline: Duration,

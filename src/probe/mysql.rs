@@ -512,6 +512,7 @@ impl MySqlConn {
     }
 
     /// Sets the byte cap for result sets (default [`DEFAULT_MAX_RESULT_BYTES`]).
+    #[cfg(test)]
     pub fn set_max_result_bytes(&mut self, max_bytes: usize) {
         self.max_result_bytes = max_bytes;
     }
