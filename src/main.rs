@@ -22,7 +22,7 @@ fn init_logging(s: &Settings) {
     }
 }
 
-/// glibc malloc settings of the exporter (docs/architecture.md, "Memory"): a fixed mmap
+/// glibc malloc settings of the exporter (docs/architecture.md, "Bounds"): a fixed mmap
 /// threshold of 128 KiB, so that every block over it is returned to the system when freed
 /// (glibc otherwise raises the threshold up to 32 MB after a big block is freed, and the
 /// buffers of one hostile answer stay resident for good), and two arenas instead of one

@@ -405,13 +405,13 @@ fn inside(whole: &str, part: &str) -> bool {
 fn render(exp: &Exposition<'_>) -> Option<String> {
     let (fams, c) = gravity_metrics::passthrough_families(exp, usize::MAX, |_| false);
     assert_eq!(c.capped, 0);
-    assert!(c.kept <= series_count(&exp));
+    assert!(c.kept <= series_count(exp));
     let text: String = fams.into_iter().map(|f| f.text).collect();
     assert!(text.len() <= gravity_exporter::metrics::MAX_PASSTHROUGH_BYTES);
     if c.long_lines > 0 || c.over_bytes > 0 {
         return None;
     }
-    assert_eq!(c.kept, series_count(&exp));
+    assert_eq!(c.kept, series_count(exp));
     Some(text)
 }
 
@@ -454,7 +454,7 @@ fn single<'a>(f: &expfmt::Family<'a>) -> Exposition<'a> {
 
 fn check_exposition(input: &str, exp: &Exposition<'_>) {
     let lines = input.split('\n').count();
-    assert!(series_count(&exp) <= lines, "more series than lines");
+    assert!(series_count(exp) <= lines, "more series than lines");
     assert!(exp.families.len() <= lines, "more families than lines");
     let mut names = HashSet::new();
     for f in &exp.families {
