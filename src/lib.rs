@@ -33,6 +33,7 @@ pub mod app;
 pub mod check;
 pub mod collector;
 pub mod config;
+pub mod diagnosis;
 pub mod discovery;
 pub mod expfmt;
 pub mod gravity_api;
