@@ -1643,10 +1643,16 @@ fn reading_rule(i: &DiagnosisInput, v: &View) -> Diagnosis {
     } else {
         Stage::Source
     };
+    let mut growth = Vec::new();
+    if let Some(d) = i.event_lag_change_seconds {
+        growth.push(format!("event-time lag {d:+.1} s"));
+    }
+    if let Some(d) = i.binlog_bytes_behind_change {
+        growth.push(format!("binlog bytes behind {d:+.0}"));
+    }
     let finding = format!(
-        "reading is the limit: queues empty, event-time lag {:+.1} s and binlog bytes behind {:+.0} over the window",
-        i.event_lag_change_seconds.unwrap_or(0.0),
-        i.binlog_bytes_behind_change.unwrap_or(0.0)
+        "reading is the limit: gravity's queues are empty while {} over the window",
+        growth.join(" and ")
     );
     let sugg = vec![nothing(
         "the scheduler and the workers wait for rows; none of gravity's settings makes a binlog stream read faster".into(),
