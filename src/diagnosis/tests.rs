@@ -649,3 +649,21 @@ proptest! {
         }
     }
 }
+
+/// The JSON of the target-limit fixture, for docs/diagnosis.md:
+/// `cargo test --lib diagnosis::tests::print_target_limit -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn print_target_limit() {
+    let facts = Facts {
+        event_lag_seconds: Some((20.0, 45.0)),
+        target_probe_latency_seconds: Some(0.12),
+        target_connections: Some(19.0),
+        ..stream_facts()
+    };
+    let d = run(fixture!("target_limit"), &facts);
+    println!(
+        "=== target_limit\n{}",
+        serde_json::to_string_pretty(&d).unwrap_or_default()
+    );
+}

@@ -35,6 +35,17 @@ fn event_lag(sim: &Sim, now: Now) -> f64 {
 /// Runs `case` from t0 + 10 s and diagnoses the window [t0 + 15 s, t0 + 75 s]. The log lines
 /// the double's ticker writes for the case are replayed second by second.
 fn window(config_text: &str, settings: Settings, case: Case, batch: bool) -> (Sim, Diagnosis) {
+    window_probe(config_text, settings, case, batch, 0.004)
+}
+
+/// [`window`] with the target probe's latency as the exporter measured it.
+fn window_probe(
+    config_text: &str,
+    settings: Settings,
+    case: Case,
+    batch: bool,
+    probe: f64,
+) -> (Sim, Diagnosis) {
     let spec = config::parse("c.toml", config_text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
     let t0 = Now::current();
     let mut sim = Sim::new(spec, settings, t0);
@@ -94,7 +105,7 @@ fn window(config_text: &str, settings: Settings, case: Case, batch: bool) -> (Si
         } else {
             Some((lags[0], lags[1]))
         },
-        target_probe_latency_seconds: Some(0.004),
+        target_probe_latency_seconds: Some(probe),
         target_connections: Some(4.0),
         tables_remaining: batch.then(|| u32::try_from(left).unwrap_or(u32::MAX)),
         log,
@@ -124,6 +135,15 @@ fn slow_writes_is_the_output() {
         settings,
         [Some("nr-worker"), Some("max-open"), Some("batch-size")]
     );
+}
+
+#[test]
+fn slow_writes_to_a_slow_target_is_the_target() {
+    let (_, d) = window_probe(M2M, Settings::default(), Case::SlowWrites, false, 0.12);
+    // batches are full: batch-size is still worth raising; the target has no headroom
+    assert_eq!(d.bottleneck, Stage::Output, "{d:#?}");
+    let settings: Vec<Option<&str>> = d.suggestions.iter().map(|s| s.setting).collect();
+    assert_eq!(settings, [Some("batch-size")]);
 }
 
 #[test]
@@ -196,4 +216,9 @@ fn print_examples() {
             serde_json::to_string_pretty(&d).unwrap_or_default()
         );
     }
+    let (_, d) = window_probe(M2M, Settings::default(), Case::SlowWrites, false, 0.12);
+    println!(
+        "=== slow_writes_slow_target\n{}",
+        serde_json::to_string_pretty(&d).unwrap_or_default()
+    );
 }
