@@ -1662,7 +1662,7 @@ mod tests {
     fn metrics_fixture_every_line() {
         let e = check_fixture_exhaustively(METRICS);
         assert_eq!(e.families.len(), 35);
-        assert_eq!(e.series_count(), 260);
+        assert_eq!(e.series_count(), 263);
         assert_eq!(e.families[0].name, "go_gc_duration_seconds");
         assert_eq!(
             e.families.last().map(|f| f.name),
@@ -1764,7 +1764,8 @@ mod tests {
             MetricType::Counter
         );
         let ratio = fam(&e, "gravity_scheduler_sliding_window_ratio");
-        assert_eq!(ratio.samples[0].value, 0.0263671875);
+        // gravity's ratio is an integer division (WaitingQueueLen() / Size()): 0 until full
+        assert_eq!(ratio.samples[0].value, 0.0);
         assert_eq!(
             ratio.samples[0].label("input_stream_key"),
             Some("mysqlstream")
@@ -1774,7 +1775,29 @@ mod tests {
             42.0
         );
         let q = fam(&e, "gravity_queue_length");
-        assert_eq!(q.samples.len(), 16);
+        // worker subtypes "0".."2" and the stream's three sliding-window queues
+        assert_eq!(q.samples.len(), 19);
+        assert_eq!(
+            find(
+                q,
+                "gravity_queue_length",
+                &[("subtype", "0"), ("type", "worker")]
+            )
+            .value,
+            3.0
+        );
+        assert_eq!(
+            find(
+                q,
+                "gravity_queue_length",
+                &[
+                    ("subtype", "mysqlstream"),
+                    ("type", "sliding-window-waiting-chan")
+                ]
+            )
+            .value,
+            27.0
+        );
         assert_eq!(
             find(
                 q,
@@ -1807,7 +1830,7 @@ mod tests {
     fn metrics_40_tables_fixture() {
         let e = check_fixture_exhaustively(METRICS_40);
         assert_eq!(e.families.len(), 35);
-        assert_eq!(e.series_count(), 534);
+        assert_eq!(e.series_count(), 537);
         let input = fam(&e, "gravity_input_counter");
         assert_eq!(input.samples.len(), 97);
         assert!(input
@@ -1831,7 +1854,7 @@ mod tests {
         );
         assert_eq!(fam(&e, "gravity_output_counter").samples.len(), 41);
         let q = fam(&e, "gravity_queue_length");
-        assert_eq!(q.samples.len(), 164);
+        assert_eq!(q.samples.len(), 167);
         assert_eq!(
             find(
                 q,
@@ -1862,8 +1885,8 @@ mod tests {
     fn generated_10k_fixture() {
         let e = check_fixture_exhaustively(METRICS_10K);
         assert_eq!(e.families.len(), 35);
-        assert_eq!(e.series_count(), 10807);
-        assert_eq!(fam(&e, "gravity_queue_length").samples.len(), 5604);
+        assert_eq!(e.series_count(), 10810);
+        assert_eq!(fam(&e, "gravity_queue_length").samples.len(), 5607);
         let input = fam(&e, "gravity_input_counter");
         assert_eq!(
             find(

@@ -50,6 +50,7 @@ pub mod bounds;
 pub mod check;
 pub mod collector;
 pub mod config;
+pub mod diagnosis;
 pub mod discovery;
 pub mod expfmt;
 pub mod follow;

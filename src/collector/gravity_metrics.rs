@@ -984,11 +984,14 @@ mod tests {
             kinds,
             [
                 "input_buffer",
+                "worker",
+                "sliding_window_ready_chan",
+                "sliding_window_ready_heap",
+                "sliding_window_waiting_chan",
                 "table_buffer",
                 "table_latch",
                 "table_latch_ack",
-                "table_queue",
-                "worker"
+                "table_queue"
             ]
         );
         let get = |k: &str| q.lengths.iter().find(|l| l.kind == k).unwrap();

@@ -8,7 +8,7 @@ use super::flags::Flags;
 use super::gofmt;
 use super::logw::{at, Caller, Format, Level, Logger};
 use super::server;
-use super::sim::{Mode, Now, Settings, Sim, Unhealthy};
+use super::sim::{Case, Mode, Now, Settings, Sim, Unhealthy};
 use super::status;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -385,6 +385,17 @@ impl App {
         }
     }
 
+    /// Switches the diagnosis case (`POST /_double/diagnosis?case=`). A stuck window stalls
+    /// the pipeline: the mode watchers learn it like a `stall` fault.
+    pub fn set_case(&self, case: super::sim::Case) {
+        let mode = {
+            let mut sim = self.sim();
+            sim.set_case(case, Now::current());
+            sim.mode()
+        };
+        self.mode_tx.send_replace(mode);
+    }
+
     /// Changes the row rate.
     pub fn set_rate(&self, rate: f64) {
         self.sim().set_rate(rate, Now::current());
@@ -459,6 +470,10 @@ impl App {
         serde_json::json!({
             "pid": std::process::id(),
             "mode": sim.mode().as_str(),
+            "diagnosis_case": sim.case().as_str(),
+            "diagnosis_case_seconds": sim.case_for(now),
+            "stuck_item": sim.stuck_item(now).map(|(seq, stream, waited)| serde_json::json!({"seq": seq, "stream": stream, "waited_seconds": waited})),
+            "sliding_window_waiting": sim.window_waiting(now),
             "pipeline": sim.spec.name,
             "input": match sim.spec.input { InputType::Mysql => "mysql", InputType::Mongo => "mongo" },
             "input_mode": match sim.spec.mode { InputMode::Stream => "stream", InputMode::Batch => "batch" },
@@ -501,7 +516,17 @@ struct TickState {
     next_stall_log: f64,
     next_probe_log: Option<f64>,
     last_config_check: f64,
+    /// Uptime of the next line of a diagnosis case (retries, `item not ack`, `latch for long`).
+    next_case_log: f64,
+    case_idx: usize,
 }
+
+/// The retry causes of the `retries` case, in turn: deadlocks, and a lock wait.
+const CASE_RETRIES: [ErrorKind; 3] = [
+    ErrorKind::Deadlock,
+    ErrorKind::Deadlock,
+    ErrorKind::LockWait,
+];
 
 const RETRY_CYCLE: [ErrorKind; 6] = [
     ErrorKind::Deadlock,
@@ -523,6 +548,8 @@ async fn ticker(app: Arc<App>, settings: Settings) {
         next_stall_log: 1.0,
         next_probe_log: None,
         last_config_check: 0.0,
+        next_case_log: 0.0,
+        case_idx: 0,
     };
     let delay = settings.position_delay.as_secs_f64();
     loop {
@@ -597,7 +624,54 @@ async fn ticker(app: Arc<App>, settings: Settings) {
                 }
                 st.ddl_logged += 1;
             }
-            if sim.mode() == Mode::Stall {
+            // The lines of a diagnosis case, once a second (gravity's sliding window warns
+            // every second while an item waits past 30 s; a retry is one failed attempt of a
+            // sync output batch, `retry-sleep` (1 s) apart).
+            if up >= st.next_case_log {
+                st.next_case_log = up.floor() + 1.0;
+                match sim.case() {
+                    Case::Retries if spec.output == OutputType::Mysql && sim.mode().flows() => {
+                        let kind = CASE_RETRIES
+                            .get(st.case_idx % CASE_RETRIES.len())
+                            .copied()
+                            .unwrap_or(ErrorKind::Deadlock);
+                        st.case_idx += 1;
+                        lines.push(kind.line(&spec));
+                        sim.retries += 1;
+                    }
+                    Case::StuckWindow => {
+                        if let Some((seq, key, waited)) = sim.stuck_item(now) {
+                            if waited > super::sim::PROCESS_DELAY_WARNING {
+                                lines.push((
+                                    Level::Warning,
+                                    at("sliding_window.go", 97),
+                                    format!(
+                                        "[sliding_window] item not ack after {waited:.6} seconds. {key} seq {seq}"
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                    Case::HotRows if sim.mode().flows() => {
+                        // a latched key waits past 5 s: gravity warns
+                        if st.case_idx % 5 == 0 {
+                            if let Some(t) = spec.tables.first() {
+                                lines.push((
+                                    Level::Warning,
+                                    at("table_latch.go", 64),
+                                    format!(
+                                        "[batchScheduler] latch for long: {}.{}",
+                                        t.db, t.table
+                                    ),
+                                ));
+                            }
+                        }
+                        st.case_idx += 1;
+                    }
+                    _ => st.case_idx = 0,
+                }
+            }
+            if sim.mode() == Mode::Stall && sim.case() != Case::StuckWindow {
                 let stalled = sim.stalled_for(now);
                 if stalled >= st.next_stall_log {
                     let period = (spec.scheduler.healthy_threshold / 2.0).clamp(1.0, 10.0);

@@ -98,6 +98,29 @@ pub struct SchedulerSpec {
     pub healthy_threshold: f64,
 }
 
+/// Batch input settings (`[input.config]` of a `mode = "batch"` MySQL input), with gravity's
+/// defaults (`nr-scanner` 10, `table-scan-batch` 10000, `batch-per-second-limit` 1; values
+/// of 0 or less are replaced by the default, as gravity's `ValidateAndSetDefault` does).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchInputSpec {
+    /// `nr-scanner`: tables scanned at once.
+    pub nr_scanner: u64,
+    /// `table-scan-batch`: rows per scan query.
+    pub table_scan_batch: u64,
+    /// `batch-per-second-limit`: batches a scanner sends per second at most.
+    pub batch_per_second_limit: u64,
+}
+
+impl Default for BatchInputSpec {
+    fn default() -> Self {
+        BatchInputSpec {
+            nr_scanner: 10,
+            table_scan_batch: 10000,
+            batch_per_second_limit: 1,
+        }
+    }
+}
+
 /// Everything the double takes from the config file.
 #[derive(Clone, Debug)]
 pub struct PipelineSpec {
@@ -121,6 +144,8 @@ pub struct PipelineSpec {
     pub tables: Vec<TableSpec>,
     /// Scheduler settings.
     pub scheduler: SchedulerSpec,
+    /// Batch input settings (used in batch mode).
+    pub batch_input: BatchInputSpec,
     /// gravity's `core.HashConfig` of the file bytes.
     pub config_hash: String,
 }
@@ -358,6 +383,22 @@ pub fn parse(path: &str, content: &[u8]) -> Result<PipelineSpec, ConfigError> {
             60.0
         },
     };
+    let input_uint = |k: &str, d: u64| {
+        get(&root, &["input", "config", k])
+            .and_then(|v| {
+                v.as_i64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
+            .filter(|v| *v > 0)
+            .map_or(d, |v| v as u64)
+    };
+    let bd = BatchInputSpec::default();
+    let batch_input = BatchInputSpec {
+        nr_scanner: input_uint("nr-scanner", bd.nr_scanner).min(1024),
+        table_scan_batch: input_uint("table-scan-batch", bd.table_scan_batch).min(10_000_000),
+        batch_per_second_limit: input_uint("batch-per-second-limit", bd.batch_per_second_limit)
+            .min(1_000_000),
+    };
     Ok(PipelineSpec {
         name,
         internal_db,
@@ -369,6 +410,7 @@ pub fn parse(path: &str, content: &[u8]) -> Result<PipelineSpec, ConfigError> {
         engine,
         tables,
         scheduler,
+        batch_input,
         config_hash: hash_config(content),
     })
 }

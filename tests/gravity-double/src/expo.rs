@@ -697,7 +697,9 @@ pub(crate) mod tests {
             "gravity_event_time_latency_bucket{pipeline=\"mysql2mysqlDemo\",le=\"536870.912\"} "
         ));
         assert!(body.contains("gravity_output_counter{cat0=\"test_db\",cat1=\"orders\",cat2=\"dml\",cat3=\"mysql-replace-engine\",pipeline=\"mysql2mysqlDemo\"} "));
-        assert!(body.contains("gravity_queue_length{pipeline=\"mysql2mysqlDemo\",subtype=\"worker-19\",type=\"worker\"} "));
+        assert!(body.contains(
+            "gravity_queue_length{pipeline=\"mysql2mysqlDemo\",subtype=\"19\",type=\"worker\"} "
+        ));
         // series sorted by label values within a family
         let inputs: Vec<&str> = body
             .lines()

@@ -4,7 +4,7 @@
 
 use super::app::{App, ErrorKind};
 use super::expo;
-use super::sim::{Mode, Now};
+use super::sim::{Case, Mode, Now};
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -350,6 +350,25 @@ fn control(
                 _ => bad("seconds must be a non-negative number".into()),
             }
         }
+        "diagnosis" => {
+            if post_only(method) {
+                return json(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &serde_json::json!({"error": "use POST"}),
+                );
+            }
+            // A diagnosis case: the shape of gravity's figures when one stage holds the
+            // pipeline back (docs/diagnosis.md); case=none ends it.
+            let Some(case) = param(q, "case").and_then(Case::parse) else {
+                let names: Vec<&str> = Case::ALL.iter().map(|c| c.as_str()).collect();
+                return bad(format!("case must be one of {}", names.join(", ")));
+            };
+            app.set_case(case);
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "case": case.as_str(), "mode": app.mode().as_str() }),
+            )
+        }
         "kafka" => {
             if post_only(method) {
                 return json(
@@ -403,7 +422,7 @@ fn control(
         }
         _ => json(
             StatusCode::NOT_FOUND,
-            &serde_json::json!({"error": "unknown control endpoint", "endpoints": ["GET /_double/state", "POST /_double/fault?mode=", "POST /_double/errors?n=&kind=", "POST /_double/rate?rows_per_sec=", "POST /_double/lag?seconds=", "POST /_double/watermark?event=&process= (Unix seconds) or ?clear=1", "POST /_double/kafka?produce=on|off"]}),
+            &serde_json::json!({"error": "unknown control endpoint", "endpoints": ["GET /_double/state", "POST /_double/fault?mode=", "POST /_double/errors?n=&kind=", "POST /_double/rate?rows_per_sec=", "POST /_double/lag?seconds=", "POST /_double/watermark?event=&process= (Unix seconds) or ?clear=1", "POST /_double/kafka?produce=on|off", "POST /_double/diagnosis?case=slow_writes|hot_rows|slow_reading|stuck_window|retries|slow_dump|none"]}),
         ),
     }
 }

@@ -107,6 +107,80 @@ impl Mode {
     }
 }
 
+/// A diagnosis case the double imitates (`POST /_double/diagnosis?case=`,
+/// `GRAVITY_DOUBLE_DIAGNOSIS`): the shape gravity's figures take when that stage holds the
+/// pipeline back (docs/diagnosis.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Case {
+    /// No case: the figures of the fault mode alone.
+    None,
+    /// Slow target writes: output latency 2 s, worker queues near `queue-size`, full batches,
+    /// the sliding window three quarters full, lag growing.
+    SlowWrites,
+    /// Hot rows on the first table: its `table-queue` long and `table-latch` 1024 keys while
+    /// the workers idle, `latch for long` lines, lag growing.
+    HotRows,
+    /// Slow reading: every queue empty, input latency up, lag growing.
+    SlowReading,
+    /// A stuck window: one item not acknowledged (the pipeline stalls), the window full,
+    /// `[sliding_window] item not ack after N seconds` every second once N > 30.
+    StuckWindow,
+    /// Retries with a deadlock cause: a retry a second (deadlock, deadlock, lock wait),
+    /// counted in `gravity_scheduler_retry_counter`, lag growing.
+    Retries,
+    /// A full dump at its throttle: rows in at 96 % of scanners × `table-scan-batch` ×
+    /// `batch-per-second-limit` (batch mode).
+    SlowDump,
+}
+
+impl Case {
+    /// All cases.
+    pub const ALL: [Case; 7] = [
+        Case::None,
+        Case::SlowWrites,
+        Case::HotRows,
+        Case::SlowReading,
+        Case::StuckWindow,
+        Case::Retries,
+        Case::SlowDump,
+    ];
+
+    /// Name used by the control endpoint and `GRAVITY_DOUBLE_DIAGNOSIS`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Case::None => "none",
+            Case::SlowWrites => "slow_writes",
+            Case::HotRows => "hot_rows",
+            Case::SlowReading => "slow_reading",
+            Case::StuckWindow => "stuck_window",
+            Case::Retries => "retries",
+            Case::SlowDump => "slow_dump",
+        }
+    }
+
+    /// Parses a case name (case-insensitive, `-` accepted for `_`).
+    pub fn parse(s: &str) -> Option<Case> {
+        let s = s.trim().to_ascii_lowercase().replace('-', "_");
+        Case::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// Seconds of event-time lag the case adds per second while it lasts.
+    pub fn lag_growth(self) -> f64 {
+        match self {
+            Case::SlowWrites | Case::HotRows | Case::Retries => 0.5,
+            Case::SlowReading => 0.8,
+            // the stall freezes the watermark's EventTime: the lag grows by itself
+            Case::None | Case::StuckWindow | Case::SlowDump => 0.0,
+        }
+    }
+}
+
+/// How long the stuck item of [`Case::StuckWindow`] has already waited when the case starts,
+/// so that gravity's warning (past `ProcessDelayWarningThreshold`, 30 s) shows at once.
+pub const STUCK_HEAD_START: f64 = 45.0;
+/// gravity's `ProcessDelayWarningThreshold`: `item not ack` lines once an item waits longer.
+pub const PROCESS_DELAY_WARNING: f64 = 30.0;
+
 /// Knobs from the environment (`GRAVITY_DOUBLE_*`).
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -138,6 +212,8 @@ pub struct Settings {
     pub binlog_first_index: u64,
     /// `GRAVITY_DOUBLE_POSITION_DELAY_MS`: time until the first position is stored (default 300).
     pub position_delay: Duration,
+    /// `GRAVITY_DOUBLE_DIAGNOSIS`: initial diagnosis case (default none).
+    pub initial_case: Case,
 }
 
 impl Default for Settings {
@@ -156,6 +232,7 @@ impl Default for Settings {
             position_delay: Duration::from_millis(300),
             binlog_base: "mysql-bin".into(),
             binlog_first_index: FIRST_BINLOG,
+            initial_case: Case::None,
         }
     }
 }
@@ -203,6 +280,9 @@ impl Settings {
             position_delay: num("GRAVITY_DOUBLE_POSITION_DELAY_MS").map_or(d.position_delay, |v| {
                 Duration::from_millis(v.min(3.6e6) as u64)
             }),
+            initial_case: get("GRAVITY_DOUBLE_DIAGNOSIS")
+                .and_then(|v| Case::parse(&v))
+                .unwrap_or(Case::None),
         }
     }
 }
@@ -513,6 +593,10 @@ pub struct Sim {
     /// A stream watermark pinned from outside (`POST /_double/watermark`): (EventTime,
     /// ProcessTime) of a real data path the double stands in for (a MariaDB replica).
     pub external_watermark: Option<(SystemTime, SystemTime)>,
+    case: Case,
+    case_since: Now,
+    /// `(seq, stream)` of the item [`Case::StuckWindow`] holds.
+    stuck_item: Option<(u64, String)>,
 }
 
 /// Harmonic table weights `1/(i+1)`, normalised.
@@ -573,9 +657,66 @@ impl Sim {
             scrapes: [0; 3],
             in_flight: 0,
             position_stored: false,
+            case: Case::None,
+            case_since: now,
+            stuck_item: None,
         };
         sim.set_mode(mode, now);
+        let case = sim.settings.initial_case;
+        sim.set_case(case, now);
         sim
+    }
+
+    /// The diagnosis case in force.
+    pub fn case(&self) -> Case {
+        self.case
+    }
+
+    /// Seconds since the case was set.
+    pub fn case_for(&self, now: Now) -> f64 {
+        now.mono
+            .saturating_duration_since(self.case_since.mono)
+            .as_secs_f64()
+    }
+
+    /// Switches the diagnosis case at `now`. A stuck window stalls the pipeline (mode
+    /// `stall`, gravity's window waits for the item); leaving it thaws the pipeline. A slow
+    /// dump sets the row rate to 96 % of the full dump's throttle ceiling.
+    pub fn set_case(&mut self, case: Case, now: Now) {
+        let was = self.case;
+        self.case = case;
+        self.case_since = now;
+        self.stuck_item = None;
+        if case == Case::StuckWindow {
+            let c = self.counts(now);
+            let key = self
+                .watermarks(now)
+                .first()
+                .map_or_else(|| self.stream_key().to_string(), |w| w.key.clone());
+            self.stuck_item = Some((c.input_total + c.heartbeat + 1, key));
+            self.set_mode(Mode::Stall, now);
+        } else if was == Case::StuckWindow && self.mode() == Mode::Stall {
+            self.set_mode(Mode::None, now);
+        }
+        if case == Case::SlowDump {
+            let rate = 0.96 * self.dump_ceiling(now);
+            self.set_rate(rate, now);
+        }
+    }
+
+    /// A full dump's throttle: each of `min(nr-scanner, tables left)` scanners reads
+    /// `table-scan-batch` rows per batch, at most `batch-per-second-limit` batches a second.
+    pub fn dump_ceiling(&self, now: Now) -> f64 {
+        let b = &self.spec.batch_input;
+        let left = self.counts(now).tables.iter().filter(|t| !t.done).count() as u64;
+        let scanners = b.nr_scanner.min(left.max(1));
+        (scanners * b.table_scan_batch * b.batch_per_second_limit) as f64
+    }
+
+    /// The item a stuck window waits for: `(seq, stream, seconds waited)`.
+    pub fn stuck_item(&self, now: Now) -> Option<(u64, String, f64)> {
+        let (seq, key) = self.stuck_item.clone()?;
+        Some((seq, key, STUCK_HEAD_START + self.case_for(now)))
     }
 
     /// Current fault mode.
@@ -650,7 +791,7 @@ impl Sim {
         let u = self.uptime(now);
         let tau = std::f64::consts::TAU;
         let wave = 1.0 + 0.3 * (tau * u / 47.0).sin() + 0.1 * (tau * u / 11.0).sin();
-        (self.lag_mean * wave).max(0.0)
+        (self.lag_mean * wave).max(0.0) + self.case.lag_growth() * self.case_for(now)
     }
 
     /// Seconds the pipeline has been stalled (0 when not stalled).
@@ -798,21 +939,32 @@ impl Sim {
             h.seen_hb,
             h.seen_commits,
         );
+        // Typical latencies (input, emitter, submit, ack, total, output) per diagnosis case:
+        // submit grows with backpressure (a full window or table queue), output is the
+        // time inside the write.
+        let (t_in, t_em, t_sub, t_ack, t_tot, t_out) = match self.case {
+            Case::SlowWrites => (0.001, 0.0008, 0.4, 0.005, 2.4, 2.0),
+            Case::HotRows => (0.001, 0.0008, 0.9, 0.005, 0.92, 0.01),
+            Case::SlowReading => (0.004, 0.0008, 0.001, 0.005, 0.03, 0.02),
+            Case::StuckWindow => (0.001, 0.0008, 6.0, 0.005, 6.0, 0.02),
+            Case::Retries => (0.001, 0.0008, 0.2, 0.005, 0.5, 0.3),
+            Case::None | Case::SlowDump => (0.001, 0.0008, 0.001, 0.005, 0.01, 0.02),
+        };
         if c.input_total > si {
-            h.input.observe_range(0.001, si, c.input_total);
-            h.emitter.observe_range(0.0008, si, c.input_total);
-            h.sched_submit.observe_range(0.001, si, c.input_total);
+            h.input.observe_range(t_in, si, c.input_total);
+            h.emitter.observe_range(t_em, si, c.input_total);
+            h.sched_submit.observe_range(t_sub, si, c.input_total);
             h.seen_in = c.input_total;
         }
         if c.output_total > so {
-            h.sched_total.observe_range(0.01, so, c.output_total);
-            h.sched_ack.observe_range(0.005, so, c.output_total);
+            h.sched_total.observe_range(t_tot, so, c.output_total);
+            h.sched_ack.observe_range(t_ack, so, c.output_total);
             h.event_time.observe_range(lag, so, c.output_total);
             h.process_time.observe_range(0.05, so, c.output_total);
             h.seen_out = c.output_total;
         }
         if batches > sb {
-            h.output.observe_range(0.02, sb, batches);
+            h.output.observe_range(t_out, sb, batches);
             h.seen_batches = batches;
         }
         if c.heartbeat > sh {
@@ -951,10 +1103,23 @@ impl Sim {
         (et << 32) | ordinal
     }
 
-    /// Queue gauges `(type, subtype, value)`.
+    /// Worker batches taken so far: batches go to the workers round-robin, so worker `w` has
+    /// taken one once more than `w` batches went out.
+    fn batches_taken(&self, now: Now) -> u64 {
+        self.counts(now).output_total / self.spec.scheduler.batch_size.max(1)
+    }
+
+    /// Queue gauges `(type, subtype, value)` as gravity sets them: `input-buffer`; per table
+    /// `table-buffer`, `table-latch`, `table-latch-ack`, `table-queue`; `worker` per index
+    /// `"0"`…`"N-1"` once that worker took a batch, holding the length at its last dequeue
+    /// (it moves only while rows flow); per input stream the sliding window's
+    /// `sliding-window-waiting-chan`, `-ready-chan`, `-ready-heap`, set every second.
     pub fn queues(&self, now: Now) -> Vec<(String, String, f64)> {
         let stalled = self.mode() == Mode::Stall;
+        let case = self.case;
         let tick = self.uptime(now) as u64;
+        // a worker's gauge changes when it dequeues: on the flow clock, frozen while idle
+        let batch_tick = self.flow.flow_secs(now.mono) as u64;
         let sc = &self.spec.scheduler;
         const JITTER: [u64; 6] = [0, 0, 0, 1, 2, 7];
         let jitter = |a: u64, b: u64| {
@@ -962,83 +1127,156 @@ impl Sim {
             JITTER.get(idx).copied().unwrap_or(0)
         };
         let flowing = self.mode().flows();
+        let quiet = matches!(case, Case::SlowReading | Case::StuckWindow);
         let mut q = vec![(
             "input-buffer".to_string(),
             String::new(),
-            if flowing { jitter(1, 0) as f64 } else { 0.0 },
+            if flowing && !quiet {
+                jitter(1, 0) as f64
+            } else {
+                0.0
+            },
         )];
+        // the stuck item holds one key of the first table
+        let stuck_table = self
+            .stuck_item
+            .as_ref()
+            .and_then(|_| self.spec.tables.first())
+            .map(|t| format!("{}.{}", t.db, t.table));
         for ((i, t), w) in self.spec.tables.iter().enumerate().zip(self.weights.iter()) {
             let key = format!("{}.{}", t.db, t.table);
+            let first = i == 0;
             let i = i as u64 + 10;
             let full = (sc.batch_size * 10) as f64;
             let latched = (self.stalled_for(now) * self.rate() * w)
                 .min(sc.sliding_window_size as f64)
                 .floor();
-            let (buf, latch, ack, queue) = if stalled {
-                (full, latched, 0.0, full)
-            } else if flowing {
-                (
+            let (buf, latch, ack, queue) = match case {
+                // one table's keys stay latched: its messages queue while workers idle
+                Case::HotRows if first => (
+                    sc.batch_size as f64,
+                    1024.0,
+                    0.0,
+                    (880 + mix(i, tick) % 150) as f64,
+                ),
+                Case::StuckWindow => {
+                    let held = stuck_table.as_deref() == Some(key.as_str());
+                    (0.0, if held { 1.0 } else { 0.0 }, 0.0, 0.0)
+                }
+                Case::SlowReading => (0.0, 0.0, 0.0, 0.0),
+                _ if stalled => (full, latched, 0.0, full),
+                _ if flowing => (
                     jitter(i, 1) as f64,
                     jitter(i, 2) as f64,
                     jitter(i, 3).min(1) as f64,
                     jitter(i, 4) as f64,
-                )
-            } else {
-                (0.0, 0.0, 0.0, 0.0)
+                ),
+                _ => (0.0, 0.0, 0.0, 0.0),
             };
             q.push(("table-buffer".into(), key.clone(), buf));
             q.push(("table-latch".into(), key.clone(), latch));
             q.push(("table-latch-ack".into(), key.clone(), ack));
             q.push(("table-queue".into(), key, queue));
         }
+        let taken = self.batches_taken(now);
+        let qs = sc.queue_size as f64;
         for w in 0..(sc.nr_worker as usize).min(MAX_WORKERS) {
-            let v = if stalled {
-                sc.queue_size as f64
-            } else if flowing {
-                if mix(w as u64, tick) % 3 == 2 {
-                    3.0
-                } else {
-                    0.0
+            if taken <= w as u64 {
+                break;
+            }
+            let wu = w as u64;
+            let v = match case {
+                Case::SlowWrites => (qs - ((mix(wu, batch_tick) % 3) * 8) as f64).max(0.0),
+                Case::Retries => (qs / 5.0).floor() + wu as f64,
+                Case::HotRows | Case::SlowReading => (mix(wu, batch_tick) % 4 == 0) as u8 as f64,
+                Case::StuckWindow => (w == 0) as u8 as f64,
+                _ if stalled => qs,
+                _ => {
+                    if mix(wu, batch_tick) % 3 == 2 {
+                        3.0
+                    } else {
+                        0.0
+                    }
                 }
-            } else {
-                0.0
             };
-            q.push(("worker".into(), format!("worker-{w}"), v));
+            q.push(("worker".into(), w.to_string(), v));
+        }
+        if sc.sliding_window_size > 0 {
+            let size = sc.sliding_window_size as f64;
+            let waiting = self.window_waiting(now);
+            let heap = if case == Case::StuckWindow {
+                (size - 1.0).max(0.0)
+            } else {
+                (waiting / 7.0).floor()
+            };
+            for key in self.window_keys(now) {
+                q.push(("sliding-window-waiting-chan".into(), key.clone(), waiting));
+                q.push(("sliding-window-ready-chan".into(), key.clone(), 0.0));
+                q.push(("sliding-window-ready-heap".into(), key, heap));
+            }
         }
         q
     }
 
-    /// `gravity_scheduler_batch_size{idx}` values.
+    /// Input stream keys with an open sliding window (`mysqlstream`, `mongooplog`, `db.table`).
+    fn window_keys(&self, now: Now) -> Vec<String> {
+        self.watermarks(now)
+            .into_iter()
+            .filter(|w| !w.closed)
+            .map(|w| w.key)
+            .collect()
+    }
+
+    /// Items in a sliding window waiting for their ack, at the last whole second (gravity
+    /// sets the gauge once a second).
+    pub fn window_waiting(&self, now: Now) -> f64 {
+        let size = self.spec.scheduler.sliding_window_size as f64;
+        let tick = self.uptime(now) as u64;
+        let v = match self.case {
+            Case::SlowWrites => 0.75 * size + (mix(7, tick) % 16) as f64,
+            Case::HotRows => 0.6 * size + (mix(8, tick) % 16) as f64,
+            Case::StuckWindow => size,
+            Case::Retries => 0.3 * size,
+            Case::SlowReading => 2.0,
+            _ if self.mode() == Mode::Stall => self.stalled_for(now).floor() * self.rate(),
+            _ if self.mode().flows() => (self.rate() * 0.05).floor(),
+            _ => 0.0,
+        };
+        v.min(size).max(0.0).floor()
+    }
+
+    /// `gravity_scheduler_batch_size{idx}` values: the size of each worker's last batch,
+    /// once it took one.
     pub fn batch_sizes(&self, now: Now) -> Vec<(String, f64)> {
         let sc = &self.spec.scheduler;
-        let tick = self.uptime(now) as u64;
+        let batch_tick = self.flow.flow_secs(now.mono) as u64;
+        let taken = self.batches_taken(now);
         (0..(sc.nr_worker as usize).min(MAX_WORKERS))
+            .take_while(|w| taken > *w as u64)
             .map(|w| {
-                let v = if self.mode().flows() {
-                    1 + mix(w as u64 + 99, tick) % sc.batch_size.max(1)
-                } else {
-                    1
+                let v = match self.case {
+                    // writes are slow, rows pile up: every batch leaves full
+                    Case::SlowWrites => sc.batch_size.max(1),
+                    Case::HotRows | Case::SlowReading | Case::StuckWindow => 1,
+                    _ => 1 + mix(w as u64 + 99, batch_tick) % sc.batch_size.max(1),
                 };
                 (w.to_string(), v as f64)
             })
             .collect()
     }
 
-    /// `gravity_scheduler_sliding_window_ratio{input_stream_key}` values.
+    /// `gravity_scheduler_sliding_window_ratio{input_stream_key}` values: gravity computes
+    /// `WaitingQueueLen() / Size()` as an integer division, so it reads 0 until the window is
+    /// full.
     pub fn window_ratios(&self, now: Now) -> Vec<(String, f64)> {
-        let size = self.spec.scheduler.sliding_window_size.max(1) as f64;
-        let waiting = if self.mode() == Mode::Stall {
-            (self.stalled_for(now) * self.rate()).min(size)
-        } else if self.mode().flows() {
-            (self.rate() * 0.05).min(size).floor()
-        } else {
-            0.0
-        };
-        let marks = self.watermarks(now);
-        marks
+        let size = self.spec.scheduler.sliding_window_size;
+        if size == 0 {
+            return Vec::new();
+        }
+        let waiting = self.window_waiting(now) as u64;
+        self.window_keys(now)
             .into_iter()
-            .filter(|w| !w.closed)
-            .map(|w| (w.key, (waiting / size * 1024.0).floor() / 1024.0))
+            .map(|k| (k, (waiting / size) as f64))
             .collect()
     }
 

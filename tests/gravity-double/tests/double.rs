@@ -900,3 +900,149 @@ fn batch_pipeline_finishes_and_exits_0() -> TestResult {
     assert!(d.log().contains("[batchScheduler] closing scheduler"));
     Ok(())
 }
+
+/// The value of the first sample line starting with `prefix`.
+fn value_of(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn queue_gauges_are_shaped_like_gravitys() -> TestResult {
+    let d = start(M2M, &[], &[]);
+    d.wait_position();
+    std::thread::sleep(Duration::from_millis(1200));
+    let m = d.metrics();
+    // worker subtypes are the worker indexes "0".."N-1" (nr-worker 20 in the config)
+    let q = "gravity_queue_length{pipeline=\"mysql2mysqlDemo\",";
+    assert!(value_of(&m, &format!("{q}subtype=\"0\",type=\"worker\"}} ")).is_some());
+    assert!(value_of(&m, &format!("{q}subtype=\"19\",type=\"worker\"}} ")).is_some());
+    assert!(!m.contains("subtype=\"worker-"));
+    // the sliding window's queues per input stream
+    for t in ["waiting-chan", "ready-chan", "ready-heap"] {
+        let line = format!("{q}subtype=\"mysqlstream\",type=\"sliding-window-{t}\"}} ");
+        assert!(value_of(&m, &line).is_some(), "{line}");
+    }
+    // WaitingQueueLen() / Size() as an integer division: 0 until the window is full
+    let ratio = "gravity_scheduler_sliding_window_ratio{input_stream_key=\"mysqlstream\",pipeline=\"mysql2mysqlDemo\"} ";
+    assert_eq!(value_of(&m, ratio), Some(0.0));
+    assert_eq!(
+        value_of(
+            &m,
+            "gravity_scheduler_nr_worker{pipeline=\"mysql2mysqlDemo\"} "
+        ),
+        Some(20.0)
+    );
+    assert!(value_of(
+        &m,
+        "gravity_scheduler_batch_size{idx=\"19\",pipeline=\"mysql2mysqlDemo\"} "
+    )
+    .is_some());
+    Ok(())
+}
+
+#[test]
+fn diagnosis_controls_shape_the_figures_and_the_log() -> TestResult {
+    let d = start(M2M, &[], &[]);
+    d.wait_position();
+    assert_eq!(post(&d.addr, "/_double/diagnosis?case=nope")?.status, 400);
+    assert_eq!(get(&d.addr, "/_double/diagnosis?case=retries")?.status, 405);
+    let q = "gravity_queue_length{pipeline=\"mysql2mysqlDemo\",";
+    let waiting = format!("{q}subtype=\"mysqlstream\",type=\"sliding-window-waiting-chan\"}} ");
+    let ratio = "gravity_scheduler_sliding_window_ratio{input_stream_key=\"mysqlstream\",pipeline=\"mysql2mysqlDemo\"} ";
+    let state = |d: &Double| -> serde_json::Value {
+        get(&d.addr, "/_double/state")
+            .ok()
+            .and_then(|r| serde_json::from_slice(&r.body).ok())
+            .unwrap_or_default()
+    };
+
+    // slow writes: worker queues near queue-size (1024), full batches (batch-size 10)
+    assert_eq!(
+        post(&d.addr, "/_double/diagnosis?case=slow_writes")?.status,
+        200
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let m = d.metrics();
+    let w0 = value_of(&m, &format!("{q}subtype=\"0\",type=\"worker\"}} ")).unwrap_or(0.0);
+    assert!(w0 >= 1000.0, "{w0}");
+    assert_eq!(
+        value_of(
+            &m,
+            "gravity_scheduler_batch_size{idx=\"3\",pipeline=\"mysql2mysqlDemo\"} "
+        ),
+        Some(10.0)
+    );
+    assert_eq!(
+        value_of(&m, ratio),
+        Some(0.0),
+        "three quarters full reads 0"
+    );
+
+    // retries with a deadlock cause: one a second, counted and logged
+    let retry_lines = |log: &str| log.matches("error execute sync output, retry. ").count() as f64;
+    assert_eq!(
+        post(&d.addr, "/_double/diagnosis?case=retries")?.status,
+        200
+    );
+    assert!(d.wait_log("Error 1213: Deadlock found", Duration::from_secs(3)));
+    std::thread::sleep(Duration::from_millis(2100));
+    let m = d.metrics();
+    let counter = sum(&m, "gravity_scheduler_retry_counter{", &[]);
+    assert!(counter >= 2.0, "{counter}");
+    assert_eq!(retry_lines(&d.log()), counter);
+
+    // hot rows: `latch for long` on the first table, its table-queue long, workers idle
+    assert_eq!(
+        post(&d.addr, "/_double/diagnosis?case=hot_rows")?.status,
+        200
+    );
+    assert!(d.wait_log("latch for long: test_db.", Duration::from_secs(3)));
+    let m = d.metrics();
+    let latch = sum(&m, "gravity_queue_length{", &["type=\"table-latch\""]);
+    assert!(latch >= 1024.0, "{latch}");
+
+    // stuck window: the pipeline stalls, the window is full (ratio 1), and gravity's warning
+    // shows at once (the item has waited past 30 s), every second
+    assert_eq!(
+        post(&d.addr, "/_double/diagnosis?case=stuck_window")?.status,
+        200
+    );
+    assert!(d.wait_log(
+        "[sliding_window] item not ack after 4",
+        Duration::from_secs(3)
+    ));
+    std::thread::sleep(Duration::from_millis(1100));
+    let m = d.metrics();
+    assert_eq!(value_of(&m, &waiting), Some(1024.0));
+    assert_eq!(value_of(&m, ratio), Some(1.0));
+    let s = state(&d);
+    assert_eq!(s["mode"], "stall");
+    assert_eq!(s["diagnosis_case"], "stuck_window");
+    assert!(s["stuck_item"]["seq"].as_u64().is_some());
+    let lines = d.log().matches("item not ack after").count();
+    assert!(lines >= 2, "{lines}");
+
+    // none: the pipeline flows again
+    assert_eq!(post(&d.addr, "/_double/diagnosis?case=none")?.status, 200);
+    let s = state(&d);
+    assert_eq!(s["mode"], "none");
+    assert_eq!(s["diagnosis_case"], "none");
+    Ok(())
+}
+
+#[test]
+fn slow_dump_runs_at_the_scanners_throttle() -> TestResult {
+    let d = start(FULL, &[("GRAVITY_DOUBLE_BATCH_ROWS", "100000000")], &[]);
+    d.wait_position();
+    assert_eq!(
+        post(&d.addr, "/_double/diagnosis?case=slow_dump")?.status,
+        200
+    );
+    let s: serde_json::Value = serde_json::from_slice(&get(&d.addr, "/_double/state")?.body)?;
+    // three tables, defaults nr-scanner 10, table-scan-batch 10000, batch-per-second-limit 1
+    assert_eq!(s["rows_per_second_setting"], 0.96 * 30_000.0);
+    assert_eq!(s["diagnosis_case"], "slow_dump");
+    Ok(())
+}
