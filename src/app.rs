@@ -110,6 +110,7 @@ pub fn collectors(store: &Store) -> Vec<Arc<dyn Collector>> {
         Arc::new(StatusCollector),
         Arc::new(GravityMetricsCollector::new(store)),
         Arc::new(crate::health::HealthCollector),
+        Arc::new(crate::collector::diagnosis::DiagnosisCollector),
         Arc::new(SocketsCollector::default()),
         Arc::new(SourceCollector::default()),
     ]

@@ -94,7 +94,7 @@ impl Endpoint {
 }
 
 /// What the exporter knows from gravity's config.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct GravityConfig {
     /// Pipeline name (`name`).
     pub name: Option<String>,
@@ -110,6 +110,9 @@ pub struct GravityConfig {
     pub endpoints: Vec<Endpoint>,
     /// `[[output.config.routes]]` of a MySQL or Kafka output, in order (at most [`MAX_ROUTES`]).
     pub routes: Vec<Route>,
+    /// The settings that shape the pipeline as in force: the config's, else gravity's
+    /// defaults (`[scheduler.config]`, the MySQL target's `max-open`, the batch input's).
+    pub settings: crate::diagnosis::Settings,
 }
 
 /// Most routes read from gravity's config.
@@ -498,6 +501,7 @@ fn from_value(root: &Value) -> GravityConfig {
         internal_db_name: string(root, &["internal-db-name"]).unwrap_or_else(|| "_gravity".into()),
         endpoints,
         routes: routes(root),
+        settings: crate::diagnosis::Settings::from_config_value(root),
     }
 }
 

@@ -20,6 +20,7 @@
 //! | foundations | [`tls`] | TLS client options and rustls configurations, handshake failures in words |
 //! | foundations | [`expfmt`] | a fast, panic-free parser of the Prometheus text format as client_golang writes it |
 //! | foundations | [`log`] | gravity's log lines: parsing (json/text/console), classification, the LogEntry record |
+//! | foundations | [`diagnosis`] | which stage holds the pipeline back and which of gravity's settings to change: pure rules over a window of readings |
 //! | foundations | [`web_config`] | `--web.config.file` (exporter-toolkit format): TLS, client certificates, bcrypt basic auth |
 //! | foundations | [`gravity_config`] | gravity's own config: pipeline name, endpoints, scheduler settings; passwords as `Secret` |
 //! | foundations | [`config`] | flags and the `--config.file` TOML, validated into `Settings` |

@@ -471,6 +471,22 @@ pub fn route(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 crate::page::api_status(ctx),
             )
         }
+        "/api/diagnosis" => {
+            ctx.mark_read();
+            text(
+                StatusCode::OK,
+                "application/json",
+                crate::page::api_diagnosis(ctx),
+            )
+        }
+        "/api/topology" => {
+            ctx.mark_read();
+            text(
+                StatusCode::OK,
+                "application/json",
+                crate::page::topology::api_topology(ctx),
+            )
+        }
         "/healthz" => {
             // The collection loop's own cadence: the idle interval while nobody reads
             // (a liveness probe is not a reader).

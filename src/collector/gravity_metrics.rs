@@ -835,6 +835,8 @@ impl GravityMetricsCollector {
         // status page (never read back from rendered text).
         let totals = stage_totals(&exp);
         let queues = queue_lengths(&exp);
+        // the diagnosis' window of readings (collector::diagnosis)
+        ctx.diag_window.push(ctx, &exp, now);
         {
             let mut sp = lock(&self.stage_prev);
             let (window_seconds, stages) = match sp.as_ref() {

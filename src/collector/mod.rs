@@ -12,6 +12,7 @@ pub mod canary;
 pub mod cgroup;
 pub mod connections;
 pub mod consistency;
+pub mod diagnosis;
 pub mod exit;
 pub mod gravity_metrics;
 pub mod healthz;
@@ -313,6 +314,11 @@ pub struct Context {
     pub gravity: GravityClient,
     /// The parse and render threads.
     pub workers: Workers,
+    /// The last readings of gravity's `/metrics` for the diagnosis ([`diagnosis`]).
+    pub diag_window: diagnosis::Window,
+    /// gravity's log lines the diagnosis counts (retry causes, `item not ack`, `latch for
+    /// long`), noted by the log follower since the last reading.
+    pub diag_log: std::sync::Mutex<crate::diagnosis::LogWindow>,
     /// `gravity_data_lag_seconds`, observed by the status collector and the canary.
     pub lag: crate::state::lag::LagHistogram,
     /// `gravity_retry_total`, fed by the /metrics and log collectors.
@@ -351,6 +357,8 @@ impl Context {
             retries: crate::retry::RetryLedger::new(&store),
             lag: crate::state::lag::LagHistogram::new(&store),
             workers: Workers::default(),
+            diag_window: Default::default(),
+            diag_log: Default::default(),
             log_errors: AtomicU64::new(0),
             settings,
             target: RwLock::new(Arc::new(target)),

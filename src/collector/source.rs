@@ -717,6 +717,9 @@ impl Collector for SourceCollector {
                 },
                 None => (None, None),
             };
+            ctx.state
+                .binlog_bytes_behind
+                .set(cmp.as_ref().and_then(|c| c.bytes_behind));
             let mut f = source_families(&view, cmp.as_ref(), stalled, &target.pipeline);
             let privilege = binlog_privilege(&shared.server_version().await.unwrap_or_default());
             privilege_family(&mut f, &target.pipeline, privilege, false);

@@ -441,6 +441,8 @@ impl LogWatcher {
             }
             match parse_line(&line, format) {
                 Ok(rec) => {
+                    // the diagnosis counts retry causes and stuck-window / latch lines
+                    crate::base::lock(&self.ctx.diag_log).note(&rec.msg);
                     let ev = Event {
                         level: rec.level,
                         class: classify(&rec),

@@ -396,6 +396,46 @@ pub fn render(v: &StatusView) -> String {
     }
     o.push_str("</tbody></table></div></section>");
 
+    // Diagnosis and topology
+    {
+        let d = v.diagnosis.as_ref();
+        let holding = d.map(|d| d.bottleneck.as_str()).unwrap_or("none");
+        let _ = write!(
+            o,
+            "<section id=\"diagnosis\"><h2>Diagnosis<small>which stage holds the pipeline back, over the last window of collections · <a href=\"/api/diagnosis\">/api/diagnosis</a> · <a href=\"/api/topology\">/api/topology</a></small></h2>{}",
+            super::topology::svg(&v.topology)
+        );
+        match d {
+            None => o.push_str("<p class=\"muted\">No diagnosis yet: it needs two readings of gravity's /metrics.</p>"),
+            Some(d) => {
+                let _ = write!(
+                    o,
+                    "<p><b>bottleneck: {}</b> — {}</p>",
+                    esc(holding),
+                    esc(&d.finding)
+                );
+                if !d.suggestions.is_empty() {
+                    o.push_str("<div class=\"tw\"><table class=\"stack\"><thead><tr><th>setting</th><th class=\"num\">in force</th><th class=\"num\">suggested</th><th>why</th></tr></thead><tbody>");
+                    for s in &d.suggestions {
+                        let num = |x: Option<f64>| x.map(|x| format!("{x}")).unwrap_or_default();
+                        let _ = write!(
+                            o,
+                            "<tr><td class=\"mono\">{}</td><td class=\"num\">{}{}</td><td class=\"num\">{}</td><td>{}{}</td></tr>",
+                            esc(s.setting.unwrap_or("(nothing to tune in gravity)")),
+                            esc(&num(s.current)),
+                            if s.from_config == Some(false) { " (default)" } else { "" },
+                            esc(&num(s.suggested)),
+                            esc(&s.reason),
+                            s.look_at.as_deref().map(|l| format!(" Look at: {}", esc(l))).unwrap_or_default(),
+                        );
+                    }
+                    o.push_str("</tbody></table></div>");
+                }
+            }
+        }
+        o.push_str("</section>");
+    }
+
     // Connections
     let _ = write!(
         o,
@@ -649,6 +689,9 @@ mod tests {
                 value: "http://127.0.0.1:8080/ (from flag)".into(),
             }],
             telemetry_path: "/metrics".into(),
+            diagnosis: None,
+            window_fill: Vec::new(),
+            topology: crate::page::topology::Topology { nodes: Vec::new(), edges: Vec::new() },
         }
     }
 

@@ -16,6 +16,7 @@
 
 pub mod html;
 pub mod svg;
+pub mod topology;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -76,6 +77,13 @@ pub struct StatusView {
     pub discovered: Vec<Fact>,
     /// The exporter's metrics path.
     pub telemetry_path: String,
+    /// Which stage holds the pipeline back and what to change (`None`: fewer than two
+    /// readings of gravity's `/metrics` yet).
+    pub diagnosis: Option<crate::diagnosis::Diagnosis>,
+    /// Each input stream's sliding-window fill (waiting / `sliding-window-size`).
+    pub window_fill: Vec<(String, f64)>,
+    /// Source database(s) → gravity's stages → target(s).
+    pub topology: topology::Topology,
 }
 
 /// The canary section.
@@ -467,6 +475,14 @@ pub fn view_at(ctx: &Context, now: OffsetDateTime) -> StatusView {
         canary: canary_view(ctx, &red),
         discovered: discovered(ctx, &red),
         telemetry_path: settings.telemetry_path.clone(),
+        diagnosis: ctx.state.diagnosis.get().map(|d| d.as_ref().clone()),
+        window_fill: ctx
+            .state
+            .window_fill
+            .get()
+            .map(|f| f.as_ref().clone())
+            .unwrap_or_default(),
+        topology: topology::topology(ctx),
     }
 }
 
@@ -614,6 +630,43 @@ pub fn landing(ctx: &Context) -> String {
 }
 
 /// The status as JSON (`/api/status`).
+/// `/api/diagnosis`: the last diagnosis as JSON (`bottleneck`, `case`, `finding`, `stages`,
+/// `evidence`, `suggestions` with `setting`, `current`, `suggested`, `direction`, `reason`),
+/// or `"ready": false` with why there is none yet.
+pub fn api_diagnosis(ctx: &Context) -> String {
+    let fill = ctx
+        .state
+        .window_fill
+        .get()
+        .map(|f| f.as_ref().clone())
+        .unwrap_or_default();
+    let v = match ctx.state.diagnosis.get() {
+        Some(d) => {
+            let mut v = serde_json::to_value(d.as_ref()).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("ready".into(), true.into());
+                o.insert("pipeline".into(), ctx.target().pipeline.clone().into());
+                o.insert("sliding_window_fill".into(), serde_json::json!(fill));
+            }
+            v
+        }
+        None => serde_json::json!({
+            "ready": false,
+            "pipeline": ctx.target().pipeline,
+            "bottleneck": "none",
+            "reason": "a diagnosis needs two readings of gravity's /metrics (rates and deltas over a window of collections)",
+            "stages": [],
+            "evidence": [],
+            "suggestions": [],
+            "sliding_window_fill": fill,
+        }),
+    };
+    let mut s = serde_json::to_string_pretty(&v).unwrap_or_else(|_| "{}".into());
+    s.push('\n');
+    s
+}
+
+/// `/api/status`: the page's view as JSON.
 pub fn api_status(ctx: &Context) -> String {
     let mut s = serde_json::to_string_pretty(&view(ctx)).unwrap_or_else(|e| {
         // Serialising plain structs of strings and numbers does not fail; say so if it does.

@@ -254,6 +254,15 @@ pub struct PipelineState {
     /// A Mongo source's oplog window against gravity's position (`None`: not a Mongo
     /// source, no oplog, or not read yet).
     pub oplog: Slot<OplogWindow>,
+    /// Bytes between gravity's binlog position and the MySQL source's current one, as the
+    /// source collector last compared them (`None`: unknown).
+    pub binlog_bytes_behind: Slot<u64>,
+    /// Which stage holds the pipeline back and what to change, over the last window of
+    /// collections (`None`: not enough readings yet, or gravity's `/metrics` not read).
+    pub diagnosis: Slot<crate::diagnosis::Diagnosis>,
+    /// The fill of each input stream's sliding window (waiting / `sliding-window-size`) at
+    /// the last reading.
+    pub window_fill: Slot<Vec<(String, f64)>>,
     /// gravity's per-stage latencies over the last `/metrics` window (from the
     /// gravity_metrics collector; interval aggregates over all events).
     pub stages: Slot<stages::StageWindow>,
