@@ -936,10 +936,16 @@ pub fn build_input(readings: &[Reading], facts: &Facts) -> Result<DiagnosisInput
     };
     let lag = pair(facts.event_lag_seconds);
     let binlog = pair(facts.binlog_bytes_behind);
+    // Idle: no rows either way, and nothing waiting (a full window with nothing going out
+    // is a stall, not an idle source; so is a lag that grows).
     let idle = facts.idle.unwrap_or_else(|| {
         rows_in_per_second.is_some_and(|r| r < IDLE_ROWS_PER_SECOND)
             && rows_out_per_second.is_none_or(|r| r < IDLE_ROWS_PER_SECOND)
             && facts.log.item_not_ack == 0
+            && lag.is_none_or(|(_, d)| d < LAG_GROWTH_MIN_SECONDS)
+            && queues
+                .window_fill()
+                .is_none_or(|w| w.fill.mean < WINDOW_FULL)
     });
     let finite = |v: Option<f64>| v.filter(|x| plausible(*x));
     Ok(DiagnosisInput {
@@ -1345,7 +1351,12 @@ pub fn diagnose(i: &DiagnosisInput) -> Diagnosis {
     // gravity's submit blocks while the sliding window or a table's queue is full, and a
     // worker queue holds at most queue-size batches: full queues are backpressure.
     let backpressure = worker_fill >= WORKER_QUEUE_FULL || window_fill >= WINDOW_FULL;
-    let stuck = i.item_not_ack_lines > 0;
+    // A full window with nothing written is stuck before gravity's first `item not ack`
+    // line (30 s after the item entered).
+    let stuck = i.item_not_ack_lines > 0
+        || (window_fill >= WINDOW_FULL
+            && i.rows_out_per_second
+                .is_some_and(|r| r < IDLE_ROWS_PER_SECOND));
     let behind = match i.mode {
         Mode::Stream => {
             v.lag_growing
