@@ -741,7 +741,7 @@ fn rate(values: &[Option<f64>], times: &[f64]) -> Option<f64> {
         .map(|(inc, secs)| inc / secs)
 }
 
-fn mean_latency(readings: &[Reading], times: &[f64], family: &str) -> Option<MeanLatency> {
+fn mean_latency(readings: &[Reading], family: &str) -> Option<MeanLatency> {
     let sum_name = format!("{family}_sum");
     let count_name = format!("{family}_count");
     let sums: Vec<Option<f64>> = readings
@@ -768,7 +768,6 @@ fn mean_latency(readings: &[Reading], times: &[f64], family: &str) -> Option<Mea
             dc += c1 - c0;
         }
     }
-    let _ = times;
     (dc >= 1.0).then(|| MeanLatency {
         mean_seconds: ds / dc,
         events: dc,
@@ -807,7 +806,8 @@ pub fn build_input(readings: &[Reading], facts: &Facts) -> Result<DiagnosisInput
         return Err(DiagnosisError::TooFewReadings(readings.len()));
     }
     let times: Vec<f64> = readings.iter().map(|r| r.at_seconds).collect();
-    if times.iter().any(|t| !t.is_finite()) || times.windows(2).any(|w| w[1] <= w[0]) {
+    let ordered = times.windows(2).all(|w| matches!(w, [a, b] if b > a));
+    if times.iter().any(|t| !t.is_finite()) || !ordered {
         return Err(DiagnosisError::NotInTimeOrder);
     }
     let window_seconds =
@@ -815,12 +815,12 @@ pub fn build_input(readings: &[Reading], facts: &Facts) -> Result<DiagnosisInput
     let settings = facts.settings.clone();
 
     let latency = StageLatencies {
-        input: mean_latency(readings, &times, "gravity_input_latency"),
-        emitter: mean_latency(readings, &times, "gravity_emitter_latency"),
-        scheduler_submit: mean_latency(readings, &times, "gravity_scheduler_submit_latency"),
-        scheduler_ack: mean_latency(readings, &times, "gravity_scheduler_ack_latency"),
-        output: mean_latency(readings, &times, "gravity_output_latency"),
-        event_time: mean_latency(readings, &times, "gravity_event_time_latency"),
+        input: mean_latency(readings, "gravity_input_latency"),
+        emitter: mean_latency(readings, "gravity_emitter_latency"),
+        scheduler_submit: mean_latency(readings, "gravity_scheduler_submit_latency"),
+        scheduler_ack: mean_latency(readings, "gravity_scheduler_ack_latency"),
+        output: mean_latency(readings, "gravity_output_latency"),
+        event_time: mean_latency(readings, "gravity_event_time_latency"),
     };
 
     // Heartbeat rows (`type="ctl"`) arrive every few seconds even from an idle source.
@@ -936,10 +936,16 @@ pub fn build_input(readings: &[Reading], facts: &Facts) -> Result<DiagnosisInput
     };
     let lag = pair(facts.event_lag_seconds);
     let binlog = pair(facts.binlog_bytes_behind);
+    // Idle: no rows either way, and nothing waiting (a full window with nothing going out
+    // is a stall, not an idle source; so is a lag that grows).
     let idle = facts.idle.unwrap_or_else(|| {
         rows_in_per_second.is_some_and(|r| r < IDLE_ROWS_PER_SECOND)
             && rows_out_per_second.is_none_or(|r| r < IDLE_ROWS_PER_SECOND)
             && facts.log.item_not_ack == 0
+            && lag.is_none_or(|(_, d)| d < LAG_GROWTH_MIN_SECONDS)
+            && queues
+                .window_fill()
+                .is_none_or(|w| w.fill.mean < WINDOW_FULL)
     });
     let finite = |v: Option<f64>| v.filter(|x| plausible(*x));
     Ok(DiagnosisInput {
@@ -1234,7 +1240,7 @@ fn view_of(i: &DiagnosisInput) -> View {
     }
 }
 
-fn stage_figures(i: &DiagnosisInput, v: &View) -> Vec<StageFigures> {
+fn stage_figures(v: &View) -> Vec<StageFigures> {
     Stage::ALL
         .iter()
         .filter(|s| **s != Stage::None)
@@ -1249,7 +1255,6 @@ fn stage_figures(i: &DiagnosisInput, v: &View) -> Vec<StageFigures> {
                 Stage::Output => v.worker_fill.map(|g| g.mean),
                 _ => None,
             };
-            let _ = i;
             StageFigures {
                 stage,
                 share_of_time: share,
@@ -1315,7 +1320,7 @@ fn verdict(
         bottleneck,
         case,
         finding,
-        stages: stage_figures(i, v),
+        stages: stage_figures(v),
         evidence: evidence_of(i, v),
         suggestions,
     }
@@ -1346,7 +1351,12 @@ pub fn diagnose(i: &DiagnosisInput) -> Diagnosis {
     // gravity's submit blocks while the sliding window or a table's queue is full, and a
     // worker queue holds at most queue-size batches: full queues are backpressure.
     let backpressure = worker_fill >= WORKER_QUEUE_FULL || window_fill >= WINDOW_FULL;
-    let stuck = i.item_not_ack_lines > 0;
+    // A full window with nothing written is stuck before gravity's first `item not ack`
+    // line (30 s after the item entered).
+    let stuck = i.item_not_ack_lines > 0
+        || (window_fill >= WINDOW_FULL
+            && i.rows_out_per_second
+                .is_some_and(|r| r < IDLE_ROWS_PER_SECOND));
     let behind = match i.mode {
         Mode::Stream => {
             v.lag_growing

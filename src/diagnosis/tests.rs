@@ -349,6 +349,23 @@ fn stuck_window_names_the_item() {
 }
 
 #[test]
+fn a_full_window_with_nothing_written_is_stuck_before_the_first_line() {
+    // the stuck fixture without gravity's `item not ack` lines (the item waits < 30 s)
+    let facts = Facts {
+        event_lag_seconds: Some((5.0, 25.0)),
+        ..stream_facts()
+    };
+    let d = run(fixture!("stuck_window"), &facts);
+    assert_eq!(
+        (d.bottleneck, d.case),
+        (Stage::Output, Case::StuckWindow),
+        "{d:#?}"
+    );
+    assert!(d.finding.contains("an item"), "{}", d.finding);
+    assert_eq!(d.suggestions[0].direction, Direction::Keep);
+}
+
+#[test]
 fn retries_name_the_cause() {
     let facts = Facts {
         event_lag_seconds: Some((5.0, 20.0)),
