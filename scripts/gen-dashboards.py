@@ -895,11 +895,93 @@ def resources():
     ])
 
 
+# --- Topology and diagnosis -------------------------------------------------------------
+INFINITY = {"type": "yesoreyeram-infinity-datasource", "uid": "${infinity}"}
+
+
+def infinity_var():
+    return {"name": "infinity", "label": "Infinity (JSON) data source", "type": "datasource",
+            "query": "yesoreyeram-infinity-datasource", "current": {}, "hide": 0, "includeAll": False,
+            "multi": False, "options": [], "refresh": 1, "regex": ""}
+
+
+def node_graph():
+    """The exporter's /api/topology (Grafana Node Graph frames) through the Infinity data source:
+    one query for the nodes, one for the edges; repeated per selected exporter instance."""
+    def q(ref, root, fmt):
+        return {"datasource": INFINITY, "refId": ref, "type": "json", "source": "url", "parser": "backend",
+                "format": fmt, "url": "http://${instance}/api/topology", "url_options": {"method": "GET"},
+                "root_selector": root, "columns": []}
+    return {"type": "nodeGraph", "title": "Topology of ${instance}", "datasource": INFINITY,
+            "description": "Source database(s) → input → emitter → scheduler → output → target(s), from the "
+                           "exporter's /api/topology: rows per second on the edges, latency and queue fill on "
+                           "gravity's stages, probe latency and connections on the databases; the ring is the "
+                           "state (green ok, orange the stage the diagnosis names, red failing, grey unknown). "
+                           "Needs the Infinity data source and Grafana able to reach the exporter.",
+            "repeat": "instance", "repeatDirection": "v", "maxPerRow": 1,
+            "targets": [q("A", "nodes", "node-graph-nodes"), q("B", "edges", "node-graph-edges")],
+            "fieldConfig": {"defaults": {"unit": "none"}, "overrides": []}, "options": {},
+            "_w": 24, "_h": 10}
+
+
+def topology():
+    per_stage = [(f"sum by ({ID}) (rate({m}_sum{{{S}}}[$__rate_interval])) / "
+                  f"sum by ({ID}) (rate({m}_count{{{S}}}[$__rate_interval]))", f"{name} {{{{pipeline}}}}")
+                 for m, name in STAGES if m not in ("gravity_scheduler_total_latency",
+                                                    "gravity_input_after_commit_latency")]
+    d = dashboard("gravity-topology", "Gravity / Topology and diagnosis",
+                  "Where the pipeline is held back: the topology from the exporter's /api/topology (Node Graph "
+                  "through the Infinity data source), the diagnosis' bottleneck over time, and Prometheus-only "
+                  "panels that work without Infinity: time per stage, queue fill by type, worker queues per index, "
+                  "sliding-window fill (docs/diagnosis.md).", [
+        row("Topology (Infinity data source: /api/topology of each exporter)"),
+        node_graph(),
+        row("Diagnosis"),
+        state_timeline("Bottleneck", targets(
+            (f"gravity_pipeline_bottleneck{{{S}}} == 1", "{{pipeline}} {{stage}}")),
+            "The stage the exporter's diagnosis names over its window of collections (gravity_pipeline_bottleneck "
+            "== 1): source, input, emitter, scheduler, output, target, or none. GravityBottleneck (P2) fires "
+            "while lag rises with a stage named; /api/diagnosis has the figures and the settings to change.",
+            w=16, h=6),
+        table("Finding", targets(
+            (f"gravity_pipeline_diagnosis_info{{{S}}}", "{{pipeline}}"), instant=True, fmt="table"),
+            "The rule that decided (case) and the first suggestion: gravity's setting and the direction to move "
+            "it (raise, lower, keep, nothing_to_tune). The reasons with their figures are in /api/diagnosis.",
+            w=8, h=6),
+        row("Where the time goes (Prometheus only)"),
+        timeseries("Time per stage (stacked)", [target(e, l, chr(ord("A") + i)) for i, (e, l) in
+                                                enumerate(per_stage)], "s",
+                   "Mean time an event spends in each of gravity's stages per interval (Δsum/Δcount of its "
+                   "histograms): the stage with the largest band holds the pipeline back. Output is the time inside "
+                   "the write; scheduler submit grows with backpressure (window or table queue full).",
+                   stack=True),
+        timeseries("Queue fill by type", targets(
+            (f"sum by ({ID}, type) (gravity_queue_length{{{S}}})", "{{pipeline}} {{type}}")), "none",
+            "gravity_queue_length summed per type: input-buffer, worker, table-queue, table-buffer, table-latch, "
+            "table-latch-ack, sliding-window-*. Worker queues near queue-size: writes are the limit; one table's "
+            "table-queue and table-latch high with workers idle: hot rows."),
+        timeseries("Worker queues per index", targets(
+            (f'max by ({ID}, subtype) (gravity_queue_length{{type="worker", {S}}})', "{{pipeline}} worker {{subtype}}")),
+            "none",
+            "Each worker's queue length at its last dequeue (subtype is the worker's index 0…nr-worker−1): even "
+            "and near queue-size means the workers cannot keep up; one high worker means DDL or a key that "
+            "pins rows to it."),
+        timeseries("Sliding-window fill", targets(
+            (f"gravity_sliding_window_fill_ratio{{{S}}}", "{{pipeline}} {{stream}}")), "percentunit",
+            "Items waiting in each input stream's sliding window over sliding-window-size (computed by the exporter: "
+            "gravity's own ratio is an integer division that reads 0 until full). Full while nothing is written: a "
+            "stuck item ('item not ack after N seconds').", minimum=0, maximum=1),
+    ])
+    d["templating"]["list"].append(infinity_var())
+    return d
+
+
 def main():
     out = os.path.join(ROOT, "dashboards")
     os.makedirs(out, exist_ok=True)
     for name, build in [("fleet", fleet), ("pipeline", pipeline), ("errors", errors), ("source", source),
-                        ("quality", quality), ("trace", trace), ("resources", resources)]:
+                        ("quality", quality), ("trace", trace), ("resources", resources),
+                        ("topology", topology)]:
         with open(os.path.join(out, f"gravity-{name}.json"), "w") as f:
             json.dump(build(), f, indent=2)
             f.write("\n")

@@ -61,11 +61,6 @@ impl Exporter {
     pub async fn shutdown(&self, drain: std::time::Duration) -> ShutdownReport {
         let held = self.ctx.mysql.live();
         let mut report = self.supervisor.shutdown(drain).await;
-        // the tasks are gone: the parse and render threads get no more work
-        report.threads_running = self
-            .supervisor
-            .join_threads(self.ctx.workers.stop(), drain)
-            .await;
         // A log poll still running on the blocking pool (its task was cancelled while it
         // waited for it) finishes and saves its position before this returns; none reads
         // after it. Bounded like the drain.
@@ -74,6 +69,11 @@ impl Exporter {
         if tokio::time::timeout(drain, closed).await.is_err() {
             tracing::warn!("the log watcher's last poll did not end within the drain");
         }
+        // the tasks are gone: the parse and render threads get no more work
+        report.threads_running = self
+            .supervisor
+            .join_threads(self.ctx.workers.stop(), drain)
+            .await;
         // the last OTLP export and the LogEntry lines still queued, bounded by the drain
         if let Some(t) = &self.telemetry {
             t.flush(&self.ctx, drain).await;

@@ -38,6 +38,38 @@ pub struct Verdict {
     pub checks: Vec<Check>,
     /// Figures for perfdata: (name, value, unit).
     pub perf: Vec<(String, f64, &'static str)>,
+    /// Which stage holds the pipeline back, over the check's own short window (two readings
+    /// of gravity's `/metrics` [`DIAGNOSIS_GAP`] apart); `None`: gravity's `/metrics` was not read.
+    pub diagnosis: Option<crate::diagnosis::Diagnosis>,
+}
+
+/// Time between the check's two readings of gravity's `/metrics` for the diagnosis.
+pub const DIAGNOSIS_GAP: Duration = Duration::from_secs(2);
+
+/// One line for a diagnosis: the stage, the rule, the finding, the first suggestion.
+pub fn diagnosis_line(d: &crate::diagnosis::Diagnosis) -> String {
+    let case = serde_json::to_value(d.case)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let mut line = format!(
+        "DIAGNOSIS bottleneck={} case={case}: {}",
+        d.bottleneck.as_str(),
+        d.finding
+    );
+    if let Some(s) = d.suggestions.first() {
+        let num = |x: Option<f64>| x.map(|x| format!("{x}")).unwrap_or_else(|| "?".into());
+        match s.setting {
+            Some(name) => line.push_str(&format!(
+                " | suggest {name} {} -> {} ({})",
+                num(s.current),
+                num(s.suggested),
+                s.reason
+            )),
+            None => line.push_str(&format!(" | {}", s.reason)),
+        }
+    }
+    line.replace('\n', " ")
 }
 
 impl Verdict {
@@ -91,6 +123,10 @@ impl Verdict {
                 c.detail
             ));
         }
+        if let Some(d) = &self.diagnosis {
+            out.push_str(&diagnosis_line(d));
+            out.push('\n');
+        }
         out
     }
 
@@ -114,6 +150,7 @@ impl Verdict {
             "checks_total": self.checks.len(),
             "checks": checks,
             "perfdata": perf,
+            "diagnosis": self.diagnosis,
         })
         .to_string()
     }
@@ -264,6 +301,20 @@ pub async fn run(settings: Settings) -> Verdict {
     } else {
         runner.run_once(timeout).await;
     }
+    // A second reading of gravity's /metrics, for the diagnosis' window (rates and deltas).
+    if lock_len(&ctx) == 1 {
+        tokio::time::sleep(DIAGNOSIS_GAP).await;
+        let again = Runner::new(
+            ctx.clone(),
+            vec![Arc::new(
+                crate::collector::gravity_metrics::GravityMetricsCollector::new(&ctx.store),
+            )],
+        );
+        again.run_once(timeout).await;
+    }
+    ctx.state
+        .diagnosis
+        .set(crate::collector::diagnosis::diagnose_window(&ctx));
     let target = ctx.target();
     let recent = target
         .log_path(&settings.proc_root)
@@ -280,6 +331,10 @@ pub async fn run(settings: Settings) -> Verdict {
     // COM_QUIT on the MySQL connections this run opened.
     ctx.mysql.close_all(settings.probe_timeout).await;
     verdict
+}
+
+fn lock_len(ctx: &Context) -> usize {
+    ctx.diag_window.len()
 }
 
 /// The verdict of what the context holds, as of `now` (pure: reads the state).
@@ -317,6 +372,7 @@ pub fn verdict_at(ctx: &Context, recent: u64, now: OffsetDateTime) -> Verdict {
         pipeline: target.pipeline.clone(),
         checks,
         perf,
+        diagnosis: ctx.state.diagnosis.get().map(|d| d.as_ref().clone()),
     }
 }
 
@@ -460,6 +516,7 @@ mod tests {
                 },
             ],
             perf: vec![("lag_seconds".into(), 0.8, "s")],
+            diagnosis: None,
         };
         assert_eq!(v.code(), 1);
         let t = v.text();

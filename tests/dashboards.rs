@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use regex::Regex;
 use serde_json::Value;
 
-const UIDS: [&str; 7] = [
+const UIDS: [&str; 8] = [
     "gravity-fleet",
     "gravity-pipeline",
     "gravity-errors",
@@ -20,7 +20,16 @@ const UIDS: [&str; 7] = [
     "gravity-quality",
     "gravity-trace",
     "gravity-resources",
+    "gravity-topology",
 ];
+
+/// The Node Graph of the topology dashboard reads the exporter's `/api/topology` through
+/// Grafana's Infinity data source (the only panel not on Prometheus).
+const INFINITY: &str = "yesoreyeram-infinity-datasource";
+
+fn is_infinity(v: &Value) -> bool {
+    v["datasource"]["type"] == INFINITY
+}
 
 /// Grafana's built-in variables the dashboards may use.
 const BUILTINS: [&str; 9] = [
@@ -73,7 +82,12 @@ fn panels(d: &Value) -> Vec<&Value> {
 fn exprs(d: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for p in panels(d) {
-        for t in p["targets"].as_array().into_iter().flatten() {
+        for t in p["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| !is_infinity(t))
+        {
             out.push((
                 p["title"].as_str().unwrap_or("").to_string(),
                 t["expr"].as_str().unwrap_or("").to_string(),
@@ -160,7 +174,19 @@ fn schema_uids_titles_and_variables() {
             let all = if v == "pipeline" { ".*" } else { ".+" };
             assert_eq!(var["allValue"], all, "{f}: ${v}");
         }
-        assert_eq!(vars.len(), 4, "{f}: exactly the four variables");
+        // the topology dashboard also names the Infinity data source of its Node Graph
+        if uid == "gravity-topology" {
+            let inf = vars.get("infinity").expect("infinity variable");
+            assert_eq!(inf["type"], "datasource", "{f}");
+            assert_eq!(inf["query"], INFINITY, "{f}");
+            assert_eq!(
+                vars.len(),
+                5,
+                "{f}: the four variables and the Infinity data source"
+            );
+        } else {
+            assert_eq!(vars.len(), 4, "{f}: exactly the four variables");
+        }
     }
     assert_eq!(seen.len(), UIDS.len());
 }
@@ -211,6 +237,27 @@ fn panels_have_datasource_targets_and_units() {
             );
             let kind = panel["type"].as_str().unwrap();
             if kind == "row" {
+                continue;
+            }
+            if is_infinity(panel) {
+                // the Node Graph: a nodes frame and an edges frame from /api/topology
+                assert_eq!(kind, "nodeGraph", "{f}: {title}");
+                assert_eq!(panel["datasource"]["uid"], "${infinity}", "{f}: {title}");
+                let formats: Vec<&str> = panel["targets"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| {
+                        assert!(is_infinity(t), "{f}: {title}: target datasource");
+                        assert_eq!(t["url"], "http://${instance}/api/topology", "{f}: {title}");
+                        t["format"].as_str().unwrap()
+                    })
+                    .collect();
+                assert_eq!(
+                    formats,
+                    ["node-graph-nodes", "node-graph-edges"],
+                    "{f}: {title}"
+                );
                 continue;
             }
             assert_eq!(
@@ -449,6 +496,11 @@ fn dashboards_cover_the_spec() {
         ("gravity-quality", "ddl"),
         ("gravity-resources", "collector"),
         ("gravity-fleet", "pipelines"),
+        ("gravity-topology", "topology"),
+        ("gravity-topology", "time per stage"),
+        ("gravity-topology", "queue fill by type"),
+        ("gravity-topology", "worker queues per index"),
+        ("gravity-topology", "sliding-window fill"),
     ] {
         assert!(all[uid].contains(want), "{uid} lacks {want}");
     }

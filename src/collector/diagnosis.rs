@@ -19,8 +19,7 @@ use std::time::Instant;
 use super::{BoxFuture, CollectError, Collector, Context};
 use crate::base::lock;
 use crate::diagnosis::{
-    build_input, diagnose, Diagnosis, Facts, LogWindow, Mode, Process, Reading,
-    Sample, Stage,
+    build_input, diagnose, Diagnosis, Facts, LogWindow, Mode, Process, Reading, Sample, Stage,
 };
 use crate::expfmt::Exposition;
 use crate::gravity_api::status::Position;
@@ -132,6 +131,16 @@ impl Window {
         r.push_back((reading, moment));
     }
 
+    /// Readings in the window.
+    pub fn len(&self) -> usize {
+        lock(&self.readings).len()
+    }
+
+    /// Whether the window has no reading.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Forgets the readings (a new gravity incarnation starts a new window).
     pub fn clear(&self) {
         lock(&self.readings).clear();
@@ -184,9 +193,9 @@ pub fn diagnose_window(ctx: &Context) -> Option<Diagnosis> {
         Process::Down
     };
     let tables_remaining = seen.as_ref().and_then(|s| match &s.status.position {
-        Position::MysqlBatch { tables, .. } => Some(
-            u32::try_from(tables.iter().filter(|t| !t.done).count()).unwrap_or(u32::MAX),
-        ),
+        Position::MysqlBatch { tables, .. } => {
+            Some(u32::try_from(tables.iter().filter(|t| !t.done).count()).unwrap_or(u32::MAX))
+        }
         _ => None,
     });
     let mut log = LogWindow::default();
@@ -231,12 +240,7 @@ pub fn window_fill(ctx: &Context) -> Vec<(String, f64)> {
                 && s.label("type") == Some("sliding-window-waiting-chan")
         })
         .filter(|s| s.value.is_finite() && s.value >= 0.0 && size > 0.0)
-        .map(|s| {
-            (
-                s.label("subtype").unwrap_or("").to_string(),
-                s.value / size,
-            )
-        })
+        .map(|s| (s.label("subtype").unwrap_or("").to_string(), s.value / size))
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out.dedup_by(|a, b| a.0 == b.0);
@@ -378,9 +382,13 @@ mod tests {
     #[test]
     fn log_windows_add_up() {
         let mut a = LogWindow::default();
-        a.note("error execute sync output, retry. Error 1213: Deadlock found when trying to get lock");
+        a.note(
+            "error execute sync output, retry. Error 1213: Deadlock found when trying to get lock",
+        );
         let mut b = LogWindow::default();
-        b.note("error execute sync output, retry. Error 1213: Deadlock found when trying to get lock");
+        b.note(
+            "error execute sync output, retry. Error 1213: Deadlock found when trying to get lock",
+        );
         b.note("[sliding_window] item not ack after 31 seconds");
         merge(&mut a, &b);
         assert_eq!(a.retry_causes.values().sum::<u64>(), 2);

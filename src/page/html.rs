@@ -691,7 +691,10 @@ mod tests {
             telemetry_path: "/metrics".into(),
             diagnosis: None,
             window_fill: Vec::new(),
-            topology: crate::page::topology::Topology { nodes: Vec::new(), edges: Vec::new() },
+            topology: crate::page::topology::Topology {
+                nodes: Vec::new(),
+                edges: Vec::new(),
+            },
         }
     }
 
@@ -757,8 +760,8 @@ mod tests {
         }
         assert_eq!(
             h.matches("<svg").count(),
-            2,
-            "lag and rows in; one sample out"
+            3,
+            "lag and rows in; one sample out; the topology"
         );
         for tag in ["table", "tr", "section", "div", "td"] {
             assert_eq!(

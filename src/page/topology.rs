@@ -123,7 +123,10 @@ pub fn topology(ctx: &Context) -> Topology {
     let up = ctx.up.is_up();
     let diagnosis: Option<std::sync::Arc<Diagnosis>> = st.diagnosis.get();
     let holding = diagnosis.as_ref().map(|d| d.bottleneck);
-    let finding = diagnosis.as_ref().map(|d| d.finding.clone()).unwrap_or_default();
+    let finding = diagnosis
+        .as_ref()
+        .map(|d| d.finding.clone())
+        .unwrap_or_default();
     let stages = st.stages.get();
     let rows = st.rows.get();
     let probes = ctx.recent.probes();
@@ -141,13 +144,18 @@ pub fn topology(ctx: &Context) -> Topology {
     {
         let component = e.role.as_str();
         let address = format!("{}:{}", e.host, e.port);
-        let probe = probes
-            .as_ref()
-            .and_then(|p| p.iter().find(|p| p.component == component && p.endpoint == address));
+        let probe = probes.as_ref().and_then(|p| {
+            p.iter()
+                .find(|p| p.component == component && p.endpoint == address)
+        });
         let conns = established
             .as_ref()
             .and_then(|m| m.get(&(component.to_string(), address.clone())).copied());
-        let stage = if e.role == EndpointRole::Source { Stage::Source } else { Stage::Target };
+        let stage = if e.role == EndpointRole::Source {
+            Stage::Source
+        } else {
+            Stage::Target
+        };
         let (state, why) = match probe {
             Some(p) if !p.ok => (State::Fail, p.detail.clone()),
             _ if holding == Some(stage) => (State::Warn, finding.clone()),
@@ -179,7 +187,10 @@ pub fn topology(ctx: &Context) -> Topology {
             .filter(|s| names.contains(&s.stage))
             .map(|s| s.mean_seconds)
             .sum();
-        w.stages.iter().any(|s| names.contains(&s.stage)).then_some(v)
+        w.stages
+            .iter()
+            .any(|s| names.contains(&s.stage))
+            .then_some(v)
     };
     let queue = |kinds: &[&str]| -> Option<f64> {
         let w = stages.as_ref()?;
@@ -204,7 +215,13 @@ pub fn topology(ctx: &Context) -> Topology {
             latency(&["input"]),
             queue(&["input_buffer"]).map(|q| format!("{q:.0} buffered")),
         ),
-        ("emitter", "emitter", Stage::Emitter, latency(&["emitter"]), None),
+        (
+            "emitter",
+            "emitter",
+            Stage::Emitter,
+            latency(&["emitter"]),
+            None,
+        ),
         (
             "scheduler",
             "scheduler",
@@ -225,7 +242,10 @@ pub fn topology(ctx: &Context) -> Topology {
         } else if holding == Some(stage) {
             (State::Warn, finding.clone())
         } else if stages.is_none() {
-            (State::Unknown, "gravity's /metrics not read yet".to_string())
+            (
+                State::Unknown,
+                "gravity's /metrics not read yet".to_string(),
+            )
         } else {
             (State::Ok, String::new())
         };
@@ -369,7 +389,10 @@ mod tests {
         assert_eq!(&ids[1..5], ["input", "emitter", "scheduler", "output"]);
         assert!(ids[5].starts_with("target:"), "{ids:?}");
         assert_eq!(t.edges.len(), 5);
-        assert!(t.edges.iter().all(|e| ids.contains(&e.source.as_str()) && ids.contains(&e.target.as_str())));
+        assert!(t
+            .edges
+            .iter()
+            .all(|e| ids.contains(&e.source.as_str()) && ids.contains(&e.target.as_str())));
         assert_eq!(t.edges[4].mainstat, "118.5 rows/s");
         // gravity is not up (no process): its stages fail; the databases are not probed
         assert_eq!(t.nodes[1].detail_state, "fail");
@@ -379,7 +402,16 @@ mod tests {
         }
         // Grafana's field names
         let json: serde_json::Value = serde_json::from_str(&api_topology(&ctx)).unwrap();
-        for k in ["id", "title", "subtitle", "mainstat", "secondarystat", "arc__ok", "arc__fail", "detail__state"] {
+        for k in [
+            "id",
+            "title",
+            "subtitle",
+            "mainstat",
+            "secondarystat",
+            "arc__ok",
+            "arc__fail",
+            "detail__state",
+        ] {
             assert!(json["nodes"][0].get(k).is_some(), "{k}");
         }
         for k in ["id", "source", "target", "mainstat", "secondarystat"] {
