@@ -387,6 +387,42 @@ const INHIBIT_CASES: &[InhibitCase] = &[
         ],
     },
     InhibitCase {
+        rule: "1b an unreachable source is the unreachable position DB",
+        sources: &["GravitySourceUnreachable"],
+        muted: &["GravityProbeDBUnreachable", "GravityCanaryLost"],
+        kept: &["GravityTargetUnreachable", "GravityPipelineDark"],
+    },
+    InhibitCase {
+        rule: "1c a purged position is no longer about to be purged",
+        sources: &["GravityBinlogPurged"],
+        muted: &[
+            "GravityBinlogPurgeImminent",
+            "GravityBinlogRetentionRunningOut",
+        ],
+        kept: &["GravitySourceUnreachable"],
+    },
+    InhibitCase {
+        rule: "4b a stall is one page, not also its symptoms",
+        sources: &["GravityPipelineStalled"],
+        muted: &[
+            "GravityBinlogPositionStalled",
+            "GravityBinlogFileGapGrowing",
+            "GravityCanaryLost",
+            "GravityLongDDL",
+        ],
+        kept: &[
+            "GravitySourceUnreachable",
+            "GravityBinlogPurgeImminent",
+            "GravityPipelineDark",
+        ],
+    },
+    InhibitCase {
+        rule: "4c a dark pipeline is one page, not also ExporterDown",
+        sources: &["GravityPipelineDark"],
+        muted: &["GravityExporterDown"],
+        kept: &["GravityDown", "GravityPipelineStalled"],
+    },
+    InhibitCase {
         rule: "5 a P0 mutes the P1-P3 it explains",
         sources: &["GravityPipelineStalled"],
         muted: &[
