@@ -53,11 +53,15 @@ pub enum Mode {
     /// Memory grows by 8 MiB every 5 ms up to 1 GiB and is held: under a cgroup memory
     /// limit the kernel's OOM killer ends it (SIGKILL, nothing logged).
     MemoryHog,
+    /// A long DDL being applied: one DDL enters (input `type="ddl"` +1), the watermark's
+    /// ProcessTime and the output stop while the heartbeat is still read; leaving the mode
+    /// applies the DDL (output +1) and the pipeline moves on.
+    LongDdl,
 }
 
 impl Mode {
     /// All modes, for error messages and tests.
-    pub const ALL: [Mode; 12] = [
+    pub const ALL: [Mode; 13] = [
         Mode::None,
         Mode::Crash,
         Mode::Exit0,
@@ -70,6 +74,7 @@ impl Mode {
         Mode::HeartbeatBroken,
         Mode::Panic,
         Mode::MemoryHog,
+        Mode::LongDdl,
     ];
 
     /// Name used by the control endpoint and `GRAVITY_DOUBLE_FAULT`.
@@ -87,6 +92,7 @@ impl Mode {
             Mode::HeartbeatBroken => "heartbeat_broken",
             Mode::Panic => "panic",
             Mode::MemoryHog => "memory_hog",
+            Mode::LongDdl => "long_ddl",
         }
     }
 
@@ -98,7 +104,10 @@ impl Mode {
 
     /// Whether source rows flow through the pipeline in this mode.
     pub fn flows(self) -> bool {
-        !matches!(self, Mode::Stall | Mode::Idle | Mode::HeartbeatBroken)
+        !matches!(
+            self,
+            Mode::Stall | Mode::Idle | Mode::HeartbeatBroken | Mode::LongDdl
+        )
     }
 
     /// Whether the heartbeat probe's rows arrive.
@@ -261,7 +270,7 @@ impl Flow {
     fn out_units(&self, now: Instant) -> f64 {
         let f = self.units(now);
         match self.mode {
-            Mode::Stall => self.out_units,
+            Mode::Stall | Mode::LongDdl => self.out_units,
             m if m.flows() => (f - self.rate * OUTPUT_DELAY).max(self.out_units).min(f),
             _ => f,
         }
@@ -424,6 +433,8 @@ pub struct TableCounts {
     pub estimated: u64,
     /// Batch: scanning finished.
     pub done: bool,
+    /// DDL read but not yet applied (input only; [`Mode::LongDdl`]).
+    pub ddl_pending: u64,
 }
 
 /// Everything countable at an instant.
@@ -513,6 +524,8 @@ pub struct Sim {
     /// A stream watermark pinned from outside (`POST /_double/watermark`): (EventTime,
     /// ProcessTime) of a real data path the double stands in for (a MariaDB replica).
     pub external_watermark: Option<(SystemTime, SystemTime)>,
+    /// DDLs applied after a [`Mode::LongDdl`] (table 0).
+    ddl_applied: u64,
 }
 
 /// Harmonic table weights `1/(i+1)`, normalised.
@@ -573,6 +586,7 @@ impl Sim {
             scrapes: [0; 3],
             in_flight: 0,
             position_stored: false,
+            ddl_applied: 0,
         };
         sim.set_mode(mode, now);
         sim
@@ -600,9 +614,12 @@ impl Sim {
         let old = self.flow.mode;
         self.flow.mode = mode;
         let event_now = now.wall.checked_sub(secs(lag_now)).unwrap_or(now.wall);
+        if old == Mode::LongDdl && mode != Mode::LongDdl {
+            self.ddl_applied += 1;
+        }
         match mode {
-            Mode::Stall => {
-                if old != Mode::Stall {
+            Mode::Stall | Mode::LongDdl => {
+                if old != mode {
                     self.process_frozen = Some(now.wall);
                     if self.event_frozen.is_none() {
                         self.event_frozen = Some(event_now);
@@ -703,8 +720,12 @@ impl Sim {
                         *inp = floor_u64(w * s * units);
                         *outp = floor_u64(w * s * out_units);
                     }
+                    if i == 0 {
+                        t.ddl_pending = u64::from(self.flow.mode == Mode::LongDdl);
+                        t.ddl += self.ddl_applied;
+                    }
                     let i = i as u64;
-                    t.ddl = ddl_total / n + u64::from(i < ddl_total % n);
+                    t.ddl += ddl_total / n + u64::from(i < ddl_total % n);
                 }
                 InputMode::Batch => {
                     let total = totals.get(i).copied().unwrap_or(1);
@@ -720,7 +741,7 @@ impl Sim {
                     t.estimated = (total as f64 * factor).round() as u64;
                 }
             }
-            c.input_total += t.input.iter().sum::<u64>() + t.ddl;
+            c.input_total += t.input.iter().sum::<u64>() + t.ddl + t.ddl_pending;
             c.output_total += t.output.iter().sum::<u64>() + t.ddl;
             c.tables.push(t);
         }
@@ -953,7 +974,7 @@ impl Sim {
 
     /// Queue gauges `(type, subtype, value)`.
     pub fn queues(&self, now: Now) -> Vec<(String, String, f64)> {
-        let stalled = self.mode() == Mode::Stall;
+        let stalled = matches!(self.mode(), Mode::Stall | Mode::LongDdl);
         let tick = self.uptime(now) as u64;
         let sc = &self.spec.scheduler;
         const JITTER: [u64; 6] = [0, 0, 0, 1, 2, 7];
@@ -1027,7 +1048,7 @@ impl Sim {
     /// `gravity_scheduler_sliding_window_ratio{input_stream_key}` values.
     pub fn window_ratios(&self, now: Now) -> Vec<(String, f64)> {
         let size = self.spec.scheduler.sliding_window_size.max(1) as f64;
-        let waiting = if self.mode() == Mode::Stall {
+        let waiting = if matches!(self.mode(), Mode::Stall | Mode::LongDdl) {
             (self.stalled_for(now) * self.rate()).min(size)
         } else if self.mode().flows() {
             (self.rate() * 0.05).min(size).floor()
