@@ -1177,6 +1177,37 @@ mod tests {
     }
 
     #[test]
+    fn a_long_ddl_holds_the_watermark_and_the_output_but_not_the_heartbeat() {
+        let t0 = Now::current();
+        let mut sim = Sim::new(spec("m2m"), Settings::default(), t0);
+        let t1 = t0.plus(Duration::from_secs(10));
+        sim.set_mode(Mode::LongDdl, t1);
+        let c1 = sim.counts(t1);
+        let t2 = t1.plus(Duration::from_secs(30));
+        let c2 = sim.counts(t2);
+        assert_eq!(c2.tables[0].ddl_pending, 1, "the DDL was read");
+        assert_eq!(c2.input_total, c1.input_total);
+        assert_eq!(
+            c2.output_total, c1.output_total,
+            "nothing written behind the DDL"
+        );
+        assert_eq!(
+            c2.heartbeat,
+            c1.heartbeat + 30,
+            "the heartbeat is still read"
+        );
+        assert_eq!(sim.watermarks(t2)[0].process_time, t1.wall);
+        sim.set_mode(Mode::None, t2);
+        let c3 = sim.counts(t2.plus(Duration::from_secs(1)));
+        assert_eq!(c3.tables[0].ddl_pending, 0);
+        assert_eq!(
+            c3.tables[0].ddl,
+            c2.tables[0].ddl + 1,
+            "applied when it ends"
+        );
+    }
+
+    #[test]
     fn modes_freeze_the_right_clocks() {
         let t0 = Now::current();
         let mut sim = Sim::new(spec("m2m"), Settings::default(), t0);
