@@ -396,7 +396,10 @@ const INHIBIT_CASES: &[InhibitCase] = &[
         rule: "1c a purged position is no longer about to be purged",
         sources: &["GravityBinlogPurged"],
         muted: &["GravityBinlogPurgeImminent"],
-        kept: &["GravitySourceUnreachable", "GravityBinlogRetentionRunningOut"],
+        kept: &[
+            "GravitySourceUnreachable",
+            "GravityBinlogRetentionRunningOut",
+        ],
     },
     InhibitCase {
         rule: "4b a stall is one page, not also its symptoms",
