@@ -413,6 +413,9 @@ async fn respond(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Full<Byt
     if !telemetry {
         return route(&ctx, req);
     }
+    // A scrape is a read: without it the collectors fall to --collector.idle-interval
+    // (60 s) two minutes after start although Prometheus scrapes every 15 s.
+    ctx.mark_read();
     let store = ctx.store.clone();
     match ctx
         .workers
@@ -585,6 +588,41 @@ mod tests {
         assert!(
             closed_by_server(&mut kept).await,
             "idle keep-alive socket left open"
+        );
+        let _ = tx.send(());
+        server.await.unwrap();
+    }
+
+    /// A scrape of /metrics (served on the render thread) counts as a read, so the
+    /// collectors keep --collector.interval while Prometheus scrapes.
+    #[tokio::test]
+    async fn a_scrape_counts_as_a_read() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let c = ctx();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_with(
+            listener,
+            c.clone(),
+            Limits::default(),
+            None,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = c.reads.since_last();
+        assert!(before >= Duration::from_millis(250), "{before:?}");
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        assert!(
+            c.reads.since_last() < Duration::from_millis(200),
+            "a scrape was not counted as a read"
         );
         let _ = tx.send(());
         server.await.unwrap();

@@ -143,7 +143,7 @@ fn alertmanager_config_is_valid_and_routes_by_severity() {
     let (ok, out) = run(&amtool, &["check-config", "alerts/alertmanager.yml"]);
     assert!(ok && out.contains("SUCCESS"), "amtool check-config:\n{out}");
     assert!(
-        out.contains("5 inhibit rules") && out.contains("4 receivers"),
+        out.contains("9 inhibit rules") && out.contains("4 receivers"),
         "{out}"
     );
     for (want, labels) in ROUTES {
@@ -385,6 +385,42 @@ const INHIBIT_CASES: &[InhibitCase] = &[
             "GravityBinlogPurged",
             "GravityBinlogDisabled",
         ],
+    },
+    InhibitCase {
+        rule: "1b an unreachable source is the unreachable position DB",
+        sources: &["GravitySourceUnreachable"],
+        muted: &["GravityProbeDBUnreachable", "GravityCanaryLost"],
+        kept: &["GravityTargetUnreachable", "GravityPipelineDark"],
+    },
+    InhibitCase {
+        rule: "1c a purged position is no longer about to be purged",
+        sources: &["GravityBinlogPurged"],
+        muted: &["GravityBinlogPurgeImminent"],
+        kept: &[
+            "GravitySourceUnreachable",
+            "GravityBinlogRetentionRunningOut",
+        ],
+    },
+    InhibitCase {
+        rule: "4b a stall is one page, not also its symptoms",
+        sources: &["GravityPipelineStalled"],
+        muted: &[
+            "GravityBinlogPositionStalled",
+            "GravityBinlogFileGapGrowing",
+            "GravityCanaryLost",
+            "GravityLongDDL",
+        ],
+        kept: &[
+            "GravitySourceUnreachable",
+            "GravityBinlogPurgeImminent",
+            "GravityPipelineDark",
+        ],
+    },
+    InhibitCase {
+        rule: "4c a dark pipeline is one page, not also ExporterDown",
+        sources: &["GravityPipelineDark"],
+        muted: &["GravityExporterDown"],
+        kept: &["GravityDown", "GravityPipelineStalled"],
     },
     InhibitCase {
         rule: "5 a P0 mutes the P1-P3 it explains",

@@ -36,5 +36,9 @@ check pager  severity=P0 priority=critical namespace=prod job=gravity pipeline=o
 check ticket severity=P2 priority=warning  namespace=prod job=gravity pipeline=orders alertname=GravitySlowCrashLoop
 check digest severity=P3 priority=info     namespace=prod job=gravity pipeline=orders alertname=GravityStopped
 check digest severity=P3 priority=info     namespace=prod job=gravity pipeline=orders alertname=GravityRestarted
+# issue 23: the dark pipeline pages; a long DDL or transaction is a ticket
+check pager  severity=P0 priority=critical namespace=prod job=gravity pipeline=orders alertname=GravityPipelineDark
+check ticket severity=P2 priority=warning  namespace=prod job=gravity pipeline=orders alertname=GravityLongDDL
+check ticket severity=P2 priority=warning  namespace=prod job=gravity pipeline=orders alertname=GravityLongTransaction
 
 exit $fail

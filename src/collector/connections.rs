@@ -233,6 +233,58 @@ pub async fn probe_all_shared(
         .collect()
 }
 
+/// Delays before each new probe of an endpoint that was healthy and failed this round: the
+/// failure is exported only when every probe fails (about 3 s of failures plus the probes'
+/// own time), so that `gravity_connection_health` 0 is a confirmed outage and the alerts'
+/// `for:` can be short (alerts/README.md). Endpoints already failing, or not probed
+/// before, are not probed again within the round.
+pub const CONFIRM_DELAYS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(2)];
+
+/// Confirms the failures of a round: each failed result for which `confirm` is true is
+/// probed again with `reprobe` after each of `delays`; the first success replaces the
+/// failure. Bounded by `delays.len()` new probes per endpoint.
+pub async fn confirm_failures<F, Fut>(
+    mut results: Vec<ProbeResult>,
+    endpoints: &[Endpoint],
+    confirm: impl Fn(&ProbeResult) -> bool,
+    delays: &[Duration],
+    mut reprobe: F,
+) -> Vec<ProbeResult>
+where
+    F: FnMut(Vec<Endpoint>) -> Fut,
+    Fut: std::future::Future<Output = Vec<ProbeResult>>,
+{
+    let mut pending: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| !r.outcome.ok && confirm(r) && *i < endpoints.len())
+        .map(|(i, _)| i)
+        .collect();
+    for d in delays {
+        if pending.is_empty() {
+            break;
+        }
+        tokio::time::sleep(*d).await;
+        let eps: Vec<Endpoint> = pending
+            .iter()
+            .filter_map(|&i| endpoints.get(i).cloned())
+            .collect();
+        let again = reprobe(eps).await;
+        let mut still = Vec::new();
+        for (&i, r) in pending
+            .iter()
+            .zip(again.into_iter().map(Some).chain(std::iter::repeat(None)))
+        {
+            match (r, results.get_mut(i)) {
+                (Some(r), Some(slot)) if r.outcome.ok => *slot = r,
+                _ => still.push(i),
+            }
+        }
+        pending = still;
+    }
+    results
+}
+
 type LabelKey = (String, &'static str, String);
 
 /// Runs the probes on their own schedule and publishes the results.
@@ -305,6 +357,21 @@ impl ConnectionProber {
             .map(|i| i.mul_f64(0.9))
             .unwrap_or(Duration::ZERO);
         let results = probe_all_shared(&endpoints, &shared, timeout, retry_after).await;
+        // A newly failing endpoint (healthy in the last round) is probed again on a new
+        // connection before its failure is published.
+        let was_healthy: HashSet<(&'static str, String)> = lock(&self.last)
+            .iter()
+            .filter(|(k, ok)| **ok && k.0 == pipeline)
+            .map(|(k, _)| (k.1, k.2.clone()))
+            .collect();
+        let results = confirm_failures(
+            results,
+            &endpoints,
+            |r| was_healthy.contains(&(r.component, r.endpoint.clone())),
+            &CONFIRM_DELAYS,
+            |eps| async move { probe_all(&eps, timeout).await },
+        )
+        .await;
         self.record(&pipeline, &results);
         results
     }
@@ -537,6 +604,66 @@ mod tests {
             "the new endpoint list was not probed"
         );
         task.abort();
+    }
+
+    /// A failure of a healthy endpoint is probed again before it is published: a blip
+    /// (the second probe succeeds) reads healthy, a lasting failure is confirmed after every
+    /// delay, and an endpoint that was already failing is not probed again.
+    #[tokio::test(start_paused = true)]
+    async fn failures_are_confirmed_before_they_are_published() {
+        let c = gravity_config::parse(M2K, false).unwrap();
+        let eps = probe_targets(&c);
+        assert!(eps.len() >= 2, "{eps:?}");
+        let res = |e: &Endpoint, ok: bool| ProbeResult {
+            component: e.role.as_str(),
+            endpoint: e.address(),
+            outcome: outcome(ok, (!ok).then_some(FailureReason::Refused)),
+        };
+        let first: Vec<ProbeResult> = eps.iter().map(|e| res(e, false)).collect();
+        // the last endpoint (an address of its own) fails once, the others every time
+        let last = eps.len() - 1;
+        let blip = eps[last].address();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let start = tokio::time::Instant::now();
+        let out = confirm_failures(
+            first.clone(),
+            &eps,
+            |_| true,
+            &CONFIRM_DELAYS,
+            |again: Vec<Endpoint>| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let r: Vec<ProbeResult> =
+                    again.iter().map(|e| res(e, e.address() == blip)).collect();
+                async move { r }
+            },
+        )
+        .await;
+        assert!(
+            out[last].outcome.ok,
+            "a blip reads healthy: {:?}",
+            out[last]
+        );
+        assert!(out[..last].iter().all(|r| !r.outcome.ok), "{out:?}");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_eq!(start.elapsed(), Duration::from_secs(3), "1 s, then 2 s");
+
+        // already failing (or never probed): published as they are, at once
+        let start = tokio::time::Instant::now();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let out = confirm_failures(
+            first.clone(),
+            &eps,
+            |_| false,
+            &CONFIRM_DELAYS,
+            |_| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async { Vec::new() }
+            },
+        )
+        .await;
+        assert_eq!(out, first);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
     #[test]

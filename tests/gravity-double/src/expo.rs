@@ -255,7 +255,7 @@ pub fn render_metrics(sim: &Sim, now: Now, proc_stats: &ProcStats) -> String {
                 );
             }
         }
-        if tc.ddl > 0 {
+        if tc.ddl + tc.ddl_pending > 0 {
             input.add(
                 &[
                     ("pipeline", p),
@@ -264,7 +264,7 @@ pub fn render_metrics(sim: &Sim, now: Now, proc_stats: &ProcStats) -> String {
                     ("type", "ddl"),
                     ("subtype", ""),
                 ],
-                Body::Value(tc.ddl as f64),
+                Body::Value((tc.ddl + tc.ddl_pending) as f64),
             );
         }
     }

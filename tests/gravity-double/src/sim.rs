@@ -53,11 +53,15 @@ pub enum Mode {
     /// Memory grows by 8 MiB every 5 ms up to 1 GiB and is held: under a cgroup memory
     /// limit the kernel's OOM killer ends it (SIGKILL, nothing logged).
     MemoryHog,
+    /// A long DDL being applied: one DDL enters (input `type="ddl"` +1), the watermark's
+    /// ProcessTime and the output stop while the heartbeat is still read; leaving the mode
+    /// applies the DDL (output +1) and the pipeline moves on.
+    LongDdl,
 }
 
 impl Mode {
     /// All modes, for error messages and tests.
-    pub const ALL: [Mode; 12] = [
+    pub const ALL: [Mode; 13] = [
         Mode::None,
         Mode::Crash,
         Mode::Exit0,
@@ -70,6 +74,7 @@ impl Mode {
         Mode::HeartbeatBroken,
         Mode::Panic,
         Mode::MemoryHog,
+        Mode::LongDdl,
     ];
 
     /// Name used by the control endpoint and `GRAVITY_DOUBLE_FAULT`.
@@ -87,6 +92,7 @@ impl Mode {
             Mode::HeartbeatBroken => "heartbeat_broken",
             Mode::Panic => "panic",
             Mode::MemoryHog => "memory_hog",
+            Mode::LongDdl => "long_ddl",
         }
     }
 
@@ -98,7 +104,10 @@ impl Mode {
 
     /// Whether source rows flow through the pipeline in this mode.
     pub fn flows(self) -> bool {
-        !matches!(self, Mode::Stall | Mode::Idle | Mode::HeartbeatBroken)
+        !matches!(
+            self,
+            Mode::Stall | Mode::Idle | Mode::HeartbeatBroken | Mode::LongDdl
+        )
     }
 
     /// Whether the heartbeat probe's rows arrive.
@@ -341,7 +350,7 @@ impl Flow {
     fn out_units(&self, now: Instant) -> f64 {
         let f = self.units(now);
         match self.mode {
-            Mode::Stall => self.out_units,
+            Mode::Stall | Mode::LongDdl => self.out_units,
             m if m.flows() => (f - self.rate * OUTPUT_DELAY).max(self.out_units).min(f),
             _ => f,
         }
@@ -504,6 +513,8 @@ pub struct TableCounts {
     pub estimated: u64,
     /// Batch: scanning finished.
     pub done: bool,
+    /// DDL read but not yet applied (input only; [`Mode::LongDdl`]).
+    pub ddl_pending: u64,
 }
 
 /// Everything countable at an instant.
@@ -597,6 +608,8 @@ pub struct Sim {
     case_since: Now,
     /// `(seq, stream)` of the item [`Case::StuckWindow`] holds.
     stuck_item: Option<(u64, String)>,
+    /// DDLs applied after a [`Mode::LongDdl`] (table 0).
+    ddl_applied: u64,
 }
 
 /// Harmonic table weights `1/(i+1)`, normalised.
@@ -660,6 +673,7 @@ impl Sim {
             case: Case::None,
             case_since: now,
             stuck_item: None,
+            ddl_applied: 0,
         };
         sim.set_mode(mode, now);
         let case = sim.settings.initial_case;
@@ -741,9 +755,12 @@ impl Sim {
         let old = self.flow.mode;
         self.flow.mode = mode;
         let event_now = now.wall.checked_sub(secs(lag_now)).unwrap_or(now.wall);
+        if old == Mode::LongDdl && mode != Mode::LongDdl {
+            self.ddl_applied += 1;
+        }
         match mode {
-            Mode::Stall => {
-                if old != Mode::Stall {
+            Mode::Stall | Mode::LongDdl => {
+                if old != mode {
                     self.process_frozen = Some(now.wall);
                     if self.event_frozen.is_none() {
                         self.event_frozen = Some(event_now);
@@ -844,8 +861,12 @@ impl Sim {
                         *inp = floor_u64(w * s * units);
                         *outp = floor_u64(w * s * out_units);
                     }
+                    if i == 0 {
+                        t.ddl_pending = u64::from(self.flow.mode == Mode::LongDdl);
+                        t.ddl += self.ddl_applied;
+                    }
                     let i = i as u64;
-                    t.ddl = ddl_total / n + u64::from(i < ddl_total % n);
+                    t.ddl += ddl_total / n + u64::from(i < ddl_total % n);
                 }
                 InputMode::Batch => {
                     let total = totals.get(i).copied().unwrap_or(1);
@@ -861,7 +882,7 @@ impl Sim {
                     t.estimated = (total as f64 * factor).round() as u64;
                 }
             }
-            c.input_total += t.input.iter().sum::<u64>() + t.ddl;
+            c.input_total += t.input.iter().sum::<u64>() + t.ddl + t.ddl_pending;
             c.output_total += t.output.iter().sum::<u64>() + t.ddl;
             c.tables.push(t);
         }
@@ -1115,7 +1136,7 @@ impl Sim {
     /// (it moves only while rows flow); per input stream the sliding window's
     /// `sliding-window-waiting-chan`, `-ready-chan`, `-ready-heap`, set every second.
     pub fn queues(&self, now: Now) -> Vec<(String, String, f64)> {
-        let stalled = self.mode() == Mode::Stall;
+        let stalled = matches!(self.mode(), Mode::Stall | Mode::LongDdl);
         let case = self.case;
         let tick = self.uptime(now) as u64;
         // a worker's gauge changes when it dequeues: on the flow clock, frozen while idle
@@ -1238,7 +1259,9 @@ impl Sim {
             Case::StuckWindow => size,
             Case::Retries => 0.3 * size,
             Case::SlowReading => 2.0,
-            _ if self.mode() == Mode::Stall => self.stalled_for(now).floor() * self.rate(),
+            _ if matches!(self.mode(), Mode::Stall | Mode::LongDdl) => {
+                self.stalled_for(now).floor() * self.rate()
+            }
             _ if self.mode().flows() => (self.rate() * 0.05).floor(),
             _ => 0.0,
         };
@@ -1391,6 +1414,37 @@ mod tests {
             assert!((c.out_units - out_units).abs() < 1e-6);
             assert!(c.output_total <= c.input_total);
         }
+    }
+
+    #[test]
+    fn a_long_ddl_holds_the_watermark_and_the_output_but_not_the_heartbeat() {
+        let t0 = Now::current();
+        let mut sim = Sim::new(spec("m2m"), Settings::default(), t0);
+        let t1 = t0.plus(Duration::from_secs(10));
+        sim.set_mode(Mode::LongDdl, t1);
+        let c1 = sim.counts(t1);
+        let t2 = t1.plus(Duration::from_secs(30));
+        let c2 = sim.counts(t2);
+        assert_eq!(c2.tables[0].ddl_pending, 1, "the DDL was read");
+        assert_eq!(c2.input_total, c1.input_total);
+        assert_eq!(
+            c2.output_total, c1.output_total,
+            "nothing written behind the DDL"
+        );
+        assert_eq!(
+            c2.heartbeat,
+            c1.heartbeat + 30,
+            "the heartbeat is still read"
+        );
+        assert_eq!(sim.watermarks(t2)[0].process_time, t1.wall);
+        sim.set_mode(Mode::None, t2);
+        let c3 = sim.counts(t2.plus(Duration::from_secs(1)));
+        assert_eq!(c3.tables[0].ddl_pending, 0);
+        assert_eq!(
+            c3.tables[0].ddl,
+            c2.tables[0].ddl + 1,
+            "applied when it ends"
+        );
     }
 
     #[test]
