@@ -88,20 +88,35 @@ impl Verdict {
 
     /// A Nagios plugin's output: status line with perfdata, then one line per check.
     pub fn text(&self) -> String {
-        let passing = self.checks.iter().filter(|c| c.ok).count();
+        let passing = health::score(&self.checks);
+        let evaluated = health::evaluated(&self.checks);
+        let not_checked: Vec<&str> = self
+            .checks
+            .iter()
+            .filter(|c| !c.evaluated)
+            .map(|c| c.name)
+            .collect();
         let failing: Vec<String> = self
             .checks
             .iter()
             .filter(|c| !c.ok)
             .map(|c| format!("{} ({})", c.name, c.detail.replace('|', "/")))
             .collect();
-        let mut perf = vec![format!("score={passing};;;0;{}", self.checks.len())];
+        let mut perf = vec![format!("score={passing};;;0;{evaluated}")];
         perf.extend(self.perf.iter().map(|(n, v, u)| format!("{n}={v}{u}")));
         let mut out = format!(
-            "GRAVITY {} - pipeline {}: {passing}/{} checks pass{} | {}\n",
+            "GRAVITY {} - pipeline {}: {passing}/{evaluated} checks pass{}{} | {}\n",
             self.word(),
             self.pipeline.replace('|', "/"),
-            self.checks.len(),
+            if not_checked.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} not checked: {})",
+                    not_checked.len(),
+                    not_checked.join(", ")
+                )
+            },
             if failing.is_empty() {
                 String::new()
             } else {
@@ -112,7 +127,9 @@ impl Verdict {
         for c in &self.checks {
             out.push_str(&format!(
                 "{} {}: {}\n",
-                if c.ok {
+                if !c.evaluated {
+                    "NOT CHECKED"
+                } else if c.ok {
                     "PASS"
                 } else if c.critical {
                     "FAIL(critical)"
@@ -135,7 +152,7 @@ impl Verdict {
         let checks: Vec<serde_json::Value> = self
             .checks
             .iter()
-            .map(|c| serde_json::json!({"name": c.name, "ok": c.ok, "critical": c.critical, "detail": c.detail}))
+            .map(|c| serde_json::json!({"name": c.name, "ok": c.ok, "evaluated": c.evaluated, "critical": c.critical, "detail": c.detail}))
             .collect();
         let perf: serde_json::Map<String, serde_json::Value> = self
             .perf
@@ -146,7 +163,8 @@ impl Verdict {
             "status": self.word(),
             "code": self.code(),
             "pipeline": self.pipeline,
-            "score": self.checks.iter().filter(|c| c.ok).count(),
+            "score": health::score(&self.checks),
+            "checks_evaluated": health::evaluated(&self.checks),
             "checks_total": self.checks.len(),
             "checks": checks,
             "perfdata": perf,
@@ -455,7 +473,11 @@ mod tests {
         let score = crate::health::families(&c.checks, &pipeline)
             .value("gravity_health_score", &[])
             .unwrap();
-        assert_eq!(score, c.checks.iter().filter(|k| k.ok).count() as f64);
+        assert_eq!(score, health::score(&c.checks) as f64);
+        assert_eq!(
+            v.checks.iter().filter(|k| !k.evaluated).count(),
+            c.checks.iter().filter(|k| !k.evaluated).count()
+        );
     }
 
     #[test]
@@ -507,12 +529,21 @@ mod tests {
                     ok: true,
                     detail: "ok".into(),
                     critical: true,
+                    evaluated: true,
                 },
                 Check {
                     name: "log_healthy",
                     ok: false,
                     detail: "3 error lines | x".into(),
                     critical: false,
+                    evaluated: true,
+                },
+                Check {
+                    name: "source_reachable",
+                    ok: true,
+                    detail: "not checked: connection probes are off".into(),
+                    critical: true,
+                    evaluated: false,
                 },
             ],
             perf: vec![("lag_seconds".into(), 0.8, "s")],
@@ -523,9 +554,23 @@ mod tests {
         let first = t.lines().next().unwrap();
         assert!(
             first
-                .starts_with("GRAVITY WARNING - pipeline p: 1/2 checks pass; failing: log_healthy"),
+                .starts_with("GRAVITY WARNING - pipeline p: 1/2 checks pass (1 not checked: source_reachable); failing: log_healthy"),
             "{first}"
         );
+        assert!(
+            t.contains("NOT CHECKED source_reachable: not checked: connection probes are off"),
+            "{t}"
+        );
+        let j: serde_json::Value = serde_json::from_str(&v.json()).unwrap();
+        assert_eq!(
+            (
+                j["score"].as_u64(),
+                j["checks_evaluated"].as_u64(),
+                j["checks_total"].as_u64()
+            ),
+            (Some(1), Some(2), Some(3))
+        );
+        assert_eq!(j["checks"][2]["evaluated"], false);
         assert_eq!(
             first.matches('|').count(),
             1,

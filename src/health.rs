@@ -45,7 +45,22 @@ pub struct Check {
     pub detail: String,
     /// Whether a failure is critical (else a warning).
     pub critical: bool,
+    /// Whether it could be evaluated: a check without its input (probes off, no log file
+    /// known, no fd figures) is "not checked": it does not fail the verdict, does not count
+    /// in the score, and says so everywhere.
+    pub evaluated: bool,
 }
+
+/// Every check, in the verdict's order.
+pub const CHECKS: [&str; 7] = [
+    "process_running",
+    "api_answering",
+    "watermarks_advancing",
+    "source_reachable",
+    "target_reachable",
+    "log_healthy",
+    "resources_ok",
+];
 
 /// What the checks read: typed facts from [`crate::state`] (see [`inputs`]).
 #[derive(Debug, Default, Clone)]
@@ -76,6 +91,18 @@ fn check(name: &'static str, ok: bool, critical: bool, detail: impl Into<String>
         ok,
         detail: detail.into(),
         critical,
+        evaluated: true,
+    }
+}
+
+/// A check whose input is missing: not evaluated (neither pass nor fail).
+fn not_checked(name: &'static str, critical: bool, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        ok: true,
+        detail: detail.into(),
+        critical,
+        evaluated: false,
     }
 }
 
@@ -163,7 +190,7 @@ pub fn evaluate(i: &Inputs) -> Vec<Check> {
     out.push(check("watermarks_advancing", ok, true, detail));
     let reach = |name: &'static str, comps: &[&str]| -> Check {
         match &i.endpoints {
-            None => check(name, true, true, "connection probes are off"),
+            None => not_checked(name, true, "not checked: connection probes are off"),
             Some(c) => {
                 let mut parts = Vec::new();
                 let mut all_ok = true;
@@ -181,7 +208,11 @@ pub fn evaluate(i: &Inputs) -> Vec<Check> {
                 if any {
                     check(name, all_ok, true, parts.join("; "))
                 } else {
-                    check(name, true, true, "no such endpoint in gravity's config")
+                    not_checked(
+                        name,
+                        true,
+                        "not checked: no such endpoint in gravity's config",
+                    )
                 }
             }
         }
@@ -192,11 +223,10 @@ pub fn evaluate(i: &Inputs) -> Vec<Check> {
         &["target", "kafka", "elasticsearch"],
     ));
     out.push(if !i.log_known {
-        check(
+        not_checked(
             "log_healthy",
-            true,
             false,
-            "gravity's log is not read (no log file known)",
+            "not checked: gravity's log is not read (no log file known)",
         )
     } else {
         check(
@@ -217,40 +247,59 @@ pub fn evaluate(i: &Inputs) -> Vec<Check> {
             false,
             format!("{open:.0} of {max:.0} fds open"),
         ),
-        _ => check(
+        _ => not_checked(
             "resources_ok",
-            true,
             false,
-            "no fd figures (process not visible)",
+            "not checked: no fd figures (process not visible)",
         ),
     });
     out
 }
 
-/// The families for a verdict.
+/// The families for a verdict: `gravity_health_check` for the checks that were evaluated,
+/// `gravity_health_check_evaluated` for all seven, the score out of the evaluated ones.
 pub fn families(checks: &[Check], pipeline: &str) -> Families {
     let mut f = Families::new();
-    for c in checks {
+    for c in checks.iter().filter(|c| c.evaluated) {
         f.gauge(
             "gravity_health_check",
-            "1 when the health check passes, 0 when it fails (process_running, api_answering, watermarks_advancing, source_reachable, target_reachable, log_healthy, resources_ok).",
+            "1 when the health check passes, 0 when it fails (process_running, api_answering, watermarks_advancing, source_reachable, target_reachable, log_healthy, resources_ok); absent while the check cannot be evaluated (gravity_health_check_evaluated 0).",
             &[("pipeline", pipeline), ("check", c.name)],
             if c.ok { 1.0 } else { 0.0 },
         );
     }
+    for name in CHECKS {
+        let evaluated = checks.iter().any(|c| c.name == name && c.evaluated);
+        f.gauge(
+            "gravity_health_check_evaluated",
+            "1 when the health check could be evaluated, 0 when its input is missing (probes off, no log file known, no fd figures): then it neither passes nor fails.",
+            &[("pipeline", pipeline), ("check", name)],
+            if evaluated { 1.0 } else { 0.0 },
+        );
+    }
     f.gauge(
         "gravity_health_score",
-        "Number of health checks that pass (of gravity_health_checks).",
+        "Number of evaluated health checks that pass (out of gravity_health_checks).",
         &[("pipeline", pipeline)],
-        checks.iter().filter(|c| c.ok).count() as f64,
+        score(checks) as f64,
     );
     f.gauge(
         "gravity_health_checks",
-        "Number of health checks evaluated.",
+        "Number of health checks evaluated (of the seven; the others lack their input).",
         &[("pipeline", pipeline)],
-        checks.len() as f64,
+        evaluated(checks) as f64,
     );
     f
+}
+
+/// Evaluated checks that pass.
+pub fn score(checks: &[Check]) -> usize {
+    checks.iter().filter(|c| c.evaluated && c.ok).count()
+}
+
+/// Checks that were evaluated.
+pub fn evaluated(checks: &[Check]) -> usize {
+    checks.iter().filter(|c| c.evaluated).count()
 }
 
 /// Nagios verdict: 0 OK, 1 WARNING, 2 CRITICAL.
@@ -464,14 +513,46 @@ mod tests {
     }
 
     #[test]
-    fn healthz_500_fails_watermarks_and_probes_off_pass() {
+    fn healthz_500_fails_watermarks_and_probes_off_are_not_checked() {
         let mut i = healthy();
         i.healthz_ok = Some(false);
         i.endpoints = None;
         let c = evaluate(&i);
         let w = c.iter().find(|c| c.name == "watermarks_advancing").unwrap();
         assert!(!w.ok && w.detail.contains("/healthz"), "{w:?}");
-        assert!(c.iter().find(|c| c.name == "source_reachable").unwrap().ok);
+        let s = c.iter().find(|c| c.name == "source_reachable").unwrap();
+        // not evaluated: it neither passes nor fails, and says so
+        assert!(
+            !s.evaluated && s.ok && s.detail.starts_with("not checked"),
+            "{s:?}"
+        );
+        assert_eq!(evaluated(&c), 5);
+        assert_eq!(score(&c), 4);
+        let f = families(&c, "p");
+        assert_eq!(f.value("gravity_health_checks", &[]), Some(5.0));
+        assert_eq!(f.value("gravity_health_score", &[]), Some(4.0));
+        assert_eq!(
+            f.value("gravity_health_check", &[("check", "source_reachable")]),
+            None
+        );
+        assert_eq!(
+            f.value(
+                "gravity_health_check_evaluated",
+                &[("check", "source_reachable")]
+            ),
+            Some(0.0)
+        );
+        assert_eq!(
+            f.value(
+                "gravity_health_check_evaluated",
+                &[("check", "process_running")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            f.value("gravity_health_check", &[("check", "watermarks_advancing")]),
+            Some(0.0)
+        );
     }
 
     /// The verdict is read from the typed state the producers publish, never from the

@@ -29,7 +29,8 @@ async fn ok_then_critical_after_a_kill_and_unknown_on_bad_flags() {
     assert_eq!(code, 0, "{out}");
     let first = out.lines().next().unwrap();
     assert!(
-        first.starts_with("GRAVITY OK - pipeline mysql2mysqlDemo: 7/7 checks pass | score=7;;;0;7"),
+        // probes off: the two reachability checks are not checked, and the score says of how many
+        first.starts_with("GRAVITY OK - pipeline mysql2mysqlDemo: 5/5 checks pass (2 not checked: source_reachable, target_reachable) | score=5;;;0;5"),
         "{first}"
     );
     assert!(
@@ -38,7 +39,19 @@ async fn ok_then_critical_after_a_kill_and_unknown_on_bad_flags() {
     );
     assert_eq!(
         out.lines().filter(|l| l.starts_with("PASS ")).count(),
-        7,
+        5,
+        "{out}"
+    );
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with("NOT CHECKED ") && l.contains("connection probes are off"))
+            .count(),
+        2,
+        "{out}"
+    );
+    // two readings of gravity's /metrics: a diagnosis line
+    assert!(
+        out.lines().any(|l| l.starts_with("DIAGNOSIS bottleneck=")),
         "{out}"
     );
 
@@ -49,6 +62,11 @@ async fn ok_then_critical_after_a_kill_and_unknown_on_bad_flags() {
     let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(j["status"], "OK");
     assert_eq!(j["checks"].as_array().unwrap().len(), 7);
+    assert_eq!(
+        (j["score"].as_u64(), j["checks_evaluated"].as_u64()),
+        (Some(5), Some(5))
+    );
+    assert!(j["diagnosis"]["bottleneck"].is_string(), "{j}");
 
     // errors in the log: WARNING (log_healthy fails, nothing critical)
     d.control("/_double/errors?n=3&kind=missing_table").await;

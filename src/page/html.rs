@@ -366,14 +366,24 @@ pub fn render(v: &StatusView) -> String {
     );
 
     // Health checks
-    let passing = v.checks.iter().filter(|c| c.ok).count();
+    let passing = v.checks.iter().filter(|c| c.evaluated && c.ok).count();
+    let evaluated = v.checks.iter().filter(|c| c.evaluated).count();
+    let unchecked = v.checks.len().saturating_sub(evaluated);
     let _ = write!(
         o,
-        "<section id=\"checks\"><h2>Health checks<small>{passing} of {} pass</small></h2><div class=\"tw\"><table class=\"stack\"><thead><tr><th>result</th><th>check</th><th>detail</th></tr></thead><tbody>",
-        v.checks.len()
+        "<section id=\"checks\"><h2>Health checks<small>{passing} of {evaluated} evaluated pass{}</small></h2><div class=\"tw\"><table class=\"stack\"><thead><tr><th>result</th><th>check</th><th>detail</th></tr></thead><tbody>",
+        if unchecked > 0 {
+            format!(" · {unchecked} not checked")
+        } else {
+            String::new()
+        }
     );
     for c in &v.checks {
-        let (class, word) = check_mark(c.ok, c.critical);
+        let (class, word) = if c.evaluated {
+            check_mark(c.ok, c.critical)
+        } else {
+            ("none", "– NOT CHECKED")
+        };
         let row = match class {
             "fail" => " class=\"failrow\"",
             "warn" => " class=\"warnrow\"",
@@ -388,9 +398,10 @@ pub fn render(v: &StatusView) -> String {
         };
         let _ = write!(
             o,
-            "<tr{row} data-check=\"{n}\" data-ok=\"{ok}\"><td><span class=\"b {class}\">{word}</span>{sev}</td><td class=\"mono\">{n}</td><td class=\"wide\">{d}</td></tr>",
+            "<tr{row} data-check=\"{n}\" data-ok=\"{ok}\" data-evaluated=\"{ev}\"><td><span class=\"b {class}\">{word}</span>{sev}</td><td class=\"mono\">{n}</td><td class=\"wide\">{d}</td></tr>",
             n = esc(c.name),
             ok = c.ok,
+            ev = c.evaluated,
             d = esc(&c.detail),
         );
     }
@@ -628,12 +639,14 @@ mod tests {
                 CheckView {
                     name: "process_running",
                     ok: true,
+                    evaluated: true,
                     critical: true,
                     detail: "gravity process running".into(),
                 },
                 CheckView {
                     name: "log_healthy",
                     ok: false,
+                    evaluated: true,
                     critical: false,
                     detail: "3 error lines in the last 5 minutes".into(),
                 },

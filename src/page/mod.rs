@@ -248,6 +248,8 @@ pub struct CheckView {
     pub name: &'static str,
     /// Whether it passes.
     pub ok: bool,
+    /// Whether it could be evaluated (else "not checked": neither pass nor fail).
+    pub evaluated: bool,
     /// Whether its failure is critical (else a warning).
     pub critical: bool,
     /// One line for people.
@@ -466,6 +468,7 @@ pub fn view_at(ctx: &Context, now: OffsetDateTime) -> StatusView {
             .map(|c| CheckView {
                 name: c.name,
                 ok: c.ok,
+                evaluated: c.evaluated,
                 critical: c.critical,
                 detail: clean(&red, &c.detail, 300),
             })

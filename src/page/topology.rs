@@ -303,7 +303,7 @@ fn color(n: &Node) -> &'static str {
 pub fn svg(t: &Topology) -> String {
     use super::html::esc;
     const W: usize = 150;
-    const GAP: usize = 46;
+    const GAP: usize = 52;
     const H: usize = 74;
     let n = t.nodes.len().max(1);
     let width = n * W + (n - 1) * GAP + 8;
@@ -331,7 +331,7 @@ pub fn svg(t: &Topology) -> String {
             y + 4,
             (x1 + x2) / 2,
             y.saturating_sub(6),
-            esc(&e.mainstat),
+            esc(&e.mainstat.replace(" rows/s", "/s")),
         );
     }
     for (i, nd) in t.nodes.iter().enumerate() {
