@@ -351,9 +351,11 @@ def fleet():
         timeseries("Error lines", [target(f"(gravity:errors_per_second:rate5m{{{SR}}} and on ({ID}) gravity_up{{{S}}})", "{{pipeline}}"),
                                    threshold_series(ERRORS, "B")], "cps",
                    "error/fatal/panic log lines per second (5 minute rate).", thresholds=[ERRORS]),
-        timeseries("Health checks passing", targets((f"gravity_health_score{{{S}}}", "{{pipeline}}")), "none",
-                   "Number of the exporter's 7 health checks that pass (process, API, watermarks, source, "
-                   "target, log, resources).", minimum=0, maximum=7),
+        timeseries("Health checks passing", targets((f"gravity_health_score{{{S}}}", "passing {{pipeline}}"),
+                                                     (f"gravity_health_checks{{{S}}}", "evaluated {{pipeline}}")), "none",
+                   "Number of the exporter's health checks that pass (process, API, watermarks, source, "
+                   "target, log, resources), and how many could be evaluated (a check without its input, "
+                   "such as reachability with probes off, is not checked).", minimum=0, maximum=7),
     ])
 
 
@@ -399,7 +401,8 @@ def pipeline():
              "gravity's own verdict: every watermark moved within its healthy-threshold (60 s).",
              mappings=OK_MAPPINGS, graph=False, w=3),
         stat("Health checks", targets((f"gravity_health_score{{{S}}}", "{{pipeline}}")), "none",
-             "The exporter's checks passing, of 7.", graph=False, w=3),
+             "The exporter's checks passing, of those evaluated (gravity_health_checks; checks without "
+             "their input, such as reachability with probes off, are not checked).", graph=False, w=3),
         stat("Stage", targets((f"gravity_pipeline_info{{{S}}}", "{{stage}}")), "none",
              "Incremental (streaming) or Full (dump).", text_mode="name", graph=False, w=3),
         stat("Version / config", targets((f"gravity_pipeline_info{{{S}}}", "{{version}} / {{config_hash}}")),
