@@ -39,7 +39,13 @@ const VOLATILE: &[&str] = &[
     "gravity_exporter_otlp_exports_total",
     "gravity_exporter_connections_evicted_total",
     "gravity_health_check",
+    "gravity_health_check_evaluated",
     "gravity_health_checks",
+    // the diagnosis over a window of collections: it changes as readings come in
+    "gravity_pipeline_bottleneck",
+    "gravity_pipeline_diagnosis_info",
+    "gravity_pipeline_diagnosis_suggestions",
+    "gravity_sliding_window_fill_ratio",
     "gravity_health_score",
     "gravity_exporter_collector_success",
     "gravity_exporter_collector_failures_total",
