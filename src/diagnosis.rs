@@ -697,6 +697,14 @@ pub enum DiagnosisError {
     NotInTimeOrder,
 }
 
+/// The first `n` characters of `s` (a prefix: no allocation).
+fn first_chars(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => s.get(..i).unwrap_or(s),
+        None => s,
+    }
+}
+
 fn plausible(v: f64) -> bool {
     v.is_finite() && (0.0..=MAX_PLAUSIBLE).contains(&v)
 }
@@ -872,9 +880,12 @@ pub fn build_input(readings: &[Reading], facts: &Facts) -> Result<DiagnosisInput
                             }
                         }
                         t @ ("table-queue" | "table-buffer" | "table-latch") => {
-                            let key: String = sub.chars().take(256).collect();
-                            if tables.len() < MAX_TABLES || tables.contains_key(&key) {
-                                let slot = tables.entry(key).or_default();
+                            // looked up without allocating; a new key is made once
+                            let key = first_chars(sub, 256);
+                            if !tables.contains_key(key) && tables.len() < MAX_TABLES {
+                                tables.insert(key.to_string(), Default::default());
+                            }
+                            if let Some(slot) = tables.get_mut(key) {
                                 let i = match t {
                                     "table-queue" => 0,
                                     "table-buffer" => 1,
@@ -886,9 +897,12 @@ pub fn build_input(readings: &[Reading], facts: &Facts) -> Result<DiagnosisInput
                             }
                         }
                         "sliding-window-waiting-chan" => {
-                            let key: String = sub.chars().take(256).collect();
-                            if windows.len() < MAX_STREAMS || windows.contains_key(&key) {
-                                windows.entry(key).or_default().add(s.value);
+                            let key = first_chars(sub, 256);
+                            if !windows.contains_key(key) && windows.len() < MAX_STREAMS {
+                                windows.insert(key.to_string(), Acc::default());
+                            }
+                            if let Some(a) = windows.get_mut(key) {
+                                a.add(s.value);
                             }
                         }
                         _ => {}

@@ -95,6 +95,22 @@ pub fn reading_of(exp: &Exposition<'_>, at_seconds: f64) -> Reading {
             if samples.len() >= MAX_SAMPLES {
                 continue;
             }
+            // queue types the rules read (table-latch-ack and the ready queues are not)
+            if f.name == "gravity_queue_length"
+                && !matches!(
+                    s.label("type"),
+                    Some(
+                        "input-buffer"
+                            | "worker"
+                            | "table-queue"
+                            | "table-buffer"
+                            | "table-latch"
+                            | "sliding-window-waiting-chan"
+                    )
+                )
+            {
+                continue;
+            }
             samples.push(Sample {
                 name: s.name.to_string(),
                 labels: s
