@@ -36,18 +36,22 @@ pub enum Dropped {
     PassthroughFamilyCollision,
     /// The pass-through left out of a scrape to keep it under [`MAX_EXPOSITION_BYTES`] (scrapes).
     ExpositionBytes,
+    /// A pipeline left out of a scrape because an earlier one has its name (scrapes).
+    PipelineNameCollision,
 }
 
 pub(crate) const TRUNCATED_WHAT: [&str; 1] = ["label_value"];
-pub(crate) const DROPPED_WHAT: [&str; 5] = [
+pub(crate) const DROPPED_WHAT: [&str; 6] = [
     "api_body",
     "passthrough_line",
     "passthrough_bytes",
     "passthrough_family_collision",
     "exposition_bytes",
+    "pipeline_name_collision",
 ];
 pub(crate) static TRUNCATED_COUNT: [AtomicU64; 1] = [AtomicU64::new(0)];
-pub(crate) static DROPPED_COUNT: [AtomicU64; 5] = [
+pub(crate) static DROPPED_COUNT: [AtomicU64; 6] = [
+    AtomicU64::new(0),
     AtomicU64::new(0),
     AtomicU64::new(0),
     AtomicU64::new(0),
@@ -78,6 +82,7 @@ pub fn count_dropped(what: Dropped, n: u64) {
         Dropped::PassthroughBytes => 2,
         Dropped::PassthroughFamilyCollision => 3,
         Dropped::ExpositionBytes => 4,
+        Dropped::PipelineNameCollision => 5,
     };
     add(&DROPPED_COUNT[i], n);
 }

@@ -295,10 +295,162 @@ fn zone_from_mtime(newest: time::PrimitiveDateTime, mtime: OffsetDateTime) -> ti
         .unwrap_or(time::UtcOffset::UTC)
 }
 
-/// Runs every check once.
+/// What `check` found: one verdict per pipeline checked, or why none could be.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The verdicts, sorted by pipeline.
+    pub verdicts: Vec<Verdict>,
+    /// Why nothing could be checked (UNKNOWN): a pipeline named that does not exist, two
+    /// config files naming one pipeline.
+    pub unknown: Option<String>,
+}
+
+impl Report {
+    /// The worst code of all (CRITICAL over UNKNOWN over WARNING over OK).
+    pub fn code(&self) -> i32 {
+        if self.unknown.is_some() {
+            return 3;
+        }
+        self.verdicts
+            .iter()
+            .map(Verdict::code)
+            .max_by_key(|c| crate::page::overview::worst_rank(*c))
+            .unwrap_or(3)
+    }
+
+    fn word(&self) -> &'static str {
+        match self.code() {
+            0 => "OK",
+            1 => "WARNING",
+            2 => "CRITICAL",
+            _ => "UNKNOWN",
+        }
+    }
+
+    /// One pipeline: its verdict as a Nagios plugin writes it. Several: a status line with
+    /// the worst verdict and one line per pipeline, then each pipeline's checks.
+    pub fn text(&self) -> String {
+        if let Some(why) = &self.unknown {
+            return format!("GRAVITY UNKNOWN - {}\n", why.replace('\n', " "));
+        }
+        if let [one] = self.verdicts.as_slice() {
+            return one.text();
+        }
+        let count = |code: i32| self.verdicts.iter().filter(|v| v.code() == code).count();
+        let mut out = format!(
+            "GRAVITY {} - {} pipelines: {} OK, {} WARNING, {} CRITICAL | pipelines={} critical={} warning={}\n",
+            self.word(),
+            self.verdicts.len(),
+            count(0),
+            count(1),
+            count(2),
+            self.verdicts.len(),
+            count(2),
+            count(1)
+        );
+        for v in &self.verdicts {
+            out.push_str(&format!(
+                "PIPELINE {} {}: {}/{} checks pass\n",
+                v.pipeline.replace(['|', '\n'], "/"),
+                v.word(),
+                health::score(&v.checks),
+                health::evaluated(&v.checks)
+            ));
+        }
+        for v in &self.verdicts {
+            out.push_str(&v.text());
+        }
+        out
+    }
+
+    /// JSON: one pipeline's object as before; several: `status`, `code` and `pipelines`.
+    pub fn json(&self) -> String {
+        if let Some(why) = &self.unknown {
+            return serde_json::json!({"status": "UNKNOWN", "code": 3, "error": why}).to_string();
+        }
+        if let [one] = self.verdicts.as_slice() {
+            return one.json();
+        }
+        let each: Vec<serde_json::Value> = self
+            .verdicts
+            .iter()
+            .filter_map(|v| serde_json::from_str(&v.json()).ok())
+            .collect();
+        serde_json::json!({"status": self.word(), "code": self.code(), "pipelines": each})
+            .to_string()
+    }
+}
+
+/// Checks every pipeline the exporter would watch with these settings (one per
+/// `--gravity.config` file, one per gravity process running, or the only one), each once
+/// and all at the same time; with `only`, just the pipeline of that name.
+pub async fn run_all(settings: Settings, only: Option<String>) -> Report {
+    let origins = match crate::app::initial_pipelines(&settings) {
+        Ok(o) => o,
+        Err(e) => {
+            return Report {
+                verdicts: Vec::new(),
+                unknown: Some(e.to_string()),
+            }
+        }
+    };
+    let mut set = tokio::task::JoinSet::new();
+    for origin in origins {
+        // a config file says its name: the others need not be checked
+        if let (Some(want), crate::fleet::Origin::ConfigFile(f)) = (&only, &origin) {
+            if &crate::fleet::name_of(f) != want {
+                continue;
+            }
+        }
+        let s = crate::fleet::settings_for(&settings, &origin);
+        let pin = match origin {
+            crate::fleet::Origin::Discovered(id) => Some(id),
+            _ => None,
+        };
+        set.spawn(run_pinned(s, pin));
+    }
+    let mut verdicts = Vec::new();
+    while let Some(v) = set.join_next().await {
+        if let Ok(v) = v {
+            verdicts.push(v);
+        }
+    }
+    verdicts.sort_by(|a, b| a.pipeline.cmp(&b.pipeline));
+    if let Some(want) = &only {
+        let names: Vec<String> = verdicts.iter().map(|v| v.pipeline.clone()).collect();
+        verdicts.retain(|v| &v.pipeline == want);
+        if verdicts.is_empty() {
+            return Report {
+                verdicts,
+                unknown: Some(format!(
+                    "no pipeline named {want}; pipelines: {}",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                )),
+            };
+        }
+    }
+    Report {
+        verdicts,
+        unknown: None,
+    }
+}
+
+/// Runs every check once, for the one pipeline of the settings.
 pub async fn run(settings: Settings) -> Verdict {
+    run_pinned(settings, None).await
+}
+
+/// [`run`] for a pipeline that keeps to the config file `pin` (one of several found running).
+async fn run_pinned(settings: Settings, pin: Option<crate::discovery::FileId>) -> Verdict {
     let (_tx, rx) = tokio::sync::watch::channel(Arc::new(settings.clone()));
     let ctx = Context::new(rx, Arc::new(Store::new()));
+    if let Some(id) = pin {
+        let _ = ctx.pin.set(id);
+    }
     let mut watcher = Watcher::new(ctx.clone());
     watcher.tick();
     let collectors: Vec<_> = crate::app::collectors(&ctx.store)

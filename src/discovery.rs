@@ -135,7 +135,116 @@ pub fn find_process(
     selector: &ProcessSelector,
     self_pid: i32,
 ) -> Result<Option<ProcLook>, DiscoveryError> {
-    find_filtered(proc_root, selector, self_pid, &mut |_| true)
+    find_filtered(proc_root, selector, self_pid, None, &mut |_| true)
+}
+
+/// A file's identity: device and inode (the same file under two paths, or seen through
+/// `/proc/<pid>/root`, is one file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+}
+
+/// The identity of the file at `path`, if it exists.
+pub fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
+/// The config file a process runs with (its `--config`), as a path readable from here
+/// (relative to its cwd, through `/proc/<pid>/root`); `None` without one.
+pub fn process_config(proc_root: &Path, pid: i32) -> Option<PathBuf> {
+    let args = read_cmdline(proc_root, pid);
+    let config = parse_go_flags(args.get(1..).unwrap_or(&[])).config?;
+    let cwd = std::fs::read_link(proc_root.join(pid.to_string()).join("cwd")).ok();
+    Some(resolve(
+        proc_root,
+        Some(pid),
+        cwd.as_deref(),
+        Path::new(&config),
+    ))
+}
+
+/// Which process belongs to a pipeline when several run on the host: the one running
+/// with the pipeline's config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigFilter {
+    /// The pipeline's config file.
+    pub id: FileId,
+    /// A process whose config cannot be told (no `--config`, file unreadable) is not
+    /// taken either (several pipelines); otherwise it is (one pipeline).
+    pub strict: bool,
+}
+
+impl ConfigFilter {
+    /// Whether process `pid` runs with this config file.
+    pub fn matches(&self, proc_root: &Path, pid: i32) -> bool {
+        match process_config(proc_root, pid).and_then(|p| file_id(&p)) {
+            Some(id) => id == self.id,
+            None => !self.strict,
+        }
+    }
+}
+
+/// Every gravity process of the host the selector matches (live ones only), oldest first,
+/// with the config file each runs with, when it can be told.
+pub fn list_processes(
+    proc_root: &Path,
+    selector: &ProcessSelector,
+    self_pid: i32,
+) -> Result<Vec<(ProcLook, Option<PathBuf>)>, DiscoveryError> {
+    let mut found = Vec::new();
+    let rd = std::fs::read_dir(proc_root).map_err(|source| DiscoveryError::ProcUnreadable {
+        path: proc_root.to_path_buf(),
+        source,
+    })?;
+    for entry in rd.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == self_pid {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((comm, state, start_ticks)) = parse_stat_brief(&text) else {
+            continue;
+        };
+        if !selected(selector, &comm, proc_root, pid) {
+            continue;
+        }
+        let look = ProcLook {
+            id: ProcIdentity { pid, start_ticks },
+            state,
+        };
+        if look.is_alive() {
+            found.push((look, process_config(proc_root, pid)));
+        }
+    }
+    found.sort_by_key(|(l, _)| (l.id.start_ticks, l.id.pid));
+    Ok(found)
+}
+
+fn selected(selector: &ProcessSelector, comm: &str, proc_root: &Path, pid: i32) -> bool {
+    match selector {
+        ProcessSelector::Pattern(re) => {
+            let args = read_cmdline(proc_root, pid);
+            !args.is_empty() && re.is_match(&args.join(" "))
+        }
+        _ => default_match(comm, proc_root, pid),
+    }
 }
 
 /// How long a pid counts as young: its command line may still change (fork, then exec).
@@ -158,18 +267,20 @@ impl Scanner {
             .any(|first| now.saturating_duration_since(*first) < YOUNG)
     }
     /// Scans for gravity. `full` examines every process; otherwise only pids not seen
-    /// before or first seen less than [`YOUNG`] ago.
+    /// before or first seen less than [`YOUNG`] ago. With a `filter`, only a process
+    /// running with the pipeline's config file is taken.
     pub fn find(
         &mut self,
         proc_root: &Path,
         selector: &ProcessSelector,
         self_pid: i32,
         full: bool,
+        filter: Option<&ConfigFilter>,
     ) -> Result<Option<ProcLook>, DiscoveryError> {
         let now = Instant::now();
         let mut listed: HashSet<i32> = HashSet::with_capacity(self.seen.len() + 16);
         let seen = &mut self.seen;
-        let res = find_filtered(proc_root, selector, self_pid, &mut |pid| {
+        let res = find_filtered(proc_root, selector, self_pid, filter, &mut |pid| {
             listed.insert(pid);
             let first = *seen.entry(pid).or_insert(now);
             full || now.duration_since(first) < YOUNG
@@ -185,6 +296,7 @@ fn find_filtered(
     proc_root: &Path,
     selector: &ProcessSelector,
     self_pid: i32,
+    filter: Option<&ConfigFilter>,
     examine: &mut dyn FnMut(i32) -> bool,
 ) -> Result<Option<ProcLook>, DiscoveryError> {
     match selector {
@@ -224,13 +336,9 @@ fn find_filtered(
                 let Some((comm, state, start_ticks)) = parse_stat_brief(&text) else {
                     continue;
                 };
-                let matched = match selector {
-                    ProcessSelector::Pattern(re) => {
-                        let args = read_cmdline(proc_root, pid);
-                        !args.is_empty() && re.is_match(&args.join(" "))
-                    }
-                    _ => default_match(&comm, proc_root, pid),
-                };
+                // A zombie has no command line left to tell its config: not taken.
+                let matched = selected(selector, &comm, proc_root, pid)
+                    && filter.is_none_or(|f| f.matches(proc_root, pid));
                 if !matched {
                     continue;
                 }
@@ -677,7 +785,9 @@ mod tests {
     fn scanner_skips_old_pids_unless_full() {
         let root = fixture_root();
         let mut sc = Scanner::default();
-        let first = sc.find(&root, &ProcessSelector::Default, 1, false).unwrap();
+        let first = sc
+            .find(&root, &ProcessSelector::Default, 1, false, None)
+            .unwrap();
         assert_eq!(first.map(|l| l.id.pid), Some(4242), "new pids are examined");
         // pretend every pid was first seen long ago: a quick scan then examines none
         for t in sc.seen.values_mut() {
@@ -686,11 +796,12 @@ mod tests {
                 .unwrap_or_else(Instant::now);
         }
         assert_eq!(
-            sc.find(&root, &ProcessSelector::Default, 1, false).unwrap(),
+            sc.find(&root, &ProcessSelector::Default, 1, false, None)
+                .unwrap(),
             None
         );
         assert_eq!(
-            sc.find(&root, &ProcessSelector::Default, 1, true)
+            sc.find(&root, &ProcessSelector::Default, 1, true, None)
                 .unwrap()
                 .map(|l| l.id.pid),
             Some(4242)

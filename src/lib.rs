@@ -33,6 +33,7 @@
 //! | state | [`state`] | the typed pipeline state, the one definition of lag and stall, recent history |
 //! | producers | [`collector`] | the collector runner, one collector per source, the probers, the canary |
 //! | producers | [`watch`] | the process watcher: exits through a pidfd, restarts and exits counted |
+//! | producers | [`fleet`] | the pipelines of the host: one context each, from config globs or running processes |
 //! | producers | [`follow`] | follows gravity's log (rotation, truncation, state file) into errors and retries |
 //! | views | [`health`] | the health verdict: checks, score, Nagios codes |
 //! | views | [`page`] | the status page and `/api/status` JSON (passwords masked) |
@@ -54,6 +55,7 @@ pub mod config;
 pub mod diagnosis;
 pub mod discovery;
 pub mod expfmt;
+pub mod fleet;
 pub mod follow;
 pub mod gravity_api;
 pub mod gravity_config;

@@ -86,13 +86,23 @@ fn main() -> ExitCode {
                 return ExitCode::from(3);
             }
         };
-        let v = rt.block_on(gravity_exporter::check::run(settings));
+        let v = rt.block_on(gravity_exporter::check::run_all(
+            settings,
+            args.pipeline.clone(),
+        ));
         if args.format == "json" {
             println!("{}", redact::redact_known(&v.json()));
         } else {
             print!("{}", redact::redact_known(&v.text()));
         }
         return ExitCode::from(u8::try_from(v.code()).unwrap_or(3));
+    }
+    // Two gravity config files naming one pipeline: refused before anything starts.
+    if cli.command.is_none() {
+        if let Err(e) = gravity_exporter::app::initial_pipelines(&settings) {
+            eprintln!("gravity-exporter: {}", redact::redact_known(&e.to_string()));
+            return ExitCode::from(2);
+        }
     }
     tune_allocator();
     init_logging(&settings);

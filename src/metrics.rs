@@ -204,6 +204,17 @@ pub struct Store {
     created: Instant,
     /// The supervisor's metric families, registered once (`TaskMetrics`).
     tasks: std::sync::OnceLock<TaskMetrics>,
+    /// Which bound-keeping families it renders.
+    scope: Scope,
+}
+
+/// What a store holds of the exporter: everything (one store alone), what belongs to the
+/// whole exporter (several pipelines), or one pipeline's part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Whole,
+    Exporter,
+    Pipeline,
 }
 
 /// Snapshot names that are not a source read (the watcher's state, published on change
@@ -231,9 +242,27 @@ impl Default for Store {
 }
 
 impl Store {
-    /// An empty store.
+    /// An empty store that renders the whole exposition alone.
     pub fn new() -> Self {
+        Self::scoped(Scope::Whole)
+    }
+
+    /// The store of what belongs to the whole exporter beside its pipelines' stores (its own
+    /// server, build, export and bound counters): rendered with them by [`render_fleet`].
+    pub fn exporter() -> Self {
+        Self::scoped(Scope::Exporter)
+    }
+
+    /// The store of one pipeline among several ([`render_fleet`]): its collectors' snapshots,
+    /// gravity's pass-through and its stateful families; its sources' ages; not the
+    /// exporter-wide counters.
+    pub fn pipeline() -> Self {
+        Self::scoped(Scope::Pipeline)
+    }
+
+    fn scoped(scope: Scope) -> Self {
         Store {
+            scope,
             registry: Registry::new(),
             snapshots: Mutex::new(BTreeMap::new()),
             passthrough: Mutex::new(Passthrough::default()),
@@ -431,21 +460,11 @@ impl Store {
     /// each source's last read is, and whether the pass-through is being withheld as stale.
     fn bound_families(&self, stale: bool) -> Families {
         let mut f = Families::new();
-        for (what, c) in TRUNCATED_WHAT.iter().zip(TRUNCATED_COUNT.iter()) {
-            f.counter(
-                "gravity_exporter_truncated_total",
-                "Values the exporter cut short to keep its byte bounds, by what (label_value: a label value over 256 bytes).",
-                &[("what", what)],
-                c.load(Ordering::Relaxed) as f64,
-            );
+        if self.scope != Scope::Pipeline {
+            f.extend(global_bound_families());
         }
-        for (what, c) in DROPPED_WHAT.iter().zip(DROPPED_COUNT.iter()) {
-            f.counter(
-                "gravity_exporter_dropped_total",
-                "What the exporter dropped to keep its bounds, by what: api_body (gravity answers over their byte cap), passthrough_line (pass-through series with a line over 4 KiB), passthrough_bytes (pass-through series beyond 8 MiB), passthrough_family_collision (pass-through families named like the exporter's own), exposition_bytes (scrapes that left the pass-through out to stay under 16 MiB).",
-                &[("what", what)],
-                c.load(Ordering::Relaxed) as f64,
-            );
+        if self.scope == Scope::Exporter {
+            return f;
         }
         for (source, age) in self.source_ages() {
             f.gauge(
@@ -463,6 +482,199 @@ impl Store {
         );
         f
     }
+}
+
+/// What was cut or dropped to keep the byte bounds (every `what` from 0): counted for the
+/// whole exporter.
+fn global_bound_families() -> Families {
+    let mut f = Families::new();
+    {
+        for (what, c) in TRUNCATED_WHAT.iter().zip(TRUNCATED_COUNT.iter()) {
+            f.counter(
+                "gravity_exporter_truncated_total",
+                "Values the exporter cut short to keep its byte bounds, by what (label_value: a label value over 256 bytes).",
+                &[("what", what)],
+                c.load(Ordering::Relaxed) as f64,
+            );
+        }
+        for (what, c) in DROPPED_WHAT.iter().zip(DROPPED_COUNT.iter()) {
+            f.counter(
+                "gravity_exporter_dropped_total",
+                "What the exporter dropped to keep its bounds, by what: api_body (gravity answers over their byte cap), passthrough_line (pass-through series with a line over 4 KiB), passthrough_bytes (pass-through series beyond 8 MiB), passthrough_family_collision (pass-through families named like the exporter's own), exposition_bytes (scrapes that left the pass-through out to stay under 16 MiB), pipeline_name_collision (scrapes that left out a pipeline named like another).",
+                &[("what", what)],
+                c.load(Ordering::Relaxed) as f64,
+            );
+        }
+    }
+    f
+}
+
+/// One pipeline's part of a fleet exposition: its name (the `pipeline` label its series
+/// get when they lack one) and its store.
+#[derive(Debug, Clone, Copy)]
+pub struct Part<'a> {
+    /// The pipeline's name.
+    pub pipeline: &'a str,
+    /// Its store ([`Store::pipeline`]).
+    pub store: &'a Store,
+}
+
+/// Adds `pipeline="name"` to every sample without a `pipeline` label (labels kept sorted).
+fn label_pipeline(mfs: &mut [MetricFamily], pipeline: &str) {
+    for mf in mfs.iter_mut() {
+        for m in mf.mut_metric().iter_mut() {
+            if m.get_label().iter().any(|l| l.name() == "pipeline") {
+                continue;
+            }
+            let mut lp = LabelPair::default();
+            lp.set_name("pipeline".to_string());
+            lp.set_value(cut(pipeline, MAX_LABEL_VALUE_BYTES).to_string());
+            let mut labels = m.take_label();
+            labels.push(lp);
+            labels.sort_by(|a, b| a.name().cmp(b.name()));
+            m.set_label(labels);
+        }
+    }
+}
+
+/// Escapes a label value for the text format.
+fn escape_label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A pass-through sample line with `pipeline="name"` added when it has no `pipeline`
+/// label (a gravity's `go_*` and `process_*` families carry none; gravity's own do).
+pub fn label_passthrough_line(line: &str, escaped_pipeline: &str) -> String {
+    let end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
+    let (name, rest) = line.split_at(end);
+    if let Some(labels) = rest.strip_prefix('{') {
+        let close = labels.find('}').unwrap_or(labels.len());
+        let block = labels.get(..close).unwrap_or_default();
+        if block.starts_with("pipeline=\"") || block.contains(",pipeline=\"") {
+            return line.to_string();
+        }
+        let sep = if block.trim().is_empty() { "" } else { "," };
+        format!("{name}{{pipeline=\"{escaped_pipeline}\"{sep}{labels}")
+    } else {
+        format!("{name}{{pipeline=\"{escaped_pipeline}\"}}{rest}")
+    }
+}
+
+/// The exposition of an exporter watching several pipelines: the exporter's own families,
+/// then each pipeline's (a sample without a `pipeline` label gets its pipeline's), merged by
+/// family name, then each gravity's pass-through merged by family the same way (HELP and
+/// TYPE once). A pipeline named like an earlier one is left out (its series would collide)
+/// and counted as `pipeline_name_collision`.
+pub fn render_fleet(exporter: &Store, parts: &[Part<'_>]) -> String {
+    let (mfs, pass) = gather_fleet(Some(exporter), parts);
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let _ = TextEncoder::new().encode(&mfs, &mut buf);
+    let mut out = String::from_utf8(buf)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    if pass.is_empty() {
+        return out;
+    }
+    if out.len().saturating_add(pass.len()) > MAX_EXPOSITION_BYTES {
+        count_dropped(Dropped::ExpositionBytes, 1);
+        return out;
+    }
+    out.push_str(&pass);
+    out
+}
+
+/// The families and the pass-through text [`render_fleet`] renders (the OTLP export reads
+/// the same, one pipeline at a time, and the exporter's own part alone).
+pub fn gather_fleet(exporter: Option<&Store>, parts: &[Part<'_>]) -> (Vec<MetricFamily>, String) {
+    let mut by_name: BTreeMap<String, MetricFamily> = BTreeMap::new();
+    let mut add = |mfs: Vec<MetricFamily>| {
+        for mut mf in mfs {
+            match by_name.get_mut(mf.name()) {
+                Some(existing) => {
+                    let ms = mf.take_metric();
+                    existing.mut_metric().extend(ms);
+                }
+                None => {
+                    by_name.insert(mf.name().to_string(), mf);
+                }
+            }
+        }
+    };
+    if let Some(e) = exporter {
+        add(e.own_families().0);
+    }
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut passes: Vec<(String, Vec<PassFamily>)> = Vec::new();
+    for part in parts {
+        if !seen.insert(part.pipeline) {
+            count_dropped(Dropped::PipelineNameCollision, 1);
+            continue;
+        }
+        let (mut mfs, stale, present) = part.store.own_families();
+        label_pipeline(&mut mfs, part.pipeline);
+        add(mfs);
+        if present && !stale {
+            passes.push((
+                escape_label_value(part.pipeline),
+                lock(&part.store.passthrough).families.clone(),
+            ));
+        }
+    }
+    let mfs: Vec<MetricFamily> = by_name.into_values().collect();
+    let own: HashSet<&str> = mfs.iter().map(|mf| mf.name()).collect();
+    let mut text = String::new();
+    if passes.len() == 1 {
+        for f in passes.iter().flat_map(|(_, fs)| fs.iter()) {
+            if f.name.is_empty() || !own.contains(f.name.as_str()) {
+                text.push_str(&f.text);
+            }
+        }
+    } else {
+        // family by family, in the order first seen: HELP and TYPE once, then every
+        // pipeline's samples
+        let mut order: Vec<&str> = Vec::new();
+        let mut groups: BTreeMap<&str, Vec<(&str, &PassFamily)>> = BTreeMap::new();
+        for (p, fs) in &passes {
+            for f in fs {
+                if f.name.is_empty() || own.contains(f.name.as_str()) {
+                    continue;
+                }
+                let g = groups.entry(f.name.as_str()).or_default();
+                if g.is_empty() {
+                    order.push(f.name.as_str());
+                }
+                g.push((p.as_str(), f));
+            }
+        }
+        for name in order {
+            let Some(g) = groups.get(name) else { continue };
+            let mut head_done = false;
+            for (p, f) in g {
+                for line in f.text.lines() {
+                    if line.starts_with('#') {
+                        if !head_done {
+                            text.push_str(line);
+                            text.push('\n');
+                        }
+                    } else if !line.is_empty() {
+                        text.push_str(&label_passthrough_line(line, p));
+                        text.push('\n');
+                    }
+                }
+                head_done = true;
+            }
+        }
+    }
+    drop(own);
+    (mfs, text)
 }
 
 /// The tasks the exporter runs, each with its series present from the start.

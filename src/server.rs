@@ -43,6 +43,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::base::lock;
 use crate::collector::Context;
+use crate::fleet::Fleet;
 use crate::metrics::TEXT_CONTENT_TYPE;
 use crate::web_config::{WebHandle, WebIo};
 
@@ -180,8 +181,8 @@ struct Conns {
 }
 
 impl Conns {
-    fn new(ctx: &Context, limits: Limits) -> Conns {
-        let reg = ctx.store.registry();
+    fn new(store: &crate::metrics::Store, limits: Limits) -> Conns {
+        let reg = store.registry();
         let evicted = IntCounter::new(
             "gravity_exporter_connections_evicted_total",
             "Idle connections to the exporter closed to make room for a new one (per-peer or total limit reached).",
@@ -256,8 +257,8 @@ impl Conns {
 /// Serves until `shutdown` resolves, then drains, with the default [`Limits`]. With
 /// `--web.config.file` in the settings, serves with it; if it cannot be loaded, nothing is
 /// served (fail closed, logged).
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
-    let web = match ctx.settings().web_config_file.clone() {
+pub async fn serve(listener: TcpListener, fleet: Arc<Fleet>, shutdown: impl Future<Output = ()>) {
+    let web = match fleet.settings().web_config_file.clone() {
         None => None,
         Some(p) => match WebHandle::load(&p) {
             Ok(h) => Some(h),
@@ -267,35 +268,35 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: impl Futu
             }
         },
     };
-    serve_web(listener, ctx, web, shutdown).await
+    serve_web(listener, fleet, web, shutdown).await
 }
 
 /// [`serve`] with an already loaded web config (TLS, basic auth), watched for changes
 /// while the server runs (every `web_config::POLL_INTERVAL`).
 pub async fn serve_web(
     listener: TcpListener,
-    ctx: Arc<Context>,
+    fleet: Arc<Fleet>,
     web: Option<Arc<WebHandle>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_with(listener, ctx, Limits::default(), web, shutdown).await
+    serve_with(listener, fleet, Limits::default(), web, shutdown).await
 }
 
 /// Serves until `shutdown` resolves, then drains (at most [`DRAIN`]).
 pub async fn serve_with(
     listener: TcpListener,
-    ctx: Arc<Context>,
+    fleet: Arc<Fleet>,
     limits: Limits,
     web: Option<Arc<WebHandle>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let conns = Arc::new(Conns::new(&ctx, limits));
+    let conns = Arc::new(Conns::new(&fleet.exporter, limits));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     // The web config is watched for changes by a task of this server (joined by its drain);
     // SIGHUP reaches it through the application's one signal listener ([`WebHandle::check`]).
     if let Some(w) = &web {
-        w.register(ctx.store.registry());
+        w.register(fleet.exporter.registry());
         tasks.spawn(Arc::clone(w).watch(stop_rx.clone()));
     }
     tokio::pin!(shutdown);
@@ -323,7 +324,7 @@ pub async fn serve_with(
         let io = WebIo::new(stream, web.as_ref().map(|w| w.current()).as_deref());
         tasks.spawn(serve_conn(
             TokioIo::new(io),
-            ctx.clone(),
+            fleet.clone(),
             conns.clone(),
             slot,
             web.clone(),
@@ -344,7 +345,7 @@ pub async fn serve_with(
 /// until the peer closes it, it stays idle too long, it is evicted, or the server stops.
 async fn serve_conn<I>(
     io: I,
-    ctx: Arc<Context>,
+    fleet: Arc<Fleet>,
     conns: Arc<Conns>,
     slot: Arc<Slot>,
     web: Option<Arc<WebHandle>>,
@@ -355,13 +356,13 @@ async fn serve_conn<I>(
     let limits = conns.limits;
     let s2 = slot.clone();
     let svc = service_fn(move |req| {
-        let ctx = ctx.clone();
+        let fleet = fleet.clone();
         let slot = s2.clone();
         let web_now = web.as_ref().map(|w| w.current());
         async move {
             slot.busy.fetch_add(1, Ordering::SeqCst);
             slot.served.store(true, Ordering::SeqCst);
-            let r = crate::web_config::serve_request(web_now, req, |req| respond(ctx, req)).await;
+            let r = crate::web_config::serve_request(web_now, req, |req| respond(fleet, req)).await;
             slot.touch();
             slot.busy.fetch_sub(1, Ordering::SeqCst);
             Ok::<_, Infallible>(r)
@@ -407,19 +408,19 @@ async fn serve_conn<I>(
 }
 
 /// Answers one request: `/metrics` rendered on the render thread, the rest by [`route`].
-async fn respond(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(fleet: Arc<Fleet>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let telemetry = (req.method() == Method::GET || req.method() == Method::HEAD)
-        && req.uri().path() == ctx.settings().telemetry_path;
+        && req.uri().path() == fleet.settings().telemetry_path;
     if !telemetry {
-        return route(&ctx, req);
+        return route(&fleet, req);
     }
     // A scrape is a read: without it the collectors fall to --collector.idle-interval
     // (60 s) two minutes after start although Prometheus scrapes every 15 s.
-    ctx.mark_read();
-    let store = ctx.store.clone();
-    match ctx
+    fleet.mark_read();
+    let f = fleet.clone();
+    match fleet
         .workers
-        .run(crate::collector::Worker::Render, move || store.render())
+        .run(crate::collector::Worker::Render, move || f.render())
         .await
     {
         Some(body) => text(StatusCode::OK, TEXT_CONTENT_TYPE, body),
@@ -439,8 +440,71 @@ fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Resp
     r
 }
 
+/// The value of `key` in a query string (`a=1&pipeline=orders`), percent-decoded.
+pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0usize;
+    while let Some(&c) = b.get(i) {
+        let hex = |j: usize| {
+            b.get(j)
+                .and_then(|h| (*h as char).to_digit(16))
+                .and_then(|d| u8::try_from(d).ok())
+        };
+        match c {
+            b'%' => match (hex(i.saturating_add(1)), hex(i.saturating_add(2))) {
+                (Some(h), Some(l)) => {
+                    out.push(h.wrapping_mul(16).wrapping_add(l));
+                    i = i.saturating_add(3);
+                    continue;
+                }
+                _ => out.push(c),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i = i.saturating_add(1);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The pipeline a request names (`?pipeline=NAME`), else the only one. `Err`: the answer
+/// (404 for an unknown name, 400 when several run and none is named), in JSON.
+fn pick(fleet: &Fleet, req: &Request<Incoming>) -> Result<Arc<Context>, Response<Full<Bytes>>> {
+    let json_err = |status: StatusCode, msg: String| {
+        let names: Vec<String> = fleet
+            .contexts()
+            .iter()
+            .map(|c| c.target().pipeline.clone())
+            .collect();
+        let body = serde_json::json!({ "error": msg, "pipelines": names }).to_string();
+        text(status, "application/json", body)
+    };
+    match query_param(req.uri().query(), "pipeline") {
+        Some(name) => fleet.find(&name).ok_or_else(|| {
+            json_err(
+                StatusCode::NOT_FOUND,
+                format!("no pipeline named {}", crate::base::cut(&name, 256)),
+            )
+        }),
+        None => fleet.only().ok_or_else(|| {
+            json_err(
+                StatusCode::BAD_REQUEST,
+                "several pipelines: name one with ?pipeline=NAME (see /api/pipelines)".into(),
+            )
+        }),
+    }
+}
+
 /// Routes one request.
-pub fn route(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub fn route(fleet: &Fleet, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -451,72 +515,100 @@ pub fn route(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> {
             .insert("allow", HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    let settings = ctx.settings();
+    let settings = fleet.settings();
     let path = req.uri().path();
     if path == settings.telemetry_path {
-        ctx.mark_read();
-        return text(StatusCode::OK, TEXT_CONTENT_TYPE, ctx.store.render());
+        fleet.mark_read();
+        return text(StatusCode::OK, TEXT_CONTENT_TYPE, fleet.render());
     }
+    let json = |body: String| text(StatusCode::OK, "application/json", body);
     match path {
         "/" => {
-            ctx.mark_read();
-            text(
-                StatusCode::OK,
-                "text/html; charset=utf-8",
-                crate::page::landing(ctx),
-            )
+            let named = query_param(req.uri().query(), "pipeline").is_some();
+            if !named && fleet.only().is_none() {
+                fleet.mark_read();
+                return text(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    crate::page::overview::html(fleet),
+                );
+            }
+            match pick(fleet, &req) {
+                Ok(ctx) => {
+                    ctx.mark_read();
+                    text(
+                        StatusCode::OK,
+                        "text/html; charset=utf-8",
+                        crate::page::landing_in(&ctx, fleet.len()),
+                    )
+                }
+                Err(r) => r,
+            }
         }
-        "/api/status" => {
-            ctx.mark_read();
-            text(
-                StatusCode::OK,
-                "application/json",
-                crate::page::api_status(ctx),
-            )
+        "/api/pipelines" => {
+            fleet.mark_read();
+            json(crate::page::overview::json(fleet))
         }
-        "/api/diagnosis" => {
-            ctx.mark_read();
-            text(
-                StatusCode::OK,
-                "application/json",
-                crate::page::api_diagnosis(ctx),
-            )
-        }
-        "/api/topology" => {
-            ctx.mark_read();
-            text(
-                StatusCode::OK,
-                "application/json",
-                crate::page::topology::api_topology(ctx),
-            )
-        }
+        "/api/status" => match pick(fleet, &req) {
+            Ok(ctx) => {
+                ctx.mark_read();
+                json(crate::page::api_status(&ctx))
+            }
+            Err(r) => r,
+        },
+        "/api/diagnosis" => match pick(fleet, &req) {
+            Ok(ctx) => {
+                ctx.mark_read();
+                json(crate::page::api_diagnosis(&ctx))
+            }
+            Err(r) => r,
+        },
+        "/api/topology" => match pick(fleet, &req) {
+            Ok(ctx) => {
+                ctx.mark_read();
+                json(crate::page::topology::api_topology(&ctx))
+            }
+            Err(r) => r,
+        },
         "/healthz" => {
-            // The collection loop's own cadence: the idle interval while nobody reads
-            // (a liveness probe is not a reader).
-            let cadence = ctx.cadence();
-            let fresh = ctx
-                .last_cycle
-                .read()
-                .ok()
-                .and_then(|g| *g)
-                .is_some_and(|t| {
-                    t.elapsed()
-                        < cadence
-                            .saturating_mul(3)
-                            .saturating_add(Duration::from_secs(5))
-                });
-            if fresh {
+            // Every pipeline's collection loop, at its own cadence: the idle interval while
+            // nobody reads (a liveness probe is not a reader).
+            let stale: Vec<String> = fleet
+                .contexts()
+                .iter()
+                .filter(|ctx| {
+                    let cadence = ctx.cadence();
+                    !ctx.last_cycle
+                        .read()
+                        .ok()
+                        .and_then(|g| *g)
+                        .is_some_and(|t| {
+                            t.elapsed()
+                                < cadence
+                                    .saturating_mul(3)
+                                    .saturating_add(Duration::from_secs(5))
+                        })
+                })
+                .map(|c| c.target().pipeline.clone())
+                .collect();
+            if stale.is_empty() {
                 text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n")
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain; charset=utf-8",
-                    "collection loop has not completed recently\n",
+                    format!(
+                        "collection loop has not completed recently: {}\n",
+                        stale.join(", ")
+                    ),
                 )
             }
         }
         "/-/ready" => {
-            let ready = ctx.last_cycle.read().ok().and_then(|g| *g).is_some();
+            let ready = fleet
+                .contexts()
+                .iter()
+                .all(|c| c.last_cycle.read().ok().and_then(|g| *g).is_some());
             if ready {
                 text(StatusCode::OK, "text/plain; charset=utf-8", "ready\n")
             } else {
@@ -570,9 +662,15 @@ mod tests {
             ..Limits::default()
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_with(listener, ctx(), limits, None, async move {
-            let _ = rx.await;
-        }));
+        let server = tokio::spawn(serve_with(
+            listener,
+            Arc::new(Fleet::of_one(ctx())),
+            limits,
+            None,
+            async move {
+                let _ = rx.await;
+            },
+        ));
         let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
         kept.write_all(b"GET /-/ready HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -603,7 +701,7 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve_with(
             listener,
-            c.clone(),
+            Arc::new(Fleet::of_one(c.clone())),
             Limits::default(),
             None,
             async move {
@@ -639,9 +737,16 @@ mod tests {
             ..Limits::default()
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_with(listener, c.clone(), limits, None, async move {
-            let _ = rx.await;
-        }));
+        let fleet = Arc::new(Fleet::of_one(c.clone()));
+        let server = tokio::spawn(serve_with(
+            listener,
+            fleet.clone(),
+            limits,
+            None,
+            async move {
+                let _ = rx.await;
+            },
+        ));
         let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut rest = Vec::new();
         for _ in 0..3 {
@@ -651,7 +756,7 @@ mod tests {
             closed_by_server(&mut first).await,
             "oldest idle socket kept"
         );
-        let text = c.store.render();
+        let text = fleet.render();
         assert!(
             text.contains("gravity_exporter_connections_evicted_total 1"),
             "{text}"

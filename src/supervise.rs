@@ -61,9 +61,19 @@ pub struct Supervisor {
 impl Supervisor {
     /// A supervisor whose metrics are the store's.
     pub fn new(store: &crate::metrics::Store) -> Supervisor {
+        Self::with_token(store, CancellationToken::new())
+    }
+
+    /// A supervisor (one pipeline's) whose tasks also stop when `parent` (the exporter's
+    /// shutdown signal) is cancelled.
+    pub fn child_of(store: &crate::metrics::Store, parent: &CancellationToken) -> Supervisor {
+        Self::with_token(store, parent.child_token())
+    }
+
+    fn with_token(store: &crate::metrics::Store, token: CancellationToken) -> Supervisor {
         Supervisor {
             tracker: TaskTracker::new(),
-            token: CancellationToken::new(),
+            token,
             metrics: store.tasks().clone(),
             running: Arc::new(Mutex::new(BTreeMap::new())),
             handles: Mutex::new(Vec::new()),
@@ -230,9 +240,12 @@ mod tests {
     use super::*;
 
     fn sample(text: &str, name: &str, task: &str) -> Option<f64> {
-        let needle = format!("{name}{{task=\"{task}\"}} ");
+        // `{task="x"}` alone, or beside the `pipeline` label a pipeline's tasks get
+        let needle = format!("task=\"{task}\"}} ");
+        let prefix = format!("{name}{{");
         text.lines()
-            .find_map(|l| l.strip_prefix(&needle))
+            .filter(|l| l.starts_with(&prefix))
+            .find_map(|l| l.split_once(&needle).map(|(_, v)| v))
             .and_then(|v| v.trim().parse().ok())
     }
 
@@ -337,7 +350,7 @@ mod tests {
         let token = exp.supervisor.token().clone();
         let server = tokio::spawn(crate::server::serve(
             listener,
-            exp.ctx.clone(),
+            exp.fleet.clone(),
             token.cancelled_owned(),
         ));
         let client = crate::gravity_api::GravityClient::new();
@@ -366,7 +379,7 @@ mod tests {
             assert!(Instant::now() < deadline, "{text}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        exp.supervisor.inject_panic("watcher");
+        exp.pipeline_supervisor().inject_panic("watcher");
         loop {
             let text = scrape().await;
             if sample(&text, "gravity_exporter_task_restarts_total", "watcher") == Some(1.0)

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 
 use crate::collector::Context;
-use crate::config::{ProcessSelector, Settings};
+use crate::config::{PipelineMode, ProcessSelector, Settings};
 use crate::discovery::{self, ProcIdentity, ProcLook, Target};
 
 /// The watcher's state.
@@ -165,10 +165,19 @@ impl Watcher {
         if full {
             self.last_full_scan = Some(Instant::now());
         }
-        let mut found = match self
-            .scanner
-            .find(&s.proc_root, &s.selector, self.self_pid, full)
-        {
+        let filter = config_filter(&self.ctx, &s);
+        let looked = match &filter {
+            // this pipeline's config file is gone: no process runs with it
+            Some(None) => Ok(None),
+            Some(Some(f)) => {
+                self.scanner
+                    .find(&s.proc_root, &s.selector, self.self_pid, full, Some(f))
+            }
+            None => self
+                .scanner
+                .find(&s.proc_root, &s.selector, self.self_pid, full, None),
+        };
+        let mut found = match looked {
             Ok(f) => {
                 self.last_error = None;
                 f
@@ -215,6 +224,15 @@ impl Watcher {
                     tracing::warn!(error = %e, "cannot read gravity's config");
                 }
                 up.set_process(true, true);
+                // Every gravity of the host is a pipeline: this one keeps to the config
+                // file its first process ran with (the others get pipelines of their own).
+                if s.pipeline_mode == PipelineMode::Auto && self.ctx.pin.get().is_none() {
+                    if let Some(id) = discovery::process_config(&s.proc_root, l.id.pid)
+                        .and_then(|p| discovery::file_id(&p))
+                    {
+                        let _ = self.ctx.pin.set(id);
+                    }
+                }
                 self.ctx.set_target(target);
                 self.ctx.kick.notify_one();
                 true
@@ -309,6 +327,37 @@ impl Watcher {
                 no_pidfd_for = Some(id);
             }
         }
+    }
+}
+
+/// Which process may be this pipeline's (see [`discovery::ConfigFilter`]): `None` any the
+/// selector finds, `Some(None)` none (its config file is gone), `Some(Some(f))` one running
+/// with its config file. A pipeline pinned to a config file keeps to it; several pipelines
+/// from `--gravity.config` keep to their own file strictly; one pipeline given one file
+/// takes a process whose config cannot be told (only with the default selector: a pattern
+/// or pid file says which process it is).
+pub fn config_filter(ctx: &Context, s: &Settings) -> Option<Option<discovery::ConfigFilter>> {
+    if !matches!(
+        s.selector,
+        ProcessSelector::Default | ProcessSelector::Pattern(_)
+    ) {
+        return None;
+    }
+    if let Some(id) = ctx.pin.get() {
+        return Some(Some(discovery::ConfigFilter {
+            id: *id,
+            strict: true,
+        }));
+    }
+    let path = s.gravity_config.as_ref()?;
+    let strict = s.config_strict;
+    if !strict && !matches!(s.selector, ProcessSelector::Default) {
+        return None;
+    }
+    match discovery::file_id(path) {
+        Some(id) => Some(Some(discovery::ConfigFilter { id, strict })),
+        None if strict => Some(None),
+        None => None,
     }
 }
 

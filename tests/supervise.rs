@@ -44,12 +44,12 @@ async fn stopping_the_exporter_ends_every_task() {
         let (_, m) = common::get(r.addr, "/metrics").await;
         panic!("not every task up:\n{m}");
     }
-    let mut running = r.exp.supervisor.running();
+    let mut running = r.exp.pipeline_supervisor().running();
     running.sort_unstable();
     let mut want = TASKS.to_vec();
     want.sort_unstable();
     assert_eq!(running, want);
-    let sup = r.exp.supervisor.clone();
+    let sup = r.exp.pipeline_supervisor();
     let store = r.exp.ctx.store.clone();
     let report = r.shutdown().await;
     assert!(

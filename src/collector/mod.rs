@@ -312,8 +312,11 @@ pub struct Context {
     pub target_seq: watch::Sender<u64>,
     /// HTTP client for gravity's API.
     pub gravity: GravityClient,
-    /// The parse and render threads.
-    pub workers: Workers,
+    /// The parse and render threads (one pair for every pipeline of the exporter).
+    pub workers: Arc<Workers>,
+    /// The config file this pipeline keeps to, once pinned: with no flag naming gravity,
+    /// the one its first process ran with ([`crate::config::PipelineMode::Auto`]).
+    pub pin: std::sync::OnceLock<crate::discovery::FileId>,
     /// The last readings of gravity's `/metrics` for the diagnosis ([`diagnosis`]).
     pub diag_window: diagnosis::Window,
     /// gravity's log lines the diagnosis counts (retry causes, `item not ack`, `latch for
@@ -347,8 +350,17 @@ pub struct Context {
 }
 
 impl Context {
-    /// Builds a context.
+    /// Builds a context with worker threads of its own.
     pub fn new(settings: watch::Receiver<Arc<Settings>>, store: Arc<Store>) -> Arc<Context> {
+        Self::with_workers(settings, store, Arc::default())
+    }
+
+    /// Builds a context sharing the exporter's worker threads.
+    pub fn with_workers(
+        settings: watch::Receiver<Arc<Settings>>,
+        store: Arc<Store>,
+        workers: Arc<Workers>,
+    ) -> Arc<Context> {
         let s = settings.borrow().clone();
         let target = Target::from_settings(&s);
         Arc::new(Context {
@@ -356,7 +368,8 @@ impl Context {
             gravity: GravityClient::new(),
             retries: crate::retry::RetryLedger::new(&store),
             lag: crate::state::lag::LagHistogram::new(&store),
-            workers: Workers::default(),
+            workers,
+            pin: std::sync::OnceLock::new(),
             diag_window: Default::default(),
             diag_log: Default::default(),
             log_errors: AtomicU64::new(0),

@@ -126,6 +126,10 @@ pub struct CheckArgs {
     /// Output: `text` (a Nagios status line with perfdata, then one line per check) or `json`.
     #[arg(long = "format", default_value = "text", value_parser = ["text", "json"])]
     pub format: String,
+    /// Check only the pipeline of this name (several on the host); default: every one,
+    /// the worst verdict wins.
+    #[arg(long = "pipeline")]
+    pub pipeline: Option<String>,
 }
 
 /// Flags of `demo`.
@@ -143,6 +147,10 @@ pub struct DemoArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long = "demo.duration")]
     pub duration: Option<u64>,
+    /// Simulated pipelines behind the one exporter (each its own gravity, config, port and
+    /// log, found through `--gravity.config='<dir>/pipelines/*.toml'`).
+    #[arg(long = "demo.pipelines", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub pipelines: u32,
 }
 
 /// Every flag, all optional so that the config file can supply what the command line does not.
@@ -171,9 +179,10 @@ pub struct Flags {
     /// [default: the process whose executable is named gravity].
     #[arg(long = "gravity.process-pattern", global = true)]
     pub process_pattern: Option<String>,
-    /// gravity's config file (TOML or JSON) [default: discovered from --config].
-    #[arg(long = "gravity.config", global = true)]
-    pub gravity_config: Option<PathBuf>,
+    /// gravity's config file (TOML or JSON) [default: discovered from --config]. A glob
+    /// (`/etc/gravity/*.toml`) or the flag repeated watches one pipeline per file.
+    #[arg(long = "gravity.config", global = true, action = clap::ArgAction::Append, value_delimiter = ',')]
+    pub gravity_config: Option<Vec<PathBuf>>,
     /// gravity's log file [default: discovered from --log-file].
     #[arg(long = "gravity.log-file", global = true)]
     pub log_file: Option<PathBuf>,
@@ -334,6 +343,59 @@ impl Flags {
             reason: format!("a flag cannot be merged with the file: {e}"),
         })
     }
+}
+
+/// How the exporter finds its pipelines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipelineMode {
+    /// One pipeline: one `--gravity.config` file (no glob), or a pid, pid file, pattern or
+    /// URL that names one gravity.
+    Single,
+    /// One pipeline per file matching `--gravity.config` (a glob, or the flag repeated).
+    Configs,
+    /// No flag names gravity: every gravity process of the host is a pipeline, one per
+    /// config file it runs with.
+    Auto,
+}
+
+/// Whether a path holds glob characters.
+pub fn is_glob(p: &Path) -> bool {
+    p.to_string_lossy().contains(['*', '?', '['])
+}
+
+fn pipeline_mode(
+    configs: &[PathBuf],
+    gravity_url: bool,
+    f_pid: bool,
+    f_pid_file: bool,
+    f_log_file: bool,
+    selector: &ProcessSelector,
+) -> Result<PipelineMode, ConfigError> {
+    let several = configs.len() > 1 || configs.iter().any(|p| is_glob(p));
+    if several {
+        let one_only = [
+            ("gravity.pid", f_pid),
+            ("gravity.pid-file", f_pid_file),
+            ("gravity.url", gravity_url),
+            ("gravity.log-file", f_log_file),
+        ];
+        if let Some((key, _)) = one_only.iter().find(|(_, given)| *given) {
+            return Err(invalid(
+                key,
+                "names one gravity; with several gravity.config files each pipeline's comes from its own process (leave it out, or run one exporter per pipeline)",
+            ));
+        }
+        return Ok(PipelineMode::Configs);
+    }
+    let names_one = !configs.is_empty()
+        || gravity_url
+        || f_log_file
+        || !matches!(selector, ProcessSelector::Default);
+    Ok(if names_one {
+        PipelineMode::Single
+    } else {
+        PipelineMode::Auto
+    })
 }
 
 /// How the gravity process is found.
@@ -518,8 +580,17 @@ pub struct Settings {
     pub gravity_url: Option<Uri>,
     /// How to find gravity.
     pub selector: ProcessSelector,
-    /// gravity's config given by the user (else discovered).
+    /// gravity's config file of this pipeline: given by the user (one file), set per
+    /// pipeline from `gravity_configs` (several), else discovered from the process.
     pub gravity_config: Option<PathBuf>,
+    /// `--gravity.config` as given: paths or globs, one pipeline per matching file.
+    pub gravity_configs: Vec<PathBuf>,
+    /// How pipelines are found ([`PipelineMode`]).
+    pub pipeline_mode: PipelineMode,
+    /// The process of this pipeline must run with `gravity_config` as its `--config`
+    /// (several pipelines on one host); otherwise a process with another `--config` is
+    /// still not taken, but one whose config cannot be told is.
+    pub config_strict: bool,
     /// gravity's log file given by the user (else discovered).
     pub log_file: Option<PathBuf>,
     /// gravity's log format given by the user (else discovered, else detected).
@@ -864,6 +935,7 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
             "give only one of gravity.pid, gravity.pid-file and gravity.process-pattern",
         ));
     }
+    let pid_file_given = f.pid_file.is_some();
     let selector = if let Some(pid) = f.pid {
         if !(1..=i64::from(i32::MAX)).contains(&pid) {
             return Err(invalid("gravity.pid", format!("{pid} is not a valid pid")));
@@ -888,6 +960,14 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
     } else {
         ProcessSelector::Default
     };
+    let pipeline_mode = pipeline_mode(
+        f.gravity_config.as_deref().unwrap_or_default(),
+        gravity_url.is_some(),
+        f.pid.is_some(),
+        pid_file_given,
+        f.log_file.is_some(),
+        &selector,
+    )?;
     let log_format = match f.log_format.as_deref() {
         None | Some("") | Some("detect") => None,
         Some(s) => Some(GravityLogFormat::parse(s).ok_or_else(|| {
@@ -1038,7 +1118,13 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
         telemetry_path,
         gravity_url,
         selector,
-        gravity_config: f.gravity_config,
+        gravity_config: match (&pipeline_mode, f.gravity_config.as_deref()) {
+            (PipelineMode::Single, Some([one])) => Some(one.clone()),
+            _ => None,
+        },
+        gravity_configs: f.gravity_config.clone().unwrap_or_default(),
+        pipeline_mode,
+        config_strict: false,
         log_file: f.log_file,
         log_format,
         gravity_timeout,

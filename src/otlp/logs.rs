@@ -311,16 +311,28 @@ async fn send_batch(i: &Inner, batch: &[LogEntry]) {
     let Some(tr) = &i.transport else { return };
     let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
     let observed = super::unix_nanos(SystemTime::now());
+    // one resource per pipeline (several pipelines' lines may share a batch)
+    let mut by_pipeline: Vec<(&str, Vec<&LogEntry>)> = Vec::new();
+    for e in batch {
+        match by_pipeline.iter_mut().find(|(p, _)| *p == e.pipeline) {
+            Some((_, v)) => v.push(e),
+            None => by_pipeline.push((e.pipeline.as_str(), vec![e])),
+        }
+    }
+    let port = i.ctx.settings().listen.port();
     let req = ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            resource: Some(super::current_resource(&i.ctx)),
-            scope_logs: vec![ScopeLogs {
-                scope: Some(super::scope()),
-                log_records: batch.iter().map(|e| to_otlp(e, observed)).collect(),
+        resource_logs: by_pipeline
+            .into_iter()
+            .map(|(pipeline, entries)| ResourceLogs {
+                resource: Some(super::resource_of(pipeline, port)),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(super::scope()),
+                    log_records: entries.iter().map(|e| to_otlp(e, observed)).collect(),
+                    ..Default::default()
+                }],
                 ..Default::default()
-            }],
-            ..Default::default()
-        }],
+            })
+            .collect(),
     };
     let r = tr.send(Payload::Logs(req)).await;
     i.outcomes.record(Signal::Logs, &r, n);

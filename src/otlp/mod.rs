@@ -34,6 +34,7 @@ use prometheus::{IntCounterVec, Opts};
 
 use crate::base::{BoxFuture, Tasks};
 use crate::collector::Context;
+use crate::fleet::Fleet;
 use settings::OtlpSettings;
 use transport::{ExportError, Payload, Signal, Transport};
 
@@ -145,6 +146,8 @@ pub struct Telemetry {
     otlp: Option<Arc<OtlpSide>>,
     /// Where classified log records go.
     pub logs: logs::LogSink,
+    /// The pipelines whose metrics are exported.
+    fleet: Arc<Fleet>,
 }
 
 struct OtlpSide {
@@ -263,63 +266,106 @@ fn scope() -> InstrumentationScope {
     }
 }
 
-/// Attributes of the resource of this moment (the pipeline may have been discovered since).
-fn current_resource(ctx: &Context) -> Resource {
-    let pipeline = ctx.target().pipeline.clone();
-    let port = ctx.settings().listen.port();
-    proto_resource(&resource_attributes(&pipeline, port, &|k| {
-        std::env::var(k).ok()
-    }))
+/// The resource of one pipeline (`""`: the exporter's own families, which belong to no
+/// pipeline when it watches several).
+fn resource_of(pipeline: &str, port: u16) -> Resource {
+    let mut attrs = resource_attributes(pipeline, port, &|k| std::env::var(k).ok());
+    if pipeline.is_empty() {
+        attrs.retain(|(k, _)| k != "gravity.pipeline");
+    }
+    proto_resource(&attrs)
 }
 
-/// The metrics export request of this moment: the store's families (and the pass-through
-/// with `passthrough`), converted. CPU work: runs on the blocking pool.
+/// One resource's part of a metrics export: its families and gravity's pass-through text.
+pub struct ResourcePart {
+    /// The resource.
+    pub resource: Resource,
+    /// The families ([`crate::fleet::Fleet::gather_one`]).
+    pub families: Vec<prometheus::proto::MetricFamily>,
+    /// The pass-through text (empty: none).
+    pub passthrough: String,
+}
+
+/// The metrics export request of this moment: one resource per pipeline (its families, and
+/// the pass-through with `passthrough`), converted. CPU work: runs on the blocking pool.
 pub fn metrics_request(
-    store: &crate::metrics::Store,
-    resource: Resource,
+    parts: Vec<ResourcePart>,
     passthrough: bool,
     start_unix_nano: u64,
 ) -> ExportMetricsServiceRequest {
-    let (mut fams, pass) = if passthrough {
-        store.gather_with_passthrough()
-    } else {
-        (store.gather(), None)
-    };
-    if let Some(text) = pass {
-        fams.extend(convert::passthrough_families(&text));
-    }
     let times = convert::Times {
         start_unix_nano,
         now_unix_nano: unix_nanos(SystemTime::now()),
     };
-    let metrics = fams
-        .iter()
-        .filter_map(|mf| convert::metric(mf, times))
-        .collect();
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(resource),
-            scope_metrics: vec![ScopeMetrics {
-                scope: Some(scope()),
-                metrics,
+    let resource_metrics = parts
+        .into_iter()
+        .map(|part| {
+            let mut fams = part.families;
+            if passthrough && !part.passthrough.is_empty() {
+                fams.extend(convert::passthrough_families(&part.passthrough));
+            }
+            let metrics = fams
+                .iter()
+                .filter_map(|mf| convert::metric(mf, times))
+                .collect();
+            ResourceMetrics {
+                resource: Some(part.resource),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(scope()),
+                    metrics,
+                    ..Default::default()
+                }],
                 ..Default::default()
-            }],
-            ..Default::default()
-        }],
+            }
+        })
+        .collect();
+    ExportMetricsServiceRequest { resource_metrics }
+}
+
+/// The parts of this moment: with one pipeline, one resource holding everything (as
+/// `/metrics` serves it); with several, one per pipeline and one for the exporter's own.
+fn fleet_parts(fleet: &Fleet) -> Vec<ResourcePart> {
+    let port = fleet.settings().listen.port();
+    let ctxs = fleet.contexts();
+    if let [only] = ctxs.as_slice() {
+        let (mut families, _) = fleet.gather_one(None);
+        let (own, passthrough) = fleet.gather_one(Some(only));
+        families.extend(own);
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        return vec![ResourcePart {
+            resource: resource_of(&only.target().pipeline, port),
+            families,
+            passthrough,
+        }];
     }
+    let (families, passthrough) = fleet.gather_one(None);
+    let mut parts = vec![ResourcePart {
+        resource: resource_of("", port),
+        families,
+        passthrough,
+    }];
+    for c in &ctxs {
+        let (families, passthrough) = fleet.gather_one(Some(c));
+        parts.push(ResourcePart {
+            resource: resource_of(&c.target().pipeline, port),
+            families,
+            passthrough,
+        });
+    }
+    parts
 }
 
 /// Sets the telemetry export up when `--otlp.*` or `--log-entries.file` asks for it, with
 /// the tasks the application runs under its supervisor (`otlp_metrics`, `otlp_logs`,
 /// `log_entries`). `None` (nothing set up, nothing registered) while both are off.
-pub fn start(ctx: &Arc<Context>) -> Option<(Arc<Telemetry>, Tasks)> {
+pub fn start(ctx: &Arc<Context>, fleet: &Arc<Fleet>) -> Option<(Arc<Telemetry>, Tasks)> {
     let s = ctx.settings();
     let t = &s.telemetry;
     if t.otlp.is_none() && t.log_entries.is_none() {
         return None;
     }
     let outcomes = Arc::new(Outcomes {
-        metrics: OtlpMetrics::register(&ctx.store),
+        metrics: OtlpMetrics::register(&fleet.exporter),
         failing: Default::default(),
     });
     for (k, _) in t.otlp.iter().flat_map(|o| o.headers.iter()) {
@@ -360,13 +406,13 @@ pub fn start(ctx: &Arc<Context>) -> Option<(Arc<Telemetry>, Tasks)> {
     if let Some(o) = &otlp {
         tracing::info!(endpoint = %o.settings.endpoint, protocol = o.settings.protocol.as_str(), interval_ms = u64::try_from(o.settings.interval.as_millis()).unwrap_or(u64::MAX), "exporting over OTLP");
         let o = Arc::clone(o);
-        let ctx = Arc::clone(ctx);
+        let fleet = Arc::clone(fleet);
         let out = Arc::clone(&outcomes);
         tasks.push((
             "otlp_metrics",
             Box::new(move || {
                 Box::pin(metrics_loop(
-                    Arc::clone(&ctx),
+                    Arc::clone(&fleet),
                     Arc::clone(&o),
                     Arc::clone(&out),
                 )) as BoxFuture<()>
@@ -377,19 +423,19 @@ pub fn start(ctx: &Arc<Context>) -> Option<(Arc<Telemetry>, Tasks)> {
         outcomes,
         otlp,
         logs,
+        fleet: Arc::clone(fleet),
     });
     Some((telemetry, tasks))
 }
 
-async fn export_metrics(ctx: &Arc<Context>, o: &OtlpSide, out: &Outcomes) {
+async fn export_metrics(fleet: &Arc<Fleet>, o: &OtlpSide, out: &Outcomes) {
     // An OTLP export is a reader like a scrape: collection keeps its full cadence.
-    ctx.mark_read();
-    let store = Arc::clone(&ctx.store);
-    let resource = current_resource(ctx);
+    fleet.mark_read();
+    let f = Arc::clone(fleet);
     let pass = o.settings.passthrough;
     let start = o.start_unix_nano;
     let Ok(req) =
-        tokio::task::spawn_blocking(move || metrics_request(&store, resource, pass, start)).await
+        tokio::task::spawn_blocking(move || metrics_request(fleet_parts(&f), pass, start)).await
     else {
         return;
     };
@@ -397,7 +443,7 @@ async fn export_metrics(ctx: &Arc<Context>, o: &OtlpSide, out: &Outcomes) {
     out.record(Signal::Metrics, &res, 0);
 }
 
-async fn metrics_loop(ctx: Arc<Context>, o: Arc<OtlpSide>, out: Arc<Outcomes>) {
+async fn metrics_loop(fleet: Arc<Fleet>, o: Arc<OtlpSide>, out: Arc<Outcomes>) {
     let mut tick = tokio::time::interval(o.settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // the first tick is immediate: wait one interval so the first export has collected data
@@ -405,7 +451,7 @@ async fn metrics_loop(ctx: Arc<Context>, o: Arc<OtlpSide>, out: Arc<Outcomes>) {
     loop {
         tick.tick().await;
         // one export at a time: a slow collector delays the next one, never piles them up
-        export_metrics(&ctx, &o, &out).await;
+        export_metrics(&fleet, &o, &out).await;
     }
 }
 
@@ -413,11 +459,11 @@ impl Telemetry {
     /// The last export at shutdown, within `budget`: the metrics of this moment, the log
     /// records still queued, the spans the batch processor holds. Called after the
     /// supervisor stopped the tasks.
-    pub async fn flush(&self, ctx: &Arc<Context>, budget: Duration) {
+    pub async fn flush(&self, budget: Duration) {
         let work = async {
             self.logs.flush().await;
             if let Some(o) = &self.otlp {
-                export_metrics(ctx, o, &self.outcomes).await;
+                export_metrics(&self.fleet, o, &self.outcomes).await;
             }
         };
         if tokio::time::timeout(budget, work).await.is_err() {

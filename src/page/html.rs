@@ -115,7 +115,7 @@ fn lag_class(lag: f64) -> &'static str {
     }
 }
 
-const CSS: &str = "\
+pub(crate) const CSS: &str = "\
 :root{--ok:#1a7f37;--warn:#9a6700;--bad:#cf222e;--mute:#57606a;--line:#d0d7de;--bg2:#f6f8fa}\
 *{box-sizing:border-box}\
 body{font-family:system-ui,-apple-system,'Segoe UI','DejaVu Sans',Roboto,sans-serif;margin:0;color:#1f2328;background:#fff;font-size:15px;line-height:1.4}\

@@ -15,6 +15,7 @@
 //! [`crate::collector::connections::MAX_ENDPOINTS`] connections).
 
 pub mod html;
+pub mod overview;
 pub mod svg;
 pub mod topology;
 
@@ -630,6 +631,27 @@ fn discovered(ctx: &Context, red: &Redactor) -> Vec<Fact> {
 /// The status page (HTML).
 pub fn landing(ctx: &Context) -> String {
     html::render(&view(ctx))
+}
+
+/// The status page of one of `pipelines` pipelines: with several, its links name it
+/// (`?pipeline=`) and it links back to the overview.
+pub fn landing_in(ctx: &Context, pipelines: usize) -> String {
+    let page = landing(ctx);
+    if pipelines <= 1 {
+        return page;
+    }
+    let q = format!(
+        "?pipeline={}",
+        overview::url_component(&ctx.target().pipeline)
+    );
+    let mut page = page;
+    for api in ["/api/status", "/api/diagnosis", "/api/topology"] {
+        page = page.replace(
+            &format!("href=\"{api}\""),
+            &format!("href=\"{api}{}\"", esc(&q)),
+        );
+    }
+    page.replacen("<nav>", "<nav><a href=\"/\">All pipelines</a>", 1)
 }
 
 /// The status as JSON (`/api/status`).

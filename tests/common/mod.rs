@@ -45,10 +45,14 @@ pub async fn start(settings: Settings) -> Running {
     let addr = listener.local_addr().unwrap();
     let exp = app::start(settings);
     let (tx, rx) = oneshot::channel::<()>();
-    let ctx = exp.ctx.clone();
-    let server = tokio::spawn(gravity_exporter::server::serve(listener, ctx, async move {
-        let _ = rx.await;
-    }));
+    let fleet = exp.fleet.clone();
+    let server = tokio::spawn(gravity_exporter::server::serve(
+        listener,
+        fleet,
+        async move {
+            let _ = rx.await;
+        },
+    ));
     Running {
         addr,
         exp,

@@ -89,11 +89,20 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
     };
     let exe = std::env::current_exe().map_err(io("finding this executable"))?;
     let link = install_gravity_link(&exe, &dir).map_err(io("linking the simulated gravity"))?;
-    let config = dir.join("config.toml");
+    // Several pipelines: every gravity config in one directory, one glob for the exporter.
+    let config = if args.pipelines > 1 {
+        let pdir = dir.join("pipelines");
+        std::fs::create_dir_all(&pdir).map_err(io("creating the pipelines directory"))?;
+        pdir.join("pipeline-1.toml")
+    } else {
+        dir.join("config.toml")
+    };
     // The canary (docs/canary.md) needs a real MySQL server: a private MariaDB when
     // Debian's mariadb-server is installed, else the demo runs without one.
     let canary = if settings.canary.enabled() {
         Err("configured by your --canary.* flags".to_string())
+    } else if args.pipelines > 1 {
+        Err("one private database cannot serve several demo pipelines' canaries".to_string())
     } else {
         match crate::mariadb::PrivateMariaDb::start(&dir) {
             Ok(db) => prepare_canary(db).await,
@@ -122,6 +131,42 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
         ("GRAVITY_DOUBLE_LOG_MAX_BYTES".into(), "10485760".into()),
     ];
     let mut sup = Supervisor::start(cfg).map_err(|e| DemoError::Supervisor(e.to_string()))?;
+    // More pipelines: each a gravity of its own (config named pipeline-N, its own port and
+    // log) under its own supervisor; the exporter finds them all through a glob.
+    let mut more = Vec::new();
+    let mut more_lines = Vec::new();
+    if args.pipelines > 1 {
+        let pdir = dir.join("pipelines");
+        for n in 2..=args.pipelines {
+            let name = format!("mysql2mysqlDemo{n}");
+            let text = DEMO_CONFIG.replacen(
+                "name = \"mysql2mysqlDemo\"",
+                &format!("name = \"{name}\""),
+                1,
+            );
+            let cfile = pdir.join(format!("pipeline-{n}.toml"));
+            std::fs::write(&cfile, text).map_err(io("writing a gravity config"))?;
+            let port = free_port()?;
+            let plog = dir.join(format!("gravity-{n}.log"));
+            let pwork = dir.join(format!("pipeline-{n}"));
+            let mut c = SupervisorConfig::new(&link, &pwork, &cfile, format!("127.0.0.1:{port}"));
+            c.log_file = Some(plog.clone());
+            c.restart = Restart::Always;
+            c.restart_sec = Duration::from_secs(1);
+            c.env = vec![
+                ("GRAVITY_DOUBLE_RATE".into(), args.rate.to_string().into()),
+                ("GRAVITY_DOUBLE_RETRY_EVERY".into(), "30".into()),
+                ("GRAVITY_DOUBLE_LOG_MAX_BYTES".into(), "10485760".into()),
+            ];
+            let s = Supervisor::start(c).map_err(|e| DemoError::Supervisor(e.to_string()))?;
+            more_lines.push(format!(
+                "  simulated gravity {n}: http://127.0.0.1:{port}/status  (pipeline {name}, pid {}, log {})",
+                s.pid().unwrap_or(0),
+                plog.display()
+            ));
+            more.push(s);
+        }
+    }
 
     // The demo pipeline's databases do not exist: probing them would page about a
     // "lost" source and target that were never there.
@@ -135,6 +180,14 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
         Ok(re) => ProcessSelector::Pattern(re),
         Err(_) => ProcessSelector::Default,
     };
+    if args.pipelines > 1 {
+        // The first pipeline's config is the one its gravity runs with; the others are in
+        // the same directory: one glob names them all.
+        settings.gravity_configs = vec![dir.join("pipelines").join("*.toml")];
+        settings.gravity_config = None;
+        settings.pipeline_mode = gravity_exporter::config::PipelineMode::Configs;
+        settings.selector = ProcessSelector::Default;
+    }
     let canary_line = match &canary {
         Ok((db, login)) => {
             settings.canary.interval = Some(Duration::from_secs(2));
@@ -167,6 +220,18 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
             sup.pid().unwrap_or(0)
         ),
         format!("  gravity's log:      {}", log.display()),
+    ];
+    lines.extend(more_lines);
+    lines.extend([
+        format!(
+            "  pipelines:          {} behind this one exporter{}",
+            args.pipelines,
+            if args.pipelines > 1 {
+                " (the page opens on their overview)"
+            } else {
+                ""
+            }
+        ),
         "  connection probes:  off (the demo pipeline has no real databases; see docs/connections.md)".to_string(),
         format!(
             "  exporter metrics:   http://{shown}{}",
@@ -174,7 +239,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
         ),
         format!("  exporter page:      http://{shown}/"),
         canary_line,
-    ];
+    ]);
     if let Some(o) = &settings.telemetry.otlp {
         lines.push(format!(
             "  OTLP export:        {} ({}, every {:?}; docs/opentelemetry.md)",
@@ -224,8 +289,11 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
             _ = timer => {}
         }
     };
-    gravity_exporter::server::serve(listener, exp.ctx.clone(), stop).await;
+    gravity_exporter::server::serve(listener, exp.fleet.clone(), stop).await;
     sup.stop();
+    for mut s in more {
+        s.stop();
+    }
     drop(helpers);
     println!("demo stopped; its files are in {}", dir.display());
     Ok(())
