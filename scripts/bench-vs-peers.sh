@@ -17,6 +17,12 @@
 #                                       to the tests' receiver (`gravity-double otlp-receiver`): CPU per
 #                                       hour and RSS without scrapes (IDLE_SECONDS, after IDLE_WARMUP) and
 #                                       scraped every 15 s (RATE_SECONDS)
+#   PIPELINES_CASE=1                    only 1 vs 10 pipelines: 10 gravity doubles (each its own config,
+#                                       port and log), one release exporter watching one of them, one
+#                                       watching all 10 through a --gravity.config glob, and
+#                                       process-exporter watching the same 10 processes, in the same run:
+#                                       CPU without scrapes (IDLE_SECONDS, after IDLE_WARMUP), CPU per hour
+#                                       scraped every 15 s (RATE_SECONDS), RSS
 # Results go to stdout and target/bench/results.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +32,7 @@ IDLE_WARMUP=${IDLE_WARMUP:-130}
 RATE_SECONDS=${RATE_SECONDS:-600}
 ONLY_RATE=${ONLY_RATE:-0}
 OTLP_CASE=${OTLP_CASE:-0}
+PIPELINES_CASE=${PIPELINES_CASE:-0}
 # the build directory: CARGO_TARGET_DIR when set, else ./target
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 OUT=$TARGET/bench; mkdir -p "$OUT"; : > "$OUT/results.txt"
@@ -45,7 +52,7 @@ fi
 cargo build --release --quiet -p gravity-exporter --bin gravity-exporter
 # the gravity double (workspace member tests/gravity-double); its own speed does not matter
 cargo build --quiet -p gravity-double --bin gravity-double
-if [ "$ONLY_RATE" != 1 ] && [ "$OTLP_CASE" != 1 ]; then
+if [ "$ONLY_RATE" != 1 ] && [ "$OTLP_CASE" != 1 ] && [ "$PIPELINES_CASE" != 1 ]; then
   cargo bench --no-run --quiet 2>/dev/null
   SCRAPE=$(ls -t "$TARGET"/release/deps/scrape-* | grep -v '\.d$' | head -1)
 fi
@@ -76,6 +83,54 @@ cpu() { awk -v t="$TCK" '{print ($14+$15)/t}' "/proc/$1/stat"; }
 rss() { awk '/VmRSS/ {print $2*1024}' "/proc/$1/status"; }
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 per_hour() { echo "$1 $2 $TCK $3" | awk '{printf "%.2f", ($1-$2)/$3*3600/$4}'; }
+
+if [ "$PIPELINES_CASE" = 1 ]; then
+  # 1 vs 10 pipelines: nine more doubles, each with a config of its own (pipeline-N)
+  mkdir -p "$work/conf"
+  sed 's/^name = "mysql2mysqlDemo"/name = "pipeline-1"/' "$work/config.toml" > "$work/conf/p1.toml"
+  kill "${pids[0]}" 2>/dev/null || true
+  for n in $(seq 1 10); do
+    [ "$n" = 1 ] || sed "s/^name = \"mysql2mysqlDemo\"/name = \"pipeline-$n\"/" "$work/config.toml" > "$work/conf/p$n.toml"
+    gp=$(port)
+    GRAVITY_DOUBLE_RATE=500 "$work/gravity" --config="$work/conf/p$n.toml" --http-addr=127.0.0.1:$gp --log-file="$work/gravity-$n.log" >/dev/null 2>&1 &
+    pids+=($!)
+  done
+  sleep 2
+  OPORT10=$(port)
+  common=(--probe.interval 0s --log.level warn --gravity.log-state-file none)
+  "$BIN" --web.listen-address=127.0.0.1:$OPORT --gravity.config="$work/conf/p1.toml" "${common[@]}" >"$work/one.log" 2>&1 &
+  ONE=$!; pids+=($ONE)
+  "$BIN" --web.listen-address=127.0.0.1:$OPORT10 --gravity.config="$work/conf/*.toml" "${common[@]}" >"$work/ten.log" 2>&1 &
+  TEN=$!; pids+=($TEN)
+  prometheus-process-exporter -web.listen-address=127.0.0.1:$PPORT -procnames gravity >"$work/peer.log" 2>&1 &
+  PEER=$!; pids+=($PEER)
+  sleep 5
+  say "== 1 vs 10 pipelines ($(date -u +%F), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(ls /proc | grep -c '^[0-9]') processes)"
+  say "pipelines seen: one exporter $(curl -s "http://127.0.0.1:$OPORT/metrics" | grep -c '^gravity_up{'), the other $(curl -s "http://127.0.0.1:$OPORT10/metrics" | grep -c '^gravity_up{'); series $(curl -s "http://127.0.0.1:$OPORT/metrics" | grep -vc '^#') vs $(curl -s "http://127.0.0.1:$OPORT10/metrics" | grep -vc '^#')"
+  permin() { echo "$1 $2 $TCK $3" | awk '{printf "%.4f", ($1-$2)/$3*60/$4}'; }
+  sleep "$IDLE_WARMUP"
+  a0=$(ticks $ONE); b0=$(ticks $TEN); p0=$(ticks $PEER); t0=$(date +%s.%N)
+  sleep "$IDLE_SECONDS"
+  a1=$(ticks $ONE); b1=$(ticks $TEN); p1=$(ticks $PEER); t1=$(date +%s.%N)
+  el=$(echo "$t1 $t0" | awk '{print $1-$2}')
+  say "idle, no scrapes, ${IDLE_SECONDS}s: 1 pipeline $(permin "$a1" "$a0" "$el") CPU-s/min rss_bytes=$(rss $ONE)   10 pipelines $(permin "$b1" "$b0" "$el") CPU-s/min rss_bytes=$(rss $TEN)   process-exporter (10 processes) $(permin "$p1" "$p0" "$el") CPU-s/min rss_bytes=$(rss $PEER)"
+  a0=$(ticks $ONE); b0=$(ticks $TEN); p0=$(ticks $PEER); t0=$(date +%s.%N)
+  end=$(( $(date +%s) + RATE_SECONDS ))
+  while [ "$(date +%s)" -lt "$end" ]; do
+    curl -s -o /dev/null "http://127.0.0.1:$OPORT/metrics" & c1=$!
+    curl -s -o /dev/null "http://127.0.0.1:$OPORT10/metrics" & c2=$!
+    curl -s -o /dev/null "http://127.0.0.1:$PPORT/metrics" & c3=$!
+    wait "$c1" "$c2" "$c3"
+    sleep 15
+  done
+  a1=$(ticks $ONE); b1=$(ticks $TEN); p1=$(ticks $PEER); t1=$(date +%s.%N)
+  el=$(echo "$t1 $t0" | awk '{print $1-$2}')
+  h1=$(per_hour "$a1" "$a0" "$el"); h10=$(per_hour "$b1" "$b0" "$el"); hp=$(per_hour "$p1" "$p0" "$el")
+  r1=$(rss $ONE); r10=$(rss $TEN)
+  say "scraped every 15 s, ${RATE_SECONDS}s: 1 pipeline $h1 CPU-s/h rss_bytes=$r1   10 pipelines $h10 CPU-s/h rss_bytes=$r10   process-exporter (10 processes) $hp CPU-s/h rss_bytes=$(rss $PEER)"
+  say "ratios 10/1: rss $(echo "$r10 $r1" | awk '{printf "%.2f", $1/$2}') (target <= 2)   cpu $(echo "$h10 $h1" | awk '{ if ($2>0) printf "%.2f", $1/$2; else print "n/a" }') (linear: <= 10)   threads: 1 pipeline $(awk '/Threads/ {print $2}' /proc/$ONE/status), 10 pipelines $(awk '/Threads/ {print $2}' /proc/$TEN/status)"
+  exit 0
+fi
 
 if [ "$OTLP_CASE" = 1 ]; then
   # OpenTelemetry off and on, side by side: the same release binary and flags, one of them

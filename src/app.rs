@@ -422,13 +422,28 @@ impl Upkeep {
                     self_pid,
                 )
                 .ok()?;
+                let mut names: Vec<String> =
+                    self.fleet.pipelines().iter().map(|p| p.name()).collect();
                 for (_, config) in found {
-                    let Some(id) = config.as_deref().and_then(discovery::file_id) else {
+                    let Some(path) = config else { continue };
+                    let Some(id) = discovery::file_id(&path) else {
                         continue;
                     };
-                    if !pinned.contains(&id) && !out.contains(&Origin::Discovered(id)) {
-                        out.push(Origin::Discovered(id));
+                    let o = Origin::Discovered(id);
+                    if pinned.contains(&id)
+                        || out.contains(&o)
+                        || crate::base::lock(&self.ignored).contains(&o)
+                    {
+                        continue;
                     }
+                    let name = crate::fleet::name_of(&path);
+                    if names.contains(&name) {
+                        tracing::error!(pipeline = %name, config = %path.display(), "another gravity runs a pipeline of this name; it is left out");
+                        crate::base::lock(&self.ignored).push(o);
+                        continue;
+                    }
+                    names.push(name);
+                    out.push(o);
                 }
                 Some(out)
             }

@@ -107,8 +107,8 @@ impl Pipeline {
 }
 
 /// The settings a pipeline of `origin` runs with: the exporter's, with its own config file.
-/// With several pipelines a `--gravity.log-state-file` names the directory's state files
-/// (one per log), not one file for all.
+/// With several pipelines a `--gravity.log-state-file` names the directory of the state files
+/// (one per log; a file names the directory holding it), not one file for all.
 pub fn settings_for(base: &Settings, origin: &Origin) -> Settings {
     let mut s = base.clone();
     match origin {
@@ -123,11 +123,14 @@ pub fn settings_for(base: &Settings, origin: &Origin) -> Settings {
         }
     }
     if let Some(f) = s.log_state_file.take() {
-        s.log_state_dir = Some(
+        // a directory names itself; a file, the directory holding it
+        s.log_state_dir = Some(if f.is_dir() {
+            f
+        } else {
             f.parent()
                 .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from(".")),
-        );
+                .unwrap_or_else(|| PathBuf::from("."))
+        });
     }
     s
 }

@@ -1,7 +1,8 @@
 //! gravity-exporter: a Prometheus exporter sidecar for [gravity] replication pipelines.
 //!
-//! One binary runs beside one gravity process and turns what can be known about that
-//! pipeline into metrics, a status page, a health verdict and OpenTelemetry.
+//! One binary runs beside gravity (one process per pipeline: one pipeline, or every
+//! pipeline of the host, [`fleet`]) and turns what can be known about each pipeline into
+//! metrics, a status page, a health verdict and OpenTelemetry.
 //!
 //! ## Layers
 //!

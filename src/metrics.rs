@@ -275,8 +275,15 @@ impl Store {
 
     /// The background tasks' metrics (`gravity_exporter_task_*`), registered on first use.
     pub fn tasks(&self) -> &TaskMetrics {
-        self.tasks
-            .get_or_init(|| TaskMetrics::register(&self.registry))
+        self.tasks.get_or_init(|| {
+            // the exporter's own store runs no pipeline task: none of them is made up at 0
+            let known: &[&str] = if self.scope == Scope::Exporter {
+                &[]
+            } else {
+                &TASKS
+            };
+            TaskMetrics::register_known(&self.registry, known)
+        })
     }
 
     /// The registry for stateful metrics.
@@ -715,6 +722,12 @@ impl std::fmt::Debug for TaskMetrics {
 impl TaskMetrics {
     /// Registers the families with every known task at 0.
     pub fn register(reg: &Registry) -> TaskMetrics {
+        Self::register_known(reg, &TASKS)
+    }
+
+    /// Registers the families with the tasks `known` at 0 (those of them that work in
+    /// cycles with their cycle series too).
+    pub fn register_known(reg: &Registry, known: &[&str]) -> TaskMetrics {
         let restarts = IntCounterVec::new(
             Opts::new(
                 "gravity_exporter_task_restarts_total",
@@ -755,11 +768,11 @@ impl TaskMetrics {
             &["task"],
         )
         .expect("metric names in this crate are valid");
-        for t in TASKS {
+        for t in known {
             restarts.with_label_values(&[t]).inc_by(0);
             up.with_label_values(&[t]).set(0);
         }
-        for t in CYCLIC_TASKS {
+        for t in CYCLIC_TASKS.iter().filter(|t| known.contains(t)) {
             duration.with_label_values(&[t]).set(0.0);
             success.with_label_values(&[t]).set(0.0);
             last_success.with_label_values(&[t]).set(0.0);
@@ -797,6 +810,138 @@ impl TaskMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pipeline_store(name: &str, up: f64, pass: &str) -> Store {
+        let s = Store::pipeline();
+        let mut f = Families::new();
+        f.gauge("gravity_up", "up", &[("pipeline", name)], up);
+        f.counter(
+            "gravity_exporter_collector_failures_total",
+            "failures",
+            &[("collector", "status")],
+            0.0,
+        );
+        s.set_snapshot("watch", f);
+        s.set_passthrough_families(vec![
+            PassFamily {
+                name: "go_goroutines".into(),
+                text: format!("# HELP go_goroutines Goroutines.\n# TYPE go_goroutines gauge\ngo_goroutines {pass}\n"),
+            },
+            PassFamily {
+                name: "gravity_input_counter".into(),
+                text: format!("# TYPE gravity_input_counter counter\ngravity_input_counter{{pipeline=\"g\",type=\"insert\"}} {pass}\n"),
+            },
+        ]);
+        s
+    }
+
+    #[test]
+    fn several_pipelines_render_one_valid_exposition() {
+        let exporter = Store::exporter();
+        let a = pipeline_store("alpha", 1.0, "12");
+        let b = pipeline_store("beta", 0.0, "7");
+        let text = render_fleet(
+            &exporter,
+            &[
+                Part {
+                    pipeline: "alpha",
+                    store: &a,
+                },
+                Part {
+                    pipeline: "beta",
+                    store: &b,
+                },
+            ],
+        );
+        // each family declared once, each series once
+        for fam in [
+            "gravity_exporter_collector_failures_total",
+            "go_goroutines",
+            "gravity_input_counter",
+            "gravity_exporter_dropped_total",
+            "gravity_exporter_source_age_seconds",
+        ] {
+            assert_eq!(
+                text.matches(&format!("# TYPE {fam} ")).count(),
+                1,
+                "{fam}: {text}"
+            );
+        }
+        assert!(text.contains(
+            "gravity_exporter_collector_failures_total{collector=\"status\",pipeline=\"alpha\"} 0"
+        ));
+        assert!(text.contains(
+            "gravity_exporter_collector_failures_total{collector=\"status\",pipeline=\"beta\"} 0"
+        ));
+        // a label already there is kept (gravity_up's, gravity's own)
+        assert!(text.contains("gravity_up{pipeline=\"alpha\"} 1"), "{text}");
+        assert!(text.contains("gravity_up{pipeline=\"beta\"} 0"), "{text}");
+        assert!(text.contains("go_goroutines{pipeline=\"alpha\"} 12"), "{text}");
+        assert!(text.contains("go_goroutines{pipeline=\"beta\"} 7"), "{text}");
+        assert_eq!(
+            text.matches("gravity_input_counter{pipeline=\"g\",type=\"insert\"}")
+                .count(),
+            2
+        );
+        // the exporter-wide counters once, without a pipeline
+        assert_eq!(
+            text.matches("gravity_exporter_dropped_total{what=\"api_body\"}")
+                .count(),
+            1,
+            "{text}"
+        );
+        let mut series = HashSet::new();
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let k = l.rsplit_once(' ').map(|(k, _)| k).unwrap_or(l).to_string();
+            // gravity's own series carry gravity's pipeline label ("g" in both here)
+            if k.starts_with("gravity_input_counter") {
+                continue;
+            }
+            assert!(series.insert(k.clone()), "twice: {k}");
+        }
+    }
+
+    #[test]
+    fn a_pipeline_named_like_an_earlier_one_is_left_out_and_counted() {
+        let exporter = Store::exporter();
+        let a = pipeline_store("same", 1.0, "1");
+        let before = DROPPED_COUNT[5].load(Ordering::Relaxed);
+        let text = render_fleet(
+            &exporter,
+            &[
+                Part {
+                    pipeline: "same",
+                    store: &a,
+                },
+                Part {
+                    pipeline: "same",
+                    store: &a,
+                },
+            ],
+        );
+        assert_eq!(text.matches("go_goroutines{").count(), 0, "one pipeline: as gravity sent it");
+        assert!(text.contains("go_goroutines 1"), "{text}");
+        assert!(DROPPED_COUNT[5].load(Ordering::Relaxed) > before);
+    }
+
+    #[test]
+    fn pass_through_lines_get_the_pipeline_label_once() {
+        assert_eq!(label_passthrough_line("up 1", "p"), "up{pipeline=\"p\"} 1");
+        assert_eq!(
+            label_passthrough_line("x{a=\"1\"} 2 1700", "p"),
+            "x{pipeline=\"p\",a=\"1\"} 2 1700"
+        );
+        assert_eq!(label_passthrough_line("x{} 2", "p"), "x{pipeline=\"p\"} 2");
+        assert_eq!(
+            label_passthrough_line("x{pipeline=\"g\",a=\"1\"} 2", "p"),
+            "x{pipeline=\"g\",a=\"1\"} 2"
+        );
+        assert_eq!(
+            label_passthrough_line("x{a=\"1\",pipeline=\"g\"} 2", "p"),
+            "x{a=\"1\",pipeline=\"g\"} 2"
+        );
+        assert_eq!(escape_label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 
     #[test]
     fn snapshot_and_registry_render_sorted() {

@@ -487,7 +487,10 @@ fn pick(fleet: &Fleet, req: &Request<Incoming>) -> Result<Arc<Context>, Response
         let body = serde_json::json!({ "error": msg, "pipelines": names }).to_string();
         text(status, "application/json", body)
     };
-    match query_param(req.uri().query(), "pipeline") {
+    // Grafana's "All" of a pipeline variable (`.*`, `$__all`) names none
+    let named = query_param(req.uri().query(), "pipeline")
+        .filter(|n| !(n.is_empty() || n == ".*" || n == "$__all"));
+    match named {
         Some(name) => fleet.find(&name).ok_or_else(|| {
             json_err(
                 StatusCode::NOT_FOUND,
