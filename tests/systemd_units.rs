@@ -99,7 +99,10 @@ fn every_shipped_unit_parses_and_starts_its_binary() {
         "gravity.service",
         "gravity@.service",
     ] {
-        assert!(names.contains(&want), "docker/systemd/{want} missing: {names:?}");
+        assert!(
+            names.contains(&want),
+            "docker/systemd/{want} missing: {names:?}"
+        );
     }
     for (name, unit) in &units {
         for s in ["Unit", "Service", "Install"] {
@@ -191,7 +194,10 @@ fn the_gravity_template_gives_each_pipeline_its_config_port_and_log() {
         "--http-addr=${GRAVITY_HTTP_ADDR}",
         "--log-file=/var/log/gravity/%i.log",
     ] {
-        assert!(exec.contains(want), "gravity@.service ExecStart lacks {want}: {exec}");
+        assert!(
+            exec.contains(want),
+            "gravity@.service ExecStart lacks {want}: {exec}"
+        );
     }
     assert_eq!(
         get(tpl, "Service", "EnvironmentFile"),
@@ -227,7 +233,12 @@ fn the_example_exporter_configs_are_accepted() {
         ])
         .unwrap_or_else(|e| panic!("{file}: {e}"));
         let s = Settings::from_flags(cli.flags).unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert_eq!(s.gravity_configs.len(), 1, "{file}: {:?}", s.gravity_configs);
+        assert_eq!(
+            s.gravity_configs.len(),
+            1,
+            "{file}: {:?}",
+            s.gravity_configs
+        );
         assert_eq!(
             s.gravity_configs[0].to_string_lossy().contains('*'),
             glob,
