@@ -144,14 +144,17 @@ if have systemd-analyze && [ -d /lib/systemd/system ]; then
   for b in gravity gravity-exporter; do printf '#!/bin/sh\n' >"$root/usr/local/bin/$b"; chmod +x "$root/usr/local/bin/$b"; done
   cp /bin/kill "$root/bin/"
   cp docker/systemd/*.service "$root/etc/systemd/system/"
-  out=$(systemd-analyze --root="$root" verify /etc/systemd/system/gravity-exporter.service /etc/systemd/system/gravity.service 2>&1)
-  if [ -z "$out" ]; then ok "systemd-analyze verify (no warnings)"; else echo "$out"; bad "systemd-analyze verify"; fi
+  # the templates as instances (gravity@orders reads its --http-addr from /etc/gravity/orders.env)
+  mkdir -p "$root/etc/gravity" && echo 'GRAVITY_HTTP_ADDR=:8081' >"$root/etc/gravity/orders.env"
+  out=$(systemd-analyze --root="$root" verify /etc/systemd/system/gravity-exporter.service /etc/systemd/system/gravity.service \
+    /etc/systemd/system/gravity-exporter@orders.service /etc/systemd/system/gravity@orders.service 2>&1)
+  if [ -z "$out" ]; then ok "systemd-analyze verify (no warnings; templates as @orders)"; else echo "$out"; bad "systemd-analyze verify"; fi
   mkdir -p "$root/etc/systemd/system/gravity-exporter.service.d"
   cp docker/systemd/gravity-exporter.service.d/*.conf "$root/etc/systemd/system/gravity-exporter.service.d/"
   out=$(systemd-analyze --root="$root" verify /etc/systemd/system/gravity-exporter.service 2>&1)
   if [ -z "$out" ]; then ok "systemd-analyze verify with the same-user drop-in"; else echo "$out"; bad "drop-in"; fi
   rm -r "$root/etc/systemd/system/gravity-exporter.service.d"
-  for u in gravity-exporter gravity; do
+  for u in gravity-exporter gravity gravity-exporter@orders gravity@orders; do
     if s=$(systemd-analyze --root="$root" security --offline=yes "/etc/systemd/system/$u.service" 2>/dev/null | tail -1); then
       ok "systemd-analyze security $u.service: ${s#→ }"
     else skip "systemd-analyze security --offline (systemd < 252)"; fi

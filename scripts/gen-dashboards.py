@@ -798,14 +798,25 @@ def trace():
 
 # --- Resources and the exporter --------------------------------------------------------
 EXPORTER = 'job=~"$job", instance=~"$instance"'
-# Exporter meta metrics (and `up`) carry no pipeline label: join it in from gravity_up,
-# which also limits them to the exporters of the selected pipelines.
+# Exporter-wide meta metrics (and `up`) carry no pipeline label: join it in from gravity_up,
+# which also limits them to the exporters of the selected pipelines (an exporter serving
+# several pipelines shows under one of them).
 JOIN_PIPELINE = (f" * on (cluster, namespace, job, instance) group_left (pipeline) "
                  f"topk by (cluster, namespace, job, instance) (1, group by (cluster, namespace, job, instance, pipeline) (gravity_up{{{S}}}))")
 
 
 def exporter_metric(m):
     return f"{m}{{{EXPORTER}}}{JOIN_PIPELINE}"
+
+
+def exporter_pipeline_metric(m, wrap=lambda sel: sel):
+    """An exporter self-metric kept per pipeline (gravity_exporter_collector_*, _passthrough_*).
+    Exporters since issue 22 label them with `pipeline` (one exporter may serve several; the
+    gravity_up join would then give every pipeline's series the same labels); older ones do not,
+    and get it joined in from gravity_up as before."""
+    labelled = wrap(f'{m}{{{EXPORTER}, pipeline=~"$pipeline", pipeline!=""}}')
+    unlabelled = wrap(f'{m}{{{EXPORTER}, pipeline=""}}') + JOIN_PIPELINE
+    return f"({labelled} or {unlabelled})"
 
 
 def resources():
@@ -859,21 +870,23 @@ def resources():
             "Seconds since gravity's log last grew."),
         row("gravity-exporter"),
         timeseries("Collector duration", targets(
-            (exporter_metric("gravity_exporter_collector_duration_seconds"), "{{pipeline}} {{collector}}")), "s",
+            (exporter_pipeline_metric("gravity_exporter_collector_duration_seconds"), "{{pipeline}} {{collector}}")), "s",
             "How long each collector's last run took."),
         state_timeline("Collector success", targets(
-            (exporter_metric("gravity_exporter_collector_success"), "{{pipeline}} {{collector}}")),
+            (exporter_pipeline_metric("gravity_exporter_collector_success"), "{{pipeline}} {{collector}}")),
             "0: the collector's metrics are its last good (stale) values (GravityExporterCollectorFailing).",
             mappings=OK_MAPPINGS),
         timeseries("Collector failures", targets(
-            (f"sum by (cluster, namespace, job, pipeline, collector) (rate(gravity_exporter_collector_failures_total{{{EXPORTER}}}[$__rate_interval]){JOIN_PIPELINE})",
+            ("sum by (cluster, namespace, job, pipeline, collector) " + exporter_pipeline_metric(
+                "gravity_exporter_collector_failures_total", lambda sel: f"rate({sel}[$__rate_interval])"),
              "{{pipeline}} {{collector}}")), "cps", "Failed, timed-out or panicked collector runs."),
         timeseries("Since last collector success", targets(
-            (f"time() - ({exporter_metric('gravity_exporter_collector_last_success_timestamp_seconds')})",
+            (f"time() - {exporter_pipeline_metric('gravity_exporter_collector_last_success_timestamp_seconds')}",
              "{{pipeline}} {{collector}}")), "s", "How stale each collector's metrics are."),
         timeseries("Pass-through series", targets(
-            (exporter_metric("gravity_exporter_passthrough_series"), "passed through {{pipeline}}"),
-            (f"rate(gravity_exporter_passthrough_dropped_series_total{{{EXPORTER}}}[$__rate_interval]){JOIN_PIPELINE}",
+            (exporter_pipeline_metric("gravity_exporter_passthrough_series"), "passed through {{pipeline}}"),
+            (exporter_pipeline_metric("gravity_exporter_passthrough_dropped_series_total",
+                                      lambda sel: f"rate({sel}[$__rate_interval])"),
              "dropped/s {{pipeline}}")), "short",
             "Series of gravity's own /metrics passed through, and series dropped by the cap."),
         timeseries("Log tailer events", targets(
@@ -910,17 +923,20 @@ def infinity_var():
 
 def node_graph():
     """The exporter's /api/topology (Grafana Node Graph frames) through the Infinity data source:
-    one query for the nodes, one for the edges; repeated per selected exporter instance."""
+    one query for the nodes, one for the edges; repeated per selected exporter instance. The API
+    needs the pipeline's name when the exporter serves several (one per host): select one
+    pipeline."""
     def q(ref, root, fmt):
         return {"datasource": INFINITY, "refId": ref, "type": "json", "source": "url", "parser": "backend",
-                "format": fmt, "url": "http://${instance}/api/topology", "url_options": {"method": "GET"},
+                "format": fmt, "url": "http://${instance}/api/topology?pipeline=${pipeline}", "url_options": {"method": "GET"},
                 "root_selector": root, "columns": []}
-    return {"type": "nodeGraph", "title": "Topology of ${instance}", "datasource": INFINITY,
+    return {"type": "nodeGraph", "title": "Topology of ${pipeline} on ${instance}", "datasource": INFINITY,
             "description": "Source database(s) → input → emitter → scheduler → output → target(s), from the "
                            "exporter's /api/topology: rows per second on the edges, latency and queue fill on "
                            "gravity's stages, probe latency and connections on the databases; the ring is the "
                            "state (green ok, orange the stage the diagnosis names, red failing, grey unknown). "
-                           "Needs the Infinity data source and Grafana able to reach the exporter.",
+                           "Needs the Infinity data source, Grafana able to reach the exporter, and one pipeline selected "
+                           "(the exporter serves /api/topology?pipeline=NAME).",
             "repeat": "instance", "repeatDirection": "v", "maxPerRow": 1,
             "targets": [q("A", "nodes", "node-graph-nodes"), q("B", "edges", "node-graph-edges")],
             "fieldConfig": {"defaults": {"unit": "none"}, "overrides": []}, "options": {},

@@ -534,6 +534,88 @@ fn alertmanager_inhibits_cause_first_within_one_pipeline_identity() {
     }
 }
 
+/// Issue 22: two pipelines behind ONE exporter (same namespace, job and instance; one
+/// pipeline label each) page independently with the shipped alerts/alertmanager.yml. orders
+/// crashes (GravityDown): its own stall and P3 are muted, as on a host of its own. billing's
+/// stall pages, and its lag and collector failure are muted by that stall only (alert_states
+/// fails on any inhibition across pipelines); billing2, without a P0 of its own, keeps every
+/// alert active beside orders' crash.
+#[test]
+fn alertmanager_keeps_pipelines_of_one_exporter_apart() {
+    let Some(am) = require_tool(&["prometheus-alertmanager", "alertmanager"]) else {
+        return;
+    };
+    let live = start_alertmanager(&am, &read("alerts/alertmanager.yml"));
+    let on_host = |pipeline: &str, name: &str| {
+        let mut a = alert_json("prod", "gravity", pipeline, name, None);
+        a["labels"]["instance"] = serde_json::Value::String("db1:9810".into());
+        a
+    };
+    let orders = [
+        ("GravityDown", "active"),
+        ("GravityPipelineStalled", "suppressed"),
+        ("GravityRestarted", "suppressed"),
+    ];
+    let billing = [
+        ("GravityPipelineStalled", "active"),
+        ("GravityReplicationLagHigh", "suppressed"),
+        ("GravityExporterCollectorFailing", "suppressed"),
+    ];
+    // billing's own P0 (its stall) mutes its P1/P3 as on any host; without it, orders' crash
+    // must mute nothing of billing's: a second round without billing's stall.
+    let billing_alone = [
+        ("GravityReplicationLagHigh", "active"),
+        ("GravityExporterCollectorFailing", "active"),
+        ("GravityBinlogPositionStalled", "active"),
+    ];
+    let mut posted = Vec::new();
+    let mut want: BTreeMap<AlertKey, &str> = BTreeMap::new();
+    for (p, alerts) in [
+        ("orders", &orders[..]),
+        ("billing", &billing[..]),
+        ("billing2", &billing_alone[..]),
+    ] {
+        for (name, state) in alerts {
+            posted.push(on_host(p, name));
+            want.insert(
+                (
+                    "prod".to_string(),
+                    "gravity".to_string(),
+                    p.to_string(),
+                    name.to_string(),
+                ),
+                state,
+            );
+        }
+    }
+    let body = serde_json::Value::Array(posted).to_string();
+    let r = http(live.addr, "POST", "/api/v2/alerts", &body).expect("post alerts");
+    assert_eq!(r.0, 200, "{}", r.1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = alert_states(live.addr);
+        let diff: Vec<String> = want
+            .iter()
+            .filter_map(|(k, state)| match got.get(k) {
+                None => Some(format!("{k:?}: not in Alertmanager")),
+                Some((s, by)) if s != state => {
+                    Some(format!("{k:?}: {s} (inhibited by {by:?}), want {state}"))
+                }
+                _ => None,
+            })
+            .collect();
+        if diff.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two pipelines of one exporter do not page independently:\n{}",
+            diff.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A webhook receiver for the test: records (path, body) of every POST.
 struct Webhook {
     port: u16,

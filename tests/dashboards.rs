@@ -249,7 +249,10 @@ fn panels_have_datasource_targets_and_units() {
                     .iter()
                     .map(|t| {
                         assert!(is_infinity(t), "{f}: {title}: target datasource");
-                        assert_eq!(t["url"], "http://${instance}/api/topology", "{f}: {title}");
+                        assert_eq!(
+                            t["url"], "http://${instance}/api/topology?pipeline=${pipeline}",
+                            "{f}: {title}: the API needs the pipeline when an exporter serves several"
+                        );
                         t["format"].as_str().unwrap()
                     })
                     .collect();
@@ -664,4 +667,67 @@ fn lint_exclusions_name_real_panels_and_give_reasons() {
             }
         }
     }
+}
+
+/// Issue 22: one exporter (one instance) may serve several pipelines, so the fleet overview
+/// must show a row and a line per pipeline, never one per instance: every table query keeps
+/// the pipeline identity, every aggregation or join keys on the pipeline and never on the
+/// instance, every time series is drawn per pipeline, and $pipeline is a multi-value
+/// variable read from gravity_up's pipeline label (not one value per instance).
+#[test]
+fn fleet_shows_each_pipeline_behind_one_exporter() {
+    let (_, d) = dashboards()
+        .into_iter()
+        .find(|(p, _)| name(p) == "gravity-fleet.json")
+        .expect("dashboards/gravity-fleet.json");
+    let clause = Regex::new(r"\b(by|on) \(([^)]*)\)").unwrap();
+    let var = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "pipeline")
+        .expect("$pipeline");
+    assert_eq!(var["multi"], true, "$pipeline: several pipelines at once");
+    assert_eq!(var["includeAll"], true, "$pipeline: All");
+    assert!(
+        var["query"]["query"]
+            .as_str()
+            .unwrap()
+            .ends_with(", pipeline)"),
+        "$pipeline: the values are gravity_up's pipeline label"
+    );
+    let mut table_queries = 0;
+    for panel in panels(&d) {
+        let title = panel["title"].as_str().unwrap_or("");
+        let kind = panel["type"].as_str().unwrap_or("");
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let e = t["expr"].as_str().unwrap_or("");
+            for c in clause.captures_iter(e) {
+                let labels: Vec<&str> = c[2].split(',').map(str::trim).collect();
+                assert!(
+                    labels.contains(&"pipeline") && !labels.contains(&"instance"),
+                    "fleet: {title}: `{} ({})` does not keep pipelines of one exporter apart: {e}",
+                    &c[1],
+                    &c[2]
+                );
+            }
+            let legend = t["legendFormat"].as_str().unwrap_or("");
+            match kind {
+                "timeseries" => assert!(
+                    legend.contains("{{pipeline}}") && !legend.contains("{{instance}}"),
+                    "fleet: {title}: a line per pipeline, got legend {legend:?}"
+                ),
+                "table" => {
+                    table_queries += 1;
+                    assert!(
+                        e.contains("by (cluster, namespace, job, pipeline")
+                            || e.contains("and on (cluster, namespace, job, pipeline)"),
+                        "fleet: {title}: a table query per pipeline identity: {e}"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(table_queries >= 9, "the Pipelines table's queries");
 }
