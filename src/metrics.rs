@@ -876,8 +876,14 @@ mod tests {
         // a label already there is kept (gravity_up's, gravity's own)
         assert!(text.contains("gravity_up{pipeline=\"alpha\"} 1"), "{text}");
         assert!(text.contains("gravity_up{pipeline=\"beta\"} 0"), "{text}");
-        assert!(text.contains("go_goroutines{pipeline=\"alpha\"} 12"), "{text}");
-        assert!(text.contains("go_goroutines{pipeline=\"beta\"} 7"), "{text}");
+        assert!(
+            text.contains("go_goroutines{pipeline=\"alpha\"} 12"),
+            "{text}"
+        );
+        assert!(
+            text.contains("go_goroutines{pipeline=\"beta\"} 7"),
+            "{text}"
+        );
         assert_eq!(
             text.matches("gravity_input_counter{pipeline=\"g\",type=\"insert\"}")
                 .count(),
@@ -919,7 +925,11 @@ mod tests {
                 },
             ],
         );
-        assert_eq!(text.matches("go_goroutines{").count(), 0, "one pipeline: as gravity sent it");
+        assert_eq!(
+            text.matches("go_goroutines{").count(),
+            0,
+            "one pipeline: as gravity sent it"
+        );
         assert!(text.contains("go_goroutines 1"), "{text}");
         assert!(DROPPED_COUNT[5].load(Ordering::Relaxed) > before);
     }

@@ -180,6 +180,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
         Ok(re) => ProcessSelector::Pattern(re),
         Err(_) => ProcessSelector::Default,
     };
+    settings.pipeline_mode = gravity_exporter::config::PipelineMode::Single;
     if args.pipelines > 1 {
         // The first pipeline's config is the one its gravity runs with; the others are in
         // the same directory: one glob names them all.
