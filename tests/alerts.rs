@@ -566,7 +566,7 @@ fn alertmanager_keeps_pipelines_of_one_exporter_apart() {
     let billing_alone = [
         ("GravityReplicationLagHigh", "active"),
         ("GravityExporterCollectorFailing", "active"),
-        ("GravityBinlogPositionStalled", "active"),
+        ("GravityErrorRateHigh", "active"),
     ];
     let mut posted = Vec::new();
     let mut want: BTreeMap<AlertKey, &str> = BTreeMap::new();

@@ -331,10 +331,9 @@ fn fleet_parts(fleet: &Fleet) -> Vec<ResourcePart> {
         let (mut families, _) = fleet.gather_one(None);
         let (own, passthrough) = fleet.gather_one(Some(only));
         families.extend(own);
-        families.sort_by(|a, b| a.name().cmp(b.name()));
         return vec![ResourcePart {
+            families: merge_families(families),
             resource: resource_of(&only.target().pipeline, port),
-            families,
             passthrough,
         }];
     }
@@ -353,6 +352,25 @@ fn fleet_parts(fleet: &Fleet) -> Vec<ResourcePart> {
         });
     }
     parts
+}
+
+/// Families sorted by name, those of one name (the exporter's own and a pipeline's
+/// series of one family, such as `gravity_exporter_task_restarts_total`) merged into one,
+/// as `/metrics` serves them.
+fn merge_families(
+    mut families: Vec<prometheus::proto::MetricFamily>,
+) -> Vec<prometheus::proto::MetricFamily> {
+    families.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut out: Vec<prometheus::proto::MetricFamily> = Vec::with_capacity(families.len());
+    for mf in families {
+        match out.last_mut() {
+            Some(last) if last.name() == mf.name() => {
+                last.mut_metric().extend(mf.get_metric().iter().cloned());
+            }
+            _ => out.push(mf),
+        }
+    }
+    out
 }
 
 /// Sets the telemetry export up when `--otlp.*` or `--log-entries.file` asks for it, with
@@ -488,6 +506,24 @@ pub fn attrs(pairs: &[(&str, &str)]) -> Vec<KeyValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn families_of_one_name_merge_into_one() {
+        let fam = |name: &str, n: usize| {
+            let mut mf = prometheus::proto::MetricFamily::default();
+            mf.set_name(name.to_string());
+            for _ in 0..n {
+                mf.mut_metric().push(prometheus::proto::Metric::default());
+            }
+            mf
+        };
+        let merged = merge_families(vec![fam("b", 2), fam("a", 1), fam("b", 3)]);
+        let got: Vec<(String, usize)> = merged
+            .iter()
+            .map(|m| (m.name().to_string(), m.get_metric().len()))
+            .collect();
+        assert_eq!(got, vec![("a".to_string(), 1), ("b".to_string(), 5)]);
+    }
 
     #[test]
     fn resource_has_the_service_and_k8s_attributes_and_env_overrides() {
