@@ -477,7 +477,10 @@ fn percent_decode(s: &str) -> String {
 
 /// The pipeline a request names (`?pipeline=NAME`), else the only one. `Err`: the answer
 /// (404 for an unknown name, 400 when several run and none is named), in JSON.
-fn pick(fleet: &Fleet, req: &Request<Incoming>) -> Result<Arc<Context>, Response<Full<Bytes>>> {
+fn pick(
+    fleet: &Fleet,
+    req: &Request<Incoming>,
+) -> Result<Arc<Context>, Box<Response<Full<Bytes>>>> {
     let json_err = |status: StatusCode, msg: String| {
         let names: Vec<String> = fleet
             .contexts()
@@ -485,7 +488,7 @@ fn pick(fleet: &Fleet, req: &Request<Incoming>) -> Result<Arc<Context>, Response
             .map(|c| c.target().pipeline.clone())
             .collect();
         let body = serde_json::json!({ "error": msg, "pipelines": names }).to_string();
-        text(status, "application/json", body)
+        Box::new(text(status, "application/json", body))
     };
     // Grafana's "All" of a pipeline variable (`.*`, `$__all`) names none
     let named = query_param(req.uri().query(), "pipeline")
@@ -545,7 +548,7 @@ pub fn route(fleet: &Fleet, req: Request<Incoming>) -> Response<Full<Bytes>> {
                         crate::page::landing_in(&ctx, fleet.len()),
                     )
                 }
-                Err(r) => r,
+                Err(r) => *r,
             }
         }
         "/api/pipelines" => {
@@ -557,21 +560,21 @@ pub fn route(fleet: &Fleet, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 ctx.mark_read();
                 json(crate::page::api_status(&ctx))
             }
-            Err(r) => r,
+            Err(r) => *r,
         },
         "/api/diagnosis" => match pick(fleet, &req) {
             Ok(ctx) => {
                 ctx.mark_read();
                 json(crate::page::api_diagnosis(&ctx))
             }
-            Err(r) => r,
+            Err(r) => *r,
         },
         "/api/topology" => match pick(fleet, &req) {
             Ok(ctx) => {
                 ctx.mark_read();
                 json(crate::page::topology::api_topology(&ctx))
             }
-            Err(r) => r,
+            Err(r) => *r,
         },
         "/healthz" => {
             // Every pipeline's collection loop, at its own cadence: the idle interval while

@@ -240,13 +240,18 @@ mod tests {
     use super::*;
 
     fn sample(text: &str, name: &str, task: &str) -> Option<f64> {
-        // `{task="x"}` alone, or beside the `pipeline` label a pipeline's tasks get
-        let needle = format!("task=\"{task}\"}} ");
-        let prefix = format!("{name}{{");
-        text.lines()
-            .filter(|l| l.starts_with(&prefix))
-            .find_map(|l| l.split_once(&needle).map(|(_, v)| v))
-            .and_then(|v| v.trim().parse().ok())
+        // `task="x"` alone, or beside the `pipeline` label a pipeline's tasks get
+        let label = format!("task=\"{task}\"");
+        text.lines().find_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            let labels = series
+                .strip_prefix(name)?
+                .get(1..series.len() - name.len() - 1)?;
+            labels
+                .split(',')
+                .any(|kv| kv == label)
+                .then(|| v.parse().ok())?
+        })
     }
 
     #[tokio::test]

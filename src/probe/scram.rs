@@ -314,118 +314,8 @@ impl Keys {
     }
 }
 
-/// The server side, for this module's unit tests: it verifies the client's proof exactly as
-/// RFC 5802 §3 prescribes, from the stored credentials alone. (The fake servers of the
-/// integration tests have their own, `gravity_double::scram`.)
-#[doc(hidden)]
-#[cfg(test)]
-pub mod server {
-    use super::*;
-
-    /// A server's half of one exchange, after the client's first message.
-    #[derive(Debug)]
-    pub struct ScramServer {
-        hash: ScramHash,
-        stored_key: Vec<u8>,
-        server_key: Vec<u8>,
-        user: String,
-        nonce: String,
-        client_first_bare: String,
-        server_first: String,
-    }
-
-    /// Why the server side rejected the client.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub enum Reject {
-        /// The client's message is malformed.
-        Malformed,
-        /// The proof (or the nonce echo) is wrong: a wrong password.
-        BadProof,
-    }
-
-    impl ScramServer {
-        /// Reads `client-first-message` and answers `server-first-message` for the
-        /// credentials of `password` (salt and count chosen by the server).
-        pub fn start(
-            hash: ScramHash,
-            password: &[u8],
-            salt: &[u8],
-            iterations: u32,
-            client_first: &[u8],
-        ) -> Result<(ScramServer, String), Reject> {
-            let text = std::str::from_utf8(client_first).map_err(|_| Reject::Malformed)?;
-            let bare = text.strip_prefix("n,,").ok_or(Reject::Malformed)?;
-            let mut parts = bare.split(',');
-            let user = parts
-                .next()
-                .and_then(|p| p.strip_prefix("n="))
-                .ok_or(Reject::Malformed)?;
-            let client_nonce = parts
-                .next()
-                .and_then(|p| p.strip_prefix("r="))
-                .filter(|n| !n.is_empty())
-                .ok_or(Reject::Malformed)?;
-            let user = user.replace("=2C", ",").replace("=3D", "=");
-            let suffix = new_nonce().map_err(|_| Reject::Malformed)?;
-            let nonce = format!("{client_nonce}{suffix}");
-            let server_first = format!("r={nonce},s={},i={iterations}", B64.encode(salt));
-            let keys = Keys::derive(hash, password, salt, iterations);
-            Ok((
-                ScramServer {
-                    hash,
-                    stored_key: keys.stored_key,
-                    server_key: keys.server_key,
-                    user,
-                    nonce,
-                    client_first_bare: bare.to_string(),
-                    server_first: server_first.clone(),
-                },
-                server_first,
-            ))
-        }
-
-        /// The (unescaped) user name the client sent.
-        pub fn user(&self) -> &str {
-            &self.user
-        }
-
-        /// Verifies `client-final-message`; on success the `server-final-message`.
-        pub fn finish(&self, client_final: &[u8]) -> Result<String, Reject> {
-            let text = std::str::from_utf8(client_final).map_err(|_| Reject::Malformed)?;
-            let (without_proof, proof) = text.rsplit_once(",p=").ok_or(Reject::Malformed)?;
-            let proof = B64.decode(proof).map_err(|_| Reject::Malformed)?;
-            if without_proof != format!("c=biws,r={}", self.nonce) {
-                return Err(Reject::BadProof);
-            }
-            let auth_message = format!(
-                "{},{},{without_proof}",
-                self.client_first_bare, self.server_first
-            );
-            let key = hmac::Key::new(self.hash.hmac(), &self.stored_key);
-            let signature = hmac::sign(&key, auth_message.as_bytes());
-            if proof.len() != signature.as_ref().len() {
-                return Err(Reject::BadProof);
-            }
-            let client_key: Vec<u8> = proof
-                .iter()
-                .zip(signature.as_ref())
-                .map(|(a, b)| a ^ b)
-                .collect();
-            let stored = digest::digest(self.hash.digest(), &client_key);
-            // A test server: a plain comparison is good enough here.
-            if stored.as_ref() != self.stored_key.as_slice() {
-                return Err(Reject::BadProof);
-            }
-            let key = hmac::Key::new(self.hash.hmac(), &self.server_key);
-            let sig = hmac::sign(&key, auth_message.as_bytes());
-            Ok(format!("v={}", B64.encode(sig.as_ref())))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::server::{Reject, ScramServer};
     use super::*;
 
     /// RFC 5802 §5: SCRAM-SHA-1, user "user", password "pencil".
@@ -469,35 +359,6 @@ mod tests {
             check_server_final(b"e=invalid-proof", &sig),
             Err(ScramError::Server("invalid-proof".into()))
         );
-    }
-
-    #[test]
-    fn server_side_accepts_right_and_rejects_wrong_password() {
-        for hash in [ScramHash::Sha1, ScramHash::Sha256, ScramHash::Sha512] {
-            for (pw, ok) in [(&b"right pw"[..], true), (&b"wrong pw"[..], false)] {
-                let c = ScramClient::new(hash, "gra,vity=", pw, &new_nonce().unwrap());
-                let (s, first) = ScramServer::start(
-                    hash,
-                    b"right pw",
-                    b"0123456789abcdef",
-                    4096,
-                    c.client_first().as_bytes(),
-                )
-                .unwrap();
-                assert_eq!(s.user(), "gra,vity=");
-                let (fin, sig) = c.client_final(first.as_bytes()).unwrap();
-                match s.finish(fin.as_bytes()) {
-                    Ok(server_final) => {
-                        assert!(ok, "{hash:?}");
-                        check_server_final(server_final.as_bytes(), &sig).unwrap();
-                    }
-                    Err(e) => {
-                        assert!(!ok, "{hash:?}");
-                        assert_eq!(e, Reject::BadProof);
-                    }
-                }
-            }
-        }
     }
 
     #[test]
