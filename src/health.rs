@@ -342,6 +342,14 @@ pub fn inputs_at(ctx: &Context, recent_errors: u64, now: OffsetDateTime) -> Inpu
     }
 }
 
+/// The classified error lines of gravity's log within [`ERROR_WINDOW`] before `now`, from
+/// the log watcher's per-10-second buckets (`Context::recent`): the one count the health
+/// collector, the page and the agreement test read.
+pub fn recent_errors(ctx: &Context, now: OffsetDateTime) -> u64 {
+    let now_unix = now.unix_timestamp_nanos() as f64 / 1e9;
+    ctx.recent.errors_within(ERROR_WINDOW, now_unix)
+}
+
 /// [`inputs_at`] now.
 pub fn inputs(ctx: &Context, recent_errors: u64) -> Inputs {
     inputs_at(ctx, recent_errors, OffsetDateTime::now_utc())
@@ -364,10 +372,8 @@ impl Collector for HealthCollector {
 
     fn collect(self: Arc<Self>, ctx: Arc<Context>) -> BoxFuture<Result<Families, CollectError>> {
         Box::pin(async move {
-            let recent = ctx
-                .recent
-                .errors_within(ERROR_WINDOW, crate::base::unix_now());
-            let checks = evaluate(&inputs(&ctx, recent));
+            let now = OffsetDateTime::now_utc();
+            let checks = evaluate(&inputs_at(&ctx, recent_errors(&ctx, now), now));
             Ok(families(&checks, &ctx.target().pipeline))
         })
     }

@@ -364,7 +364,7 @@ pub fn view_at(ctx: &Context, now: OffsetDateTime) -> StatusView {
     let now_unix = unix_now();
     let recent = &ctx.recent;
 
-    let errors_recent = recent.errors_within(health::ERROR_WINDOW, now_unix);
+    let errors_recent = health::recent_errors(ctx, now);
     let seen = ctx.last_status();
     // Stall ages as of now: while gravity does not answer, its watermarks keep ageing.
     let inputs = health::inputs_at(ctx, errors_recent, now);
