@@ -62,7 +62,7 @@ fn otlp_receiver(args: Vec<OsString>) -> ExitCode {
             }
         };
         println!("listening {}", rx.endpoint());
-        let (mut m, mut l, mut t) = (0usize, 0usize, 0usize);
+        let (mut m, mut l, mut t, mut last) = (0usize, 0usize, 0usize, (0usize, 0usize));
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
@@ -72,8 +72,37 @@ fn otlp_receiver(args: Vec<OsString>) -> ExitCode {
             m += got.metrics.len();
             l += got.logs.len();
             t += got.traces.len();
-            println!("received metrics={m} logs={l} traces={t}");
+            if let Some(req) = got.metrics.last() {
+                last = metric_points(req);
+            }
+            println!(
+                "received metrics={m} logs={l} traces={t} last_metrics_request: metrics={} points={}",
+                last.0, last.1
+            );
         }
+    })
+}
+
+/// The metrics and data points (histogram and summary points counted once) of a request.
+fn metric_points(
+    req: &opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+) -> (usize, usize) {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    let metrics = req
+        .resource_metrics
+        .iter()
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics);
+    metrics.fold((0, 0), |(m, p), metric| {
+        let n = match &metric.data {
+            Some(Data::Gauge(g)) => g.data_points.len(),
+            Some(Data::Sum(s)) => s.data_points.len(),
+            Some(Data::Histogram(h)) => h.data_points.len(),
+            Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+            Some(Data::Summary(s)) => s.data_points.len(),
+            None => 0,
+        };
+        (m + 1, p + n)
     })
 }
 
