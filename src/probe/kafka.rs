@@ -14,35 +14,28 @@
 //! (`\0user\0password`, RFC 4616), two for SCRAM (RFC 5802/7677, [`super::scram`]), whose
 //! server signature is checked before the login counts.
 //!
-//! Wire format, from the Kafka protocol guide (<https://kafka.apache.org/protocol.html>,
-//! sections "Common Request and Response Structure", "Headers", "ApiVersions API",
-//! "SaslHandshake API", "SaslAuthenticate API"); all integers are big-endian:
-//!
-//! ```text
-//! Request  => Size:INT32 RequestHeader(v1) Body
-//!   RequestHeader v1 => request_api_key:INT16 request_api_version:INT16
-//!                       correlation_id:INT32 client_id:NULLABLE_STRING(INT16 length + bytes)
-//!   ApiVersionsRequest v0      => (empty)
-//!   SaslHandshakeRequest v1    => mechanism:STRING
-//!   SaslAuthenticateRequest v0 => auth_bytes:BYTES(INT32 length + bytes)
-//! Response => Size:INT32 ResponseHeader(v0: correlation_id:INT32) Body
-//!   ApiVersionsResponse v0      => error_code:INT16 api_keys:ARRAY(INT32 count) of
-//!                                  [api_key:INT16 min_version:INT16 max_version:INT16]
-//!   SaslHandshakeResponse v1    => error_code:INT16 mechanisms:ARRAY of STRING
-//!   SaslAuthenticateResponse v0 => error_code:INT16 error_message:NULLABLE_STRING
-//!                                  auth_bytes:BYTES
-//! ```
-//!
-//! Every response is checked strictly: matching correlation id, bounded sizes, fields that
-//! fill the frame exactly. These few fixed handshake messages stay encoded here (checked
-//! byte for byte, fuzzed through [`decode_response`]); the canary's reads of a topic
-//! (Metadata, ListOffsets, Fetch, record batches) use the `kafka-protocol` crate over a
-//! [`Connection`] that went through this handshake ([`super::kafka_topic`]).
+//! The messages are the `kafka-protocol` crate's (generated from Kafka's own message
+//! definitions): `RequestHeader` v1, `ApiVersionsRequest`/`Response` v0,
+//! `SaslHandshakeRequest`/`Response` v1 and `SaslAuthenticateRequest`/`Response` v0, all
+//! non-flexible versions whose responses carry `ResponseHeader` v0. This module keeps the
+//! framing (a big-endian INT32 size, then header and body; see "Common Request and
+//! Response Structure" in <https://kafka.apache.org/protocol.html>) with a byte cap on the
+//! answer's size, the deadline, and the strictness of the checks: matching correlation id,
+//! an array count checked before the decoder sizes a vector from it ([`MAX_API_KEYS`],
+//! [`MAX_MECHANISMS`]), and a message that fills its frame exactly. The canary's reads of a
+//! topic (Metadata, ListOffsets, Fetch, record batches) go over a [`Connection`] that went
+//! through this handshake ([`super::kafka_topic`]).
 
 use std::io;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::scram::{self, ScramClient, ScramError, ScramHash};
@@ -52,12 +45,22 @@ use super::{
 };
 use crate::tls::{self, TlsError, TlsOptions};
 
-/// API key of `ApiVersions`.
-pub const API_VERSIONS_KEY: i16 = 18;
-/// API key of `SaslHandshake`.
-pub const SASL_HANDSHAKE_KEY: i16 = 17;
-/// API key of `SaslAuthenticate`.
-pub const SASL_AUTHENTICATE_KEY: i16 = 36;
+/// API key of `ApiVersions` (18).
+pub const API_VERSIONS_KEY: i16 = ApiVersionsRequest::KEY;
+/// API key of `SaslHandshake` (17).
+pub const SASL_HANDSHAKE_KEY: i16 = SaslHandshakeRequest::KEY;
+/// API key of `SaslAuthenticate` (36).
+pub const SASL_AUTHENTICATE_KEY: i16 = SaslAuthenticateRequest::KEY;
+/// Version of `ApiVersions` sent (every broker since 0.10 answers v0; KIP-896 keeps it).
+const API_VERSIONS_VERSION: i16 = 0;
+/// Version of `SaslHandshake` sent (v1: the mechanism's messages go in SaslAuthenticate).
+const SASL_HANDSHAKE_VERSION: i16 = 1;
+/// Version of `SaslAuthenticate` sent (KIP-152, Kafka 1.0).
+const SASL_AUTHENTICATE_VERSION: i16 = 0;
+/// Request header version: v1 (client id, no tagged fields) for non-flexible requests.
+const REQUEST_HEADER_VERSION: i16 = 1;
+/// Response header version of non-flexible responses (and of every ApiVersions answer).
+const RESPONSE_HEADER_VERSION: i16 = 0;
 /// `client_id` sent in the request header.
 pub const CLIENT_ID: &str = "gravity-exporter";
 /// Largest response frame accepted (a real ApiVersions v0 answer is well under 1 KiB).
@@ -267,17 +270,19 @@ impl Connection {
         (lo <= hi).then_some(hi)
     }
 
-    /// Sends one request (request header v1: only non-flexible versions) and returns the
-    /// response body after the header v0, at most `max_frame` bytes; no deadline of its
-    /// own (the caller's).
+    /// Sends one request (an encoded body, behind request header v1: only non-flexible
+    /// versions) and returns the response body after the header v0, from a frame of at
+    /// most `max_frame` bytes; no deadline of its own (the caller's).
     pub async fn call(
         &mut self,
         api_key: i16,
         api_version: i16,
         body: &[u8],
         max_frame: usize,
-    ) -> Result<Vec<u8>, KafkaError> {
-        round_trip_max(&mut self.stream, api_key, api_version, body, max_frame).await
+    ) -> Result<Bytes, KafkaError> {
+        let correlation_id = send(&mut self.stream, api_key, api_version, body).await?;
+        let frame = read_frame_bounded(&mut self.stream, 4, max_frame).await?;
+        body_of(frame, correlation_id)
     }
 }
 
@@ -364,17 +369,19 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         keys.iter()
             .any(|k| k.api_key == key && (k.min_version..=k.max_version).contains(&version))
     };
-    if !supports(SASL_HANDSHAKE_KEY, 1) || !supports(SASL_AUTHENTICATE_KEY, 0) {
+    if !supports(SASL_HANDSHAKE_KEY, SASL_HANDSHAKE_VERSION)
+        || !supports(SASL_AUTHENTICATE_KEY, SASL_AUTHENTICATE_VERSION)
+    {
         return Err(KafkaError::Protocol(
             "the broker lacks SaslHandshake v1 / SaslAuthenticate (Kafka older than 1.0)"
                 .to_string(),
         ));
     }
     let mechanism = sasl.mechanism.name();
-    let mut body = Vec::with_capacity(2 + mechanism.len());
-    put_string(&mut body, mechanism);
-    let frame = round_trip(stream, SASL_HANDSHAKE_KEY, 1, &body).await?;
-    decode_handshake(&frame, mechanism)?;
+    let handshake =
+        SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism));
+    let body = exchange(stream, &handshake, SASL_HANDSHAKE_VERSION).await?;
+    decode_handshake(body, mechanism)?;
     let failed = |code: i16, message: String| KafkaError::SaslFailed {
         mechanism,
         user: sanitize(&sasl.user, 64),
@@ -451,97 +458,93 @@ impl From<KafkaError> for AuthFailure {
 async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     token: &[u8],
-) -> Result<Vec<u8>, AuthFailure> {
-    let mut body = Vec::with_capacity(4 + token.len());
-    let len = i32::try_from(token.len())
-        .map_err(|_| KafkaError::Protocol("SASL token too long".to_string()))?;
-    body.extend_from_slice(&len.to_be_bytes());
-    body.extend_from_slice(token);
-    let frame = round_trip(stream, SASL_AUTHENTICATE_KEY, 0, &body).await?;
-    decode_authenticate(&frame)
+) -> Result<Bytes, AuthFailure> {
+    let request = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::copy_from_slice(token));
+    let body = exchange(stream, &request, SASL_AUTHENTICATE_VERSION).await?;
+    decode_authenticate(body)
 }
 
-/// Sends one request and reads the answer to it (correlation id checked, header removed).
-async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    api_key: i16,
-    api_version: i16,
-    body: &[u8],
-) -> Result<Vec<u8>, KafkaError> {
-    round_trip_max(stream, api_key, api_version, body, MAX_RESPONSE_BYTES).await
+/// Sends `request` in `version` and returns the body of the answer to it (correlation id
+/// checked, header removed), from a frame of at most [`MAX_RESPONSE_BYTES`].
+async fn exchange<S, R>(stream: &mut S, request: &R, version: i16) -> Result<Bytes, KafkaError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: Request,
+{
+    let mut body = BytesMut::new();
+    request
+        .encode(&mut body, version)
+        .map_err(|e| cannot_encode(&e))?;
+    let correlation_id = send(stream, R::KEY, version, &body).await?;
+    let frame = read_frame_bounded(stream, 4, MAX_RESPONSE_BYTES).await?;
+    body_of(frame, correlation_id)
 }
 
-/// [`round_trip`] with a frame of at most `max_frame` bytes.
-async fn round_trip_max<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    api_key: i16,
-    api_version: i16,
-    body: &[u8],
-    max_frame: usize,
-) -> Result<Vec<u8>, KafkaError> {
-    let correlation_id = NEXT_CORRELATION_ID.fetch_add(1, Ordering::Relaxed);
-    stream
-        .write_all(&encode(api_key, api_version, correlation_id, body))
-        .await?;
-    stream.flush().await?;
-    let mut frame = read_frame_bounded(stream, 4, max_frame).await?;
-    let got = frame
-        .get(..4)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(i32::from_be_bytes)
-        .ok_or_else(|| KafkaError::Protocol("truncated response".to_string()))?;
-    if got != correlation_id {
-        return Err(KafkaError::Protocol(format!(
-            "correlation id {got}, expected {correlation_id}"
-        )));
-    }
-    frame.drain(..4);
-    Ok(frame)
-}
-
+/// Sends ApiVersions v0 and decodes the answer.
 async fn request_api_versions<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
 ) -> Result<Vec<ApiKeyRange>, KafkaError> {
-    let correlation_id = NEXT_CORRELATION_ID.fetch_add(1, Ordering::Relaxed);
-    stream.write_all(&encode_request(correlation_id)).await?;
-    stream.flush().await?;
+    let mut body = BytesMut::new();
+    ApiVersionsRequest::default()
+        .encode(&mut body, API_VERSIONS_VERSION)
+        .map_err(|e| cannot_encode(&e))?;
+    let correlation_id = send(stream, API_VERSIONS_KEY, API_VERSIONS_VERSION, &body).await?;
     let frame = read_frame(stream).await?;
-    decode_response(&frame, correlation_id)
+    api_versions_of(frame, correlation_id)
 }
 
-fn put_string(out: &mut Vec<u8>, s: &str) {
-    // Only short constants and config values go through here; cut rather than overflow.
-    let bytes = s
-        .as_bytes()
-        .get(..s.len().min(i16::MAX as usize))
-        .unwrap_or_default();
-    out.extend_from_slice(&(bytes.len() as i16).to_be_bytes());
-    out.extend_from_slice(bytes);
+/// Writes one request (a fresh correlation id, `body` already encoded) and returns its
+/// correlation id.
+async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    api_key: i16,
+    api_version: i16,
+    body: &[u8],
+) -> Result<i32, KafkaError> {
+    let correlation_id = NEXT_CORRELATION_ID.fetch_add(1, Ordering::Relaxed);
+    stream
+        .write_all(&frame_request(api_key, api_version, correlation_id, body)?)
+        .await?;
+    stream.flush().await?;
+    Ok(correlation_id)
 }
 
-/// A complete, size-prefixed request with header v1.
-fn encode(api_key: i16, api_version: i16, correlation_id: i32, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(12 + CLIENT_ID.len() + payload.len());
-    body.extend_from_slice(&api_key.to_be_bytes());
-    body.extend_from_slice(&api_version.to_be_bytes());
-    body.extend_from_slice(&correlation_id.to_be_bytes());
-    put_string(&mut body, CLIENT_ID);
-    body.extend_from_slice(payload);
-    let mut out = Vec::with_capacity(4 + body.len());
-    // Bodies are a few hundred bytes at most (SASL tokens of config values).
-    out.extend_from_slice(&(i32::try_from(body.len()).unwrap_or(i32::MAX)).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
+/// A complete, size-prefixed request: `RequestHeader` v1 naming [`CLIENT_ID`], then `body`.
+fn frame_request(
+    api_key: i16,
+    api_version: i16,
+    correlation_id: i32,
+    body: &[u8],
+) -> Result<BytesMut, KafkaError> {
+    let header = RequestHeader::default()
+        .with_request_api_key(api_key)
+        .with_request_api_version(api_version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
+    let mut out = BytesMut::with_capacity(body.len().saturating_add(64));
+    out.put_i32(0); // the size, filled in below
+    header
+        .encode(&mut out, REQUEST_HEADER_VERSION)
+        .map_err(|e| cannot_encode(&e))?;
+    out.put_slice(body);
+    let size = i32::try_from(out.len().saturating_sub(4))
+        .map_err(|_| KafkaError::Protocol("request too long".to_string()))?;
+    if let Some(prefix) = out.get_mut(..4) {
+        prefix.copy_from_slice(&size.to_be_bytes());
+    }
+    Ok(out)
 }
 
-/// The complete, size-prefixed ApiVersions v0 request.
-fn encode_request(correlation_id: i32) -> Vec<u8> {
-    encode(API_VERSIONS_KEY, 0, correlation_id, &[])
+fn cannot_encode(e: &anyhow::Error) -> KafkaError {
+    KafkaError::Protocol(format!(
+        "cannot encode the request: {}",
+        sanitize(&e.to_string(), 100)
+    ))
 }
 
 /// Reads one size-prefixed frame of at most [`MAX_RESPONSE_BYTES`]. A TLS alert record
 /// where the size should be means a TLS-only listener.
-async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, KafkaError> {
+async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Bytes, KafkaError> {
     read_frame_bounded(reader, 10, MAX_RESPONSE_BYTES).await
 }
 
@@ -550,7 +553,7 @@ async fn read_frame_bounded<R: AsyncRead + Unpin>(
     reader: &mut R,
     min: usize,
     max: usize,
-) -> Result<Vec<u8>, KafkaError> {
+) -> Result<Bytes, KafkaError> {
     let mut size = [0u8; 4];
     reader.read_exact(&mut size).await?;
     if tls::looks_like_tls_alert(&size) {
@@ -566,27 +569,73 @@ async fn read_frame_bounded<R: AsyncRead + Unpin>(
     if got != size {
         return Err(KafkaError::Io(io::ErrorKind::UnexpectedEof));
     }
+    Ok(Bytes::from(frame))
+}
+
+/// The body of a response frame after its `ResponseHeader` v0, whose correlation id must
+/// be the request's.
+fn body_of(mut frame: Bytes, correlation_id: i32) -> Result<Bytes, KafkaError> {
+    let header = ResponseHeader::decode(&mut frame, RESPONSE_HEADER_VERSION)
+        .map_err(|e| undecodable("response header", &e))?;
+    if header.correlation_id != correlation_id {
+        return Err(KafkaError::Protocol(format!(
+            "correlation id {}, expected {correlation_id}",
+            header.correlation_id
+        )));
+    }
     Ok(frame)
 }
 
+/// Decodes a whole response body: the message must fill it exactly.
+fn decode_body<T: Decodable>(
+    mut body: Bytes,
+    version: i16,
+    what: &'static str,
+) -> Result<T, KafkaError> {
+    let message = T::decode(&mut body, version).map_err(|e| undecodable(what, &e))?;
+    if body.has_remaining() {
+        return Err(KafkaError::Protocol(format!(
+            "{} trailing bytes after the {what} response",
+            body.remaining()
+        )));
+    }
+    Ok(message)
+}
+
+fn undecodable(what: &str, e: &anyhow::Error) -> KafkaError {
+    KafkaError::Protocol(format!(
+        "undecodable {what}: {}",
+        sanitize(&e.to_string(), 100)
+    ))
+}
+
+/// kafka-protocol sizes an array's vector from its count before it reads an element: the
+/// count, an INT32 at `at` in `body`, is refused over `max` before decoding. A body too
+/// short to hold the count is left to the decoder, which reports it truncated.
+fn check_array_len(body: &[u8], at: usize, max: usize, field: &str) -> Result<(), KafkaError> {
+    let count = body
+        .get(at..at.saturating_add(4))
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(i32::from_be_bytes);
+    match count {
+        Some(n) if usize::try_from(n).is_ok_and(|n| n > max) => Err(KafkaError::Protocol(format!(
+            "implausible {field} length {n}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Decodes SaslHandshakeResponse v1 (after the header): error 0 and the mechanism listed.
-fn decode_handshake(body: &[u8], wanted: &'static str) -> Result<Vec<String>, KafkaError> {
-    let mut r = Reader { buf: body, pos: 0 };
-    let error_code = r.i16()?;
-    let count = r.i32()?;
-    let count = usize::try_from(count)
-        .ok()
-        .filter(|&n| n <= MAX_MECHANISMS)
-        .ok_or_else(|| KafkaError::Protocol(format!("implausible mechanisms length {count}")))?;
-    let mut mechanisms = Vec::with_capacity(count);
-    for _ in 0..count {
-        mechanisms.push(sanitize(&String::from_utf8_lossy(r.string()?), 32));
-    }
-    if r.remaining() != 0 {
-        return Err(KafkaError::Protocol(
-            "trailing bytes after SaslHandshake response".to_string(),
-        ));
-    }
+fn decode_handshake(body: Bytes, wanted: &'static str) -> Result<Vec<String>, KafkaError> {
+    check_array_len(&body, 2, MAX_MECHANISMS, "mechanisms")?;
+    let response: SaslHandshakeResponse =
+        decode_body(body, SASL_HANDSHAKE_VERSION, "SaslHandshake")?;
+    let mechanisms: Vec<String> = response
+        .mechanisms
+        .iter()
+        .map(|m| sanitize(m.as_str(), 32))
+        .collect();
+    let error_code = response.error_code;
     if error_code == 33 || (error_code == 0 && !mechanisms.iter().any(|m| m == wanted)) {
         return Err(KafkaError::MechanismUnsupported {
             wanted,
@@ -601,25 +650,19 @@ fn decode_handshake(body: &[u8], wanted: &'static str) -> Result<Vec<String>, Ka
 
 /// Decodes SaslAuthenticateResponse v0 (after the header): the server's bytes, or the
 /// broker's error code and message.
-fn decode_authenticate(body: &[u8]) -> Result<Vec<u8>, AuthFailure> {
-    let mut r = Reader { buf: body, pos: 0 };
-    let error_code = r.i16()?;
-    let message = r
-        .nullable_string()?
-        .map(|m| sanitize(&String::from_utf8_lossy(m), 160));
-    let bytes = r.bytes()?.to_vec();
-    if r.remaining() != 0 {
-        return Err(AuthFailure::Other(KafkaError::Protocol(
-            "trailing bytes after SaslAuthenticate response".to_string(),
-        )));
-    }
-    if error_code != 0 {
+fn decode_authenticate(body: Bytes) -> Result<Bytes, AuthFailure> {
+    let response: SaslAuthenticateResponse =
+        decode_body(body, SASL_AUTHENTICATE_VERSION, "SaslAuthenticate")?;
+    if response.error_code != 0 {
         return Err(AuthFailure::Rejected(
-            error_code,
-            message.unwrap_or_default(),
+            response.error_code,
+            response
+                .error_message
+                .map(|m| sanitize(m.as_str(), 160))
+                .unwrap_or_default(),
         ));
     }
-    Ok(bytes)
+    Ok(response.auth_bytes)
 }
 
 /// Decodes ResponseHeader v0 + ApiVersionsResponse v0 (without the size prefix).
@@ -627,34 +670,30 @@ fn decode_authenticate(body: &[u8]) -> Result<Vec<u8>, AuthFailure> {
 /// Public as the entry point of the fuzz harness (`tests/fuzz.rs`): it is the code that
 /// reads the first bytes a broker sent.
 pub fn decode_response(frame: &[u8], correlation_id: i32) -> Result<Vec<ApiKeyRange>, KafkaError> {
-    let mut r = Reader { buf: frame, pos: 0 };
-    let got_id = r.i32()?;
-    if got_id != correlation_id {
-        return Err(KafkaError::Protocol(format!(
-            "correlation id {got_id}, expected {correlation_id}"
-        )));
+    api_versions_of(Bytes::copy_from_slice(frame), correlation_id)
+}
+
+/// [`decode_response`] of a frame already in a [`Bytes`].
+fn api_versions_of(frame: Bytes, correlation_id: i32) -> Result<Vec<ApiKeyRange>, KafkaError> {
+    let body = body_of(frame, correlation_id)?;
+    check_array_len(&body, 2, MAX_API_KEYS, "api_keys")?;
+    let response: ApiVersionsResponse = decode_body(body, API_VERSIONS_VERSION, "ApiVersions")?;
+    if response.error_code != 0 {
+        return Err(KafkaError::Broker {
+            code: response.error_code,
+        });
     }
-    let error_code = r.i16()?;
-    if error_code != 0 {
-        return Err(KafkaError::Broker { code: error_code });
+    if response.api_keys.is_empty() {
+        return Err(KafkaError::Protocol(
+            "implausible api_keys length 0".to_string(),
+        ));
     }
-    let count = r.i32()?;
-    let count = usize::try_from(count)
-        .ok()
-        .filter(|&n| (1..=MAX_API_KEYS).contains(&n))
-        .ok_or_else(|| KafkaError::Protocol(format!("implausible api_keys length {count}")))?;
-    if r.remaining() != count * 6 {
-        return Err(KafkaError::Protocol(format!(
-            "api_keys array of {count} entries does not fill the {} byte frame",
-            frame.len()
-        )));
-    }
-    let mut keys = Vec::with_capacity(count);
-    for _ in 0..count {
+    let mut keys = Vec::with_capacity(response.api_keys.len());
+    for k in &response.api_keys {
         let key = ApiKeyRange {
-            api_key: r.i16()?,
-            min_version: r.i16()?,
-            max_version: r.i16()?,
+            api_key: k.api_key,
+            min_version: k.min_version,
+            max_version: k.max_version,
         };
         if key.api_key < 0 || key.min_version < 0 || key.min_version > key.max_version {
             return Err(KafkaError::Protocol(format!(
@@ -672,82 +711,34 @@ pub fn decode_response(frame: &[u8], correlation_id: i32) -> Result<Vec<ApiKeyRa
     Ok(keys)
 }
 
-/// Bounds-checked big-endian reader.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl Reader<'_> {
-    fn remaining(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
-    }
-
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], KafkaError> {
-        let bytes = self
-            .buf
-            .get(self.pos..self.pos.saturating_add(N))
-            .and_then(|s| <[u8; N]>::try_from(s).ok())
-            .ok_or_else(|| KafkaError::Protocol("truncated response".to_string()))?;
-        self.pos += N;
-        Ok(bytes)
-    }
-
-    fn i16(&mut self) -> Result<i16, KafkaError> {
-        Ok(i16::from_be_bytes(self.take()?))
-    }
-
-    fn i32(&mut self) -> Result<i32, KafkaError> {
-        Ok(i32::from_be_bytes(self.take()?))
-    }
-
-    fn slice(&mut self, len: usize) -> Result<&[u8], KafkaError> {
-        let end = self
-            .pos
-            .checked_add(len)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or_else(|| KafkaError::Protocol("truncated response".to_string()))?;
-        let s = self.buf.get(self.pos..end).unwrap_or_default();
-        self.pos = end;
-        Ok(s)
-    }
-
-    /// STRING: INT16 length (not negative) + bytes.
-    fn string(&mut self) -> Result<&[u8], KafkaError> {
-        self.nullable_string()?
-            .ok_or_else(|| KafkaError::Protocol("null where a string is required".to_string()))
-    }
-
-    /// NULLABLE_STRING: INT16 length (-1 for null) + bytes.
-    fn nullable_string(&mut self) -> Result<Option<&[u8]>, KafkaError> {
-        let len = self.i16()?;
-        if len == -1 {
-            return Ok(None);
-        }
-        let len = usize::try_from(len)
-            .map_err(|_| KafkaError::Protocol(format!("negative string length {len}")))?;
-        self.slice(len).map(Some)
-    }
-
-    /// BYTES: INT32 length (not negative) + bytes.
-    fn bytes(&mut self) -> Result<&[u8], KafkaError> {
-        let len = self.i32()?;
-        let len = usize::try_from(len)
-            .map_err(|_| KafkaError::Protocol(format!("negative bytes length {len}")))?;
-        self.slice(len)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn request_bytes_match_the_spec() {
-        let req = encode_request(0x0102_0304);
+        // Size, RequestHeader v1 (key, version, correlation id, client id), ApiVersions v0.
+        let req = frame_request(API_VERSIONS_KEY, 0, 0x0102_0304, &[]).unwrap();
         let mut want = vec![0, 0, 0, 26, 0, 18, 0, 0, 1, 2, 3, 4, 0, 16];
         want.extend_from_slice(b"gravity-exporter");
-        assert_eq!(req, want);
+        assert_eq!(&req[..], &want[..]);
+        // SaslHandshake v1: mechanism as STRING; SaslAuthenticate v0: auth_bytes as BYTES.
+        let mut b = BytesMut::new();
+        SaslHandshakeRequest::default()
+            .with_mechanism(StrBytes::from_static_str("PLAIN"))
+            .encode(&mut b, SASL_HANDSHAKE_VERSION)
+            .unwrap();
+        assert_eq!(&b[..], b"\0\x05PLAIN");
+        let mut b = BytesMut::new();
+        SaslAuthenticateRequest::default()
+            .with_auth_bytes(Bytes::from_static(b"\0u\0p"))
+            .encode(&mut b, SASL_AUTHENTICATE_VERSION)
+            .unwrap();
+        assert_eq!(&b[..], b"\0\0\0\x04\0u\0p");
+        assert_eq!(
+            (API_VERSIONS_KEY, SASL_HANDSHAKE_KEY, SASL_AUTHENTICATE_KEY),
+            (18, 17, 36)
+        );
     }
 
     fn valid_frame(correlation_id: i32) -> Vec<u8> {
@@ -782,17 +773,23 @@ mod tests {
         ));
         let f = valid_frame(7);
         for n in 0..f.len() {
-            assert!(decode_response(&f[..n], 7).is_err(), "prefix {n}");
+            let e = decode_response(&f[..n], 7).unwrap_err();
+            assert_eq!(e.reason(), FailureReason::Protocol, "prefix {n}: {e}");
         }
         let mut extra = f.clone();
         extra.push(0);
         assert!(decode_response(&extra, 7).is_err(), "trailing byte");
+        // A count of 2^31-1 is refused before the decoder sizes a vector from it.
         let mut huge = f.clone();
         huge[6..10].copy_from_slice(&i32::MAX.to_be_bytes());
-        assert!(decode_response(&huge, 7).is_err());
+        let e = decode_response(&huge, 7).unwrap_err();
+        assert!(e.to_string().contains("implausible api_keys length"), "{e}");
         let mut negative = f.clone();
         negative[6..10].copy_from_slice(&(-1i32).to_be_bytes());
         assert!(decode_response(&negative, 7).is_err());
+        let mut empty = f[..10].to_vec();
+        empty[9] = 0;
+        assert!(decode_response(&empty, 7).is_err(), "no api keys");
         let mut inverted = f.clone();
         inverted[13] = 10; // Produce min 10 > max 9
         assert!(decode_response(&inverted, 7).is_err());
@@ -818,6 +815,11 @@ mod tests {
             read_frame(&mut http).await,
             Err(KafkaError::Protocol(_))
         ));
+        let mut alert = &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46][..];
+        assert!(matches!(
+            read_frame(&mut alert).await,
+            Err(KafkaError::TlsRequired)
+        ));
         let mut short = &[0, 0, 0, 20, 1, 2][..];
         let e = read_frame(&mut short).await.unwrap_err();
         assert_eq!(e.reason(), FailureReason::Protocol);
@@ -830,29 +832,50 @@ mod tests {
             hs.extend_from_slice(&(m.len() as i16).to_be_bytes());
             hs.extend_from_slice(m.as_bytes());
         }
-        assert_eq!(decode_handshake(&hs, "PLAIN").unwrap().len(), 2);
+        let handshake = |b: &[u8], wanted| decode_handshake(Bytes::copy_from_slice(b), wanted);
+        assert_eq!(handshake(&hs, "PLAIN").unwrap().len(), 2);
         assert!(matches!(
-            decode_handshake(&hs, "SCRAM-SHA-512"),
+            handshake(&hs, "SCRAM-SHA-512"),
             Err(KafkaError::MechanismUnsupported { .. })
         ));
         for n in 0..hs.len() {
-            assert!(decode_handshake(&hs[..n], "PLAIN").is_err(), "prefix {n}");
+            assert!(handshake(&hs[..n], "PLAIN").is_err(), "prefix {n}");
         }
         let mut long = hs.clone();
         long.push(0);
-        assert!(decode_handshake(&long, "PLAIN").is_err());
+        assert!(handshake(&long, "PLAIN").is_err());
+        let mut many = hs.clone();
+        many[2..6].copy_from_slice(&i32::MAX.to_be_bytes());
+        let e = handshake(&many, "PLAIN").unwrap_err();
+        assert!(
+            e.to_string().contains("implausible mechanisms length"),
+            "{e}"
+        );
+        let mut unsupported = hs.clone();
+        unsupported[1] = 33;
+        assert_eq!(
+            handshake(&unsupported, "PLAIN").unwrap_err().reason(),
+            FailureReason::AuthPluginUnsupported
+        );
+        let authenticate = |b: &[u8]| decode_authenticate(Bytes::copy_from_slice(b));
         let mut auth = vec![0, 58, 0, 3, b'b', b'a', b'd', 0, 0, 0, 0];
         assert!(matches!(
-            decode_authenticate(&auth),
+            authenticate(&auth),
             Err(AuthFailure::Rejected(58, ref m)) if m == "bad"
         ));
         auth[1] = 0;
-        assert_eq!(decode_authenticate(&auth).ok(), Some(vec![]));
+        assert_eq!(authenticate(&auth).ok(), Some(Bytes::new()));
         for n in 0..auth.len() {
-            assert!(decode_authenticate(&auth[..n]).is_err(), "prefix {n}");
+            assert!(authenticate(&auth[..n]).is_err(), "prefix {n}");
         }
         let negative = [0, 0, 0xff, 0xff, 0x80, 0, 0, 0];
-        assert!(decode_authenticate(&negative).is_err());
+        assert!(authenticate(&negative).is_err());
+        // A BYTES length of 2^31-1 over a short frame is truncation, not an allocation.
+        let huge = [0, 0, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff, 1];
+        assert!(matches!(
+            authenticate(&huge),
+            Err(AuthFailure::Other(KafkaError::Protocol(_)))
+        ));
     }
 
     #[test]

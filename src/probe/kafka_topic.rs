@@ -328,8 +328,8 @@ fn encode<T: Encodable>(msg: &T, version: i16, api: &'static str) -> Result<Vec<
     Ok(b.to_vec())
 }
 
-fn decode<T: Decodable>(frame: Vec<u8>, version: i16, api: &'static str) -> Result<T, TopicError> {
-    let mut b = Bytes::from(frame);
+fn decode<T: Decodable>(frame: Bytes, version: i16, api: &'static str) -> Result<T, TopicError> {
+    let mut b = frame;
     let v = T::decode(&mut b, version).map_err(|e| TopicError::Decode {
         api,
         detail: e.to_string(),
