@@ -38,12 +38,9 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::scram::{self, ScramClient, ScramError, ScramHash};
-use super::{
-    connect_tcp, io_reason, run_probe, sanitize, ConnectError, Endpoint, FailureReason,
-    ProbeOutcome, Secret,
-};
-use crate::tls::{self, TlsError, TlsOptions};
+use super::scram::{self, ScramClient, ScramHash};
+use super::{connect_tcp, run_probe, sanitize, Endpoint, ProbeOutcome, Secret, WireError};
+use crate::tls::{self, TlsOptions};
 
 /// API key of `ApiVersions` (18).
 pub const API_VERSIONS_KEY: i16 = ApiVersionsRequest::KEY;
@@ -105,111 +102,9 @@ pub struct KafkaSecurity {
     pub sasl: Option<Sasl>,
 }
 
-/// Errors of the Kafka probe.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum KafkaError {
-    /// The TCP connection could not be opened.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// TLS could not be set up or its handshake failed.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    /// The broker answered a plaintext request with a TLS alert: the listener wants TLS.
-    #[error("the listener speaks TLS, gravity's config has no TLS for Kafka (cert-file, key-file, ca-file)")]
-    TlsRequired,
-    /// The deadline passed.
-    #[error("no answer within {after_ms} ms")]
-    Timeout {
-        /// The time allowed, in milliseconds.
-        after_ms: u128,
-    },
-    /// The connection failed mid-exchange (EOF, reset, ...).
-    #[error("connection lost: {0}")]
-    Io(io::ErrorKind),
-    /// The answer is not a valid response.
-    #[error("protocol violation: {0}")]
-    Protocol(String),
-    /// The broker answered with a non-zero error code.
-    #[error("broker returned error code {code} ({})", error_name(*code))]
-    Broker {
-        /// The Kafka error code (35 UNSUPPORTED_VERSION, 58 SASL_AUTHENTICATION_FAILED, ...).
-        code: i16,
-    },
-    /// The broker does not enable the configured SASL mechanism.
-    #[error("the broker does not enable SASL mechanism {wanted} (enabled: {enabled})")]
-    MechanismUnsupported {
-        /// What gravity's config asks for.
-        wanted: &'static str,
-        /// What the broker listed, sanitised.
-        enabled: String,
-    },
-    /// SaslAuthenticate failed: the credentials were rejected.
-    #[error("SASL {mechanism} login of user {user} failed: error code {code} ({}){}", error_name(*code), if message.is_empty() { String::new() } else { format!(": {message}") })]
-    SaslFailed {
-        /// The mechanism.
-        mechanism: &'static str,
-        /// The user (from gravity's config; never the password).
-        user: String,
-        /// The Kafka error code (58 SASL_AUTHENTICATION_FAILED).
-        code: i16,
-        /// The broker's error message, sanitised.
-        message: String,
-    },
-    /// The SCRAM exchange failed on the client's side (bad server signature, bad message).
-    #[error(transparent)]
-    Scram(#[from] ScramError),
-}
-
-impl KafkaError {
-    /// The probe [`FailureReason`]: rejected credentials and authorization error codes are
-    /// `Auth`, a mechanism the broker does not enable is `AuthPluginUnsupported`, TLS
-    /// failures are `Tls` or `TlsRequired`, other error codes and malformed answers are
-    /// `Protocol`.
-    pub fn reason(&self) -> FailureReason {
-        match self {
-            KafkaError::Connect(e) => e.reason(),
-            KafkaError::Tls(_) => FailureReason::Tls,
-            KafkaError::TlsRequired => FailureReason::TlsRequired,
-            KafkaError::Timeout { .. } => FailureReason::Timeout,
-            KafkaError::Io(kind) => io_reason(*kind),
-            KafkaError::Broker { code: 29..=31 | 58 } | KafkaError::SaslFailed { .. } => {
-                FailureReason::Auth
-            }
-            KafkaError::MechanismUnsupported { .. } | KafkaError::Broker { code: 33 } => {
-                FailureReason::AuthPluginUnsupported
-            }
-            KafkaError::Scram(ScramError::BadServerSignature | ScramError::Server(_)) => {
-                FailureReason::Auth
-            }
-            KafkaError::Scram(_) | KafkaError::Protocol(_) | KafkaError::Broker { .. } => {
-                FailureReason::Protocol
-            }
-        }
-    }
-}
-
-impl From<io::Error> for KafkaError {
-    fn from(e: io::Error) -> Self {
-        KafkaError::Io(e.kind())
-    }
-}
-
-/// Names of the error codes a broker may plausibly return here.
-fn error_name(code: i16) -> &'static str {
-    match code {
-        -1 => "UNKNOWN_SERVER_ERROR",
-        29 => "TOPIC_AUTHORIZATION_FAILED",
-        30 => "GROUP_AUTHORIZATION_FAILED",
-        31 => "CLUSTER_AUTHORIZATION_FAILED",
-        33 => "UNSUPPORTED_SASL_MECHANISM",
-        34 => "ILLEGAL_SASL_STATE",
-        35 => "UNSUPPORTED_VERSION",
-        42 => "INVALID_REQUEST",
-        58 => "SASL_AUTHENTICATION_FAILED",
-        _ => "see the Kafka protocol guide",
-    }
-}
+/// What the probe says when a plaintext request is answered with a TLS alert.
+const TLS_REQUIRED: &str =
+    "the listener speaks TLS, gravity's config has no TLS for Kafka (cert-file, key-file, ca-file)";
 
 /// Sends ApiVersions v0 to `endpoint` (plaintext, no SASL) and returns the broker's
 /// supported API ranges, all within `deadline`.
@@ -217,14 +112,14 @@ fn error_name(code: i16) -> &'static str {
 pub async fn api_versions(
     endpoint: &Endpoint,
     deadline: Duration,
-) -> Result<Vec<ApiKeyRange>, KafkaError> {
+) -> Result<Vec<ApiKeyRange>, WireError> {
     let work = async {
         let mut stream = connect_tcp(endpoint, deadline).await?;
         request_api_versions(&mut stream).await
     };
     match tokio::time::timeout(deadline, work).await {
         Ok(result) => result,
-        Err(_) => Err(KafkaError::Timeout {
+        Err(_) => Err(WireError::Timeout {
             after_ms: deadline.as_millis(),
         }),
     }
@@ -279,7 +174,7 @@ impl Connection {
         api_version: i16,
         body: &[u8],
         max_frame: usize,
-    ) -> Result<Bytes, KafkaError> {
+    ) -> Result<Bytes, WireError> {
         let correlation_id = send(&mut self.stream, api_key, api_version, body).await?;
         let frame = read_frame_bounded(&mut self.stream, 4, max_frame).await?;
         body_of(frame, correlation_id)
@@ -292,7 +187,7 @@ pub async fn connect(
     endpoint: &Endpoint,
     security: &KafkaSecurity,
     deadline: Duration,
-) -> Result<Connection, KafkaError> {
+) -> Result<Connection, WireError> {
     let work = async {
         let tcp = connect_tcp(endpoint, deadline).await?;
         let (mut stream, tls): (Box<dyn Io>, bool) = match &security.tls {
@@ -318,7 +213,7 @@ pub async fn connect(
     };
     match tokio::time::timeout(deadline, work).await {
         Ok(result) => result,
-        Err(_) => Err(KafkaError::Timeout {
+        Err(_) => Err(WireError::Timeout {
             after_ms: deadline.as_millis(),
         }),
     }
@@ -330,7 +225,7 @@ pub async fn check(
     endpoint: &Endpoint,
     security: &KafkaSecurity,
     deadline: Duration,
-) -> Result<String, KafkaError> {
+) -> Result<String, WireError> {
     connect(endpoint, security, deadline)
         .await
         .map(|c| c.detail)
@@ -359,7 +254,7 @@ pub async fn probe_with(
 async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     sasl: Option<&Sasl>,
-) -> Result<(Vec<ApiKeyRange>, String), KafkaError> {
+) -> Result<(Vec<ApiKeyRange>, String), WireError> {
     let keys = request_api_versions(stream).await?;
     let Some(sasl) = sasl else {
         let detail = format!("ApiVersions ok, {} api keys", keys.len());
@@ -372,7 +267,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     if !supports(SASL_HANDSHAKE_KEY, SASL_HANDSHAKE_VERSION)
         || !supports(SASL_AUTHENTICATE_KEY, SASL_AUTHENTICATE_VERSION)
     {
-        return Err(KafkaError::Protocol(
+        return Err(WireError::Protocol(
             "the broker lacks SaslHandshake v1 / SaslAuthenticate (Kafka older than 1.0)"
                 .to_string(),
         ));
@@ -382,7 +277,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism));
     let body = exchange(stream, &handshake, SASL_HANDSHAKE_VERSION).await?;
     decode_handshake(body, mechanism)?;
-    let failed = |code: i16, message: String| KafkaError::SaslFailed {
+    let failed = |code: i16, message: String| WireError::SaslFailed {
         mechanism,
         user: sanitize(&sasl.user, 64),
         code,
@@ -418,7 +313,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             let (client_final, signature) =
                 tokio::task::spawn_blocking(move || client.client_final(&server_first))
                     .await
-                    .map_err(|e| KafkaError::Protocol(format!("SCRAM task failed: {e}")))??;
+                    .map_err(|e| WireError::Protocol(format!("SCRAM task failed: {e}")))??;
             let server_final = authenticate(stream, client_final.as_bytes())
                 .await
                 .map_err(|e| e.into_error(failed))?;
@@ -432,15 +327,15 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     Ok((keys, detail))
 }
 
-/// A SaslAuthenticate failure: a broker error (turned into [`KafkaError::SaslFailed`] by
+/// A SaslAuthenticate failure: a broker error (turned into [`WireError::SaslFailed`] by
 /// the caller, who knows the mechanism and user) or anything else.
 enum AuthFailure {
     Rejected(i16, String),
-    Other(KafkaError),
+    Other(WireError),
 }
 
 impl AuthFailure {
-    fn into_error(self, failed: impl Fn(i16, String) -> KafkaError) -> KafkaError {
+    fn into_error(self, failed: impl Fn(i16, String) -> WireError) -> WireError {
         match self {
             AuthFailure::Rejected(code, message) => failed(code, message),
             AuthFailure::Other(e) => e,
@@ -448,8 +343,8 @@ impl AuthFailure {
     }
 }
 
-impl From<KafkaError> for AuthFailure {
-    fn from(e: KafkaError) -> Self {
+impl From<WireError> for AuthFailure {
+    fn from(e: WireError) -> Self {
         AuthFailure::Other(e)
     }
 }
@@ -466,7 +361,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Sends `request` in `version` and returns the body of the answer to it (correlation id
 /// checked, header removed), from a frame of at most [`MAX_RESPONSE_BYTES`].
-async fn exchange<S, R>(stream: &mut S, request: &R, version: i16) -> Result<Bytes, KafkaError>
+async fn exchange<S, R>(stream: &mut S, request: &R, version: i16) -> Result<Bytes, WireError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     R: Request,
@@ -483,7 +378,7 @@ where
 /// Sends ApiVersions v0 and decodes the answer.
 async fn request_api_versions<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
-) -> Result<Vec<ApiKeyRange>, KafkaError> {
+) -> Result<Vec<ApiKeyRange>, WireError> {
     let mut body = BytesMut::new();
     ApiVersionsRequest::default()
         .encode(&mut body, API_VERSIONS_VERSION)
@@ -500,7 +395,7 @@ async fn send<S: AsyncWrite + Unpin>(
     api_key: i16,
     api_version: i16,
     body: &[u8],
-) -> Result<i32, KafkaError> {
+) -> Result<i32, WireError> {
     let correlation_id = NEXT_CORRELATION_ID.fetch_add(1, Ordering::Relaxed);
     stream
         .write_all(&frame_request(api_key, api_version, correlation_id, body)?)
@@ -515,7 +410,7 @@ fn frame_request(
     api_version: i16,
     correlation_id: i32,
     body: &[u8],
-) -> Result<BytesMut, KafkaError> {
+) -> Result<BytesMut, WireError> {
     let header = RequestHeader::default()
         .with_request_api_key(api_key)
         .with_request_api_version(api_version)
@@ -528,15 +423,15 @@ fn frame_request(
         .map_err(|e| cannot_encode(&e))?;
     out.put_slice(body);
     let size = i32::try_from(out.len().saturating_sub(4))
-        .map_err(|_| KafkaError::Protocol("request too long".to_string()))?;
+        .map_err(|_| WireError::Protocol("request too long".to_string()))?;
     if let Some(prefix) = out.get_mut(..4) {
         prefix.copy_from_slice(&size.to_be_bytes());
     }
     Ok(out)
 }
 
-fn cannot_encode(e: &anyhow::Error) -> KafkaError {
-    KafkaError::Protocol(format!(
+fn cannot_encode(e: &anyhow::Error) -> WireError {
+    WireError::Protocol(format!(
         "cannot encode the request: {}",
         sanitize(&e.to_string(), 100)
     ))
@@ -544,7 +439,7 @@ fn cannot_encode(e: &anyhow::Error) -> KafkaError {
 
 /// Reads one size-prefixed frame of at most [`MAX_RESPONSE_BYTES`]. A TLS alert record
 /// where the size should be means a TLS-only listener.
-async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Bytes, KafkaError> {
+async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Bytes, WireError> {
     read_frame_bounded(reader, 10, MAX_RESPONSE_BYTES).await
 }
 
@@ -553,32 +448,34 @@ async fn read_frame_bounded<R: AsyncRead + Unpin>(
     reader: &mut R,
     min: usize,
     max: usize,
-) -> Result<Bytes, KafkaError> {
+) -> Result<Bytes, WireError> {
     let mut size = [0u8; 4];
     reader.read_exact(&mut size).await?;
     if tls::looks_like_tls_alert(&size) {
-        return Err(KafkaError::TlsRequired);
+        return Err(WireError::TlsRequired {
+            message: TLS_REQUIRED,
+        });
     }
     let size = i32::from_be_bytes(size);
     let size = usize::try_from(size)
         .ok()
         .filter(|&s| (min..=max).contains(&s))
-        .ok_or_else(|| KafkaError::Protocol(format!("implausible response size {size}")))?;
+        .ok_or_else(|| WireError::Protocol(format!("implausible response size {size}")))?;
     let mut frame = Vec::with_capacity(size.min(4096));
     let got = reader.take(size as u64).read_to_end(&mut frame).await?;
     if got != size {
-        return Err(KafkaError::Io(io::ErrorKind::UnexpectedEof));
+        return Err(WireError::Io(io::ErrorKind::UnexpectedEof));
     }
     Ok(Bytes::from(frame))
 }
 
 /// The body of a response frame after its `ResponseHeader` v0, whose correlation id must
 /// be the request's.
-fn body_of(mut frame: Bytes, correlation_id: i32) -> Result<Bytes, KafkaError> {
+fn body_of(mut frame: Bytes, correlation_id: i32) -> Result<Bytes, WireError> {
     let header = ResponseHeader::decode(&mut frame, RESPONSE_HEADER_VERSION)
         .map_err(|e| undecodable("response header", &e))?;
     if header.correlation_id != correlation_id {
-        return Err(KafkaError::Protocol(format!(
+        return Err(WireError::Protocol(format!(
             "correlation id {}, expected {correlation_id}",
             header.correlation_id
         )));
@@ -591,10 +488,10 @@ fn decode_body<T: Decodable>(
     mut body: Bytes,
     version: i16,
     what: &'static str,
-) -> Result<T, KafkaError> {
+) -> Result<T, WireError> {
     let message = T::decode(&mut body, version).map_err(|e| undecodable(what, &e))?;
     if body.has_remaining() {
-        return Err(KafkaError::Protocol(format!(
+        return Err(WireError::Protocol(format!(
             "{} trailing bytes after the {what} response",
             body.remaining()
         )));
@@ -602,8 +499,8 @@ fn decode_body<T: Decodable>(
     Ok(message)
 }
 
-fn undecodable(what: &str, e: &anyhow::Error) -> KafkaError {
-    KafkaError::Protocol(format!(
+fn undecodable(what: &str, e: &anyhow::Error) -> WireError {
+    WireError::Protocol(format!(
         "undecodable {what}: {}",
         sanitize(&e.to_string(), 100)
     ))
@@ -612,13 +509,13 @@ fn undecodable(what: &str, e: &anyhow::Error) -> KafkaError {
 /// kafka-protocol sizes an array's vector from its count before it reads an element: the
 /// count, an INT32 at `at` in `body`, is refused over `max` before decoding. A body too
 /// short to hold the count is left to the decoder, which reports it truncated.
-fn check_array_len(body: &[u8], at: usize, max: usize, field: &str) -> Result<(), KafkaError> {
+fn check_array_len(body: &[u8], at: usize, max: usize, field: &str) -> Result<(), WireError> {
     let count = body
         .get(at..at.saturating_add(4))
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
         .map(i32::from_be_bytes);
     match count {
-        Some(n) if usize::try_from(n).is_ok_and(|n| n > max) => Err(KafkaError::Protocol(format!(
+        Some(n) if usize::try_from(n).is_ok_and(|n| n > max) => Err(WireError::Protocol(format!(
             "implausible {field} length {n}"
         ))),
         _ => Ok(()),
@@ -626,7 +523,7 @@ fn check_array_len(body: &[u8], at: usize, max: usize, field: &str) -> Result<()
 }
 
 /// Decodes SaslHandshakeResponse v1 (after the header): error 0 and the mechanism listed.
-fn decode_handshake(body: Bytes, wanted: &'static str) -> Result<Vec<String>, KafkaError> {
+fn decode_handshake(body: Bytes, wanted: &'static str) -> Result<Vec<String>, WireError> {
     check_array_len(&body, 2, MAX_MECHANISMS, "mechanisms")?;
     let response: SaslHandshakeResponse =
         decode_body(body, SASL_HANDSHAKE_VERSION, "SaslHandshake")?;
@@ -637,13 +534,13 @@ fn decode_handshake(body: Bytes, wanted: &'static str) -> Result<Vec<String>, Ka
         .collect();
     let error_code = response.error_code;
     if error_code == 33 || (error_code == 0 && !mechanisms.iter().any(|m| m == wanted)) {
-        return Err(KafkaError::MechanismUnsupported {
+        return Err(WireError::MechanismUnsupported {
             wanted,
             enabled: sanitize(&mechanisms.join(", "), 100),
         });
     }
     if error_code != 0 {
-        return Err(KafkaError::Broker { code: error_code });
+        return Err(WireError::Broker { code: error_code });
     }
     Ok(mechanisms)
 }
@@ -669,22 +566,22 @@ fn decode_authenticate(body: Bytes) -> Result<Bytes, AuthFailure> {
 ///
 /// Public as the entry point of the fuzz harness (`tests/fuzz.rs`): it is the code that
 /// reads the first bytes a broker sent.
-pub fn decode_response(frame: &[u8], correlation_id: i32) -> Result<Vec<ApiKeyRange>, KafkaError> {
+pub fn decode_response(frame: &[u8], correlation_id: i32) -> Result<Vec<ApiKeyRange>, WireError> {
     api_versions_of(Bytes::copy_from_slice(frame), correlation_id)
 }
 
 /// [`decode_response`] of a frame already in a [`Bytes`].
-fn api_versions_of(frame: Bytes, correlation_id: i32) -> Result<Vec<ApiKeyRange>, KafkaError> {
+fn api_versions_of(frame: Bytes, correlation_id: i32) -> Result<Vec<ApiKeyRange>, WireError> {
     let body = body_of(frame, correlation_id)?;
     check_array_len(&body, 2, MAX_API_KEYS, "api_keys")?;
     let response: ApiVersionsResponse = decode_body(body, API_VERSIONS_VERSION, "ApiVersions")?;
     if response.error_code != 0 {
-        return Err(KafkaError::Broker {
+        return Err(WireError::Broker {
             code: response.error_code,
         });
     }
     if response.api_keys.is_empty() {
-        return Err(KafkaError::Protocol(
+        return Err(WireError::Protocol(
             "implausible api_keys length 0".to_string(),
         ));
     }
@@ -696,7 +593,7 @@ fn api_versions_of(frame: Bytes, correlation_id: i32) -> Result<Vec<ApiKeyRange>
             max_version: k.max_version,
         };
         if key.api_key < 0 || key.min_version < 0 || key.min_version > key.max_version {
-            return Err(KafkaError::Protocol(format!(
+            return Err(WireError::Protocol(format!(
                 "invalid api_keys entry {}: versions {}..{}",
                 key.api_key, key.min_version, key.max_version
             )));
@@ -704,7 +601,7 @@ fn api_versions_of(frame: Bytes, correlation_id: i32) -> Result<Vec<ApiKeyRange>
         keys.push(key);
     }
     if !keys.iter().any(|k| k.api_key == API_VERSIONS_KEY) {
-        return Err(KafkaError::Protocol(
+        return Err(WireError::Protocol(
             "api_keys does not list ApiVersions".to_string(),
         ));
     }
@@ -714,6 +611,7 @@ fn api_versions_of(frame: Bytes, correlation_id: i32) -> Result<Vec<ApiKeyRange>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::FailureReason;
 
     #[test]
     fn request_bytes_match_the_spec() {
@@ -769,7 +667,7 @@ mod tests {
         );
         assert!(matches!(
             decode_response(&valid_frame(7), 8),
-            Err(KafkaError::Protocol(_))
+            Err(WireError::Protocol(_))
         ));
         let f = valid_frame(7);
         for n in 0..f.len() {
@@ -799,7 +697,7 @@ mod tests {
         let mut err = f;
         err[5] = 35;
         let e = decode_response(&err, 7).unwrap_err();
-        assert!(matches!(e, KafkaError::Broker { code: 35 }));
+        assert!(matches!(e, WireError::Broker { code: 35 }));
         assert!(e.to_string().contains("UNSUPPORTED_VERSION"), "{e}");
     }
 
@@ -808,17 +706,17 @@ mod tests {
         let mut huge = &[0x7F, 0xFF, 0xFF, 0xFF, 0, 0][..];
         assert!(matches!(
             read_frame(&mut huge).await,
-            Err(KafkaError::Protocol(_))
+            Err(WireError::Protocol(_))
         ));
         let mut http = &b"HTTP/1.1 400 Bad Request"[..];
         assert!(matches!(
             read_frame(&mut http).await,
-            Err(KafkaError::Protocol(_))
+            Err(WireError::Protocol(_))
         ));
         let mut alert = &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46][..];
         assert!(matches!(
             read_frame(&mut alert).await,
-            Err(KafkaError::TlsRequired)
+            Err(WireError::TlsRequired { .. })
         ));
         let mut short = &[0, 0, 0, 20, 1, 2][..];
         let e = read_frame(&mut short).await.unwrap_err();
@@ -836,7 +734,7 @@ mod tests {
         assert_eq!(handshake(&hs, "PLAIN").unwrap().len(), 2);
         assert!(matches!(
             handshake(&hs, "SCRAM-SHA-512"),
-            Err(KafkaError::MechanismUnsupported { .. })
+            Err(WireError::MechanismUnsupported { .. })
         ));
         for n in 0..hs.len() {
             assert!(handshake(&hs[..n], "PLAIN").is_err(), "prefix {n}");
@@ -874,14 +772,14 @@ mod tests {
         let huge = [0, 0, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff, 1];
         assert!(matches!(
             authenticate(&huge),
-            Err(AuthFailure::Other(KafkaError::Protocol(_)))
+            Err(AuthFailure::Other(WireError::Protocol(_)))
         ));
     }
 
     #[test]
     fn errors_never_show_secrets() {
         // Error messages hold codes, the user and the broker's words, never the password.
-        let e = KafkaError::Broker { code: 58 };
+        let e = WireError::Broker { code: 58 };
         assert_eq!(
             e.to_string(),
             "broker returned error code 58 (SASL_AUTHENTICATION_FAILED)"
