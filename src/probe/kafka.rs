@@ -32,10 +32,10 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
     SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::scram::{self, ScramClient, ScramHash};
@@ -43,11 +43,11 @@ use super::{connect_tcp, run_probe, sanitize, Endpoint, ProbeOutcome, Secret, Wi
 use crate::tls::{self, TlsOptions};
 
 /// API key of `ApiVersions` (18).
-pub const API_VERSIONS_KEY: i16 = ApiVersionsRequest::KEY;
+pub const API_VERSIONS_KEY: i16 = ApiKey::ApiVersions as i16;
 /// API key of `SaslHandshake` (17).
-pub const SASL_HANDSHAKE_KEY: i16 = SaslHandshakeRequest::KEY;
+pub const SASL_HANDSHAKE_KEY: i16 = ApiKey::SaslHandshake as i16;
 /// API key of `SaslAuthenticate` (36).
-pub const SASL_AUTHENTICATE_KEY: i16 = SaslAuthenticateRequest::KEY;
+pub const SASL_AUTHENTICATE_KEY: i16 = ApiKey::SaslAuthenticate as i16;
 /// Version of `ApiVersions` sent (every broker since 0.10 answers v0; KIP-896 keeps it).
 const API_VERSIONS_VERSION: i16 = 0;
 /// Version of `SaslHandshake` sent (v1: the mechanism's messages go in SaslAuthenticate).
@@ -275,7 +275,13 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let mechanism = sasl.mechanism.name();
     let handshake =
         SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism));
-    let body = exchange(stream, &handshake, SASL_HANDSHAKE_VERSION).await?;
+    let body = exchange(
+        stream,
+        SASL_HANDSHAKE_KEY,
+        &handshake,
+        SASL_HANDSHAKE_VERSION,
+    )
+    .await?;
     decode_handshake(body, mechanism)?;
     let failed = |code: i16, message: String| WireError::SaslFailed {
         mechanism,
@@ -355,22 +361,35 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     token: &[u8],
 ) -> Result<Bytes, AuthFailure> {
     let request = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::copy_from_slice(token));
-    let body = exchange(stream, &request, SASL_AUTHENTICATE_VERSION).await?;
+    let body = exchange(
+        stream,
+        SASL_AUTHENTICATE_KEY,
+        &request,
+        SASL_AUTHENTICATE_VERSION,
+    )
+    .await?;
     decode_authenticate(body)
 }
 
-/// Sends `request` in `version` and returns the body of the answer to it (correlation id
-/// checked, header removed), from a frame of at most [`MAX_RESPONSE_BYTES`].
-async fn exchange<S, R>(stream: &mut S, request: &R, version: i16) -> Result<Bytes, WireError>
+/// Sends `request` (API `api_key`) in `version` and returns the body of the answer to it
+/// (correlation id checked, header removed), from a frame of at most [`MAX_RESPONSE_BYTES`].
+/// (The crate's `Request` trait, which pairs a message with its key, is only built with its
+/// `broker` feature, which the shipped binary does not enable.)
+async fn exchange<S, R>(
+    stream: &mut S,
+    api_key: i16,
+    request: &R,
+    version: i16,
+) -> Result<Bytes, WireError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    R: Request,
+    R: Encodable,
 {
     let mut body = BytesMut::new();
     request
         .encode(&mut body, version)
         .map_err(|e| cannot_encode(&e))?;
-    let correlation_id = send(stream, R::KEY, version, &body).await?;
+    let correlation_id = send(stream, api_key, version, &body).await?;
     let frame = read_frame_bounded(stream, 4, MAX_RESPONSE_BYTES).await?;
     body_of(frame, correlation_id)
 }
