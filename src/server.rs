@@ -476,7 +476,10 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// The pipeline a request names (`?pipeline=NAME`), else the only one. `Err`: the answer
-/// (404 for an unknown name, 400 when several run and none is named), in JSON.
+/// (404 for an unknown name, 400 when several run and none is named), in JSON. The error is
+/// the finished response, returned once per request straight to hyper: boxing it would only
+/// add an allocation.
+#[allow(clippy::result_large_err)]
 fn pick(fleet: &Fleet, req: &Request<Incoming>) -> Result<Arc<Context>, Response<Full<Bytes>>> {
     let json_err = |status: StatusCode, msg: String| {
         let names: Vec<String> = fleet
