@@ -6,8 +6,8 @@
 //!   `client_auth_type` (all five Go policies), `client_ca_file`/`client_ca`,
 //!   `min_version`/`max_version`, `cipher_suites` (Go names; they apply to TLS 1.2 as in Go),
 //!   `curve_preferences`, `prefer_server_cipher_suites`, `client_allowed_sans` (DNS, e-mail,
-//!   IP and URI names of the client certificate, read by a small bounds-checked DER walker,
-//!   [`cert_sans`]). Relative paths are relative to the
+//!   IP and URI names of the client certificate as Go spells them, read with the
+//!   `x509-parser` crate, [`cert_sans`]). Relative paths are relative to the
 //!   web config file, as in the toolkit. TLS 1.0/1.1, CBC and RSA-key-exchange suites and
 //!   P-521 are not offered by rustls: naming them as the only choice is an error that says so.
 //! - **Basic auth** with bcrypt hashes: the user name is compared in constant time against
@@ -32,7 +32,7 @@
 //!   read timeout as any request and never holds up the accept loop.
 //! - **Metrics** ([`WebMetrics`], registered only with a web config): refused requests and
 //!   connections by reason, whether the last reload succeeded and when, and the served
-//!   certificate's expiry (read from its DER by the same walker, [`cert_not_after`]).
+//!   certificate's expiry (read from its DER with the same crate, [`cert_not_after`]).
 //!
 //! [exporter-toolkit]: https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md
 
@@ -1149,142 +1149,48 @@ impl ClientCertVerifier for AllowedSans {
     }
 }
 
-/// One DER element: (tag, content, rest). Single-byte tags, definite lengths of at most
-/// four length bytes; None on anything else or when the input is short.
-fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let tag = *input.first()?;
-    if tag & 0x1f == 0x1f {
-        return None;
-    }
-    let first = *input.get(1)?;
-    let (len, header) = if first < 0x80 {
-        (usize::from(first), 2usize)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let mut len = 0usize;
-        for b in input.get(2..2usize.checked_add(n)?)? {
-            len = len.checked_mul(256)?.checked_add(usize::from(*b))?;
-        }
-        (len, 2usize.checked_add(n)?)
-    };
-    let end = header.checked_add(len)?;
-    Some((tag, input.get(header..end)?, input.get(end..)?))
-}
-
 /// The subject alternative names of a DER certificate as Go's x509 package spells them
-/// (DNS names, e-mail addresses, IP addresses, URIs); None when it does not parse.
+/// (DNS names, e-mail addresses, IP addresses, URIs, in the certificate's order); None when
+/// it does not parse (the `x509-parser` crate), including a repeated or malformed
+/// subjectAltName extension.
 pub fn cert_sans(cert: &[u8]) -> Option<Vec<String>> {
-    let (0x30, cert, _) = der(cert)? else {
-        return None;
-    };
-    let (0x30, mut tbs, _) = der(cert)? else {
-        return None;
-    };
-    // tbsCertificate: the extensions are the [3] element, if any.
-    let mut exts = None;
-    while !tbs.is_empty() {
-        let (tag, content, rest) = der(tbs)?;
-        if tag == 0xa3 {
-            exts = Some(content);
-        }
-        tbs = rest;
-    }
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert).ok()?;
     let mut out = Vec::new();
-    let Some(exts) = exts else {
+    let Some(san) = cert.subject_alternative_name().ok()? else {
         return Some(out);
     };
-    let (0x30, mut list, _) = der(exts)? else {
-        return None;
-    };
-    while !list.is_empty() {
-        let (0x30, ext, rest) = der(list)? else {
-            return None;
-        };
-        list = rest;
-        let (0x06, oid, mut ext) = der(ext)? else {
-            return None;
-        };
-        if oid != [0x55, 0x1d, 0x11] {
-            continue;
-        }
-        if let Some((0x01, _, after)) = der(ext) {
-            ext = after; // the critical flag
-        }
-        let (0x04, value, _) = der(ext)? else {
-            return None;
-        };
-        let (0x30, mut names, _) = der(value)? else {
-            return None;
-        };
-        while !names.is_empty() {
-            let (tag, v, rest) = der(names)?;
-            names = rest;
-            match tag {
-                // rfc822Name, dNSName, uniformResourceIdentifier: IA5String
-                0x81 | 0x82 | 0x86 => out.push(String::from_utf8_lossy(v).into_owned()),
-                0x87 => {
-                    let ip = match v.len() {
-                        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(v).ok()?),
-                        // Go prints an IPv4-mapped IPv6 address as IPv4
-                        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(v).ok()?).to_canonical(),
-                        _ => continue,
-                    };
-                    out.push(ip.to_string());
-                }
-                _ => {}
+    for name in &san.value.general_names {
+        match name {
+            GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
+                out.push((*s).to_string())
             }
+            // rfc822Name [1], dNSName [2], uniformResourceIdentifier [6] that are not
+            // IA5String: kept, with replacement characters (never matches an allowed name
+            // written in the config)
+            GeneralName::Invalid(tag, v) if matches!(tag.0, 1 | 2 | 6) => {
+                out.push(String::from_utf8_lossy(v).into_owned())
+            }
+            GeneralName::IPAddress(v) => {
+                let ip = match v.len() {
+                    4 => std::net::IpAddr::from(<[u8; 4]>::try_from(*v).ok()?),
+                    // Go prints an IPv4-mapped IPv6 address as IPv4
+                    16 => std::net::IpAddr::from(<[u8; 16]>::try_from(*v).ok()?).to_canonical(),
+                    _ => continue,
+                };
+                out.push(ip.to_string());
+            }
+            _ => {}
         }
     }
     Some(out)
 }
 
-/// A certificate's notAfter as Unix time; None when it does not parse.
+/// A certificate's notAfter as Unix time (the `x509-parser` crate); None when the
+/// certificate does not parse.
 pub fn cert_not_after(cert: &[u8]) -> Option<i64> {
-    let (0x30, cert, _) = der(cert)? else {
-        return None;
-    };
-    let (0x30, mut tbs, _) = der(cert)? else {
-        return None;
-    };
-    // version [0] (optional), serial, signature algorithm, issuer, then validity
-    if tbs.first() == Some(&0xa0) {
-        tbs = der(tbs)?.2;
-    }
-    for _ in 0..3 {
-        tbs = der(tbs)?.2;
-    }
-    let (0x30, validity, _) = der(tbs)? else {
-        return None;
-    };
-    let (_, _, rest) = der(validity)?; // notBefore
-    let (tag, t, _) = der(rest)?;
-    let t = std::str::from_utf8(t).ok()?;
-    let t = t.strip_suffix('Z')?;
-    let (year, rest) = match tag {
-        // UTCTime: YYMMDDHHMMSS, years 1950-2049 (RFC 5280)
-        0x17 => {
-            let yy: i32 = t.get(..2)?.parse().ok()?;
-            (if yy < 50 { 2000 + yy } else { 1900 + yy }, t.get(2..)?)
-        }
-        // GeneralizedTime: YYYYMMDDHHMMSS
-        0x18 => (t.get(..4)?.parse().ok()?, t.get(4..)?),
-        _ => return None,
-    };
-    if rest.len() != 10 || !rest.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n = |i: usize| rest.get(i..i + 2).and_then(|s| s.parse::<u8>().ok());
-    let month = time::Month::try_from(n(0)?).ok()?;
-    let date = time::Date::from_calendar_date(year, month, n(2)?).ok()?;
-    let tod = time::Time::from_hms(n(4)?, n(6)?, n(8)?).ok()?;
-    Some(
-        time::PrimitiveDateTime::new(date, tod)
-            .assume_utc()
-            .unix_timestamp(),
-    )
+    let (_, cert) = x509_parser::parse_x509_certificate(cert).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1959,6 +1865,40 @@ mod tests {
         assert_eq!(cert_sans(cert.der()).unwrap(), Vec::<String>::new());
         assert_eq!(cert_sans(b""), None);
         assert_eq!(cert_sans(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn sans_other_names_are_skipped_and_bad_san_extensions_refused() {
+        use rcgen::{CertificateParams, CustomExtension, KeyPair, OtherNameValue, SanType};
+        let key = KeyPair::generate().unwrap();
+        // an otherName (a UPN) is no name Go's x509 lists; the DNS name after it is
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![
+            SanType::OtherName((
+                vec![1, 3, 6, 1, 4, 1, 311, 20, 2, 3],
+                OtherNameValue::Utf8String("ops@corp".to_string()),
+            )),
+            SanType::DnsName("b.example".try_into().unwrap()),
+        ];
+        let cert = p.self_signed(&key).unwrap();
+        assert_eq!(cert_sans(cert.der()).unwrap(), ["b.example"]);
+        // subjectAltName (2.5.29.17) whose value is no GeneralNames sequence
+        let san_oid = [2, 5, 29, 17];
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.custom_extensions = vec![CustomExtension::from_oid_content(
+            &san_oid,
+            vec![0x04, 0x01, 0x00],
+        )];
+        let cert = p.self_signed(&key).unwrap();
+        assert_eq!(cert_sans(cert.der()), None);
+        // two subjectAltName extensions (Go refuses duplicate extensions too)
+        let mut p = CertificateParams::new(vec!["a.example".to_string()]).unwrap();
+        p.custom_extensions = vec![CustomExtension::from_oid_content(
+            &san_oid,
+            vec![0x30, 0x03, 0x82, 0x01, b'c'],
+        )];
+        let cert = p.self_signed(&key).unwrap();
+        assert_eq!(cert_sans(cert.der()), None);
     }
 
     #[test]

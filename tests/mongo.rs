@@ -12,9 +12,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use gravity_double::mongo::{bson, FakeMongod, Mode, MongoUser, OplogSpec, Security};
-use gravity_exporter::probe::mongo::{check_then, oplog_bounds, FieldValue, MongoError};
+use gravity_exporter::probe::mongo::{check_then, oplog_bounds, FieldValue};
 use gravity_exporter::probe::mongo::{hello, probe, probe_with, MongoLogin, MongoSecurity};
 use gravity_exporter::probe::scram::ScramHash;
+use gravity_exporter::probe::WireError;
 use gravity_exporter::probe::{FailureReason, Secret};
 use gravity_exporter::tls::TlsOptions;
 
@@ -275,7 +276,7 @@ async fn upsert_by_id_keeps_one_document_and_reports_refusals() {
     })
     .await
     .unwrap_err();
-    assert!(matches!(e, MongoError::Command { code: 13, .. }), "{e:?}");
+    assert!(matches!(e, WireError::Command { code: 13, .. }), "{e:?}");
     assert_eq!(e.reason(), FailureReason::Auth);
 
     server.set_writable(false);
@@ -292,10 +293,7 @@ async fn upsert_by_id_keeps_one_document_and_reports_refusals() {
     )
     .await
     .unwrap_err();
-    assert!(
-        matches!(e, MongoError::Command { code: 10107, .. }),
-        "{e:?}"
-    );
+    assert!(matches!(e, WireError::Command { code: 10107, .. }), "{e:?}");
     assert_eq!(
         server.documents("gravity_canary.heartbeat")[0]
             .get_i64("seq")

@@ -73,9 +73,10 @@ use crate::config::{CanarySettings, Settings};
 use crate::gravity_config::{EndpointRole, GravityConfig, Protocol};
 use crate::metrics::Families;
 use crate::probe::kafka_topic::TopicReader;
-use crate::probe::mongo::{self, FieldValue, MongoError, MongoLogin, MongoSecurity};
+use crate::probe::mongo::{self, FieldValue, MongoLogin, MongoSecurity};
 use crate::probe::mysql::{Login, MySqlConn, MySqlError, ResultSet};
 use crate::probe::FailureReason;
+use crate::probe::WireError;
 
 /// Name of the snapshot in the store.
 pub const SNAPSHOT: &str = "canary";
@@ -968,9 +969,9 @@ const MONGO_NOT_WRITABLE: [i32; 5] = [10107, 13435, 13436, 189, 11602];
 
 /// The writer state a Mongo error of the canary means: `Unauthorized` (13), a failed login
 /// → `privilege`; a node that takes no writes → `read_only`; the rest → `unreachable`.
-pub fn classify_mongo(e: &MongoError) -> WriterState {
+pub fn classify_mongo(e: &WireError) -> WriterState {
     match e {
-        MongoError::Command { code, .. } if MONGO_NOT_WRITABLE.contains(code) => {
+        WireError::Command { code, .. } if MONGO_NOT_WRITABLE.contains(code) => {
             WriterState::ReadOnly
         }
         _ => match e.reason() {
@@ -1624,7 +1625,7 @@ mod tests {
 
     #[test]
     fn mongo_refusals_and_document() {
-        let cmd = |code: i32| MongoError::Command {
+        let cmd = |code: i32| WireError::Command {
             code,
             code_name: String::new(),
             message: String::new(),
@@ -1635,7 +1636,7 @@ mod tests {
         assert_eq!(classify_mongo(&cmd(189)), WriterState::ReadOnly);
         assert_eq!(classify_mongo(&cmd(2)), WriterState::Unreachable);
         assert_eq!(
-            classify_mongo(&MongoError::Timeout { after_ms: 5 }),
+            classify_mongo(&WireError::Timeout { after_ms: 5 }),
             WriterState::Unreachable
         );
         let row = CanaryRow {

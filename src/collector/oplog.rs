@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use crate::gravity_config::Endpoint as GravityEndpoint;
 use crate::metrics::Families;
-use crate::probe::mongo::{self, MongoError, OplogBounds};
+use crate::probe::mongo::{self, OplogBounds};
+use crate::probe::WireError;
 use crate::state::OplogWindow;
 
 use super::status::{Position, StatusSeen};
@@ -72,7 +73,7 @@ pub fn oplog_families(w: &OplogWindow, pipeline: &str) -> Families {
 pub async fn read_bounds(
     src: &GravityEndpoint,
     timeout: Duration,
-) -> Result<Option<OplogBounds>, MongoError> {
+) -> Result<Option<OplogBounds>, WireError> {
     let endpoint = crate::probe::Endpoint::new(src.host.clone(), src.port);
     let security = super::connections::mongo_security(src);
     mongo::check_then(&endpoint, &security, timeout, |_, stream| {

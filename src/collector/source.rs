@@ -423,8 +423,8 @@ pub const MONGO_OPLOG_PRIVILEGE: &str = "read on local";
 /// Whether a failed oplog read is the missing `read` role on `local`: `Unauthorized` (13)
 /// after a successful login ("not authorized on local …"), not a failed login or a command
 /// run without one ("… requires authentication").
-fn lacks_local_read(e: &crate::probe::mongo::MongoError) -> bool {
-    matches!(e, crate::probe::mongo::MongoError::Command { code: 13, message, .. } if message.contains("not authorized"))
+fn lacks_local_read(e: &crate::probe::WireError) -> bool {
+    matches!(e, crate::probe::WireError::Command { code: 13, message, .. } if message.contains("not authorized"))
 }
 
 /// Adds `gravity_source_privilege_missing{privilege}`.

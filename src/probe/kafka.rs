@@ -14,50 +14,50 @@
 //! (`\0user\0password`, RFC 4616), two for SCRAM (RFC 5802/7677, [`super::scram`]), whose
 //! server signature is checked before the login counts.
 //!
-//! Wire format, from the Kafka protocol guide (<https://kafka.apache.org/protocol.html>,
-//! sections "Common Request and Response Structure", "Headers", "ApiVersions API",
-//! "SaslHandshake API", "SaslAuthenticate API"); all integers are big-endian:
-//!
-//! ```text
-//! Request  => Size:INT32 RequestHeader(v1) Body
-//!   RequestHeader v1 => request_api_key:INT16 request_api_version:INT16
-//!                       correlation_id:INT32 client_id:NULLABLE_STRING(INT16 length + bytes)
-//!   ApiVersionsRequest v0      => (empty)
-//!   SaslHandshakeRequest v1    => mechanism:STRING
-//!   SaslAuthenticateRequest v0 => auth_bytes:BYTES(INT32 length + bytes)
-//! Response => Size:INT32 ResponseHeader(v0: correlation_id:INT32) Body
-//!   ApiVersionsResponse v0      => error_code:INT16 api_keys:ARRAY(INT32 count) of
-//!                                  [api_key:INT16 min_version:INT16 max_version:INT16]
-//!   SaslHandshakeResponse v1    => error_code:INT16 mechanisms:ARRAY of STRING
-//!   SaslAuthenticateResponse v0 => error_code:INT16 error_message:NULLABLE_STRING
-//!                                  auth_bytes:BYTES
-//! ```
-//!
-//! Every response is checked strictly: matching correlation id, bounded sizes, fields that
-//! fill the frame exactly. These few fixed handshake messages stay encoded here (checked
-//! byte for byte, fuzzed through [`decode_response`]); the canary's reads of a topic
-//! (Metadata, ListOffsets, Fetch, record batches) use the `kafka-protocol` crate over a
-//! [`Connection`] that went through this handshake ([`super::kafka_topic`]).
+//! The messages are the `kafka-protocol` crate's (generated from Kafka's own message
+//! definitions): `RequestHeader` v1, `ApiVersionsRequest`/`Response` v0,
+//! `SaslHandshakeRequest`/`Response` v1 and `SaslAuthenticateRequest`/`Response` v0, all
+//! non-flexible versions whose responses carry `ResponseHeader` v0. This module keeps the
+//! framing (a big-endian INT32 size, then header and body; see "Common Request and
+//! Response Structure" in <https://kafka.apache.org/protocol.html>) with a byte cap on the
+//! answer's size, the deadline, and the strictness of the checks: matching correlation id,
+//! an array count checked before the decoder sizes a vector from it ([`MAX_API_KEYS`],
+//! [`MAX_MECHANISMS`]), and a message that fills its frame exactly. The canary's reads of a
+//! topic (Metadata, ListOffsets, Fetch, record batches) go over a [`Connection`] that went
+//! through this handshake ([`super::kafka_topic`]).
 
 use std::io;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::scram::{self, ScramClient, ScramError, ScramHash};
-use super::{
-    connect_tcp, io_reason, run_probe, sanitize, ConnectError, Endpoint, FailureReason,
-    ProbeOutcome, Secret,
-};
-use crate::tls::{self, TlsError, TlsOptions};
+use super::scram::{self, ScramClient, ScramHash};
+use super::{connect_tcp, run_probe, sanitize, Endpoint, ProbeOutcome, Secret, WireError};
+use crate::tls::{self, TlsOptions};
 
-/// API key of `ApiVersions`.
-pub const API_VERSIONS_KEY: i16 = 18;
-/// API key of `SaslHandshake`.
-pub const SASL_HANDSHAKE_KEY: i16 = 17;
-/// API key of `SaslAuthenticate`.
-pub const SASL_AUTHENTICATE_KEY: i16 = 36;
+/// API key of `ApiVersions` (18).
+pub const API_VERSIONS_KEY: i16 = ApiKey::ApiVersions as i16;
+/// API key of `SaslHandshake` (17).
+pub const SASL_HANDSHAKE_KEY: i16 = ApiKey::SaslHandshake as i16;
+/// API key of `SaslAuthenticate` (36).
+pub const SASL_AUTHENTICATE_KEY: i16 = ApiKey::SaslAuthenticate as i16;
+/// Version of `ApiVersions` sent (every broker since 0.10 answers v0; KIP-896 keeps it).
+const API_VERSIONS_VERSION: i16 = 0;
+/// Version of `SaslHandshake` sent (v1: the mechanism's messages go in SaslAuthenticate).
+const SASL_HANDSHAKE_VERSION: i16 = 1;
+/// Version of `SaslAuthenticate` sent (KIP-152, Kafka 1.0).
+const SASL_AUTHENTICATE_VERSION: i16 = 0;
+/// Request header version: v1 (client id, no tagged fields) for non-flexible requests.
+const REQUEST_HEADER_VERSION: i16 = 1;
+/// Response header version of non-flexible responses (and of every ApiVersions answer).
+const RESPONSE_HEADER_VERSION: i16 = 0;
 /// `client_id` sent in the request header.
 pub const CLIENT_ID: &str = "gravity-exporter";
 /// Largest response frame accepted (a real ApiVersions v0 answer is well under 1 KiB).
@@ -102,111 +102,9 @@ pub struct KafkaSecurity {
     pub sasl: Option<Sasl>,
 }
 
-/// Errors of the Kafka probe.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum KafkaError {
-    /// The TCP connection could not be opened.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// TLS could not be set up or its handshake failed.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    /// The broker answered a plaintext request with a TLS alert: the listener wants TLS.
-    #[error("the listener speaks TLS, gravity's config has no TLS for Kafka (cert-file, key-file, ca-file)")]
-    TlsRequired,
-    /// The deadline passed.
-    #[error("no answer within {after_ms} ms")]
-    Timeout {
-        /// The time allowed, in milliseconds.
-        after_ms: u128,
-    },
-    /// The connection failed mid-exchange (EOF, reset, ...).
-    #[error("connection lost: {0}")]
-    Io(io::ErrorKind),
-    /// The answer is not a valid response.
-    #[error("protocol violation: {0}")]
-    Protocol(String),
-    /// The broker answered with a non-zero error code.
-    #[error("broker returned error code {code} ({})", error_name(*code))]
-    Broker {
-        /// The Kafka error code (35 UNSUPPORTED_VERSION, 58 SASL_AUTHENTICATION_FAILED, ...).
-        code: i16,
-    },
-    /// The broker does not enable the configured SASL mechanism.
-    #[error("the broker does not enable SASL mechanism {wanted} (enabled: {enabled})")]
-    MechanismUnsupported {
-        /// What gravity's config asks for.
-        wanted: &'static str,
-        /// What the broker listed, sanitised.
-        enabled: String,
-    },
-    /// SaslAuthenticate failed: the credentials were rejected.
-    #[error("SASL {mechanism} login of user {user} failed: error code {code} ({}){}", error_name(*code), if message.is_empty() { String::new() } else { format!(": {message}") })]
-    SaslFailed {
-        /// The mechanism.
-        mechanism: &'static str,
-        /// The user (from gravity's config; never the password).
-        user: String,
-        /// The Kafka error code (58 SASL_AUTHENTICATION_FAILED).
-        code: i16,
-        /// The broker's error message, sanitised.
-        message: String,
-    },
-    /// The SCRAM exchange failed on the client's side (bad server signature, bad message).
-    #[error(transparent)]
-    Scram(#[from] ScramError),
-}
-
-impl KafkaError {
-    /// The probe [`FailureReason`]: rejected credentials and authorization error codes are
-    /// `Auth`, a mechanism the broker does not enable is `AuthPluginUnsupported`, TLS
-    /// failures are `Tls` or `TlsRequired`, other error codes and malformed answers are
-    /// `Protocol`.
-    pub fn reason(&self) -> FailureReason {
-        match self {
-            KafkaError::Connect(e) => e.reason(),
-            KafkaError::Tls(_) => FailureReason::Tls,
-            KafkaError::TlsRequired => FailureReason::TlsRequired,
-            KafkaError::Timeout { .. } => FailureReason::Timeout,
-            KafkaError::Io(kind) => io_reason(*kind),
-            KafkaError::Broker { code: 29..=31 | 58 } | KafkaError::SaslFailed { .. } => {
-                FailureReason::Auth
-            }
-            KafkaError::MechanismUnsupported { .. } | KafkaError::Broker { code: 33 } => {
-                FailureReason::AuthPluginUnsupported
-            }
-            KafkaError::Scram(ScramError::BadServerSignature | ScramError::Server(_)) => {
-                FailureReason::Auth
-            }
-            KafkaError::Scram(_) | KafkaError::Protocol(_) | KafkaError::Broker { .. } => {
-                FailureReason::Protocol
-            }
-        }
-    }
-}
-
-impl From<io::Error> for KafkaError {
-    fn from(e: io::Error) -> Self {
-        KafkaError::Io(e.kind())
-    }
-}
-
-/// Names of the error codes a broker may plausibly return here.
-fn error_name(code: i16) -> &'static str {
-    match code {
-        -1 => "UNKNOWN_SERVER_ERROR",
-        29 => "TOPIC_AUTHORIZATION_FAILED",
-        30 => "GROUP_AUTHORIZATION_FAILED",
-        31 => "CLUSTER_AUTHORIZATION_FAILED",
-        33 => "UNSUPPORTED_SASL_MECHANISM",
-        34 => "ILLEGAL_SASL_STATE",
-        35 => "UNSUPPORTED_VERSION",
-        42 => "INVALID_REQUEST",
-        58 => "SASL_AUTHENTICATION_FAILED",
-        _ => "see the Kafka protocol guide",
-    }
-}
+/// What the probe says when a plaintext request is answered with a TLS alert.
+const TLS_REQUIRED: &str =
+    "the listener speaks TLS, gravity's config has no TLS for Kafka (cert-file, key-file, ca-file)";
 
 /// Sends ApiVersions v0 to `endpoint` (plaintext, no SASL) and returns the broker's
 /// supported API ranges, all within `deadline`.
@@ -214,14 +112,14 @@ fn error_name(code: i16) -> &'static str {
 pub async fn api_versions(
     endpoint: &Endpoint,
     deadline: Duration,
-) -> Result<Vec<ApiKeyRange>, KafkaError> {
+) -> Result<Vec<ApiKeyRange>, WireError> {
     let work = async {
         let mut stream = connect_tcp(endpoint, deadline).await?;
         request_api_versions(&mut stream).await
     };
     match tokio::time::timeout(deadline, work).await {
         Ok(result) => result,
-        Err(_) => Err(KafkaError::Timeout {
+        Err(_) => Err(WireError::Timeout {
             after_ms: deadline.as_millis(),
         }),
     }
@@ -267,17 +165,19 @@ impl Connection {
         (lo <= hi).then_some(hi)
     }
 
-    /// Sends one request (request header v1: only non-flexible versions) and returns the
-    /// response body after the header v0, at most `max_frame` bytes; no deadline of its
-    /// own (the caller's).
+    /// Sends one request (an encoded body, behind request header v1: only non-flexible
+    /// versions) and returns the response body after the header v0, from a frame of at
+    /// most `max_frame` bytes; no deadline of its own (the caller's).
     pub async fn call(
         &mut self,
         api_key: i16,
         api_version: i16,
         body: &[u8],
         max_frame: usize,
-    ) -> Result<Vec<u8>, KafkaError> {
-        round_trip_max(&mut self.stream, api_key, api_version, body, max_frame).await
+    ) -> Result<Bytes, WireError> {
+        let correlation_id = send(&mut self.stream, api_key, api_version, body).await?;
+        let frame = read_frame_bounded(&mut self.stream, 4, max_frame).await?;
+        body_of(frame, correlation_id)
     }
 }
 
@@ -287,7 +187,7 @@ pub async fn connect(
     endpoint: &Endpoint,
     security: &KafkaSecurity,
     deadline: Duration,
-) -> Result<Connection, KafkaError> {
+) -> Result<Connection, WireError> {
     let work = async {
         let tcp = connect_tcp(endpoint, deadline).await?;
         let (mut stream, tls): (Box<dyn Io>, bool) = match &security.tls {
@@ -313,7 +213,7 @@ pub async fn connect(
     };
     match tokio::time::timeout(deadline, work).await {
         Ok(result) => result,
-        Err(_) => Err(KafkaError::Timeout {
+        Err(_) => Err(WireError::Timeout {
             after_ms: deadline.as_millis(),
         }),
     }
@@ -325,7 +225,7 @@ pub async fn check(
     endpoint: &Endpoint,
     security: &KafkaSecurity,
     deadline: Duration,
-) -> Result<String, KafkaError> {
+) -> Result<String, WireError> {
     connect(endpoint, security, deadline)
         .await
         .map(|c| c.detail)
@@ -354,7 +254,7 @@ pub async fn probe_with(
 async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     sasl: Option<&Sasl>,
-) -> Result<(Vec<ApiKeyRange>, String), KafkaError> {
+) -> Result<(Vec<ApiKeyRange>, String), WireError> {
     let keys = request_api_versions(stream).await?;
     let Some(sasl) = sasl else {
         let detail = format!("ApiVersions ok, {} api keys", keys.len());
@@ -364,18 +264,26 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         keys.iter()
             .any(|k| k.api_key == key && (k.min_version..=k.max_version).contains(&version))
     };
-    if !supports(SASL_HANDSHAKE_KEY, 1) || !supports(SASL_AUTHENTICATE_KEY, 0) {
-        return Err(KafkaError::Protocol(
+    if !supports(SASL_HANDSHAKE_KEY, SASL_HANDSHAKE_VERSION)
+        || !supports(SASL_AUTHENTICATE_KEY, SASL_AUTHENTICATE_VERSION)
+    {
+        return Err(WireError::Protocol(
             "the broker lacks SaslHandshake v1 / SaslAuthenticate (Kafka older than 1.0)"
                 .to_string(),
         ));
     }
     let mechanism = sasl.mechanism.name();
-    let mut body = Vec::with_capacity(2 + mechanism.len());
-    put_string(&mut body, mechanism);
-    let frame = round_trip(stream, SASL_HANDSHAKE_KEY, 1, &body).await?;
-    decode_handshake(&frame, mechanism)?;
-    let failed = |code: i16, message: String| KafkaError::SaslFailed {
+    let handshake =
+        SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism));
+    let body = exchange(
+        stream,
+        SASL_HANDSHAKE_KEY,
+        &handshake,
+        SASL_HANDSHAKE_VERSION,
+    )
+    .await?;
+    decode_handshake(body, mechanism)?;
+    let failed = |code: i16, message: String| WireError::SaslFailed {
         mechanism,
         user: sanitize(&sasl.user, 64),
         code,
@@ -411,7 +319,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             let (client_final, signature) =
                 tokio::task::spawn_blocking(move || client.client_final(&server_first))
                     .await
-                    .map_err(|e| KafkaError::Protocol(format!("SCRAM task failed: {e}")))??;
+                    .map_err(|e| WireError::Protocol(format!("SCRAM task failed: {e}")))??;
             let server_final = authenticate(stream, client_final.as_bytes())
                 .await
                 .map_err(|e| e.into_error(failed))?;
@@ -425,15 +333,15 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     Ok((keys, detail))
 }
 
-/// A SaslAuthenticate failure: a broker error (turned into [`KafkaError::SaslFailed`] by
+/// A SaslAuthenticate failure: a broker error (turned into [`WireError::SaslFailed`] by
 /// the caller, who knows the mechanism and user) or anything else.
 enum AuthFailure {
     Rejected(i16, String),
-    Other(KafkaError),
+    Other(WireError),
 }
 
 impl AuthFailure {
-    fn into_error(self, failed: impl Fn(i16, String) -> KafkaError) -> KafkaError {
+    fn into_error(self, failed: impl Fn(i16, String) -> WireError) -> WireError {
         match self {
             AuthFailure::Rejected(code, message) => failed(code, message),
             AuthFailure::Other(e) => e,
@@ -441,8 +349,8 @@ impl AuthFailure {
     }
 }
 
-impl From<KafkaError> for AuthFailure {
-    fn from(e: KafkaError) -> Self {
+impl From<WireError> for AuthFailure {
+    fn from(e: WireError) -> Self {
         AuthFailure::Other(e)
     }
 }
@@ -451,97 +359,106 @@ impl From<KafkaError> for AuthFailure {
 async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     token: &[u8],
-) -> Result<Vec<u8>, AuthFailure> {
-    let mut body = Vec::with_capacity(4 + token.len());
-    let len = i32::try_from(token.len())
-        .map_err(|_| KafkaError::Protocol("SASL token too long".to_string()))?;
-    body.extend_from_slice(&len.to_be_bytes());
-    body.extend_from_slice(token);
-    let frame = round_trip(stream, SASL_AUTHENTICATE_KEY, 0, &body).await?;
-    decode_authenticate(&frame)
+) -> Result<Bytes, AuthFailure> {
+    let request = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::copy_from_slice(token));
+    let body = exchange(
+        stream,
+        SASL_AUTHENTICATE_KEY,
+        &request,
+        SASL_AUTHENTICATE_VERSION,
+    )
+    .await?;
+    decode_authenticate(body)
 }
 
-/// Sends one request and reads the answer to it (correlation id checked, header removed).
-async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
+/// Sends `request` (API `api_key`) in `version` and returns the body of the answer to it
+/// (correlation id checked, header removed), from a frame of at most [`MAX_RESPONSE_BYTES`].
+/// (The crate's `Request` trait, which pairs a message with its key, is only built with its
+/// `broker` feature, which the shipped binary does not enable.)
+async fn exchange<S, R>(
     stream: &mut S,
     api_key: i16,
-    api_version: i16,
-    body: &[u8],
-) -> Result<Vec<u8>, KafkaError> {
-    round_trip_max(stream, api_key, api_version, body, MAX_RESPONSE_BYTES).await
+    request: &R,
+    version: i16,
+) -> Result<Bytes, WireError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: Encodable,
+{
+    let mut body = BytesMut::new();
+    request
+        .encode(&mut body, version)
+        .map_err(|e| cannot_encode(&e))?;
+    let correlation_id = send(stream, api_key, version, &body).await?;
+    let frame = read_frame_bounded(stream, 4, MAX_RESPONSE_BYTES).await?;
+    body_of(frame, correlation_id)
 }
 
-/// [`round_trip`] with a frame of at most `max_frame` bytes.
-async fn round_trip_max<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    api_key: i16,
-    api_version: i16,
-    body: &[u8],
-    max_frame: usize,
-) -> Result<Vec<u8>, KafkaError> {
-    let correlation_id = NEXT_CORRELATION_ID.fetch_add(1, Ordering::Relaxed);
-    stream
-        .write_all(&encode(api_key, api_version, correlation_id, body))
-        .await?;
-    stream.flush().await?;
-    let mut frame = read_frame_bounded(stream, 4, max_frame).await?;
-    let got = frame
-        .get(..4)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(i32::from_be_bytes)
-        .ok_or_else(|| KafkaError::Protocol("truncated response".to_string()))?;
-    if got != correlation_id {
-        return Err(KafkaError::Protocol(format!(
-            "correlation id {got}, expected {correlation_id}"
-        )));
-    }
-    frame.drain(..4);
-    Ok(frame)
-}
-
+/// Sends ApiVersions v0 and decodes the answer.
 async fn request_api_versions<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
-) -> Result<Vec<ApiKeyRange>, KafkaError> {
-    let correlation_id = NEXT_CORRELATION_ID.fetch_add(1, Ordering::Relaxed);
-    stream.write_all(&encode_request(correlation_id)).await?;
-    stream.flush().await?;
+) -> Result<Vec<ApiKeyRange>, WireError> {
+    let mut body = BytesMut::new();
+    ApiVersionsRequest::default()
+        .encode(&mut body, API_VERSIONS_VERSION)
+        .map_err(|e| cannot_encode(&e))?;
+    let correlation_id = send(stream, API_VERSIONS_KEY, API_VERSIONS_VERSION, &body).await?;
     let frame = read_frame(stream).await?;
-    decode_response(&frame, correlation_id)
+    api_versions_of(frame, correlation_id)
 }
 
-fn put_string(out: &mut Vec<u8>, s: &str) {
-    // Only short constants and config values go through here; cut rather than overflow.
-    let bytes = s
-        .as_bytes()
-        .get(..s.len().min(i16::MAX as usize))
-        .unwrap_or_default();
-    out.extend_from_slice(&(bytes.len() as i16).to_be_bytes());
-    out.extend_from_slice(bytes);
+/// Writes one request (a fresh correlation id, `body` already encoded) and returns its
+/// correlation id.
+async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    api_key: i16,
+    api_version: i16,
+    body: &[u8],
+) -> Result<i32, WireError> {
+    let correlation_id = NEXT_CORRELATION_ID.fetch_add(1, Ordering::Relaxed);
+    stream
+        .write_all(&frame_request(api_key, api_version, correlation_id, body)?)
+        .await?;
+    stream.flush().await?;
+    Ok(correlation_id)
 }
 
-/// A complete, size-prefixed request with header v1.
-fn encode(api_key: i16, api_version: i16, correlation_id: i32, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(12 + CLIENT_ID.len() + payload.len());
-    body.extend_from_slice(&api_key.to_be_bytes());
-    body.extend_from_slice(&api_version.to_be_bytes());
-    body.extend_from_slice(&correlation_id.to_be_bytes());
-    put_string(&mut body, CLIENT_ID);
-    body.extend_from_slice(payload);
-    let mut out = Vec::with_capacity(4 + body.len());
-    // Bodies are a few hundred bytes at most (SASL tokens of config values).
-    out.extend_from_slice(&(i32::try_from(body.len()).unwrap_or(i32::MAX)).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
+/// A complete, size-prefixed request: `RequestHeader` v1 naming [`CLIENT_ID`], then `body`.
+fn frame_request(
+    api_key: i16,
+    api_version: i16,
+    correlation_id: i32,
+    body: &[u8],
+) -> Result<BytesMut, WireError> {
+    let header = RequestHeader::default()
+        .with_request_api_key(api_key)
+        .with_request_api_version(api_version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
+    let mut out = BytesMut::with_capacity(body.len().saturating_add(64));
+    out.put_i32(0); // the size, filled in below
+    header
+        .encode(&mut out, REQUEST_HEADER_VERSION)
+        .map_err(|e| cannot_encode(&e))?;
+    out.put_slice(body);
+    let size = i32::try_from(out.len().saturating_sub(4))
+        .map_err(|_| WireError::Protocol("request too long".to_string()))?;
+    if let Some(prefix) = out.get_mut(..4) {
+        prefix.copy_from_slice(&size.to_be_bytes());
+    }
+    Ok(out)
 }
 
-/// The complete, size-prefixed ApiVersions v0 request.
-fn encode_request(correlation_id: i32) -> Vec<u8> {
-    encode(API_VERSIONS_KEY, 0, correlation_id, &[])
+fn cannot_encode(e: &anyhow::Error) -> WireError {
+    WireError::Protocol(format!(
+        "cannot encode the request: {}",
+        sanitize(&e.to_string(), 100)
+    ))
 }
 
 /// Reads one size-prefixed frame of at most [`MAX_RESPONSE_BYTES`]. A TLS alert record
 /// where the size should be means a TLS-only listener.
-async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, KafkaError> {
+async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Bytes, WireError> {
     read_frame_bounded(reader, 10, MAX_RESPONSE_BYTES).await
 }
 
@@ -550,114 +467,152 @@ async fn read_frame_bounded<R: AsyncRead + Unpin>(
     reader: &mut R,
     min: usize,
     max: usize,
-) -> Result<Vec<u8>, KafkaError> {
+) -> Result<Bytes, WireError> {
     let mut size = [0u8; 4];
     reader.read_exact(&mut size).await?;
     if tls::looks_like_tls_alert(&size) {
-        return Err(KafkaError::TlsRequired);
+        return Err(WireError::TlsRequired {
+            message: TLS_REQUIRED,
+        });
     }
     let size = i32::from_be_bytes(size);
     let size = usize::try_from(size)
         .ok()
         .filter(|&s| (min..=max).contains(&s))
-        .ok_or_else(|| KafkaError::Protocol(format!("implausible response size {size}")))?;
+        .ok_or_else(|| WireError::Protocol(format!("implausible response size {size}")))?;
     let mut frame = Vec::with_capacity(size.min(4096));
     let got = reader.take(size as u64).read_to_end(&mut frame).await?;
     if got != size {
-        return Err(KafkaError::Io(io::ErrorKind::UnexpectedEof));
+        return Err(WireError::Io(io::ErrorKind::UnexpectedEof));
+    }
+    Ok(Bytes::from(frame))
+}
+
+/// The body of a response frame after its `ResponseHeader` v0, whose correlation id must
+/// be the request's.
+fn body_of(mut frame: Bytes, correlation_id: i32) -> Result<Bytes, WireError> {
+    let header = ResponseHeader::decode(&mut frame, RESPONSE_HEADER_VERSION)
+        .map_err(|e| undecodable("response header", &e))?;
+    if header.correlation_id != correlation_id {
+        return Err(WireError::Protocol(format!(
+            "correlation id {}, expected {correlation_id}",
+            header.correlation_id
+        )));
     }
     Ok(frame)
 }
 
+/// Decodes a whole response body: the message must fill it exactly.
+fn decode_body<T: Decodable>(
+    mut body: Bytes,
+    version: i16,
+    what: &'static str,
+) -> Result<T, WireError> {
+    let message = T::decode(&mut body, version).map_err(|e| undecodable(what, &e))?;
+    if body.has_remaining() {
+        return Err(WireError::Protocol(format!(
+            "{} trailing bytes after the {what} response",
+            body.remaining()
+        )));
+    }
+    Ok(message)
+}
+
+fn undecodable(what: &str, e: &anyhow::Error) -> WireError {
+    WireError::Protocol(format!(
+        "undecodable {what}: {}",
+        sanitize(&e.to_string(), 100)
+    ))
+}
+
+/// kafka-protocol sizes an array's vector from its count before it reads an element: the
+/// count, an INT32 at `at` in `body`, is refused over `max` before decoding. A body too
+/// short to hold the count is left to the decoder, which reports it truncated.
+fn check_array_len(body: &[u8], at: usize, max: usize, field: &str) -> Result<(), WireError> {
+    let count = body
+        .get(at..at.saturating_add(4))
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(i32::from_be_bytes);
+    match count {
+        Some(n) if usize::try_from(n).is_ok_and(|n| n > max) => Err(WireError::Protocol(format!(
+            "implausible {field} length {n}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Decodes SaslHandshakeResponse v1 (after the header): error 0 and the mechanism listed.
-fn decode_handshake(body: &[u8], wanted: &'static str) -> Result<Vec<String>, KafkaError> {
-    let mut r = Reader { buf: body, pos: 0 };
-    let error_code = r.i16()?;
-    let count = r.i32()?;
-    let count = usize::try_from(count)
-        .ok()
-        .filter(|&n| n <= MAX_MECHANISMS)
-        .ok_or_else(|| KafkaError::Protocol(format!("implausible mechanisms length {count}")))?;
-    let mut mechanisms = Vec::with_capacity(count);
-    for _ in 0..count {
-        mechanisms.push(sanitize(&String::from_utf8_lossy(r.string()?), 32));
-    }
-    if r.remaining() != 0 {
-        return Err(KafkaError::Protocol(
-            "trailing bytes after SaslHandshake response".to_string(),
-        ));
-    }
+fn decode_handshake(body: Bytes, wanted: &'static str) -> Result<Vec<String>, WireError> {
+    check_array_len(&body, 2, MAX_MECHANISMS, "mechanisms")?;
+    let response: SaslHandshakeResponse =
+        decode_body(body, SASL_HANDSHAKE_VERSION, "SaslHandshake")?;
+    let mechanisms: Vec<String> = response
+        .mechanisms
+        .iter()
+        .map(|m| sanitize(m.as_str(), 32))
+        .collect();
+    let error_code = response.error_code;
     if error_code == 33 || (error_code == 0 && !mechanisms.iter().any(|m| m == wanted)) {
-        return Err(KafkaError::MechanismUnsupported {
+        return Err(WireError::MechanismUnsupported {
             wanted,
             enabled: sanitize(&mechanisms.join(", "), 100),
         });
     }
     if error_code != 0 {
-        return Err(KafkaError::Broker { code: error_code });
+        return Err(WireError::Broker { code: error_code });
     }
     Ok(mechanisms)
 }
 
 /// Decodes SaslAuthenticateResponse v0 (after the header): the server's bytes, or the
 /// broker's error code and message.
-fn decode_authenticate(body: &[u8]) -> Result<Vec<u8>, AuthFailure> {
-    let mut r = Reader { buf: body, pos: 0 };
-    let error_code = r.i16()?;
-    let message = r
-        .nullable_string()?
-        .map(|m| sanitize(&String::from_utf8_lossy(m), 160));
-    let bytes = r.bytes()?.to_vec();
-    if r.remaining() != 0 {
-        return Err(AuthFailure::Other(KafkaError::Protocol(
-            "trailing bytes after SaslAuthenticate response".to_string(),
-        )));
-    }
-    if error_code != 0 {
+fn decode_authenticate(body: Bytes) -> Result<Bytes, AuthFailure> {
+    let response: SaslAuthenticateResponse =
+        decode_body(body, SASL_AUTHENTICATE_VERSION, "SaslAuthenticate")?;
+    if response.error_code != 0 {
         return Err(AuthFailure::Rejected(
-            error_code,
-            message.unwrap_or_default(),
+            response.error_code,
+            response
+                .error_message
+                .map(|m| sanitize(m.as_str(), 160))
+                .unwrap_or_default(),
         ));
     }
-    Ok(bytes)
+    Ok(response.auth_bytes)
 }
 
 /// Decodes ResponseHeader v0 + ApiVersionsResponse v0 (without the size prefix).
 ///
 /// Public as the entry point of the fuzz harness (`tests/fuzz.rs`): it is the code that
 /// reads the first bytes a broker sent.
-pub fn decode_response(frame: &[u8], correlation_id: i32) -> Result<Vec<ApiKeyRange>, KafkaError> {
-    let mut r = Reader { buf: frame, pos: 0 };
-    let got_id = r.i32()?;
-    if got_id != correlation_id {
-        return Err(KafkaError::Protocol(format!(
-            "correlation id {got_id}, expected {correlation_id}"
-        )));
+pub fn decode_response(frame: &[u8], correlation_id: i32) -> Result<Vec<ApiKeyRange>, WireError> {
+    api_versions_of(Bytes::copy_from_slice(frame), correlation_id)
+}
+
+/// [`decode_response`] of a frame already in a [`Bytes`].
+fn api_versions_of(frame: Bytes, correlation_id: i32) -> Result<Vec<ApiKeyRange>, WireError> {
+    let body = body_of(frame, correlation_id)?;
+    check_array_len(&body, 2, MAX_API_KEYS, "api_keys")?;
+    let response: ApiVersionsResponse = decode_body(body, API_VERSIONS_VERSION, "ApiVersions")?;
+    if response.error_code != 0 {
+        return Err(WireError::Broker {
+            code: response.error_code,
+        });
     }
-    let error_code = r.i16()?;
-    if error_code != 0 {
-        return Err(KafkaError::Broker { code: error_code });
+    if response.api_keys.is_empty() {
+        return Err(WireError::Protocol(
+            "implausible api_keys length 0".to_string(),
+        ));
     }
-    let count = r.i32()?;
-    let count = usize::try_from(count)
-        .ok()
-        .filter(|&n| (1..=MAX_API_KEYS).contains(&n))
-        .ok_or_else(|| KafkaError::Protocol(format!("implausible api_keys length {count}")))?;
-    if r.remaining() != count * 6 {
-        return Err(KafkaError::Protocol(format!(
-            "api_keys array of {count} entries does not fill the {} byte frame",
-            frame.len()
-        )));
-    }
-    let mut keys = Vec::with_capacity(count);
-    for _ in 0..count {
+    let mut keys = Vec::with_capacity(response.api_keys.len());
+    for k in &response.api_keys {
         let key = ApiKeyRange {
-            api_key: r.i16()?,
-            min_version: r.i16()?,
-            max_version: r.i16()?,
+            api_key: k.api_key,
+            min_version: k.min_version,
+            max_version: k.max_version,
         };
         if key.api_key < 0 || key.min_version < 0 || key.min_version > key.max_version {
-            return Err(KafkaError::Protocol(format!(
+            return Err(WireError::Protocol(format!(
                 "invalid api_keys entry {}: versions {}..{}",
                 key.api_key, key.min_version, key.max_version
             )));
@@ -665,89 +620,42 @@ pub fn decode_response(frame: &[u8], correlation_id: i32) -> Result<Vec<ApiKeyRa
         keys.push(key);
     }
     if !keys.iter().any(|k| k.api_key == API_VERSIONS_KEY) {
-        return Err(KafkaError::Protocol(
+        return Err(WireError::Protocol(
             "api_keys does not list ApiVersions".to_string(),
         ));
     }
     Ok(keys)
 }
 
-/// Bounds-checked big-endian reader.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl Reader<'_> {
-    fn remaining(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
-    }
-
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], KafkaError> {
-        let bytes = self
-            .buf
-            .get(self.pos..self.pos.saturating_add(N))
-            .and_then(|s| <[u8; N]>::try_from(s).ok())
-            .ok_or_else(|| KafkaError::Protocol("truncated response".to_string()))?;
-        self.pos += N;
-        Ok(bytes)
-    }
-
-    fn i16(&mut self) -> Result<i16, KafkaError> {
-        Ok(i16::from_be_bytes(self.take()?))
-    }
-
-    fn i32(&mut self) -> Result<i32, KafkaError> {
-        Ok(i32::from_be_bytes(self.take()?))
-    }
-
-    fn slice(&mut self, len: usize) -> Result<&[u8], KafkaError> {
-        let end = self
-            .pos
-            .checked_add(len)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or_else(|| KafkaError::Protocol("truncated response".to_string()))?;
-        let s = self.buf.get(self.pos..end).unwrap_or_default();
-        self.pos = end;
-        Ok(s)
-    }
-
-    /// STRING: INT16 length (not negative) + bytes.
-    fn string(&mut self) -> Result<&[u8], KafkaError> {
-        self.nullable_string()?
-            .ok_or_else(|| KafkaError::Protocol("null where a string is required".to_string()))
-    }
-
-    /// NULLABLE_STRING: INT16 length (-1 for null) + bytes.
-    fn nullable_string(&mut self) -> Result<Option<&[u8]>, KafkaError> {
-        let len = self.i16()?;
-        if len == -1 {
-            return Ok(None);
-        }
-        let len = usize::try_from(len)
-            .map_err(|_| KafkaError::Protocol(format!("negative string length {len}")))?;
-        self.slice(len).map(Some)
-    }
-
-    /// BYTES: INT32 length (not negative) + bytes.
-    fn bytes(&mut self) -> Result<&[u8], KafkaError> {
-        let len = self.i32()?;
-        let len = usize::try_from(len)
-            .map_err(|_| KafkaError::Protocol(format!("negative bytes length {len}")))?;
-        self.slice(len)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::FailureReason;
 
     #[test]
     fn request_bytes_match_the_spec() {
-        let req = encode_request(0x0102_0304);
+        // Size, RequestHeader v1 (key, version, correlation id, client id), ApiVersions v0.
+        let req = frame_request(API_VERSIONS_KEY, 0, 0x0102_0304, &[]).unwrap();
         let mut want = vec![0, 0, 0, 26, 0, 18, 0, 0, 1, 2, 3, 4, 0, 16];
         want.extend_from_slice(b"gravity-exporter");
-        assert_eq!(req, want);
+        assert_eq!(&req[..], &want[..]);
+        // SaslHandshake v1: mechanism as STRING; SaslAuthenticate v0: auth_bytes as BYTES.
+        let mut b = BytesMut::new();
+        SaslHandshakeRequest::default()
+            .with_mechanism(StrBytes::from_static_str("PLAIN"))
+            .encode(&mut b, SASL_HANDSHAKE_VERSION)
+            .unwrap();
+        assert_eq!(&b[..], b"\0\x05PLAIN");
+        let mut b = BytesMut::new();
+        SaslAuthenticateRequest::default()
+            .with_auth_bytes(Bytes::from_static(b"\0u\0p"))
+            .encode(&mut b, SASL_AUTHENTICATE_VERSION)
+            .unwrap();
+        assert_eq!(&b[..], b"\0\0\0\x04\0u\0p");
+        assert_eq!(
+            (API_VERSIONS_KEY, SASL_HANDSHAKE_KEY, SASL_AUTHENTICATE_KEY),
+            (18, 17, 36)
+        );
     }
 
     fn valid_frame(correlation_id: i32) -> Vec<u8> {
@@ -778,21 +686,27 @@ mod tests {
         );
         assert!(matches!(
             decode_response(&valid_frame(7), 8),
-            Err(KafkaError::Protocol(_))
+            Err(WireError::Protocol(_))
         ));
         let f = valid_frame(7);
         for n in 0..f.len() {
-            assert!(decode_response(&f[..n], 7).is_err(), "prefix {n}");
+            let e = decode_response(&f[..n], 7).unwrap_err();
+            assert_eq!(e.reason(), FailureReason::Protocol, "prefix {n}: {e}");
         }
         let mut extra = f.clone();
         extra.push(0);
         assert!(decode_response(&extra, 7).is_err(), "trailing byte");
+        // A count of 2^31-1 is refused before the decoder sizes a vector from it.
         let mut huge = f.clone();
         huge[6..10].copy_from_slice(&i32::MAX.to_be_bytes());
-        assert!(decode_response(&huge, 7).is_err());
+        let e = decode_response(&huge, 7).unwrap_err();
+        assert!(e.to_string().contains("implausible api_keys length"), "{e}");
         let mut negative = f.clone();
         negative[6..10].copy_from_slice(&(-1i32).to_be_bytes());
         assert!(decode_response(&negative, 7).is_err());
+        let mut empty = f[..10].to_vec();
+        empty[9] = 0;
+        assert!(decode_response(&empty, 7).is_err(), "no api keys");
         let mut inverted = f.clone();
         inverted[13] = 10; // Produce min 10 > max 9
         assert!(decode_response(&inverted, 7).is_err());
@@ -802,7 +716,7 @@ mod tests {
         let mut err = f;
         err[5] = 35;
         let e = decode_response(&err, 7).unwrap_err();
-        assert!(matches!(e, KafkaError::Broker { code: 35 }));
+        assert!(matches!(e, WireError::Broker { code: 35 }));
         assert!(e.to_string().contains("UNSUPPORTED_VERSION"), "{e}");
     }
 
@@ -811,12 +725,17 @@ mod tests {
         let mut huge = &[0x7F, 0xFF, 0xFF, 0xFF, 0, 0][..];
         assert!(matches!(
             read_frame(&mut huge).await,
-            Err(KafkaError::Protocol(_))
+            Err(WireError::Protocol(_))
         ));
         let mut http = &b"HTTP/1.1 400 Bad Request"[..];
         assert!(matches!(
             read_frame(&mut http).await,
-            Err(KafkaError::Protocol(_))
+            Err(WireError::Protocol(_))
+        ));
+        let mut alert = &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46][..];
+        assert!(matches!(
+            read_frame(&mut alert).await,
+            Err(WireError::TlsRequired { .. })
         ));
         let mut short = &[0, 0, 0, 20, 1, 2][..];
         let e = read_frame(&mut short).await.unwrap_err();
@@ -830,35 +749,56 @@ mod tests {
             hs.extend_from_slice(&(m.len() as i16).to_be_bytes());
             hs.extend_from_slice(m.as_bytes());
         }
-        assert_eq!(decode_handshake(&hs, "PLAIN").unwrap().len(), 2);
+        let handshake = |b: &[u8], wanted| decode_handshake(Bytes::copy_from_slice(b), wanted);
+        assert_eq!(handshake(&hs, "PLAIN").unwrap().len(), 2);
         assert!(matches!(
-            decode_handshake(&hs, "SCRAM-SHA-512"),
-            Err(KafkaError::MechanismUnsupported { .. })
+            handshake(&hs, "SCRAM-SHA-512"),
+            Err(WireError::MechanismUnsupported { .. })
         ));
         for n in 0..hs.len() {
-            assert!(decode_handshake(&hs[..n], "PLAIN").is_err(), "prefix {n}");
+            assert!(handshake(&hs[..n], "PLAIN").is_err(), "prefix {n}");
         }
         let mut long = hs.clone();
         long.push(0);
-        assert!(decode_handshake(&long, "PLAIN").is_err());
+        assert!(handshake(&long, "PLAIN").is_err());
+        let mut many = hs.clone();
+        many[2..6].copy_from_slice(&i32::MAX.to_be_bytes());
+        let e = handshake(&many, "PLAIN").unwrap_err();
+        assert!(
+            e.to_string().contains("implausible mechanisms length"),
+            "{e}"
+        );
+        let mut unsupported = hs.clone();
+        unsupported[1] = 33;
+        assert_eq!(
+            handshake(&unsupported, "PLAIN").unwrap_err().reason(),
+            FailureReason::AuthPluginUnsupported
+        );
+        let authenticate = |b: &[u8]| decode_authenticate(Bytes::copy_from_slice(b));
         let mut auth = vec![0, 58, 0, 3, b'b', b'a', b'd', 0, 0, 0, 0];
         assert!(matches!(
-            decode_authenticate(&auth),
+            authenticate(&auth),
             Err(AuthFailure::Rejected(58, ref m)) if m == "bad"
         ));
         auth[1] = 0;
-        assert_eq!(decode_authenticate(&auth).ok(), Some(vec![]));
+        assert_eq!(authenticate(&auth).ok(), Some(Bytes::new()));
         for n in 0..auth.len() {
-            assert!(decode_authenticate(&auth[..n]).is_err(), "prefix {n}");
+            assert!(authenticate(&auth[..n]).is_err(), "prefix {n}");
         }
         let negative = [0, 0, 0xff, 0xff, 0x80, 0, 0, 0];
-        assert!(decode_authenticate(&negative).is_err());
+        assert!(authenticate(&negative).is_err());
+        // A BYTES length of 2^31-1 over a short frame is truncation, not an allocation.
+        let huge = [0, 0, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff, 1];
+        assert!(matches!(
+            authenticate(&huge),
+            Err(AuthFailure::Other(WireError::Protocol(_)))
+        ));
     }
 
     #[test]
     fn errors_never_show_secrets() {
         // Error messages hold codes, the user and the broker's words, never the password.
-        let e = KafkaError::Broker { code: 58 };
+        let e = WireError::Broker { code: 58 };
         assert_eq!(
             e.to_string(),
             "broker returned error code 58 (SASL_AUTHENTICATION_FAILED)"

@@ -27,8 +27,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{Compression, RecordBatchDecoder};
 
-use super::kafka::{connect, Connection, KafkaError, KafkaSecurity};
-use super::Endpoint;
+use super::kafka::{connect, Connection, KafkaSecurity};
+use super::{Endpoint, WireError};
 
 /// Most partitions of the topic read.
 pub const MAX_PARTITIONS: usize = 64;
@@ -60,7 +60,7 @@ const FETCH: i16 = 1;
 pub enum TopicError {
     /// Connecting, the login, or a request failed.
     #[error(transparent)]
-    Kafka(#[from] KafkaError),
+    Kafka(#[from] WireError),
     /// The broker cannot serve the API in a version this reader speaks.
     #[error("the broker supports no version of {api} in {ours} (Kafka older than 0.11?)")]
     Version {
@@ -328,8 +328,8 @@ fn encode<T: Encodable>(msg: &T, version: i16, api: &'static str) -> Result<Vec<
     Ok(b.to_vec())
 }
 
-fn decode<T: Decodable>(frame: Vec<u8>, version: i16, api: &'static str) -> Result<T, TopicError> {
-    let mut b = Bytes::from(frame);
+fn decode<T: Decodable>(frame: Bytes, version: i16, api: &'static str) -> Result<T, TopicError> {
+    let mut b = frame;
     let v = T::decode(&mut b, version).map_err(|e| TopicError::Decode {
         api,
         detail: e.to_string(),
@@ -517,7 +517,7 @@ impl TopicReader {
             self.disconnect();
             // A kept connection the broker closed meanwhile (connections.max.idle.ms): once
             // more on fresh ones.
-            if reused && matches!(r, Err(TopicError::Kafka(KafkaError::Io(_)))) {
+            if reused && matches!(r, Err(TopicError::Kafka(WireError::Io(_)))) {
                 r = within(deadline, self.mark_end_inner(all, deadline)).await;
                 if r.is_err() {
                     self.disconnect();
@@ -593,7 +593,7 @@ impl TopicReader {
             self.disconnect();
             // A kept connection the broker closed meanwhile: once more on fresh ones (the
             // cursors only move past what was handed to `f`).
-            if reused && matches!(r, Err(TopicError::Kafka(KafkaError::Io(_)))) {
+            if reused && matches!(r, Err(TopicError::Kafka(WireError::Io(_)))) {
                 r = within(deadline, self.poll_inner(deadline, f)).await;
                 if r.is_err() {
                     self.disconnect();

@@ -10,6 +10,9 @@
 //! * [`mongo`]: a MongoDB `hello` command over `OP_MSG`.
 //! * [`http`]: an HTTP `GET /` with basic auth (Elasticsearch).
 //!
+//! The Kafka and MongoDB probes, which speak their protocols over their own connections,
+//! fail with one error type, [`WireError`] (its protocol-specific variants say which).
+//!
 //! Why speak the protocols instead of just opening a TCP connection: a bare TCP connect to
 //! MySQL that never completes the handshake counts toward the server's
 //! `max_connect_errors`, and after enough of them the server blocks the exporter's host
@@ -22,6 +25,7 @@
 //! whose `detail` is a short human-readable string that never contains a password.
 //! Passwords travel in a [`Secret`], whose `Debug` is redacted and which has no `Display`.
 
+mod error;
 pub mod http;
 pub mod kafka;
 pub mod kafka_topic;
@@ -29,6 +33,7 @@ pub mod mongo;
 pub mod mysql;
 pub mod scram;
 pub use crate::tls;
+pub use error::WireError;
 
 use std::fmt;
 use std::future::Future;

@@ -28,12 +28,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::scram::{self, ScramClient, ScramError, ScramHash};
-use super::{
-    connect_tcp, io_reason, run_probe, sanitize, ConnectError, Endpoint, FailureReason,
-    ProbeOutcome, Secret,
-};
-use crate::tls::{self, TlsError, TlsOptions};
+use super::scram::{self, ScramClient, ScramHash};
+use super::{connect_tcp, run_probe, sanitize, Endpoint, ProbeOutcome, Secret, WireError};
+use crate::tls::{self, TlsOptions};
 
 /// `OP_MSG` opcode.
 pub const OP_MSG: i32 = 2013;
@@ -88,96 +85,25 @@ pub struct MongoSecurity {
     pub login: Option<MongoLogin>,
 }
 
-/// Errors of the MongoDB probe.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum MongoError {
-    /// The TCP connection could not be opened.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// TLS could not be set up or its handshake failed.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    /// A plaintext request was answered with a TLS alert: the server wants TLS.
-    #[error("the server speaks TLS only, gravity's config has no TLS for it")]
-    TlsRequired,
-    /// The deadline passed.
-    #[error("no answer within {after_ms} ms")]
-    Timeout {
-        /// The time allowed, in milliseconds.
-        after_ms: u128,
-    },
-    /// The connection failed mid-exchange (EOF, reset, ...).
-    #[error("connection lost: {0}")]
-    Io(io::ErrorKind),
-    /// The SCRAM exchange failed on the client's side.
-    #[error(transparent)]
-    Scram(#[from] ScramError),
-    /// The password cannot be prepared for SCRAM-SHA-256 (SASLprep, RFC 4013).
-    #[error("the password is not valid for SCRAM-SHA-256 (SASLprep refused it)")]
-    PasswordPrep,
-    /// The reply is not a valid OP_MSG / BSON answer.
-    #[error("protocol violation: {0}")]
-    Protocol(String),
-    /// The server answered `ok: 0`.
-    #[error("command failed: code {code} {code_name}: {message}")]
-    Command {
-        /// `code` (0 when absent).
-        code: i32,
-        /// `codeName`, sanitised (empty when absent).
-        code_name: String,
-        /// `errmsg`, sanitised and shortened.
-        message: String,
-    },
-}
+/// What the probe says when a plaintext request is answered with a TLS alert.
+const TLS_REQUIRED: &str = "the server speaks TLS only, gravity's config has no TLS for it";
 
-impl MongoError {
-    /// The probe [`FailureReason`]: Unauthorized (13) and AuthenticationFailed (18) are
-    /// `Auth`; other command errors and malformed replies are `Protocol`.
-    pub fn reason(&self) -> FailureReason {
-        match self {
-            MongoError::Connect(e) => e.reason(),
-            MongoError::Tls(_) => FailureReason::Tls,
-            MongoError::TlsRequired => FailureReason::TlsRequired,
-            MongoError::Timeout { .. } => FailureReason::Timeout,
-            MongoError::Io(kind) => io_reason(*kind),
-            MongoError::Command { code: 13 | 18, .. } | MongoError::PasswordPrep => {
-                FailureReason::Auth
-            }
-            MongoError::Scram(ScramError::BadServerSignature | ScramError::Server(_)) => {
-                FailureReason::Auth
-            }
-            // MechanismUnavailable (334): the account has no credentials for the mechanism.
-            MongoError::Command { code: 334, .. } => FailureReason::AuthPluginUnsupported,
-            MongoError::Scram(_) | MongoError::Protocol(_) | MongoError::Command { .. } => {
-                FailureReason::Protocol
-            }
-        }
-    }
-}
-
-impl From<io::Error> for MongoError {
-    fn from(e: io::Error) -> Self {
-        MongoError::Io(e.kind())
-    }
-}
-
-impl From<bson::BsonError> for MongoError {
+impl From<bson::BsonError> for WireError {
     fn from(e: bson::BsonError) -> Self {
-        MongoError::Protocol(e.to_string())
+        WireError::Protocol(e.to_string())
     }
 }
 
 /// Runs `hello` (falling back to `isMaster`) against `endpoint` within `deadline`
 /// (plaintext, no login).
-pub async fn hello(endpoint: &Endpoint, deadline: Duration) -> Result<HelloReply, MongoError> {
+pub async fn hello(endpoint: &Endpoint, deadline: Duration) -> Result<HelloReply, WireError> {
     let work = async {
         let mut stream = connect_tcp(endpoint, deadline).await?;
         hello_on(&mut stream, None).await
     };
     match tokio::time::timeout(deadline, work).await {
         Ok(result) => result,
-        Err(_) => Err(MongoError::Timeout {
+        Err(_) => Err(WireError::Timeout {
             after_ms: deadline.as_millis(),
         }),
     }
@@ -201,13 +127,13 @@ pub async fn check_then<T, F>(
     security: &MongoSecurity,
     deadline: Duration,
     then: F,
-) -> Result<(CheckReport, T), MongoError>
+) -> Result<(CheckReport, T), WireError>
 where
     F: for<'a> FnOnce(
         HelloReply,
         &'a mut (dyn Duplex + 'a),
     ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<T, MongoError>> + Send + 'a>,
+        Box<dyn std::future::Future<Output = Result<T, WireError>> + Send + 'a>,
     >,
 {
     let work = async {
@@ -244,7 +170,7 @@ where
     };
     match tokio::time::timeout(deadline, work).await {
         Ok(result) => result,
-        Err(_) => Err(MongoError::Timeout {
+        Err(_) => Err(WireError::Timeout {
             after_ms: deadline.as_millis(),
         }),
     }
@@ -259,7 +185,7 @@ pub async fn check(
     endpoint: &Endpoint,
     security: &MongoSecurity,
     deadline: Duration,
-) -> Result<CheckReport, MongoError> {
+) -> Result<CheckReport, WireError> {
     check_then(endpoint, security, deadline, |_, _| {
         Box::pin(async { Ok(()) })
     })
@@ -303,7 +229,7 @@ fn describe_report(report: &CheckReport, security: &MongoSecurity) -> String {
 async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     stream: &mut S,
     login: Option<&MongoLogin>,
-) -> Result<(HelloReply, Option<&'static str>), MongoError> {
+) -> Result<(HelloReply, Option<&'static str>), WireError> {
     let hello = hello_on(stream, login).await?;
     let Some(login) = login else {
         return Ok((hello, None));
@@ -321,9 +247,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send>(
 async fn hello_on<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     login: Option<&MongoLogin>,
-) -> Result<HelloReply, MongoError> {
+) -> Result<HelloReply, WireError> {
     match command(stream, "hello", login).await {
-        Err(MongoError::Command {
+        Err(WireError::Command {
             code: COMMAND_NOT_FOUND,
             ..
         }) => {
@@ -338,7 +264,7 @@ async fn hello_on<S: AsyncRead + AsyncWrite + Unpin>(
 /// The password bytes SCRAM uses: MongoDB's SCRAM-SHA-1 takes the hex MD5 of
 /// `user:mongo:password` (the legacy MONGODB-CR digest), SCRAM-SHA-256 the SASLprep'd
 /// password (RFC 4013).
-fn prepared_password(login: &MongoLogin, hash: ScramHash) -> Result<Vec<u8>, MongoError> {
+fn prepared_password(login: &MongoLogin, hash: ScramHash) -> Result<Vec<u8>, WireError> {
     match hash {
         ScramHash::Sha1 => {
             use md5::{Digest, Md5};
@@ -355,7 +281,7 @@ fn prepared_password(login: &MongoLogin, hash: ScramHash) -> Result<Vec<u8>, Mon
         }
         _ => stringprep::saslprep(login.password.expose())
             .map(|p| p.as_bytes().to_vec())
-            .map_err(|_| MongoError::PasswordPrep),
+            .map_err(|_| WireError::PasswordPrep),
     }
 }
 
@@ -364,7 +290,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin + Send>(
     stream: &mut S,
     login: &MongoLogin,
     hash: ScramHash,
-) -> Result<(), MongoError> {
+) -> Result<(), WireError> {
     let password = prepared_password(login, hash)?;
     let client = ScramClient::new(hash, &login.user, &password, &scram::new_nonce()?);
     drop(password);
@@ -381,14 +307,14 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let reply = run_command(stream, &start.finish()).await?;
     let (conversation_id, done, server_first) = sasl_reply(&reply)?;
     if done {
-        return Err(MongoError::Protocol(
+        return Err(WireError::Protocol(
             "saslStart ended the conversation early".to_string(),
         ));
     }
     let (client_final, signature) =
         tokio::task::spawn_blocking(move || client.client_final(&server_first))
             .await
-            .map_err(|e| MongoError::Protocol(format!("SCRAM task failed: {e}")))??;
+            .map_err(|e| WireError::Protocol(format!("SCRAM task failed: {e}")))??;
     let mut cont = bson::DocBuilder::new();
     cont.int32("saslContinue", 1)
         .int32("conversationId", conversation_id)
@@ -408,7 +334,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin + Send>(
         done = sasl_reply(&reply)?.1;
     }
     if !done {
-        return Err(MongoError::Protocol(
+        return Err(WireError::Protocol(
             "SCRAM conversation did not end".to_string(),
         ));
     }
@@ -416,16 +342,16 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin + Send>(
 }
 
 /// `conversationId`, `done` and `payload` of a saslStart/saslContinue reply.
-fn sasl_reply(body: &[u8]) -> Result<(i32, bool, Vec<u8>), MongoError> {
+fn sasl_reply(body: &[u8]) -> Result<(i32, bool, Vec<u8>), WireError> {
     use bson::Value;
     let doc = bson::Document::parse(body)?;
     command_ok(&doc)?;
     let id = match doc.get("conversationId")? {
         Some(Value::Int32(i)) => i,
         Some(Value::Int64(i)) => i32::try_from(i)
-            .map_err(|_| MongoError::Protocol("conversationId out of range".to_string()))?,
+            .map_err(|_| WireError::Protocol("conversationId out of range".to_string()))?,
         _ => {
-            return Err(MongoError::Protocol(
+            return Err(WireError::Protocol(
                 "SASL reply without conversationId".to_string(),
             ))
         }
@@ -435,7 +361,7 @@ fn sasl_reply(body: &[u8]) -> Result<(i32, bool, Vec<u8>), MongoError> {
         Some(Value::Binary(_, data)) => data.to_vec(),
         Some(Value::String(s)) => s.to_vec(),
         _ => {
-            return Err(MongoError::Protocol(
+            return Err(WireError::Protocol(
                 "SASL reply without payload".to_string(),
             ))
         }
@@ -444,15 +370,15 @@ fn sasl_reply(body: &[u8]) -> Result<(i32, bool, Vec<u8>), MongoError> {
 }
 
 /// `Err(Command)` unless the reply says `ok: 1`.
-fn command_ok(doc: &bson::Document<'_>) -> Result<(), MongoError> {
+fn command_ok(doc: &bson::Document<'_>) -> Result<(), WireError> {
     use bson::Value;
     let ok = match doc.get("ok")? {
         Some(Value::Double(d)) => d == 1.0,
         Some(Value::Int32(i)) => i == 1,
         Some(Value::Int64(i)) => i == 1,
         Some(Value::Bool(b)) => b,
-        Some(_) => return Err(MongoError::Protocol("non-numeric ok field".to_string())),
-        None => return Err(MongoError::Protocol("reply without ok field".to_string())),
+        Some(_) => return Err(WireError::Protocol("non-numeric ok field".to_string())),
+        None => return Err(WireError::Protocol("reply without ok field".to_string())),
     };
     if ok {
         return Ok(());
@@ -467,7 +393,7 @@ fn command_ok(doc: &bson::Document<'_>) -> Result<(), MongoError> {
         Some(Value::Double(c)) if c.fract() == 0.0 && c.abs() < 1e9 => c as i32,
         _ => 0,
     };
-    Err(MongoError::Command {
+    Err(WireError::Command {
         code,
         code_name: text(doc.get("codeName")?, 64).unwrap_or_default(),
         message: text(doc.get("errmsg")?, 200).unwrap_or_default(),
@@ -478,14 +404,14 @@ fn command_ok(doc: &bson::Document<'_>) -> Result<(), MongoError> {
 pub(crate) async fn run_command<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     stream: &mut S,
     doc: &[u8],
-) -> Result<Vec<u8>, MongoError> {
+) -> Result<Vec<u8>, WireError> {
     let request_id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
     stream.write_all(&encode_op_msg(request_id, 0, doc)).await?;
     stream.flush().await?;
     let message = read_message(stream).await?;
     let msg = parse_op_msg(&message)?;
     if msg.response_to != request_id {
-        return Err(MongoError::Protocol(format!(
+        return Err(WireError::Protocol(format!(
             "responseTo {} does not match request {request_id}",
             msg.response_to
         )));
@@ -509,7 +435,7 @@ pub struct OplogBounds {
 async fn oplog_edge<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     stream: &mut S,
     direction: i32,
-) -> Result<Option<u64>, MongoError> {
+) -> Result<Option<u64>, WireError> {
     let mut sort = bson::DocBuilder::new();
     sort.int32("$natural", direction);
     let mut projection = bson::DocBuilder::new();
@@ -528,30 +454,28 @@ async fn oplog_edge<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     };
     match bson::Document::parse(&first)?.get("ts")? {
         Some(bson::Value::Timestamp(ts)) => Ok(Some(ts)),
-        _ => Err(MongoError::Protocol(
+        _ => Err(WireError::Protocol(
             "oplog entry without a timestamp ts".to_string(),
         )),
     }
 }
 
 /// The first document of a `find` reply's `cursor.firstBatch` (raw bytes).
-fn first_in_batch(reply: &[u8]) -> Result<Option<Vec<u8>>, MongoError> {
+fn first_in_batch(reply: &[u8]) -> Result<Option<Vec<u8>>, WireError> {
     use bson::Value;
     let doc = bson::Document::parse(reply)?;
     command_ok(&doc)?;
     let Some(Value::Document(cursor)) = doc.get("cursor")? else {
-        return Err(MongoError::Protocol(
-            "find reply without cursor".to_string(),
-        ));
+        return Err(WireError::Protocol("find reply without cursor".to_string()));
     };
     let Some(Value::Array(batch)) = bson::Document::parse(cursor)?.get("firstBatch")? else {
-        return Err(MongoError::Protocol(
+        return Err(WireError::Protocol(
             "find reply without cursor.firstBatch".to_string(),
         ));
     };
     match bson::Document::parse(batch)?.values()?.first() {
         Some(Value::Document(raw)) => Ok(Some(raw.to_vec())),
-        Some(_) => Err(MongoError::Protocol(
+        Some(_) => Err(WireError::Protocol(
             "cursor.firstBatch holds a non-document".to_string(),
         )),
         None => Ok(None),
@@ -564,7 +488,7 @@ fn first_in_batch(reply: &[u8]) -> Result<Option<Vec<u8>>, MongoError> {
 /// (gravity's own user has it: gravity tails the oplog). `None`: no oplog.
 pub async fn oplog_bounds<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     stream: &mut S,
-) -> Result<Option<OplogBounds>, MongoError> {
+) -> Result<Option<OplogBounds>, WireError> {
     let Some(oldest) = oplog_edge(stream, 1).await? else {
         return Ok(None);
     };
@@ -591,7 +515,7 @@ pub async fn find_i64_by_id<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     collection: &str,
     id: &str,
     field: &str,
-) -> Result<Option<i64>, MongoError> {
+) -> Result<Option<i64>, WireError> {
     let mut filter = bson::DocBuilder::new();
     filter.string("_id", id);
     let mut projection = bson::DocBuilder::new();
@@ -623,7 +547,7 @@ pub async fn upsert_by_id<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     collection: &str,
     id: &str,
     fields: &[(&str, FieldValue)],
-) -> Result<(), MongoError> {
+) -> Result<(), WireError> {
     let mut q = bson::DocBuilder::new();
     q.string("_id", id);
     let mut set = bson::DocBuilder::new();
@@ -673,7 +597,7 @@ pub async fn upsert_by_id<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
             Some(bson::Value::String(m)) => sanitize(&String::from_utf8_lossy(m), 200),
             _ => String::new(),
         };
-        return Err(MongoError::Command {
+        return Err(WireError::Command {
             code,
             code_name: key.to_string(),
             message,
@@ -707,7 +631,7 @@ async fn command<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     name: &str,
     login: Option<&MongoLogin>,
-) -> Result<HelloReply, MongoError> {
+) -> Result<HelloReply, WireError> {
     let mut doc = bson::DocBuilder::new();
     doc.int32(name, 1);
     if let Some(login) = login {
@@ -731,10 +655,10 @@ async fn command<S: AsyncRead + AsyncWrite + Unpin>(
 ///
 /// Public as the entry point of the fuzz harness (`tests/fuzz.rs`): it is the only code that
 /// reads bytes a server sent, after [`read_message`]'s length check.
-pub fn decode_reply(message: &[u8], request_id: i32) -> Result<HelloReply, MongoError> {
+pub fn decode_reply(message: &[u8], request_id: i32) -> Result<HelloReply, WireError> {
     let msg = parse_op_msg(message)?;
     if msg.response_to != request_id {
-        return Err(MongoError::Protocol(format!(
+        return Err(WireError::Protocol(format!(
             "responseTo {} does not match request {request_id}",
             msg.response_to
         )));
@@ -758,25 +682,25 @@ fn encode_op_msg(request_id: i32, response_to: i32, body: &[u8]) -> Vec<u8> {
 }
 
 /// Reads one whole message (header included), at most [`MAX_MESSAGE_BYTES`].
-async fn read_message<R: AsyncRead + Unpin + ?Sized>(
-    reader: &mut R,
-) -> Result<Vec<u8>, MongoError> {
+async fn read_message<R: AsyncRead + Unpin + ?Sized>(reader: &mut R) -> Result<Vec<u8>, WireError> {
     let mut len = [0u8; 4];
     reader.read_exact(&mut len).await?;
     if tls::looks_like_tls_alert(&len) {
-        return Err(MongoError::TlsRequired);
+        return Err(WireError::TlsRequired {
+            message: TLS_REQUIRED,
+        });
     }
     let raw = i32::from_le_bytes(len);
     let total = usize::try_from(raw)
         .ok()
         .filter(|&n| (HEADER_LEN + 4 + 1 + 5..=MAX_MESSAGE_BYTES).contains(&n))
-        .ok_or_else(|| MongoError::Protocol(format!("implausible message length {raw}")))?;
+        .ok_or_else(|| WireError::Protocol(format!("implausible message length {raw}")))?;
     let mut message = Vec::with_capacity(total.min(64 * 1024));
     message.extend_from_slice(&len);
     let want = total - 4;
     let got = reader.take(want as u64).read_to_end(&mut message).await?;
     if got != want {
-        return Err(MongoError::Io(io::ErrorKind::UnexpectedEof));
+        return Err(WireError::Io(io::ErrorKind::UnexpectedEof));
     }
     Ok(message)
 }
@@ -788,27 +712,27 @@ struct OpMsg<'a> {
 }
 
 /// Parses a complete OP_MSG (header included, length already checked by the reader).
-fn parse_op_msg(message: &[u8]) -> Result<OpMsg<'_>, MongoError> {
-    let field = |at: usize| -> Result<[u8; 4], MongoError> {
+fn parse_op_msg(message: &[u8]) -> Result<OpMsg<'_>, WireError> {
+    let field = |at: usize| -> Result<[u8; 4], WireError> {
         message
             .get(at..at + 4)
             .and_then(|s| <[u8; 4]>::try_from(s).ok())
-            .ok_or_else(|| MongoError::Protocol("truncated message header".to_string()))
+            .ok_or_else(|| WireError::Protocol("truncated message header".to_string()))
     };
     let length = i32::from_le_bytes(field(0)?);
     if usize::try_from(length).ok() != Some(message.len()) {
-        return Err(MongoError::Protocol("message length mismatch".to_string()));
+        return Err(WireError::Protocol("message length mismatch".to_string()));
     }
     let response_to = i32::from_le_bytes(field(8)?);
     let opcode = i32::from_le_bytes(field(12)?);
     if opcode != OP_MSG {
-        return Err(MongoError::Protocol(format!(
+        return Err(WireError::Protocol(format!(
             "opcode {opcode}, expected OP_MSG (2013)"
         )));
     }
     let flags = u32::from_le_bytes(field(16)?);
     if flags & UNKNOWN_REQUIRED_FLAGS != 0 {
-        return Err(MongoError::Protocol(format!(
+        return Err(WireError::Protocol(format!(
             "unknown required OP_MSG flags {flags:#x}"
         )));
     }
@@ -819,7 +743,7 @@ fn parse_op_msg(message: &[u8]) -> Result<OpMsg<'_>, MongoError> {
     };
     let sections = message
         .get(HEADER_LEN + 4..end)
-        .ok_or_else(|| MongoError::Protocol("truncated OP_MSG".to_string()))?;
+        .ok_or_else(|| WireError::Protocol("truncated OP_MSG".to_string()))?;
     let mut body = None;
     let mut pos = 0;
     while pos < sections.len() {
@@ -828,7 +752,7 @@ fn parse_op_msg(message: &[u8]) -> Result<OpMsg<'_>, MongoError> {
         match kind {
             0 => {
                 if body.is_some() {
-                    return Err(MongoError::Protocol(
+                    return Err(WireError::Protocol(
                         "more than one body section".to_string(),
                     ));
                 }
@@ -844,23 +768,23 @@ fn parse_op_msg(message: &[u8]) -> Result<OpMsg<'_>, MongoError> {
                     .and_then(|s| usize::try_from(s).ok())
                     .filter(|&s| s >= 4 && s <= rest.len())
                     .ok_or_else(|| {
-                        MongoError::Protocol("malformed document sequence".to_string())
+                        WireError::Protocol("malformed document sequence".to_string())
                     })?;
                 pos += 1 + size;
             }
             other => {
-                return Err(MongoError::Protocol(format!(
+                return Err(WireError::Protocol(format!(
                     "unknown OP_MSG section kind {other}"
                 )))
             }
         }
     }
-    let body = body.ok_or_else(|| MongoError::Protocol("OP_MSG without a body".to_string()))?;
+    let body = body.ok_or_else(|| WireError::Protocol("OP_MSG without a body".to_string()))?;
     Ok(OpMsg { response_to, body })
 }
 
 /// Interprets the body of a `hello` / `isMaster` reply.
-fn parse_hello_reply(body: &[u8]) -> Result<HelloReply, MongoError> {
+fn parse_hello_reply(body: &[u8]) -> Result<HelloReply, WireError> {
     use bson::Value;
     let doc = bson::Document::parse(body)?;
     command_ok(&doc)?;
@@ -871,7 +795,7 @@ fn parse_hello_reply(body: &[u8]) -> Result<HelloReply, MongoError> {
     let is_writable_primary = match (doc.get("isWritablePrimary")?, doc.get("ismaster")?) {
         (Some(Value::Bool(b)), _) | (None, Some(Value::Bool(b))) => b,
         _ => {
-            return Err(MongoError::Protocol(
+            return Err(WireError::Protocol(
                 "reply lacks a boolean isWritablePrimary/ismaster".to_string(),
             ))
         }
@@ -897,7 +821,7 @@ fn parse_hello_reply(body: &[u8]) -> Result<HelloReply, MongoError> {
 }
 
 /// The strings of a BSON array (at most 16, others skipped).
-fn string_array(raw: &[u8]) -> Result<Vec<String>, MongoError> {
+fn string_array(raw: &[u8]) -> Result<Vec<String>, WireError> {
     let doc = bson::Document::parse(raw)?;
     Ok(doc
         .values()?
@@ -1256,6 +1180,7 @@ mod bson {
 mod tests {
     use super::bson::{DocBuilder, Document, Value};
     use super::*;
+    use crate::probe::FailureReason;
 
     const D: Duration = Duration::from_secs(3);
 
@@ -1394,13 +1319,13 @@ mod tests {
         b.double("ok", 1.0);
         assert!(matches!(
             parse_hello_reply(&b.finish()),
-            Err(MongoError::Protocol(_))
+            Err(WireError::Protocol(_))
         ));
         let mut b = DocBuilder::new();
         b.bool("isWritablePrimary", true);
         assert!(matches!(
             parse_hello_reply(&b.finish()),
-            Err(MongoError::Protocol(_))
+            Err(WireError::Protocol(_))
         ));
     }
 
@@ -1455,12 +1380,12 @@ mod tests {
         let mut http = &b"HTTP/1.1 200 OK\r\n\r\n"[..];
         assert!(matches!(
             read_message(&mut http).await,
-            Err(MongoError::Protocol(_))
+            Err(WireError::Protocol(_))
         ));
         let mut tiny = &[5, 0, 0, 0, 0][..];
         assert!(matches!(
             read_message(&mut tiny).await,
-            Err(MongoError::Protocol(_))
+            Err(WireError::Protocol(_))
         ));
         let mut short = &[100, 0, 0, 0, 1, 2, 3][..];
         let e = read_message(&mut short).await.unwrap_err();

@@ -227,12 +227,11 @@ impl Producer {
             .with_name(Some(TopicName(StrBytes::from_string(topic.to_string()))))]));
         let mut body = BytesMut::new();
         req.encode(&mut body, v).map_err(|e| e.to_string())?;
-        let frame = conn
+        let mut frame = conn
             .call(3, v, &body, 1 << 20)
             .await
             .map_err(|e| e.to_string())?;
-        let resp =
-            MetadataResponse::decode(&mut Bytes::from(frame), v).map_err(|e| e.to_string())?;
+        let resp = MetadataResponse::decode(&mut frame, v).map_err(|e| e.to_string())?;
         let t = resp
             .topics
             .iter()
@@ -303,12 +302,11 @@ impl Producer {
         let v = conn.version(0, 3..=8).ok_or("no Produce version")?;
         let mut body = BytesMut::new();
         req.encode(&mut body, v).map_err(|e| e.to_string())?;
-        let frame = conn
+        let mut frame = conn
             .call(0, v, &body, 1 << 20)
             .await
             .map_err(|e| e.to_string())?;
-        let resp =
-            ProduceResponse::decode(&mut Bytes::from(frame), v).map_err(|e| e.to_string())?;
+        let resp = ProduceResponse::decode(&mut frame, v).map_err(|e| e.to_string())?;
         for t in &resp.responses {
             for p in &t.partition_responses {
                 if p.error_code != 0 {
