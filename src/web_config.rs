@@ -425,6 +425,25 @@ impl WebConfig {
     }
 }
 
+/// A user name as errors and warnings show it: up to the first `$`, blank or control
+/// character and at most 64 characters, `…` marking a cut. A broken YAML line can fold the
+/// bcrypt hash (or a password) into the name; it is never quoted back.
+fn shown_user(name: &str) -> String {
+    let end = name
+        .find(|c: char| c == '$' || c.is_whitespace() || c.is_control())
+        .unwrap_or(name.len());
+    let mut shown: String = name
+        .get(..end)
+        .unwrap_or_default()
+        .chars()
+        .take(64)
+        .collect();
+    if shown.len() < name.len() {
+        shown.push('…');
+    }
+    shown
+}
+
 fn invalid(file: &Path, key: &str, reason: impl Into<String>) -> WebConfigError {
     WebConfigError::Invalid {
         file: file.to_path_buf(),
@@ -599,7 +618,7 @@ fn load_text(
     // basic_auth_users: bcrypt hashes only
     let mut users = Vec::new();
     for (name, hash) in doc.basic_auth_users.unwrap_or_default() {
-        let key = format!("basic_auth_users.{name}");
+        let key = format!("basic_auth_users.{}", shown_user(&name));
         let hash = match hash {
             serde_yaml::Value::String(s) => s,
             _ => String::new(),
@@ -1691,6 +1710,21 @@ impl WebHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_name_holding_a_hash_is_cut_in_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let hash = "$2b$04$mDRyDF.QpW5B3.tEpFD81uvfSoG10kT0RAArYMvYmS81Acp148HT";
+        let text = format!("basic_auth_users:\n  \"alice  {hash}\": nope\n");
+        let e = WebConfig::from_text(&d.path().join("w.yml"), &text)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!e.contains("mDRyDF"), "{e}");
+        assert!(e.contains("basic_auth_users.alice…"), "{e}");
+        assert_eq!(shown_user("bob"), "bob");
+        assert_eq!(shown_user(&"x".repeat(100)), format!("{}…", "x".repeat(64)));
+    }
     use std::io::Write;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

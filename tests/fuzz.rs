@@ -1293,6 +1293,11 @@ fn regression_web_config_errors_do_not_quote_values() {
             "MIGHAgEAMBMGByqGSM49",
         ),
         (&*format!("basic_auth_users: \"{hash}\"\n"), hash),
+        // FUZZ_SEED=7 case 496: a hash folded into a user name
+        (
+            &*format!("basic_auth_users:\n  \"alice  {hash}\": 1\n"),
+            "QOauhQNbBCuQ",
+        ),
         (
             "tls_server_config:\n  cert_file: \"c.pem\"\n  key_file: [\"s3cr3t-in-a-list\"]\n",
             "s3cr3t-in-a-list",
