@@ -34,6 +34,7 @@ if [ ${#harnesses[@]} -eq 0 ]; then
         fuzz_net_tcp
         fuzz_web_config
         fuzz_kafka_reply
+        fuzz_kafka_topic_reply
         fuzz_mongo_reply
         fuzz_expfmt
     )

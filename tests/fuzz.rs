@@ -33,7 +33,7 @@ use gravity_exporter::gravity_config;
 use gravity_exporter::log::classify;
 use gravity_exporter::log::record::{self, LogFormat};
 use gravity_exporter::metrics::Families;
-use gravity_exporter::probe::{kafka, mongo};
+use gravity_exporter::probe::{kafka, kafka_topic, mongo};
 use gravity_exporter::web_config::{self, WebConfig};
 
 /// Number of series of a parsed exposition.
@@ -1136,6 +1136,109 @@ fn fuzz_kafka_reply() {
             }
         },
     );
+}
+
+/// The (API key, version) of a topic-reader reply, from its first byte: Metadata v1..=8,
+/// ListOffsets v1..=5, Fetch v4..=11 (the versions `kafka_topic` requests).
+fn topic_api(selector: u8) -> (i16, i16) {
+    let all: Vec<(i16, i16)> = (1..=8)
+        .map(|v| (3, v))
+        .chain((1..=5).map(|v| (2, v)))
+        .chain((4..=11).map(|v| (1, v)))
+        .collect();
+    all[usize::from(selector) % all.len()]
+}
+
+/// Replies of the topic reader, each its selector byte (see [`topic_api`]) then the body:
+/// Metadata v1 and v8, ListOffsets v1 and v5, Fetch v4 and v11.
+fn topic_reply_seeds() -> Vec<Vec<u8>> {
+    use kafka_protocol::messages::{
+        fetch_response as f, list_offsets_response as l, metadata_response as m, BrokerId,
+        TopicName,
+    };
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    let name = || TopicName(StrBytes::from_static_str("canary"));
+    let seed = |selector: u8, msg: &dyn Fn(i16) -> Vec<u8>| {
+        let mut s = vec![selector];
+        s.extend(msg(topic_api(selector).1));
+        s
+    };
+    fn enc<T: Encodable>(msg: T, v: i16) -> Vec<u8> {
+        let mut b = bytes::BytesMut::new();
+        msg.encode(&mut b, v).unwrap();
+        b.to_vec()
+    }
+    let metadata = |v: i16| {
+        let mut p = m::MetadataResponsePartition::default()
+            .with_leader_id(BrokerId(1))
+            .with_replica_nodes(vec![BrokerId(1), BrokerId(2)])
+            .with_isr_nodes(vec![BrokerId(1)]);
+        if v >= 5 {
+            p = p.with_offline_replicas(vec![BrokerId(2)]);
+        }
+        let broker = m::MetadataResponseBroker::default()
+            .with_node_id(BrokerId(1))
+            .with_host(StrBytes::from_static_str("kafka"))
+            .with_port(9092);
+        let topic = m::MetadataResponseTopic::default()
+            .with_name(Some(name()))
+            .with_partitions(vec![p.clone(), p.with_partition_index(1)]);
+        enc(
+            m::MetadataResponse::default()
+                .with_brokers(vec![broker.clone(), broker.with_node_id(BrokerId(2))])
+                .with_topics(vec![topic]),
+            v,
+        )
+    };
+    let list_offsets = |v: i16| {
+        let p = l::ListOffsetsPartitionResponse::default().with_offset(42);
+        enc(
+            l::ListOffsetsResponse::default().with_topics(vec![
+                l::ListOffsetsTopicResponse::default()
+                    .with_name(name())
+                    .with_partitions(vec![p.clone(), p.with_partition_index(1)]),
+            ]),
+            v,
+        )
+    };
+    let fetch = |v: i16| {
+        let p = f::PartitionData::default()
+            .with_aborted_transactions(Some(vec![f::AbortedTransaction::default()]))
+            .with_records(Some(bytes::Bytes::from_static(b"not a batch")));
+        enc(
+            f::FetchResponse::default().with_responses(vec![f::FetchableTopicResponse::default()
+                .with_topic(name())
+                .with_partitions(vec![p.clone(), p.with_partition_index(1)])]),
+            v,
+        )
+    };
+    vec![
+        seed(0, &metadata),
+        seed(7, &metadata),
+        seed(8, &list_offsets),
+        seed(12, &list_offsets),
+        seed(13, &fetch),
+        seed(20, &fetch),
+    ]
+}
+
+#[test]
+fn fuzz_kafka_topic_reply() {
+    let seeds = topic_reply_seeds();
+    for s in &seeds {
+        let (api, v) = topic_api(s[0]);
+        kafka_topic::decode_response(api, v, bytes::Bytes::copy_from_slice(&s[1..])).unwrap();
+    }
+    let corpus = Corpus::new(seeds, &[], 64 * 1024);
+    run("kafka_topic_reply", &corpus, 2000, |b| {
+        let Some((&selector, body)) = b.split_first() else {
+            return;
+        };
+        let (api, v) = topic_api(selector);
+        if let Err(e) = kafka_topic::decode_response(api, v, bytes::Bytes::copy_from_slice(body)) {
+            assert!(e.to_string().len() < 200, "{e}");
+        }
+    });
 }
 
 /// A BSON document of `(type, name, value bytes)` elements.

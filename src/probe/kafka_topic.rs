@@ -14,6 +14,17 @@
 //!
 //! Only non-flexible versions are spoken (request header v1): Metadata v1..=8, ListOffsets
 //! v1..=5, Fetch v4..=11, each the highest the broker supports (Kafka 0.11 to 4.x).
+//!
+//! Every array count of a response is checked before `kafka-protocol` sees the body. Its
+//! array decoder sizes a vector from the INT32 count (`Vec::with_capacity`) before it reads
+//! an element, so a small frame claiming 2^31−1 elements (a broken or hostile broker, or a
+//! man-in-the-middle on a plaintext connection) would make that allocation fail and abort
+//! the whole exporter. A bounds-checked walker over the layout of exactly the versions
+//! spoken here ([`Guarded`]) refuses a count over [`MAX_ARRAY_LEN`] or over what the bytes
+//! left can hold (at the element's smallest encoded size) as an undecodable answer
+//! ([`TopicError::Decode`]), which the canary reports like any other protocol failure. The
+//! record batches of a Fetch are a length-prefixed bytes field the walker skips
+//! ([`decode_batch`] bounds them).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read as _;
@@ -49,6 +60,9 @@ pub const MAX_RECORDS_PER_BATCH: i32 = 20_000;
 pub const MAX_DECOMPRESSED: usize = 16 * 1024 * 1024;
 /// Largest Metadata / ListOffsets answer.
 const MAX_SMALL_FRAME: usize = 1024 * 1024;
+/// Most elements of any array of a Metadata, ListOffsets or Fetch answer (brokers, topics,
+/// partitions, replicas, aborted transactions); each must also fit the bytes left.
+pub const MAX_ARRAY_LEN: usize = 100_000;
 
 const METADATA: i16 = 3;
 const LIST_OFFSETS: i16 = 2;
@@ -328,7 +342,15 @@ fn encode<T: Encodable>(msg: &T, version: i16, api: &'static str) -> Result<Vec<
     Ok(b.to_vec())
 }
 
-fn decode<T: Decodable>(frame: Bytes, version: i16, api: &'static str) -> Result<T, TopicError> {
+fn decode<T: Guarded>(frame: Bytes, version: i16, api: &'static str) -> Result<T, TopicError> {
+    T::walk(
+        &mut Walk {
+            body: &frame,
+            at: 0,
+        },
+        version,
+    )
+    .map_err(|detail| TopicError::Decode { api, detail })?;
     let mut b = frame;
     let v = T::decode(&mut b, version).map_err(|e| TopicError::Decode {
         api,
@@ -341,6 +363,193 @@ fn decode<T: Decodable>(frame: Bytes, version: i16, api: &'static str) -> Result
         });
     }
     Ok(v)
+}
+
+/// A bounds-checked cursor over a response body, for [`Guarded::walk`]: every read is
+/// checked, nothing is allocated, and an error is the detail of a [`TopicError::Decode`].
+struct Walk<'a> {
+    body: &'a [u8],
+    at: usize,
+}
+
+impl Walk<'_> {
+    fn left(&self) -> usize {
+        self.body.len().saturating_sub(self.at)
+    }
+
+    fn skip(&mut self, n: usize) -> Result<(), String> {
+        match self.at.checked_add(n) {
+            Some(end) if end <= self.body.len() => {
+                self.at = end;
+                Ok(())
+            }
+            _ => Err(format!("truncated at byte {}", self.at)),
+        }
+    }
+
+    fn int<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let b = self
+            .at
+            .checked_add(N)
+            .and_then(|end| self.body.get(self.at..end))
+            .and_then(|b| <[u8; N]>::try_from(b).ok())
+            .ok_or_else(|| format!("truncated at byte {}", self.at))?;
+        self.skip(N)?;
+        Ok(b)
+    }
+
+    /// STRING or NULLABLE_STRING: INT16 length (-1: null), then the bytes.
+    fn string(&mut self) -> Result<(), String> {
+        match i16::from_be_bytes(self.int()?) {
+            -1 => Ok(()),
+            n => self.skip(usize::try_from(n).map_err(|_| format!("string length {n}"))?),
+        }
+    }
+
+    /// BYTES or NULLABLE_BYTES: INT32 length (-1: null), then the bytes.
+    fn bytes(&mut self) -> Result<(), String> {
+        match i32::from_be_bytes(self.int()?) {
+            -1 => Ok(()),
+            n => self.skip(usize::try_from(n).map_err(|_| format!("bytes length {n}"))?),
+        }
+    }
+
+    /// An ARRAY's INT32 count (-1, null, counts as 0), checked against [`MAX_ARRAY_LEN`]
+    /// and against the bytes left for elements of at least `min` bytes each.
+    fn array(&mut self, field: &str, min: usize) -> Result<usize, String> {
+        let n = i32::from_be_bytes(self.int()?);
+        if n == -1 {
+            return Ok(0);
+        }
+        let left = self.left();
+        match usize::try_from(n) {
+            Ok(count)
+                if count <= MAX_ARRAY_LEN && count.checked_mul(min).is_some_and(|b| b <= left) =>
+            {
+                Ok(count)
+            }
+            _ => Err(format!(
+                "implausible {field} array length {n} ({left} bytes left)"
+            )),
+        }
+    }
+
+    /// An ARRAY of `size`-byte fixed elements.
+    fn fixed_array(&mut self, field: &str, size: usize) -> Result<(), String> {
+        let n = self.array(field, size)?;
+        self.skip(n.saturating_mul(size))
+    }
+}
+
+/// A response this module decodes, with a walk over its layout (the versions it requests,
+/// per kafka-protocol's generated `messages/*_response.rs`) that checks every array count
+/// before the decoder sizes a vector from it.
+trait Guarded: Decodable {
+    fn walk(w: &mut Walk<'_>, version: i16) -> Result<(), String>;
+}
+
+impl Guarded for MetadataResponse {
+    /// Metadata v1..=8.
+    fn walk(w: &mut Walk<'_>, v: i16) -> Result<(), String> {
+        if !(1..=8).contains(&v) {
+            return Err(format!("version {v} not walked"));
+        }
+        let if_v = |since: i16, n: usize| if v >= since { n } else { 0 };
+        // throttle_time_ms (v3); brokers: node_id, host, port, rack
+        w.skip(if_v(3, 4))?;
+        for _ in 0..w.array("brokers", 12)? {
+            w.skip(4)?;
+            w.string()?;
+            w.skip(4)?;
+            w.string()?;
+        }
+        if v >= 2 {
+            w.string()?; // cluster_id
+        }
+        // controller_id; topics: error_code, name, is_internal, partitions,
+        // topic_authorized_operations (v8)
+        w.skip(4)?;
+        for _ in 0..w.array("topics", 9 + if_v(8, 4))? {
+            w.skip(2)?;
+            w.string()?;
+            w.skip(1)?;
+            // error_code, partition_index, leader_id, leader_epoch (v7), replica_nodes,
+            // isr_nodes, offline_replicas (v5)
+            let partition = 18 + if_v(7, 4) + if_v(5, 4);
+            for _ in 0..w.array("partitions", partition)? {
+                w.skip(10 + if_v(7, 4))?;
+                w.fixed_array("replica_nodes", 4)?;
+                w.fixed_array("isr_nodes", 4)?;
+                if v >= 5 {
+                    w.fixed_array("offline_replicas", 4)?;
+                }
+            }
+            w.skip(if_v(8, 4))?;
+        }
+        w.skip(if_v(8, 4)) // cluster_authorized_operations
+    }
+}
+
+impl Guarded for ListOffsetsResponse {
+    /// ListOffsets v1..=5.
+    fn walk(w: &mut Walk<'_>, v: i16) -> Result<(), String> {
+        if !(1..=5).contains(&v) {
+            return Err(format!("version {v} not walked"));
+        }
+        if v >= 2 {
+            w.skip(4)?; // throttle_time_ms
+        }
+        // name, partitions
+        for _ in 0..w.array("topics", 6)? {
+            w.string()?;
+            // partition_index, error_code, timestamp, offset, leader_epoch (v4)
+            w.fixed_array("partitions", 22 + if v >= 4 { 4 } else { 0 })?;
+        }
+        Ok(())
+    }
+}
+
+impl Guarded for FetchResponse {
+    /// Fetch v4..=11.
+    fn walk(w: &mut Walk<'_>, v: i16) -> Result<(), String> {
+        if !(4..=11).contains(&v) {
+            return Err(format!("version {v} not walked"));
+        }
+        let if_v = |since: i16, n: usize| if v >= since { n } else { 0 };
+        // throttle_time_ms, error_code and session_id (v7); responses: topic, partitions
+        w.skip(4 + if_v(7, 6))?;
+        for _ in 0..w.array("responses", 6)? {
+            w.string()?;
+            // partition_index, error_code, high_watermark, last_stable_offset,
+            // log_start_offset (v5), aborted_transactions, preferred_read_replica (v11),
+            // records
+            let partition = 30 + if_v(5, 8) + if_v(11, 4);
+            for _ in 0..w.array("partitions", partition)? {
+                w.skip(22 + if_v(5, 8))?;
+                // producer_id, first_offset
+                w.fixed_array("aborted_transactions", 16)?;
+                w.skip(if_v(11, 4))?;
+                w.bytes()?; // the record batches, split and bounded by `decode_batch`
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decodes the body (after the response header) of a Metadata (API key 3), ListOffsets (2)
+/// or Fetch (1) answer of `version` as [`TopicReader`] does, array counts checked first;
+/// for the fuzz tests.
+#[doc(hidden)]
+pub fn decode_response(api_key: i16, version: i16, body: Bytes) -> Result<(), TopicError> {
+    match api_key {
+        METADATA => decode::<MetadataResponse>(body, version, "Metadata").map(drop),
+        LIST_OFFSETS => decode::<ListOffsetsResponse>(body, version, "ListOffsets").map(drop),
+        FETCH => decode::<FetchResponse>(body, version, "Fetch").map(drop),
+        _ => Err(TopicError::Decode {
+            api: "unknown",
+            detail: format!("API key {api_key} (only 1, 2, 3 are read)"),
+        }),
+    }
 }
 
 /// Follows the end of one topic: where each partition's next unread record is.
@@ -889,6 +1098,222 @@ mod tests {
             decompress(&bomb, Compression::Gzip),
             Err(BatchError::Decompress(_))
         ));
+    }
+
+    /// An encoded answer of a version and the offsets (and field names) of its array counts.
+    type Built = fn(i16) -> (Vec<u8>, Vec<(usize, &'static str)>);
+
+    /// `b` up to the end of the first `pat` (where the array count after it starts).
+    fn after(b: &[u8], pat: &[u8]) -> usize {
+        b.windows(pat.len()).position(|w| w == pat).unwrap() + pat.len()
+    }
+
+    fn encoded<T: Encodable>(msg: &T, v: i16) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        msg.encode(&mut b, v).unwrap();
+        b.to_vec()
+    }
+
+    /// A Metadata answer of version `v` (fields of later versions left at their defaults)
+    /// and the offsets of its array counts.
+    fn metadata(v: i16) -> (Vec<u8>, Vec<(usize, &'static str)>) {
+        use kafka_protocol::messages::metadata_response::*;
+        let broker = |n: i32| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(n))
+                .with_host(StrBytes::from_static_str("broker.example"))
+                .with_port(9092)
+                .with_rack(Some(StrBytes::from_static_str("r1")))
+        };
+        let mut part = MetadataResponsePartition::default()
+            .with_partition_index(1)
+            .with_leader_id(BrokerId(0x1e1e_1e1e))
+            .with_replica_nodes(vec![BrokerId(0x5151_5151), BrokerId(2)])
+            .with_isr_nodes(vec![BrokerId(0x5252_5252)]);
+        if v >= 7 {
+            part = part.with_leader_epoch(0x2f2f_2f2f);
+        }
+        if v >= 5 {
+            part = part.with_offline_replicas(vec![BrokerId(0x5353_5353)]);
+        }
+        let mut resp = MetadataResponse::default()
+            .with_brokers(vec![broker(1), broker(2)])
+            .with_controller_id(BrokerId(0x0c0c_0c0c))
+            .with_topics(vec![MetadataResponseTopic::default()
+                .with_name(Some(topic_name("canary.topic")))
+                .with_partitions(vec![part.clone(), part.with_partition_index(0)])]);
+        if v >= 2 {
+            resp = resp.with_cluster_id(Some(StrBytes::from_static_str("cluster")));
+        }
+        let b = encoded(&resp, v);
+        let leader = if v >= 7 { 0x2f2f_2f2f } else { 0x1e1e_1e1e_i32 };
+        let mut counts = vec![
+            (if v >= 3 { 4 } else { 0 }, "brokers"),
+            (after(&b, &0x0c0c_0c0c_i32.to_be_bytes()), "topics"),
+            (after(&b, b"canary.topic") + 1, "partitions"),
+            (after(&b, &leader.to_be_bytes()), "replica_nodes"),
+            (after(&b, &[0x51; 4]) + 4, "isr_nodes"),
+        ];
+        if v >= 5 {
+            counts.push((after(&b, &[0x52; 4]), "offline_replicas"));
+        }
+        (b, counts)
+    }
+
+    fn list_offsets(v: i16) -> (Vec<u8>, Vec<(usize, &'static str)>) {
+        use kafka_protocol::messages::list_offsets_response::*;
+        let part = |p: i32| {
+            let r = ListOffsetsPartitionResponse::default()
+                .with_partition_index(p)
+                .with_offset(42);
+            if v >= 4 {
+                r.with_leader_epoch(3)
+            } else {
+                r
+            }
+        };
+        let resp =
+            ListOffsetsResponse::default().with_topics(vec![ListOffsetsTopicResponse::default()
+                .with_name(topic_name("canary.topic"))
+                .with_partitions(vec![part(0), part(1)])]);
+        let b = encoded(&resp, v);
+        let counts = vec![
+            (if v >= 2 { 4 } else { 0 }, "topics"),
+            (after(&b, b"canary.topic"), "partitions"),
+        ];
+        (b, counts)
+    }
+
+    fn fetch(v: i16) -> (Vec<u8>, Vec<(usize, &'static str)>) {
+        use kafka_protocol::messages::fetch_response::*;
+        let mut part = PartitionData::default()
+            .with_partition_index(0)
+            .with_high_watermark(10)
+            .with_last_stable_offset(0x3a3a_3a3a_3a3a_3a3a)
+            .with_aborted_transactions(Some(vec![AbortedTransaction::default()
+                .with_producer_id(kafka_protocol::messages::ProducerId(7))
+                .with_first_offset(3)]))
+            .with_records(Some(Bytes::from(batch(0, 2, Compression::None))));
+        if v >= 5 {
+            part = part.with_log_start_offset(0x4c4c_4c4c_4c4c_4c4c);
+        }
+        if v >= 11 {
+            part = part.with_preferred_read_replica(BrokerId(1));
+        }
+        let mut resp =
+            FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
+                .with_topic(topic_name("canary.topic"))
+                .with_partitions(vec![
+                    part.clone(),
+                    part.with_partition_index(1)
+                        .with_aborted_transactions(None)
+                        .with_records(None),
+                ])]);
+        if v >= 7 {
+            resp = resp.with_session_id(5);
+        }
+        let b = encoded(&resp, v);
+        let before_aborted: &[u8] = if v >= 5 { &[0x4c; 8] } else { &[0x3a; 8] };
+        let counts = vec![
+            (if v >= 7 { 10 } else { 4 }, "responses"),
+            (after(&b, b"canary.topic"), "partitions"),
+            (after(&b, before_aborted), "aborted_transactions"),
+        ];
+        (b, counts)
+    }
+
+    #[test]
+    fn valid_answers_are_walked_to_their_end_and_decoded() {
+        let cases: [(i16, std::ops::RangeInclusive<i16>, Built); 3] = [
+            (METADATA, 1..=8, metadata),
+            (LIST_OFFSETS, 1..=5, list_offsets),
+            (FETCH, 4..=11, fetch),
+        ];
+        for (api, versions, build) in cases {
+            for v in versions {
+                let (b, _) = build(v);
+                let mut w = Walk { body: &b, at: 0 };
+                let walked = match api {
+                    METADATA => MetadataResponse::walk(&mut w, v),
+                    LIST_OFFSETS => ListOffsetsResponse::walk(&mut w, v),
+                    _ => FetchResponse::walk(&mut w, v),
+                };
+                assert_eq!(walked, Ok(()), "api {api} v{v}");
+                assert_eq!(w.at, b.len(), "api {api} v{v}: walked to the end");
+                decode_response(api, v, Bytes::from(b)).unwrap();
+            }
+        }
+        let (b, _) = metadata(8);
+        let resp: MetadataResponse = decode(Bytes::from(b), 8, "Metadata").unwrap();
+        assert_eq!(resp.brokers.len(), 2);
+        assert_eq!(
+            resp.topics[0].partitions[1].isr_nodes,
+            [BrokerId(0x5252_5252)]
+        );
+        let (b, _) = fetch(11);
+        let resp: FetchResponse = decode(Bytes::from(b), 11, "Fetch").unwrap();
+        let p = &resp.responses[0].partitions;
+        assert_eq!(p[0].aborted_transactions.as_ref().map(Vec::len), Some(1));
+        assert_eq!(split_batches(p[0].records.as_deref().unwrap()).len(), 1);
+        assert_eq!(
+            (p[1].aborted_transactions.is_none(), p[1].records.is_none()),
+            (true, true)
+        );
+    }
+
+    #[test]
+    fn implausible_array_counts_are_refused_before_the_decoder_allocates() {
+        let cases: [(i16, &str, [i16; 2], Built); 3] = [
+            (METADATA, "Metadata", [1, 8], metadata),
+            (LIST_OFFSETS, "ListOffsets", [1, 5], list_offsets),
+            (FETCH, "Fetch", [4, 11], fetch),
+        ];
+        for (api, name, versions, build) in cases {
+            for v in versions {
+                let (b, counts) = build(v);
+                assert!(counts.len() >= 2);
+                for (at, field) in counts {
+                    let left = b.len() - at - 4;
+                    for n in [i32::MAX, left as i32 + 1, -2] {
+                        let mut bad = b.clone();
+                        bad[at..at + 4].copy_from_slice(&n.to_be_bytes());
+                        let e = decode_response(api, v, Bytes::from(bad)).unwrap_err();
+                        let TopicError::Decode { api: a, detail } = &e else {
+                            panic!("{e:?}");
+                        };
+                        assert_eq!(*a, name);
+                        assert!(
+                            detail.contains(&format!("implausible {field} array length {n}")),
+                            "{name} v{v} {field} {n}: {detail}"
+                        );
+                        assert!(e.to_string().starts_with("undecodable "), "{e}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn any_count_anywhere_and_any_cut_is_an_error_not_an_abort() {
+        // 2^31-1 written at every offset of each answer, and every truncation: an error or
+        // (where it lands on a plain INT field) a valid answer, never a huge allocation.
+        for (api, v, (b, _)) in [
+            (METADATA, 1, metadata(1)),
+            (METADATA, 8, metadata(8)),
+            (LIST_OFFSETS, 5, list_offsets(5)),
+            (FETCH, 4, fetch(4)),
+            (FETCH, 11, fetch(11)),
+        ] {
+            for at in 0..b.len().saturating_sub(3) {
+                let mut bad = b.clone();
+                bad[at..at + 4].copy_from_slice(&i32::MAX.to_be_bytes());
+                let _ = decode_response(api, v, Bytes::from(bad));
+            }
+            for cut in 0..b.len() {
+                assert!(decode_response(api, v, Bytes::copy_from_slice(&b[..cut])).is_err());
+            }
+        }
+        assert!(decode_response(0, 0, Bytes::new()).is_err());
     }
 
     #[test]
