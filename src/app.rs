@@ -369,11 +369,18 @@ impl Upkeep {
                 PipelineMode::Auto => PROCESS_RESCAN,
                 _ => CONFIG_RESCAN,
             };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                r = rx.changed() => if r.is_err() { return },
-            }
+            let reloaded = tokio::select! {
+                _ = tokio::time::sleep(wait) => false,
+                r = rx.changed() => if r.is_err() { return } else { true },
+            };
             let s = rx.borrow_and_update().clone();
+            // Only a reload hands the pipelines new settings: a new value wakes each
+            // pipeline's watcher and collectors for a fresh look, not to be paid every rescan.
+            if reloaded {
+                for p in self.fleet.pipelines() {
+                    p.apply(&s);
+                }
+            }
             let me = Arc::clone(&self);
             let wanted = tokio::task::spawn_blocking(move || me.wanted(&s)).await;
             if let Ok(Some(wanted)) = wanted {
@@ -454,9 +461,6 @@ impl Upkeep {
     async fn apply(&self, wanted: Vec<Origin>) {
         let base = self.settings.borrow().clone();
         let have = self.fleet.pipelines();
-        for p in &have {
-            p.apply(&base);
-        }
         // gone: its config file no longer matches (a discovered pipeline stays)
         for p in &have {
             if matches!(p.origin, Origin::ConfigFile(_)) && !wanted.contains(&p.origin) {

@@ -335,3 +335,34 @@ async fn with_no_flag_every_gravity_of_the_host_is_a_pipeline() {
     b.sup.stop();
     c.sup.stop();
 }
+
+/// The upkeep's rescan of the config globs (every `app::CONFIG_RESCAN`) hands a running
+/// pipeline no new settings: a new value would wake its watcher for a full look through
+/// /proc and its collectors every 10 s (the idle cost of ten pipelines was 27× one's). A
+/// reload does hand them over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rescan_leaves_the_settings_of_running_pipelines_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let text = std::fs::read_to_string(common::fixtures().join("configs/mysql2mysql-stream.toml"))
+        .unwrap();
+    std::fs::write(conf.join("a.toml"), &text).unwrap();
+    let args = flags(&conf.join("*.toml"));
+    let r = common::start(common::settings(&common::owned(&args))).await;
+    let ctx = r.exp.fleet.contexts()[0].clone();
+    let before = ctx.settings();
+    tokio::time::sleep(gravity_exporter::app::CONFIG_RESCAN + Duration::from_secs(2)).await;
+    assert!(
+        std::sync::Arc::ptr_eq(&before, &ctx.settings()),
+        "a rescan replaced the pipeline's settings"
+    );
+    gravity_exporter::app::reload(&r.exp);
+    let ok = wait_for(Duration::from_secs(5), || {
+        let same = std::sync::Arc::ptr_eq(&before, &ctx.settings());
+        async move { !same }
+    })
+    .await;
+    assert!(ok.is_some(), "a reload did not reach the pipeline");
+    r.stop().await;
+}
