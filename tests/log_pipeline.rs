@@ -242,7 +242,10 @@ async fn nothing_is_read_after_shutdown_returns() {
     })
     .await;
     assert!(started.is_some(), "never started reading the backlog");
-    r.stop().await;
+    // A drain long enough for the poll in flight (up to 8 MiB parsed and classified) to end
+    // even in a debug build on a loaded machine: past the drain, shutdown returns without it
+    // (bounded by design, and warned about), which is not what this test is about.
+    r.shutdown_within(Duration::from_secs(60)).await;
     let at_stop = std::fs::read_to_string(&state).unwrap();
     // whatever was in flight is done; nothing moves the position any more
     for _ in 0..20 {

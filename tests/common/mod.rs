@@ -24,12 +24,22 @@ impl Running {
     }
 
     /// Stops the server, then cancels and joins every background task (bounded drain).
-    pub async fn shutdown(mut self) -> gravity_exporter::supervise::ShutdownReport {
+    pub async fn shutdown(self) -> gravity_exporter::supervise::ShutdownReport {
+        self.shutdown_within(gravity_exporter::supervise::DRAIN)
+            .await
+    }
+
+    /// [`Running::shutdown`] with its own drain bound (a slow debug build under load).
+    #[allow(dead_code)]
+    pub async fn shutdown_within(
+        mut self,
+        drain: Duration,
+    ) -> gravity_exporter::supervise::ShutdownReport {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.server).await;
-        self.exp.shutdown(gravity_exporter::supervise::DRAIN).await
+        self.exp.shutdown(drain).await
     }
 }
 
