@@ -369,18 +369,14 @@ impl Upkeep {
                 PipelineMode::Auto => PROCESS_RESCAN,
                 _ => CONFIG_RESCAN,
             };
-            let reloaded = tokio::select! {
-                _ = tokio::time::sleep(wait) => false,
-                r = rx.changed() => if r.is_err() { return } else { true },
-            };
-            let s = rx.borrow_and_update().clone();
-            // Only a reload hands the pipelines new settings: a new value wakes each
-            // pipeline's watcher and collectors for a fresh look, not to be paid every rescan.
-            if reloaded {
-                for p in self.fleet.pipelines() {
-                    p.apply(&s);
-                }
+            // A reload (`reload`) has already handed the pipelines their new settings; the
+            // upkeep only looks at the globs again. A new value would wake each pipeline's
+            // watcher for a full look, not to be paid every rescan.
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                r = rx.changed() => if r.is_err() { return },
             }
+            let s = rx.borrow_and_update().clone();
             let me = Arc::clone(&self);
             let wanted = tokio::task::spawn_blocking(move || me.wanted(&s)).await;
             if let Ok(Some(wanted)) = wanted {
