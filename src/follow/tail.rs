@@ -8,7 +8,8 @@
 //! exactly once and in order:
 //!
 //! * **Rename rotation**: the open handle keeps pointing at the old inode. When it is read to
-//!   its end and the path now names another inode, the new file is read from offset 0 and the
+//!   its end and the path now names another inode, the files rotated aside after it meanwhile
+//!   (a second rotation between two looks) are read, then the new file from offset 0, and the
 //!   old one is kept *draining*: a writer that still holds it (a logger that reopens late)
 //!   may go on writing to it, and every poll reads what it adds, until it has not grown for
 //!   `drain_grace` (10 s); only then is its handle released (at most [`MAX_DRAINING`] files
@@ -35,7 +36,10 @@
 //!   the caller. On start with the same device+inode, reading resumes at the offset (from 0 if
 //!   the file is now smaller). If the inode differs, the state is from before a rotation: the
 //!   old file is looked for by inode among its siblings and drained from the offset first; then
-//!   the new file is read from 0.
+//!   the files rotated aside after it while the exporter was down (lumberjack's
+//!   `<stem>-<time><ext>`, logrotate's `<name>.N` and `<name>-<date>`, uncompressed, last
+//!   written after the old file), oldest first, and the file the path names, each from 0. At
+//!   most [`MAX_BACKLOG`] of them are kept (the newest).
 //! * **First start without state**: `start_at_end` begins at the current end (old history is
 //!   not re-counted); otherwise at 0. A file that does not exist yet is read from 0 when it
 //!   appears, and so is a file born after the exporter started (`new_if_born_after`, checked
@@ -61,6 +65,11 @@ const MAX_SIBLINGS: usize = 10_000;
 const MAX_SWITCHES_PER_POLL: usize = 8;
 /// At most this many rotated or deleted files are drained at once (the oldest is released).
 pub const MAX_DRAINING: usize = 4;
+/// At most this many files rotated aside while the exporter was down are read after the saved
+/// one (the newest are kept).
+pub const MAX_BACKLOG: usize = 16;
+/// How many released files are remembered (see `Tailer::released`).
+const MAX_RELEASED: usize = 64;
 /// Bytes at the start of a file remembered to recognise it after a copytruncate.
 const HEAD_BYTES: usize = 128;
 
@@ -233,6 +242,34 @@ impl Current {
     }
 }
 
+/// Whether `candidate` is named as a rotated copy of the log `name`, uncompressed:
+/// lumberjack's `<stem>-<time><ext>` (`gravity-2026-11-22T14-00-00.000.log` for
+/// `gravity.log`), logrotate's `<name>.<N>` and `<name>-<digits>` (`dateext`).
+pub fn is_rotation_of(name: &str, candidate: &str) -> bool {
+    if candidate == name {
+        return false;
+    }
+    let (stem, ext) = match name.find('.') {
+        Some(i) => name.split_at(i),
+        None => (name, ""),
+    };
+    let lumberjack = candidate
+        .strip_prefix(stem)
+        .and_then(|r| r.strip_prefix('-'))
+        .and_then(|r| r.strip_suffix(ext))
+        .is_some_and(|time| {
+            time.bytes().any(|b| b.is_ascii_digit())
+                && time
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'T' | b'.' | b'_'))
+        });
+    let logrotate = candidate
+        .strip_prefix(name)
+        .and_then(|r| r.strip_prefix('.').or_else(|| r.strip_prefix('-')))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    lumberjack || logrotate
+}
+
 /// A rotated or deleted file still read while its writer may add to it.
 struct Drain {
     cur: Current,
@@ -365,6 +402,12 @@ pub struct Tailer {
     initial: Option<Initial>,
     /// Device and inode of the last file read (kept while the path is missing, for `state`).
     ident: Option<(u64, u64)>,
+    /// After a restart: the files to read after the current one, each from 0 (oldest first),
+    /// before the path's file is looked at again.
+    backlog: std::collections::VecDeque<Current>,
+    /// Device and inode of the last files read to their end and released (at most
+    /// [`MAX_RELEASED`]): never taken for a file rotated aside and not read yet.
+    released: std::collections::VecDeque<(u64, u64)>,
 }
 
 impl fmt::Debug for Tailer {
@@ -375,6 +418,7 @@ impl fmt::Debug for Tailer {
             .field("open", &self.cur.is_some())
             .field("pending_bytes", &self.lines.pending.len())
             .field("draining", &self.draining.len())
+            .field("backlog", &self.backlog.len())
             .finish()
     }
 }
@@ -396,6 +440,8 @@ impl Tailer {
             cur: None,
             initial: Some(initial),
             ident: saved.map(|s| (s.dev, s.ino)),
+            backlog: std::collections::VecDeque::new(),
+            released: std::collections::VecDeque::new(),
             cfg,
         }
     }
@@ -470,6 +516,14 @@ impl Tailer {
         while self.draining.len() > MAX_DRAINING {
             let mut oldest = self.draining.remove(0);
             oldest.lines.finish(report, f);
+            self.remember_released(&oldest.cur);
+        }
+    }
+
+    fn remember_released(&mut self, cur: &Current) {
+        self.released.push_back((cur.dev, cur.ino));
+        while self.released.len() > MAX_RELEASED {
+            self.released.pop_front();
         }
     }
 
@@ -502,6 +556,7 @@ impl Tailer {
             } else if d.grew_at.elapsed() >= self.cfg.drain_grace {
                 let mut d = self.draining.remove(i);
                 d.lines.finish(report, f);
+                self.remember_released(&d.cur);
             } else {
                 i += 1;
             }
@@ -533,6 +588,10 @@ impl Tailer {
         }
         for _ in 0..MAX_SWITCHES_PER_POLL {
             if self.cur.is_none() {
+                if let Some(next) = self.backlog.pop_front() {
+                    self.switch_to(next, 0)?;
+                    continue;
+                }
                 match self.open_path()? {
                     Some(cur) => self.switch_to(cur, 0)?,
                     None => {
@@ -546,6 +605,14 @@ impl Tailer {
                 report.more = true;
                 return Ok(report); // budget used up: continue on the next poll
             }
+            // Catching up after a restart: the next file rotated aside meanwhile (the current
+            // one drains, in case its writer still adds to it).
+            if let Some(next) = self.backlog.pop_front() {
+                self.retire_current(f, &mut report);
+                self.switch_to(next, 0)?;
+                report.rotations += 1;
+                continue;
+            }
             // At the end of the current file: does the path still name it?
             match fs::metadata(&self.cfg.path) {
                 Ok(m) if self.is_current(m.dev(), m.ino()) => return Ok(report),
@@ -556,7 +623,16 @@ impl Tailer {
                         report.more = true;
                         return Ok(report);
                     }
+                    // The path's file is opened first, then the files rotated aside after
+                    // this one are looked for: a rotation between the look above and the
+                    // open (or several since the last poll) is among them, read before it.
+                    let opened = self.open_path()?;
+                    let between = match &self.cur {
+                        Some(cur) => self.rotated_after(cur, opened),
+                        None => opened.into_iter().collect(),
+                    };
                     self.retire_current(f, &mut report);
+                    self.backlog.extend(between);
                     report.rotations += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -610,6 +686,7 @@ impl Tailer {
                 // path, finish it first; the rotation check in `poll` then moves on to the new
                 // file. Otherwise start the new file at 0.
                 if let Some(old) = self.find_rotated(st) {
+                    self.backlog = self.rotated_after(&old, opened);
                     return self.switch_to(old, st.offset);
                 }
                 match opened {
@@ -721,6 +798,87 @@ impl Tailer {
             }
         }
         None
+    }
+
+    /// The files rotated aside after `old` while nobody read them (after a restart, `old` is
+    /// the saved state's file found by [`Tailer::find_rotated`]; live, the file just seen
+    /// rotated when the path was rotated more than once between two looks), oldest first,
+    /// then `current` (after a restart, the file the path names now): opened now, so a
+    /// rotation during the catch-up loses none. Candidates are the path's siblings named as a
+    /// rotation of it ([`is_rotation_of`]), last written at or after `old` was, and neither
+    /// `old`, `current`, a draining, queued or recently released file.
+    fn rotated_after(
+        &self,
+        old: &Current,
+        current: Option<Current>,
+    ) -> std::collections::VecDeque<Current> {
+        let mut out = std::collections::VecDeque::new();
+        let (Some(name), Ok(old_meta)) = (
+            self.cfg.path.file_name().and_then(|n| n.to_str()),
+            old.file.metadata(),
+        ) else {
+            return out;
+        };
+        let since = old_meta.modified().ok();
+        let dir = match self.cfg.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let skip = |dev: u64, ino: u64| {
+            (dev == old.dev && ino == old.ino)
+                || current
+                    .as_ref()
+                    .is_some_and(|c| c.dev == dev && c.ino == ino)
+                || self
+                    .draining
+                    .iter()
+                    .any(|d| d.cur.dev == dev && d.cur.ino == ino)
+                || self.backlog.iter().any(|c| c.dev == dev && c.ino == ino)
+                || self.released.contains(&(dev, ino))
+        };
+        let mut found: Vec<(SystemTime, String, PathBuf)> = Vec::new();
+        if let Ok(entries) = fs::read_dir(dir) {
+            for entry in entries.take(MAX_SIBLINGS).flatten() {
+                let file_name = entry.file_name();
+                let Some(n) = file_name.to_str() else {
+                    continue;
+                };
+                if !is_rotation_of(name, n) {
+                    continue;
+                }
+                let Ok(meta) = entry.metadata() else { continue };
+                let Ok(mtime) = meta.modified() else { continue };
+                if !meta.is_file()
+                    || skip(meta.dev(), meta.ino())
+                    || since.is_none_or(|t| mtime < t)
+                {
+                    continue;
+                }
+                found.push((mtime, n.to_string(), entry.path()));
+            }
+        }
+        found.sort();
+        let keep_from = found.len().saturating_sub(MAX_BACKLOG);
+        for (_, _, path) in found.into_iter().skip(keep_from) {
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
+            let Ok(meta) = file.metadata() else { continue };
+            if skip(meta.dev(), meta.ino()) {
+                continue;
+            }
+            out.push_back(Current {
+                file,
+                dev: meta.dev(),
+                ino: meta.ino(),
+                read_pos: 0,
+                head: Vec::new(),
+            });
+        }
+        if let Some(c) = current {
+            out.push_back(c);
+        }
+        out
     }
 
     fn check_truncation(&mut self, report: &mut PollReport) -> Result<(), TailError> {
@@ -1013,6 +1171,86 @@ mod tests {
         assert_eq!(seen, expected(0, 150));
     }
 
+    /// Two rotations between two looks: the file rotated aside in between is read too.
+    #[test]
+    fn two_rotations_between_two_polls_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let p = d.join("gravity.log");
+        append_lines(&p, 0, 10);
+        let mut t = Tailer::new(cfg(&p), None);
+        let mut seen = Vec::new();
+        poll(&mut t, &mut seen);
+        append_lines(&p, 10, 12);
+        fs::rename(&p, d.join("gravity-2026-11-22T14-00-00.000.log")).unwrap();
+        append_lines(&p, 12, 15);
+        fs::rename(&p, d.join("gravity-2026-11-22T14-00-00.400.log")).unwrap();
+        append_lines(&p, 15, 18);
+        fs::rename(&p, d.join("gravity-2026-11-22T14-00-00.800.log")).unwrap();
+        append_lines(&p, 18, 20);
+        let r = poll(&mut t, &mut seen);
+        assert_eq!((r.lines, r.rotations), (10, 3));
+        assert_eq!(seen, expected(0, 20));
+        // and the files read are not read again at the next rotation
+        append_lines(&p, 20, 21);
+        fs::rename(&p, d.join("gravity-2026-11-22T14-00-01.200.log")).unwrap();
+        append_lines(&p, 21, 22);
+        for _ in 0..3 {
+            poll(&mut t, &mut seen);
+        }
+        assert_eq!(seen, expected(0, 22));
+    }
+
+    /// A writer rotating every two lines (often several times between two polls, and
+    /// between a poll's look at the path and its open) while the tailer polls: each line
+    /// once, in order.
+    #[test]
+    fn fast_rotations_while_polling_lose_and_repeat_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        let p = d.join("gravity.log");
+        fs::write(&p, b"").unwrap();
+        let mut c = cfg(&p);
+        c.drain_grace = Duration::from_millis(300);
+        let mut t = Tailer::new(c, None);
+        let mut seen = Vec::new();
+        poll(&mut t, &mut seen);
+        let writer = {
+            let p = p.clone();
+            let d = d.clone();
+            std::thread::spawn(move || {
+                for i in 0..300 {
+                    append_lines(&p, i, i + 1);
+                    if i % 2 == 1 {
+                        let name =
+                            format!("gravity-2026-11-22T14-{:02}-{:02}.000.log", i / 60, i % 60);
+                        // lumberjack: rename aside, create the new file at once
+                        fs::rename(&p, d.join(name)).unwrap();
+                        fs::write(&p, b"").unwrap();
+                    }
+                    std::thread::sleep(Duration::from_micros(300 + (i as u64 * 7919) % 700));
+                }
+            })
+        };
+        while !writer.is_finished() {
+            poll(&mut t, &mut seen);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        writer.join().unwrap();
+        for _ in 0..50 {
+            poll(&mut t, &mut seen);
+        }
+        let nums: Vec<String> = seen
+            .iter()
+            .map(|l| {
+                l.trim_start_matches("{\"level\":\"info\",\"msg\":\"line ")
+                    .trim_end_matches("\"}")
+                    .to_string()
+            })
+            .collect();
+        assert!(seen == expected(0, 300), "{}", nums.join(" "));
+    }
+
     #[test]
     fn unterminated_last_line_of_rotated_file_is_handed_over() {
         let dir = tempfile::tempdir().unwrap();
@@ -1267,6 +1505,103 @@ mod tests {
         let r = poll(&mut t, &mut seen);
         assert_eq!((r.lines, r.rotations), (12, 1));
         assert_eq!(seen, expected(10, 22));
+    }
+
+    /// An exporter down through three lumberjack rotations: on restart the saved file, the
+    /// two files rotated aside after it and the current one are read, in order, each line
+    /// once; an older rotation, a compressed copy and a file of another name are not.
+    #[test]
+    fn restart_after_several_rotations_reads_every_file_rotated_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let p = d.join("gravity.log");
+        let ancient = d.join("gravity-2026-11-21T00-00-00.000.log");
+        append_lines(&ancient, 900, 905);
+        fs::File::options()
+            .write(true)
+            .open(&ancient)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+        append_lines(&p, 0, 10);
+        let mut t = Tailer::new(cfg(&p), None);
+        poll(&mut t, &mut Vec::new());
+        let saved = t.state().unwrap();
+        drop(t);
+        append_lines(&p, 10, 15);
+        fs::rename(&p, d.join("gravity-2026-11-22T14-00-00.000.log")).unwrap();
+        append_lines(&p, 15, 20);
+        fs::rename(&p, d.join("gravity-2026-11-22T14-00-01.000.log")).unwrap();
+        append_lines(&p, 20, 27);
+        fs::rename(&p, d.join("gravity-2026-11-22T14-00-02.000.log")).unwrap();
+        append_lines(&p, 27, 30);
+        append_lines(&d.join("gravity-2026-11-22T14-00-01.000.log.gz"), 700, 702);
+        append_lines(&d.join("gravity-exporter.json"), 800, 802);
+        let mut t = Tailer::new(cfg(&p), Some(saved));
+        let mut seen = Vec::new();
+        let mut rotations = 0;
+        for _ in 0..3 {
+            rotations += poll(&mut t, &mut seen).rotations;
+        }
+        assert_eq!(seen, expected(10, 30));
+        assert_eq!(rotations, 3);
+        // it follows on as usual
+        append_lines(&p, 30, 32);
+        poll(&mut t, &mut seen);
+        assert_eq!(seen, expected(10, 32));
+    }
+
+    /// The catch-up is read a few bytes per poll while gravity rotates again: still each
+    /// line once, in order.
+    #[test]
+    fn a_rotation_during_the_catch_up_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let p = d.join("gravity.log");
+        append_lines(&p, 0, 5);
+        let mut t = Tailer::new(cfg(&p), None);
+        poll(&mut t, &mut Vec::new());
+        let saved = t.state().unwrap();
+        drop(t);
+        append_lines(&p, 5, 20);
+        fs::rename(&p, d.join("gravity-2026-11-22T14-00-00.000.log")).unwrap();
+        append_lines(&p, 20, 40);
+        let mut c = cfg(&p);
+        c.max_read_per_poll = 100;
+        let mut t = Tailer::new(c, Some(saved));
+        let mut seen = Vec::new();
+        poll(&mut t, &mut seen);
+        assert!(seen.len() < 35, "{}", seen.len());
+        // rotated again before the catch-up reached the file that was current at restart
+        fs::rename(&p, d.join("gravity-2026-11-22T14-00-05.000.log")).unwrap();
+        append_lines(&p, 40, 45);
+        for _ in 0..200 {
+            poll(&mut t, &mut seen);
+        }
+        assert_eq!(seen, expected(5, 45));
+    }
+
+    #[test]
+    fn rotated_names_are_recognised() {
+        for (name, candidate, yes) in [
+            ("gravity.log", "gravity-2026-11-22T14-00-00.000.log", true),
+            (
+                "gravity.log",
+                "gravity-2026-11-22T14-00-00.000.log.gz",
+                false,
+            ),
+            ("gravity.log", "gravity.log.1", true),
+            ("gravity.log", "gravity.log.1.gz", false),
+            ("gravity.log", "gravity.log-20261122", true),
+            ("gravity.log", "gravity.log", false),
+            ("gravity.log", "gravity-exporter.log", false),
+            ("gravity.log", "gravity-.log", false),
+            ("gravity.log", "other-2026-11-22T14-00-00.000.log", false),
+            ("gravity", "gravity-2026-11-22T14-00-00.000", true),
+            ("gravity", "gravity-state.json", false),
+        ] {
+            assert_eq!(is_rotation_of(name, candidate), yes, "{name} / {candidate}");
+        }
     }
 
     #[test]
