@@ -3,7 +3,8 @@
 //! `--gravity.config` glob. Each pipeline shows in one `/metrics` (a valid exposition), one
 //! pipeline's crash shows within a second while the other answers 100 MB of junk, the views
 //! name their pipeline, a removed config file ends its pipeline's series, two files naming one
-//! pipeline are refused at start, and `check` checks each.
+//! pipeline are refused at start, `check` checks each, and each pipeline's log is counted
+//! exactly across rotations and an exporter restart (one state file per log).
 
 mod common;
 
@@ -21,6 +22,17 @@ struct Named {
 }
 
 fn start_named(dir: &Path, file: &str, name: &str, restart: Restart) -> Named {
+    start_named_with(dir, file, name, restart, &[])
+}
+
+/// [`start_named`] with extra environment for the double (`GRAVITY_DOUBLE_*`).
+fn start_named_with(
+    dir: &Path,
+    file: &str,
+    name: &str,
+    restart: Restart,
+    env: &[(&str, &str)],
+) -> Named {
     use gravity_double::{install_gravity_link, Supervisor, SupervisorConfig};
     let exe = gravity_double::binary().unwrap();
     let work = dir.join(format!("work-{name}"));
@@ -43,6 +55,10 @@ fn start_named(dir: &Path, file: &str, name: &str, restart: Restart) -> Named {
     cfg.restart = restart;
     cfg.restart_sec = Duration::from_millis(200);
     cfg.start_limit_burst = 100;
+    cfg.env = env
+        .iter()
+        .map(|(k, v)| ((*k).into(), (*v).into()))
+        .collect();
     let sup = Supervisor::start(cfg).unwrap();
     Named { sup, port, config }
 }
@@ -365,4 +381,167 @@ async fn a_rescan_leaves_the_settings_of_running_pipelines_alone() {
     .await;
     assert!(ok.is_some(), "a reload did not reach the pipeline");
     r.stop().await;
+}
+
+/// Every line of the logs under `work` (the current file and the rotated ones).
+fn lines_on_disk(work: &Path) -> (u64, usize) {
+    let mut lines = 0u64;
+    let mut files = 0usize;
+    for e in std::fs::read_dir(work).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().to_string();
+        if n.starts_with("gravity") && n.ends_with(".log") {
+            files += 1;
+            let data = std::fs::read(e.path()).unwrap();
+            lines += data.iter().filter(|b| **b == b'\n').count() as u64;
+        }
+    }
+    (lines, files)
+}
+
+/// `gravity_log_lines_total` of one pipeline, all levels.
+fn log_lines(text: &str, pipeline: &str) -> u64 {
+    let want = format!("pipeline=\"{pipeline}\"");
+    text.lines()
+        .filter(|l| l.starts_with("gravity_log_lines_total{") && l.contains(&want))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum::<f64>() as u64
+}
+
+/// Each pipeline's line count once it stopped changing (its gravity quiet): the same in
+/// four reads over two seconds.
+async fn settled_counts(addr: std::net::SocketAddr) -> (u64, u64) {
+    let mut last = (u64::MAX, u64::MAX);
+    let mut same = 0;
+    for _ in 0..90 {
+        let (_, t) = get(addr, "/metrics").await;
+        let now = (log_lines(&t, "alpha"), log_lines(&t, "beta"));
+        if now == last {
+            same += 1;
+            if same == 3 {
+                return now;
+            }
+        } else {
+            same = 0;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    panic!("the line counts never settled: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_pipeline_counts_its_log_exactly_across_rotations_and_an_exporter_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // alpha rotates its log past 600 bytes (every two or three lines), beta never; both log
+    // a retry about three times a second
+    let alpha = start_named_with(
+        dir.path(),
+        "a.toml",
+        "alpha",
+        Restart::No,
+        &[
+            ("GRAVITY_DOUBLE_RETRY_EVERY", "0.3"),
+            ("GRAVITY_DOUBLE_LOG_MAX_BYTES", "600"),
+        ],
+    );
+    let beta = start_named_with(
+        dir.path(),
+        "b.toml",
+        "beta",
+        Restart::No,
+        &[("GRAVITY_DOUBLE_RETRY_EVERY", "0.3")],
+    );
+    let (work_a, work_b) = (dir.path().join("work-alpha"), dir.path().join("work-beta"));
+    let glob = dir.path().join("conf").join("*.toml");
+    let mut args = flags(&glob);
+    let state_dir = dir.path().join("state");
+    let i = args.iter().position(|a| a == "none").unwrap();
+    args[i] = state_dir.join("log-state.json").display().to_string();
+    // quiet (idle source: no retries to log) or flowing again; the double's own switch, not
+    // SIGSTOP, which would make it log every missed retry at once on SIGCONT
+    let (port_a, port_b) = (alpha.port, beta.port);
+    let pause = |quiet: bool| async move {
+        let q = if quiet { "idle" } else { "none" };
+        for port in [port_a, port_b] {
+            let head = common::post(port, &format!("/_double/fault?mode={q}")).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        }
+    };
+
+    let r = common::start(common::settings(&common::owned(&args))).await;
+    wait_metrics(r.addr, Duration::from_secs(30), "both logs followed", |t| {
+        log_lines(t, "alpha") > 0 && log_lines(t, "beta") > 0
+    })
+    .await;
+    // a baseline with both gravitys paused: what is on disk against what was counted
+    pause(true).await;
+    let base = settled_counts(r.addr).await;
+    let (disk_a0, files_a0) = lines_on_disk(&work_a);
+    let (disk_b0, _) = lines_on_disk(&work_b);
+    pause(false).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    pause(true).await;
+    let first = settled_counts(r.addr).await;
+    let (disk_a1, files_a1) = lines_on_disk(&work_a);
+    let (disk_b1, _) = lines_on_disk(&work_b);
+    assert!(files_a1 > files_a0, "alpha rotated while followed");
+    assert_eq!(
+        (first.0 - base.0, first.1 - base.1),
+        (disk_a1 - disk_a0, disk_b1 - disk_b0),
+        "the first run counted what was written while it followed"
+    );
+    r.stop().await;
+
+    // the exporter is down while both write and alpha rotates several times
+    pause(false).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    pause(true).await;
+    let (_, files_a2) = lines_on_disk(&work_a);
+    assert!(
+        files_a2 >= files_a1 + 2,
+        "alpha rotated at least twice while the exporter was down: {files_a1} -> {files_a2}"
+    );
+    let states = std::fs::read_dir(&state_dir).unwrap().count();
+    assert_eq!(states, 2, "one state file per log");
+
+    let r = common::start(common::settings(&common::owned(&args))).await;
+    pause(false).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pause(true).await;
+    wait_metrics(
+        r.addr,
+        Duration::from_secs(30),
+        "both logs followed again",
+        |t| log_lines(t, "alpha") > 0 && log_lines(t, "beta") > 0,
+    )
+    .await;
+    let second = settled_counts(r.addr).await;
+    let (disk_a, _) = lines_on_disk(&work_a);
+    let (disk_b, _) = lines_on_disk(&work_b);
+    assert_eq!(
+        second,
+        (disk_a - disk_a1, disk_b - disk_b1),
+        "the second run counted what was written while the exporter was down and after"
+    );
+    assert_eq!(
+        (first.0 - base.0) + second.0,
+        disk_a - disk_a0,
+        "alpha: every line written since the baseline counted once ({base:?} {first:?} {second:?})"
+    );
+    assert_eq!(
+        (first.1 - base.1) + second.1,
+        disk_b - disk_b0,
+        "beta: every line written since the baseline counted once ({base:?} {first:?} {second:?})"
+    );
+    let (_, t) = get(r.addr, "/metrics").await;
+    assert_eq!(
+        sample(&t, "gravity_log_rotations_total", &["pipeline=\"beta\""]),
+        Some(0.0),
+        "beta never rotated: {t}"
+    );
+    pause(false).await;
+    r.stop().await;
+    let (mut alpha, mut beta) = (alpha, beta);
+    alpha.sup.stop();
+    beta.sup.stop();
 }
