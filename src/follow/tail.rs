@@ -212,6 +212,17 @@ struct Current {
 }
 
 impl Current {
+    /// A file just opened, read from its start.
+    fn opened(file: File, dev: u64, ino: u64) -> Current {
+        Current {
+            file,
+            dev,
+            ino,
+            read_pos: 0,
+            head: Vec::new(),
+        }
+    }
+
     /// Whether the file was truncated under the read offset (or truncated and re-written).
     fn truncated(&mut self) -> io::Result<bool> {
         let len = self.file.metadata()?.len();
@@ -402,8 +413,8 @@ pub struct Tailer {
     initial: Option<Initial>,
     /// Device and inode of the last file read (kept while the path is missing, for `state`).
     ident: Option<(u64, u64)>,
-    /// After a restart: the files to read after the current one, each from 0 (oldest first),
-    /// before the path's file is looked at again.
+    /// Files to read after the current one, each from 0 (oldest first), before the path is
+    /// looked at again: those rotated aside while the exporter was down or between two looks.
     backlog: std::collections::VecDeque<Current>,
     /// Device and inode of the last files read to their end and released (at most
     /// [`MAX_RELEASED`]): never taken for a file rotated aside and not read yet.
@@ -605,11 +616,10 @@ impl Tailer {
                 report.more = true;
                 return Ok(report); // budget used up: continue on the next poll
             }
-            // Catching up after a restart: the next file rotated aside meanwhile (the current
-            // one drains, in case its writer still adds to it).
-            if let Some(next) = self.backlog.pop_front() {
+            // Catching up: the next file rotated aside meanwhile comes from the backlog at
+            // the top of the loop (the current one drains, in case its writer still adds).
+            if !self.backlog.is_empty() {
                 self.retire_current(f, &mut report);
-                self.switch_to(next, 0)?;
                 report.rotations += 1;
                 continue;
             }
@@ -753,23 +763,22 @@ impl Tailer {
                 source: io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
             });
         }
-        Ok(Some(Current {
-            file,
-            dev: meta.dev(),
-            ino: meta.ino(),
-            read_pos: 0,
-            head: Vec::new(),
-        }))
+        Ok(Some(Current::opened(file, meta.dev(), meta.ino())))
+    }
+
+    /// The directory holding the log.
+    fn log_dir(&self) -> &Path {
+        match self.cfg.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        }
     }
 
     /// Looks for the file with the saved device+inode among the path's siblings whose name
     /// starts like the log's (lumberjack: `gravity-<time>.log`; logrotate: `gravity.log.1`).
     /// A compressed copy has another inode and is never picked.
     fn find_rotated(&self, st: TailState) -> Option<Current> {
-        let dir = match self.cfg.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
+        let dir = self.log_dir();
         let name = self.cfg.path.file_name()?.to_str()?;
         let stem = name.split('.').next().unwrap_or(name);
         for entry in fs::read_dir(dir).ok()?.take(MAX_SIBLINGS) {
@@ -788,13 +797,7 @@ impl Tailer {
                 && meta.len() >= st.offset
             {
                 let file = File::open(entry.path()).ok()?;
-                return Some(Current {
-                    file,
-                    dev: st.dev,
-                    ino: st.ino,
-                    read_pos: 0,
-                    head: Vec::new(),
-                });
+                return Some(Current::opened(file, st.dev, st.ino));
             }
         }
         None
@@ -820,10 +823,7 @@ impl Tailer {
             return out;
         };
         let since = old_meta.modified().ok();
-        let dir = match self.cfg.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
+        let dir = self.log_dir();
         let skip = |dev: u64, ino: u64| {
             (dev == old.dev && ino == old.ino)
                 || current
@@ -867,13 +867,7 @@ impl Tailer {
             if skip(meta.dev(), meta.ino()) {
                 continue;
             }
-            out.push_back(Current {
-                file,
-                dev: meta.dev(),
-                ino: meta.ino(),
-                read_pos: 0,
-                head: Vec::new(),
-            });
+            out.push_back(Current::opened(file, meta.dev(), meta.ino()));
         }
         if let Some(c) = current {
             out.push_back(c);
