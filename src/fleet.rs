@@ -322,8 +322,14 @@ impl Fleet {
 
     /// A view was read: every pipeline's collectors keep their full pace.
     pub fn mark_read(&self) {
+        self.mark_read_by(crate::collector::Reader::View);
+    }
+
+    /// A read by a known reader (a scrape from its address, an OTLP export): every
+    /// pipeline's collectors follow its pace ([`crate::collector::pace`]).
+    pub fn mark_read_by(&self, who: crate::collector::Reader) {
         for p in self.pipelines() {
-            p.ctx.mark_read();
+            p.ctx.mark_read_by(who);
         }
     }
 

@@ -362,7 +362,10 @@ async fn serve_conn<I>(
         async move {
             slot.busy.fetch_add(1, Ordering::SeqCst);
             slot.served.store(true, Ordering::SeqCst);
-            let r = crate::web_config::serve_request(web_now, req, |req| respond(fleet, req)).await;
+            let r = crate::web_config::serve_request(web_now, req, |req| {
+                respond(fleet, req, slot.peer)
+            })
+            .await;
             slot.touch();
             slot.busy.fetch_sub(1, Ordering::SeqCst);
             Ok::<_, Infallible>(r)
@@ -408,15 +411,16 @@ async fn serve_conn<I>(
 }
 
 /// Answers one request: `/metrics` rendered on the render thread, the rest by [`route`].
-async fn respond(fleet: Arc<Fleet>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(fleet: Arc<Fleet>, req: Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
     let telemetry = (req.method() == Method::GET || req.method() == Method::HEAD)
         && req.uri().path() == fleet.settings().telemetry_path;
     if !telemetry {
         return route(&fleet, req);
     }
     // A scrape is a read: without it the collectors fall to --collector.idle-interval
-    // (60 s) two minutes after start although Prometheus scrapes every 15 s.
-    fleet.mark_read();
+    // (60 s) two minutes after start although Prometheus scrapes every 15 s. Each scraper
+    // (by address) is a reader whose pace the collectors follow.
+    fleet.mark_read_by(crate::collector::Reader::Scrape(peer));
     let f = fleet.clone();
     match fleet
         .workers

@@ -18,6 +18,7 @@ pub mod gravity_metrics;
 pub mod healthz;
 pub mod logfs;
 pub mod oplog;
+pub mod pace;
 pub mod process;
 pub mod sockets;
 pub mod source;
@@ -35,6 +36,7 @@ use crate::config::Settings;
 use crate::discovery::Target;
 use crate::gravity_api::GravityClient;
 use crate::metrics::{Families, Store};
+pub use pace::{next_wait, Reader, Reads};
 
 /// A boxed future, for object-safe async collectors.
 pub use crate::base::BoxFuture;
@@ -101,58 +103,6 @@ pub struct Up {
     /// restarts, and a moment without a process (an exit, the new one not yet found) is not
     /// remote mode.
     procfs_seen: AtomicBool,
-}
-
-/// Who reads what the collectors produce, and when they last did: the runner collects every
-/// `--collector.interval` while someone reads, and every `--collector.idle-interval` while
-/// nobody has for twice that long (nothing is collected much more often than it is read).
-/// A read while the runner is idle wakes it at once.
-#[derive(Debug)]
-pub struct Reads {
-    last: std::sync::Mutex<tokio::time::Instant>,
-    idle: AtomicBool,
-    /// The wait the runner chose after its last cycle, in milliseconds (0: none yet).
-    wait_ms: AtomicU64,
-}
-
-impl Default for Reads {
-    fn default() -> Self {
-        Reads {
-            // The exporter's start counts as a read: it collects at full speed at first.
-            last: std::sync::Mutex::new(tokio::time::Instant::now()),
-            idle: AtomicBool::new(false),
-            wait_ms: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Reads {
-    /// How long since the last read.
-    pub fn since_last(&self) -> Duration {
-        crate::base::lock(&self.last).elapsed()
-    }
-
-    /// Whether the runner is waiting at the idle interval.
-    pub fn is_idle(&self) -> bool {
-        self.idle.load(Ordering::SeqCst)
-    }
-
-    /// The wait the runner chose after its last cycle (`None` before the first).
-    pub fn current_wait(&self) -> Option<Duration> {
-        match self.wait_ms.load(Ordering::SeqCst) {
-            0 => None,
-            ms => Some(Duration::from_millis(ms)),
-        }
-    }
-}
-
-/// How long the runner waits after a cycle, and whether that is the idle wait: the idle
-/// interval once nobody read for twice as long, else the interval (pure).
-pub fn next_wait(settings: &Settings, since_last_read: Duration) -> (Duration, bool) {
-    match settings.idle_interval {
-        Some(idle) if since_last_read >= idle.saturating_mul(2) => (idle, true),
-        _ => (settings.interval, false),
-    }
 }
 
 /// Name of the snapshot the watcher state is published under.
@@ -411,8 +361,13 @@ impl Context {
     /// A view was read (a scrape of /metrics, the status page, /api/status, an OTLP
     /// export): wakes the runner at once if it was idle.
     pub fn mark_read(&self) {
-        *crate::base::lock(&self.reads.last) = tokio::time::Instant::now();
-        if self.reads.idle.swap(false, Ordering::SeqCst) {
+        self.mark_read_by(Reader::View);
+    }
+
+    /// A read by a known reader (a scrape from its address, an OTLP export): the runner's
+    /// pace follows it ([`pace`]); wakes the runner at once if it was idle.
+    pub fn mark_read_by(&self, who: Reader) {
+        if self.reads.mark(who) {
             self.kick.notify_one();
         }
     }
@@ -794,12 +749,19 @@ impl Runner {
             // Each collector bounds its own requests by gravity.timeout; this outer bound
             // only catches a collector that does not, so it must be longer than that.
             let timeout = s.gravity_timeout.saturating_add(Duration::from_secs(1));
+            let started = Instant::now();
             self.run_once(timeout).await;
-            let (mut wait, idle) = next_wait(&s, self.ctx.reads.since_last());
+            let took = started.elapsed();
+            let (mut wait, idle) = next_wait(
+                &s,
+                self.ctx.reads.since_last(),
+                &self.ctx.reads.paces(),
+                took,
+            );
             self.ctx.reads.idle.store(idle, Ordering::SeqCst);
             // A read between the check above and the store found the flag still clear and
             // kicked nobody: look once more.
-            if idle && !next_wait(&s, self.ctx.reads.since_last()).1 {
+            if idle && !next_wait(&s, self.ctx.reads.since_last(), &[], took).1 {
                 self.ctx.reads.idle.store(false, Ordering::SeqCst);
                 wait = s.interval;
             }
@@ -897,12 +859,19 @@ mod tests {
             Settings::from_flags(cli.flags).unwrap()
         };
         let s = flags(&[]);
+        let z = Duration::ZERO;
         let (i, idle) = (Duration::from_secs(5), Duration::from_secs(60));
-        assert_eq!(next_wait(&s, Duration::ZERO), (i, false));
-        assert_eq!(next_wait(&s, Duration::from_secs(119)), (i, false));
-        assert_eq!(next_wait(&s, Duration::from_secs(120)), (idle, true));
+        assert_eq!(next_wait(&s, Duration::ZERO, &[], z), (i, false));
+        assert_eq!(next_wait(&s, Duration::from_secs(119), &[], z), (i, false));
+        assert_eq!(
+            next_wait(&s, Duration::from_secs(120), &[], z),
+            (idle, true)
+        );
         let off = flags(&["--collector.idle-interval", "0s"]);
-        assert_eq!(next_wait(&off, Duration::from_secs(86_400)), (i, false));
+        assert_eq!(
+            next_wait(&off, Duration::from_secs(86_400), &[], z),
+            (i, false)
+        );
         // never slower than the interval itself
         let slow = flags(&[
             "--collector.interval",
@@ -911,7 +880,7 @@ mod tests {
             "1m",
         ]);
         assert_eq!(
-            next_wait(&slow, Duration::from_secs(86_400)),
+            next_wait(&slow, Duration::from_secs(86_400), &[], z),
             (Duration::from_secs(120), true)
         );
     }

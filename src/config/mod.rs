@@ -215,6 +215,12 @@ pub struct Flags {
     /// --collector.interval again. 0s: always --collector.interval [default: 60s].
     #[arg(long = "collector.idle-interval", global = true)]
     pub idle_interval: Option<String>,
+    /// Time collections to the readers: when a reader (a Prometheus scraping /metrics, an
+    /// OTLP export) comes at a steady pace slower than --collector.interval, collect just
+    /// before each of its reads instead of every --collector.interval; false: always
+    /// --collector.interval while someone reads [default: true].
+    #[arg(long = "collector.follow-readers", global = true, num_args = 0..=1, default_missing_value = "true")]
+    pub follow_readers: Option<bool>,
     /// How often the process watcher looks at gravity's pid where no pidfd is available
     /// (with one, gravity's exit is an event) [default: 100ms].
     #[arg(long = "collector.process-watch-interval", global = true)]
@@ -613,6 +619,8 @@ pub struct Settings {
     /// Collection interval while nobody reads (`None`: always `interval`); never below
     /// `interval`.
     pub idle_interval: Option<Duration>,
+    /// Time collections to steady readers slower than `interval` (`--collector.follow-readers`).
+    pub follow_readers: bool,
     /// Process watch interval.
     pub watch_interval: Duration,
     /// Connection probe interval; `None` when probes and source checks are turned off (`0s`).
@@ -1129,6 +1137,7 @@ fn validate(f: Flags) -> Result<Settings, ConfigError> {
         log_format,
         gravity_timeout,
         passthrough: f.passthrough.unwrap_or(true),
+        follow_readers: f.follow_readers.unwrap_or(true),
         passthrough_max_series: match f.passthrough_max_series {
             Some(0) => {
                 return Err(invalid(

@@ -447,8 +447,8 @@ pub fn start(ctx: &Arc<Context>, fleet: &Arc<Fleet>) -> Option<(Arc<Telemetry>, 
 }
 
 async fn export_metrics(fleet: &Arc<Fleet>, o: &OtlpSide, out: &Outcomes) {
-    // An OTLP export is a reader like a scrape: collection keeps its full cadence.
-    fleet.mark_read();
+    // An OTLP export is a reader like a scrape: collection follows its pace.
+    fleet.mark_read_by(crate::collector::Reader::Otlp);
     let f = Arc::clone(fleet);
     let pass = o.settings.passthrough;
     let start = o.start_unix_nano;
