@@ -92,11 +92,23 @@ fn is_reset(path: &str) -> bool {
         .is_some_and(|last| last.eq_ignore_ascii_case("reset"))
 }
 
+/// Idle connections kept to gravity's API: one per request of a collection.
+pub const POOL_IDLE: usize = 4;
+/// How long an idle connection to gravity's API is kept.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
 impl GravityClient {
-    /// A client with a small keep-alive pool (2 idle connections, 30 s).
+    /// A client with a small keep-alive pool: [`POOL_IDLE`] idle connections, kept
+    /// [`POOL_IDLE_TIMEOUT`], so that a collection's concurrent requests (`/status`,
+    /// `/healthz`, `/metrics`) reuse the last one's connections even when collections follow
+    /// a scraper that comes once a minute.
     pub fn new() -> GravityClient {
         GravityClient {
-            http: HttpClient::new(Options::default()),
+            http: HttpClient::new(Options {
+                max_idle_per_host: POOL_IDLE,
+                idle_timeout: POOL_IDLE_TIMEOUT,
+                ..Options::default()
+            }),
         }
     }
 
