@@ -11,12 +11,15 @@
 //! A gravity pass-through text block (gravity's own families, already capped and
 //! validated) is appended as it is.
 //!
-//! [`Store::render`] merges everything into one exposition in the text format.
+//! [`Store::render`] merges everything into one exposition in the text format;
+//! [`render_fleet`] does the same for several stores and keeps each store's snapshots
+//! encoded between two changes (only the registry and the bound-keeping families, which
+//! move on their own, are encoded per scrape).
 #![warn(clippy::arithmetic_side_effects)]
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::base::{cut, lock};
 use std::time::{Duration, Instant};
@@ -186,7 +189,8 @@ pub struct PassFamily {
 
 #[derive(Debug, Default)]
 struct Passthrough {
-    families: Vec<PassFamily>,
+    /// Shared with the renders reading it (a render takes a reference, not a copy).
+    families: Arc<Vec<PassFamily>>,
     /// When it was read (`None`: never, or set empty).
     at: Option<Instant>,
 }
@@ -196,6 +200,10 @@ struct Passthrough {
 pub struct Store {
     registry: Registry,
     snapshots: Mutex<BTreeMap<&'static str, Families>>,
+    /// Bumped, under the `snapshots` lock, by every [`Store::set_snapshot`].
+    snapshot_generation: AtomicU64,
+    /// The snapshots encoded for `/metrics` ([`render_fleet`]), derived from them only.
+    render_cache: Mutex<Option<RenderCache>>,
     passthrough: Mutex<Passthrough>,
     /// Older pass-through is not served (`None`: no limit).
     passthrough_max_age: Mutex<Option<Duration>>,
@@ -265,6 +273,8 @@ impl Store {
             scope,
             registry: Registry::new(),
             snapshots: Mutex::new(BTreeMap::new()),
+            snapshot_generation: AtomicU64::new(0),
+            render_cache: Mutex::new(None),
             passthrough: Mutex::new(Passthrough::default()),
             passthrough_max_age: Mutex::new(None),
             fresh: Mutex::new(BTreeMap::new()),
@@ -294,7 +304,13 @@ impl Store {
     /// Replaces the snapshot of one collector: a successful read of that source, which
     /// resets its `gravity_exporter_source_age_seconds`.
     pub fn set_snapshot(&self, collector: &'static str, fams: Families) {
-        lock(&self.snapshots).insert(collector, fams);
+        let old = {
+            let mut snaps = lock(&self.snapshots);
+            let old = snaps.insert(collector, fams);
+            self.snapshot_generation.fetch_add(1, Ordering::Release);
+            old
+        };
+        drop(old);
         if !NOT_A_SOURCE.contains(&collector) {
             self.mark_fresh(collector);
         }
@@ -378,7 +394,8 @@ impl Store {
             f.text.shrink_to_fit();
         }
         let at = (!families.is_empty()).then(Instant::now);
-        // the old text is freed outside the lock
+        let families = Arc::new(families);
+        // the old text is freed outside the lock (or by the last render reading it)
         let old = std::mem::replace(&mut *lock(&self.passthrough), Passthrough { families, at });
         drop(old);
     }
@@ -396,16 +413,76 @@ impl Store {
             }
             mfs.extend(merged.into_vec());
         }
+        let (stale, pass_present) = self.passthrough_state();
+        mfs.extend(self.bound_families(stale).into_vec());
+        mfs.retain(|mf| !mf.get_metric().is_empty());
+        mfs.sort_by(|a, b| a.name().cmp(b.name()));
+        (mfs, stale, pass_present)
+    }
+
+    /// Whether the pass-through is withheld as stale, and whether there is one.
+    fn passthrough_state(&self) -> (bool, bool) {
         let max_age = *lock(&self.passthrough_max_age);
         let (pass_age, pass_present) = {
             let pt = lock(&self.passthrough);
             (pt.at.map(|t| t.elapsed()), !pt.families.is_empty())
         };
         let stale = pass_present && matches!((pass_age, max_age), (Some(a), Some(m)) if a > m);
-        mfs.extend(self.bound_families(stale).into_vec());
-        mfs.retain(|mf| !mf.get_metric().is_empty());
-        mfs.sort_by(|a, b| a.name().cmp(b.name()));
-        (mfs, stale, pass_present)
+        (stale, pass_present)
+    }
+
+    /// The snapshots merged (as [`Store::own_families`] merges them), labelled with
+    /// `pipeline` (if any) and encoded: from the cache while no snapshot changed and the
+    /// pipeline is the one it was built for, else built anew (the old copy dropped first).
+    /// `None`: they cannot be encoded family by family (the caller renders without cache).
+    fn encoded_snapshots(&self, pipeline: Option<&str>) -> Option<Arc<Encoded>> {
+        let mut cache = lock(&self.render_cache);
+        let now = self.snapshot_generation.load(Ordering::Acquire);
+        if let Some(c) = cache.as_ref() {
+            if c.generation == now && c.pipeline.as_deref() == pipeline {
+                return c.families.clone();
+            }
+        }
+        *cache = None;
+        let (generation, merged) = {
+            let snaps = lock(&self.snapshots);
+            let mut merged = Families::new();
+            for f in snaps.values() {
+                merged.extend(f.clone());
+            }
+            (self.snapshot_generation.load(Ordering::Acquire), merged)
+        };
+        let mut mfs = merged.into_vec();
+        if let Some(p) = pipeline {
+            label_pipeline(&mut mfs, p);
+        }
+        let families = encode_families(&mfs).map(Arc::new);
+        *cache = Some(RenderCache {
+            generation,
+            pipeline: pipeline.map(str::to_string),
+            families: families.clone(),
+        });
+        families
+    }
+
+    /// What one scrape renders of this store, encoded: the registry's and the bound-keeping
+    /// families of this moment, the snapshots from the cache; and whether the pass-through is
+    /// stale, and present. `None`: not every family can be encoded alone.
+    fn scrape_view(&self, pipeline: Option<&str>) -> Option<(StoreView, bool, bool)> {
+        let mut registry = self.registry.gather();
+        let snapshots = self.encoded_snapshots(pipeline)?;
+        let (stale, present) = self.passthrough_state();
+        let mut bounds = self.bound_families(stale).into_vec();
+        if let Some(p) = pipeline {
+            label_pipeline(&mut registry, p);
+            label_pipeline(&mut bounds, p);
+        }
+        let view = StoreView {
+            registry: encode_families(&registry)?,
+            snapshots,
+            bounds: encode_families(&bounds)?,
+        };
+        Some((view, stale, present))
     }
 
     /// The exporter's own families of this moment, exactly those `/metrics` renders (for
@@ -576,26 +653,263 @@ pub fn label_passthrough_line(line: &str, escaped_pipeline: &str) -> String {
     }
 }
 
+/// Families of one contributor (a store's registry, snapshots or bound-keeping families),
+/// each encoded alone as [`TextEncoder`] encodes it, one after the other in one text.
+#[derive(Debug, Default)]
+struct Encoded {
+    text: String,
+    /// In `text` order, which is by name (strictly ascending).
+    families: Vec<EncodedFamily>,
+}
+
+/// Where one family is in [`Encoded::text`]: its `# HELP` (when it has a help text) and
+/// `# TYPE` lines from `start` to `head_end`, its sample lines from there to `end`.
+#[derive(Debug)]
+struct EncodedFamily {
+    kind: MetricType,
+    start: usize,
+    name_start: usize,
+    name_end: usize,
+    head_end: usize,
+    end: usize,
+}
+
+impl Encoded {
+    fn name(&self, f: &EncodedFamily) -> &str {
+        self.text.get(f.name_start..f.name_end).unwrap_or_default()
+    }
+
+    fn head(&self, f: &EncodedFamily) -> &str {
+        self.text.get(f.start..f.head_end).unwrap_or_default()
+    }
+
+    fn samples(&self, f: &EncodedFamily) -> &str {
+        self.text.get(f.head_end..f.end).unwrap_or_default()
+    }
+}
+
+/// A store's snapshots as [`render_fleet`] renders them, for one pipeline label.
+#[derive(Debug)]
+struct RenderCache {
+    /// The [`Store::set_snapshot`] count it was built after.
+    generation: u64,
+    /// The pipeline label it was built with (`None`: none, the exporter's own store).
+    pipeline: Option<String>,
+    /// `None`: not every family can be encoded alone (rendered without cache).
+    families: Option<Arc<Encoded>>,
+}
+
+/// One store's part of a scrape, encoded.
+#[derive(Debug)]
+struct StoreView {
+    registry: Encoded,
+    snapshots: Arc<Encoded>,
+    bounds: Encoded,
+}
+
+/// Encodes each family with samples alone, in order (those without are left out, as
+/// [`Store::own_families`] leaves them out). `None` when one cannot be encoded alone so that
+/// its samples cut from its head join another family's exactly (no name, a name with a
+/// line break, an encoder error), or the names are not strictly ascending.
+fn encode_families(mfs: &[MetricFamily]) -> Option<Encoded> {
+    const TYPE: &str = "# TYPE ";
+    // about 100 bytes a line, a few hundred for a head: one allocation as a rule
+    let lines: usize = mfs
+        .iter()
+        .map(|mf| {
+            let per_metric = match mf.get_field_type() {
+                MetricType::HISTOGRAM => mf
+                    .get_metric()
+                    .first()
+                    .map_or(0, |m| m.get_histogram().get_bucket().len())
+                    .saturating_add(3),
+                MetricType::SUMMARY => mf
+                    .get_metric()
+                    .first()
+                    .map_or(0, |m| m.get_summary().get_quantile().len())
+                    .saturating_add(2),
+                _ => 1,
+            };
+            per_metric
+                .saturating_mul(mf.get_metric().len())
+                .saturating_add(3)
+        })
+        .sum();
+    let mut out = Encoded {
+        text: String::with_capacity(lines.saturating_mul(100)),
+        families: Vec::with_capacity(mfs.len()),
+    };
+    for mf in mfs {
+        if mf.get_metric().is_empty() {
+            continue;
+        }
+        let name = mf.name();
+        if name.is_empty() || name.contains('\n') {
+            return None;
+        }
+        let start = out.text.len();
+        TextEncoder::new()
+            .encode_utf8(std::slice::from_ref(mf), &mut out.text)
+            .ok()?;
+        let end = out.text.len();
+        let line_end = |from: usize| -> Option<usize> {
+            let i = out.text.get(from..)?.find('\n')?;
+            Some(from.saturating_add(i).saturating_add(1))
+        };
+        // the help text is escaped (no line break in it): the head is one or two lines
+        let type_line = if mf.help().is_empty() {
+            start
+        } else {
+            line_end(start)?
+        };
+        let head_end = line_end(type_line)?;
+        let name_start = type_line.saturating_add(TYPE.len());
+        let name_end = name_start.saturating_add(name.len());
+        let f = EncodedFamily {
+            kind: mf.get_field_type(),
+            start,
+            name_start,
+            name_end,
+            head_end,
+            end,
+        };
+        if out.text.get(type_line..name_start) != Some(TYPE) || out.name(&f) != name {
+            return None;
+        }
+        if let Some(last) = out.families.last() {
+            if out.name(last) >= name {
+                return None;
+            }
+        }
+        out.families.push(f);
+    }
+    Some(out)
+}
+
 /// The exposition of an exporter watching several pipelines: the exporter's own families,
 /// then each pipeline's (a sample without a `pipeline` label gets its pipeline's), merged by
 /// family name, then each gravity's pass-through merged by family the same way (HELP and
 /// TYPE once). A pipeline named like an earlier one is left out (its series would collide)
 /// and counted as `pipeline_name_collision`.
+///
+/// The snapshots come encoded from each store's cache (rebuilt when one changed); only the
+/// registry's and the bound-keeping families are encoded per scrape. Byte for byte the text
+/// of [`gather_fleet`]'s families encoded whole, which it falls back to when a family cannot
+/// be joined from its encoded parts (parts of one name with different types).
 pub fn render_fleet(exporter: &Store, parts: &[Part<'_>]) -> String {
+    match render_fleet_cached(exporter, parts) {
+        Some(out) => out,
+        None => render_fleet_uncached(exporter, parts),
+    }
+}
+
+/// [`render_fleet`] from [`gather_fleet`]'s families, encoded whole.
+fn render_fleet_uncached(exporter: &Store, parts: &[Part<'_>]) -> String {
     let (mfs, pass) = gather_fleet(Some(exporter), parts);
     let mut buf = Vec::with_capacity(16 * 1024);
     let _ = TextEncoder::new().encode(&mfs, &mut buf);
     let mut out = String::from_utf8(buf)
         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    append_passthrough(&mut out, &pass);
+    out
+}
+
+/// Appends the pass-through text unless it would take the exposition over
+/// [`MAX_EXPOSITION_BYTES`] (counted as `exposition_bytes`).
+fn append_passthrough(out: &mut String, pass: &str) {
     if pass.is_empty() {
-        return out;
+        return;
     }
     if out.len().saturating_add(pass.len()) > MAX_EXPOSITION_BYTES {
         count_dropped(Dropped::ExpositionBytes, 1);
-        return out;
+        return;
     }
-    out.push_str(&pass);
-    out
+    out.push_str(pass);
+}
+
+/// [`render_fleet`] from the encoded parts. `None` (before anything is counted): the caller
+/// renders without them.
+fn render_fleet_cached(exporter: &Store, parts: &[Part<'_>]) -> Option<String> {
+    let mut views: Vec<StoreView> = Vec::with_capacity(parts.len().saturating_add(1));
+    views.push(exporter.scrape_view(None)?.0);
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut collisions: u64 = 0;
+    let mut passes: Vec<(String, Arc<Vec<PassFamily>>)> = Vec::new();
+    for part in parts {
+        if !seen.insert(part.pipeline) {
+            collisions = collisions.saturating_add(1);
+            continue;
+        }
+        let (view, stale, present) = part.store.scrape_view(Some(part.pipeline))?;
+        views.push(view);
+        if present && !stale {
+            passes.push((
+                escape_label_value(part.pipeline),
+                Arc::clone(&lock(&part.store.passthrough).families),
+            ));
+        }
+    }
+    // in the order gather_fleet merges them: the exporter's store, then each pipeline's;
+    // within a store its registry, its snapshots, its bound-keeping families
+    let lists: Vec<&Encoded> = views
+        .iter()
+        .flat_map(|v| [&v.registry, &*v.snapshots, &v.bounds])
+        .collect();
+    let size = lists
+        .iter()
+        .map(|l| l.text.len())
+        .chain(
+            passes
+                .iter()
+                .flat_map(|(_, fs)| fs.iter().map(|f| f.text.len())),
+        )
+        .fold(0usize, usize::saturating_add);
+    let mut out = String::with_capacity(size);
+    // every list is by name: merged name by name, the head of the first part, then the
+    // samples of each
+    let mut at: Vec<usize> = vec![0; lists.len()];
+    let mut own: Vec<&str> = Vec::new();
+    loop {
+        let mut next: Option<&str> = None;
+        for (l, i) in lists.iter().zip(&at) {
+            if let Some(f) = l.families.get(*i) {
+                let n = l.name(f);
+                if next.is_none_or(|m| n < m) {
+                    next = Some(n);
+                }
+            }
+        }
+        let Some(name) = next else { break };
+        let mut kind: Option<MetricType> = None;
+        for (l, i) in lists.iter().zip(at.iter_mut()) {
+            let Some(f) = l.families.get(*i).filter(|f| l.name(f) == name) else {
+                continue;
+            };
+            match kind {
+                None => {
+                    kind = Some(f.kind);
+                    out.push_str(l.head(f));
+                }
+                // merged whole, its samples are encoded as the first part's type
+                Some(k) if k != f.kind => return None,
+                Some(_) => {}
+            }
+            out.push_str(l.samples(f));
+            *i = i.saturating_add(1);
+        }
+        own.push(name);
+    }
+    if collisions > 0 {
+        count_dropped(Dropped::PipelineNameCollision, collisions);
+    }
+    // `own` is by name
+    let own_len = out.len();
+    push_passthrough(&mut out, &passes, |n| own.binary_search(&n).is_ok());
+    if out.len() > own_len && out.len() > MAX_EXPOSITION_BYTES {
+        out.truncate(own_len);
+        count_dropped(Dropped::ExpositionBytes, 1);
+    }
+    Some(out)
 }
 
 /// The families and the pass-through text [`render_fleet`] renders (the OTLP export reads
@@ -619,7 +933,7 @@ pub fn gather_fleet(exporter: Option<&Store>, parts: &[Part<'_>]) -> (Vec<Metric
         add(e.own_families().0);
     }
     let mut seen: HashSet<&str> = HashSet::new();
-    let mut passes: Vec<(String, Vec<PassFamily>)> = Vec::new();
+    let mut passes: Vec<(String, Arc<Vec<PassFamily>>)> = Vec::new();
     for part in parts {
         if !seen.insert(part.pipeline) {
             count_dropped(Dropped::PipelineNameCollision, 1);
@@ -631,16 +945,30 @@ pub fn gather_fleet(exporter: Option<&Store>, parts: &[Part<'_>]) -> (Vec<Metric
         if present && !stale {
             passes.push((
                 escape_label_value(part.pipeline),
-                lock(&part.store.passthrough).families.clone(),
+                Arc::clone(&lock(&part.store.passthrough).families),
             ));
         }
     }
     let mfs: Vec<MetricFamily> = by_name.into_values().collect();
     let own: HashSet<&str> = mfs.iter().map(|mf| mf.name()).collect();
     let mut text = String::new();
+    push_passthrough(&mut text, &passes, |n| own.contains(n));
+    drop(own);
+    (mfs, text)
+}
+
+/// Appends the pipelines' pass-through text (each pipeline's escaped name and families),
+/// families with an `own` name left out: one pipeline's as gravity sent it; several merged
+/// family by family, in the order first seen, HELP and TYPE once, then every pipeline's
+/// samples (with the pipeline label where they have none).
+fn push_passthrough(
+    text: &mut String,
+    passes: &[(String, Arc<Vec<PassFamily>>)],
+    own: impl Fn(&str) -> bool,
+) {
     if passes.len() == 1 {
         for f in passes.iter().flat_map(|(_, fs)| fs.iter()) {
-            if f.name.is_empty() || !own.contains(f.name.as_str()) {
+            if f.name.is_empty() || !own(f.name.as_str()) {
                 text.push_str(&f.text);
             }
         }
@@ -649,9 +977,9 @@ pub fn gather_fleet(exporter: Option<&Store>, parts: &[Part<'_>]) -> (Vec<Metric
         // pipeline's samples
         let mut order: Vec<&str> = Vec::new();
         let mut groups: BTreeMap<&str, Vec<(&str, &PassFamily)>> = BTreeMap::new();
-        for (p, fs) in &passes {
-            for f in fs {
-                if f.name.is_empty() || own.contains(f.name.as_str()) {
+        for (p, fs) in passes {
+            for f in fs.iter() {
+                if f.name.is_empty() || own(f.name.as_str()) {
                     continue;
                 }
                 let g = groups.entry(f.name.as_str()).or_default();
@@ -680,8 +1008,6 @@ pub fn gather_fleet(exporter: Option<&Store>, parts: &[Part<'_>]) -> (Vec<Metric
             }
         }
     }
-    drop(own);
-    (mfs, text)
 }
 
 /// The tasks the exporter runs, each with its series present from the start.
@@ -905,6 +1231,245 @@ mod tests {
             }
             assert!(series.insert(k.clone()), "twice: {k}");
         }
+    }
+
+    /// Today's `render_fleet` before the render cache: `gather_fleet`'s families encoded
+    /// whole, then the pass-through.
+    fn reference_render(exporter: &Store, parts: &[Part<'_>]) -> String {
+        let (mfs, pass) = gather_fleet(Some(exporter), parts);
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&mfs, &mut buf);
+        let mut out = String::from_utf8(buf)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        if pass.is_empty() {
+            return out;
+        }
+        if out.len().saturating_add(pass.len()) > MAX_EXPOSITION_BYTES {
+            count_dropped(Dropped::ExpositionBytes, 1);
+            return out;
+        }
+        out.push_str(&pass);
+        out
+    }
+
+    /// The text with the values that move between two renders blanked: the sources' ages
+    /// (time passes) and the process-wide bound counters (other tests count meanwhile).
+    fn steady(text: &str) -> String {
+        let moving = [
+            "gravity_exporter_source_age_seconds{",
+            "gravity_exporter_dropped_total{",
+            "gravity_exporter_truncated_total{",
+        ];
+        text.split_inclusive('\n')
+            .map(|l| match l.rsplit_once(' ') {
+                Some((k, _)) if moving.iter().any(|m| l.starts_with(m)) => format!("{k} _\n"),
+                _ => l.to_string(),
+            })
+            .collect()
+    }
+
+    /// A pipeline's store with a registry family and a snapshot family of one name, a
+    /// family several snapshots add to, empty families, a histogram and a pass-through
+    /// (one of whose families is named like an own one).
+    fn cache_fixture(name: &str, up: f64) -> Store {
+        let s = pipeline_store(name, up, "5");
+        let shared =
+            GaugeVec::new(Opts::new("shared_gauge", "registry's help"), &["from"]).unwrap();
+        s.registry().register(Box::new(shared.clone())).unwrap();
+        shared.with_label_values(&["registry"]).set(1.0);
+        let h = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new("req_seconds", "Requests \\ \"timed\"\nhere.")
+                .buckets(vec![0.1, 1.0]),
+        )
+        .unwrap();
+        s.registry().register(Box::new(h.clone())).unwrap();
+        h.observe(0.5);
+        // no series: the registry leaves it out
+        let never = IntCounterVec::new(Opts::new("never_total", "never set"), &["x"]).unwrap();
+        s.registry().register(Box::new(never)).unwrap();
+        let empty = |n: &str, help: &str| {
+            let mut mf = MetricFamily::default();
+            mf.set_name(n.to_string());
+            mf.set_help(help.to_string());
+            mf.set_field_type(MetricType::GAUGE);
+            mf
+        };
+        let mut a = Families::new();
+        a.gauge(
+            "shared_gauge",
+            "snapshot's help",
+            &[("from", "snap_a")],
+            2.0,
+        );
+        a.counter("multi_total", "from a", &[("c", "a")], 3.0);
+        a.by_name.insert(
+            "late_gauge".into(),
+            empty("late_gauge", "a's help, no sample"),
+        );
+        a.by_name
+            .insert("empty_gauge".into(), empty("empty_gauge", "never a sample"));
+        s.set_snapshot("a", a);
+        let mut b = Families::new();
+        b.counter("multi_total", "from b", &[("c", "b")], 4.0);
+        b.gauge(
+            "shared_gauge",
+            "b's help",
+            &[("from", "snap_b"), ("pipeline", "own")],
+            5.0,
+        );
+        b.gauge("late_gauge", "b's help", &[], 6.0);
+        b.gauge("nohelp_gauge", "", &[("q", "a\"b\\c\nd")], 7.5);
+        s.set_snapshot("b", b);
+        s.set_passthrough_families(vec![
+            PassFamily {
+                name: "go_goroutines".into(),
+                text: "# HELP go_goroutines Goroutines.\n# TYPE go_goroutines gauge\ngo_goroutines 5\n".into(),
+            },
+            PassFamily {
+                name: "multi_total".into(),
+                text: "# TYPE multi_total counter\nmulti_total 9\n".into(),
+            },
+            PassFamily {
+                name: "gravity_input_counter".into(),
+                text: format!("# TYPE gravity_input_counter counter\ngravity_input_counter{{pipeline=\"{name}\",type=\"insert\"}} 8\n"),
+            },
+        ]);
+        s
+    }
+
+    #[test]
+    fn the_cached_render_is_the_uncached_one_byte_for_byte() {
+        let exporter = Store::exporter();
+        let c = prometheus::IntCounter::new("multi_total", "the exporter's own").unwrap();
+        exporter.registry().register(Box::new(c.clone())).unwrap();
+        c.inc_by(11);
+        let mut f = Families::new();
+        f.counter(
+            "multi_total",
+            "exporter's snapshot",
+            &[("c", "exporter")],
+            12.0,
+        );
+        exporter.set_snapshot("exp", f);
+        let a = cache_fixture("alpha", 1.0);
+        let b = cache_fixture("beta", 0.0);
+        let dup = cache_fixture("dup", 1.0);
+        let parts = |first: &'static str| {
+            [
+                Part {
+                    pipeline: first,
+                    store: &a,
+                },
+                Part {
+                    pipeline: "beta",
+                    store: &b,
+                },
+                Part {
+                    pipeline: first,
+                    store: &dup,
+                },
+            ]
+        };
+        let check = |parts: &[Part<'_>]| -> String {
+            let want = reference_render(&exporter, parts);
+            let got = render_fleet_cached(&exporter, parts).expect("rendered from the cache");
+            assert_eq!(steady(&got), steady(&want));
+            assert_eq!(steady(&render_fleet(&exporter, parts)), steady(&want));
+            got
+        };
+
+        let text = check(&parts("alpha"));
+        // what the fixture is meant to exercise is there: the exporter's families first,
+        // then each pipeline's; registry before snapshots; snapshots in collector order
+        let pos = |needle: &str| {
+            text.find(needle)
+                .unwrap_or_else(|| panic!("{needle} missing: {text}"))
+        };
+        assert!(pos("multi_total 11\n") < pos("multi_total{c=\"exporter\"} 12\n"));
+        assert!(
+            pos("multi_total{c=\"exporter\"} 12\n")
+                < pos("multi_total{c=\"a\",pipeline=\"alpha\"} 3\n")
+        );
+        assert!(
+            pos("multi_total{c=\"b\",pipeline=\"alpha\"} 4\n")
+                < pos("multi_total{c=\"a\",pipeline=\"beta\"} 3\n")
+        );
+        assert!(
+            pos("shared_gauge{from=\"registry\",pipeline=\"alpha\"} 1\n")
+                < pos("shared_gauge{from=\"snap_a\",pipeline=\"alpha\"} 2\n")
+        );
+        assert_eq!(text.matches("# TYPE multi_total counter").count(), 1);
+        assert!(text.contains("# HELP multi_total the exporter's own\n"));
+        assert!(text.contains("# HELP shared_gauge registry's help\n"));
+        assert!(text.contains("# HELP late_gauge a's help, no sample\n"));
+        assert!(text.contains("shared_gauge{from=\"snap_b\",pipeline=\"own\"} 5\n"));
+        assert!(text.contains("req_seconds_bucket{pipeline=\"beta\",le=\"0.1\"} 0\n"));
+        assert!(!text.contains("empty_gauge"));
+        assert!(!text.contains("never_total"));
+        assert!(!text.contains("multi_total 9"), "own name: left out");
+        assert!(text.contains("go_goroutines{pipeline=\"beta\"} 5\n"));
+        assert!(!text.contains("pipeline=\"dup\""), "a name taken: left out");
+
+        // nothing changed: the same encoded copy
+        let before = a.encoded_snapshots(Some("alpha")).unwrap();
+        assert!(Arc::ptr_eq(
+            &before,
+            &a.encoded_snapshots(Some("alpha")).unwrap()
+        ));
+
+        // a new snapshot: rebuilt
+        let mut f = Families::new();
+        f.counter("multi_total", "from a", &[("c", "a")], 30.0);
+        a.set_snapshot("a", f);
+        let text = check(&parts("alpha"));
+        assert!(
+            text.contains("multi_total{c=\"a\",pipeline=\"alpha\"} 30\n"),
+            "{text}"
+        );
+        assert!(!text.contains("multi_total{c=\"a\",pipeline=\"alpha\"} 3\n"));
+        assert!(
+            !text.contains("shared_gauge{from=\"snap_a\",pipeline=\"alpha\"}"),
+            "{text}"
+        );
+        assert!(!Arc::ptr_eq(
+            &before,
+            &a.encoded_snapshots(Some("alpha")).unwrap()
+        ));
+
+        // another pipeline name: rebuilt with it
+        let text = check(&parts("alpha2"));
+        assert!(
+            text.contains("multi_total{c=\"a\",pipeline=\"alpha2\"} 30\n"),
+            "{text}"
+        );
+        assert!(!text.contains(",pipeline=\"alpha\"}"), "{text}");
+
+        // one pipeline: its pass-through as gravity sent it
+        let text = check(&parts("alpha2")[..1]);
+        assert!(text.contains("\ngo_goroutines 5\n"), "{text}");
+        // the exporter alone
+        check(&[]);
+    }
+
+    #[test]
+    fn parts_of_one_name_with_different_types_are_rendered_whole() {
+        let exporter = Store::exporter();
+        let a = Store::pipeline();
+        let c = prometheus::IntCounter::new("clash", "a counter").unwrap();
+        a.registry().register(Box::new(c.clone())).unwrap();
+        c.inc();
+        let mut f = Families::new();
+        f.gauge("clash", "a gauge", &[("x", "1")], 2.0);
+        a.set_snapshot("s", f);
+        let parts = [Part {
+            pipeline: "p",
+            store: &a,
+        }];
+        assert!(render_fleet_cached(&exporter, &parts).is_none());
+        let text = render_fleet(&exporter, &parts);
+        assert_eq!(steady(&text), steady(&reference_render(&exporter, &parts)));
+        // the gauge's sample read as the first part's type, as the encoder does
+        assert!(text.contains("clash{pipeline=\"p\",x=\"1\"} 0\n"), "{text}");
     }
 
     #[test]
