@@ -432,7 +432,7 @@ pub fn sockets_families(counts: &[EndpointCount], pipeline: &str) -> Families {
     for c in counts {
         f.gauge(
             "gravity_connections_established",
-            "gravity's own ESTABLISHED TCP connections to the endpoint (from its /proc/<pid>/net/tcp{,6} and socket fds).",
+            "gravity's own ESTABLISHED TCP connections to the endpoint (from its socket fds and its network namespace's TCP table: sock_diag, or /proc/<pid>/net/tcp{,6}).",
             &[
                 ("pipeline", pipeline),
                 ("component", c.component),
