@@ -513,7 +513,8 @@ fn pick(
     }
 }
 
-/// Routes one request.
+/// Routes one request other than a scrape of the telemetry path (served by `respond` on
+/// the render thread).
 pub fn route(fleet: &Fleet, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(
@@ -525,12 +526,7 @@ pub fn route(fleet: &Fleet, req: Request<Incoming>) -> Response<Full<Bytes>> {
             .insert("allow", HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    let settings = fleet.settings();
     let path = req.uri().path();
-    if path == settings.telemetry_path {
-        fleet.mark_read();
-        return text(StatusCode::OK, TEXT_CONTENT_TYPE, fleet.render());
-    }
     let json = |body: String| text(StatusCode::OK, "application/json", body);
     match path {
         "/" => {

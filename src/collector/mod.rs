@@ -648,8 +648,8 @@ impl Runner {
 
     /// Runs every collector once, each under `timeout` (or its own larger
     /// [`Collector::budget`]): the source collectors concurrently, then the derived ones
-    /// (which read what the others just stored).
-    pub async fn run_once(&self, timeout: Duration) {
+    /// (which read what the others just stored). Returns how long the cycle took.
+    pub async fn run_once(&self, timeout: Duration) -> Duration {
         // (the cadence follows the readers: see `Context::cadence`)
         let started = Instant::now();
         // gravity's pass-through is withheld once it missed three collections.
@@ -668,7 +668,9 @@ impl Runner {
         if let Ok(mut g) = self.ctx.last_cycle.write() {
             *g = Some(Instant::now());
         }
-        crate::spans::slow_operation("collector cycle", started.elapsed(), true);
+        let took = started.elapsed();
+        crate::spans::slow_operation("collector cycle", took, true);
+        took
     }
 
     async fn run_batch(&self, batch: &[Arc<dyn Collector>], default: Duration) {
@@ -749,9 +751,7 @@ impl Runner {
             // Each collector bounds its own requests by gravity.timeout; this outer bound
             // only catches a collector that does not, so it must be longer than that.
             let timeout = s.gravity_timeout.saturating_add(Duration::from_secs(1));
-            let started = Instant::now();
-            self.run_once(timeout).await;
-            let took = started.elapsed();
+            let took = self.run_once(timeout).await;
             let (mut wait, idle) = next_wait(
                 &s,
                 self.ctx.reads.since_last(),
