@@ -196,6 +196,13 @@ struct Passthrough {
 }
 
 /// The whole store: stateful registry, collector snapshots, pass-through text.
+///
+/// Read order: a producer writes the registry (the lag histogram, task and retry figures)
+/// before it publishes its snapshot, so a view reads the snapshots first and gathers the
+/// registry after them. A rendered snapshot is then never newer than the registry beside
+/// it: `gravity_canary_arrived_total` (snapshot) never runs ahead of the canary table's
+/// `gravity_data_lag_seconds_count` (registry), as it could when the registry was gathered
+/// first and an arrival landed between the two reads.
 #[derive(Debug)]
 pub struct Store {
     registry: Registry,
@@ -404,15 +411,17 @@ impl Store {
     /// bound-keeping families; sorted, empty ones left out), and whether the pass-through is
     /// withheld as stale. `/metrics` and the OTLP export are both views of this.
     fn own_families(&self) -> (Vec<MetricFamily>, bool, bool) {
-        let mut mfs = self.registry.gather();
-        {
+        // snapshots read before the registry (the read order on [`Store`]), rendered after it
+        let merged = {
             let snaps = lock(&self.snapshots);
             let mut merged = Families::new();
             for f in snaps.values() {
                 merged.extend(f.clone());
             }
-            mfs.extend(merged.into_vec());
-        }
+            merged
+        };
+        let mut mfs = self.registry.gather();
+        mfs.extend(merged.into_vec());
         let (stale, pass_present) = self.passthrough_state();
         mfs.extend(self.bound_families(stale).into_vec());
         mfs.retain(|mf| !mf.get_metric().is_empty());
@@ -469,8 +478,9 @@ impl Store {
     /// families of this moment, the snapshots from the cache; and whether the pass-through is
     /// stale, and present. `None`: not every family can be encoded alone.
     fn scrape_view(&self, pipeline: Option<&str>) -> Option<(StoreView, bool, bool)> {
-        let mut registry = self.registry.gather();
+        // snapshots read before the registry (the read order on [`Store`])
         let snapshots = self.encoded_snapshots(pipeline)?;
+        let mut registry = self.registry.gather();
         let (stale, present) = self.passthrough_state();
         let mut bounds = self.bound_families(stale).into_vec();
         if let Some(p) = pipeline {
@@ -1449,6 +1459,95 @@ mod tests {
         assert!(text.contains("\ngo_goroutines 5\n"), "{text}");
         // the exporter alone
         check(&[]);
+    }
+
+    /// A producer that completes one step while the registry is being gathered: it hands
+    /// out its observation count as it was, then observes once more and publishes a snapshot
+    /// whose arrival counter says so (the canary's order: histogram first, snapshot after).
+    struct StepDuringGather {
+        store: std::sync::Weak<Store>,
+        observed: AtomicU64,
+        desc: prometheus::core::Desc,
+    }
+
+    impl prometheus::core::Collector for StepDuringGather {
+        fn desc(&self) -> Vec<&prometheus::core::Desc> {
+            vec![&self.desc]
+        }
+
+        fn collect(&self) -> Vec<MetricFamily> {
+            let n = self.observed.load(Ordering::SeqCst);
+            let mut f = Families::new();
+            f.counter("step_observed_total", "observations", &[], n as f64);
+            let out = f.into_vec();
+            let n = self.observed.fetch_add(1, Ordering::SeqCst).saturating_add(1);
+            if let Some(store) = self.store.upgrade() {
+                let mut s = Families::new();
+                s.counter("step_arrived_total", "arrivals", &[], n as f64);
+                store.set_snapshot("canary", s);
+            }
+            out
+        }
+    }
+
+    fn step_store(scope: fn() -> Store) -> Arc<Store> {
+        let store = Arc::new(scope());
+        let c = StepDuringGather {
+            store: Arc::downgrade(&store),
+            observed: AtomicU64::new(0),
+            desc: prometheus::core::Desc::new(
+                "step_observed_total".into(),
+                "observations".into(),
+                vec![],
+                std::collections::HashMap::new(),
+            )
+            .unwrap(),
+        };
+        store.registry().register(Box::new(c)).unwrap();
+        store
+    }
+
+    fn value(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|l| {
+                let (series, v) = l.rsplit_once(' ')?;
+                (series.split('{').next()? == name).then(|| v.parse().ok())?
+            })
+            .unwrap_or(0.0)
+    }
+
+    #[test]
+    fn a_snapshot_is_never_newer_than_the_registry_beside_it() {
+        // the whole store (one pipeline, render and the OTLP view of it)
+        let store = step_store(Store::new);
+        for _ in 0..5 {
+            let text = store.render();
+            assert!(
+                value(&text, "step_arrived_total") <= value(&text, "step_observed_total"),
+                "{text}"
+            );
+        }
+        assert_eq!(value(&store.render(), "step_observed_total"), 5.0);
+        // a pipeline store in a fleet, from the render cache and without it
+        let exporter = Store::exporter();
+        let p = step_store(Store::pipeline);
+        let parts = [Part {
+            pipeline: "p",
+            store: &p,
+        }];
+        for _ in 0..5 {
+            for text in [
+                render_fleet(&exporter, &parts),
+                render_fleet_uncached(&exporter, &parts),
+            ] {
+                assert!(
+                    value(&text, "step_arrived_total") <= value(&text, "step_observed_total"),
+                    "{text}"
+                );
+            }
+        }
+        let text = render_fleet(&exporter, &parts);
+        assert_eq!(value(&text, "step_arrived_total"), 10.0, "{text}");
     }
 
     #[test]
