@@ -1480,7 +1480,10 @@ mod tests {
             let mut f = Families::new();
             f.counter("step_observed_total", "observations", &[], n as f64);
             let out = f.into_vec();
-            let n = self.observed.fetch_add(1, Ordering::SeqCst).saturating_add(1);
+            let n = self
+                .observed
+                .fetch_add(1, Ordering::SeqCst)
+                .saturating_add(1);
             if let Some(store) = self.store.upgrade() {
                 let mut s = Families::new();
                 s.counter("step_arrived_total", "arrivals", &[], n as f64);
