@@ -412,14 +412,7 @@ impl Store {
     /// withheld as stale. `/metrics` and the OTLP export are both views of this.
     fn own_families(&self) -> (Vec<MetricFamily>, bool, bool) {
         // snapshots read before the registry (the read order on [`Store`]), rendered after it
-        let merged = {
-            let snaps = lock(&self.snapshots);
-            let mut merged = Families::new();
-            for f in snaps.values() {
-                merged.extend(f.clone());
-            }
-            merged
-        };
+        let (_, merged) = self.merged_snapshots();
         let mut mfs = self.registry.gather();
         mfs.extend(merged.into_vec());
         let (stale, pass_present) = self.passthrough_state();
@@ -427,6 +420,17 @@ impl Store {
         mfs.retain(|mf| !mf.get_metric().is_empty());
         mfs.sort_by(|a, b| a.name().cmp(b.name()));
         (mfs, stale, pass_present)
+    }
+
+    /// The collectors' snapshots merged in collector order, and the generation they are of
+    /// (read under the snapshots' lock).
+    fn merged_snapshots(&self) -> (u64, Families) {
+        let snaps = lock(&self.snapshots);
+        let mut merged = Families::new();
+        for f in snaps.values() {
+            merged.extend(f.clone());
+        }
+        (self.snapshot_generation.load(Ordering::Acquire), merged)
     }
 
     /// Whether the pass-through is withheld as stale, and whether there is one.
@@ -453,14 +457,7 @@ impl Store {
             }
         }
         *cache = None;
-        let (generation, merged) = {
-            let snaps = lock(&self.snapshots);
-            let mut merged = Families::new();
-            for f in snaps.values() {
-                merged.extend(f.clone());
-            }
-            (self.snapshot_generation.load(Ordering::Acquire), merged)
-        };
+        let (generation, merged) = self.merged_snapshots();
         let mut mfs = merged.into_vec();
         if let Some(p) = pipeline {
             label_pipeline(&mut mfs, p);
